@@ -1,0 +1,376 @@
+//! `precert cases …`: import, list, show and move cases by hand.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::{Subcommand, ValueEnum};
+
+use super::Outcome;
+use crate::case::{CaseRecord, CaseStatus};
+use crate::config::Settings;
+use crate::intake::{self, Format};
+use crate::store::{private_dir, Actor, CaseFilter, Ledger};
+
+#[derive(Debug, Subcommand)]
+pub enum CasesCommand {
+    /// Import cases from a CSV or JSON file (see README: "Case files").
+    /// Valid records are stored; invalid ones are listed by line, field and
+    /// reason, and the exit code is 1. Importing a file again adds nothing.
+    Import {
+        file: PathBuf,
+        /// The practice for records without a practice_id.
+        #[arg(long)]
+        practice: Option<String>,
+        /// The file's format (default: from its extension).
+        #[arg(long, value_enum)]
+        format: Option<FormatArg>,
+    },
+    /// List cases, oldest first. Patients appear as initials.
+    List {
+        #[arg(long)]
+        practice: Option<String>,
+        #[arg(long)]
+        payer: Option<String>,
+        #[arg(long)]
+        status: Option<CaseStatus>,
+    },
+    /// Show a case: its data, decision and event timeline. ID is the number
+    /// from `cases list`, `PRACTICE/CASE_ID`, or the practice's case ID.
+    Show {
+        id: String,
+        /// Show the patient's full name, birth date and member ID.
+        #[arg(long)]
+        phi: bool,
+    },
+    /// Move a case to another status by hand (a person resolving what
+    /// automation could not). Moves the status graph forbids are refused.
+    SetStatus {
+        id: String,
+        status: CaseStatus,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FormatArg {
+    Csv,
+    Json,
+}
+
+impl clap::ValueEnum for CaseStatus {
+    fn value_variants<'a>() -> &'a [Self] {
+        &CaseStatus::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
+}
+
+pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outcome> {
+    private_dir(&settings.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
+    let ledger = Ledger::open(&settings.database_url).await?;
+    let outcome = match cmd {
+        CasesCommand::Import { file, practice, format } => import(&ledger, settings, file, practice, format).await,
+        CasesCommand::List {
+            practice,
+            payer,
+            status,
+        } => {
+            let cases = ledger
+                .list(&CaseFilter {
+                    practice,
+                    payer,
+                    status,
+                })
+                .await?;
+            print!("{}", render_list(&cases));
+            Ok(Outcome::Ok)
+        }
+        CasesCommand::Show { id, phi } => {
+            let case = resolve(&ledger, &id).await?;
+            let events = ledger.events(case.id).await?;
+            print!("{}", render_case(&case, &events, phi));
+            Ok(Outcome::Ok)
+        }
+        CasesCommand::SetStatus { id, status, note } => {
+            let case = resolve(&ledger, &id).await?;
+            match ledger
+                .transition(case.id, status, &Actor::current_user(), note.as_deref())
+                .await
+            {
+                Ok(from) => {
+                    println!("{}: {from} → {status}", case.key());
+                    Ok(Outcome::Ok)
+                }
+                Err(e) if e.is_illegal_transition() => {
+                    eprintln!("error: {e}");
+                    Ok(Outcome::Problems)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    };
+    ledger.close().await;
+    outcome
+}
+
+async fn import(
+    ledger: &Ledger,
+    settings: &Settings,
+    file: PathBuf,
+    practice: Option<String>,
+    format: Option<FormatArg>,
+) -> anyhow::Result<Outcome> {
+    let format = match format {
+        Some(FormatArg::Csv) => Format::Csv,
+        Some(FormatArg::Json) => Format::Json,
+        None => match Format::from_path(&file) {
+            Some(f) => f,
+            None => bail!(
+                "{}: cannot tell the format from the extension; pass --format csv or --format json",
+                file.display()
+            ),
+        },
+    };
+    if let Some(p) = &practice {
+        if settings.practice(p).is_none() {
+            bail!(
+                "--practice {p}: no such practice in {}",
+                settings.practices_dir.display()
+            );
+        }
+    }
+    let base_dir = file.parent().map(PathBuf::from).unwrap_or_default();
+    let ctx = intake::Context {
+        settings,
+        default_practice: practice.as_deref(),
+        base_dir: &base_dir,
+        today: chrono::Utc::now().date_naive(),
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} cases {elapsed}")
+            .expect("a valid progress template"),
+    );
+    let actor = Actor::current_user();
+    let report = intake::import_file(&file, format, &ctx, ledger, &actor, |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })
+    .await?;
+    bar.finish_and_clear();
+    for problem in &report.invalid {
+        let case = problem
+            .case_ref
+            .as_deref()
+            .map(|c| format!(" (case {c})"))
+            .unwrap_or_default();
+        for e in &problem.errors {
+            eprintln!("{}:{}{case}: {e}", file.display(), problem.line);
+        }
+    }
+    println!(
+        "{}: {} record(s): {} created, {} updated, {} unchanged, {} invalid",
+        file.display(),
+        report.records,
+        report.created,
+        report.updated,
+        report.unchanged,
+        report.invalid.len()
+    );
+    Ok(if report.is_clean() {
+        Outcome::Ok
+    } else {
+        Outcome::Problems
+    })
+}
+
+/// A case by ledger number, `PRACTICE/CASE_ID`, or bare case ID.
+async fn resolve(ledger: &Ledger, id: &str) -> anyhow::Result<CaseRecord> {
+    if let Ok(n) = id.parse::<i64>() {
+        return Ok(ledger.get(n).await?);
+    }
+    if let Some((practice, case_ref)) = id.split_once('/') {
+        return ledger
+            .find(practice, case_ref)
+            .await?
+            .with_context(|| format!("no case {id}"));
+    }
+    let mut found = ledger.find_by_ref(id).await?;
+    match found.len() {
+        0 => bail!("no case {id}"),
+        1 => Ok(found.remove(0)),
+        _ => bail!(
+            "case ID {id} is used by several practices; name one of: {}",
+            found.iter().map(CaseRecord::key).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn codes(case: &CaseRecord) -> String {
+    case.data
+        .service_lines
+        .iter()
+        .map(|l| l.code.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn render_list(cases: &[CaseRecord]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>5}  {:<32} {:<10} {:<18} {:<8} {:<10} {:<16} PATIENT",
+        "ID", "CASE", "PAYER", "STATUS", "URGENCY", "SERVICE", "CODES"
+    );
+    for c in cases {
+        let _ = writeln!(
+            out,
+            "{:>5}  {:<32} {:<10} {:<18} {:<8} {:<10} {:<16} {}",
+            c.id,
+            c.key(),
+            c.data.coverage.payer,
+            c.status.as_str(),
+            c.data.urgency.as_str(),
+            c.data.service_dates.start,
+            codes(c),
+            c.data.patient.name.initials()
+        );
+    }
+    let _ = writeln!(out, "{} case(s)", cases.len());
+    out
+}
+
+pub fn render_case(c: &CaseRecord, events: &[crate::store::CaseEvent], phi: bool) -> String {
+    let d = &c.data;
+    let p = &d.patient;
+    let mut out = String::new();
+    let _ = writeln!(out, "Case {}  {}", c.id, c.key());
+    let _ = writeln!(
+        out,
+        "  status       {} (updated {})",
+        c.status,
+        c.updated_at.format("%Y-%m-%d %H:%M UTC")
+    );
+    let (name, born, member) = if phi {
+        (
+            p.name.expose_full(),
+            p.birth_date.to_string(),
+            p.member_id.expose().to_owned(),
+        )
+    } else {
+        (
+            p.name.initials(),
+            p.birth_date.format("%Y").to_string(),
+            p.member_id.masked(),
+        )
+    };
+    let group = p
+        .group_number
+        .as_deref()
+        .map(|g| format!("  group {g}"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "  patient      {name}  born {born}  member {member}{group}");
+    let _ = writeln!(
+        out,
+        "  coverage     {} · {} ({}, {})",
+        d.coverage.payer, d.coverage.plan, d.coverage.plan_type, d.coverage.state
+    );
+    for (label, pr) in [
+        ("requesting", &d.requesting_provider),
+        ("servicing ", &d.servicing_provider),
+    ] {
+        let _ = writeln!(
+            out,
+            "  {label}   {}  NPI {}  tax ID {}  at {}",
+            pr.name, pr.npi, pr.tax_id, pr.location
+        );
+    }
+    let lines: Vec<String> = d
+        .service_lines
+        .iter()
+        .map(|l| {
+            let mods: String = l.modifiers.iter().map(|m| format!("-{m}")).collect();
+            format!("{}{mods} ×{}", l.code, l.units)
+        })
+        .collect();
+    let _ = writeln!(out, "  service      {}", lines.join("; "));
+    let dx: Vec<&str> = d.diagnoses.iter().map(|x| x.as_str()).collect();
+    let _ = writeln!(out, "  diagnoses    {}", dx.join(", "));
+    let _ = writeln!(
+        out,
+        "  dates        {} to {}  {}, {}",
+        d.service_dates.start, d.service_dates.end, d.setting, d.urgency
+    );
+    if d.attachments.is_empty() {
+        let _ = writeln!(out, "  attachments  none");
+    }
+    for a in &d.attachments {
+        let _ = writeln!(
+            out,
+            "  attachment   {} ({}, {} bytes, sha256 {}…)",
+            a.file_name,
+            a.media_type,
+            a.bytes,
+            &a.sha256[..12]
+        );
+    }
+    match &c.decision {
+        None => {
+            let _ = writeln!(out, "  decision     none yet");
+        }
+        Some(dec) => {
+            let auth = dec.auth_number.as_deref().unwrap_or("-");
+            let valid = dec
+                .valid
+                .map(|v| format!("{} to {}", v.start, v.end))
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "  decision     auth {auth}  valid {valid}  decided {}  from {}",
+                dec.decided_at.format("%Y-%m-%d %H:%M UTC"),
+                dec.source
+            );
+            for l in &dec.lines {
+                let _ = writeln!(
+                    out,
+                    "               {} approved {} of {}",
+                    l.code, l.approved_units, l.requested_units
+                );
+            }
+            if let Some(den) = &dec.denial {
+                let _ = writeln!(out, "  denial       {} {}", den.code.as_deref().unwrap_or(""), den.text);
+            }
+            if let Some(cond) = &dec.conditions {
+                let _ = writeln!(out, "  conditions   {cond}");
+            }
+        }
+    }
+    let _ = writeln!(out, "  timeline");
+    for e in events {
+        let change = match (e.from_status, e.to_status) {
+            (Some(f), Some(t)) => format!("{f} → {t}"),
+            (None, Some(t)) => format!("→ {t}"),
+            _ => String::new(),
+        };
+        let detail = match &e.detail {
+            serde_json::Value::Object(m) if m.is_empty() => String::new(),
+            v => v.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "    {}  {:<18} {:<28} {:<20} {}",
+            e.at.format("%Y-%m-%d %H:%M:%S"),
+            e.kind,
+            change,
+            e.actor,
+            detail
+        );
+    }
+    out
+}

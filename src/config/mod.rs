@@ -1,0 +1,828 @@
+//! Configuration: `precert.toml` for the daemon, one file per practice.
+//!
+//! Two stages, as in Vector: `raw` types parsed with `deny_unknown_fields`,
+//! then `compile` into typed settings. Compilation reports every problem it
+//! finds, each with the file and the key, instead of stopping at the first.
+
+pub mod raw;
+pub mod secret;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use chrono_tz::Tz;
+use serde::de::DeserializeOwned;
+
+use crate::case::{Npi, TaxId};
+use raw::{RawDaemon, RawPractice};
+pub use secret::{Secret, SecretRef};
+
+/// One problem in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Dotted key path (`payers.sandbox.secrets.password`); empty when the
+    /// problem is with the file as a whole.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(f, "the configuration has {n} problem{}:", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Whether loading reads secret values. Commands that never use a secret
+/// skip them, so an operator's shell needs no credentials to list cases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Secrets {
+    Resolve,
+    Skip,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+    pub mask_phi: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct WebDriverSettings {
+    pub chromedriver: PathBuf,
+    pub chromium: PathBuf,
+    pub remote_url: Option<String>,
+    pub max_sessions: u32,
+    pub headless: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpTls {
+    StartTls,
+    Implicit,
+    None,
+}
+
+#[derive(Clone, Debug)]
+pub enum MailTransport {
+    /// `.eml` files in a directory: the embedded default.
+    File { dir: PathBuf },
+    Smtp {
+        host: String,
+        port: u16,
+        tls: SmtpTls,
+        username: Option<String>,
+        password: Option<Secret>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct MailSettings {
+    pub from: String,
+    pub transport: MailTransport,
+}
+
+/// The daemon-wide settings and every practice.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The `precert.toml` these came from.
+    pub source: PathBuf,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub practices_dir: PathBuf,
+    pub playbooks_dir: PathBuf,
+    pub log: LogSettings,
+    pub http_listen: SocketAddr,
+    pub webdriver: WebDriverSettings,
+    pub mail: MailSettings,
+    pub practices: Vec<Practice>,
+}
+
+impl Settings {
+    pub fn practice(&self, id: &str) -> Option<&Practice> {
+        self.practices.iter().find(|p| p.id == id)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Practice {
+    pub source: PathBuf,
+    pub id: String,
+    pub name: String,
+    pub npi: Npi,
+    pub tax_id: TaxId,
+    pub timezone: Tz,
+    pub enabled: bool,
+    pub locations: Vec<Location>,
+    pub contacts: Contacts,
+    pub payers: BTreeMap<String, PayerBinding>,
+    /// Every job with its cron expression; defaults filled in.
+    pub schedules: BTreeMap<Job, String>,
+}
+
+impl Practice {
+    pub fn location(&self, id: &str) -> Option<&Location> {
+        self.locations.iter().find(|l| l.id == id)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Location {
+    pub id: String,
+    pub name: String,
+    pub address: Option<String>,
+    pub npi: Option<Npi>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Contacts {
+    pub supervisors: Vec<String>,
+    pub managers: Vec<String>,
+    pub operations: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PayerBinding {
+    pub playbook: String,
+    pub account: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+/// Jobs a practice's schedule can fire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Job {
+    Submit,
+    Poll,
+    Letters,
+    Escalations,
+    Digest,
+}
+
+impl Job {
+    pub const ALL: [Job; 5] = [Job::Submit, Job::Poll, Job::Letters, Job::Escalations, Job::Digest];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Job::Submit => "submit",
+            Job::Poll => "poll",
+            Job::Letters => "letters",
+            Job::Escalations => "escalations",
+            Job::Digest => "digest",
+        }
+    }
+
+    /// The schedule a practice gets when it names none, in its own time zone.
+    pub fn default_schedule(self) -> &'static str {
+        match self {
+            // Every 30 minutes in office hours on weekdays.
+            Job::Submit => "*/30 7-18 * * 1-5",
+            // Nightly, when portals are quiet.
+            Job::Poll => "0 2 * * *",
+            Job::Letters => "30 2 * * *",
+            Job::Escalations => "0 * * * *",
+            // Supervisors read it first thing on weekdays.
+            Job::Digest => "0 7 * * 1-5",
+        }
+    }
+}
+
+impl fmt::Display for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Collects problems while compiling one file.
+struct Problems<'a> {
+    file: &'a Path,
+    out: &'a mut Vec<ConfigError>,
+}
+
+impl Problems<'_> {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.out.push(ConfigError {
+            file: self.file.to_owned(),
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn required<'v>(&mut self, key: &str, v: &'v Option<String>) -> Option<&'v str> {
+        match v.as_deref().map(str::trim) {
+            Some(s) if !s.is_empty() => Some(s),
+            _ => {
+                self.add(key, "is required");
+                None
+            }
+        }
+    }
+}
+
+/// Loads and checks `precert.toml` and every practice file beside it.
+pub fn load(path: &Path, secrets: Secrets) -> Result<Settings, ConfigErrors> {
+    let mut errors = Vec::new();
+    let base = absolute(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    );
+    let raw = if path.is_file() {
+        match parse_file::<RawDaemon>(path, Some("PRECERT")) {
+            Ok(raw) => Some(raw),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        }
+    } else {
+        errors.push(ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            message: "configuration file not found (pass --config FILE or set PRECERT_CONFIG)".into(),
+        });
+        None
+    };
+    let daemon = raw
+        .as_ref()
+        .map(|r| compile_daemon(r, path, &base, secrets, &mut errors));
+    let practices_dir = match &daemon {
+        Some(d) => d.practices_dir.clone(),
+        None => base.join("practices"),
+    };
+    let practices = load_practices(&practices_dir, secrets, &mut errors);
+    match daemon {
+        Some(mut d) if errors.is_empty() => {
+            d.practices = practices;
+            Ok(d)
+        }
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Reads one TOML file through the `config` crate, with environment
+/// overrides when a prefix is given, and names the key of a type error.
+fn parse_file<T: DeserializeOwned>(path: &Path, env_prefix: Option<&str>) -> Result<T, ConfigError> {
+    let mut builder =
+        config::Config::builder().add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
+    if let Some(prefix) = env_prefix {
+        builder = builder.add_source(
+            config::Environment::with_prefix(prefix)
+                .separator("__")
+                .try_parsing(true),
+        );
+    }
+    let err = |key: String, message: String| ConfigError {
+        file: path.to_owned(),
+        key,
+        message,
+    };
+    let cfg = builder.build().map_err(|e| err(String::new(), e.to_string()))?;
+    serde_path_to_error::deserialize(cfg).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        let mut message = e.inner().to_string();
+        if env_prefix.is_some() && !key.is_empty() {
+            let var = format!(
+                "{}__{}",
+                env_prefix.unwrap_or_default(),
+                key.replace('.', "__").to_uppercase()
+            );
+            message.push_str(&format!(" (set in the file or by the environment variable {var})"));
+        }
+        err(key, message)
+    })
+}
+
+/// An absolute, lexically clean path: `value` as is when absolute, else
+/// against `base`. Clean paths keep messages readable and `sqlite://` URLs
+/// unambiguous (a URL parser would read `config/../data` as a host).
+fn resolve_path(base: &Path, value: &str) -> PathBuf {
+    absolute(&base.join(value))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn compile_daemon(
+    raw: &RawDaemon,
+    path: &Path,
+    base: &Path,
+    secrets: Secrets,
+    errors: &mut Vec<ConfigError>,
+) -> Settings {
+    let mut p = Problems {
+        file: path,
+        out: errors,
+    };
+    // Relative paths are resolved against the directory of the file that
+    // names them, so `precert check` means the same from any working
+    // directory.
+    let project = base.parent().map(Path::to_owned).unwrap_or_else(|| base.to_owned());
+    let data_dir = match &raw.data_dir {
+        Some(d) => resolve_path(base, d),
+        None => project.join("data"),
+    };
+    let database_url = match &raw.database_url {
+        None => format!("sqlite://{}?mode=rwc", data_dir.join("precert.db").display()),
+        Some(u) if u.starts_with("sqlite:") => u.clone(),
+        Some(u) if u.starts_with("postgres:") || u.starts_with("postgresql:") => {
+            p.add(
+                "database_url",
+                "PostgreSQL is not supported yet; use a sqlite:// URL (the default)",
+            );
+            u.clone()
+        }
+        Some(u) => {
+            p.add(
+                "database_url",
+                format!("`{u}` is not a database URL precert knows; use sqlite://PATH"),
+            );
+            u.clone()
+        }
+    };
+    let log = LogSettings {
+        format: match raw.log.format.as_deref() {
+            None | Some("human") => LogFormat::Human,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                p.add(
+                    "log.format",
+                    format!("`{other}` is not a log format; use `human` or `json`"),
+                );
+                LogFormat::Human
+            }
+        },
+        level: match &raw.log.level {
+            None => "info".into(),
+            Some(l) => {
+                if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(l) {
+                    p.add("log.level", format!("`{l}` is not a log filter: {e}"));
+                }
+                l.clone()
+            }
+        },
+        mask_phi: raw.log.mask_phi.unwrap_or(true),
+    };
+    let listen = raw.http.listen.as_deref().unwrap_or("127.0.0.1:8622");
+    let http_listen = listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+        p.add(
+            "http.listen",
+            format!("`{listen}` is not an address such as 127.0.0.1:8622"),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 8622))
+    });
+    let webdriver = WebDriverSettings {
+        chromedriver: PathBuf::from(raw.webdriver.chromedriver.as_deref().unwrap_or("/usr/bin/chromedriver")),
+        chromium: PathBuf::from(raw.webdriver.chromium.as_deref().unwrap_or("/usr/bin/chromium")),
+        remote_url: raw.webdriver.remote_url.clone(),
+        max_sessions: match raw.webdriver.max_sessions {
+            Some(0) => {
+                p.add("webdriver.max_sessions", "must be at least 1");
+                1
+            }
+            Some(n) => n,
+            None => 2,
+        },
+        headless: raw.webdriver.headless.unwrap_or(true),
+    };
+    if let Some(url) = &webdriver.remote_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            p.add("webdriver.remote_url", format!("`{url}` is not an http(s) URL"));
+        }
+    }
+    let mail = compile_mail(raw, base, &data_dir, secrets, &mut p);
+    Settings {
+        source: path.to_owned(),
+        practices_dir: raw
+            .practices_dir
+            .as_deref()
+            .map(|d| resolve_path(base, d))
+            .unwrap_or_else(|| base.join("practices")),
+        playbooks_dir: raw
+            .playbooks_dir
+            .as_deref()
+            .map(|d| resolve_path(base, d))
+            .unwrap_or_else(|| project.join("playbooks")),
+        data_dir,
+        database_url,
+        log,
+        http_listen,
+        webdriver,
+        mail,
+        practices: Vec::new(),
+    }
+}
+
+fn compile_mail(raw: &RawDaemon, base: &Path, data_dir: &Path, secrets: Secrets, p: &mut Problems<'_>) -> MailSettings {
+    let from = raw.mail.from.clone().unwrap_or_else(|| "precert@localhost".into());
+    if let Err(e) = check_email(&from) {
+        p.add("mail.from", e);
+    }
+    let transport = match raw.mail.transport.as_deref() {
+        None | Some("file") => {
+            if raw.mail.smtp.is_some() {
+                p.add(
+                    "mail.smtp",
+                    "is set but mail.transport is `file`; set mail.transport = \"smtp\" to use it",
+                );
+            }
+            MailTransport::File {
+                dir: raw
+                    .mail
+                    .dir
+                    .as_deref()
+                    .map(|d| resolve_path(base, d))
+                    .unwrap_or_else(|| data_dir.join("mail")),
+            }
+        }
+        Some("smtp") => {
+            let default = raw::RawSmtp::default();
+            let smtp = raw.mail.smtp.as_ref().unwrap_or_else(|| {
+                p.add("mail.smtp", "is required when mail.transport = \"smtp\"");
+                &default
+            });
+            let host = p
+                .required("mail.smtp.host", &smtp.host)
+                .unwrap_or("localhost")
+                .to_owned();
+            let tls = match smtp.tls.as_deref() {
+                None | Some("starttls") => SmtpTls::StartTls,
+                Some("implicit") => SmtpTls::Implicit,
+                Some("none") => SmtpTls::None,
+                Some(o) => {
+                    p.add("mail.smtp.tls", format!("`{o}` is not one of starttls, implicit, none"));
+                    SmtpTls::StartTls
+                }
+            };
+            let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if tls == SmtpTls::None && !loopback && smtp.allow_plaintext != Some(true) {
+                p.add(
+                    "mail.smtp.tls",
+                    format!("plain SMTP to {host} would send mail and password unencrypted; use starttls or implicit, or set allow_plaintext = true"),
+                );
+            }
+            let port = smtp.port.unwrap_or(match tls {
+                SmtpTls::StartTls => 587,
+                SmtpTls::Implicit => 465,
+                SmtpTls::None => 25,
+            });
+            let password = smtp
+                .password
+                .as_ref()
+                .and_then(|s| compile_secret(s, base, secrets, "mail.smtp.password", p));
+            if password.is_some() && smtp.username.is_none() {
+                p.add("mail.smtp.username", "is required when a password is set");
+            }
+            MailTransport::Smtp {
+                host,
+                port,
+                tls,
+                username: smtp.username.clone(),
+                password,
+            }
+        }
+        Some(o) => {
+            p.add("mail.transport", format!("`{o}` is not one of file, smtp"));
+            MailTransport::File {
+                dir: data_dir.join("mail"),
+            }
+        }
+    };
+    MailSettings { from, transport }
+}
+
+fn compile_secret(
+    raw: &secret::RawSecret,
+    base: &Path,
+    secrets: Secrets,
+    key: &str,
+    p: &mut Problems<'_>,
+) -> Option<Secret> {
+    let reference = match raw.compile(base) {
+        Ok(r) => r,
+        Err(e) => {
+            p.add(key, e);
+            return None;
+        }
+    };
+    match secrets {
+        Secrets::Skip => Some(Secret::unresolved(reference)),
+        Secrets::Resolve => match reference.resolve() {
+            Ok(v) => Some(Secret::resolved(reference, v)),
+            Err(e) => {
+                p.add(key, e);
+                None
+            }
+        },
+    }
+}
+
+/// A light check for a mail address: the SMTP layer does the strict one.
+pub fn check_email(addr: &str) -> Result<(), String> {
+    let ok = match addr.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !addr
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'))
+        }
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{addr}` is not an e-mail address"))
+    }
+}
+
+/// An identifier for practices, locations and payers: lower-case letters,
+/// digits and `-`, starting with a letter.
+pub fn check_id(id: &str) -> Result<(), String> {
+    let ok = id.len() <= 64
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{id}` is not an id: use lower-case letters, digits and `-`, starting with a letter"
+        ))
+    }
+}
+
+fn load_practices(dir: &Path, secrets: Secrets, errors: &mut Vec<ConfigError>) -> Vec<Practice> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(ConfigError {
+                file: dir.to_owned(),
+                key: String::new(),
+                message: format!("cannot read the practices directory: {e}"),
+            });
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        errors.push(ConfigError {
+            file: dir.to_owned(),
+            key: String::new(),
+            message: "no practice files (*.toml) found; add one per practice".into(),
+        });
+    }
+    let mut practices: Vec<Practice> = Vec::new();
+    for file in files {
+        let raw = match parse_file::<RawPractice>(&file, None) {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        let before = errors.len();
+        let practice = compile_practice(&raw, &file, secrets, errors);
+        if let Some(other) = practices.iter().find(|o| o.id == practice.id) {
+            errors.push(ConfigError {
+                file: file.clone(),
+                key: "id".into(),
+                message: format!("`{}` is already the id of {}", practice.id, other.source.display()),
+            });
+        }
+        if errors.len() == before {
+            practices.push(practice);
+        }
+    }
+    practices
+}
+
+fn compile_practice(raw: &RawPractice, file: &Path, secrets: Secrets, errors: &mut Vec<ConfigError>) -> Practice {
+    let mut p = Problems { file, out: errors };
+    let base = file.parent().unwrap_or(Path::new("."));
+    let id = p.required("id", &raw.id).unwrap_or_default().to_owned();
+    if !id.is_empty() {
+        if let Err(e) = check_id(&id) {
+            p.add("id", e);
+        } else if file.file_stem().is_some_and(|s| s != id.as_str()) {
+            p.add(
+                "id",
+                format!("`{id}` differs from the file name; name the file {id}.toml"),
+            );
+        }
+    }
+    let name = p.required("name", &raw.name).unwrap_or_default().to_owned();
+    let npi = p
+        .required("npi", &raw.npi)
+        .and_then(|v| Npi::parse(v).map_err(|e| p.add("npi", e)).ok());
+    let tax_id = p
+        .required("tax_id", &raw.tax_id)
+        .and_then(|v| TaxId::parse(v).map_err(|e| p.add("tax_id", e)).ok());
+    let timezone = p.required("timezone", &raw.timezone).and_then(|v| {
+        v.parse::<Tz>()
+            .map_err(|_| {
+                p.add(
+                    "timezone",
+                    format!("`{v}` is not an IANA time zone (e.g. America/Chicago)"),
+                )
+            })
+            .ok()
+    });
+    let mut locations: Vec<Location> = Vec::new();
+    for (i, l) in raw.locations.iter().enumerate() {
+        let k = |f: &str| format!("locations[{i}].{f}");
+        let lid = p.required(&k("id"), &l.id).unwrap_or_default().to_owned();
+        if !lid.is_empty() {
+            if let Err(e) = check_id(&lid) {
+                p.add(k("id"), e);
+            }
+            if locations.iter().any(|o| o.id == lid) {
+                p.add(k("id"), format!("location `{lid}` is listed twice"));
+            }
+        }
+        let lname = p.required(&k("name"), &l.name).unwrap_or_default().to_owned();
+        let lnpi = l
+            .npi
+            .as_deref()
+            .and_then(|v| Npi::parse(v).map_err(|e| p.add(k("npi"), e)).ok());
+        locations.push(Location {
+            id: lid,
+            name: lname,
+            address: l.address.clone(),
+            npi: lnpi,
+        });
+    }
+    if raw.locations.is_empty() {
+        p.add(
+            "locations",
+            "list at least one service location ([[locations]] with id and name)",
+        );
+    }
+    let contacts = match &raw.contacts {
+        None => {
+            p.add(
+                "contacts",
+                "is required: supervisors and operations need e-mail addresses for escalations",
+            );
+            Contacts::default()
+        }
+        Some(c) => {
+            for (list, key) in [
+                (&c.supervisors, "supervisors"),
+                (&c.managers, "managers"),
+                (&c.operations, "operations"),
+            ] {
+                for (i, a) in list.iter().enumerate() {
+                    if let Err(e) = check_email(a) {
+                        p.add(format!("contacts.{key}[{i}]"), e);
+                    }
+                }
+            }
+            if c.supervisors.is_empty() {
+                p.add("contacts.supervisors", "name at least one supervisor's e-mail address");
+            }
+            if c.operations.is_empty() {
+                p.add(
+                    "contacts.operations",
+                    "name at least one operations contact's e-mail address",
+                );
+            }
+            Contacts {
+                supervisors: c.supervisors.clone(),
+                managers: c.managers.clone(),
+                operations: c.operations.clone(),
+            }
+        }
+    };
+    let mut payers = BTreeMap::new();
+    for (key, payer) in &raw.payers {
+        if let Err(e) = check_id(key) {
+            p.add(format!("payers.{key}"), e);
+        }
+        let playbook = payer.playbook.clone().unwrap_or_else(|| key.clone());
+        let mut resolved = BTreeMap::new();
+        for (name, s) in &payer.secrets {
+            if let Some(secret) = compile_secret(s, base, secrets, &format!("payers.{key}.secrets.{name}"), &mut p) {
+                resolved.insert(name.clone(), secret);
+            }
+        }
+        for (name, value) in &payer.account {
+            if value.trim().is_empty() {
+                p.add(format!("payers.{key}.account.{name}"), "is empty");
+            }
+        }
+        payers.insert(
+            key.clone(),
+            PayerBinding {
+                playbook,
+                account: payer.account.clone(),
+                secrets: resolved,
+            },
+        );
+    }
+    if raw.payers.is_empty() {
+        p.add(
+            "payers",
+            "name at least one payer ([payers.ID]) this practice submits to",
+        );
+    }
+    let mut schedules: BTreeMap<Job, String> = Job::ALL.iter().map(|j| (*j, j.default_schedule().to_owned())).collect();
+    for (name, expr) in &raw.schedules {
+        let key = format!("schedules.{name}");
+        match Job::ALL.iter().find(|j| j.as_str() == name) {
+            None => p.add(
+                key,
+                format!(
+                    "`{name}` is not a job; jobs are {}",
+                    Job::ALL.map(Job::as_str).join(", ")
+                ),
+            ),
+            Some(job) => match check_cron(expr) {
+                Ok(()) => {
+                    schedules.insert(*job, expr.trim().to_owned());
+                }
+                Err(e) => p.add(key, e),
+            },
+        }
+    }
+    Practice {
+        source: file.to_owned(),
+        id,
+        name,
+        npi: npi.unwrap_or_else(|| Npi::parse("1234567893").expect("a valid placeholder NPI")),
+        tax_id: tax_id.unwrap_or_else(|| TaxId::parse("000000000").expect("a valid placeholder tax ID")),
+        timezone: timezone.unwrap_or(Tz::UTC),
+        enabled: raw.enabled.unwrap_or(true),
+        locations,
+        contacts,
+        payers,
+        schedules,
+    }
+}
+
+/// Checks a cron expression: standard 5-field crontab (minute first; day of
+/// month OR day of week), or 6/7 fields with seconds first and a year last.
+pub fn check_cron(expr: &str) -> Result<(), String> {
+    let fields = expr.split_whitespace().count();
+    if !expr.trim().starts_with('@') && !(5..=7).contains(&fields) {
+        return Err(format!(
+            "`{expr}` has {fields} fields; a cron expression has 5 (minute hour day-of-month month day-of-week) or 6-7 (seconds first)"
+        ));
+    }
+    croner::parser::CronParser::new()
+        .parse(expr.trim())
+        .map(|_| ())
+        .map_err(|e| format!("`{expr}` is not a valid cron expression: {e}"))
+}

@@ -1,0 +1,160 @@
+//! The configuration as written: serde types that refuse unknown keys.
+//!
+//! Almost every field is optional here so that one pass of `compile` can
+//! report every missing or bad value at once, each with its file and key.
+//! These doc comments are the reference for the keys; `config/*.toml` shows
+//! them in use.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::secret::RawSecret;
+
+/// `config/precert.toml`: daemon-wide settings. Environment variables
+/// `PRECERT__SECTION__KEY` override any key (`PRECERT__LOG__FORMAT=json`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDaemon {
+    /// Where the ledger, letters, attachments, artifacts and mail files live.
+    /// Default: `data` beside the `config` directory.
+    pub data_dir: Option<String>,
+    /// `sqlite://PATH` (default: `precert.db` in the data directory).
+    pub database_url: Option<String>,
+    /// Default: `practices` beside this file.
+    pub practices_dir: Option<String>,
+    /// Default: `playbooks` beside the `config` directory.
+    pub playbooks_dir: Option<String>,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub webdriver: RawWebDriver,
+    #[serde(default)]
+    pub mail: RawMail,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `human` (default) or `json`.
+    pub format: Option<String>,
+    /// A tracing filter such as `info` or `precert=debug,sqlx=warn`.
+    /// `PRECERT_LOG` in the environment wins over it.
+    pub level: Option<String>,
+    /// Mask member IDs and patient names in logs (default true).
+    pub mask_phi: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// Address of the HTTP listener (health, metrics, PAS notifications).
+    /// Default `127.0.0.1:8622`.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebDriver {
+    /// chromedriver to spawn (default `/usr/bin/chromedriver`).
+    pub chromedriver: Option<String>,
+    /// Chromium binary (default `/usr/bin/chromium`).
+    pub chromium: Option<String>,
+    /// Use a remote WebDriver (e.g. Selenium Grid) instead of spawning
+    /// chromedriver.
+    pub remote_url: Option<String>,
+    /// Browser sessions open at once, across all payers (default 2).
+    pub max_sessions: Option<u32>,
+    /// Run Chromium headless (default true).
+    pub headless: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMail {
+    /// `file` (default: `.eml` files in `dir`) or `smtp`.
+    pub transport: Option<String>,
+    /// The From address of escalation mail.
+    pub from: Option<String>,
+    /// For `file`: where `.eml` files go (default `mail` in the data dir).
+    pub dir: Option<String>,
+    pub smtp: Option<RawSmtp>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    pub host: Option<String>,
+    /// Default 587 for `starttls`, 465 for `implicit`, 25 for `none`.
+    pub port: Option<u16>,
+    /// `starttls` (default), `implicit` or `none`.
+    pub tls: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<RawSecret>,
+    /// `tls = "none"` to a host other than loopback needs this set to true.
+    pub allow_plaintext: Option<bool>,
+}
+
+/// `config/practices/ID.toml`: one practice.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPractice {
+    /// Lower-case letters, digits and `-`; equals the file's name.
+    pub id: Option<String>,
+    pub name: Option<String>,
+    /// The practice's group (type 2) NPI.
+    pub npi: Option<String>,
+    pub tax_id: Option<String>,
+    /// IANA time zone, e.g. `America/Chicago`; schedules run in it.
+    pub timezone: Option<String>,
+    /// Set false to keep the practice's cases but run no jobs for it.
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub locations: Vec<RawLocation>,
+    pub contacts: Option<RawContacts>,
+    /// The payers this practice uses, by playbook id.
+    #[serde(default)]
+    pub payers: BTreeMap<String, RawPayer>,
+    /// Job name → cron expression in the practice's time zone.
+    #[serde(default)]
+    pub schedules: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocation {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub address: Option<String>,
+    /// The location's own NPI, if it has one.
+    pub npi: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContacts {
+    /// Receive escalations for stalled, denied and pended cases.
+    #[serde(default)]
+    pub supervisors: Vec<String>,
+    /// The next level when an escalation is not acknowledged.
+    #[serde(default)]
+    pub managers: Vec<String>,
+    /// Receive automation alerts (a portal changed, a payer paused).
+    #[serde(default)]
+    pub operations: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPayer {
+    /// The playbook to run (default: the table's key).
+    pub playbook: Option<String>,
+    /// Non-secret account details the playbook uses, e.g. `username`.
+    #[serde(default)]
+    pub account: BTreeMap<String, String>,
+    /// Secrets the playbook uses, each naming where to read it.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, RawSecret>,
+}

@@ -1,0 +1,232 @@
+//! CSV rows → `RawCase`: one row a case, multi-valued cells split on `;`.
+//!
+//! `service_lines` holds `CODE[-MOD...][*UNITS]` entries (`27447-RT*1;
+//! 97110-GP*12`); `diagnoses` and `attachments` are `;`-separated lists.
+
+use super::validate::{FieldError, RawCase, RawLine};
+use super::SourceRecord;
+
+/// Every column precert reads, in the order the sample file uses.
+pub const COLUMNS: &[&str] = &[
+    "practice_id",
+    "case_id",
+    "patient_first_name",
+    "patient_last_name",
+    "patient_birth_date",
+    "patient_member_id",
+    "patient_group_number",
+    "coverage_payer",
+    "coverage_plan",
+    "coverage_plan_type",
+    "coverage_state",
+    "requesting_provider_name",
+    "requesting_provider_npi",
+    "requesting_provider_tax_id",
+    "requesting_provider_location",
+    "servicing_provider_name",
+    "servicing_provider_npi",
+    "servicing_provider_tax_id",
+    "servicing_provider_location",
+    "service_lines",
+    "diagnoses",
+    "service_start",
+    "service_end",
+    "setting",
+    "urgency",
+    "attachments",
+    "precert_required",
+];
+
+/// Columns a file must have (values may still be missing in a row).
+const REQUIRED: &[&str] = &[
+    "case_id",
+    "patient_first_name",
+    "patient_last_name",
+    "patient_birth_date",
+    "patient_member_id",
+    "coverage_payer",
+    "coverage_plan",
+    "coverage_plan_type",
+    "coverage_state",
+    "requesting_provider_name",
+    "requesting_provider_npi",
+    "servicing_provider_name",
+    "servicing_provider_npi",
+    "service_lines",
+    "diagnoses",
+    "service_start",
+    "setting",
+];
+
+pub(crate) fn read(text: &str, have_default_practice: bool) -> Result<Vec<SourceRecord>, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers: Vec<String> = reader
+        .headers()
+        .map_err(|e| format!("cannot read the header row: {e}"))?
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    let unknown: Vec<&str> = headers
+        .iter()
+        .map(String::as_str)
+        .filter(|h| !COLUMNS.contains(h))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "unknown column{} {} (the columns are: {})",
+            if unknown.len() == 1 { "" } else { "s" },
+            unknown.join(", "),
+            COLUMNS.join(", ")
+        ));
+    }
+    let mut missing: Vec<&str> = REQUIRED
+        .iter()
+        .copied()
+        .filter(|c| !headers.iter().any(|h| h == c))
+        .collect();
+    if !have_default_practice && !headers.iter().any(|h| h == "practice_id") {
+        missing.insert(0, "practice_id (or pass --practice)");
+    }
+    if !missing.is_empty() {
+        return Err(format!(
+            "missing column{}: {}",
+            if missing.len() == 1 { "" } else { "s" },
+            missing.join(", ")
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = headers.iter().find(|h| !seen.insert(h.as_str())) {
+        return Err(format!("column {dup} appears twice"));
+    }
+    let mut out = Vec::new();
+    for result in reader.records() {
+        match result {
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                let reason = match e.kind() {
+                    csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
+                        format!("has {len} fields; the header has {expected_len}")
+                    }
+                    _ => e.to_string(),
+                };
+                out.push(SourceRecord {
+                    line,
+                    raw: None,
+                    errors: vec![FieldError::new("row", reason)],
+                    csv: true,
+                });
+            }
+            Ok(record) => {
+                let line = record.position().map(|p| p.line()).unwrap_or(0);
+                // Blank lines at the end of spreadsheets' exports.
+                if record.iter().all(str::is_empty) {
+                    continue;
+                }
+                let get = |col: &str| -> Option<String> {
+                    headers
+                        .iter()
+                        .position(|h| h == col)
+                        .and_then(|i| record.get(i))
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_owned)
+                };
+                let (raw, errors) = row_to_raw(&get);
+                out.push(SourceRecord {
+                    line,
+                    raw: Some(raw),
+                    errors,
+                    csv: true,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn list(v: Option<String>) -> Vec<String> {
+    v.map(|s| {
+        s.split(';')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// The row as a `RawCase`, and what could not even be read into one.
+fn row_to_raw(get: &dyn Fn(&str) -> Option<String>) -> (RawCase, Vec<FieldError>) {
+    let mut errors = Vec::new();
+    let mut raw = RawCase {
+        practice_id: get("practice_id"),
+        case_id: get("case_id"),
+        diagnoses: list(get("diagnoses")),
+        service_start: get("service_start"),
+        service_end: get("service_end"),
+        setting: get("setting"),
+        urgency: get("urgency"),
+        attachments: list(get("attachments")),
+        ..RawCase::default()
+    };
+    raw.patient.first_name = get("patient_first_name");
+    raw.patient.last_name = get("patient_last_name");
+    raw.patient.birth_date = get("patient_birth_date");
+    raw.patient.member_id = get("patient_member_id");
+    raw.patient.group_number = get("patient_group_number");
+    raw.coverage.payer = get("coverage_payer");
+    raw.coverage.plan = get("coverage_plan");
+    raw.coverage.plan_type = get("coverage_plan_type");
+    raw.coverage.state = get("coverage_state");
+    for (prefix, p) in [
+        ("requesting_provider", &mut raw.requesting_provider),
+        ("servicing_provider", &mut raw.servicing_provider),
+    ] {
+        p.name = get(&format!("{prefix}_name"));
+        p.npi = get(&format!("{prefix}_npi"));
+        p.tax_id = get(&format!("{prefix}_tax_id"));
+        p.location = get(&format!("{prefix}_location"));
+    }
+    for (i, entry) in list(get("service_lines")).iter().enumerate() {
+        match parse_line(entry) {
+            Ok(line) => raw.service_lines.push(line),
+            Err(reason) => errors.push(FieldError::new(format!("service_lines[{i}]"), reason)),
+        }
+    }
+    raw.precert_required = match get("precert_required").map(|s| s.to_ascii_lowercase()) {
+        None => None,
+        Some(v) if matches!(v.as_str(), "yes" | "y" | "true" | "1") => Some(true),
+        Some(v) if matches!(v.as_str(), "no" | "n" | "false" | "0") => Some(false),
+        Some(v) => {
+            errors.push(FieldError::new("precert_required", format!("`{v}` is not yes or no")));
+            None
+        }
+    };
+    (raw, errors)
+}
+
+/// `27447-RT*1` → code 27447, modifier RT, 1 unit. Codes are checked later.
+fn parse_line(entry: &str) -> Result<RawLine, String> {
+    let (left, units) = match entry.split_once('*') {
+        Some((l, u)) => {
+            let u = u.trim();
+            let n = u.parse::<u32>().map_err(|_| {
+                format!("`{entry}`: `{u}` is not a whole number of units (write CODE*UNITS, e.g. 97110-GP*12)")
+            })?;
+            (l, Some(n))
+        }
+        None => (entry, None),
+    };
+    let mut parts = left.split('-').map(str::trim);
+    let code = parts
+        .next()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| format!("`{entry}` has no procedure code"))?;
+    Ok(RawLine {
+        code: Some(code.to_owned()),
+        units,
+        modifiers: parts.map(str::to_owned).collect(),
+    })
+}

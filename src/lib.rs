@@ -1,0 +1,13 @@
+//! precert: pre-certification (prior authorization) automation.
+//!
+//! See `ARCHITECTURE.md` for the map. In short: `config` loads settings,
+//! `intake` turns practice files into validated `case`s, `store` keeps them
+//! and their audit trail, and `cli` is the thin layer over all of it.
+
+pub mod case;
+pub mod cli;
+pub mod config;
+pub mod intake;
+pub mod logging;
+pub mod phi;
+pub mod store;

@@ -1,0 +1,768 @@
+//! The ledger: cases, their decisions and their append-only event log.
+//!
+//! Only this module speaks SQL. It goes through sqlx's `Any` driver with
+//! `$N` placeholders and portable SQL, so a PostgreSQL backend needs only its
+//! own migration files, not other queries. SQLite is the embedded default:
+//! WAL, a busy timeout, foreign keys on, the file readable by its owner only.
+//!
+//! Invariant: a change to a case and the event that records it commit in one
+//! transaction, and no code path updates or deletes an event (the database
+//! refuses it too, by trigger).
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::case::{CaseData, CaseRecord, CaseStatus, Decision};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the ledger at {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("cannot prepare the data directory {}: {source}", path.display())]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot bring the ledger's schema up to date: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("no case {0}")]
+    NotFound(String),
+    #[error("case {case} cannot move from {from} to {to} (from {from} it may move to: {allowed})")]
+    IllegalTransition {
+        case: String,
+        from: CaseStatus,
+        to: CaseStatus,
+        allowed: String,
+    },
+    #[error("case {case} was changed by someone else meanwhile (it is now {now}); nothing was written, try again")]
+    Conflict { case: String, now: CaseStatus },
+    #[error("the stored record of case {id} cannot be read: {reason}")]
+    Corrupt { id: i64, reason: String },
+    #[error("ledger: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    pub fn is_illegal_transition(&self) -> bool {
+        matches!(self, StoreError::IllegalTransition { .. })
+    }
+}
+
+/// Who made a change, for the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor(String);
+
+impl Actor {
+    /// A person at the command line.
+    pub fn user(name: &str) -> Self {
+        Actor(format!("user:{name}"))
+    }
+
+    /// The person running this process, as the OS knows them.
+    pub fn current_user() -> Self {
+        let name = ["SUDO_USER", "USER", "LOGNAME"]
+            .iter()
+            .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()));
+        match name {
+            Some(n) => Actor::user(&n),
+            // SAFETY: getuid has no preconditions and cannot fail.
+            None => Actor::user(&format!("uid{}", unsafe { libc::getuid() })),
+        }
+    }
+
+    /// A scheduled or queued job: `job:poll#42`.
+    pub fn job(name: &str, id: i64) -> Self {
+        Actor(format!("job:{name}#{id}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What an event records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Imported,
+    Updated,
+    StatusChanged,
+    DecisionRecorded,
+    Run,
+    Email,
+    Letter,
+    Note,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Imported => "imported",
+            EventKind::Updated => "updated",
+            EventKind::StatusChanged => "status_changed",
+            EventKind::DecisionRecorded => "decision_recorded",
+            EventKind::Run => "run",
+            EventKind::Email => "email",
+            EventKind::Letter => "letter",
+            EventKind::Note => "note",
+        }
+    }
+}
+
+/// One entry of a case's audit trail.
+#[derive(Clone, Debug)]
+pub struct CaseEvent {
+    pub id: i64,
+    pub case_id: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub from_status: Option<CaseStatus>,
+    pub to_status: Option<CaseStatus>,
+    pub actor: String,
+    pub detail: Value,
+}
+
+/// What importing one case did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportOutcome {
+    Created {
+        id: i64,
+    },
+    /// Already imported with the same data: nothing written.
+    Unchanged {
+        id: i64,
+    },
+    /// Not yet submitted, so the new data replaced the old.
+    Updated {
+        id: i64,
+    },
+    /// Already with the payer: its data can no longer change by import.
+    Refused {
+        id: i64,
+        status: CaseStatus,
+    },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CaseFilter {
+    pub practice: Option<String>,
+    pub payer: Option<String>,
+    pub status: Option<CaseStatus>,
+}
+
+/// The clock the ledger stamps changes with; tests inject their own.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Ledger {
+    pool: AnyPool,
+    clock: Clock,
+}
+
+static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "ledger", include_str!("migrations/sqlite/0001_ledger.sql"))];
+
+fn migrator() -> Migrator {
+    let migrations: Vec<Migration> = SQLITE_MIGRATIONS
+        .iter()
+        .map(|(v, d, sql)| Migration::new(*v, Cow::Borrowed(d), MigrationType::Simple, Cow::Borrowed(sql), false))
+        .collect();
+    Migrator {
+        migrations: Cow::Owned(migrations),
+        ..Migrator::DEFAULT
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_ts(id: i64, s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt {
+            id,
+            reason: format!("timestamp `{s}`: {e}"),
+        })
+}
+
+fn parse_status(id: i64, s: &str) -> Result<CaseStatus, StoreError> {
+    s.parse()
+        .map_err(|e: crate::case::status::UnknownStatus| StoreError::Corrupt {
+            id,
+            reason: e.to_string(),
+        })
+}
+
+/// The file behind a `sqlite:` URL, if it names one.
+pub fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        None
+    } else {
+        Some(PathBuf::from(path))
+    }
+}
+
+#[cfg(unix)]
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+#[cfg(not(unix))]
+fn restrict(_: &Path, _: u32) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Creates a directory for PHI (and its parents) readable by the owner only.
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    restrict(path, 0o700)
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger and runs pending migrations.
+    pub async fn open(url: &str) -> Result<Ledger, StoreError> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let file = sqlite_path(url);
+        if let Some(dir) = file
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            if !dir.exists() {
+                private_dir(dir).map_err(|source| StoreError::DataDir {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+            }
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    if conn.backend_name() == "SQLite" {
+                        // WAL lets readers (the CLI) work while the daemon
+                        // writes; the busy timeout waits out a writer's lock
+                        // instead of failing at once.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+                             PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .map_err(|source| StoreError::Open {
+                url: url.to_owned(),
+                source,
+            })?;
+        if let Some(file) = &file {
+            for suffix in ["", "-wal", "-shm"] {
+                let p = PathBuf::from(format!("{}{suffix}", file.display()));
+                if p.exists() {
+                    restrict(&p, 0o600).map_err(|source| StoreError::DataDir {
+                        path: p.clone(),
+                        source,
+                    })?;
+                }
+            }
+        }
+        migrator().run(&pool).await?;
+        Ok(Ledger {
+            pool,
+            clock: Arc::new(Utc::now),
+        })
+    }
+
+    /// Stamps changes with `clock` instead of the wall clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Stores a validated case, or recognises it from an earlier import by
+    /// its practice and case reference. With `precert_required`, a new case
+    /// moves on at once: to `ready` (its data is complete) or `not_required`.
+    pub async fn import_case(
+        &self,
+        data: &CaseData,
+        precert_required: Option<bool>,
+        actor: &Actor,
+    ) -> Result<ImportOutcome, StoreError> {
+        let json = serde_json::to_string(data).expect("case data serialises");
+        let now = ts(self.now());
+        let mut tx = self.pool.begin().await?;
+        let existing =
+            sqlx::query("SELECT id, status, data, version FROM cases WHERE practice_id = $1 AND case_ref = $2")
+                .bind(&data.practice_id)
+                .bind(&data.case_ref)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (id, status, version, outcome) = match existing {
+            None => {
+                let id: i64 = sqlx::query(
+                    "INSERT INTO cases (practice_id, case_ref, payer, status, urgency, service_start, service_end, data, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING id",
+                )
+                .bind(&data.practice_id)
+                .bind(&data.case_ref)
+                .bind(&data.coverage.payer)
+                .bind(CaseStatus::New.as_str())
+                .bind(data.urgency.as_str())
+                .bind(data.service_dates.start.to_string())
+                .bind(data.service_dates.end.to_string())
+                .bind(&json)
+                .bind(&now)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("id")?;
+                insert_event(
+                    &mut tx,
+                    id,
+                    &now,
+                    EventKind::Imported,
+                    None,
+                    Some(CaseStatus::New),
+                    actor,
+                    &json!({}),
+                )
+                .await?;
+                (id, CaseStatus::New, 1, ImportOutcome::Created { id })
+            }
+            Some(row) => {
+                let id: i64 = row.try_get("id")?;
+                let status = parse_status(id, row.try_get::<String, _>("status")?.as_str())?;
+                let version: i64 = row.try_get("version")?;
+                let stored: String = row.try_get("data")?;
+                if stored == json {
+                    (id, status, version, ImportOutcome::Unchanged { id })
+                } else if !status.is_before_submission() {
+                    return Ok(ImportOutcome::Refused { id, status });
+                } else {
+                    let changed = changed_fields(&stored, &json);
+                    update_case_data(&mut tx, id, version, data, &json, &now).await?;
+                    insert_event(
+                        &mut tx,
+                        id,
+                        &now,
+                        EventKind::Updated,
+                        None,
+                        None,
+                        actor,
+                        &json!({ "changed": changed }),
+                    )
+                    .await?;
+                    (id, status, version + 1, ImportOutcome::Updated { id })
+                }
+            }
+        };
+        // The import's verdict on whether a pre-cert is needed moves a case
+        // that nobody has triaged yet.
+        if status == CaseStatus::New {
+            let path: &[CaseStatus] = match precert_required {
+                Some(true) => &[CaseStatus::Required, CaseStatus::Ready],
+                Some(false) => &[CaseStatus::NotRequired],
+                None => &[],
+            };
+            let (mut from, mut version) = (status, version);
+            for &to in path {
+                let detail = json!({ "note": "set by import" });
+                set_status(&mut tx, id, &key(data), from, version, to, &now, actor, &detail).await?;
+                from = to;
+                version += 1;
+            }
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Moves a case to `to`, refusing any move the status graph does not
+    /// allow. Returns the status it moved from.
+    pub async fn transition(
+        &self,
+        id: i64,
+        to: CaseStatus,
+        actor: &Actor,
+        note: Option<&str>,
+    ) -> Result<CaseStatus, StoreError> {
+        let now = ts(self.now());
+        let mut tx = self.pool.begin().await?;
+        let (case_key, from, version) = current(&mut tx, id).await?;
+        let detail = match note {
+            Some(n) => json!({ "note": n }),
+            None => json!({}),
+        };
+        set_status(&mut tx, id, &case_key, from, version, to, &now, actor, &detail).await?;
+        tx.commit().await?;
+        Ok(from)
+    }
+
+    /// Records the payer's decision and the status it implies, together.
+    pub async fn record_decision(
+        &self,
+        id: i64,
+        decision: &Decision,
+        to: CaseStatus,
+        actor: &Actor,
+    ) -> Result<(), StoreError> {
+        let now = ts(self.now());
+        let mut tx = self.pool.begin().await?;
+        let (case_key, from, version) = current(&mut tx, id).await?;
+        if from != to && !from.can_move_to(to) {
+            return Err(illegal(&case_key, from, to));
+        }
+        let decision_json = serde_json::to_string(decision).expect("decision serialises");
+        let done = sqlx::query(
+            "UPDATE cases SET status = $1, decision = $2, version = version + 1, updated_at = $3 WHERE id = $4 AND version = $5",
+        )
+        .bind(to.as_str())
+        .bind(&decision_json)
+        .bind(&now)
+        .bind(id)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(conflict(&mut tx, id, &case_key).await);
+        }
+        let detail = json!({
+            "auth_number": decision.auth_number,
+            "denial_code": decision.denial.as_ref().and_then(|d| d.code.clone()),
+            "source": decision.source,
+        });
+        let moved = (from != to).then_some(to);
+        insert_event(
+            &mut tx,
+            id,
+            &now,
+            EventKind::DecisionRecorded,
+            moved.map(|_| from),
+            moved,
+            actor,
+            &detail,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Adds an event that changes nothing else (a run, an e-mail, a note).
+    pub async fn append_event(
+        &self,
+        id: i64,
+        kind: EventKind,
+        actor: &Actor,
+        detail: &Value,
+    ) -> Result<i64, StoreError> {
+        let now = ts(self.now());
+        let mut tx = self.pool.begin().await?;
+        current(&mut tx, id).await?;
+        let event = insert_event(&mut tx, id, &now, kind, None, None, actor, detail).await?;
+        tx.commit().await?;
+        Ok(event)
+    }
+
+    pub async fn get(&self, id: i64) -> Result<CaseRecord, StoreError> {
+        let row = sqlx::query(&format!("{SELECT_CASE} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        case_from_row(&row)
+    }
+
+    /// A case by its practice and the practice's own reference.
+    pub async fn find(&self, practice: &str, case_ref: &str) -> Result<Option<CaseRecord>, StoreError> {
+        let row = sqlx::query(&format!("{SELECT_CASE} WHERE practice_id = $1 AND case_ref = $2"))
+            .bind(practice)
+            .bind(case_ref)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(case_from_row).transpose()
+    }
+
+    /// Cases of any practice with this reference.
+    pub async fn find_by_ref(&self, case_ref: &str) -> Result<Vec<CaseRecord>, StoreError> {
+        let rows = sqlx::query(&format!("{SELECT_CASE} WHERE case_ref = $1 ORDER BY id"))
+            .bind(case_ref)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(case_from_row).collect()
+    }
+
+    pub async fn list(&self, filter: &CaseFilter) -> Result<Vec<CaseRecord>, StoreError> {
+        let mut sql = format!("{SELECT_CASE} WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        for (column, value) in [
+            ("practice_id", filter.practice.clone()),
+            ("payer", filter.payer.clone()),
+            ("status", filter.status.map(|s| s.as_str().to_owned())),
+        ] {
+            if let Some(v) = value {
+                args.push(v);
+                sql.push_str(&format!(" AND {column} = ${}", args.len()));
+            }
+        }
+        sql.push_str(" ORDER BY id");
+        let mut query = sqlx::query(&sql);
+        for a in &args {
+            query = query.bind(a);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(case_from_row).collect()
+    }
+
+    /// Counts of cases per status (for reports and metrics).
+    pub async fn count_by_status(&self) -> Result<Vec<(CaseStatus, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM cases GROUP BY status ORDER BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    parse_status(0, r.try_get::<String, _>("status")?.as_str())?,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A case's audit trail, oldest first.
+    pub async fn events(&self, id: i64) -> Result<Vec<CaseEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, case_id, at, kind, from_status, to_status, actor, detail FROM case_events WHERE case_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let status = |col: &str| -> Result<Option<CaseStatus>, StoreError> {
+                    r.try_get::<Option<String>, _>(col)?
+                        .map(|s| parse_status(id, &s))
+                        .transpose()
+                };
+                let detail: String = r.try_get("detail")?;
+                Ok(CaseEvent {
+                    id: r.try_get("id")?,
+                    case_id: r.try_get("case_id")?,
+                    at: parse_ts(id, r.try_get::<String, _>("at")?.as_str())?,
+                    kind: r.try_get("kind")?,
+                    from_status: status("from_status")?,
+                    to_status: status("to_status")?,
+                    actor: r.try_get("actor")?,
+                    detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt {
+                        id,
+                        reason: format!("event detail: {e}"),
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs a raw statement; for tests that prove the database's own guards.
+    #[doc(hidden)]
+    pub async fn execute_raw(&self, sql: &str) -> Result<u64, StoreError> {
+        Ok(sqlx::query(sql).execute(&self.pool).await?.rows_affected())
+    }
+}
+
+const SELECT_CASE: &str = "SELECT id, status, data, decision, created_at, updated_at FROM cases";
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+fn key(data: &CaseData) -> String {
+    format!("{}/{}", data.practice_id, data.case_ref)
+}
+
+fn case_from_row(row: &AnyRow) -> Result<CaseRecord, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    let data: String = row.try_get("data")?;
+    let decision: Option<String> = row.try_get("decision")?;
+    Ok(CaseRecord {
+        id,
+        status: parse_status(id, row.try_get::<String, _>("status")?.as_str())?,
+        data: serde_json::from_str(&data).map_err(|e| StoreError::Corrupt {
+            id,
+            reason: format!("case data: {e}"),
+        })?,
+        decision: decision
+            .map(|d| serde_json::from_str(&d))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt {
+                id,
+                reason: format!("decision: {e}"),
+            })?,
+        created_at: parse_ts(id, row.try_get::<String, _>("created_at")?.as_str())?,
+        updated_at: parse_ts(id, row.try_get::<String, _>("updated_at")?.as_str())?,
+    })
+}
+
+/// The case's key, status and version inside a transaction.
+async fn current(tx: &mut Tx<'_>, id: i64) -> Result<(String, CaseStatus, i64), StoreError> {
+    let row = sqlx::query("SELECT practice_id, case_ref, status, version FROM cases WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    let key = format!(
+        "{}/{}",
+        row.try_get::<String, _>("practice_id")?,
+        row.try_get::<String, _>("case_ref")?
+    );
+    let status = parse_status(id, row.try_get::<String, _>("status")?.as_str())?;
+    Ok((key, status, row.try_get("version")?))
+}
+
+fn illegal(case: &str, from: CaseStatus, to: CaseStatus) -> StoreError {
+    let allowed = from.next().iter().map(|s| s.as_str()).collect::<Vec<_>>();
+    StoreError::IllegalTransition {
+        case: case.to_owned(),
+        from,
+        to,
+        allowed: if allowed.is_empty() {
+            "nothing, it is final".into()
+        } else {
+            allowed.join(", ")
+        },
+    }
+}
+
+async fn conflict(tx: &mut Tx<'_>, id: i64, case: &str) -> StoreError {
+    match current(tx, id).await {
+        Ok((_, now, _)) => StoreError::Conflict {
+            case: case.to_owned(),
+            now,
+        },
+        Err(e) => e,
+    }
+}
+
+/// Compare-and-set on the version, then the event, in the caller's
+/// transaction.
+#[allow(clippy::too_many_arguments)]
+async fn set_status(
+    tx: &mut Tx<'_>,
+    id: i64,
+    case: &str,
+    from: CaseStatus,
+    version: i64,
+    to: CaseStatus,
+    now: &str,
+    actor: &Actor,
+    detail: &Value,
+) -> Result<(), StoreError> {
+    if !from.can_move_to(to) {
+        return Err(illegal(case, from, to));
+    }
+    let done = sqlx::query(
+        "UPDATE cases SET status = $1, version = version + 1, updated_at = $2 WHERE id = $3 AND version = $4",
+    )
+    .bind(to.as_str())
+    .bind(now)
+    .bind(id)
+    .bind(version)
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(conflict(tx, id, case).await);
+    }
+    insert_event(
+        tx,
+        id,
+        now,
+        EventKind::StatusChanged,
+        Some(from),
+        Some(to),
+        actor,
+        detail,
+    )
+    .await?;
+    Ok(())
+}
+
+async fn update_case_data(
+    tx: &mut Tx<'_>,
+    id: i64,
+    version: i64,
+    data: &CaseData,
+    json: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(
+        "UPDATE cases SET data = $1, payer = $2, urgency = $3, service_start = $4, service_end = $5, \
+         version = version + 1, updated_at = $6 WHERE id = $7 AND version = $8",
+    )
+    .bind(json)
+    .bind(&data.coverage.payer)
+    .bind(data.urgency.as_str())
+    .bind(data.service_dates.start.to_string())
+    .bind(data.service_dates.end.to_string())
+    .bind(now)
+    .bind(id)
+    .bind(version)
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() != 1 {
+        return Err(conflict(tx, id, &key(data)).await);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn insert_event(
+    tx: &mut Tx<'_>,
+    case_id: i64,
+    at: &str,
+    kind: EventKind,
+    from: Option<CaseStatus>,
+    to: Option<CaseStatus>,
+    actor: &Actor,
+    detail: &Value,
+) -> Result<i64, StoreError> {
+    let row = sqlx::query(
+        "INSERT INTO case_events (case_id, at, kind, from_status, to_status, actor, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+    )
+    .bind(case_id)
+    .bind(at)
+    .bind(kind.as_str())
+    .bind(from.map(|s| s.as_str()))
+    .bind(to.map(|s| s.as_str()))
+    .bind(actor.as_str())
+    .bind(detail.to_string())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(row.try_get("id")?)
+}
+
+/// Names of the top-level case fields that differ: the event says what
+/// changed without copying PHI into the trail twice.
+fn changed_fields(old: &str, new: &str) -> Vec<String> {
+    let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
+        (serde_json::from_str::<Value>(old), serde_json::from_str::<Value>(new))
+    else {
+        return vec!["data".into()];
+    };
+    b.iter()
+        .filter(|(k, v)| a.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
