@@ -36,12 +36,25 @@ pub struct CaseData {
     pub attachments: Vec<Attachment>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Patient {
     pub name: PersonName,
     pub birth_date: NaiveDate,
     pub member_id: MemberId,
     pub group_number: Option<String>,
+}
+
+/// Masks what identifies the patient: the name and member ID mask
+/// themselves, and only the birth year shows.
+impl fmt::Debug for Patient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Patient")
+            .field("name", &self.name)
+            .field("birth_year", &chrono::Datelike::year(&self.birth_date))
+            .field("member_id", &self.member_id)
+            .field("group_number", &self.group_number)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

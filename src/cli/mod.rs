@@ -91,12 +91,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
 pub fn load(path: &std::path::Path, secrets: Secrets) -> anyhow::Result<Settings> {
     let settings = config::load(path, secrets).map_err(|e| anyhow::anyhow!("{e}"))?;
     crate::logging::init(&settings.log);
+    // Secrets print as [REDACTED]; this line is what proves it in tests.
+    tracing::debug!(?settings, "Configuration loaded.");
     Ok(settings)
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<Outcome> {
     match config::load(path, Secrets::Resolve) {
         Ok(settings) => {
+            crate::logging::init(&settings.log);
+            tracing::debug!(?settings, "Configuration checked.");
             println!("{}: ok", settings.source.display());
             println!("  data directory  {}", settings.data_dir.display());
             println!("  database        {}", settings.database_url);

@@ -308,16 +308,18 @@ fn parse_file<T: DeserializeOwned>(path: &Path, env_prefix: Option<&str>) -> Res
     };
     let cfg = builder.build().map_err(|e| err(String::new(), e.to_string()))?;
     serde_path_to_error::deserialize(cfg).map_err(|e| {
-        let key = e.path().to_string();
-        let key = if key == "." { String::new() } else { key };
+        let parent = e.path().to_string();
+        let parent = if parent == "." { String::new() } else { parent };
         let mut message = e.inner().to_string();
-        if env_prefix.is_some() && !key.is_empty() {
-            let var = format!(
-                "{}__{}",
-                env_prefix.unwrap_or_default(),
-                key.replace('.', "__").to_uppercase()
-            );
-            message.push_str(&format!(" (set in the file or by the environment variable {var})"));
+        // serde reports an unknown key at its parent; name the key itself.
+        let key = match message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+            Some(field) if parent.is_empty() => field.to_owned(),
+            Some(field) => format!("{parent}.{field}"),
+            None => parent,
+        };
+        if let (Some(prefix), false) = (env_prefix, key.is_empty()) {
+            let var = format!("{prefix}__{}", key.replace('.', "__").to_uppercase());
+            message.push_str(&format!(" (in the file, or the environment variable {var})"));
         }
         err(key, message)
     })

@@ -129,7 +129,10 @@ pub async fn import_file(
                 }
                 report.invalid.push(RecordProblem { line, case_ref, errors });
             }
-            Ok((data, required)) => match ledger.import_case(&data, required, actor).await? {
+            Ok((data, required)) => match {
+                tracing::debug!(line, ?data, "Record validated.");
+                ledger.import_case(&data, required, actor).await?
+            } {
                 ImportOutcome::Created { id } => {
                     tracing::info!(case_id = id, practice = %data.practice_id, case_ref = %data.case_ref, member = %data.patient.member_id, "Case imported.");
                     report.created += 1;

@@ -1,0 +1,163 @@
+//! Configuration errors name the file and the key, all at once; secrets are
+//! read from where the configuration says and never printed.
+
+use std::os::unix::fs::PermissionsExt;
+
+use precert::config::{self, Secrets};
+use secrecy::ExposeSecret;
+
+use super::support::{stderr, stdout, Project};
+
+fn errors_of(project: &Project, secrets: Secrets) -> Vec<String> {
+    match config::load(&project.config_path(), secrets) {
+        Ok(_) => panic!("the configuration should not load"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn the_sample_configuration_passes_check() {
+    let p = Project::new();
+    let out = p.precert(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("lakeside-ortho") && text.contains("valley-imaging"), "{text}");
+    assert!(text.contains("configuration ok: 2 practice(s)"), "{text}");
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let p = Project::new();
+    let out = p.command(&["check"]).arg("--config").arg(p.path("nowhere.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("nowhere.toml: configuration file not found"), "{err}");
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_file() {
+    let p = Project::new();
+    let text = std::fs::read_to_string(p.config_path()).unwrap().replace("mask_phi = true", "mask_phi = true\ncolour = \"blue\"");
+    p.write("config/precert.toml", &text);
+    let errors = errors_of(&p, Secrets::Skip);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("precert.toml: log"), "{errors:?}");
+    assert!(errors[0].contains("unknown field `colour`"), "{errors:?}");
+}
+
+#[test]
+fn every_problem_in_a_practice_is_reported_at_once() {
+    let p = Project::new();
+    let text = std::fs::read_to_string(p.path("config/practices/valley-imaging.toml"))
+        .unwrap()
+        .replace("America/Los_Angeles", "America/Springfield")
+        .replace("1679576722", "1679576723")
+        .replace("\"0 1,4 * * *\"", "\"0 25 * * *\"")
+        .replace("it.ops@valley-imaging.example", "it.ops-at-valley");
+    p.write("config/practices/valley-imaging.toml", &text);
+    let errors = errors_of(&p, Secrets::Skip);
+    let file = "valley-imaging.toml";
+    for needle in [
+        format!("{file}: timezone: `America/Springfield` is not an IANA time zone"),
+        format!("{file}: npi: `1679576723` fails the NPI check digit"),
+        format!("{file}: schedules.poll: `0 25 * * *` is not a valid cron expression"),
+        format!("{file}: contacts.operations[0]: `it.ops-at-valley` is not an e-mail address"),
+    ] {
+        assert!(errors.iter().any(|e| e.contains(&needle)), "missing {needle:?} in {errors:#?}");
+    }
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+}
+
+#[test]
+fn an_unresolvable_secret_is_reported_with_where_it_was_looked_for() {
+    let p = Project::new();
+    let out = p.command(&["check"]).env_remove("VALLEY_SANDBOX_PASSWORD").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("valley-imaging.toml: payers.sandbox.secrets.password: environment variable VALLEY_SANDBOX_PASSWORD is not set"),
+        "{err}"
+    );
+    // The other secrets resolved and are not reported, nor printed.
+    assert_eq!(err.matches("is not set").count(), 1, "{err}");
+    assert!(!err.contains("Sandbox-Lakeside-2026"), "{err}");
+
+    let out = p.command(&["check"]).env("VALLEY_SANDBOX_PASSWORD", "").output().unwrap();
+    assert!(stderr(&out).contains("environment variable VALLEY_SANDBOX_PASSWORD is empty"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_secret_written_in_the_file_is_refused() {
+    let p = Project::new();
+    let text = std::fs::read_to_string(p.path("config/practices/valley-imaging.toml"))
+        .unwrap()
+        .replace("secrets.password = { env = \"VALLEY_SANDBOX_PASSWORD\" }", "secrets.password = \"hunter2\"");
+    p.write("config/practices/valley-imaging.toml", &text);
+    let errors = errors_of(&p, Secrets::Resolve);
+    assert!(
+        errors.iter().any(|e| e.contains("payers.sandbox.secrets.password: a secret's value cannot be written")),
+        "{errors:#?}"
+    );
+    assert!(!errors.iter().any(|e| e.contains("hunter2")), "{errors:#?}");
+}
+
+#[test]
+fn secrets_come_from_files_and_systemd_credentials() {
+    let p = Project::new();
+    let creds = p.path("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::write(creds.join("valley-portal"), "from-credential\n").unwrap();
+    std::fs::set_permissions(creds.join("valley-portal"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let seed = p.write("secrets/valley-seed", "KRSXG5CTMVRXEZLU\n");
+    std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = std::fs::read_to_string(p.path("config/practices/valley-imaging.toml"))
+        .unwrap()
+        .replace("{ env = \"VALLEY_SANDBOX_PASSWORD\" }", "{ credential = \"valley-portal\" }")
+        .replace("{ env = \"VALLEY_SANDBOX_TOTP_SEED\" }", "{ file = \"../../secrets/valley-seed\" }");
+    p.write("config/practices/valley-imaging.toml", &text);
+
+    // Without $CREDENTIALS_DIRECTORY, and with a seed file others can read.
+    let out = p.precert(&["check"]);
+    let err = stderr(&out);
+    assert!(err.contains("payers.sandbox.secrets.password: systemd credential valley-portal cannot be read: $CREDENTIALS_DIRECTORY is not set"), "{err}");
+    assert!(err.contains("payers.sandbox.secrets.totp_seed: secret file") && err.contains("readable by others (mode 0644)"), "{err}");
+
+    std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = p.command(&["check"]).env("CREDENTIALS_DIRECTORY", &creds).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // In-process: the values are there, and Debug does not show them.
+    // SAFETY: this test's own process; nextest runs each test alone.
+    unsafe { std::env::set_var("CREDENTIALS_DIRECTORY", &creds) };
+    for (k, v) in super::support::SECRETS {
+        unsafe { std::env::set_var(k, v) };
+    }
+    let settings = config::load(&p.config_path(), Secrets::Resolve).unwrap();
+    let valley = settings.practice("valley-imaging").unwrap();
+    let secrets = &valley.payers["sandbox"].secrets;
+    assert_eq!(secrets["password"].value().unwrap().expose_secret(), "from-credential");
+    assert_eq!(secrets["totp_seed"].value().unwrap().expose_secret(), "KRSXG5CTMVRXEZLU");
+    let debug = format!("{settings:?}");
+    assert!(debug.contains("[REDACTED]"), "{debug}");
+    for needle in ["from-credential", "KRSXG5CTMVRXEZLU", "Sandbox-Lakeside-2026"] {
+        assert!(!debug.contains(needle), "Debug output shows a secret: {needle}");
+    }
+}
+
+#[test]
+fn environment_variables_override_the_file() {
+    let p = Project::new();
+    let out = p
+        .command(&["check"])
+        .env("PRECERT__HTTP__LISTEN", "not-an-address")
+        .env("PRECERT__WEBDRIVER__MAX_SESSIONS", "0")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(err.contains("precert.toml: http.listen: `not-an-address` is not an address"), "{err}");
+    assert!(err.contains("webdriver.max_sessions: must be at least 1"), "{err}");
+
+    let out = p.command(&["check"]).env("PRECERT__NO_SUCH_KEY", "1").output().unwrap();
+    let err = stderr(&out);
+    assert!(err.contains("unknown field `no_such_key`") && err.contains("PRECERT__NO_SUCH_KEY"), "{err}");
+}

@@ -1,0 +1,144 @@
+//! The ledger: the status graph is enforced, every change is in the event
+//! log in the same transaction, and the log cannot be rewritten.
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use precert::case::{CaseStatus, DateRange, Decision, DenialReason, LineDecision};
+use precert::store::{Actor, EventKind, ImportOutcome, StoreError};
+
+use super::support::Project;
+
+async fn imported(p: &Project) -> (precert::store::Ledger, i64) {
+    assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
+    let ledger = p.ledger().await;
+    let case = ledger.find("lakeside-ortho", "LO-2026-1001").await.unwrap().unwrap();
+    (ledger, case.id)
+}
+
+#[tokio::test]
+async fn an_illegal_transition_is_refused_and_writes_nothing() {
+    let p = Project::new();
+    let (ledger, id) = imported(&p).await;
+    let before = ledger.events(id).await.unwrap().len();
+    let err = ledger.transition(id, CaseStatus::Approved, &Actor::user("test"), None).await.unwrap_err();
+    assert!(err.is_illegal_transition(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "case lakeside-ortho/LO-2026-1001 cannot move from ready to approved (from ready it may move to: submitting, needs_attention, cancelled)"
+    );
+    assert_eq!(ledger.get(id).await.unwrap().status, CaseStatus::Ready);
+    assert_eq!(ledger.events(id).await.unwrap().len(), before);
+
+    // The same through the CLI: exit 1, a clear message.
+    let out = p.precert(&["cases", "set-status", "LO-2026-1001", "denied"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot move from ready to denied"));
+}
+
+#[tokio::test]
+async fn every_change_lands_in_the_event_log() {
+    let p = Project::new();
+    let (ledger, id) = imported(&p).await;
+    let t0 = Utc.with_ymd_and_hms(2026, 12, 1, 15, 0, 0).unwrap();
+    let ledger = ledger.with_clock(std::sync::Arc::new(move || t0));
+    let job = Actor::job("submit", 7);
+    ledger.transition(id, CaseStatus::Submitting, &job, None).await.unwrap();
+    ledger.transition(id, CaseStatus::Pending, &job, Some("reference SBX-1001")).await.unwrap();
+    ledger
+        .append_event(id, EventKind::Run, &Actor::job("poll", 8), &serde_json::json!({ "action": "poll_status", "result": "In Review" }))
+        .await
+        .unwrap();
+    let decision = Decision {
+        auth_number: Some("AUTH-778812".into()),
+        valid: Some(DateRange {
+            start: NaiveDate::from_ymd_opt(2026, 12, 8).unwrap(),
+            end: NaiveDate::from_ymd_opt(2027, 3, 8).unwrap(),
+        }),
+        lines: vec![LineDecision {
+            code: precert::case::ProcedureCode::parse("73721").unwrap(),
+            requested_units: 1,
+            approved_units: 1,
+        }],
+        conditions: None,
+        denial: None,
+        decided_at: t0,
+        source: "portal:sandbox".into(),
+    };
+    ledger.record_decision(id, &decision, CaseStatus::Approved, &Actor::job("poll", 9)).await.unwrap();
+
+    let case = ledger.get(id).await.unwrap();
+    assert_eq!(case.status, CaseStatus::Approved);
+    assert_eq!(case.decision.as_ref(), Some(&decision));
+    assert_eq!(case.updated_at, t0);
+
+    let trail: Vec<(String, Option<CaseStatus>, Option<CaseStatus>, String)> = ledger
+        .events(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.kind, e.from_status, e.to_status, e.actor))
+        .collect();
+    use CaseStatus::*;
+    let s = |k: &str, f: Option<CaseStatus>, t: Option<CaseStatus>, a: &str| (k.to_owned(), f, t, a.to_owned());
+    let user = Actor::current_user();
+    assert_eq!(
+        trail,
+        [
+            s("imported", None, Some(New), user.as_str()),
+            s("status_changed", Some(New), Some(Required), user.as_str()),
+            s("status_changed", Some(Required), Some(Ready), user.as_str()),
+            s("status_changed", Some(Ready), Some(Submitting), "job:submit#7"),
+            s("status_changed", Some(Submitting), Some(Pending), "job:submit#7"),
+            s("run", None, None, "job:poll#8"),
+            s("decision_recorded", Some(Pending), Some(Approved), "job:poll#9"),
+        ]
+    );
+
+    // A decision whose status the graph forbids is refused whole.
+    let denial = Decision {
+        denial: Some(DenialReason { code: Some("CLIN-06".into()), text: "Not documented.".into() }),
+        ..decision
+    };
+    let err = ledger.record_decision(id, &denial, Denied, &Actor::job("poll", 10)).await.unwrap_err();
+    assert!(matches!(err, StoreError::IllegalTransition { .. }), "{err}");
+    assert_eq!(ledger.get(id).await.unwrap().decision.unwrap().denial, None);
+
+    // The CLI shows the decision and the timeline.
+    ledger.close().await;
+    let out = p.precert(&["cases", "show", "lakeside-ortho/LO-2026-1001"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("decision     auth AUTH-778812  valid 2026-12-08 to 2027-03-08"), "{text}");
+    assert!(text.contains("pending → approved"), "{text}");
+    assert!(text.contains("member ********0301") && !text.contains("SBX100200301"), "{text}");
+}
+
+#[tokio::test]
+async fn the_event_log_is_append_only_in_the_database_itself() {
+    let p = Project::new();
+    let (ledger, _) = imported(&p).await;
+    for sql in ["UPDATE case_events SET actor = 'someone-else'", "DELETE FROM case_events"] {
+        let err = ledger.execute_raw(sql).await.unwrap_err();
+        assert!(err.to_string().contains("case_events is append-only"), "{sql}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn the_ledger_file_is_private_and_in_wal_mode() {
+    let p = Project::new();
+    let (ledger, _) = imported(&p).await;
+    let db = p.settings().data_dir.join("precert.db");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(db.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    // While a connection is open, WAL mode keeps a -wal file beside it.
+    assert!(db.with_file_name("precert.db-wal").exists());
+    ledger.close().await;
+}
+
+#[tokio::test]
+async fn importing_the_same_case_twice_in_process_is_recognised() {
+    let p = Project::new();
+    let (ledger, id) = imported(&p).await;
+    let case = ledger.get(id).await.unwrap();
+    let again = ledger.import_case(&case.data, Some(true), &Actor::user("test")).await.unwrap();
+    assert_eq!(again, ImportOutcome::Unchanged { id });
+}

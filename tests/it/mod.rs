@@ -1,0 +1,5 @@
+mod config;
+mod intake;
+mod ledger;
+mod logging;
+pub mod support;

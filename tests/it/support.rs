@@ -1,0 +1,92 @@
+//! A temporary precert project: the shipped config and samples, its own
+//! data directory, and the sample secrets in the environment.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use precert::config::{self, Secrets, Settings};
+use precert::store::Ledger;
+
+pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The sample practices' secrets (synthetic; the sandbox payer's values).
+pub const SECRETS: &[(&str, &str)] = &[
+    ("LAKESIDE_SANDBOX_PASSWORD", "Sandbox-Lakeside-2026"),
+    ("LAKESIDE_SANDBOX_TOTP_SEED", "JBSWY3DPEHPK3PXP"),
+    ("LAKESIDE_SANDBOX_CLIENT_SECRET", "sandbox-lakeside-client-secret"),
+    ("VALLEY_SANDBOX_PASSWORD", "Sandbox-Valley-2026"),
+    ("VALLEY_SANDBOX_TOTP_SEED", "KRSXG5CTMVRXEZLU"),
+];
+
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+impl Project {
+    /// A copy of the repository's `config/` and `samples/`.
+    pub fn new() -> Project {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&Path::new(REPO).join("config"), &dir.path().join("config"));
+        copy_dir(&Path::new(REPO).join("samples"), &dir.path().join("samples"));
+        Project { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path("config/precert.toml")
+    }
+
+    pub fn write(&self, rel: &str, text: &str) -> PathBuf {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// Runs `precert --config … ARGS` with the sample secrets set.
+    pub fn precert(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_precert"));
+        cmd.arg("--config").arg(self.config_path()).args(args).current_dir(self.dir.path());
+        for (k, v) in SECRETS {
+            cmd.env(k, v);
+        }
+        cmd.env_remove("PRECERT_LOG").env_remove("CREDENTIALS_DIRECTORY");
+        cmd
+    }
+
+    pub fn settings(&self) -> Settings {
+        config::load(&self.config_path(), Secrets::Skip).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub async fn ledger(&self) -> Ledger {
+        Ledger::open(&self.settings().database_url).await.unwrap()
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
