@@ -1,0 +1,7 @@
+mod admin;
+mod api;
+mod binary;
+mod browser;
+mod common;
+mod hazards;
+mod portal;

@@ -1,0 +1,3 @@
+//! Integration tests of the sandbox payer, as one test binary (see `it/`).
+
+mod it;
