@@ -4,10 +4,18 @@
 //! `intake` turns practice files into validated `case`s, `store` keeps them
 //! and their audit trail, and `cli` is the thin layer over all of it.
 
+pub mod browser;
 pub mod case;
 pub mod cli;
 pub mod config;
+pub mod engine;
 pub mod intake;
+pub mod limits;
 pub mod logging;
+pub mod pas;
 pub mod phi;
+pub mod playbook;
+pub mod queue;
+pub mod schedule;
 pub mod store;
+pub mod totp;

@@ -207,6 +207,8 @@ pub struct CaseRecord {
     pub status: CaseStatus,
     pub data: CaseData,
     pub decision: Option<Decision>,
+    /// The payer's reference for the submitted request.
+    pub payer_ref: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -94,7 +94,8 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
         CasesCommand::Show { id, phi } => {
             let case = resolve(&ledger, &id).await?;
             let events = ledger.events(case.id).await?;
-            print!("{}", render_case(&case, &events, phi));
+            let letters = ledger.letters(case.id).await?;
+            print!("{}", render_case(&case, &events, &letters, phi));
             Ok(Outcome::Ok)
         }
         CasesCommand::SetStatus { id, status, note } => {
@@ -191,7 +192,7 @@ async fn import(
 }
 
 /// A case by ledger number, `PRACTICE/CASE_ID`, or bare case ID.
-async fn resolve(ledger: &Ledger, id: &str) -> anyhow::Result<CaseRecord> {
+pub(crate) async fn resolve(ledger: &Ledger, id: &str) -> anyhow::Result<CaseRecord> {
     if let Ok(n) = id.parse::<i64>() {
         return Ok(ledger.get(n).await?);
     }
@@ -246,7 +247,12 @@ pub fn render_list(cases: &[CaseRecord]) -> String {
     out
 }
 
-pub fn render_case(c: &CaseRecord, events: &[crate::store::CaseEvent], phi: bool) -> String {
+pub fn render_case(
+    c: &CaseRecord,
+    events: &[crate::store::CaseEvent],
+    letters: &[crate::store::Letter],
+    phi: bool,
+) -> String {
     let d = &c.data;
     let p = &d.patient;
     let mut out = String::new();
@@ -350,6 +356,23 @@ pub fn render_case(c: &CaseRecord, events: &[crate::store::CaseEvent], phi: bool
                 let _ = writeln!(out, "  conditions   {cond}");
             }
         }
+    }
+    if let Some(r) = &c.payer_ref {
+        let _ = writeln!(out, "  payer ref    {r}");
+    }
+    for l in letters {
+        let when = l
+            .fetched_at
+            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {:<12} {} ({} bytes, sha256 {}…, fetched {when})",
+            l.kind,
+            l.stored_path.display(),
+            l.bytes,
+            &l.sha256[..12]
+        );
     }
     let _ = writeln!(out, "  timeline");
     for e in events {

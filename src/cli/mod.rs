@@ -6,6 +6,9 @@
 //! errors and failures to run at all.
 
 mod cases;
+mod pas;
+mod run;
+mod schedule;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +45,14 @@ pub enum Command {
     /// Import, list and inspect cases.
     #[command(subcommand)]
     Cases(cases::CasesCommand),
+    /// Run one playbook action for one case, printing each step: the tool
+    /// for writing and debugging playbooks.
+    Run(run::RunArgs),
+    /// The Da Vinci PAS API channel: request Bundles and payer answers.
+    #[command(subcommand)]
+    Pas(pas::PasCommand),
+    /// Show when each practice's jobs fire next, in its local time and UTC.
+    Schedule(schedule::ScheduleArgs),
 }
 
 /// How a command ended, for the exit code.
@@ -84,6 +95,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let settings = load(&cli.config, Secrets::Skip)?;
             cases::run(cmd, &settings).await
         }
+        Command::Pas(cmd) => pas::run(cmd, &cli.config).await,
+        Command::Run(args) => {
+            let settings = load(&cli.config, Secrets::Resolve)?;
+            run::run(args, settings).await
+        }
+        Command::Schedule(args) => {
+            let settings = load(&cli.config, Secrets::Skip)?;
+            schedule::run(args, &settings)
+        }
     }
 }
 
@@ -97,30 +117,67 @@ pub fn load(path: &std::path::Path, secrets: Secrets) -> anyhow::Result<Settings
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<Outcome> {
-    match config::load(path, Secrets::Resolve) {
-        Ok(settings) => {
-            crate::logging::init(&settings.log);
-            tracing::debug!(?settings, "Configuration checked.");
-            println!("{}: ok", settings.source.display());
-            println!("  data directory  {}", settings.data_dir.display());
-            println!("  database        {}", settings.database_url);
-            for p in &settings.practices {
-                let payers: Vec<&str> = p.payers.keys().map(String::as_str).collect();
-                println!(
-                    "  practice {:<20} {} ({}; payers: {}){}",
-                    p.id,
-                    p.name,
-                    p.timezone,
-                    payers.join(", "),
-                    if p.enabled { "" } else { " [disabled]" }
-                );
-            }
-            println!("configuration ok: {} practice(s)", settings.practices.len());
-            Ok(Outcome::Ok)
-        }
+    let loaded = config::load(path, Secrets::Resolve);
+    let mut problems = 0;
+    let playbooks_dir = match &loaded {
+        Ok(settings) => settings.playbooks_dir.clone(),
         Err(errors) => {
             eprint!("{errors}");
-            Ok(Outcome::Problems)
+            problems += errors.0.len();
+            config::default_playbooks_dir(path)
         }
+    };
+    let (playbooks, playbook_errors) = crate::playbook::load_dir(&playbooks_dir);
+    for e in &playbook_errors {
+        eprintln!("{e}");
+    }
+    problems += playbook_errors.len();
+    if let Ok(settings) = &loaded {
+        crate::logging::init(&settings.log);
+        tracing::debug!(?settings, "Configuration checked.");
+        let binding_errors = crate::playbook::check_bindings(settings, &playbooks);
+        for e in &binding_errors {
+            eprintln!("{e}");
+        }
+        problems += binding_errors.len();
+        println!(
+            "{}: {}",
+            settings.source.display(),
+            if problems == 0 { "ok" } else { "has problems" }
+        );
+        println!("  data directory  {}", settings.data_dir.display());
+        println!("  database        {}", settings.database_url);
+        for p in &settings.practices {
+            let payers: Vec<&str> = p.payers.keys().map(String::as_str).collect();
+            println!(
+                "  practice {:<20} {} ({}; payers: {}){}",
+                p.id,
+                p.name,
+                p.timezone,
+                payers.join(", "),
+                if p.enabled { "" } else { " [disabled]" }
+            );
+        }
+        for pb in &playbooks {
+            let actions: Vec<&str> = pb.actions.keys().map(|a| a.as_str()).collect();
+            println!(
+                "  playbook {:<20} {} ({:?}; actions: {})",
+                pb.id,
+                pb.name,
+                pb.channel,
+                actions.join(", ")
+            );
+        }
+    }
+    if problems == 0 {
+        println!(
+            "configuration ok: {} practice(s), {} playbook(s)",
+            loaded.as_ref().map(|s| s.practices.len()).unwrap_or(0),
+            playbooks.len()
+        );
+        Ok(Outcome::Ok)
+    } else {
+        eprintln!("{problems} problem(s) found");
+        Ok(Outcome::Problems)
     }
 }

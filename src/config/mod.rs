@@ -121,6 +121,7 @@ pub struct Settings {
     pub database_url: String,
     pub practices_dir: PathBuf,
     pub playbooks_dir: PathBuf,
+    pub artifacts_retention_days: u32,
     pub log: LogSettings,
     pub http_listen: SocketAddr,
     pub webdriver: WebDriverSettings,
@@ -174,6 +175,7 @@ pub struct Contacts {
 #[derive(Clone, Debug)]
 pub struct PayerBinding {
     pub playbook: String,
+    pub base_url: Option<String>,
     pub account: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, Secret>,
 }
@@ -248,6 +250,17 @@ impl Problems<'_> {
     }
 }
 
+/// Where playbooks are looked for when `precert.toml` cannot be read.
+pub fn default_playbooks_dir(config_file: &Path) -> PathBuf {
+    let base = absolute(
+        config_file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    );
+    base.parent().map(Path::to_owned).unwrap_or(base).join("playbooks")
+}
+
 /// Loads and checks `precert.toml` and every practice file beside it.
 pub fn load(path: &Path, secrets: Secrets) -> Result<Settings, ConfigErrors> {
     let mut errors = Vec::new();
@@ -312,7 +325,10 @@ fn parse_file<T: DeserializeOwned>(path: &Path, env_prefix: Option<&str>) -> Res
         let parent = if parent == "." { String::new() } else { parent };
         let mut message = e.inner().to_string();
         // serde reports an unknown key at its parent; name the key itself.
-        let key = match message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) {
+        let key = match message
+            .strip_prefix("unknown field `")
+            .and_then(|m| m.split('`').next())
+        {
             Some(field) if parent.is_empty() => field.to_owned(),
             Some(field) => format!("{parent}.{field}"),
             None => parent,
@@ -450,6 +466,7 @@ fn compile_daemon(
             .unwrap_or_else(|| project.join("playbooks")),
         data_dir,
         database_url,
+        artifacts_retention_days: raw.artifacts_retention_days.unwrap_or(30),
         log,
         http_listen,
         webdriver,
@@ -765,10 +782,19 @@ fn compile_practice(raw: &RawPractice, file: &Path, secrets: Secrets, errors: &m
                 p.add(format!("payers.{key}.account.{name}"), "is empty");
             }
         }
+        if let Some(url) = &payer.base_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                p.add(
+                    format!("payers.{key}.base_url"),
+                    format!("`{url}` is not an http(s) URL"),
+                );
+            }
+        }
         payers.insert(
             key.clone(),
             PayerBinding {
                 playbook,
+                base_url: payer.base_url.clone(),
                 account: payer.account.clone(),
                 secrets: resolved,
             },

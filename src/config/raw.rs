@@ -25,6 +25,9 @@ pub struct RawDaemon {
     pub practices_dir: Option<String>,
     /// Default: `playbooks` beside the `config` directory.
     pub playbooks_dir: Option<String>,
+    /// Days to keep failure artifacts (screenshots, page HTML, traces).
+    /// Default 30.
+    pub artifacts_retention_days: Option<u32>,
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
@@ -151,6 +154,8 @@ pub struct RawContacts {
 pub struct RawPayer {
     /// The playbook to run (default: the table's key).
     pub playbook: Option<String>,
+    /// Overrides the playbook's portal address (a test portal, the sandbox).
+    pub base_url: Option<String>,
     /// Non-secret account details the playbook uses, e.g. `username`.
     #[serde(default)]
     pub account: BTreeMap<String, String>,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use validate::{validate, FieldError, RawCase};
+pub use validate::{validate, write_private, FieldError, RawCase};
 
 use crate::config::Settings;
 use crate::store::{Actor, ImportOutcome, Ledger, StoreError};
@@ -129,10 +129,10 @@ pub async fn import_file(
                 }
                 report.invalid.push(RecordProblem { line, case_ref, errors });
             }
-            Ok((data, required)) => match {
+            Ok((data, required)) => {
                 tracing::debug!(line, ?data, "Record validated.");
-                ledger.import_case(&data, required, actor).await?
-            } {
+                let outcome = ledger.import_case(&data, required, actor).await?;
+                match outcome {
                 ImportOutcome::Created { id } => {
                     tracing::info!(case_id = id, practice = %data.practice_id, case_ref = %data.case_ref, member = %data.patient.member_id, "Case imported.");
                     report.created += 1;
@@ -153,7 +153,8 @@ pub async fn import_file(
                         ),
                     )],
                 }),
-            },
+            }
+            }
         }
         progress(i + 1, total);
     }

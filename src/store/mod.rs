@@ -146,6 +146,19 @@ pub enum ImportOutcome {
     },
 }
 
+/// A letter kept for a case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Letter {
+    /// `letter` (the decision letter).
+    pub kind: String,
+    /// Relative to the data directory.
+    pub stored_path: PathBuf,
+    pub sha256: String,
+    pub bytes: u64,
+    pub media_type: String,
+    pub fetched_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct CaseFilter {
     pub practice: Option<String>,
@@ -162,7 +175,15 @@ pub struct Ledger {
     clock: Clock,
 }
 
-static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "ledger", include_str!("migrations/sqlite/0001_ledger.sql"))];
+static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "ledger", include_str!("migrations/sqlite/0001_ledger.sql")),
+    (
+        2,
+        "letters and references",
+        include_str!("migrations/sqlite/0002_letters_and_references.sql"),
+    ),
+    (3, "jobs", include_str!("migrations/sqlite/0003_jobs.sql")),
+];
 
 fn migrator() -> Migrator {
     let migrations: Vec<Migration> = SQLITE_MIGRATIONS
@@ -291,6 +312,13 @@ impl Ledger {
 
     pub fn now(&self) -> DateTime<Utc> {
         (self.clock)()
+    }
+
+    /// The connection pool, for the queue (`crate::queue`), which keeps its
+    /// tables in the ledger's database so a job and a case change can share
+    /// a transaction later.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     pub async fn close(&self) {
@@ -577,6 +605,96 @@ impl Ledger {
             .collect()
     }
 
+    /// Records the payer's reference for the case's request, with its event.
+    pub async fn set_payer_ref(&self, id: i64, reference: &str, actor: &Actor) -> Result<(), StoreError> {
+        let now = ts(self.now());
+        let mut tx = self.pool.begin().await?;
+        current(&mut tx, id).await?;
+        sqlx::query("UPDATE cases SET payer_ref = $1, version = version + 1, updated_at = $2 WHERE id = $3")
+            .bind(reference)
+            .bind(&now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        insert_event(
+            &mut tx,
+            id,
+            &now,
+            EventKind::Note,
+            None,
+            None,
+            actor,
+            &json!({ "payer_reference": reference }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A case by the payer's reference for it.
+    pub async fn find_by_payer_ref(&self, payer: &str, reference: &str) -> Result<Option<CaseRecord>, StoreError> {
+        let row = sqlx::query(&format!("{SELECT_CASE} WHERE payer = $1 AND payer_ref = $2"))
+            .bind(payer)
+            .bind(reference)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(case_from_row).transpose()
+    }
+
+    /// Records a stored letter (once per content) with its event. Returns
+    /// false when the same letter was already kept.
+    pub async fn add_letter(&self, id: i64, letter: &Letter, actor: &Actor) -> Result<bool, StoreError> {
+        let now = ts(self.now());
+        let mut tx = self.pool.begin().await?;
+        current(&mut tx, id).await?;
+        let exists = sqlx::query("SELECT id FROM letters WHERE case_id = $1 AND sha256 = $2")
+            .bind(id)
+            .bind(&letter.sha256)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO letters (case_id, kind, stored_path, sha256, bytes, media_type, fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(id)
+        .bind(&letter.kind)
+        .bind(letter.stored_path.display().to_string())
+        .bind(&letter.sha256)
+        .bind(letter.bytes as i64)
+        .bind(&letter.media_type)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await?;
+        let detail =
+            json!({ "kind": letter.kind, "file": letter.stored_path, "sha256": letter.sha256, "bytes": letter.bytes });
+        insert_event(&mut tx, id, &now, EventKind::Letter, None, None, actor, &detail).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn letters(&self, id: i64) -> Result<Vec<Letter>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, stored_path, sha256, bytes, media_type, fetched_at FROM letters WHERE case_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Letter {
+                    kind: r.try_get("kind")?,
+                    stored_path: PathBuf::from(r.try_get::<String, _>("stored_path")?),
+                    sha256: r.try_get("sha256")?,
+                    bytes: r.try_get::<i64, _>("bytes")? as u64,
+                    media_type: r.try_get("media_type")?,
+                    fetched_at: Some(parse_ts(id, r.try_get::<String, _>("fetched_at")?.as_str())?),
+                })
+            })
+            .collect()
+    }
+
     /// Runs a raw statement; for tests that prove the database's own guards.
     #[doc(hidden)]
     pub async fn execute_raw(&self, sql: &str) -> Result<u64, StoreError> {
@@ -584,7 +702,7 @@ impl Ledger {
     }
 }
 
-const SELECT_CASE: &str = "SELECT id, status, data, decision, created_at, updated_at FROM cases";
+const SELECT_CASE: &str = "SELECT id, status, data, decision, payer_ref, created_at, updated_at FROM cases";
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
@@ -610,6 +728,7 @@ fn case_from_row(row: &AnyRow) -> Result<CaseRecord, StoreError> {
                 id,
                 reason: format!("decision: {e}"),
             })?,
+        payer_ref: row.try_get("payer_ref")?,
         created_at: parse_ts(id, row.try_get::<String, _>("created_at")?.as_str())?,
         updated_at: parse_ts(id, row.try_get::<String, _>("updated_at")?.as_str())?,
     })

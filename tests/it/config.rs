@@ -21,14 +21,22 @@ fn the_sample_configuration_passes_check() {
     let out = p.precert(&["check"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.contains("lakeside-ortho") && text.contains("valley-imaging"), "{text}");
+    assert!(
+        text.contains("lakeside-ortho") && text.contains("valley-imaging"),
+        "{text}"
+    );
     assert!(text.contains("configuration ok: 2 practice(s)"), "{text}");
 }
 
 #[test]
 fn a_missing_file_is_named() {
     let p = Project::new();
-    let out = p.command(&["check"]).arg("--config").arg(p.path("nowhere.toml")).output().unwrap();
+    let out = p
+        .command(&["check"])
+        .arg("--config")
+        .arg(p.path("nowhere.toml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("nowhere.toml: configuration file not found"), "{err}");
@@ -37,7 +45,9 @@ fn a_missing_file_is_named() {
 #[test]
 fn an_unknown_key_is_named_with_its_file() {
     let p = Project::new();
-    let text = std::fs::read_to_string(p.config_path()).unwrap().replace("mask_phi = true", "mask_phi = true\ncolour = \"blue\"");
+    let text = std::fs::read_to_string(p.config_path())
+        .unwrap()
+        .replace("mask_phi = true", "mask_phi = true\ncolour = \"blue\"");
     p.write("config/precert.toml", &text);
     let errors = errors_of(&p, Secrets::Skip);
     assert_eq!(errors.len(), 1, "{errors:?}");
@@ -63,7 +73,10 @@ fn every_problem_in_a_practice_is_reported_at_once() {
         format!("{file}: schedules.poll: `0 25 * * *` is not a valid cron expression"),
         format!("{file}: contacts.operations[0]: `it.ops-at-valley` is not an e-mail address"),
     ] {
-        assert!(errors.iter().any(|e| e.contains(&needle)), "missing {needle:?} in {errors:#?}");
+        assert!(
+            errors.iter().any(|e| e.contains(&needle)),
+            "missing {needle:?} in {errors:#?}"
+        );
     }
     assert_eq!(errors.len(), 4, "{errors:#?}");
 }
@@ -71,7 +84,11 @@ fn every_problem_in_a_practice_is_reported_at_once() {
 #[test]
 fn an_unresolvable_secret_is_reported_with_where_it_was_looked_for() {
     let p = Project::new();
-    let out = p.command(&["check"]).env_remove("VALLEY_SANDBOX_PASSWORD").output().unwrap();
+    let out = p
+        .command(&["check"])
+        .env_remove("VALLEY_SANDBOX_PASSWORD")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
@@ -82,8 +99,16 @@ fn an_unresolvable_secret_is_reported_with_where_it_was_looked_for() {
     assert_eq!(err.matches("is not set").count(), 1, "{err}");
     assert!(!err.contains("Sandbox-Lakeside-2026"), "{err}");
 
-    let out = p.command(&["check"]).env("VALLEY_SANDBOX_PASSWORD", "").output().unwrap();
-    assert!(stderr(&out).contains("environment variable VALLEY_SANDBOX_PASSWORD is empty"), "{}", stderr(&out));
+    let out = p
+        .command(&["check"])
+        .env("VALLEY_SANDBOX_PASSWORD", "")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("environment variable VALLEY_SANDBOX_PASSWORD is empty"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -91,11 +116,16 @@ fn a_secret_written_in_the_file_is_refused() {
     let p = Project::new();
     let text = std::fs::read_to_string(p.path("config/practices/valley-imaging.toml"))
         .unwrap()
-        .replace("secrets.password = { env = \"VALLEY_SANDBOX_PASSWORD\" }", "secrets.password = \"hunter2\"");
+        .replace(
+            "secrets.password = { env = \"VALLEY_SANDBOX_PASSWORD\" }",
+            "secrets.password = \"hunter2\"",
+        );
     p.write("config/practices/valley-imaging.toml", &text);
     let errors = errors_of(&p, Secrets::Resolve);
     assert!(
-        errors.iter().any(|e| e.contains("payers.sandbox.secrets.password: a secret's value cannot be written")),
+        errors
+            .iter()
+            .any(|e| e.contains("payers.sandbox.secrets.password: a secret's value cannot be written")),
         "{errors:#?}"
     );
     assert!(!errors.iter().any(|e| e.contains("hunter2")), "{errors:#?}");
@@ -112,18 +142,31 @@ fn secrets_come_from_files_and_systemd_credentials() {
     std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o644)).unwrap();
     let text = std::fs::read_to_string(p.path("config/practices/valley-imaging.toml"))
         .unwrap()
-        .replace("{ env = \"VALLEY_SANDBOX_PASSWORD\" }", "{ credential = \"valley-portal\" }")
-        .replace("{ env = \"VALLEY_SANDBOX_TOTP_SEED\" }", "{ file = \"../../secrets/valley-seed\" }");
+        .replace(
+            "{ env = \"VALLEY_SANDBOX_PASSWORD\" }",
+            "{ credential = \"valley-portal\" }",
+        )
+        .replace(
+            "{ env = \"VALLEY_SANDBOX_TOTP_SEED\" }",
+            "{ file = \"../../secrets/valley-seed\" }",
+        );
     p.write("config/practices/valley-imaging.toml", &text);
 
     // Without $CREDENTIALS_DIRECTORY, and with a seed file others can read.
     let out = p.precert(&["check"]);
     let err = stderr(&out);
     assert!(err.contains("payers.sandbox.secrets.password: systemd credential valley-portal cannot be read: $CREDENTIALS_DIRECTORY is not set"), "{err}");
-    assert!(err.contains("payers.sandbox.secrets.totp_seed: secret file") && err.contains("readable by others (mode 0644)"), "{err}");
+    assert!(
+        err.contains("payers.sandbox.secrets.totp_seed: secret file") && err.contains("readable by others (mode 0644)"),
+        "{err}"
+    );
 
     std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = p.command(&["check"]).env("CREDENTIALS_DIRECTORY", &creds).output().unwrap();
+    let out = p
+        .command(&["check"])
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 
     // In-process: the values are there, and Debug does not show them.
@@ -136,7 +179,10 @@ fn secrets_come_from_files_and_systemd_credentials() {
     let valley = settings.practice("valley-imaging").unwrap();
     let secrets = &valley.payers["sandbox"].secrets;
     assert_eq!(secrets["password"].value().unwrap().expose_secret(), "from-credential");
-    assert_eq!(secrets["totp_seed"].value().unwrap().expose_secret(), "KRSXG5CTMVRXEZLU");
+    assert_eq!(
+        secrets["totp_seed"].value().unwrap().expose_secret(),
+        "KRSXG5CTMVRXEZLU"
+    );
     let debug = format!("{settings:?}");
     assert!(debug.contains("[REDACTED]"), "{debug}");
     for needle in ["from-credential", "KRSXG5CTMVRXEZLU", "Sandbox-Lakeside-2026"] {
@@ -154,10 +200,16 @@ fn environment_variables_override_the_file() {
         .output()
         .unwrap();
     let err = stderr(&out);
-    assert!(err.contains("precert.toml: http.listen: `not-an-address` is not an address"), "{err}");
+    assert!(
+        err.contains("precert.toml: http.listen: `not-an-address` is not an address"),
+        "{err}"
+    );
     assert!(err.contains("webdriver.max_sessions: must be at least 1"), "{err}");
 
     let out = p.command(&["check"]).env("PRECERT__NO_SUCH_KEY", "1").output().unwrap();
     let err = stderr(&out);
-    assert!(err.contains("unknown field `no_such_key`") && err.contains("PRECERT__NO_SUCH_KEY"), "{err}");
+    assert!(
+        err.contains("unknown field `no_such_key`") && err.contains("PRECERT__NO_SUCH_KEY"),
+        "{err}"
+    );
 }

@@ -33,7 +33,11 @@ async fn a_csv_with_good_and_bad_rows_stores_the_good_and_reports_the_bad() {
     }
     // The attachment of a bad row is not even looked at.
     assert!(!err.contains("missing.pdf"), "{err}");
-    assert!(stdout(&out).contains("6 record(s): 2 created, 0 updated, 0 unchanged, 4 invalid"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("6 record(s): 2 created, 0 updated, 0 unchanged, 4 invalid"),
+        "{}",
+        stdout(&out)
+    );
 
     let ledger = p.ledger().await;
     let cases = ledger.list(&CaseFilter::default()).await.unwrap();
@@ -48,11 +52,19 @@ async fn a_csv_with_good_and_bad_rows_stores_the_good_and_reports_the_bad() {
     // Again: nothing new, the same problems.
     let out = p.precert(&["cases", "import", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stdout(&out).contains("0 created, 0 updated, 2 unchanged, 4 invalid"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("0 created, 0 updated, 2 unchanged, 4 invalid"),
+        "{}",
+        stdout(&out)
+    );
     let ledger = p.ledger().await;
     assert_eq!(ledger.list(&CaseFilter::default()).await.unwrap().len(), 2);
     let events = ledger.events(cases[0].id).await.unwrap();
-    assert_eq!(events.len(), 3, "imported, required, ready; a re-import adds no event: {events:#?}");
+    assert_eq!(
+        events.len(),
+        3,
+        "imported, required, ready; a re-import adds no event: {events:#?}"
+    );
 }
 
 #[tokio::test]
@@ -63,7 +75,11 @@ async fn the_sample_files_import_cleanly_and_idempotently() {
         assert!(out.status.success(), "{file}: {}", stderr(&out));
     }
     let out = p.precert(&["cases", "import", "samples/cases.csv"]);
-    assert!(stdout(&out).contains("6 record(s): 0 created, 0 updated, 6 unchanged, 0 invalid"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("6 record(s): 0 created, 0 updated, 6 unchanged, 0 invalid"),
+        "{}",
+        stdout(&out)
+    );
     let out = p.precert(&["cases", "list", "--practice", "lakeside-ortho"]);
     let list = stdout(&out);
     assert!(list.contains("4 case(s)"), "{list}");
@@ -83,7 +99,11 @@ async fn a_changed_record_updates_a_case_until_it_is_submitted() {
 
     let out = p.precert(&["cases", "import", "samples/changed.csv"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("0 created, 1 updated, 5 unchanged"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("0 created, 1 updated, 5 unchanged"),
+        "{}",
+        stdout(&out)
+    );
     let ledger = p.ledger().await;
     let case = ledger.find("lakeside-ortho", "LO-2026-1001").await.unwrap().unwrap();
     assert_eq!(case.data.service_dates.start.to_string(), "2026-12-09");
@@ -92,8 +112,14 @@ async fn a_changed_record_updates_a_case_until_it_is_submitted() {
     assert_eq!(last.detail["changed"], serde_json::json!(["service_dates"]));
 
     // Once with the payer, the data is the payer's record: refuse, keep it.
-    ledger.transition(case.id, CaseStatus::Submitting, &Actor::user("test"), None).await.unwrap();
-    ledger.transition(case.id, CaseStatus::Pending, &Actor::user("test"), None).await.unwrap();
+    ledger
+        .transition(case.id, CaseStatus::Submitting, &Actor::user("test"), None)
+        .await
+        .unwrap();
+    ledger
+        .transition(case.id, CaseStatus::Pending, &Actor::user("test"), None)
+        .await
+        .unwrap();
     ledger.close().await;
     let out = p.precert(&["cases", "import", "samples/cases.csv"]);
     assert_eq!(out.status.code(), Some(1));
@@ -110,7 +136,9 @@ async fn a_changed_record_updates_a_case_until_it_is_submitted() {
 #[test]
 fn a_file_with_an_unknown_column_is_refused_whole() {
     let p = Project::new();
-    let text = std::fs::read_to_string(p.path("samples/cases.csv")).unwrap().replacen("urgency", "urgancy", 1);
+    let text = std::fs::read_to_string(p.path("samples/cases.csv"))
+        .unwrap()
+        .replacen("urgency", "urgancy", 1);
     p.write("samples/typo.csv", &text);
     let out = p.precert(&["cases", "import", "samples/typo.csv"]);
     assert_eq!(out.status.code(), Some(2));
@@ -138,10 +166,27 @@ fn json_errors_point_at_the_line_of_the_record() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     let pretty = serde_json::to_string_pretty(&all).unwrap();
-    let line_of = |n: usize| 1 + pretty.lines().enumerate().filter(|(_, l)| *l == "  {").nth(n).unwrap().0;
-    assert!(err.contains(&format!("three.json:{}: middle_name: unknown field `middle_name`", line_of(1))), "{err}");
+    let line_of = |n: usize| {
+        1 + pretty
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| *l == "  {")
+            .nth(n)
+            .unwrap()
+            .0
+    };
     assert!(
-        err.contains(&format!("three.json:{} (case LO-BAD-2): service_lines[0].units: 0 is not between 1 and 9999", line_of(2))),
+        err.contains(&format!(
+            "three.json:{}: middle_name: unknown field `middle_name`",
+            line_of(1)
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "three.json:{} (case LO-BAD-2): service_lines[0].units: 0 is not between 1 and 9999",
+            line_of(2)
+        )),
         "{err}"
     );
     assert!(stdout(&out).contains("3 record(s): 1 created"), "{}", stdout(&out));

@@ -19,7 +19,10 @@ async fn an_illegal_transition_is_refused_and_writes_nothing() {
     let p = Project::new();
     let (ledger, id) = imported(&p).await;
     let before = ledger.events(id).await.unwrap().len();
-    let err = ledger.transition(id, CaseStatus::Approved, &Actor::user("test"), None).await.unwrap_err();
+    let err = ledger
+        .transition(id, CaseStatus::Approved, &Actor::user("test"), None)
+        .await
+        .unwrap_err();
     assert!(err.is_illegal_transition(), "{err}");
     assert_eq!(
         err.to_string(),
@@ -42,9 +45,17 @@ async fn every_change_lands_in_the_event_log() {
     let ledger = ledger.with_clock(std::sync::Arc::new(move || t0));
     let job = Actor::job("submit", 7);
     ledger.transition(id, CaseStatus::Submitting, &job, None).await.unwrap();
-    ledger.transition(id, CaseStatus::Pending, &job, Some("reference SBX-1001")).await.unwrap();
     ledger
-        .append_event(id, EventKind::Run, &Actor::job("poll", 8), &serde_json::json!({ "action": "poll_status", "result": "In Review" }))
+        .transition(id, CaseStatus::Pending, &job, Some("reference SBX-1001"))
+        .await
+        .unwrap();
+    ledger
+        .append_event(
+            id,
+            EventKind::Run,
+            &Actor::job("poll", 8),
+            &serde_json::json!({ "action": "poll_status", "result": "In Review" }),
+        )
         .await
         .unwrap();
     let decision = Decision {
@@ -63,7 +74,10 @@ async fn every_change_lands_in_the_event_log() {
         decided_at: t0,
         source: "portal:sandbox".into(),
     };
-    ledger.record_decision(id, &decision, CaseStatus::Approved, &Actor::job("poll", 9)).await.unwrap();
+    ledger
+        .record_decision(id, &decision, CaseStatus::Approved, &Actor::job("poll", 9))
+        .await
+        .unwrap();
 
     let case = ledger.get(id).await.unwrap();
     assert_eq!(case.status, CaseStatus::Approved);
@@ -95,10 +109,16 @@ async fn every_change_lands_in_the_event_log() {
 
     // A decision whose status the graph forbids is refused whole.
     let denial = Decision {
-        denial: Some(DenialReason { code: Some("CLIN-06".into()), text: "Not documented.".into() }),
+        denial: Some(DenialReason {
+            code: Some("CLIN-06".into()),
+            text: "Not documented.".into(),
+        }),
         ..decision
     };
-    let err = ledger.record_decision(id, &denial, Denied, &Actor::job("poll", 10)).await.unwrap_err();
+    let err = ledger
+        .record_decision(id, &denial, Denied, &Actor::job("poll", 10))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::IllegalTransition { .. }), "{err}");
     assert_eq!(ledger.get(id).await.unwrap().decision.unwrap().denial, None);
 
@@ -106,16 +126,25 @@ async fn every_change_lands_in_the_event_log() {
     ledger.close().await;
     let out = p.precert(&["cases", "show", "lakeside-ortho/LO-2026-1001"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("decision     auth AUTH-778812  valid 2026-12-08 to 2027-03-08"), "{text}");
+    assert!(
+        text.contains("decision     auth AUTH-778812  valid 2026-12-08 to 2027-03-08"),
+        "{text}"
+    );
     assert!(text.contains("pending → approved"), "{text}");
-    assert!(text.contains("member ********0301") && !text.contains("SBX100200301"), "{text}");
+    assert!(
+        text.contains("member ********0301") && !text.contains("SBX100200301"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn the_event_log_is_append_only_in_the_database_itself() {
     let p = Project::new();
     let (ledger, _) = imported(&p).await;
-    for sql in ["UPDATE case_events SET actor = 'someone-else'", "DELETE FROM case_events"] {
+    for sql in [
+        "UPDATE case_events SET actor = 'someone-else'",
+        "DELETE FROM case_events",
+    ] {
         let err = ledger.execute_raw(sql).await.unwrap_err();
         assert!(err.to_string().contains("case_events is append-only"), "{sql}: {err}");
     }
@@ -128,7 +157,10 @@ async fn the_ledger_file_is_private_and_in_wal_mode() {
     let db = p.settings().data_dir.join("precert.db");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::metadata(db.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(db.parent().unwrap()).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     // While a connection is open, WAL mode keeps a -wal file beside it.
     assert!(db.with_file_name("precert.db-wal").exists());
     ledger.close().await;
@@ -139,6 +171,9 @@ async fn importing_the_same_case_twice_in_process_is_recognised() {
     let p = Project::new();
     let (ledger, id) = imported(&p).await;
     let case = ledger.get(id).await.unwrap();
-    let again = ledger.import_case(&case.data, Some(true), &Actor::user("test")).await.unwrap();
+    let again = ledger
+        .import_case(&case.data, Some(true), &Actor::user("test"))
+        .await
+        .unwrap();
     assert_eq!(again, ImportOutcome::Unchanged { id });
 }

@@ -1,5 +1,12 @@
 mod config;
 mod intake;
 mod ledger;
+mod limits;
 mod logging;
+mod pas;
+mod playbook;
+mod portal;
+mod queue;
+mod schedule;
 pub mod support;
+mod systemd;

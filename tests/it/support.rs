@@ -41,11 +41,36 @@ impl Project {
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&Path::new(REPO).join("config"), &dir.path().join("config"));
         copy_dir(&Path::new(REPO).join("samples"), &dir.path().join("samples"));
+        copy_dir(&Path::new(REPO).join("playbooks"), &dir.path().join("playbooks"));
         Project { dir }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    /// Points every practice's `sandbox` payer at a running sandbox.
+    pub fn use_sandbox(&self, base_url: &str) {
+        for practice in ["lakeside-ortho", "valley-imaging"] {
+            let path = self.path(&format!("config/practices/{practice}.toml"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text = text.replacen(
+                "[payers.sandbox]\n",
+                &format!("[payers.sandbox]\nbase_url = \"{base_url}\"\n"),
+                1,
+            );
+            std::fs::write(&path, text).unwrap();
+        }
+    }
+
+    /// Loads settings with secrets, as the daemon and `precert run` do.
+    pub fn settings_with_secrets(&self) -> Settings {
+        for (k, v) in SECRETS {
+            // SAFETY: test processes set these before any thread reads them;
+            // nextest runs each test in its own process.
+            unsafe { std::env::set_var(k, v) };
+        }
+        config::load(&self.config_path(), Secrets::Resolve).unwrap_or_else(|e| panic!("{e}"))
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -66,7 +91,10 @@ impl Project {
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_precert"));
-        cmd.arg("--config").arg(self.config_path()).args(args).current_dir(self.dir.path());
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .current_dir(self.dir.path());
         for (k, v) in SECRETS {
             cmd.env(k, v);
         }

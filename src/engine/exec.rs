@@ -1,0 +1,736 @@
+//! The step interpreter: one playbook action on one WebDriver session.
+//!
+//! Waits are explicit and bounded by each step's timeout; nothing sleeps a
+//! fixed time. A failed step is classified (see `FailureKind`) by looking at
+//! the page through the playbook's `detect` rules before anything else.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use fantoccini::{Client, Locator};
+use serde_json::{json, Map, Value};
+
+use super::{FailureKind, Observation, StepFailure, Trace};
+use crate::playbook::{
+    template, Action, Condition, DownloadFrom, FailKind, Playbook, Sel, SelectBy, Step, StepKind, Tpl,
+};
+
+/// How often explicit waits look again.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Called right before a `commit: true` step: the engine records the intent
+/// durably before the click that sends the request.
+pub type CommitHook<'a> =
+    Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> + Send + Sync + 'a>;
+
+/// A file fetched by a `download` step.
+pub struct Fetched {
+    pub kind: String,
+    pub bytes: Vec<u8>,
+    pub media_type: String,
+}
+
+pub struct Interp<'a> {
+    pub client: &'a Client,
+    pub playbook: &'a Playbook,
+    pub env: minijinja::Environment<'static>,
+    /// case, practice, payer, account, secrets, vars, loop items.
+    pub ctx: Value,
+    pub trace: Trace,
+    pub observations: Vec<Observation>,
+    pub downloads: Vec<Fetched>,
+    pub committed: bool,
+    pub on_commit: Option<CommitHook<'a>>,
+    pub http: reqwest::Client,
+}
+
+type StepResult = Result<(), StepFailure>;
+
+fn fail(step: &Step, kind: FailureKind, message: impl Into<String>) -> StepFailure {
+    StepFailure {
+        kind,
+        at: step.at,
+        keyword: step.kind.keyword(),
+        message: message.into(),
+    }
+}
+
+impl<'a> Interp<'a> {
+    pub fn render(&self, step: &Step, t: &Tpl) -> Result<String, StepFailure> {
+        template::render(&self.env, &t.source, &self.ctx)
+            .map_err(|e| fail(step, FailureKind::Fatal, format!("template at line {}: {e}", t.at.line)))
+    }
+
+    fn css(&self, step: &Step, s: &Sel) -> Result<String, StepFailure> {
+        self.render(step, &s.css)
+    }
+
+    fn set_var(&mut self, name: &str, value: Value) {
+        if let Some(Value::Object(vars)) = self.ctx.get_mut("vars") {
+            vars.insert(name.to_owned(), value);
+        }
+    }
+
+    /// Runs an action's steps in order.
+    pub fn run_steps<'s>(&'s mut self, steps: &'s [Step]) -> Pin<Box<dyn Future<Output = StepResult> + Send + 's>>
+    where
+        'a: 's,
+    {
+        Box::pin(async move {
+            for step in steps {
+                self.run_step(step).await?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn run_step(&mut self, step: &Step) -> StepResult {
+        let mut attempt = 0;
+        loop {
+            let started = std::time::Instant::now();
+            let result = self.exec(step).await;
+            let result = match result {
+                Err(f) => Err(self.classify(step, f).await),
+                ok => ok,
+            };
+            self.trace
+                .record(step, attempt, started.elapsed(), result.as_ref().err());
+            match result {
+                Err(f) if f.kind == FailureKind::Retryable && attempt < step.retries => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// A failure seen through the playbook's `detect` rules: the page may
+    /// say we were logged out, need a human, or the portal is down.
+    async fn classify(&self, step: &Step, f: StepFailure) -> StepFailure {
+        if matches!(f.kind, FailureKind::NeedsHuman | FailureKind::Fatal) && f.message.starts_with("playbook:") {
+            return f;
+        }
+        let d = &self.playbook.detect;
+        for (conds, kind, what) in [
+            (
+                &d.needs_human,
+                FailureKind::NeedsHuman,
+                "the portal shows a page only a person can pass",
+            ),
+            (&d.logged_out, FailureKind::SessionLost, "the portal logged us out"),
+            (&d.unavailable, FailureKind::Retryable, "the portal is unavailable"),
+        ] {
+            for c in conds {
+                if self.holds(step, c).await.unwrap_or(false) {
+                    return fail(step, kind, format!("{what} (while: {})", f.message));
+                }
+            }
+        }
+        f
+    }
+
+    async fn find(&self, step: &Step, sel: &Sel) -> Result<fantoccini::elements::Element, StepFailure> {
+        let css = self.css(step, sel)?;
+        self.client
+            .wait()
+            .at_most(step.timeout)
+            .every(POLL)
+            .for_element(Locator::Css(&css))
+            .await
+            .map_err(|e| {
+                if matches!(e, fantoccini::error::CmdError::WaitTimeout) {
+                    fail(
+                        step,
+                        FailureKind::PortalChanged,
+                        format!("no element matches `{css}` after {:?}", step.timeout),
+                    )
+                } else {
+                    webdriver_failure(step, e)
+                }
+            })
+    }
+
+    /// Evaluates a condition once, without waiting.
+    async fn holds(&self, step: &Step, c: &Condition) -> Result<bool, StepFailure> {
+        Ok(match c {
+            Condition::Present(s) => {
+                let css = self.css(step, s)?;
+                !self
+                    .client
+                    .find_all(Locator::Css(&css))
+                    .await
+                    .map_err(|e| webdriver_failure(step, e))?
+                    .is_empty()
+            }
+            Condition::Absent(s) => {
+                let css = self.css(step, s)?;
+                self.client
+                    .find_all(Locator::Css(&css))
+                    .await
+                    .map_err(|e| webdriver_failure(step, e))?
+                    .is_empty()
+            }
+            Condition::Text(t) => {
+                let want = self.render(step, t)?;
+                let text = self
+                    .client
+                    .execute("return document.body ? document.body.innerText : '';", vec![])
+                    .await
+                    .map_err(|e| webdriver_failure(step, e))?;
+                text.as_str().unwrap_or_default().contains(&want)
+            }
+            Condition::Url(t) => {
+                let want = self.render(step, t)?;
+                self.client
+                    .current_url()
+                    .await
+                    .map_err(|e| webdriver_failure(step, e))?
+                    .as_str()
+                    .contains(&want)
+            }
+            Condition::Expr(t) => self.render(step, t)? == "true",
+        })
+    }
+
+    async fn wait_until(&self, step: &Step, c: &Condition) -> StepResult {
+        let deadline = tokio::time::Instant::now() + step.timeout;
+        loop {
+            if self.holds(step, c).await? {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(fail(
+                    step,
+                    FailureKind::Retryable,
+                    format!("still not true after {:?}: {}", step.timeout, describe(c)),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn exec(&mut self, step: &Step) -> StepResult {
+        let wd = |e| webdriver_failure(step, e);
+        match &step.kind {
+            StepKind::Navigate { url } => {
+                let url = self.render(step, url)?;
+                self.client.goto(&url).await.map_err(wd)?;
+            }
+            StepKind::Fill { selector, value } => {
+                let value = self.render(step, value)?;
+                let el = self.find(step, selector).await?;
+                el.clear().await.map_err(wd)?;
+                el.send_keys(&value).await.map_err(wd)?;
+            }
+            StepKind::Select { selector, by } => {
+                let el = self.find(step, selector).await?;
+                match by {
+                    SelectBy::Value(v) => el.select_by_value(&self.render(step, v)?).await,
+                    SelectBy::Label(l) => el.select_by_label(&self.render(step, l)?).await,
+                }
+                .map_err(|e| {
+                    if e.is_no_such_element() {
+                        fail(step, FailureKind::PortalChanged, "the option is not in the list")
+                    } else {
+                        wd(e)
+                    }
+                })?;
+            }
+            StepKind::Check { selector, checked } => {
+                let el = self.find(step, selector).await?;
+                if el.is_selected().await.map_err(wd)? != *checked {
+                    el.click().await.map_err(wd)?;
+                }
+            }
+            StepKind::Upload { selector, file } => {
+                let path = self.render(step, file)?;
+                if !std::path::Path::new(&path).is_file() {
+                    return Err(fail(
+                        step,
+                        FailureKind::Fatal,
+                        "the file to upload is missing from the data directory",
+                    ));
+                }
+                self.find(step, selector).await?.send_keys(&path).await.map_err(wd)?;
+            }
+            StepKind::Click { selector } => {
+                let el = self.find(step, selector).await?;
+                if step.commit && !self.committed {
+                    if let Some(hook) = self.on_commit.as_mut() {
+                        hook()
+                            .await
+                            .map_err(|e| fail(step, FailureKind::Fatal, format!("cannot record the intent: {e}")))?;
+                    }
+                    self.committed = true;
+                }
+                el.click().await.map_err(wd)?;
+                crash_after_commit(step);
+            }
+            StepKind::WaitFor(c) => self.wait_until(step, c).await?,
+            StepKind::Assert(c) => {
+                // An assertion may wait for the page, but failing it means
+                // the portal is not what the playbook expects.
+                if let Err(f) = self.wait_until(step, c).await {
+                    if f.kind == FailureKind::Retryable {
+                        return Err(fail(
+                            step,
+                            FailureKind::PortalChanged,
+                            format!("assertion failed: {}", describe(c)),
+                        ));
+                    }
+                    return Err(f);
+                }
+            }
+            StepKind::Extract {
+                selector,
+                attribute,
+                regex,
+                into,
+                optional,
+            } => {
+                let value = match self.find(step, selector).await {
+                    Err(f) if *optional && f.kind == FailureKind::PortalChanged => String::new(),
+                    Err(f) => return Err(f),
+                    Ok(el) => match attribute {
+                        Some(a) => el.attr(a).await.map_err(wd)?.unwrap_or_default(),
+                        None => el.text().await.map_err(wd)?,
+                    },
+                };
+                let value = match regex {
+                    None => value.trim().to_owned(),
+                    Some(re) => {
+                        let re = regex::Regex::new(re).map_err(|e| fail(step, FailureKind::Fatal, e.to_string()))?;
+                        match re.captures(&value) {
+                            Some(c) => c
+                                .get(1)
+                                .or_else(|| c.get(0))
+                                .map(|m| m.as_str().trim().to_owned())
+                                .unwrap_or_default(),
+                            None if *optional => String::new(),
+                            None => {
+                                return Err(fail(
+                                    step,
+                                    FailureKind::PortalChanged,
+                                    format!("the text does not match /{re}/"),
+                                ))
+                            }
+                        }
+                    }
+                };
+                self.set_var(into, Value::String(value));
+            }
+            StepKind::Totp { secret, into } => {
+                let seed = self.render(step, secret)?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs();
+                let code = crate::totp::code(&seed, now).map_err(|e| fail(step, FailureKind::Fatal, e))?;
+                self.set_var(into, Value::String(code));
+            }
+            StepKind::Screenshot { name } => {
+                let png = self.client.screenshot().await.map_err(wd)?;
+                self.trace.screenshots.push((name.clone(), png));
+            }
+            StepKind::Download { from, kind } => {
+                let href = match from {
+                    DownloadFrom::Url(u) => self.render(step, u)?,
+                    DownloadFrom::Link(s) => self
+                        .find(step, s)
+                        .await?
+                        .attr("href")
+                        .await
+                        .map_err(wd)?
+                        .unwrap_or_default(),
+                };
+                let fetched = self.fetch(step, &href, kind).await?;
+                self.downloads.push(fetched);
+            }
+            StepKind::If {
+                condition,
+                then,
+                otherwise,
+            } => {
+                let branch = if self.holds(step, condition).await? {
+                    then
+                } else {
+                    otherwise
+                };
+                self.run_steps(branch).await?;
+            }
+            StepKind::Rows {
+                selector,
+                cells,
+                next_page,
+                max_pages,
+                into,
+            } => {
+                let rows = self
+                    .read_rows(step, selector, cells, next_page.as_ref(), *max_pages)
+                    .await?;
+                self.set_var(into, Value::Array(rows));
+            }
+            StepKind::ForEach { list, item, steps } => {
+                let items = lookup(&self.ctx, list)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                for (i, v) in items.into_iter().enumerate() {
+                    if let Value::Object(m) = &mut self.ctx {
+                        m.insert(item.clone(), v);
+                        m.insert("index".into(), json!(i + 1));
+                    }
+                    self.run_steps(steps).await?;
+                }
+                if let Value::Object(m) = &mut self.ctx {
+                    m.remove(item);
+                    m.remove("index");
+                }
+            }
+            StepKind::Frame { selector, steps } => {
+                let el = self.find(step, selector).await?;
+                el.enter_frame().await.map_err(wd)?;
+                let result = self.run_steps(steps).await;
+                self.client.enter_parent_frame().await.map_err(wd)?;
+                result?;
+            }
+            StepKind::Dialog { accept, expect } => {
+                let text = self.wait_for_alert(step).await?;
+                if let Some(e) = expect {
+                    let want = self.render(step, e)?;
+                    if !text.contains(&want) {
+                        return Err(fail(
+                            step,
+                            FailureKind::PortalChanged,
+                            format!("the dialog says `{text}`, not `{want}`"),
+                        ));
+                    }
+                }
+                if step.commit && !self.committed {
+                    if let Some(hook) = self.on_commit.as_mut() {
+                        hook()
+                            .await
+                            .map_err(|e| fail(step, FailureKind::Fatal, format!("cannot record the intent: {e}")))?;
+                    }
+                    self.committed = true;
+                }
+                if *accept {
+                    self.client.accept_alert().await
+                } else {
+                    self.client.dismiss_alert().await
+                }
+                .map_err(wd)?;
+                crash_after_commit(step);
+            }
+            StepKind::NewTab { click, steps } => {
+                let before = self.client.windows().await.map_err(wd)?;
+                let original = self.client.window().await.map_err(wd)?;
+                self.find(step, click).await?.click().await.map_err(wd)?;
+                let deadline = tokio::time::Instant::now() + step.timeout;
+                let tab = loop {
+                    let now = self.client.windows().await.map_err(wd)?;
+                    if let Some(h) = now.into_iter().find(|h| !before.contains(h)) {
+                        break h;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(fail(step, FailureKind::PortalChanged, "no new tab opened"));
+                    }
+                    tokio::time::sleep(POLL).await;
+                };
+                self.client.switch_to_window(tab).await.map_err(wd)?;
+                let result = self.run_steps(steps).await;
+                let _ = self.client.close_window().await;
+                self.client.switch_to_window(original).await.map_err(wd)?;
+                result?;
+            }
+            StepKind::Script { js, into } => {
+                let js = self.render(step, js)?;
+                if step.commit && !self.committed {
+                    if let Some(hook) = self.on_commit.as_mut() {
+                        hook()
+                            .await
+                            .map_err(|e| fail(step, FailureKind::Fatal, format!("cannot record the intent: {e}")))?;
+                    }
+                    self.committed = true;
+                }
+                let v = self.client.execute(&js, vec![]).await.map_err(wd)?;
+                crash_after_commit(step);
+                if let Some(into) = into {
+                    self.set_var(into, v);
+                }
+            }
+            StepKind::Set(pairs) => {
+                for (k, t) in pairs {
+                    let v = self.render(step, t)?;
+                    self.set_var(k, Value::String(v));
+                }
+            }
+            StepKind::Call(action) => self.call(step, *action).await?,
+            StepKind::Fail { kind, message } => {
+                let kind = match kind {
+                    FailKind::Retryable => FailureKind::Retryable,
+                    FailKind::NeedsHuman => FailureKind::NeedsHuman,
+                    FailKind::PortalChanged => FailureKind::PortalChanged,
+                    FailKind::Fatal => FailureKind::Fatal,
+                };
+                return Err(fail(step, kind, format!("playbook: {message}")));
+            }
+            StepKind::Outcome(o) => {
+                let wording = self.render(step, &o.status)?;
+                let Some(status) = self.playbook.outcome(&wording) else {
+                    return Err(fail(
+                        step,
+                        FailureKind::PortalChanged,
+                        format!("the portal's status `{wording}` is not in the playbook's outcome map"),
+                    ));
+                };
+                let field = |t: &Option<Tpl>| -> Result<Option<String>, StepFailure> {
+                    match t {
+                        None => Ok(None),
+                        Some(t) => Ok(Some(self.render(step, t)?).filter(|s: &String| !s.trim().is_empty())),
+                    }
+                };
+                let obs = Observation {
+                    status,
+                    wording,
+                    reference: field(&o.reference)?,
+                    auth_number: field(&o.auth_number)?,
+                    valid_from: field(&o.valid_from)?,
+                    valid_to: field(&o.valid_to)?,
+                    approved_units: field(&o.approved_units)?,
+                    decision_date: field(&o.decision_date)?,
+                    denial_reason: field(&o.denial_reason)?,
+                };
+                self.observations.push(obs);
+            }
+        }
+        Ok(())
+    }
+
+    fn call<'s>(&'s mut self, step: &'s Step, action: Action) -> Pin<Box<dyn Future<Output = StepResult> + Send + 's>>
+    where
+        'a: 's,
+    {
+        Box::pin(async move {
+            let Some(steps) = self.playbook.actions.get(&action) else {
+                return Err(fail(
+                    step,
+                    FailureKind::Fatal,
+                    format!("the playbook has no action {action}"),
+                ));
+            };
+            self.run_steps(steps).await
+        })
+    }
+
+    async fn wait_for_alert(&self, step: &Step) -> Result<String, StepFailure> {
+        let deadline = tokio::time::Instant::now() + step.timeout;
+        loop {
+            match self.client.get_alert_text().await {
+                Ok(t) => return Ok(t),
+                Err(e) if e.is_no_such_alert() => {}
+                Err(e) => return Err(webdriver_failure(step, e)),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(fail(step, FailureKind::PortalChanged, "no dialog appeared"));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Reads table rows from the page source (one WebDriver call a page,
+    /// not one per cell), following "next page" links.
+    async fn read_rows(
+        &self,
+        step: &Step,
+        selector: &Sel,
+        cells: &[(String, Sel)],
+        next: Option<&Sel>,
+        max_pages: u32,
+    ) -> Result<Vec<Value>, StepFailure> {
+        let wd = |e| webdriver_failure(step, e);
+        let row_css = self.css(step, selector)?;
+        let row_sel = scraper::Selector::parse(&row_css).map_err(|e| fail(step, FailureKind::Fatal, e.to_string()))?;
+        let mut cell_sels = Vec::new();
+        for (name, s) in cells {
+            let css = self.css(step, s)?;
+            cell_sels.push((
+                name.clone(),
+                scraper::Selector::parse(&css).map_err(|e| fail(step, FailureKind::Fatal, e.to_string()))?,
+            ));
+        }
+        let mut out = Vec::new();
+        for page in 0..max_pages {
+            // The table may render after an XHR: wait for a row or the end.
+            let _ = self
+                .client
+                .wait()
+                .at_most(step.timeout)
+                .every(POLL)
+                .for_element(Locator::Css(&row_css))
+                .await;
+            let html = self.client.source().await.map_err(wd)?;
+            out.extend(parse_rows(&html, &row_sel, &cell_sels));
+            let Some(next) = next else { break };
+            let css = self.css(step, next)?;
+            let links = self.client.find_all(Locator::Css(&css)).await.map_err(wd)?;
+            let Some(link) = links.into_iter().next() else { break };
+            let before = self.client.current_url().await.map_err(wd)?;
+            link.click().await.map_err(wd)?;
+            let deadline = tokio::time::Instant::now() + step.timeout;
+            while self.client.current_url().await.map_err(wd)? == before {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(fail(
+                        step,
+                        FailureKind::Retryable,
+                        format!("page {} did not load", page + 2),
+                    ));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches a file with the browser session's cookies (copied into
+    /// reqwest; the page itself is not navigated away).
+    async fn fetch(&self, step: &Step, href: &str, kind: &str) -> Result<Fetched, StepFailure> {
+        let wd = |e| webdriver_failure(step, e);
+        let base = self.client.current_url().await.map_err(wd)?;
+        let url = base
+            .join(href)
+            .map_err(|e| fail(step, FailureKind::PortalChanged, format!("bad link `{href}`: {e}")))?;
+        let cookies = self.client.get_all_cookies().await.map_err(wd)?;
+        let header: Vec<String> = cookies.iter().map(|c| format!("{}={}", c.name(), c.value())).collect();
+        let resp = self
+            .http
+            .get(url.as_str())
+            .header(reqwest::header::COOKIE, header.join("; "))
+            .timeout(step.timeout)
+            .send()
+            .await
+            .map_err(|e| fail(step, FailureKind::Retryable, format!("download failed: {e}")))?;
+        let status = resp.status();
+        if status.is_server_error() {
+            return Err(fail(
+                step,
+                FailureKind::Retryable,
+                format!("download answered HTTP {status}"),
+            ));
+        }
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(fail(
+                step,
+                FailureKind::SessionLost,
+                format!("download answered HTTP {status}"),
+            ));
+        }
+        if !status.is_success() {
+            return Err(fail(
+                step,
+                FailureKind::PortalChanged,
+                format!("download answered HTTP {status}"),
+            ));
+        }
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| fail(step, FailureKind::Retryable, format!("download failed: {e}")))?;
+        if !bytes.starts_with(b"%PDF-") {
+            return Err(fail(
+                step,
+                FailureKind::PortalChanged,
+                format!(
+                    "the download is not a PDF (content type `{media_type}`, {} bytes)",
+                    bytes.len()
+                ),
+            ));
+        }
+        if bytes.len() < 64 || bytes.len() > 50 * 1024 * 1024 {
+            return Err(fail(
+                step,
+                FailureKind::PortalChanged,
+                format!("implausible letter size: {} bytes", bytes.len()),
+            ));
+        }
+        Ok(Fetched {
+            kind: kind.to_owned(),
+            bytes: bytes.to_vec(),
+            media_type: "application/pdf".into(),
+        })
+    }
+}
+
+/// Rows of a page as objects of cell texts. Synchronous: the parsed
+/// document is not `Send` and must not live across an await.
+fn parse_rows(html: &str, rows: &scraper::Selector, cells: &[(String, scraper::Selector)]) -> Vec<Value> {
+    let doc = scraper::Html::parse_document(html);
+    doc.select(rows)
+        .map(|row| {
+            let mut m = Map::new();
+            for (name, sel) in cells {
+                let text = row
+                    .select(sel)
+                    .next()
+                    .map(|c| c.text().collect::<String>())
+                    .unwrap_or_default();
+                m.insert(
+                    name.clone(),
+                    Value::String(text.split_whitespace().collect::<Vec<_>>().join(" ")),
+                );
+            }
+            Value::Object(m)
+        })
+        .collect()
+}
+
+/// Fault injection for the crash-safety test: with
+/// `PRECERT_FAULT=kill-after-commit`, the process SIGKILLs itself right after
+/// the step that sends a request, before the payer's answer is recorded.
+fn crash_after_commit(step: &Step) {
+    if step.commit && std::env::var("PRECERT_FAULT").is_ok_and(|v| v == "kill-after-commit") {
+        // SAFETY: signalling ourselves; nothing runs after this.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+}
+
+fn lookup<'v>(ctx: &'v Value, path: &str) -> Option<&'v Value> {
+    path.split('.').try_fold(ctx, |node, part| node.get(part))
+}
+
+fn describe(c: &Condition) -> String {
+    match c {
+        Condition::Present(s) => format!("an element matches `{}`", s.css.source),
+        Condition::Absent(s) => format!("no element matches `{}`", s.css.source),
+        Condition::Text(t) => format!("the page says `{}`", t.source),
+        Condition::Url(t) => format!("the URL contains `{}`", t.source),
+        Condition::Expr(t) => format!("`{}` holds", t.source),
+    }
+}
+
+/// WebDriver errors: stale elements and timeouts are worth retrying; a lost
+/// browser session is fatal for this run.
+fn webdriver_failure(step: &Step, e: fantoccini::error::CmdError) -> StepFailure {
+    let kind = if e.is_stale_element_reference() || e.is_timeout() || e.is_element_not_interactable() {
+        FailureKind::Retryable
+    } else if e.is_no_such_element() || e.is_unexpected_alert_open() {
+        FailureKind::PortalChanged
+    } else {
+        FailureKind::Fatal
+    };
+    fail(step, kind, format!("webdriver: {e}"))
+}
+
+/// The variables part of a fresh context.
+pub fn empty_vars() -> Value {
+    json!({})
+}

@@ -1,0 +1,795 @@
+//! The playbook engine: runs one action of a payer's playbook for a case on
+//! a WebDriver session, and turns what it saw into ledger changes.
+//!
+//! Sessions are reused: one logged-in session per payer account, capped per
+//! payer and globally; a logout is detected and answered by logging in
+//! again. A submission is exactly-once: the intent is recorded right before
+//! the click that sends it, and a case found `submitting` with a recorded
+//! intent runs `find_existing` before it may submit again.
+
+mod exec;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{NaiveDate, Utc};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, Semaphore};
+
+use crate::browser::{BrowserError, Driver};
+use crate::case::{CaseRecord, CaseStatus, DateRange, Decision, DenialReason, LineDecision};
+use crate::config::{PayerBinding, Practice, Settings};
+use crate::intake::write_private;
+use crate::playbook::{template, Action, Loc, Playbook, Step};
+use crate::store::{Actor, EventKind, Ledger, Letter, StoreError};
+
+/// What a failed step means for the case, decided from the error and the
+/// page (the playbook's `detect` rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A timeout, an HTTP 5xx page, a stale element: try again later.
+    Retryable,
+    /// The portal logged us out: log in again and resume.
+    SessionLost,
+    /// A CAPTCHA or another page the playbook marks: a person must act.
+    NeedsHuman,
+    /// An assertion failed or an element is missing: the portal is not what
+    /// the playbook expects. Never guess: a person must look.
+    PortalChanged,
+    Fatal,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Retryable => "retryable",
+            FailureKind::SessionLost => "session_lost",
+            FailureKind::NeedsHuman => "needs_human",
+            FailureKind::PortalChanged => "portal_changed",
+            FailureKind::Fatal => "fatal",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StepFailure {
+    pub kind: FailureKind,
+    pub at: Loc,
+    pub keyword: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for StepFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} at line {} ({}): {}",
+            self.kind.as_str(),
+            self.at.line,
+            self.keyword,
+            self.message
+        )
+    }
+}
+
+/// The step-by-step record of a run. Values typed into the portal are never
+/// in it, only which element got one.
+#[derive(Default)]
+pub struct Trace {
+    pub lines: Vec<String>,
+    pub screenshots: Vec<(String, Vec<u8>)>,
+    /// Print each line as it happens (`precert run`).
+    pub echo: bool,
+}
+
+impl Trace {
+    fn record(&mut self, step: &Step, attempt: u32, took: Duration, failure: Option<&StepFailure>) {
+        let what = match &step.name {
+            Some(n) => format!("{} ({n})", step.kind.keyword()),
+            None => step.kind.keyword().to_owned(),
+        };
+        let retry = if attempt > 0 {
+            format!(" [retry {attempt}]")
+        } else {
+            String::new()
+        };
+        let result = match failure {
+            None => "ok".to_owned(),
+            Some(f) => format!("FAILED {}: {}", f.kind.as_str(), f.message),
+        };
+        let line = format!(
+            "{:>4}:{:<3} {what:<28} {result} ({} ms){retry}",
+            step.at.line,
+            step.at.col,
+            took.as_millis()
+        );
+        if self.echo {
+            eprintln!("{line}");
+        }
+        self.lines.push(line);
+    }
+
+    fn note(&mut self, text: String) {
+        if self.echo {
+            eprintln!("{text}");
+        }
+        self.lines.push(text);
+    }
+}
+
+/// What an `outcome` step read from the portal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    pub status: CaseStatus,
+    pub wording: String,
+    pub reference: Option<String>,
+    pub auth_number: Option<String>,
+    pub valid_from: Option<String>,
+    pub valid_to: Option<String>,
+    pub approved_units: Option<String>,
+    pub decision_date: Option<String>,
+    pub denial_reason: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Browser(#[from] BrowserError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct RunReport {
+    pub action: Action,
+    pub case_id: i64,
+    pub status: CaseStatus,
+    pub failure: Option<StepFailure>,
+    pub artifacts: Option<PathBuf>,
+    pub observations: Vec<Observation>,
+    pub letters: usize,
+}
+
+struct PortalSession {
+    client: fantoccini::Client,
+    logged_in: bool,
+}
+
+pub struct Engine {
+    settings: Arc<Settings>,
+    ledger: Ledger,
+    playbooks: BTreeMap<String, Playbook>,
+    driver: Mutex<Option<Driver>>,
+    /// Idle logged-in sessions by payer account (payer, practice).
+    idle: Mutex<HashMap<(String, String), Vec<PortalSession>>>,
+    global: Arc<Semaphore>,
+    per_payer: HashMap<String, Arc<Semaphore>>,
+    http: reqwest::Client,
+    pub echo: bool,
+}
+
+fn parse_date(s: &str) -> Option<NaiveDate> {
+    let s = s.trim();
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .or_else(|_| NaiveDate::parse_from_str(s, "%m/%d/%Y"))
+        .ok()
+}
+
+fn first_number(s: &str) -> Option<u32> {
+    let digits: String = s
+        .chars()
+        .skip_while(|c| !c.is_ascii_digit())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
+}
+
+impl Engine {
+    pub fn new(settings: Arc<Settings>, ledger: Ledger, playbooks: Vec<Playbook>) -> Engine {
+        let per_payer = playbooks
+            .iter()
+            .map(|p| (p.id.clone(), Arc::new(Semaphore::new(p.max_sessions as usize))))
+            .collect();
+        let global = Arc::new(Semaphore::new(settings.webdriver.max_sessions as usize));
+        prune_artifacts(&settings);
+        Engine {
+            playbooks: playbooks.into_iter().map(|p| (p.id.clone(), p)).collect(),
+            settings,
+            ledger,
+            driver: Mutex::new(None),
+            idle: Mutex::new(HashMap::new()),
+            global,
+            per_payer,
+            http: reqwest::Client::new(),
+            echo: false,
+        }
+    }
+
+    /// chromedriver's process group, while it runs (tests prove that no
+    /// browser outlives `shutdown`).
+    pub async fn driver_process_group(&self) -> Option<i32> {
+        self.driver.lock().await.as_ref().and_then(Driver::process_group)
+    }
+
+    pub fn playbook(&self, id: &str) -> Option<&Playbook> {
+        self.playbooks.get(id)
+    }
+
+    /// Closes every session and ends chromedriver and its browsers.
+    pub async fn shutdown(&self) {
+        for (_, sessions) in self.idle.lock().await.drain() {
+            for s in sessions {
+                let _ = s.client.close().await;
+            }
+        }
+        if let Some(driver) = self.driver.lock().await.take() {
+            driver.shutdown().await;
+        }
+    }
+
+    async fn new_client(&self) -> Result<fantoccini::Client, EngineError> {
+        let mut guard = self.driver.lock().await;
+        if guard.is_none() {
+            *guard = Some(Driver::start(&self.settings.webdriver, &self.settings.data_dir).await?);
+        }
+        Ok(guard.as_ref().expect("started above").session().await?)
+    }
+
+    fn binding<'s>(&'s self, case: &CaseRecord) -> Result<(&'s Practice, &'s PayerBinding, &'s Playbook), EngineError> {
+        let practice = self
+            .settings
+            .practice(&case.data.practice_id)
+            .ok_or_else(|| EngineError::Setup(format!("practice {} is not configured", case.data.practice_id)))?;
+        let binding = practice.payers.get(&case.data.coverage.payer).ok_or_else(|| {
+            EngineError::Setup(format!(
+                "practice {} has no payer {}",
+                practice.id, case.data.coverage.payer
+            ))
+        })?;
+        let playbook = self.playbooks.get(&binding.playbook).ok_or_else(|| {
+            EngineError::Setup(format!(
+                "no playbook `{}` in {}",
+                binding.playbook,
+                self.settings.playbooks_dir.display()
+            ))
+        })?;
+        Ok((practice, binding, playbook))
+    }
+
+    fn context(
+        &self,
+        case: &CaseRecord,
+        practice: &Practice,
+        binding: &PayerBinding,
+        playbook: &Playbook,
+    ) -> Result<Value, EngineError> {
+        use secrecy::ExposeSecret;
+        let mut secrets = serde_json::Map::new();
+        for (k, s) in &binding.secrets {
+            let v = s.value().map_err(EngineError::Setup)?;
+            secrets.insert(k.clone(), Value::String(v.expose_secret().to_owned()));
+        }
+        let base_url = binding.base_url.clone().unwrap_or_else(|| playbook.base_url.clone());
+        Ok(json!({
+            "case": template::case_context(case, &self.settings.data_dir, case.payer_ref.as_deref()),
+            "practice": template::practice_context(practice),
+            "payer": { "id": playbook.id, "name": playbook.name, "base_url": base_url.trim_end_matches('/') },
+            "account": binding.account,
+            "secrets": secrets,
+            "vars": exec::empty_vars(),
+        }))
+    }
+
+    /// Runs `action` for a case, end to end: session, login, steps, ledger.
+    pub async fn run(&self, action: Action, case_id: i64, actor: &Actor) -> Result<RunReport, EngineError> {
+        let case = self.ledger.get(case_id).await?;
+        let (practice, binding, playbook) = self.binding(&case)?;
+        if !playbook.actions.contains_key(&action) {
+            return Err(EngineError::Setup(format!(
+                "playbook {} has no action {action}",
+                playbook.id
+            )));
+        }
+        match action {
+            Action::Submit if !matches!(case.status, CaseStatus::Ready | CaseStatus::Submitting) => {
+                return Err(EngineError::Setup(format!(
+                    "case {} is {}, not ready to submit",
+                    case.key(),
+                    case.status
+                )))
+            }
+            Action::PollStatus | Action::DownloadLetter if case.payer_ref.is_none() => {
+                return Err(EngineError::Setup(format!(
+                    "case {} has no payer reference yet (submit it first)",
+                    case.key()
+                )))
+            }
+            _ => {}
+        }
+        let key = (playbook.id.clone(), practice.id.clone());
+        let payer_permit = self
+            .per_payer
+            .get(&playbook.id)
+            .cloned()
+            .expect("a semaphore per playbook");
+        let _payer = payer_permit.acquire_owned().await.expect("semaphores are never closed");
+        let _global = self
+            .global
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphores are never closed");
+        let reused = self.idle.lock().await.get_mut(&key).and_then(Vec::pop);
+        let mut session = match reused {
+            Some(s) => s,
+            None => PortalSession {
+                client: self.new_client().await?,
+                logged_in: false,
+            },
+        };
+        let ctx = self.context(&case, practice, binding, playbook)?;
+        let mut trace = Trace {
+            echo: self.echo,
+            ..Trace::default()
+        };
+        let result = self
+            .drive(&mut session, playbook, action, &case, ctx, &mut trace, actor)
+            .await;
+        let report = match result {
+            Ok((observations, downloads)) => {
+                let letters = self.keep_letters(&case, downloads, actor).await?;
+                let status = self.apply(action, &case, playbook, &observations, actor).await?;
+                self.ledger
+                    .append_event(
+                        case.id,
+                        EventKind::Run,
+                        actor,
+                        &json!({ "action": action.as_str(), "result": "ok", "letters": letters }),
+                    )
+                    .await?;
+                RunReport {
+                    action,
+                    case_id,
+                    status,
+                    failure: None,
+                    artifacts: None,
+                    observations,
+                    letters,
+                }
+            }
+            Err(failure) => {
+                let artifacts = self
+                    .save_artifacts(&session.client, &case, action, &failure, &trace)
+                    .await;
+                if failure.kind == FailureKind::Fatal {
+                    session.logged_in = false;
+                }
+                let status = self
+                    .after_failure(action, &case, &failure, artifacts.as_ref(), actor)
+                    .await?;
+                RunReport {
+                    action,
+                    case_id,
+                    status,
+                    failure: Some(failure),
+                    artifacts,
+                    observations: Vec::new(),
+                    letters: 0,
+                }
+            }
+        };
+        if report.failure.as_ref().is_some_and(|f| f.kind == FailureKind::Fatal) {
+            let _ = session.client.close().await;
+        } else {
+            self.idle.lock().await.entry(key).or_default().push(session);
+        }
+        Ok(report)
+    }
+
+    /// Login when needed, the action, and the answers to a lost session.
+    #[allow(clippy::too_many_arguments)]
+    async fn drive(
+        &self,
+        session: &mut PortalSession,
+        playbook: &Playbook,
+        action: Action,
+        case: &CaseRecord,
+        ctx: Value,
+        trace: &mut Trace,
+        actor: &Actor,
+    ) -> Result<(Vec<Observation>, Vec<exec::Fetched>), StepFailure> {
+        let mut interp = exec::Interp {
+            client: &session.client,
+            playbook,
+            env: template::environment(),
+            ctx,
+            trace: std::mem::take(trace),
+            observations: Vec::new(),
+            downloads: Vec::new(),
+            committed: false,
+            on_commit: None,
+            http: self.http.clone(),
+        };
+        let result = async {
+            if !session.logged_in {
+                interp.trace.note("-- login".into());
+                interp.run_steps(&playbook.actions[&Action::Login]).await?;
+                session.logged_in = true;
+            }
+            let mut action = action;
+            if action == Action::Submit {
+                if self.resumable_submission(case).await {
+                    // A crash may have come after the click: look before
+                    // submitting again.
+                    interp
+                        .trace
+                        .note("-- find_existing (an earlier submission may have gone through)".into());
+                    interp.run_steps(&playbook.actions[&Action::FindExisting]).await?;
+                    if interp.observations.iter().any(|o| o.reference.is_some()) {
+                        return Ok(());
+                    }
+                    interp.observations.clear();
+                } else if case.status == CaseStatus::Ready {
+                    self.ledger
+                        .transition(case.id, CaseStatus::Submitting, actor, Some("submission started"))
+                        .await
+                        .map_err(|e| store_failure(&e))?;
+                }
+                let ledger = self.ledger.clone();
+                let (id, actor2) = (case.id, actor.clone());
+                interp.on_commit = Some(Box::new(move || {
+                    let ledger = ledger.clone();
+                    let actor = actor2.clone();
+                    Box::pin(async move {
+                        ledger
+                            .append_event(
+                                id,
+                                EventKind::Run,
+                                &actor,
+                                &json!({ "action": "submit", "intent": "commit" }),
+                            )
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    })
+                }));
+            }
+            let mut relogged = false;
+            loop {
+                interp.trace.note(format!("-- {action}"));
+                match interp.run_steps(&playbook.actions[&action]).await {
+                    Err(f) if f.kind == FailureKind::SessionLost && !relogged => {
+                        relogged = true;
+                        interp.trace.note("-- session lost: login again".into());
+                        interp.run_steps(&playbook.actions[&Action::Login]).await?;
+                        if interp.committed {
+                            // The request may have been sent: adopt it
+                            // instead of sending it twice.
+                            action = Action::FindExisting;
+                        }
+                        interp.observations.clear();
+                    }
+                    other => return other,
+                }
+            }
+        }
+        .await;
+        *trace = std::mem::take(&mut interp.trace);
+        if let Err(f) = &result {
+            if f.kind == FailureKind::SessionLost {
+                session.logged_in = false;
+            }
+        }
+        result.map(|()| (interp.observations, interp.downloads))
+    }
+
+    /// A case left `submitting` whose intent was recorded after its last
+    /// move to `submitting`.
+    async fn resumable_submission(&self, case: &CaseRecord) -> bool {
+        if case.status != CaseStatus::Submitting {
+            return false;
+        }
+        let Ok(events) = self.ledger.events(case.id).await else {
+            return true;
+        };
+        let since = events
+            .iter()
+            .rposition(|e| e.to_status == Some(CaseStatus::Submitting))
+            .unwrap_or(0);
+        events[since..]
+            .iter()
+            .any(|e| e.kind == EventKind::Run.as_str() && e.detail.get("intent").is_some())
+    }
+
+    async fn keep_letters(
+        &self,
+        case: &CaseRecord,
+        downloads: Vec<exec::Fetched>,
+        actor: &Actor,
+    ) -> Result<usize, EngineError> {
+        let mut kept = 0;
+        for f in downloads {
+            let sha256: String = Sha256::digest(&f.bytes).iter().map(|b| format!("{b:02x}")).collect();
+            let rel = PathBuf::from("letters")
+                .join(&case.data.practice_id)
+                .join(safe(&case.data.case_ref))
+                .join(format!("{}-{}.pdf", &sha256[..12], f.kind));
+            let path = self.settings.data_dir.join(&rel);
+            write_private(&path, &f.bytes).map_err(|e| EngineError::Setup(format!("cannot store the letter: {e}")))?;
+            let letter = Letter {
+                kind: f.kind,
+                stored_path: rel,
+                sha256,
+                bytes: f.bytes.len() as u64,
+                media_type: f.media_type,
+                fetched_at: None,
+            };
+            if self.ledger.add_letter(case.id, &letter, actor).await? {
+                kept += 1;
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Records what the portal said. Returns the case's status after.
+    async fn apply(
+        &self,
+        action: Action,
+        case: &CaseRecord,
+        playbook: &Playbook,
+        observations: &[Observation],
+        actor: &Actor,
+    ) -> Result<CaseStatus, EngineError> {
+        match action {
+            Action::Submit | Action::FindExisting => {
+                if let Some(obs) = observations.iter().find(|o| o.reference.is_some()) {
+                    let reference = obs.reference.as_deref().expect("found above");
+                    self.ledger.set_payer_ref(case.id, reference, actor).await?;
+                    let fresh = self.ledger.get(case.id).await?;
+                    self.apply_observation(&fresh, playbook, obs, actor).await?;
+                } else if action == Action::Submit {
+                    return Err(EngineError::Setup(
+                        "the submit action finished without an `outcome` step giving the portal's reference".into(),
+                    ));
+                }
+            }
+            Action::PollStatus => {
+                if let Some(obs) = observations.last() {
+                    self.apply_observation(case, playbook, obs, actor).await?;
+                }
+            }
+            Action::PollWorklist => {
+                for obs in observations {
+                    let Some(r) = &obs.reference else { continue };
+                    if let Some(c) = self.ledger.find_by_payer_ref(&case.data.coverage.payer, r).await? {
+                        self.apply_observation(&c, playbook, obs, actor).await?;
+                    }
+                }
+            }
+            Action::Login | Action::DownloadLetter => {}
+        }
+        Ok(self.ledger.get(case.id).await?.status)
+    }
+
+    async fn apply_observation(
+        &self,
+        case: &CaseRecord,
+        playbook: &Playbook,
+        obs: &Observation,
+        actor: &Actor,
+    ) -> Result<(), EngineError> {
+        let to = obs.status;
+        let decided = matches!(
+            to,
+            CaseStatus::Approved | CaseStatus::PartiallyApproved | CaseStatus::Denied
+        );
+        if decided {
+            let requested: Vec<_> = case.data.service_lines.iter().collect();
+            let approved = obs.approved_units.as_deref().and_then(first_number);
+            let lines = requested
+                .iter()
+                .map(|l| LineDecision {
+                    code: l.code.clone(),
+                    requested_units: l.units,
+                    approved_units: match to {
+                        CaseStatus::Denied => 0,
+                        _ if requested.len() == 1 => approved.unwrap_or(l.units),
+                        _ => l.units,
+                    },
+                })
+                .collect();
+            let valid = match (
+                obs.valid_from.as_deref().and_then(parse_date),
+                obs.valid_to.as_deref().and_then(parse_date),
+            ) {
+                (Some(start), Some(end)) if start <= end => Some(DateRange { start, end }),
+                _ => None,
+            };
+            let denial = obs
+                .denial_reason
+                .as_ref()
+                .map(|r| match r.split_once(" - ").or_else(|| r.split_once(": ")) {
+                    Some((code, text)) if !code.contains(' ') => DenialReason {
+                        code: Some(code.trim().into()),
+                        text: text.trim().into(),
+                    },
+                    _ => DenialReason {
+                        code: None,
+                        text: r.trim().into(),
+                    },
+                });
+            let decided_at = obs
+                .decision_date
+                .as_deref()
+                .and_then(parse_date)
+                .and_then(|d| d.and_hms_opt(12, 0, 0))
+                .map(|d| d.and_utc())
+                .unwrap_or_else(Utc::now);
+            let decision = Decision {
+                auth_number: obs.auth_number.clone(),
+                valid,
+                lines,
+                conditions: None,
+                denial,
+                decided_at,
+                source: format!("portal:{}", playbook.id),
+            };
+            // A decision already on record is written again only when the
+            // portal now shows more (a reason, an auth number, dates).
+            let same = case.decision.as_ref().is_some_and(|d| {
+                Decision {
+                    decided_at: d.decided_at,
+                    ..decision.clone()
+                } == *d
+            });
+            if !(case.status == to && same) {
+                self.ledger.record_decision(case.id, &decision, to, actor).await?;
+            }
+        } else if case.status != to {
+            if case.status.can_move_to(to) {
+                self.ledger
+                    .transition(case.id, to, actor, Some(&format!("portal says \"{}\"", obs.wording)))
+                    .await?;
+            } else {
+                self.ledger
+                    .append_event(
+                        case.id,
+                        EventKind::Note,
+                        actor,
+                        &json!({ "portal_status": obs.wording, "ignored": format!("cannot move from {} to {to}", case.status) }),
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn after_failure(
+        &self,
+        action: Action,
+        case: &CaseRecord,
+        failure: &StepFailure,
+        artifacts: Option<&PathBuf>,
+        actor: &Actor,
+    ) -> Result<CaseStatus, EngineError> {
+        let detail = json!({
+            "action": action.as_str(),
+            "result": failure.kind.as_str(),
+            "step": format!("{}:{}", failure.at.line, failure.at.col),
+            "message": failure.message,
+            "artifacts": artifacts.map(|p| p.display().to_string()),
+        });
+        self.ledger
+            .append_event(case.id, EventKind::Run, actor, &detail)
+            .await?;
+        let now = self.ledger.get(case.id).await?;
+        let committed = self.resumable_submission(&now).await;
+        let target = match failure.kind {
+            FailureKind::NeedsHuman | FailureKind::PortalChanged => Some(CaseStatus::NeedsAttention),
+            // Nothing was sent: the case is ready again for the next try.
+            _ if now.status == CaseStatus::Submitting && !committed => Some(CaseStatus::Ready),
+            _ => None,
+        };
+        if let Some(to) = target {
+            if now.status != to && now.status.can_move_to(to) {
+                let note = format!("{} {}: {}", action, failure.kind.as_str(), failure.message);
+                self.ledger.transition(case.id, to, actor, Some(&note)).await?;
+            }
+        }
+        tracing::warn!(
+            case_id = case.id,
+            action = action.as_str(),
+            kind = failure.kind.as_str(),
+            "Playbook run failed."
+        );
+        Ok(self.ledger.get(case.id).await?.status)
+    }
+
+    /// Screenshot, page HTML and the step trace, 0600, under
+    /// `DATA/artifacts/PRACTICE/CASE/TIME-ACTION/`.
+    async fn save_artifacts(
+        &self,
+        client: &fantoccini::Client,
+        case: &CaseRecord,
+        action: Action,
+        failure: &StepFailure,
+        trace: &Trace,
+    ) -> Option<PathBuf> {
+        let dir = self
+            .settings
+            .data_dir
+            .join("artifacts")
+            .join(&case.data.practice_id)
+            .join(safe(&case.data.case_ref))
+            .join(format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), action));
+        let mut text = String::new();
+        for l in &trace.lines {
+            let _ = writeln!(text, "{l}");
+        }
+        let _ = writeln!(text, "\nfailure: {failure}");
+        let mut ok = write_private(&dir.join("trace.txt"), text.as_bytes()).is_ok();
+        if let Ok(png) = client.screenshot().await {
+            ok &= write_private(&dir.join("screenshot.png"), &png).is_ok();
+        }
+        if let Ok(html) = client.source().await {
+            ok &= write_private(&dir.join("page.html"), html.as_bytes()).is_ok();
+        }
+        for (name, png) in &trace.screenshots {
+            let _ = write_private(&dir.join(format!("{}.png", safe(name))), png);
+        }
+        ok.then_some(dir)
+    }
+}
+
+fn safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn store_failure(e: &StoreError) -> StepFailure {
+    StepFailure {
+        kind: FailureKind::Fatal,
+        at: Loc::default(),
+        keyword: "ledger",
+        message: e.to_string(),
+    }
+}
+
+/// Deletes failure artifacts older than the retention.
+fn prune_artifacts(settings: &Settings) {
+    let root = settings.data_dir.join("artifacts");
+    let limit =
+        std::time::SystemTime::now() - Duration::from_secs(u64::from(settings.artifacts_retention_days) * 86_400);
+    let Ok(practices) = std::fs::read_dir(&root) else {
+        return;
+    };
+    for p in practices.filter_map(Result::ok) {
+        let Ok(cases) = std::fs::read_dir(p.path()) else {
+            continue;
+        };
+        for c in cases.filter_map(Result::ok) {
+            let Ok(runs) = std::fs::read_dir(c.path()) else {
+                continue;
+            };
+            for r in runs.filter_map(Result::ok) {
+                if r.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < limit) {
+                    let _ = std::fs::remove_dir_all(r.path());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! How hard precert may lean on each payer: a cap on runs at once, a rate
+//! of starts, and a circuit breaker that stops automation against a portal
+//! that keeps failing.
+//!
+//! Pure logic over an injected `now`: the daemon keeps one [`PayerLimits`]
+//! behind a mutex, asks [`PayerLimits::try_start`] before it runs a job for a
+//! payer, and reports how the run ended with [`PayerLimits::finish`]. Payers
+//! it may not start now go into the queue's `LeaseFilter::skip_payers`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+/// The limits of one payer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LimitSettings {
+    /// Runs against the payer at once (portal sessions, API calls).
+    pub max_concurrent: u32,
+    /// Starts allowed per minute, on average.
+    pub starts_per_minute: f64,
+    /// Starts allowed back to back before the rate applies.
+    pub burst: u32,
+    /// Consecutive portal failures that open the breaker.
+    pub failure_threshold: u32,
+    /// How long an open breaker refuses before it lets one trial through.
+    pub cool_down: Duration,
+}
+
+impl Default for LimitSettings {
+    /// Conservative: a portal sees one robot at a time, a few times a
+    /// minute, the way a careful person would use it.
+    fn default() -> Self {
+        LimitSettings {
+            max_concurrent: 1,
+            starts_per_minute: 6.0,
+            burst: 3,
+            failure_threshold: 5,
+            cool_down: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// A token bucket of `burst` tokens refilled at `per_minute`, kept as the
+/// generic cell rate algorithm: one timestamp instead of a fractional token
+/// count, so the arithmetic is exact (ten 0.1-token refills make a whole
+/// token, which in floating point they do not).
+#[derive(Clone, Debug)]
+pub struct RateLimiter {
+    /// Time between starts at the sustained rate; `None` when the rate is 0.
+    interval: Option<chrono::Duration>,
+    /// How far ahead of the sustained rate a burst may run.
+    tolerance: chrono::Duration,
+    /// When the bucket would be full again at the sustained rate.
+    theoretical_arrival: Option<DateTime<Utc>>,
+}
+
+impl RateLimiter {
+    pub fn new(per_minute: f64, burst: u32) -> RateLimiter {
+        let interval = (per_minute > 0.0)
+            .then(|| Duration::try_from_secs_f64(60.0 / per_minute).ok())
+            .flatten()
+            .and_then(|d| chrono::Duration::from_std(d).ok());
+        let tolerance = interval.map_or(chrono::Duration::zero(), |i| i * (burst.max(1) as i32 - 1));
+        RateLimiter {
+            interval,
+            tolerance,
+            theoretical_arrival: None,
+        }
+    }
+
+    /// Whether a start is allowed now; `Err` says how long until one is.
+    pub fn check(&self, now: DateTime<Utc>) -> Result<(), Duration> {
+        if self.interval.is_none() {
+            return Err(Duration::MAX);
+        }
+        let tat = self.theoretical_arrival.unwrap_or(now);
+        let allowed_at = tat - self.tolerance;
+        if now >= allowed_at {
+            Ok(())
+        } else {
+            Err((allowed_at - now).to_std().unwrap_or_default())
+        }
+    }
+
+    /// Takes a token if there is one.
+    pub fn try_acquire(&mut self, now: DateTime<Utc>) -> Result<(), Duration> {
+        self.check(now)?;
+        if let Some(interval) = self.interval {
+            let tat = self.theoretical_arrival.map_or(now, |t| t.max(now));
+            self.theoretical_arrival = Some(tat + interval);
+        }
+        Ok(())
+    }
+}
+
+/// Where a breaker stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Runs go through; `failures` in a row so far.
+    Closed { failures: u32 },
+    /// Refusing until `until`.
+    Open { until: DateTime<Utc> },
+    /// Cool-down over: one trial run decides. `trial_running` while it runs.
+    HalfOpen { trial_running: bool },
+}
+
+/// Something operations should hear about (mailed by the escalation layer
+/// to the practice's `contacts.operations`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alert {
+    pub payer: String,
+    pub kind: AlertKind,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AlertKind {
+    /// Automation against the payer stopped after `failures` failures in a
+    /// row; it tries again at `retry_at`.
+    BreakerOpened {
+        failures: u32,
+        last_error: String,
+        retry_at: DateTime<Utc>,
+    },
+    /// A trial run succeeded after the breaker had opened: automation runs
+    /// again.
+    Recovered,
+}
+
+impl fmt::Display for Alert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            AlertKind::BreakerOpened {
+                failures,
+                last_error,
+                retry_at,
+            } => write!(
+                f,
+                "automation against payer {} stopped after {failures} failures in a row (last: {last_error}); it tries again at {retry_at}",
+                self.payer
+            ),
+            AlertKind::Recovered => write!(f, "automation against payer {} works again", self.payer),
+        }
+    }
+}
+
+/// A circuit breaker for one payer's portal.
+#[derive(Clone, Debug)]
+pub struct CircuitBreaker {
+    threshold: u32,
+    cool_down: chrono::Duration,
+    state: BreakerState,
+    /// Set once the breaker opened and cleared when it closes, so a trial
+    /// that fails re-opens it without a second alert (the first one is
+    /// still true) and the close sends one "recovered".
+    alerted: bool,
+}
+
+impl CircuitBreaker {
+    pub fn new(threshold: u32, cool_down: Duration) -> CircuitBreaker {
+        CircuitBreaker {
+            threshold: threshold.max(1),
+            cool_down: chrono::Duration::from_std(cool_down).unwrap_or(chrono::Duration::MAX),
+            state: BreakerState::Closed { failures: 0 },
+            alerted: false,
+        }
+    }
+
+    /// The state at `now` (an open breaker whose cool-down is over reads as
+    /// half-open).
+    pub fn state(&mut self, now: DateTime<Utc>) -> BreakerState {
+        if let BreakerState::Open { until } = self.state {
+            if now >= until {
+                self.state = BreakerState::HalfOpen { trial_running: false };
+            }
+        }
+        self.state
+    }
+
+    /// Whether a run may start now, without starting it.
+    pub fn check(&mut self, now: DateTime<Utc>) -> Result<(), Blocked> {
+        match self.state(now) {
+            BreakerState::Closed { .. } | BreakerState::HalfOpen { trial_running: false } => Ok(()),
+            BreakerState::Open { until } => Err(Blocked::BreakerOpen { until }),
+            BreakerState::HalfOpen { trial_running: true } => Err(Blocked::TrialRunning),
+        }
+    }
+
+    /// Lets a run start: in half-open, it becomes the one trial.
+    pub fn start(&mut self, now: DateTime<Utc>) -> Result<(), Blocked> {
+        self.check(now)?;
+        if let BreakerState::HalfOpen { .. } = self.state {
+            self.state = BreakerState::HalfOpen { trial_running: true };
+        }
+        Ok(())
+    }
+
+    pub fn record_success(&mut self, payer: &str, now: DateTime<Utc>) -> Option<Alert> {
+        self.state = BreakerState::Closed { failures: 0 };
+        if std::mem::take(&mut self.alerted) {
+            tracing::info!(payer, "Circuit breaker closed: the trial run succeeded.");
+            return Some(Alert {
+                payer: payer.to_owned(),
+                kind: AlertKind::Recovered,
+                at: now,
+            });
+        }
+        None
+    }
+
+    /// A portal failure (not a data error: those say nothing about the
+    /// portal's health). Returns the alert when this failure opens the
+    /// breaker for the first time.
+    pub fn record_failure(&mut self, payer: &str, error: &str, now: DateTime<Utc>) -> Option<Alert> {
+        let failures = match self.state(now) {
+            BreakerState::Closed { failures } => failures + 1,
+            // The trial failed (or a run that started before the breaker
+            // opened ended late): open again for another cool-down.
+            BreakerState::HalfOpen { .. } | BreakerState::Open { .. } => self.threshold,
+        };
+        if failures < self.threshold {
+            self.state = BreakerState::Closed { failures };
+            return None;
+        }
+        let retry_at = now + self.cool_down;
+        self.state = BreakerState::Open { until: retry_at };
+        tracing::warn!(payer, failures, %retry_at, "Circuit breaker open: automation against this payer pauses.");
+        if std::mem::replace(&mut self.alerted, true) {
+            return None;
+        }
+        Some(Alert {
+            payer: payer.to_owned(),
+            kind: AlertKind::BreakerOpened {
+                failures,
+                last_error: error.to_owned(),
+                retry_at,
+            },
+            at: now,
+        })
+    }
+}
+
+/// Why a run for a payer cannot start now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    AtCapacity {
+        running: u32,
+        cap: u32,
+    },
+    RateLimited {
+        retry_in: Duration,
+    },
+    BreakerOpen {
+        until: DateTime<Utc>,
+    },
+    /// Half-open and its one trial run is under way.
+    TrialRunning,
+}
+
+/// How a run ended, for the breaker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    Success,
+    /// The portal or API failed (timeout, 5xx, page that did not load).
+    PortalFailure(String),
+    /// The run failed for a reason that is not the portal's (bad data, a
+    /// denial, a lost lease): the breaker does not count it.
+    OtherFailure,
+}
+
+#[derive(Clone, Debug)]
+struct PayerState {
+    settings: LimitSettings,
+    running: u32,
+    rate: RateLimiter,
+    breaker: CircuitBreaker,
+}
+
+impl PayerState {
+    fn new(settings: LimitSettings) -> PayerState {
+        PayerState {
+            settings,
+            running: 0,
+            rate: RateLimiter::new(settings.starts_per_minute, settings.burst),
+            breaker: CircuitBreaker::new(settings.failure_threshold, settings.cool_down),
+        }
+    }
+}
+
+/// Every payer's limits.
+#[derive(Clone, Debug, Default)]
+pub struct PayerLimits {
+    defaults: LimitSettings,
+    overrides: HashMap<String, LimitSettings>,
+    payers: HashMap<String, PayerState>,
+}
+
+/// Proof that a run was admitted; hand it back to `finish`.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a started run must be finished, or the payer's slot stays taken"]
+pub struct Started {
+    payer: String,
+}
+
+impl Started {
+    pub fn payer(&self) -> &str {
+        &self.payer
+    }
+}
+
+impl PayerLimits {
+    pub fn new(defaults: LimitSettings) -> PayerLimits {
+        PayerLimits {
+            defaults,
+            ..PayerLimits::default()
+        }
+    }
+
+    /// Limits for one payer instead of the defaults.
+    pub fn set(&mut self, payer: &str, settings: LimitSettings) {
+        self.overrides.insert(payer.to_owned(), settings);
+        self.payers.remove(payer);
+    }
+
+    fn payer(&mut self, payer: &str) -> &mut PayerState {
+        let settings = self.overrides.get(payer).copied().unwrap_or(self.defaults);
+        self.payers
+            .entry(payer.to_owned())
+            .or_insert_with(|| PayerState::new(settings))
+    }
+
+    /// Whether a run could start now, without taking anything.
+    pub fn check(&mut self, payer: &str, now: DateTime<Utc>) -> Result<(), Blocked> {
+        let p = self.payer(payer);
+        p.breaker.check(now)?;
+        if p.running >= p.settings.max_concurrent {
+            return Err(Blocked::AtCapacity {
+                running: p.running,
+                cap: p.settings.max_concurrent,
+            });
+        }
+        p.rate.check(now).map_err(|retry_in| Blocked::RateLimited { retry_in })
+    }
+
+    /// Admits a run: a concurrency slot, a rate token, and (half-open) the
+    /// breaker's trial.
+    pub fn try_start(&mut self, payer: &str, now: DateTime<Utc>) -> Result<Started, Blocked> {
+        self.check(payer, now)?;
+        let p = self.payer(payer);
+        p.breaker.start(now)?;
+        p.rate
+            .try_acquire(now)
+            .map_err(|retry_in| Blocked::RateLimited { retry_in })?;
+        p.running += 1;
+        Ok(Started {
+            payer: payer.to_owned(),
+        })
+    }
+
+    /// Releases the run's slot and tells the breaker how it went.
+    pub fn finish(&mut self, started: Started, end: &RunEnd, now: DateTime<Utc>) -> Option<Alert> {
+        let payer = started.payer;
+        let p = self.payer(&payer);
+        p.running = p.running.saturating_sub(1);
+        match end {
+            RunEnd::Success => p.breaker.record_success(&payer, now),
+            RunEnd::PortalFailure(error) => p.breaker.record_failure(&payer, error, now),
+            RunEnd::OtherFailure => {
+                // Says nothing about the portal; a half-open trial that
+                // ended so is no verdict, so the next run is the trial.
+                if let BreakerState::HalfOpen { .. } = p.breaker.state(now) {
+                    p.breaker.state = BreakerState::HalfOpen { trial_running: false };
+                }
+                None
+            }
+        }
+    }
+
+    /// Payers among `payers` that cannot start a run now: the queue's
+    /// `skip_payers`.
+    pub fn blocked<'a>(&mut self, payers: impl IntoIterator<Item = &'a str>, now: DateTime<Utc>) -> Vec<String> {
+        payers
+            .into_iter()
+            .filter(|p| self.check(p, now).is_err())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub fn running(&self, payer: &str) -> u32 {
+        self.payers.get(payer).map_or(0, |p| p.running)
+    }
+
+    pub fn breaker_state(&mut self, payer: &str, now: DateTime<Utc>) -> BreakerState {
+        self.payer(payer).breaker.state(now)
+    }
+}

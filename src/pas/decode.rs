@@ -1,0 +1,266 @@
+//! Reading a payer's answer: a `ClaimResponse`, a PAS response Bundle (the
+//! ClaimResponse first), a rest-hook notification Bundle carrying one, or an
+//! `OperationOutcome`. What it means is decided in `outcome`.
+
+use chrono::NaiveDate;
+use serde_json::Value;
+
+use super::fhir::*;
+use super::outcome::{item_status, overall, seq, Dates, ItemDecision, Modification, Outcome, Reason, ReviewAction};
+use super::resources::{ClaimResponse, OperationOutcome, ResponseItem};
+use crate::case::CaseStatus;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    #[error("not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("not a PAS response: {0}")]
+    NotAResponse(String),
+    #[error("the ClaimResponse is malformed: {0}")]
+    Malformed(String),
+}
+
+fn date(s: &Option<String>) -> Option<NaiveDate> {
+    let s = s.as_deref()?;
+    NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()
+}
+
+fn dates(p: &Period) -> Dates {
+    Dates {
+        start: date(&p.start),
+        end: date(&p.end),
+    }
+}
+
+/// Decodes any supported answer from its JSON text.
+pub fn decode_str(text: &str) -> Result<Outcome, DecodeError> {
+    decode(&serde_json::from_str(text)?)
+}
+
+pub fn decode(v: &Value) -> Result<Outcome, DecodeError> {
+    match v.get("resourceType").and_then(Value::as_str) {
+        Some("ClaimResponse") => claim_response(v, &[]),
+        Some("OperationOutcome") => Ok(operation_outcome(v)),
+        Some("Bundle") => bundle(v),
+        Some(other) => Err(DecodeError::NotAResponse(format!(
+            "a {other} is not an answer to a prior-authorization request"
+        ))),
+        None => Err(DecodeError::NotAResponse("no resourceType".into())),
+    }
+}
+
+fn resource_type(v: &Value) -> Option<&str> {
+    v.get("resourceType").and_then(Value::as_str)
+}
+
+fn bundle(v: &Value) -> Result<Outcome, DecodeError> {
+    let entries: Vec<&Value> = v
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(|e| e.iter().filter_map(|e| e.get("resource")).collect())
+        .unwrap_or_default();
+    let Some(first) = entries.first() else {
+        return Err(DecodeError::NotAResponse("the Bundle has no entries".into()));
+    };
+    // Issues sent beside the ClaimResponse count as errors of the answer.
+    let issues: Vec<String> = entries
+        .iter()
+        .filter(|r| resource_type(r) == Some("OperationOutcome"))
+        .flat_map(|r| error_issues(r))
+        .collect();
+    match resource_type(first) {
+        Some("ClaimResponse") => claim_response(first, &issues),
+        Some("OperationOutcome") => Ok(operation_outcome(first)),
+        // A rest-hook notification: a status Parameters first, then the
+        // ClaimResponse (full-resource payload).
+        Some("Parameters") if v.get("type").and_then(Value::as_str) == Some("history") => {
+            match entries.iter().find(|r| resource_type(r) == Some("ClaimResponse")) {
+                Some(cr) => claim_response(cr, &issues),
+                None => Err(DecodeError::NotAResponse(
+                    "the notification carries no ClaimResponse (id-only payload); ask with $inquire".into(),
+                )),
+            }
+        }
+        Some("Claim") => Err(DecodeError::NotAResponse(
+            "the first entry is a Claim: this is a request Bundle, not a response".into(),
+        )),
+        other => Err(DecodeError::NotAResponse(format!(
+            "the first entry is a {}, not a ClaimResponse",
+            other.unwrap_or("resource without a type")
+        ))),
+    }
+}
+
+fn error_issues(v: &Value) -> Vec<String> {
+    let oo: OperationOutcome = serde_json::from_value(v.clone()).unwrap_or_default();
+    oo.issue
+        .iter()
+        .filter(|i| matches!(i.severity.as_deref(), Some("error" | "fatal") | None))
+        .map(|i| i.message())
+        .collect()
+}
+
+fn operation_outcome(v: &Value) -> Outcome {
+    let mut attention = error_issues(v);
+    if attention.is_empty() {
+        attention.push("the payer answered with an OperationOutcome and no decision".into());
+    }
+    Outcome {
+        status: CaseStatus::NeedsAttention,
+        case_ref: None,
+        identifiers: Vec::new(),
+        claim_response: None,
+        outcome: None,
+        disposition: None,
+        auth_number: None,
+        period: None,
+        items: Vec::new(),
+        attention,
+    }
+}
+
+fn claim_response(v: &Value, issues: &[String]) -> Result<Outcome, DecodeError> {
+    let cr: ClaimResponse = serde_json::from_value(v.clone()).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let queued = matches!(cr.outcome.as_deref(), Some("queued" | "partial"));
+    let info_requested = !cr.communication_request.is_empty();
+    let mut attention: Vec<String> = issues.to_vec();
+    for err in &cr.error {
+        attention.push(reject_reason(err));
+    }
+    if cr.outcome.as_deref() == Some("error") && attention.is_empty() {
+        attention.push("the payer reports an error and gives no reason".into());
+    }
+    let items: Vec<ItemDecision> = cr.item.iter().map(|i| item(&cr, i, queued, info_requested)).collect();
+    let status = overall(&items, &attention, queued, info_requested);
+    if status == CaseStatus::NeedsAttention && attention.is_empty() {
+        for i in &items {
+            match &i.code {
+                Some(ReviewAction::CT) => attention.push(format!("item {}: the payer asks to be contacted", seq(i))),
+                Some(ReviewAction::Other(c)) => {
+                    attention.push(format!("item {}: unknown review action code `{c}`", seq(i)))
+                }
+                None => attention.push(format!("item {}: no review action", seq(i))),
+                _ => {}
+            }
+        }
+        if items.is_empty() {
+            attention.push("the ClaimResponse decides no item".into());
+        }
+    }
+    let case_ref = cr
+        .identifier
+        .iter()
+        .find(|i| i.system.as_deref() == Some(super::bundle::CASE_ID_SYSTEM))
+        .and_then(|i| i.value.clone());
+    let auth_number = cr
+        .pre_auth_ref
+        .clone()
+        .or_else(|| items.iter().find_map(|i| i.auth_number.clone()));
+    let period = cr
+        .pre_auth_period
+        .as_ref()
+        .map(dates)
+        .or_else(|| items.iter().find_map(|i| i.period));
+    Ok(Outcome {
+        status,
+        case_ref,
+        identifiers: cr.identifier.iter().filter_map(|i| i.value.clone()).collect(),
+        claim_response: cr.id.clone(),
+        outcome: cr.outcome.clone(),
+        disposition: cr.disposition.clone(),
+        auth_number,
+        period,
+        items,
+        attention,
+    })
+}
+
+/// An X12 AAA reject (or any ClaimResponse.error) in words.
+fn reject_reason(err: &super::resources::ResponseError) -> String {
+    let code = err.code.as_ref();
+    let what = match (code.and_then(|c| c.code_in(None)), code.and_then(|c| c.words())) {
+        (Some(c), Some(w)) => format!("{c} ({w})"),
+        (Some(c), None) => c.to_owned(),
+        (None, Some(w)) => w.to_owned(),
+        (None, None) => "no reason code".into(),
+    };
+    let at = err.item_sequence.map(|s| format!(" on item {s}")).unwrap_or_default();
+    let followup = find_ext(&err.extension, "extension-errorFollowupAction")
+        .and_then(|e| e.value_codeable_concept.as_ref())
+        .and_then(|c| c.words().or_else(|| c.code_in(None)))
+        .map(|f| format!("; follow-up: {f}"))
+        .unwrap_or_default();
+    format!("rejected as unprocessable{at}: {what}{followup}")
+}
+
+fn item(cr: &ClaimResponse, it: &ResponseItem, queued: bool, info_requested: bool) -> ItemDecision {
+    let review = it
+        .adjudication
+        .iter()
+        .find_map(|a| find_ext(&a.extension, "extension-reviewAction"));
+    let concept = review
+        .and_then(|r| r.sub("extension-reviewActionCode"))
+        .and_then(|e| e.value_codeable_concept.as_ref());
+    let code = concept
+        .and_then(|c| c.code_in(Some(X12_306)).or_else(|| c.code_in(None)))
+        .map(ReviewAction::parse);
+    let mut reasons: Vec<Reason> = review
+        .map(|r| r.extension.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e.url.as_deref() == Some("reasonCode"))
+        .filter_map(|e| e.value_codeable_concept.as_ref())
+        .map(|c| Reason {
+            code: c.code_in(None).map(str::to_owned),
+            text: c.words().map(str::to_owned),
+        })
+        .collect();
+    reasons.extend(
+        it.adjudication
+            .iter()
+            .filter_map(|a| a.reason.as_ref())
+            .map(|c| Reason {
+                code: c.code_in(None).map(str::to_owned),
+                text: c.words().map(str::to_owned),
+            }),
+    );
+    let added = cr
+        .add_item
+        .iter()
+        .find(|a| it.item_sequence.is_some_and(|s| a.item_sequence.contains(&s)));
+    let authorized = find_ext(&it.extension, "extension-itemAuthorizedDetail")
+        .and_then(|d| d.sub("quantity"))
+        .and_then(|q| q.value_quantity.as_ref())
+        .and_then(|q| q.value);
+    let modified = added.map(|a| Modification {
+        service: a
+            .product_or_service
+            .as_ref()
+            .and_then(|c| c.code_in(None))
+            .map(str::to_owned),
+        quantity: a.quantity.as_ref().and_then(|q| q.value),
+    });
+    let status = match &code {
+        Some(c) => item_status(c, queued, info_requested),
+        None if queued => CaseStatus::Pending,
+        None => CaseStatus::NeedsAttention,
+    };
+    ItemDecision {
+        sequence: it.item_sequence,
+        display: concept.and_then(|c| c.words()).map(str::to_owned),
+        status,
+        auth_number: review
+            .and_then(|r| r.sub("number"))
+            .and_then(|n| n.value_string.clone())
+            .or_else(|| cr.pre_auth_ref.clone()),
+        period: find_ext(&it.extension, "extension-itemPreAuthPeriod")
+            .and_then(|e| e.value_period.as_ref())
+            .or(cr.pre_auth_period.as_ref())
+            .map(dates),
+        quantity: modified.as_ref().and_then(|m| m.quantity).or(authorized),
+        modified,
+        reasons,
+        code,
+    }
+}

@@ -1,0 +1,790 @@
+//! Raw playbook → `Playbook`, reporting every problem with file:line:col.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use super::raw::*;
+use super::template;
+use super::*;
+
+/// The step keys, for messages.
+const STEP_KEYS: &[&str] = &[
+    "navigate",
+    "fill",
+    "select",
+    "check",
+    "upload",
+    "click",
+    "wait_for",
+    "extract",
+    "assert",
+    "totp",
+    "screenshot",
+    "download",
+    "if",
+    "rows",
+    "for_each",
+    "frame",
+    "dialog",
+    "new_tab",
+    "script",
+    "set",
+    "call",
+    "fail",
+    "outcome",
+];
+
+/// Functions minijinja offers that `undeclared_variables` reports as names.
+const TEMPLATE_GLOBALS: &[&str] = &["range", "dict", "namespace", "debug", "loop"];
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(15);
+
+struct Compiler<'a> {
+    file: &'a Path,
+    errors: Vec<PlaybookError>,
+    env: minijinja::Environment<'static>,
+    sample: Value,
+    credentials: HashSet<String>,
+    /// Variables each action sets, for `call`.
+    sets: BTreeMap<String, HashSet<String>>,
+}
+
+/// What a step may refer to at its place in an action.
+#[derive(Clone, Default)]
+struct Scope {
+    vars: HashSet<String>,
+    items: Vec<String>,
+}
+
+pub fn compile(file: &Path, text: &str) -> Result<Playbook, Vec<PlaybookError>> {
+    let raw: RawPlaybook = serde_saphyr::from_str(text).map_err(|e| {
+        let at = e.location().map(|l| Loc::of(&l)).unwrap_or_default();
+        vec![PlaybookError {
+            file: file.to_owned(),
+            at,
+            message: saphyr_message(&e),
+        }]
+    })?;
+    let mut c = Compiler {
+        file,
+        errors: Vec::new(),
+        env: template::environment(),
+        sample: template::sample_context(),
+        credentials: raw.credentials.iter().map(|s| s.value.clone()).collect(),
+        sets: raw
+            .actions
+            .value
+            .iter()
+            .map(|(name, steps)| (name.clone(), collect_sets(&steps.value)))
+            .collect(),
+    };
+    let payer = &raw.payer.value;
+    let channel = match payer.channel.value.as_str() {
+        "web" => Channel::Web,
+        "api" => Channel::Api,
+        other => {
+            c.err(
+                &payer.channel.referenced,
+                format!("channel `{other}` is not `web` or `api`"),
+            );
+            Channel::Web
+        }
+    };
+    if let Err(e) = crate::config::check_id(&payer.id.value) {
+        c.err(&payer.id.referenced, e);
+    }
+    let base_url = payer.base_url.value.trim_end_matches('/').to_owned();
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        c.err(
+            &payer.base_url.referenced,
+            format!("base_url `{base_url}` is not an http(s) URL"),
+        );
+    }
+    for cred in &raw.credentials {
+        if crate::config::check_id(&cred.value.replace('_', "-")).is_err() {
+            c.err(
+                &cred.referenced,
+                format!(
+                    "credential name `{}` must be lower-case letters, digits and `_`",
+                    cred.value
+                ),
+            );
+        }
+    }
+    let detect = Detect {
+        logged_out: raw
+            .detect
+            .logged_out
+            .iter()
+            .map(|x| c.condition(x, &Scope::default()))
+            .collect(),
+        needs_human: raw
+            .detect
+            .needs_human
+            .iter()
+            .map(|x| c.condition(x, &Scope::default()))
+            .collect(),
+        unavailable: raw
+            .detect
+            .unavailable
+            .iter()
+            .map(|x| c.condition(x, &Scope::default()))
+            .collect(),
+    };
+    let outcomes = c.outcomes(&raw);
+    let mut actions = BTreeMap::new();
+    for (name, steps) in &raw.actions.value {
+        let Some(action) = Action::parse(name) else {
+            c.err(
+                &steps.referenced,
+                format!(
+                    "unknown action `{name}`; actions are {}",
+                    Action::ALL.map(Action::as_str).join(", ")
+                ),
+            );
+            continue;
+        };
+        let compiled = c.steps(&steps.value, &mut Scope::default());
+        if action == Action::Submit {
+            let commits = count_commits(&compiled);
+            if commits != 1 {
+                c.err(
+                    &steps.referenced,
+                    format!(
+                        "submit must mark exactly one step `commit: true` (the click that sends the request), found {commits}"
+                    ),
+                );
+            }
+        }
+        actions.insert(action, compiled);
+    }
+    if channel == Channel::Web {
+        let missing: Vec<&str> = Action::REQUIRED
+            .iter()
+            .filter(|a| !actions.contains_key(a))
+            .map(|a| a.as_str())
+            .collect();
+        if !missing.is_empty() {
+            c.err(
+                &raw.actions.referenced,
+                format!("missing action{}: {}", plural(missing.len()), missing.join(", ")),
+            );
+        }
+    }
+    for (action, steps) in &actions {
+        c.check_calls(*action, steps, &actions);
+    }
+    if c.errors.is_empty() {
+        Ok(Playbook {
+            file: file.to_owned(),
+            id: payer.id.value.clone(),
+            name: payer.name.value.clone(),
+            channel,
+            base_url,
+            plans: payer.plans.iter().map(|s| s.value.clone()).collect(),
+            states: payer.states.iter().map(|s| s.value.clone()).collect(),
+            max_sessions: payer.max_sessions.unwrap_or(1).max(1),
+            credentials: raw.credentials.iter().map(|s| s.value.clone()).collect(),
+            detect,
+            outcomes,
+            actions,
+        })
+    } else {
+        c.errors.sort_by_key(|e| (e.at.line, e.at.col));
+        Err(c.errors)
+    }
+}
+
+/// serde-saphyr's message without the location it also appends (we print
+/// the location in front, as file:line:col).
+fn saphyr_message(e: &serde_saphyr::Error) -> String {
+    let msg = e.to_string();
+    let mut msg = msg.lines().next().unwrap_or_default().trim();
+    msg = msg.strip_prefix("error: ").unwrap_or(msg);
+    // `line 20 column 7: unknown field …`
+    if msg.starts_with("line ") {
+        if let Some((_, rest)) = msg.split_once(": ") {
+            msg = rest;
+        }
+    }
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+fn count_commits(steps: &[Step]) -> usize {
+    steps
+        .iter()
+        .map(|s| {
+            usize::from(s.commit)
+                + match &s.kind {
+                    StepKind::If { then, otherwise, .. } => count_commits(then) + count_commits(otherwise),
+                    StepKind::ForEach { steps, .. }
+                    | StepKind::Frame { steps, .. }
+                    | StepKind::NewTab { steps, .. } => count_commits(steps),
+                    _ => 0,
+                }
+        })
+        .sum()
+}
+
+/// Names a list of raw steps sets (`into`, `set`), at any depth.
+fn collect_sets(steps: &[Spanned<RawStep>]) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for s in steps {
+        let s = &s.value;
+        if let Some(x) = &s.extract {
+            out.insert(x.value.into.value.clone());
+        }
+        if let Some(x) = &s.totp {
+            out.insert(x.value.into.value.clone());
+        }
+        if let Some(x) = &s.rows {
+            out.insert(x.value.into.value.clone());
+        }
+        if let Some(x) = s.script.as_ref().and_then(|x| x.value.into.as_ref()) {
+            out.insert(x.value.clone());
+        }
+        if let Some(x) = &s.set {
+            out.extend(x.value.keys().cloned());
+        }
+        for nested in [s.then.as_deref(), s.else_.as_deref()].into_iter().flatten() {
+            out.extend(collect_sets(nested));
+        }
+        for nested in [
+            s.for_each.as_ref().map(|f| f.value.steps.as_slice()),
+            s.frame.as_ref().map(|f| f.value.steps.as_slice()),
+            s.new_tab.as_ref().map(|f| f.value.steps.as_slice()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            out.extend(collect_sets(nested));
+        }
+    }
+    out
+}
+
+impl Compiler<'_> {
+    fn err(&mut self, at: &serde_saphyr::Location, message: impl Into<String>) {
+        self.errors.push(PlaybookError {
+            file: self.file.to_owned(),
+            at: Loc::of(at),
+            message: message.into(),
+        });
+    }
+
+    fn outcomes(&mut self, raw: &RawPlaybook) -> BTreeMap<String, CaseStatus> {
+        let mut out = BTreeMap::new();
+        let Some(map) = &raw.outcomes else {
+            if raw.payer.value.channel.value == "web" {
+                self.err(
+                    &raw.payer.referenced,
+                    "an `outcomes:` map (portal wording → status) is required",
+                );
+            }
+            return out;
+        };
+        for (wording, status) in &map.value {
+            match status.value.parse::<CaseStatus>() {
+                Ok(s) if OUTCOME_STATUSES.contains(&s) || s == CaseStatus::NeedsAttention => {
+                    out.insert(normalize_wording(wording), s);
+                }
+                Ok(s) => self.err(&status.referenced, format!("`{s}` is not a status a payer reports")),
+                Err(e) => self.err(&status.referenced, e.to_string()),
+            }
+        }
+        let missing: Vec<&str> = OUTCOME_STATUSES
+            .iter()
+            .filter(|s| !out.values().any(|v| v == *s))
+            .map(|s| s.as_str())
+            .collect();
+        if !missing.is_empty() {
+            self.err(
+                &map.referenced,
+                format!("the outcome map has no portal wording for: {}", missing.join(", ")),
+            );
+        }
+        out
+    }
+
+    fn check_calls(&mut self, from: Action, steps: &[Step], actions: &BTreeMap<Action, Vec<Step>>) {
+        for s in steps {
+            match &s.kind {
+                StepKind::Call(target) if *target == from => self.errors.push(PlaybookError {
+                    file: self.file.to_owned(),
+                    at: s.at,
+                    message: format!("action `{from}` calls itself"),
+                }),
+                StepKind::Call(target) if !actions.contains_key(target) => self.errors.push(PlaybookError {
+                    file: self.file.to_owned(),
+                    at: s.at,
+                    message: format!("calls action `{target}`, which this playbook does not define"),
+                }),
+                StepKind::If { then, otherwise, .. } => {
+                    self.check_calls(from, then, actions);
+                    self.check_calls(from, otherwise, actions);
+                }
+                StepKind::ForEach { steps, .. } | StepKind::Frame { steps, .. } | StepKind::NewTab { steps, .. } => {
+                    self.check_calls(from, steps, actions)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn steps(&mut self, raw: &[Spanned<RawStep>], scope: &mut Scope) -> Vec<Step> {
+        raw.iter().filter_map(|s| self.step(s, scope)).collect()
+    }
+
+    fn step(&mut self, spanned: &Spanned<RawStep>, scope: &mut Scope) -> Option<Step> {
+        let r = &spanned.value;
+        let at = &spanned.referenced;
+        let present: Vec<&str> = [
+            r.navigate.is_some(),
+            r.fill.is_some(),
+            r.select.is_some(),
+            r.check.is_some(),
+            r.upload.is_some(),
+            r.click.is_some(),
+            r.wait_for.is_some(),
+            r.extract.is_some(),
+            r.assert_.is_some(),
+            r.totp.is_some(),
+            r.screenshot.is_some(),
+            r.download.is_some(),
+            r.if_.is_some(),
+            r.rows.is_some(),
+            r.for_each.is_some(),
+            r.frame.is_some(),
+            r.dialog.is_some(),
+            r.new_tab.is_some(),
+            r.script.is_some(),
+            r.set.is_some(),
+            r.call.is_some(),
+            r.fail.is_some(),
+            r.outcome.is_some(),
+        ]
+        .iter()
+        .zip(STEP_KEYS)
+        .filter(|(set, _)| **set)
+        .map(|(_, k)| *k)
+        .collect();
+        match present.len() {
+            0 => {
+                self.err(at, format!("a step needs one step key: {}", STEP_KEYS.join(", ")));
+                return None;
+            }
+            1 => {}
+            _ => {
+                self.err(
+                    at,
+                    format!("a step has one step key; this one has {}", present.join(" and ")),
+                );
+                return None;
+            }
+        }
+        if r.if_.is_none() && (r.then.is_some() || r.else_.is_some()) {
+            self.err(at, "`then`/`else` belong to an `if` step");
+        }
+        let timeout = match &r.timeout {
+            None => DEFAULT_TIMEOUT,
+            Some(t) => match parse_duration(&t.value) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.err(&t.referenced, e);
+                    DEFAULT_TIMEOUT
+                }
+            },
+        };
+        let kind = self.kind(r, scope)?;
+        let commit = r.commit.unwrap_or(false);
+        if commit
+            && !matches!(
+                kind,
+                StepKind::Click { .. } | StepKind::Dialog { .. } | StepKind::Script { .. }
+            )
+        {
+            self.err(
+                at,
+                "`commit: true` marks the click (or dialog/script) that sends the request",
+            );
+        }
+        Some(Step {
+            at: Loc::of(at),
+            name: r.name.as_ref().map(|n| n.value.clone()),
+            timeout,
+            retries: r.retries.unwrap_or(0),
+            commit,
+            kind,
+        })
+    }
+
+    fn kind(&mut self, r: &RawStep, scope: &mut Scope) -> Option<StepKind> {
+        if let Some(u) = &r.navigate {
+            return Some(StepKind::Navigate {
+                url: self.tpl(u, scope),
+            });
+        }
+        if let Some(f) = &r.fill {
+            return Some(StepKind::Fill {
+                selector: self.sel(&f.value.selector, scope),
+                value: self.tpl(&f.value.value, scope),
+            });
+        }
+        if let Some(s) = &r.select {
+            let selector = self.sel(&s.value.selector, scope);
+            let by = match (&s.value.value, &s.value.label) {
+                (Some(v), None) => SelectBy::Value(self.tpl(v, scope)),
+                (None, Some(l)) => SelectBy::Label(self.tpl(l, scope)),
+                _ => {
+                    self.err(&s.referenced, "select needs exactly one of `value` or `label`");
+                    return None;
+                }
+            };
+            return Some(StepKind::Select { selector, by });
+        }
+        if let Some(x) = &r.check {
+            return Some(StepKind::Check {
+                selector: self.sel(&x.value.selector, scope),
+                checked: x.value.checked.unwrap_or(true),
+            });
+        }
+        if let Some(x) = &r.upload {
+            return Some(StepKind::Upload {
+                selector: self.sel(&x.value.selector, scope),
+                file: self.tpl(&x.value.file, scope),
+            });
+        }
+        if let Some(x) = &r.click {
+            return Some(StepKind::Click {
+                selector: self.sel(x, scope),
+            });
+        }
+        if let Some(x) = &r.wait_for {
+            return Some(StepKind::WaitFor(self.condition(x, scope)));
+        }
+        if let Some(x) = &r.assert_ {
+            return Some(StepKind::Assert(self.condition(x, scope)));
+        }
+        if let Some(x) = &r.extract {
+            let x = &x.value;
+            let selector = self.sel(&x.selector, scope);
+            if let Some(re) = &x.regex {
+                if let Err(e) = regex::Regex::new(&re.value) {
+                    self.err(&re.referenced, format!("not a regular expression: {e}"));
+                }
+            }
+            let into = self.var_name(&x.into, scope);
+            return Some(StepKind::Extract {
+                selector,
+                attribute: x.attribute.as_ref().map(|a| a.value.clone()),
+                regex: x.regex.as_ref().map(|a| a.value.clone()),
+                into,
+                optional: x.optional.unwrap_or(false),
+            });
+        }
+        if let Some(x) = &r.totp {
+            let secret = self.tpl(&x.value.secret, scope);
+            return Some(StepKind::Totp {
+                secret,
+                into: self.var_name(&x.value.into, scope),
+            });
+        }
+        if let Some(x) = &r.screenshot {
+            return Some(StepKind::Screenshot { name: x.value.clone() });
+        }
+        if let Some(x) = &r.download {
+            let from = match (&x.value.url, &x.value.selector) {
+                (Some(u), None) => DownloadFrom::Url(self.tpl(u, scope)),
+                (None, Some(s)) => DownloadFrom::Link(self.sel(s, scope)),
+                _ => {
+                    self.err(&x.referenced, "download needs exactly one of `url` or `selector`");
+                    return None;
+                }
+            };
+            if x.value.kind.value != "letter" {
+                self.err(
+                    &x.value.kind.referenced,
+                    format!("download kind `{}` is not `letter`", x.value.kind.value),
+                );
+            }
+            return Some(StepKind::Download {
+                from,
+                kind: x.value.kind.value.clone(),
+            });
+        }
+        if let Some(x) = &r.if_ {
+            let condition = self.condition(x, scope);
+            let then = self.steps(r.then.as_deref().unwrap_or_default(), scope);
+            let otherwise = self.steps(r.else_.as_deref().unwrap_or_default(), scope);
+            if r.then.is_none() {
+                self.err(&x.referenced, "an `if` step needs `then:` steps");
+            }
+            return Some(StepKind::If {
+                condition,
+                then,
+                otherwise,
+            });
+        }
+        if let Some(x) = &r.rows {
+            let x = &x.value;
+            let selector = self.sel(&x.selector, scope);
+            let cells = x
+                .cells
+                .value
+                .iter()
+                .map(|(k, v)| (k.clone(), self.sel(v, scope)))
+                .collect();
+            let next_page = x.next_page.as_ref().map(|n| self.sel(n, scope));
+            let into = self.var_name(&x.into, scope);
+            return Some(StepKind::Rows {
+                selector,
+                cells,
+                next_page,
+                max_pages: x.max_pages.unwrap_or(50),
+                into,
+            });
+        }
+        if let Some(x) = &r.for_each {
+            let x = &x.value;
+            let list = x.list.value.clone();
+            if !(self.known(&list, scope) || list.starts_with("vars.") && scope.vars.contains(&list[5..])) {
+                self.err(&x.list.referenced, format!("`{list}` is not a list this step can see"));
+            }
+            let item = x.as_.as_ref().map(|a| a.value.clone()).unwrap_or_else(|| "item".into());
+            let mut inner = scope.clone();
+            inner.items.push(item.clone());
+            inner.items.push("index".into());
+            let steps = self.steps(&x.steps, &mut inner);
+            scope.vars.extend(inner.vars);
+            return Some(StepKind::ForEach { list, item, steps });
+        }
+        if let Some(x) = &r.frame {
+            let selector = self.sel(&x.value.selector, scope);
+            return Some(StepKind::Frame {
+                selector,
+                steps: self.steps(&x.value.steps, scope),
+            });
+        }
+        if let Some(x) = &r.dialog {
+            let accept = match x.value.action.value.as_str() {
+                "accept" => true,
+                "dismiss" => false,
+                other => {
+                    self.err(
+                        &x.value.action.referenced,
+                        format!("dialog action `{other}` is not `accept` or `dismiss`"),
+                    );
+                    true
+                }
+            };
+            return Some(StepKind::Dialog {
+                accept,
+                expect: x.value.expect.as_ref().map(|e| self.tpl(e, scope)),
+            });
+        }
+        if let Some(x) = &r.new_tab {
+            let click = self.sel(&x.value.click, scope);
+            return Some(StepKind::NewTab {
+                click,
+                steps: self.steps(&x.value.steps, scope),
+            });
+        }
+        if let Some(x) = &r.script {
+            let js = self.tpl(&x.value.js, scope);
+            let into = x.value.into.as_ref().map(|i| self.var_name(i, scope));
+            return Some(StepKind::Script { js, into });
+        }
+        if let Some(x) = &r.set {
+            let pairs: Vec<(String, Tpl)> = x.value.iter().map(|(k, v)| (k.clone(), self.tpl(v, scope))).collect();
+            scope.vars.extend(pairs.iter().map(|(k, _)| k.clone()));
+            return Some(StepKind::Set(pairs));
+        }
+        if let Some(x) = &r.call {
+            let Some(action) = Action::parse(&x.value) else {
+                self.err(&x.referenced, format!("`{}` is not an action", x.value));
+                return None;
+            };
+            if let Some(sets) = self.sets.get(action.as_str()) {
+                scope.vars.extend(sets.iter().cloned());
+            }
+            return Some(StepKind::Call(action));
+        }
+        if let Some(x) = &r.fail {
+            let kind = match x.value.kind.value.as_str() {
+                "retryable" => FailKind::Retryable,
+                "needs_human" => FailKind::NeedsHuman,
+                "portal_changed" => FailKind::PortalChanged,
+                "fatal" => FailKind::Fatal,
+                other => {
+                    self.err(
+                        &x.value.kind.referenced,
+                        format!("fail kind `{other}` is not one of retryable, needs_human, portal_changed, fatal"),
+                    );
+                    FailKind::Fatal
+                }
+            };
+            return Some(StepKind::Fail {
+                kind,
+                message: x.value.message.value.clone(),
+            });
+        }
+        if let Some(x) = &r.outcome {
+            let o = &x.value;
+            let mut opt = |t: &Option<S>| t.as_ref().map(|t| self.tpl(t, scope));
+            let fields = OutcomeFields {
+                status: Tpl {
+                    source: String::new(),
+                    at: Loc::default(),
+                    secret: false,
+                },
+                reference: opt(&o.reference),
+                auth_number: opt(&o.auth_number),
+                valid_from: opt(&o.valid_from),
+                valid_to: opt(&o.valid_to),
+                approved_units: opt(&o.approved_units),
+                decision_date: opt(&o.decision_date),
+                denial_reason: opt(&o.denial_reason),
+            };
+            let status = self.tpl(&o.status, scope);
+            return Some(StepKind::Outcome(Box::new(OutcomeFields { status, ..fields })));
+        }
+        None
+    }
+
+    fn var_name(&mut self, s: &S, scope: &mut Scope) -> String {
+        let name = s.value.trim().trim_start_matches("vars.").to_owned();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            self.err(
+                &s.referenced,
+                format!("`{}` is not a variable name (letters, digits, `_`)", s.value),
+            );
+        }
+        scope.vars.insert(name.clone());
+        name
+    }
+
+    /// Whether a dotted path names something in the context.
+    fn known(&self, path: &str, scope: &Scope) -> bool {
+        let head = path.split('.').next().unwrap_or_default();
+        match head {
+            "case" | "practice" | "payer" => template::path_exists(&self.sample, path),
+            "account" | "secrets" => path.split('.').nth(1).is_some_and(|n| self.credentials.contains(n)),
+            "vars" => path.split('.').nth(1).is_some_and(|n| scope.vars.contains(n)),
+            _ => scope.items.iter().any(|i| i == head) || TEMPLATE_GLOBALS.contains(&head),
+        }
+    }
+
+    fn tpl(&mut self, s: &S, scope: &Scope) -> Tpl {
+        let source = s.value.clone();
+        let mut secret = false;
+        match template::variables(&self.env, &source) {
+            Err(e) => self.err(&s.referenced, format!("template does not parse: {e}")),
+            Ok(vars) => {
+                let mut vars: Vec<String> = vars.into_iter().collect();
+                vars.sort();
+                for v in vars {
+                    secret |= v.starts_with("secrets.") || v == "secrets";
+                    if !self.known(&v, scope) {
+                        let hint = match v.split('.').next().unwrap_or_default() {
+                            "account" | "secrets" => " (list the name under `credentials:`)".to_owned(),
+                            "vars" => " (no earlier step sets it)".to_owned(),
+                            "case" | "practice" | "payer" => String::new(),
+                            _ => " (variables are case, practice, payer, account, secrets, vars and loop items)"
+                                .to_owned(),
+                        };
+                        self.err(&s.referenced, format!("undefined variable `{v}`{hint}"));
+                    }
+                }
+            }
+        }
+        Tpl {
+            source,
+            at: Loc::of(&s.referenced),
+            secret,
+        }
+    }
+
+    fn sel(&mut self, s: &S, scope: &Scope) -> Sel {
+        let css = self.tpl(s, scope);
+        // Template parts are replaced by a plain word to check the rest.
+        let probe = regex::Regex::new(r"\{\{.*?\}\}")
+            .expect("a valid regex")
+            .replace_all(&css.source, "x");
+        if let Err(e) = scraper::Selector::parse(&probe) {
+            self.err(&s.referenced, format!("`{}` is not a CSS selector: {e}", css.source));
+        }
+        Sel { css }
+    }
+
+    fn condition(&mut self, c: &Spanned<RawCondition>, scope: &Scope) -> Condition {
+        let r = &c.value;
+        let n = [
+            r.present.is_some(),
+            r.absent.is_some(),
+            r.text.is_some(),
+            r.url.is_some(),
+            r.expr.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if n != 1 {
+            self.err(
+                &c.referenced,
+                "a condition has exactly one of `present`, `absent`, `text`, `url`, `expr`",
+            );
+        }
+        if let Some(x) = &r.present {
+            Condition::Present(self.sel(x, scope))
+        } else if let Some(x) = &r.absent {
+            Condition::Absent(self.sel(x, scope))
+        } else if let Some(x) = &r.text {
+            Condition::Text(self.tpl(x, scope))
+        } else if let Some(x) = &r.url {
+            Condition::Url(self.tpl(x, scope))
+        } else if let Some(x) = &r.expr {
+            let wrapped = Spanned {
+                value: format!("{{% if {} %}}true{{% else %}}false{{% endif %}}", x.value),
+                referenced: x.referenced,
+                defined: x.defined,
+            };
+            Condition::Expr(self.tpl(&wrapped, scope))
+        } else {
+            Condition::Text(Tpl {
+                source: String::new(),
+                at: Loc::of(&c.referenced),
+                secret: false,
+            })
+        }
+    }
+}
+
+/// `500ms`, `10s`, `2m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration such as 500ms, 10s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("`{s}` is not a duration such as 500ms, 10s or 2m")),
+    }
+}

@@ -1,0 +1,286 @@
+//! Playbook files as written: YAML read by serde-saphyr, which reports line
+//! and column. Each step is one map whose single *step key* says what it
+//! does (`fill:`, `click:` …) next to optional common keys (`timeout:`,
+//! `retries:`, `name:`, `commit:`). `compile` checks there is exactly one.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// A string with where it was written.
+pub type S = Spanned<String>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlaybook {
+    pub payer: Spanned<RawPayer>,
+    /// Credential names the playbook uses; each practice binds them under
+    /// `[payers.ID]` as `account.NAME` or `secrets.NAME`.
+    #[serde(default)]
+    pub credentials: Vec<S>,
+    /// Pages that say something about the session, checked after a failure.
+    #[serde(default)]
+    pub detect: RawDetect,
+    /// Portal wording → canonical status.
+    #[serde(default)]
+    pub outcomes: Option<Spanned<BTreeMap<String, S>>>,
+    pub actions: Spanned<BTreeMap<String, Spanned<Vec<Spanned<RawStep>>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPayer {
+    pub id: S,
+    pub name: S,
+    /// `web` (a portal through WebDriver) or `api`.
+    pub channel: S,
+    /// The portal's address; a practice may override it (`base_url`).
+    pub base_url: S,
+    #[serde(default)]
+    pub plans: Vec<S>,
+    #[serde(default)]
+    pub states: Vec<S>,
+    /// Sessions open at once on this payer (default 1).
+    pub max_sessions: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDetect {
+    /// The portal logged us out: log in again and resume.
+    #[serde(default)]
+    pub logged_out: Vec<Spanned<RawCondition>>,
+    /// A page only a person can pass (CAPTCHA): the case needs attention.
+    #[serde(default)]
+    pub needs_human: Vec<Spanned<RawCondition>>,
+    /// The portal is failing (HTTP 500 page, maintenance): retry later.
+    #[serde(default)]
+    pub unavailable: Vec<Spanned<RawCondition>>,
+}
+
+/// A test on the current page. Exactly one key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCondition {
+    /// An element matching this CSS selector exists.
+    pub present: Option<S>,
+    /// No element matches this CSS selector.
+    pub absent: Option<S>,
+    /// The page's text contains this.
+    pub text: Option<S>,
+    /// The URL contains this.
+    pub url: Option<S>,
+    /// A template expression that is true, e.g. `row.codes == "73721"`.
+    pub expr: Option<S>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    // Step keys: exactly one per step.
+    /// Go to a URL (template).
+    pub navigate: Option<S>,
+    /// Type a value into an input.
+    pub fill: Option<Spanned<RawFill>>,
+    /// Choose an option of a `<select>` by value or visible label.
+    pub select: Option<Spanned<RawSelect>>,
+    /// Tick (or untick) a checkbox or choose a radio button.
+    pub check: Option<Spanned<RawCheck>>,
+    /// Give a file to a file input.
+    pub upload: Option<Spanned<RawUpload>>,
+    /// Click the element.
+    pub click: Option<S>,
+    /// Wait until a condition holds.
+    pub wait_for: Option<Spanned<RawCondition>>,
+    /// Read text or an attribute into a variable.
+    pub extract: Option<Spanned<RawExtract>>,
+    /// Prove we are on the right page; failing means the portal changed.
+    #[serde(rename = "assert")]
+    pub assert_: Option<Spanned<RawCondition>>,
+    /// Compute a TOTP code from a secret into a variable.
+    pub totp: Option<Spanned<RawTotp>>,
+    /// Save a screenshot as an artifact.
+    pub screenshot: Option<S>,
+    /// Fetch a file with the session's cookies and keep it as a letter.
+    pub download: Option<Spanned<RawDownload>>,
+    /// Run `then` (or `else`) steps depending on the page.
+    #[serde(rename = "if")]
+    pub if_: Option<Spanned<RawCondition>>,
+    /// Read a table's rows into a list variable, over pages.
+    pub rows: Option<Spanned<RawRows>>,
+    /// Run steps for each item of a list variable.
+    pub for_each: Option<Spanned<RawForEach>>,
+    /// Run steps inside an iframe, then return to the page.
+    pub frame: Option<Spanned<RawFrame>>,
+    /// Accept or dismiss a browser alert/confirm.
+    pub dialog: Option<Spanned<RawDialog>>,
+    /// Click something that opens a new tab, run steps there, close it.
+    pub new_tab: Option<Spanned<RawNewTab>>,
+    /// Run a short JavaScript snippet where nothing else works.
+    pub script: Option<Spanned<RawScript>>,
+    /// Set variables from templates.
+    pub set: Option<Spanned<BTreeMap<String, S>>>,
+    /// Run another action of this playbook (e.g. `login`).
+    pub call: Option<S>,
+    /// Stop with a classified failure.
+    pub fail: Option<Spanned<RawFail>>,
+    /// Record the portal's outcome for the case from a variable.
+    pub outcome: Option<Spanned<RawOutcome>>,
+
+    // Common keys.
+    /// Shown in the step trace.
+    pub name: Option<S>,
+    /// How long this step may wait, e.g. `10s`, `500ms` (default 15s).
+    pub timeout: Option<S>,
+    /// Extra attempts for retryable failures (default 0).
+    pub retries: Option<u32>,
+    /// This step sends the request to the payer: precert records the intent
+    /// first, so a crash after it never leads to a second submission.
+    pub commit: Option<bool>,
+    /// With `if`: the steps when the condition holds.
+    pub then: Option<Vec<Spanned<RawStep>>>,
+    /// With `if`: the steps when it does not.
+    #[serde(rename = "else")]
+    pub else_: Option<Vec<Spanned<RawStep>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFill {
+    pub selector: S,
+    pub value: S,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSelect {
+    pub selector: S,
+    pub value: Option<S>,
+    pub label: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub selector: S,
+    /// Default true; false unticks a checkbox.
+    pub checked: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpload {
+    pub selector: S,
+    /// A template giving the file's path (e.g. `{{ item.path }}`).
+    pub file: S,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExtract {
+    pub selector: S,
+    /// Read this attribute instead of the text.
+    pub attribute: Option<S>,
+    /// Keep the first capture group (or the whole match) of this regex.
+    pub regex: Option<S>,
+    pub into: S,
+    /// A missing element sets the variable empty instead of failing.
+    pub optional: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTotp {
+    pub secret: S,
+    pub into: S,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDownload {
+    /// A template for the URL; or
+    pub url: Option<S>,
+    /// the `href` of this link.
+    pub selector: Option<S>,
+    /// What the file is: `letter` (the decision letter).
+    pub kind: S,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRows {
+    /// Selector of the table rows (`#worklist tbody tr`).
+    pub selector: S,
+    /// Column name → selector within the row (text is read).
+    pub cells: Spanned<BTreeMap<String, S>>,
+    /// Selector of the "next page" link; followed until absent.
+    pub next_page: Option<S>,
+    /// Pages read at most (default 50).
+    pub max_pages: Option<u32>,
+    pub into: S,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForEach {
+    /// A list variable (`vars.rows`, `case.attachments`).
+    pub list: S,
+    /// Name of the item variable in the steps (default `item`).
+    #[serde(rename = "as")]
+    pub as_: Option<S>,
+    pub steps: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFrame {
+    pub selector: S,
+    pub steps: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDialog {
+    /// `accept` or `dismiss`.
+    pub action: S,
+    /// Fail unless the dialog's text contains this.
+    pub expect: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNewTab {
+    /// The element whose click opens the tab.
+    pub click: S,
+    pub steps: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScript {
+    pub js: S,
+    pub into: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFail {
+    /// `needs_human`, `portal_changed`, `retryable` or `fatal`.
+    pub kind: S,
+    pub message: S,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutcome {
+    /// The portal's status wording, mapped through `outcomes`.
+    pub status: S,
+    pub reference: Option<S>,
+    pub auth_number: Option<S>,
+    pub valid_from: Option<S>,
+    pub valid_to: Option<S>,
+    pub approved_units: Option<S>,
+    pub decision_date: Option<S>,
+    pub denial_reason: Option<S>,
+}

@@ -1,0 +1,129 @@
+//! `precert check` reads every playbook and reports each problem with
+//! file:line:col; the shipped playbooks pass.
+
+use super::support::{stderr, stdout, Project};
+
+const GOOD: &str = r##"payer:
+  id: acme
+  name: Acme Health
+  channel: web
+  base_url: https://portal.acme.example
+credentials: [username, password]
+outcomes:
+  "Pending Review": pending
+  "More Info Needed": pended_for_info
+  "Approved": approved
+  "Partial": partially_approved
+  "Denied": denied
+  "Cancelled": cancelled
+  "Expired": expired
+actions:
+  login:
+    - navigate: "{{ payer.base_url }}/login"
+    - fill: { selector: "#user", value: "{{ account.username }}" }
+    - fill: { selector: "#pass", value: "{{ secrets.password }}" }
+    - click: "#go"
+  submit:
+    - click: "#send"
+      commit: true
+    - extract: { selector: "#ref", into: reference }
+    - outcome: { status: "Pending Review", reference: "{{ vars.reference }}" }
+  poll_status:
+    - navigate: "{{ payer.base_url }}/status/{{ case.payer_reference }}"
+    - outcome: { status: "Approved" }
+  download_letter:
+    - download: { selector: "a.letter", kind: letter }
+  find_existing:
+    - navigate: "{{ payer.base_url }}/search"
+"##;
+
+fn check_with(p: &Project, name: &str, text: &str) -> (bool, String) {
+    p.write(&format!("playbooks/{name}"), text);
+    let out = p.precert(&["check"]);
+    (out.status.success(), stderr(&out))
+}
+
+#[test]
+fn the_shipped_playbooks_pass_check() {
+    let p = Project::new();
+    let out = p.precert(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("playbook sandbox "), "{}", stdout(&out));
+    assert!(stdout(&out).contains("2 playbook(s)"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_good_playbook_passes() {
+    let p = Project::new();
+    let (ok, err) = check_with(&p, "acme.yaml", GOOD);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn an_unknown_step_is_reported_at_its_line_and_column() {
+    let p = Project::new();
+    let text = GOOD.replace(r##"    - click: "#go""##, r##"    - clik: "#go""##);
+    let (ok, err) = check_with(&p, "acme.yaml", &text);
+    assert!(!ok);
+    let file = p.path("playbooks/acme.yaml").display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{file}:20:7: unknown field `clik`, expected one of navigate, fill"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn semantic_problems_are_all_reported_with_file_line_and_column() {
+    let p = Project::new();
+    let text = GOOD
+        .replace("{{ account.username }}", "{{ account.user_name }}")
+        .replace(r##"selector: "#pass""##, r##"selector: "#pass[""##)
+        .replace("{{ case.payer_reference }}", "{{ case.payer_ref }}")
+        .replace(r#"  "Expired": expired"#, "")
+        .replace(
+            "  find_existing:\n    - navigate: \"{{ payer.base_url }}/search\"\n",
+            "",
+        )
+        .replace(
+            "into: reference }\n    - outcome: { status: \"Pending Review\", reference: \"{{ vars.reference }}\" }",
+            "into: reference }\n    - outcome: { status: \"Pending Review\", reference: \"{{ vars.referense }}\" }",
+        );
+    let (ok, err) = check_with(&p, "acme.yaml", &text);
+    assert!(!ok);
+    let f = p.path("playbooks/acme.yaml").display().to_string();
+    for needle in [
+        format!("{f}:8:3: the outcome map has no portal wording for: expired"),
+        format!("{f}:16:3: missing action: find_existing"),
+        format!("{f}:18:41: undefined variable `account.user_name` (list the name under `credentials:`)"),
+        format!("{f}:19:25: `#pass[` is not a CSS selector"),
+        format!("{f}:25:55: undefined variable `vars.referense` (no earlier step sets it)"),
+        format!("{f}:27:17: undefined variable `case.payer_ref`"),
+    ] {
+        assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+    }
+    assert!(err.contains("6 problem(s) found"), "{err}");
+}
+
+#[test]
+fn a_practice_bound_to_a_missing_playbook_or_credential_is_reported() {
+    let p = Project::new();
+    std::fs::remove_file(p.path("playbooks/sandbox-pas.yaml")).unwrap();
+    let text = std::fs::read_to_string(p.path("playbooks/sandbox.yaml")).unwrap();
+    p.write(
+        "playbooks/sandbox.yaml",
+        &text.replace(
+            "credentials: [username, password, totp_seed]",
+            "credentials: [username, password, totp_seed, pin]",
+        ),
+    );
+    let out = p.precert(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("lakeside-ortho.toml: payers.sandbox-pas: no playbook `sandbox-pas`"),
+        "{err}"
+    );
+    assert!(err.contains("valley-imaging.toml: payers.sandbox: playbook sandbox needs credential `pin`: set account.pin or secrets.pin"), "{err}");
+}

@@ -1,0 +1,348 @@
+//! End to end through a real portal: the sandbox payer in this process,
+//! real chromedriver and headless Chromium driven by the engine with
+//! `playbooks/sandbox.yaml`, and the real ledger.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use precert::case::CaseStatus;
+use precert::engine::{Engine, FailureKind};
+use precert::playbook::{self, Action};
+use precert::store::{Actor, Ledger};
+use precert_sandbox::{Decision, HazardsPatch, Sandbox, SandboxConfig, SandboxHandle};
+
+use super::support::{stderr, stdout, Project};
+
+struct World {
+    p: Project,
+    sandbox: SandboxHandle,
+    ledger: Ledger,
+    engine: Engine,
+}
+
+fn actor() -> Actor {
+    Actor::job("test", 1)
+}
+
+async fn world() -> World {
+    let sandbox = Sandbox::start(SandboxConfig::default_demo(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let p = Project::new();
+    p.use_sandbox(&sandbox.base_url());
+    assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
+    let settings = p.settings_with_secrets();
+    let (playbooks, errors) = playbook::load_dir(&settings.playbooks_dir);
+    assert!(errors.is_empty(), "{errors:?}");
+    let ledger = Ledger::open(&settings.database_url).await.unwrap();
+    let engine = Engine::new(Arc::new(settings), ledger.clone(), playbooks);
+    World {
+        p,
+        sandbox,
+        ledger,
+        engine,
+    }
+}
+
+impl World {
+    async fn id(&self, case_ref: &str) -> i64 {
+        self.ledger.find_by_ref(case_ref).await.unwrap().pop().unwrap().id
+    }
+
+    async fn run(&self, action: Action, case_ref: &str) -> precert::engine::RunReport {
+        self.engine
+            .run(action, self.id(case_ref).await, &actor())
+            .await
+            .unwrap()
+    }
+
+    fn logins(&self) -> usize {
+        self.sandbox
+            .request_log()
+            .iter()
+            .filter(|e| e.method == "POST" && e.path == "/portal/login")
+            .count()
+    }
+
+    /// Ends the engine and proves no chromedriver or Chromium is left.
+    async fn finish(self) {
+        let group = self.engine.driver_process_group().await;
+        self.engine.shutdown().await;
+        if let Some(pgid) = group {
+            gone(pgid).await;
+        }
+        self.ledger.close().await;
+        self.sandbox.shutdown().await;
+    }
+}
+
+/// Waits (bounded) until no process of the group is left.
+async fn gone(pgid: i32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // SAFETY: signal 0 only asks whether the group exists.
+        let alive = unsafe { libc::kill(-pgid, 0) } == 0;
+        if !alive {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "processes of group {pgid} outlived the engine"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn date(s: &str) -> NaiveDate {
+    s.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_is_submitted_approved_polled_and_its_letter_kept() {
+    let w = world().await;
+    let r = w.run(Action::Submit, "LO-2026-1001").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.status, CaseStatus::Pending);
+    let case = w.ledger.get(r.case_id).await.unwrap();
+    let reference = case.payer_ref.clone().expect("the portal's reference is recorded");
+    assert_eq!(
+        w.sandbox.submission_count("SBX100200301", "73721", date("2026-12-08")),
+        1
+    );
+    let sent = w.sandbox.submission(&reference).unwrap();
+    assert_eq!(sent.member_id, "SBX100200301");
+
+    w.sandbox.decide(&reference, Decision::Approve).unwrap();
+    let r = w.run(Action::PollStatus, "LO-2026-1001").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.status, CaseStatus::Approved);
+    let decided = w.sandbox.submission(&reference).unwrap();
+    let case = w.ledger.get(r.case_id).await.unwrap();
+    let decision = case.decision.expect("a decision record");
+    assert_eq!(decision.auth_number, decided.auth_number);
+    assert!(decision.auth_number.is_some());
+    let valid = decision.valid.expect("authorized dates");
+    assert!(valid.start <= valid.end);
+    assert_eq!(decision.lines[0].approved_units, 1);
+    assert_eq!(decision.source, "portal:sandbox");
+
+    let r = w.run(Action::DownloadLetter, "LO-2026-1001").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.letters, 1);
+    let letters = w.ledger.letters(r.case_id).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    let path = w.p.settings().data_dir.join(&letters[0].stored_path);
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.starts_with(b"%PDF-"));
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(sha, letters[0].sha256);
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let text = std::process::Command::new("pdftotext")
+        .arg(&path)
+        .arg("-")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains(decision.auth_number.as_deref().unwrap()));
+    // Fetching again keeps one copy.
+    assert_eq!(w.run(Action::DownloadLetter, "LO-2026-1001").await.letters, 0);
+
+    // One login served all four runs: the session was reused.
+    assert_eq!(w.logins(), 1);
+    let out = w.p.precert(&["cases", "show", "LO-2026-1001"]);
+    assert!(
+        stdout(&out).contains(&format!("payer ref    {reference}")),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("letter       letters/lakeside-ortho/LO-2026-1001/"),
+        "{}",
+        stdout(&out)
+    );
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_is_recorded_with_the_payers_reason() {
+    let w = world().await;
+    let r = w.run(Action::Submit, "VI-88120").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    let r = w.run(Action::PollStatus, "VI-88120").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.status, CaseStatus::Denied);
+    let denial = w
+        .ledger
+        .get(r.case_id)
+        .await
+        .unwrap()
+        .decision
+        .unwrap()
+        .denial
+        .expect("a denial reason");
+    assert!(
+        denial
+            .text
+            .contains("Conservative therapy of at least 6 weeks is not documented"),
+        "{denial:?}"
+    );
+    assert_eq!(denial.code.as_deref(), Some("CLIN-06"), "{denial:?}");
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pended_for_information_is_recorded_as_such() {
+    let w = world().await;
+    assert!(w.run(Action::Submit, "LO-2026-1002").await.failure.is_none());
+    let r = w.run(Action::PollStatus, "LO-2026-1002").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.status, CaseStatus::PendedForInfo);
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_ended_by_the_portal_is_logged_into_again_and_the_run_finishes() {
+    let w = world().await;
+    assert!(w.run(Action::Submit, "LO-2026-1001").await.failure.is_none());
+    assert_eq!(w.logins(), 1);
+    // The portal throws every session out (forced logout).
+    let killed = reqwest::Client::new()
+        .post(format!("{}/admin/sessions/kill-all", w.sandbox.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(killed.status().is_success());
+    let r = w.run(Action::PollStatus, "LO-2026-1001").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.status, CaseStatus::Pending);
+    assert_eq!(w.logins(), 2, "logged in again once");
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_portal_is_retried_later_and_nothing_is_misrecorded() {
+    let w = world().await;
+    assert!(w.run(Action::Submit, "LO-2026-1001").await.failure.is_none());
+    w.sandbox
+        .set_hazards(HazardsPatch {
+            error_rate: Some(1.0),
+            ..Default::default()
+        })
+        .unwrap();
+    let r = w.run(Action::PollStatus, "LO-2026-1001").await;
+    let f = r.failure.expect("the portal answers HTTP 500");
+    assert_eq!(f.kind, FailureKind::Retryable, "{f}");
+    assert_eq!(r.status, CaseStatus::Pending, "a failing portal changes no status");
+    assert!(r.artifacts.is_some());
+    w.sandbox
+        .set_hazards(HazardsPatch {
+            error_rate: Some(0.0),
+            ..Default::default()
+        })
+        .unwrap();
+    let r = w.run(Action::PollStatus, "LO-2026-1001").await;
+    assert!(r.failure.is_none(), "the retry succeeds: {:?}", r.failure);
+    assert_eq!(r.status, CaseStatus::Pending);
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_portal_sends_the_case_to_a_person_with_evidence_and_never_guesses() {
+    let w = world().await;
+    w.sandbox
+        .set_hazards(HazardsPatch {
+            layout_version: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+    let r = w.run(Action::Submit, "LO-2026-1001").await;
+    let f = r.failure.expect("the wizard's layout changed");
+    assert_eq!(f.kind, FailureKind::PortalChanged, "{f}");
+    assert_eq!(r.status, CaseStatus::NeedsAttention);
+    assert!(w.sandbox.submissions().is_empty(), "nothing was submitted");
+    let dir = r.artifacts.expect("artifacts");
+    let png = std::fs::read(dir.join("screenshot.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
+    let html = std::fs::read_to_string(dir.join("page.html")).unwrap();
+    assert!(html.contains("subscriberId"), "the page as the browser saw it");
+    let trace = std::fs::read_to_string(dir.join("trace.txt")).unwrap();
+    assert!(
+        trace.contains("assert (wizard v1)") && trace.contains("portal_changed"),
+        "{trace}"
+    );
+    for f in ["screenshot.png", "page.html", "trace.txt"] {
+        assert_eq!(
+            std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let events = w.ledger.events(r.case_id).await.unwrap();
+    let run = events.iter().rev().find(|e| e.kind == "run").unwrap();
+    assert_eq!(run.detail["result"], "portal_changed");
+    assert_eq!(run.detail["artifacts"], dir.display().to_string());
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captcha_hands_the_case_to_a_person() {
+    let w = world().await;
+    w.sandbox
+        .set_hazards(HazardsPatch {
+            captcha: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+    let r = w.run(Action::Submit, "LO-2026-1001").await;
+    let f = r.failure.expect("a CAPTCHA stops automation");
+    assert_eq!(f.kind, FailureKind::NeedsHuman, "{f}");
+    assert_eq!(r.status, CaseStatus::NeedsAttention);
+    assert!(w.sandbox.submissions().is_empty());
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_final_click_and_recording_the_reference_submits_only_once() {
+    let w = world().await;
+    // The subprocesses block a thread each; the sandbox serves on the others.
+    let mut cmd = w.p.command(&["run", "sandbox", "submit", "--case", "LO-2026-1001"]);
+    cmd.env("PRECERT_FAULT", "kill-after-commit");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{}", stderr(&out));
+    // The browser the dead process left finishes sending the request.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while w.sandbox.submissions().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never reached the portal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let case = w.ledger.find_by_ref("LO-2026-1001").await.unwrap().pop().unwrap();
+    assert_eq!(case.status, CaseStatus::Submitting);
+    assert_eq!(case.payer_ref, None, "the process died before recording the reference");
+
+    let mut cmd = w.p.command(&["run", "sandbox", "submit", "--case", "LO-2026-1001"]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stderr(&out).contains("find_existing"), "{}", stderr(&out));
+    let submissions = w.sandbox.submissions();
+    assert_eq!(submissions.len(), 1, "exactly one submission");
+    assert_eq!(
+        w.sandbox.submission_count("SBX100200301", "73721", date("2026-12-08")),
+        1
+    );
+    let case = w.ledger.get(case.id).await.unwrap();
+    assert_eq!(case.status, CaseStatus::Pending);
+    assert_eq!(case.payer_ref.as_deref(), Some(submissions[0].reference.as_str()));
+    w.finish().await;
+}
