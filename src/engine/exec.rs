@@ -16,6 +16,9 @@ use crate::playbook::{
     template, Action, Condition, DownloadFrom, FailKind, Playbook, Sel, SelectBy, Step, StepKind, Tpl,
 };
 
+/// How failures recognised by the playbook's `detect` rules begin.
+const DETECTED: &str = "the portal ";
+
 /// How often explicit waits look again.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -106,47 +109,64 @@ impl<'a> Interp<'a> {
     /// A failure seen through the playbook's `detect` rules: the page may
     /// say we were logged out, need a human, or the portal is down.
     async fn classify(&self, step: &Step, f: StepFailure) -> StepFailure {
-        if matches!(f.kind, FailureKind::NeedsHuman | FailureKind::Fatal) && f.message.starts_with("playbook:") {
+        // The playbook's own verdicts, and pages already recognised while
+        // waiting, stand as they are.
+        if f.message.starts_with("playbook:") || f.message.starts_with(DETECTED) {
             return f;
         }
+        match self.page_says_stop(step).await {
+            Err(d) => StepFailure {
+                message: format!("{} (while: {})", d.message, f.message),
+                ..d
+            },
+            Ok(()) => f,
+        }
+    }
+
+    async fn find(&self, step: &Step, sel: &Sel) -> Result<fantoccini::elements::Element, StepFailure> {
+        let css = self.css(step, sel)?;
+        let deadline = tokio::time::Instant::now() + step.timeout;
+        loop {
+            let found = self
+                .client
+                .find_all(Locator::Css(&css))
+                .await
+                .map_err(|e| webdriver_failure(step, e))?;
+            if let Some(el) = found.into_iter().next() {
+                return Ok(el);
+            }
+            self.page_says_stop(step).await?;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(fail(
+                    step,
+                    FailureKind::PortalChanged,
+                    format!("no element matches `{css}` after {:?}", step.timeout),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// While waiting: a page the playbook's `detect` rules recognise (an
+    /// error page, a logout, a CAPTCHA) ends the wait at once, classified.
+    async fn page_says_stop(&self, step: &Step) -> StepResult {
         let d = &self.playbook.detect;
         for (conds, kind, what) in [
             (
                 &d.needs_human,
                 FailureKind::NeedsHuman,
-                "the portal shows a page only a person can pass",
+                "shows a page only a person can pass",
             ),
-            (&d.logged_out, FailureKind::SessionLost, "the portal logged us out"),
-            (&d.unavailable, FailureKind::Retryable, "the portal is unavailable"),
+            (&d.logged_out, FailureKind::SessionLost, "logged us out"),
+            (&d.unavailable, FailureKind::Retryable, "is unavailable"),
         ] {
             for c in conds {
                 if self.holds(step, c).await.unwrap_or(false) {
-                    return fail(step, kind, format!("{what} (while: {})", f.message));
+                    return Err(fail(step, kind, format!("{DETECTED}{what} ({})", describe(c))));
                 }
             }
         }
-        f
-    }
-
-    async fn find(&self, step: &Step, sel: &Sel) -> Result<fantoccini::elements::Element, StepFailure> {
-        let css = self.css(step, sel)?;
-        self.client
-            .wait()
-            .at_most(step.timeout)
-            .every(POLL)
-            .for_element(Locator::Css(&css))
-            .await
-            .map_err(|e| {
-                if matches!(e, fantoccini::error::CmdError::WaitTimeout) {
-                    fail(
-                        step,
-                        FailureKind::PortalChanged,
-                        format!("no element matches `{css}` after {:?}", step.timeout),
-                    )
-                } else {
-                    webdriver_failure(step, e)
-                }
-            })
+        Ok(())
     }
 
     /// Evaluates a condition once, without waiting.
@@ -197,6 +217,7 @@ impl<'a> Interp<'a> {
             if self.holds(step, c).await? {
                 return Ok(());
             }
+            self.page_says_stop(step).await?;
             if tokio::time::Instant::now() >= deadline {
                 return Err(fail(
                     step,

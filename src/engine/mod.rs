@@ -27,6 +27,10 @@ use crate::intake::write_private;
 use crate::playbook::{template, Action, Loc, Playbook, Step};
 use crate::store::{Actor, EventKind, Ledger, Letter, StoreError};
 
+/// Extra attempts of a whole action after a retryable failure (before the
+/// commit step only). Longer outages are the job queue's to retry later.
+pub const ACTION_RETRIES: u32 = 2;
+
 /// What a failed step means for the case, decided from the error and the
 /// page (the playbook's `detect` rules).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -462,9 +466,22 @@ impl Engine {
                 }));
             }
             let mut relogged = false;
+            let mut retries = 0;
             loop {
                 interp.trace.note(format!("-- {action}"));
                 match interp.run_steps(&playbook.actions[&action]).await {
+                    // A failing page (HTTP 5xx, a timeout) is tried again from
+                    // the action's first step, as long as nothing was sent.
+                    Err(f) if f.kind == FailureKind::Retryable && !interp.committed && retries < ACTION_RETRIES => {
+                        retries += 1;
+                        interp.trace.note(format!(
+                            "-- retryable failure, attempt {} of {}",
+                            retries + 1,
+                            ACTION_RETRIES + 1
+                        ));
+                        interp.observations.clear();
+                        interp.downloads.clear();
+                    }
                     Err(f) if f.kind == FailureKind::SessionLost && !relogged => {
                         relogged = true;
                         interp.trace.note("-- session lost: login again".into());
