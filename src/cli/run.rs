@@ -7,10 +7,11 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::Outcome;
+use crate::case::{CaseRecord, CaseStatus};
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::playbook::{self, Action};
-use crate::store::{private_dir, Actor, Ledger};
+use crate::store::{private_dir, Actor, CaseFilter, Ledger};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -19,9 +20,15 @@ pub struct RunArgs {
     /// login, submit, poll_status, poll_worklist, download_letter or
     /// find_existing.
     pub action: String,
-    /// The case: a number, PRACTICE/CASE_ID, or a case ID.
-    #[arg(long)]
-    pub case: String,
+    /// The case: a number, PRACTICE/CASE_ID, or a case ID. Repeat it for
+    /// several cases (one browser session serves them all).
+    #[arg(long, required_unless_present = "all")]
+    pub case: Vec<String>,
+    /// Every case of this playbook's payer that the action applies to:
+    /// submit → ready (and interrupted submissions), poll_status → pending
+    /// or pended for information, download_letter → decided without a letter.
+    #[arg(long, conflicts_with = "case")]
+    pub all: bool,
 }
 
 pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
@@ -48,57 +55,115 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
     }
     private_dir(&settings.data_dir).with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
     let ledger = Ledger::open(&settings.database_url).await?;
-    let case = super::cases::resolve(&ledger, &args.case).await?;
-    let bound = settings
-        .practice(&case.data.practice_id)
-        .and_then(|p| p.payers.get(&case.data.coverage.payer))
-        .map(|b| b.playbook.clone());
-    if bound.as_deref() != Some(args.playbook.as_str()) {
-        bail!(
-            "case {} goes to payer {} whose playbook is {}, not {}",
-            case.key(),
-            case.data.coverage.payer,
-            bound.unwrap_or_else(|| "not configured".into()),
-            args.playbook
-        );
+    let mut cases = Vec::new();
+    for id in &args.case {
+        cases.push(super::cases::resolve(&ledger, id).await?);
+    }
+    if args.all {
+        cases = ledger.list(&CaseFilter::default()).await?;
+        let mut keep = Vec::new();
+        for c in cases {
+            if applies(&ledger, action, &c).await? {
+                keep.push(c);
+            }
+        }
+        cases = keep;
+    }
+    let bound = |c: &CaseRecord| {
+        settings
+            .practice(&c.data.practice_id)
+            .and_then(|p| p.payers.get(&c.data.coverage.payer))
+            .map(|b| b.playbook.clone())
+    };
+    if args.all {
+        cases.retain(|c| bound(c).as_deref() == Some(args.playbook.as_str()));
+        if action == Action::PollWorklist {
+            // One worklist per payer account covers all its cases.
+            let mut seen = std::collections::HashSet::new();
+            cases.retain(|c| seen.insert(c.data.practice_id.clone()));
+        }
+    }
+    for c in &cases {
+        if bound(c).as_deref() != Some(args.playbook.as_str()) {
+            bail!(
+                "case {} goes to payer {} whose playbook is {}, not {}",
+                c.key(),
+                c.data.coverage.payer,
+                bound(c).unwrap_or_else(|| "not configured".into()),
+                args.playbook
+            );
+        }
+    }
+    if cases.is_empty() {
+        println!("no case to {action}");
+        return Ok(Outcome::Ok);
     }
     let mut engine = Engine::new(Arc::new(settings), ledger.clone(), playbooks);
     engine.echo = true;
-    eprintln!(
-        "precert run {} {action} --case {} (case {})",
-        args.playbook,
-        case.key(),
-        case.id
-    );
-    let report = engine.run(action, case.id, &Actor::current_user()).await;
-    engine.shutdown().await;
-    let report = report?;
-    ledger.close().await;
-    for o in &report.observations {
-        println!(
-            "portal: {} → {}{}",
-            o.wording,
-            o.status,
-            o.reference
-                .as_deref()
-                .map(|r| format!(" (reference {r})"))
-                .unwrap_or_default()
+    let mut failed = 0;
+    for case in &cases {
+        eprintln!(
+            "precert run {} {action} --case {} (case {})",
+            args.playbook,
+            case.key(),
+            case.id
         );
-    }
-    if report.letters > 0 {
-        println!("letters stored: {}", report.letters);
-    }
-    match &report.failure {
-        None => {
-            println!("{action} ok; case {} is {}", case.key(), report.status);
-            Ok(Outcome::Ok)
-        }
-        Some(f) => {
-            println!("{action} failed: {f}; case {} is {}", case.key(), report.status);
-            if let Some(a) = &report.artifacts {
-                println!("artifacts: {}", a.display());
+        let report = match engine.run(action, case.id, &Actor::current_user()).await {
+            Ok(r) => r,
+            Err(e) => {
+                // A case that cannot run (not ready, no reference) does not
+                // stop the others.
+                println!("{}: {action} not run: {e}", case.key());
+                failed += 1;
+                continue;
             }
-            Ok(Outcome::Problems)
+        };
+        for o in &report.observations {
+            println!(
+                "{}: portal says {} → {}{}",
+                case.key(),
+                o.wording,
+                o.status,
+                o.reference
+                    .as_deref()
+                    .map(|r| format!(" (reference {r})"))
+                    .unwrap_or_default()
+            );
+        }
+        if report.letters > 0 {
+            println!("{}: letters stored: {}", case.key(), report.letters);
+        }
+        match &report.failure {
+            None => println!("{}: {action} ok; now {}", case.key(), report.status),
+            Some(f) => {
+                failed += 1;
+                println!("{}: {action} failed: {f}; now {}", case.key(), report.status);
+                if let Some(a) = &report.artifacts {
+                    println!("{}: artifacts: {}", case.key(), a.display());
+                }
+            }
         }
     }
+    engine.shutdown().await;
+    ledger.close().await;
+    Ok(if failed == 0 { Outcome::Ok } else { Outcome::Problems })
+}
+
+/// Whether `--all` picks this case for the action.
+async fn applies(ledger: &Ledger, action: Action, c: &CaseRecord) -> anyhow::Result<bool> {
+    Ok(match action {
+        Action::Submit => matches!(c.status, CaseStatus::Ready | CaseStatus::Submitting),
+        Action::PollStatus | Action::PollWorklist => {
+            c.payer_ref.is_some() && matches!(c.status, CaseStatus::Pending | CaseStatus::PendedForInfo)
+        }
+        Action::DownloadLetter => {
+            c.payer_ref.is_some()
+                && matches!(
+                    c.status,
+                    CaseStatus::Approved | CaseStatus::PartiallyApproved | CaseStatus::Denied
+                )
+                && ledger.letters(c.id).await?.is_empty()
+        }
+        Action::Login | Action::FindExisting => false,
+    })
 }
