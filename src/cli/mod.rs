@@ -6,6 +6,7 @@
 //! errors and failures to run at all.
 
 mod cases;
+mod daemon;
 mod pas;
 mod run;
 mod schedule;
@@ -45,6 +46,9 @@ pub enum Command {
     /// Import, list and inspect cases.
     #[command(subcommand)]
     Cases(cases::CasesCommand),
+    /// Run the daemon in the foreground (for systemd): schedules, job queue,
+    /// workers and the HTTP listener. SIGTERM stops it, SIGHUP reloads.
+    Daemon,
     /// Run one playbook action for one case, printing each step: the tool
     /// for writing and debugging playbooks.
     Run(run::RunArgs),
@@ -96,6 +100,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             cases::run(cmd, &settings).await
         }
         Command::Pas(cmd) => pas::run(cmd, &cli.config).await,
+        Command::Daemon => daemon::run(&cli.config).await,
         Command::Run(args) => {
             let settings = load(&cli.config, Secrets::Resolve)?;
             run::run(args, settings).await

@@ -126,6 +126,9 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     pub webdriver: WebDriverSettings,
     pub mail: MailSettings,
+    /// Per-payer pacing; each payer's concurrency is its playbook's
+    /// `max_sessions`.
+    pub limits: crate::limits::LimitSettings,
     pub practices: Vec<Practice>,
 }
 
@@ -451,6 +454,29 @@ fn compile_daemon(
             p.add("webdriver.remote_url", format!("`{url}` is not an http(s) URL"));
         }
     }
+    let defaults = crate::limits::LimitSettings::default();
+    let limits = crate::limits::LimitSettings {
+        max_concurrent: defaults.max_concurrent,
+        starts_per_minute: match raw.limits.starts_per_minute {
+            Some(r) if r.is_finite() && r > 0.0 => r,
+            Some(r) => {
+                p.add("limits.starts_per_minute", format!("{r} must be a number above 0"));
+                defaults.starts_per_minute
+            }
+            None => defaults.starts_per_minute,
+        },
+        burst: raw.limits.burst.unwrap_or(defaults.burst).max(1),
+        failure_threshold: raw
+            .limits
+            .failure_threshold
+            .unwrap_or(defaults.failure_threshold)
+            .max(1),
+        cool_down: raw
+            .limits
+            .cool_down_seconds
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(defaults.cool_down),
+    };
     let mail = compile_mail(raw, base, &data_dir, secrets, &mut p);
     Settings {
         source: path.to_owned(),
@@ -471,6 +497,7 @@ fn compile_daemon(
         http_listen,
         webdriver,
         mail,
+        limits,
         practices: Vec::new(),
     }
 }

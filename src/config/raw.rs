@@ -36,6 +36,22 @@ pub struct RawDaemon {
     pub webdriver: RawWebDriver,
     #[serde(default)]
     pub mail: RawMail,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// How hard the daemon may use each payer's portal or API (per payer).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Runs started per minute, on average (default 6).
+    pub starts_per_minute: Option<f64>,
+    /// Starts allowed back to back before the rate applies (default 3).
+    pub burst: Option<u32>,
+    /// Consecutive portal failures that pause the payer (default 5).
+    pub failure_threshold: Option<u32>,
+    /// How long a paused payer rests before one trial run (default 900).
+    pub cool_down_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

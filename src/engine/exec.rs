@@ -35,7 +35,9 @@ pub struct Fetched {
 }
 
 pub struct Interp<'a> {
-    pub client: &'a Client,
+    /// The browser session; `None` for an `api` playbook, whose steps never
+    /// need one (the compiler refuses browser steps there).
+    pub client: Option<&'a Client>,
     pub playbook: &'a Playbook,
     pub env: minijinja::Environment<'static>,
     /// case, practice, payer, account, secrets, vars, loop items.
@@ -46,11 +48,19 @@ pub struct Interp<'a> {
     pub committed: bool,
     pub on_commit: Option<CommitHook<'a>>,
     pub http: reqwest::Client,
+    /// What `http` steps need: their client, retry policy and token caches.
+    pub api: super::http::ApiContext,
+    /// Secret values (the account's secrets, rendered credentials, access
+    /// tokens): scrubbed from every failure message and trace line.
+    pub redact: Vec<String>,
+    /// Running `login`: the login page is where we are meant to be, so the
+    /// `logged_out` rules do not apply.
+    pub in_login: bool,
 }
 
 type StepResult = Result<(), StepFailure>;
 
-fn fail(step: &Step, kind: FailureKind, message: impl Into<String>) -> StepFailure {
+pub(super) fn fail(step: &Step, kind: FailureKind, message: impl Into<String>) -> StepFailure {
     StepFailure {
         kind,
         at: step.at,
@@ -60,6 +70,28 @@ fn fail(step: &Step, kind: FailureKind, message: impl Into<String>) -> StepFailu
 }
 
 impl<'a> Interp<'a> {
+    fn browser(&self, step: &Step) -> Result<&'a Client, StepFailure> {
+        self.client.ok_or_else(|| {
+            fail(
+                step,
+                FailureKind::Fatal,
+                "this step needs a browser page, and an api playbook has none",
+            )
+        })
+    }
+
+    /// `text` with every known secret value replaced by `***`.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in &self.redact {
+            // Short values would blank out ordinary words.
+            if s.len() >= 4 {
+                out = out.replace(s.as_str(), "***");
+            }
+        }
+        out
+    }
+
     pub fn render(&self, step: &Step, t: &Tpl) -> Result<String, StepFailure> {
         template::render(&self.env, &t.source, &self.ctx)
             .map_err(|e| fail(step, FailureKind::Fatal, format!("template at line {}: {e}", t.at.line)))
@@ -69,7 +101,7 @@ impl<'a> Interp<'a> {
         self.render(step, &s.css)
     }
 
-    fn set_var(&mut self, name: &str, value: Value) {
+    pub(super) fn set_var(&mut self, name: &str, value: Value) {
         if let Some(Value::Object(vars)) = self.ctx.get_mut("vars") {
             vars.insert(name.to_owned(), value);
         }
@@ -94,7 +126,13 @@ impl<'a> Interp<'a> {
             let started = std::time::Instant::now();
             let result = self.exec(step).await;
             let result = match result {
-                Err(f) => Err(self.classify(step, f).await),
+                Err(f) => {
+                    let f = self.classify(step, f).await;
+                    Err(StepFailure {
+                        message: self.scrub(&f.message),
+                        ..f
+                    })
+                }
                 ok => ok,
             };
             self.trace
@@ -128,7 +166,7 @@ impl<'a> Interp<'a> {
         let deadline = tokio::time::Instant::now() + step.timeout;
         loop {
             let found = self
-                .client
+                .browser(step)?
                 .find_all(Locator::Css(&css))
                 .await
                 .map_err(|e| webdriver_failure(step, e))?;
@@ -150,14 +188,22 @@ impl<'a> Interp<'a> {
     /// While waiting: a page the playbook's `detect` rules recognise (an
     /// error page, a logout, a CAPTCHA) ends the wait at once, classified.
     async fn page_says_stop(&self, step: &Step) -> StepResult {
+        if self.client.is_none() {
+            return Ok(());
+        }
         let d = &self.playbook.detect;
+        let no_conditions = Vec::new();
         for (conds, kind, what) in [
             (
                 &d.needs_human,
                 FailureKind::NeedsHuman,
                 "shows a page only a person can pass",
             ),
-            (&d.logged_out, FailureKind::SessionLost, "logged us out"),
+            (
+                if self.in_login { &no_conditions } else { &d.logged_out },
+                FailureKind::SessionLost,
+                "logged us out",
+            ),
             (&d.unavailable, FailureKind::Retryable, "is unavailable"),
         ] {
             for c in conds {
@@ -175,7 +221,7 @@ impl<'a> Interp<'a> {
             Condition::Present(s) => {
                 let css = self.css(step, s)?;
                 !self
-                    .client
+                    .browser(step)?
                     .find_all(Locator::Css(&css))
                     .await
                     .map_err(|e| webdriver_failure(step, e))?
@@ -183,7 +229,7 @@ impl<'a> Interp<'a> {
             }
             Condition::Absent(s) => {
                 let css = self.css(step, s)?;
-                self.client
+                self.browser(step)?
                     .find_all(Locator::Css(&css))
                     .await
                     .map_err(|e| webdriver_failure(step, e))?
@@ -192,7 +238,7 @@ impl<'a> Interp<'a> {
             Condition::Text(t) => {
                 let want = self.render(step, t)?;
                 let text = self
-                    .client
+                    .browser(step)?
                     .execute("return document.body ? document.body.innerText : '';", vec![])
                     .await
                     .map_err(|e| webdriver_failure(step, e))?;
@@ -200,7 +246,7 @@ impl<'a> Interp<'a> {
             }
             Condition::Url(t) => {
                 let want = self.render(step, t)?;
-                self.client
+                self.browser(step)?
                     .current_url()
                     .await
                     .map_err(|e| webdriver_failure(step, e))?
@@ -218,6 +264,11 @@ impl<'a> Interp<'a> {
                 return Ok(());
             }
             self.page_says_stop(step).await?;
+            // Without a page nothing changes while we wait: an `api`
+            // playbook's expression is decided at once.
+            if self.client.is_none() {
+                return Err(fail(step, FailureKind::Retryable, format!("not true: {}", describe(c))));
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(fail(
                     step,
@@ -234,7 +285,7 @@ impl<'a> Interp<'a> {
         match &step.kind {
             StepKind::Navigate { url } => {
                 let url = self.render(step, url)?;
-                self.client.goto(&url).await.map_err(wd)?;
+                self.browser(step)?.goto(&url).await.map_err(wd)?;
             }
             StepKind::Fill { selector, value } => {
                 let value = self.render(step, value)?;
@@ -349,7 +400,7 @@ impl<'a> Interp<'a> {
                 self.set_var(into, Value::String(code));
             }
             StepKind::Screenshot { name } => {
-                let png = self.client.screenshot().await.map_err(wd)?;
+                let png = self.browser(step)?.screenshot().await.map_err(wd)?;
                 self.trace.screenshots.push((name.clone(), png));
             }
             StepKind::Download { from, kind } => {
@@ -411,7 +462,7 @@ impl<'a> Interp<'a> {
                 let el = self.find(step, selector).await?;
                 el.enter_frame().await.map_err(wd)?;
                 let result = self.run_steps(steps).await;
-                self.client.enter_parent_frame().await.map_err(wd)?;
+                self.browser(step)?.enter_parent_frame().await.map_err(wd)?;
                 result?;
             }
             StepKind::Dialog { accept, expect } => {
@@ -435,20 +486,20 @@ impl<'a> Interp<'a> {
                     self.committed = true;
                 }
                 if *accept {
-                    self.client.accept_alert().await
+                    self.browser(step)?.accept_alert().await
                 } else {
-                    self.client.dismiss_alert().await
+                    self.browser(step)?.dismiss_alert().await
                 }
                 .map_err(wd)?;
                 crash_after_commit(step);
             }
             StepKind::NewTab { click, steps } => {
-                let before = self.client.windows().await.map_err(wd)?;
-                let original = self.client.window().await.map_err(wd)?;
+                let before = self.browser(step)?.windows().await.map_err(wd)?;
+                let original = self.browser(step)?.window().await.map_err(wd)?;
                 self.find(step, click).await?.click().await.map_err(wd)?;
                 let deadline = tokio::time::Instant::now() + step.timeout;
                 let tab = loop {
-                    let now = self.client.windows().await.map_err(wd)?;
+                    let now = self.browser(step)?.windows().await.map_err(wd)?;
                     if let Some(h) = now.into_iter().find(|h| !before.contains(h)) {
                         break h;
                     }
@@ -457,10 +508,10 @@ impl<'a> Interp<'a> {
                     }
                     tokio::time::sleep(POLL).await;
                 };
-                self.client.switch_to_window(tab).await.map_err(wd)?;
+                self.browser(step)?.switch_to_window(tab).await.map_err(wd)?;
                 let result = self.run_steps(steps).await;
-                let _ = self.client.close_window().await;
-                self.client.switch_to_window(original).await.map_err(wd)?;
+                let _ = self.browser(step)?.close_window().await;
+                self.browser(step)?.switch_to_window(original).await.map_err(wd)?;
                 result?;
             }
             StepKind::Script { js, into } => {
@@ -473,7 +524,7 @@ impl<'a> Interp<'a> {
                     }
                     self.committed = true;
                 }
-                let v = self.client.execute(&js, vec![]).await.map_err(wd)?;
+                let v = self.browser(step)?.execute(&js, vec![]).await.map_err(wd)?;
                 crash_after_commit(step);
                 if let Some(into) = into {
                     self.set_var(into, v);
@@ -486,6 +537,7 @@ impl<'a> Interp<'a> {
                 }
             }
             StepKind::Call(action) => self.call(step, *action).await?,
+            StepKind::Http(h) => self.http_step(step, h).await?,
             StepKind::Fail { kind, message } => {
                 let kind = match kind {
                     FailKind::Retryable => FailureKind::Retryable,
@@ -546,7 +598,7 @@ impl<'a> Interp<'a> {
     async fn wait_for_alert(&self, step: &Step) -> Result<String, StepFailure> {
         let deadline = tokio::time::Instant::now() + step.timeout;
         loop {
-            match self.client.get_alert_text().await {
+            match self.browser(step)?.get_alert_text().await {
                 Ok(t) => return Ok(t),
                 Err(e) if e.is_no_such_alert() => {}
                 Err(e) => return Err(webdriver_failure(step, e)),
@@ -583,22 +635,22 @@ impl<'a> Interp<'a> {
         for page in 0..max_pages {
             // The table may render after an XHR: wait for a row or the end.
             let _ = self
-                .client
+                .browser(step)?
                 .wait()
                 .at_most(step.timeout)
                 .every(POLL)
                 .for_element(Locator::Css(&row_css))
                 .await;
-            let html = self.client.source().await.map_err(wd)?;
+            let html = self.browser(step)?.source().await.map_err(wd)?;
             out.extend(parse_rows(&html, &row_sel, &cell_sels));
             let Some(next) = next else { break };
             let css = self.css(step, next)?;
-            let links = self.client.find_all(Locator::Css(&css)).await.map_err(wd)?;
+            let links = self.browser(step)?.find_all(Locator::Css(&css)).await.map_err(wd)?;
             let Some(link) = links.into_iter().next() else { break };
-            let before = self.client.current_url().await.map_err(wd)?;
+            let before = self.browser(step)?.current_url().await.map_err(wd)?;
             link.click().await.map_err(wd)?;
             let deadline = tokio::time::Instant::now() + step.timeout;
-            while self.client.current_url().await.map_err(wd)? == before {
+            while self.browser(step)?.current_url().await.map_err(wd)? == before {
                 if tokio::time::Instant::now() >= deadline {
                     return Err(fail(
                         step,
@@ -616,11 +668,11 @@ impl<'a> Interp<'a> {
     /// reqwest; the page itself is not navigated away).
     async fn fetch(&self, step: &Step, href: &str, kind: &str) -> Result<Fetched, StepFailure> {
         let wd = |e| webdriver_failure(step, e);
-        let base = self.client.current_url().await.map_err(wd)?;
+        let base = self.browser(step)?.current_url().await.map_err(wd)?;
         let url = base
             .join(href)
             .map_err(|e| fail(step, FailureKind::PortalChanged, format!("bad link `{href}`: {e}")))?;
-        let cookies = self.client.get_all_cookies().await.map_err(wd)?;
+        let cookies = self.browser(step)?.get_all_cookies().await.map_err(wd)?;
         let header: Vec<String> = cookies.iter().map(|c| format!("{}={}", c.name(), c.value())).collect();
         let resp = self
             .http
@@ -717,7 +769,7 @@ fn parse_rows(html: &str, rows: &scraper::Selector, cells: &[(String, scraper::S
 /// Fault injection for the crash-safety test: with
 /// `PRECERT_FAULT=kill-after-commit`, the process SIGKILLs itself right after
 /// the step that sends a request, before the payer's answer is recorded.
-fn crash_after_commit(step: &Step) {
+pub(super) fn crash_after_commit(step: &Step) {
     if step.commit && std::env::var("PRECERT_FAULT").is_ok_and(|v| v == "kill-after-commit") {
         // SAFETY: signalling ourselves; nothing runs after this.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };

@@ -1,5 +1,7 @@
 //! The playbook engine: runs one action of a payer's playbook for a case on
-//! a WebDriver session, and turns what it saw into ledger changes.
+//! a WebDriver session (`channel: web`), or without a browser for an API
+//! payer (`channel: api`: `http` steps, or the PAS client for `api: pas`,
+//! see `api`), and turns what it saw into ledger changes.
 //!
 //! Sessions are reused: one logged-in session per payer account, capped per
 //! payer and globally; a logout is detected and answered by logging in
@@ -7,7 +9,9 @@
 //! the click that sends it, and a case found `submitting` with a recorded
 //! intent runs `find_existing` before it may submit again.
 
+mod api;
 mod exec;
+mod http;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -24,7 +28,8 @@ use crate::browser::{BrowserError, Driver};
 use crate::case::{CaseRecord, CaseStatus, DateRange, Decision, DenialReason, LineDecision};
 use crate::config::{PayerBinding, Practice, Settings};
 use crate::intake::write_private;
-use crate::playbook::{template, Action, Loc, Playbook, Step};
+use crate::pas::{PasClient, RetryPolicy};
+use crate::playbook::{template, Action, ApiKind, Channel, Loc, Playbook, Step};
 use crate::store::{Actor, EventKind, Ledger, Letter, StoreError};
 
 /// Extra attempts of a whole action after a retryable failure (before the
@@ -176,7 +181,16 @@ pub struct Engine {
     global: Arc<Semaphore>,
     per_payer: HashMap<String, Arc<Semaphore>>,
     http: reqwest::Client,
+    /// For `http` steps: follows no redirects.
+    api_http: reqwest::Client,
+    /// OAuth2 tokens of `http` steps, per payer account, across runs.
+    tokens: Arc<http::TokenCaches>,
+    /// PAS clients (and so their tokens) per (playbook, practice).
+    pas_clients: Mutex<HashMap<(String, String), Arc<PasClient>>>,
     pub echo: bool,
+    /// How patient API calls are (`http` steps and PAS): 429 and 5xx
+    /// handling. Tests shrink the delays.
+    pub api_policy: RetryPolicy,
 }
 
 fn parse_date(s: &str) -> Option<NaiveDate> {
@@ -212,7 +226,15 @@ impl Engine {
             global,
             per_payer,
             http: reqwest::Client::new(),
+            api_http: reqwest::Client::builder()
+                .user_agent(concat!("precert/", env!("CARGO_PKG_VERSION")))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+            tokens: Arc::default(),
+            pas_clients: Mutex::new(HashMap::new()),
             echo: false,
+            api_policy: RetryPolicy::default(),
         }
     }
 
@@ -295,6 +317,9 @@ impl Engine {
     pub async fn run(&self, action: Action, case_id: i64, actor: &Actor) -> Result<RunReport, EngineError> {
         let case = self.ledger.get(case_id).await?;
         let (practice, binding, playbook) = self.binding(&case)?;
+        if playbook.api == Some(ApiKind::Pas) {
+            return self.run_pas(action, &case, practice, binding, playbook, actor).await;
+        }
         if !playbook.actions.contains_key(&action) {
             return Err(EngineError::Setup(format!(
                 "playbook {} has no action {action}",
@@ -316,6 +341,9 @@ impl Engine {
                 )))
             }
             _ => {}
+        }
+        if playbook.channel == Channel::Api {
+            return self.run_api(action, &case, practice, binding, playbook, actor).await;
         }
         let key = (playbook.id.clone(), practice.id.clone());
         let payer_permit = self
@@ -346,10 +374,40 @@ impl Engine {
         let result = self
             .drive(&mut session, playbook, action, &case, ctx, &mut trace, actor)
             .await;
-        let report = match result {
+        let artifacts = match &result {
+            Err(failure) => {
+                self.save_artifacts(Some(&session.client), &case, action, failure, &trace)
+                    .await
+            }
+            Ok(_) => None,
+        };
+        if result.as_ref().is_err_and(|f| f.kind == FailureKind::Fatal) {
+            session.logged_in = false;
+        }
+        let report = self.conclude(action, &case, playbook, result, artifacts, actor).await?;
+        if report.failure.as_ref().is_some_and(|f| f.kind == FailureKind::Fatal) {
+            let _ = session.client.close().await;
+        } else {
+            self.idle.lock().await.entry(key).or_default().push(session);
+        }
+        Ok(report)
+    }
+
+    /// Records how a run ended: letters, the payer's answer and the case's
+    /// status, or the failure and what it means for the case.
+    async fn conclude(
+        &self,
+        action: Action,
+        case: &CaseRecord,
+        playbook: &Playbook,
+        result: Result<(Vec<Observation>, Vec<exec::Fetched>), StepFailure>,
+        artifacts: Option<PathBuf>,
+        actor: &Actor,
+    ) -> Result<RunReport, EngineError> {
+        Ok(match result {
             Ok((observations, downloads)) => {
-                let letters = self.keep_letters(&case, downloads, actor).await?;
-                let status = self.apply(action, &case, playbook, &observations, actor).await?;
+                let letters = self.keep_letters(case, downloads, actor).await?;
+                let status = self.apply(action, case, playbook, &observations, actor).await?;
                 self.ledger
                     .append_event(
                         case.id,
@@ -360,7 +418,7 @@ impl Engine {
                     .await?;
                 RunReport {
                     action,
-                    case_id,
+                    case_id: case.id,
                     status,
                     failure: None,
                     artifacts: None,
@@ -369,18 +427,12 @@ impl Engine {
                 }
             }
             Err(failure) => {
-                let artifacts = self
-                    .save_artifacts(&session.client, &case, action, &failure, &trace)
-                    .await;
-                if failure.kind == FailureKind::Fatal {
-                    session.logged_in = false;
-                }
                 let status = self
-                    .after_failure(action, &case, &failure, artifacts.as_ref(), actor)
+                    .after_failure(action, case, &failure, artifacts.as_ref(), actor)
                     .await?;
                 RunReport {
                     action,
-                    case_id,
+                    case_id: case.id,
                     status,
                     failure: Some(failure),
                     artifacts,
@@ -388,13 +440,66 @@ impl Engine {
                     letters: 0,
                 }
             }
-        };
-        if report.failure.as_ref().is_some_and(|f| f.kind == FailureKind::Fatal) {
-            let _ = session.client.close().await;
-        } else {
-            self.idle.lock().await.entry(key).or_default().push(session);
+        })
+    }
+
+    /// Before `submit`: a case left `submitting` after a recorded intent is
+    /// looked for first (`find_existing`); otherwise it moves to
+    /// `submitting`, and the commit step will record the intent. True when
+    /// an earlier submission was found and adopted.
+    async fn before_submit(
+        &self,
+        interp: &mut exec::Interp<'_>,
+        playbook: &Playbook,
+        case: &CaseRecord,
+        actor: &Actor,
+    ) -> Result<bool, StepFailure> {
+        if self.resumable_submission(case).await {
+            // A crash may have come after the request was sent: look
+            // before submitting again.
+            let Some(find) = playbook.actions.get(&Action::FindExisting) else {
+                return Err(StepFailure {
+                    kind: FailureKind::NeedsHuman,
+                    at: Loc::default(),
+                    keyword: "submit",
+                    message: "an earlier submission may have reached the payer, and the playbook has no \
+                              find_existing action to look: a person must check before anyone submits again"
+                        .into(),
+                });
+            };
+            interp
+                .trace
+                .note("-- find_existing (an earlier submission may have gone through)".into());
+            interp.run_steps(find).await?;
+            if interp.observations.iter().any(|o| o.reference.is_some()) {
+                return Ok(true);
+            }
+            interp.observations.clear();
+        } else if case.status == CaseStatus::Ready {
+            self.ledger
+                .transition(case.id, CaseStatus::Submitting, actor, Some("submission started"))
+                .await
+                .map_err(|e| store_failure(&e))?;
         }
-        Ok(report)
+        let ledger = self.ledger.clone();
+        let (id, actor2) = (case.id, actor.clone());
+        interp.on_commit = Some(Box::new(move || {
+            let ledger = ledger.clone();
+            let actor = actor2.clone();
+            Box::pin(async move {
+                ledger
+                    .append_event(
+                        id,
+                        EventKind::Run,
+                        &actor,
+                        &json!({ "action": "submit", "intent": "commit" }),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        }));
+        Ok(false)
     }
 
     /// Login when needed, the action, and the answers to a lost session.
@@ -409,61 +514,19 @@ impl Engine {
         trace: &mut Trace,
         actor: &Actor,
     ) -> Result<(Vec<Observation>, Vec<exec::Fetched>), StepFailure> {
-        let mut interp = exec::Interp {
-            client: &session.client,
-            playbook,
-            env: template::environment(),
-            ctx,
-            trace: std::mem::take(trace),
-            observations: Vec::new(),
-            downloads: Vec::new(),
-            committed: false,
-            on_commit: None,
-            http: self.http.clone(),
-        };
+        let mut interp = self.interp(Some(&session.client), playbook, case, ctx, std::mem::take(trace));
         let result = async {
             if !session.logged_in {
                 interp.trace.note("-- login".into());
-                interp.run_steps(&playbook.actions[&Action::Login]).await?;
+                interp.in_login = true;
+                let login = interp.run_steps(&playbook.actions[&Action::Login]).await;
+                interp.in_login = false;
+                login?;
                 session.logged_in = true;
             }
             let mut action = action;
-            if action == Action::Submit {
-                if self.resumable_submission(case).await {
-                    // A crash may have come after the click: look before
-                    // submitting again.
-                    interp
-                        .trace
-                        .note("-- find_existing (an earlier submission may have gone through)".into());
-                    interp.run_steps(&playbook.actions[&Action::FindExisting]).await?;
-                    if interp.observations.iter().any(|o| o.reference.is_some()) {
-                        return Ok(());
-                    }
-                    interp.observations.clear();
-                } else if case.status == CaseStatus::Ready {
-                    self.ledger
-                        .transition(case.id, CaseStatus::Submitting, actor, Some("submission started"))
-                        .await
-                        .map_err(|e| store_failure(&e))?;
-                }
-                let ledger = self.ledger.clone();
-                let (id, actor2) = (case.id, actor.clone());
-                interp.on_commit = Some(Box::new(move || {
-                    let ledger = ledger.clone();
-                    let actor = actor2.clone();
-                    Box::pin(async move {
-                        ledger
-                            .append_event(
-                                id,
-                                EventKind::Run,
-                                &actor,
-                                &json!({ "action": "submit", "intent": "commit" }),
-                            )
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    })
-                }));
+            if action == Action::Submit && self.before_submit(&mut interp, playbook, case, actor).await? {
+                return Ok(());
             }
             let mut relogged = false;
             let mut retries = 0;
@@ -485,7 +548,10 @@ impl Engine {
                     Err(f) if f.kind == FailureKind::SessionLost && !relogged => {
                         relogged = true;
                         interp.trace.note("-- session lost: login again".into());
-                        interp.run_steps(&playbook.actions[&Action::Login]).await?;
+                        interp.in_login = true;
+                        let login = interp.run_steps(&playbook.actions[&Action::Login]).await;
+                        interp.in_login = false;
+                        login?;
                         if interp.committed {
                             // The request may have been sent: adopt it
                             // instead of sending it twice.
@@ -505,6 +571,44 @@ impl Engine {
             }
         }
         result.map(|()| (interp.observations, interp.downloads))
+    }
+
+    /// An interpreter for one run of `playbook` for `case`.
+    fn interp<'a>(
+        &self,
+        client: Option<&'a fantoccini::Client>,
+        playbook: &'a Playbook,
+        case: &CaseRecord,
+        ctx: Value,
+        trace: Trace,
+    ) -> exec::Interp<'a> {
+        // Every secret of the account, as rendered into requests: never
+        // printed in a failure or a trace line.
+        let redact = ctx
+            .get("secrets")
+            .and_then(Value::as_object)
+            .map(|m| m.values().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
+        exec::Interp {
+            client,
+            playbook,
+            env: template::environment(),
+            ctx,
+            trace,
+            observations: Vec::new(),
+            downloads: Vec::new(),
+            committed: false,
+            on_commit: None,
+            http: self.http.clone(),
+            api: http::ApiContext {
+                http: self.api_http.clone(),
+                policy: self.api_policy.clone(),
+                tokens: self.tokens.clone(),
+                account: (playbook.id.clone(), case.data.practice_id.clone()),
+            },
+            redact,
+            in_login: false,
+        }
     }
 
     /// A case left `submitting` whose intent was recorded after its last
@@ -656,7 +760,10 @@ impl Engine {
                 conditions: None,
                 denial,
                 decided_at,
-                source: format!("portal:{}", playbook.id),
+                source: match playbook.channel {
+                    Channel::Web => format!("portal:{}", playbook.id),
+                    Channel::Api => format!("api:{}", playbook.id),
+                },
             };
             // A decision already on record is written again only when the
             // portal now shows more (a reason, an auth number, dates).
@@ -733,7 +840,7 @@ impl Engine {
     /// `DATA/artifacts/PRACTICE/CASE/TIME-ACTION/`.
     async fn save_artifacts(
         &self,
-        client: &fantoccini::Client,
+        client: Option<&fantoccini::Client>,
         case: &CaseRecord,
         action: Action,
         failure: &StepFailure,
@@ -752,11 +859,13 @@ impl Engine {
         }
         let _ = writeln!(text, "\nfailure: {failure}");
         let mut ok = write_private(&dir.join("trace.txt"), text.as_bytes()).is_ok();
-        if let Ok(png) = client.screenshot().await {
-            ok &= write_private(&dir.join("screenshot.png"), &png).is_ok();
-        }
-        if let Ok(html) = client.source().await {
-            ok &= write_private(&dir.join("page.html"), html.as_bytes()).is_ok();
+        if let Some(client) = client {
+            if let Ok(png) = client.screenshot().await {
+                ok &= write_private(&dir.join("screenshot.png"), &png).is_ok();
+            }
+            if let Ok(html) = client.source().await {
+                ok &= write_private(&dir.join("page.html"), html.as_bytes()).is_ok();
+            }
         }
         for (name, png) in &trace.screenshots {
             let _ = write_private(&dir.join(format!("{}.png", safe(name))), png);

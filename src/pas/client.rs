@@ -109,11 +109,87 @@ struct Token {
     renew_at: Instant,
 }
 
+/// Where and as whom an OAuth2 client-credentials token is asked for.
+pub struct TokenRequest<'a> {
+    pub url: &'a str,
+    pub client_id: &'a str,
+    pub client_secret: &'a SecretString,
+    pub scope: Option<&'a str>,
+}
+
+/// One cached OAuth2 client-credentials token, renewed before it expires.
+/// The PAS client keeps one; the playbook engine keeps one per payer
+/// account for `http` steps with `auth: oauth2`, so both channels share the
+/// same renewal rules.
+#[derive(Default)]
+pub struct TokenCache {
+    slot: Mutex<Option<Token>>,
+}
+
+impl TokenCache {
+    pub fn new() -> TokenCache {
+        TokenCache::default()
+    }
+
+    /// Forgets the token (the payer answered 401 with it).
+    pub async fn forget(&self) {
+        *self.slot.lock().await = None;
+    }
+
+    /// The cached token, or a new one when it is about to expire.
+    pub async fn token(
+        &self,
+        http: &reqwest::Client,
+        policy: &RetryPolicy,
+        req: &TokenRequest<'_>,
+    ) -> Result<SecretString, ClientError> {
+        // The lock is held while a new token is fetched, so callers that
+        // arrive meanwhile wait for it instead of each fetching their own.
+        let mut slot = self.slot.lock().await;
+        if let Some(t) = slot.as_ref().filter(|t| Instant::now() < t.renew_at) {
+            return Ok(t.value.clone());
+        }
+        let url = req.url;
+        let send = || {
+            let mut form = vec![("grant_type", "client_credentials")];
+            if let Some(scope) = req.scope {
+                form.push(("scope", scope));
+            }
+            http.post(url)
+                .basic_auth(req.client_id, Some(req.client_secret.expose_secret()))
+                .form(&form)
+        };
+        let (status, _, bytes) = send_with_policy(policy, url, send).await?;
+        let fail = |message: String| ClientError::Token {
+            url: url.to_owned(),
+            message,
+        };
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| fail(format!("HTTP {status}, not JSON: {e}")))?;
+        if !status.is_success() {
+            let err = v.get("error").and_then(Value::as_str).unwrap_or("error");
+            let desc = v.get("error_description").and_then(Value::as_str).unwrap_or("");
+            return Err(fail(format!("HTTP {status}: {err} {desc}").trim().to_owned()));
+        }
+        let value = v
+            .get("access_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| fail("no access_token in the answer".into()))?;
+        let lifetime = Duration::from_secs(v.get("expires_in").and_then(Value::as_u64).unwrap_or(300));
+        let token = SecretString::from(value.to_owned());
+        *slot = Some(Token {
+            value: token.clone(),
+            renew_at: Instant::now() + renew_after(lifetime, policy.token_refresh_margin),
+        });
+        tracing::debug!(client_id = %req.client_id, lifetime_s = lifetime.as_secs(), "Access token obtained.");
+        Ok(token)
+    }
+}
+
 pub struct PasClient {
     http: reqwest::Client,
     endpoint: Endpoint,
     policy: RetryPolicy,
-    token: Mutex<Option<Token>>,
+    token: TokenCache,
 }
 
 impl PasClient {
@@ -130,7 +206,7 @@ impl PasClient {
             http,
             endpoint,
             policy,
-            token: Mutex::new(None),
+            token: TokenCache::new(),
         })
     }
 
@@ -170,7 +246,7 @@ impl PasClient {
             let (status, headers, bytes) = self.send(&url, send).await?;
             // A token the payer revoked early: forget it and try once more.
             if status == StatusCode::UNAUTHORIZED && !renewed {
-                *self.token.lock().await = None;
+                self.token.forget().await;
                 renewed = true;
                 continue;
             }
@@ -180,45 +256,13 @@ impl PasClient {
 
     /// The cached token, or a new one when it is about to expire.
     async fn token(&self) -> Result<SecretString, ClientError> {
-        // The lock is held while a new token is fetched, so callers that
-        // arrive meanwhile wait for it instead of each fetching their own.
-        let mut slot = self.token.lock().await;
-        if let Some(t) = slot.as_ref().filter(|t| Instant::now() < t.renew_at) {
-            return Ok(t.value.clone());
-        }
-        let url = &self.endpoint.token_url;
-        let send = || {
-            self.http
-                .post(url)
-                .basic_auth(
-                    &self.endpoint.client_id,
-                    Some(self.endpoint.client_secret.expose_secret()),
-                )
-                .form(&[("grant_type", "client_credentials")])
+        let req = TokenRequest {
+            url: &self.endpoint.token_url,
+            client_id: &self.endpoint.client_id,
+            client_secret: &self.endpoint.client_secret,
+            scope: None,
         };
-        let (status, _, bytes) = self.send(url, send).await?;
-        let fail = |message: String| ClientError::Token {
-            url: url.clone(),
-            message,
-        };
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| fail(format!("HTTP {status}, not JSON: {e}")))?;
-        if !status.is_success() {
-            let err = v.get("error").and_then(Value::as_str).unwrap_or("error");
-            let desc = v.get("error_description").and_then(Value::as_str).unwrap_or("");
-            return Err(fail(format!("HTTP {status}: {err} {desc}").trim().to_owned()));
-        }
-        let value = v
-            .get("access_token")
-            .and_then(Value::as_str)
-            .ok_or_else(|| fail("no access_token in the answer".into()))?;
-        let lifetime = Duration::from_secs(v.get("expires_in").and_then(Value::as_u64).unwrap_or(300));
-        let token = SecretString::from(value.to_owned());
-        *slot = Some(Token {
-            value: token.clone(),
-            renew_at: Instant::now() + renew_after(lifetime, self.policy.token_refresh_margin),
-        });
-        tracing::debug!(client_id = %self.endpoint.client_id, lifetime_s = lifetime.as_secs(), "PAS access token obtained.");
-        Ok(token)
+        self.token.token(&self.http, &self.policy, &req).await
     }
 
     /// Sends until the answer is neither a 429 nor a 5xx, within the policy.
@@ -227,68 +271,79 @@ impl PasClient {
         url: &str,
         request: impl Fn() -> RequestBuilder,
     ) -> Result<(StatusCode, HeaderMap, Vec<u8>), ClientError> {
-        let p = &self.policy;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let last = attempt >= p.max_attempts.max(1);
-            let response = match request().send().await {
-                Ok(r) => r,
-                // Only a refused connection is retried: the payer never saw
-                // the request. A timeout may hide a request that arrived,
-                // and a second $submit would be a second request.
-                Err(e) if e.is_connect() && !last => {
-                    let wait = backoff(p, attempt);
-                    tracing::warn!(url, attempt, wait_ms = wait.as_millis() as u64, error = %e, "PAS API unreachable; retrying.");
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                Err(source) => {
-                    return Err(ClientError::Transport {
-                        url: url.to_owned(),
-                        source,
-                    })
-                }
-            };
-            let status = response.status();
-            let headers = response.headers().clone();
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|source| ClientError::Transport {
+        send_with_policy(&self.policy, url, request).await
+    }
+}
+
+/// Sends until the answer is neither a 429 nor a 5xx, within the policy:
+/// waits out a bounded `Retry-After`, backs off after a 5xx or a refused
+/// connection. Shared by the PAS client and the playbook engine's `http`
+/// steps.
+pub async fn send_with_policy(
+    p: &RetryPolicy,
+    url: &str,
+    request: impl Fn() -> RequestBuilder,
+) -> Result<(StatusCode, HeaderMap, Vec<u8>), ClientError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let last = attempt >= p.max_attempts.max(1);
+        let response = match request().send().await {
+            Ok(r) => r,
+            // Only a refused connection is retried: the payer never saw
+            // the request. A timeout may hide a request that arrived,
+            // and a second $submit would be a second request.
+            Err(e) if e.is_connect() && !last => {
+                let wait = backoff(p, attempt);
+                tracing::warn!(url, attempt, wait_ms = wait.as_millis() as u64, error = %e, "Payer API unreachable; retrying.");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            Err(source) => {
+                return Err(ClientError::Transport {
                     url: url.to_owned(),
                     source,
-                })?
-                .to_vec();
-            if status == StatusCode::TOO_MANY_REQUESTS {
-                let wait = retry_after(&headers).unwrap_or_else(|| backoff(p, attempt));
-                if wait > p.max_retry_after || last {
-                    return Err(ClientError::Throttled { retry_after: wait });
-                }
-                tracing::info!(
-                    url,
-                    attempt,
-                    wait_ms = wait.as_millis() as u64,
-                    "PAS API throttled; waiting as asked."
-                );
-                tokio::time::sleep(wait).await;
-                continue;
+                })
             }
-            if status.is_server_error() {
-                if last {
-                    return Err(ClientError::Server {
-                        status: status.as_u16(),
-                        attempts: attempt,
-                        message: issues(&bytes).join("; "),
-                    });
-                }
-                let wait = backoff(p, attempt);
-                tracing::warn!(url, attempt, %status, wait_ms = wait.as_millis() as u64, "PAS API failed; retrying.");
-                tokio::time::sleep(wait).await;
-                continue;
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.to_owned(),
+                source,
+            })?
+            .to_vec();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let wait = retry_after(&headers).unwrap_or_else(|| backoff(p, attempt));
+            if wait > p.max_retry_after || last {
+                return Err(ClientError::Throttled { retry_after: wait });
             }
-            return Ok((status, headers, bytes));
+            tracing::info!(
+                url,
+                attempt,
+                wait_ms = wait.as_millis() as u64,
+                "Payer API throttled; waiting as asked."
+            );
+            tokio::time::sleep(wait).await;
+            continue;
         }
+        if status.is_server_error() {
+            if last {
+                return Err(ClientError::Server {
+                    status: status.as_u16(),
+                    attempts: attempt,
+                    message: issues(&bytes).join("; "),
+                });
+            }
+            let wait = backoff(p, attempt);
+            tracing::warn!(url, attempt, %status, wait_ms = wait.as_millis() as u64, "Payer API failed; retrying.");
+            tokio::time::sleep(wait).await;
+            continue;
+        }
+        return Ok((status, headers, bytes));
     }
 }
 
@@ -307,7 +362,7 @@ fn finish(url: &str, status: StatusCode, _headers: &HeaderMap, bytes: &[u8]) -> 
 }
 
 /// The diagnostics of an OperationOutcome body, or the body's first line.
-fn issues(bytes: &[u8]) -> Vec<String> {
+pub(crate) fn issues(bytes: &[u8]) -> Vec<String> {
     let found: Vec<String> = serde_json::from_slice::<OperationOutcome>(bytes)
         .map(|oo| oo.issue.iter().map(|i| i.message()).collect())
         .unwrap_or_default();

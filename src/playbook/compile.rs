@@ -36,7 +36,11 @@ const STEP_KEYS: &[&str] = &[
     "call",
     "fail",
     "outcome",
+    "http",
 ];
+
+/// Methods an `http` step may use.
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"];
 
 /// Functions minijinja offers that `undeclared_variables` reports as names.
 const TEMPLATE_GLOBALS: &[&str] = &["range", "dict", "namespace", "debug", "loop"];
@@ -51,6 +55,7 @@ struct Compiler<'a> {
     credentials: HashSet<String>,
     /// Variables each action sets, for `call`.
     sets: BTreeMap<String, HashSet<String>>,
+    channel: Channel,
 }
 
 /// What a step may refer to at its place in an action.
@@ -81,6 +86,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Playbook, Vec<PlaybookError>> 
             .iter()
             .map(|(name, steps)| (name.clone(), collect_sets(&steps.value)))
             .collect(),
+        channel: Channel::Web,
     };
     let payer = &raw.payer.value;
     let channel = match payer.channel.value.as_str() {
@@ -94,6 +100,35 @@ pub fn compile(file: &Path, text: &str) -> Result<Playbook, Vec<PlaybookError>> 
             Channel::Web
         }
     };
+    c.channel = channel;
+    let api = match &payer.api {
+        None => None,
+        Some(a) if a.value == "pas" => {
+            if channel != Channel::Api {
+                c.err(&a.referenced, "`api: pas` needs `channel: api`");
+            }
+            Some(ApiKind::Pas)
+        }
+        Some(a) => {
+            c.err(
+                &a.referenced,
+                format!(
+                    "api `{}` is not one precert speaks itself; the one there is: pas",
+                    a.value
+                ),
+            );
+            None
+        }
+    };
+    if channel == Channel::Api {
+        let d = &raw.detect;
+        if let Some(first) = d.logged_out.iter().chain(&d.needs_human).chain(&d.unavailable).next() {
+            c.err(
+                &first.referenced,
+                "`detect` rules read portal pages; an api playbook has none (HTTP answers are classified by status)",
+            );
+        }
+    }
     if let Err(e) = crate::config::check_id(&payer.id.value) {
         c.err(&payer.id.referenced, e);
     }
@@ -135,7 +170,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Playbook, Vec<PlaybookError>> 
             .map(|x| c.condition(x, &Scope::default()))
             .collect(),
     };
-    let outcomes = c.outcomes(&raw);
+    let outcomes = c.outcomes(&raw, api.is_some());
     let mut actions = BTreeMap::new();
     for (name, steps) in &raw.actions.value {
         let Some(action) = Action::parse(name) else {
@@ -162,8 +197,19 @@ pub fn compile(file: &Path, text: &str) -> Result<Playbook, Vec<PlaybookError>> 
         }
         actions.insert(action, compiled);
     }
-    if channel == Channel::Web {
-        let missing: Vec<&str> = Action::REQUIRED
+    if api.is_some() && !actions.is_empty() {
+        c.err(
+            &raw.actions.referenced,
+            "a playbook with `api: pas` has no actions (`actions: {}`): precert's PAS client does the exchange",
+        );
+    }
+    let required: &[Action] = match (channel, api) {
+        (Channel::Web, _) => &Action::REQUIRED,
+        (Channel::Api, None) => &[Action::Submit, Action::PollStatus],
+        (Channel::Api, Some(_)) => &[],
+    };
+    {
+        let missing: Vec<&str> = required
             .iter()
             .filter(|a| !actions.contains_key(a))
             .map(|a| a.as_str())
@@ -184,6 +230,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Playbook, Vec<PlaybookError>> 
             id: payer.id.value.clone(),
             name: payer.name.value.clone(),
             channel,
+            api,
             base_url,
             plans: payer.plans.iter().map(|s| s.value.clone()).collect(),
             states: payer.states.iter().map(|s| s.value.clone()).collect(),
@@ -210,6 +257,10 @@ fn saphyr_message(e: &serde_saphyr::Error) -> String {
         if let Some((_, rest)) = msg.split_once(": ") {
             msg = rest;
         }
+    }
+    // The YAML parser's hint is for Rust callers, not playbook authors.
+    if let Some(i) = msg.find(", set DuplicateKeyPolicy") {
+        msg = &msg[..i];
     }
     match msg.find(" at line ") {
         Some(i) => msg[..i].to_owned(),
@@ -261,6 +312,9 @@ fn collect_sets(steps: &[Spanned<RawStep>]) -> HashSet<String> {
         if let Some(x) = &s.set {
             out.extend(x.value.keys().cloned());
         }
+        if let Some(x) = s.http.as_ref().and_then(|h| h.value.extract.as_ref()) {
+            out.extend(x.value.keys().cloned());
+        }
         for nested in [s.then.as_deref(), s.else_.as_deref()].into_iter().flatten() {
             out.extend(collect_sets(nested));
         }
@@ -287,10 +341,10 @@ impl Compiler<'_> {
         });
     }
 
-    fn outcomes(&mut self, raw: &RawPlaybook) -> BTreeMap<String, CaseStatus> {
+    fn outcomes(&mut self, raw: &RawPlaybook, builtin_api: bool) -> BTreeMap<String, CaseStatus> {
         let mut out = BTreeMap::new();
         let Some(map) = &raw.outcomes else {
-            if raw.payer.value.channel.value == "web" {
+            if !builtin_api {
                 self.err(
                     &raw.payer.referenced,
                     "an `outcomes:` map (portal wording → status) is required",
@@ -312,7 +366,10 @@ impl Compiler<'_> {
             .filter(|s| !out.values().any(|v| v == *s))
             .map(|s| s.as_str())
             .collect();
-        if !missing.is_empty() {
+        // An API's codes (X12 306) have no word for some portal statuses
+        // (expired, pended for information): only a portal's map must be
+        // complete.
+        if !missing.is_empty() && self.channel == Channel::Web {
             self.err(
                 &map.referenced,
                 format!("the outcome map has no portal wording for: {}", missing.join(", ")),
@@ -377,6 +434,7 @@ impl Compiler<'_> {
             r.call.is_some(),
             r.fail.is_some(),
             r.outcome.is_some(),
+            r.http.is_some(),
         ]
         .iter()
         .zip(STEP_KEYS)
@@ -411,16 +469,25 @@ impl Compiler<'_> {
             },
         };
         let kind = self.kind(r, scope)?;
+        if self.channel == Channel::Api && kind.needs_browser() {
+            self.err(
+                at,
+                format!(
+                    "`{}` needs a browser page; an api playbook uses http, set, if/assert with expr, for_each, call, fail and outcome",
+                    kind.keyword()
+                ),
+            );
+        }
         let commit = r.commit.unwrap_or(false);
         if commit
             && !matches!(
                 kind,
-                StepKind::Click { .. } | StepKind::Dialog { .. } | StepKind::Script { .. }
+                StepKind::Click { .. } | StepKind::Dialog { .. } | StepKind::Script { .. } | StepKind::Http(_)
             )
         {
             self.err(
                 at,
-                "`commit: true` marks the click (or dialog/script) that sends the request",
+                "`commit: true` marks the click (or dialog/script/http request) that sends the request",
             );
         }
         Some(Step {
@@ -663,7 +730,207 @@ impl Compiler<'_> {
             let status = self.tpl(&o.status, scope);
             return Some(StepKind::Outcome(Box::new(OutcomeFields { status, ..fields })));
         }
+        if let Some(x) = &r.http {
+            return self.http(x, scope).map(|h| StepKind::Http(Box::new(h)));
+        }
         None
+    }
+
+    fn http(&mut self, x: &Spanned<RawHttp>, scope: &mut Scope) -> Option<HttpStep> {
+        let h = &x.value;
+        let method = h.method.value.trim().to_owned();
+        if !METHODS.contains(&method.as_str()) {
+            self.err(
+                &h.method.referenced,
+                format!("method `{method}` is not one of {}", METHODS.join(", ")),
+            );
+        }
+        let url = self.tpl(&h.url, scope);
+        let literal = url.source.trim_start();
+        if !(literal.starts_with("{{") || literal.starts_with("http://") || literal.starts_with("https://")) {
+            self.err(
+                &h.url.referenced,
+                format!("url `{}` is not an http(s) URL (or a template giving one)", url.source),
+            );
+        }
+        let mut headers: Vec<(String, Tpl)> = Vec::new();
+        if let Some(map) = &h.headers {
+            for (name, value) in &map.value {
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b))
+                {
+                    self.err(&value.referenced, format!("`{name}` is not an HTTP header name"));
+                }
+                // Header names are case-insensitive: two spellings of one
+                // name would send the header twice.
+                if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name)) {
+                    self.err(&value.referenced, format!("header `{name}` is given twice"));
+                }
+                headers.push((name.clone(), self.tpl(value, scope)));
+            }
+        }
+        let auth = h.auth.as_ref().and_then(|a| self.auth(a, scope));
+        if auth.is_some() && headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
+            self.err(
+                &x.referenced,
+                "give either `auth:` or an `Authorization` header, not both",
+            );
+        }
+        let body = match (&h.json, &h.body) {
+            (Some(j), None) => Some(HttpBody::Json(self.json_tpl(&j.value, &j.referenced, scope))),
+            (None, Some(b)) => Some(HttpBody::Text(self.tpl(b, scope))),
+            (None, None) => None,
+            (Some(_), Some(b)) => {
+                self.err(&b.referenced, "an http step has `json:` or `body:`, not both");
+                None
+            }
+        };
+        if body.is_some() && matches!(method.as_str(), "GET" | "HEAD" | "DELETE") {
+            self.err(&x.referenced, format!("a {method} request has no body"));
+        }
+        let content_type = match &h.content_type {
+            Some(ct) if !ct.value.contains('/') => {
+                self.err(&ct.referenced, format!("`{}` is not a media type", ct.value));
+                ct.value.clone()
+            }
+            Some(ct) => ct.value.clone(),
+            None => "application/json".to_owned(),
+        };
+        let expect = match &h.expect {
+            None => Vec::new(),
+            Some(codes) => {
+                for c in &codes.value {
+                    if !(100..=599).contains(c) {
+                        self.err(&codes.referenced, format!("`{c}` is not an HTTP status code"));
+                    }
+                }
+                codes.value.clone()
+            }
+        };
+        let mut extract = Vec::new();
+        if let Some(map) = &h.extract {
+            for (var, source) in &map.value {
+                let name = self.var_name(
+                    &Spanned {
+                        value: var.clone(),
+                        referenced: source.referenced,
+                        defined: source.defined,
+                    },
+                    scope,
+                );
+                let src = source.value.trim();
+                let from = if src == "status" {
+                    ExtractFrom::Status
+                } else if let Some(header) = src.strip_prefix("header:") {
+                    let header = header.trim();
+                    if header.is_empty()
+                        || !header
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    {
+                        self.err(&source.referenced, format!("`{header}` is not an HTTP header name"));
+                    }
+                    ExtractFrom::Header(header.to_owned())
+                } else if src.starts_with('/') {
+                    if let Some(bad) = bad_pointer(src) {
+                        self.err(&source.referenced, format!("`{src}` is not a JSON pointer: {bad}"));
+                    }
+                    ExtractFrom::Pointer(src.to_owned())
+                } else {
+                    self.err(
+                        &source.referenced,
+                        format!("extract `{var}`: `{src}` is not a JSON pointer (`/a/0/b`), `status` or `header:NAME`"),
+                    );
+                    ExtractFrom::Status
+                };
+                extract.push((name, from));
+            }
+        }
+        let mut optional = Vec::new();
+        for o in h.optional.iter().flatten() {
+            if !extract.iter().any(|(n, _)| *n == o.value) {
+                self.err(
+                    &o.referenced,
+                    format!("`{}` is not a variable this step extracts", o.value),
+                );
+            }
+            optional.push(o.value.clone());
+        }
+        Some(HttpStep {
+            method,
+            url,
+            headers,
+            auth,
+            body,
+            content_type,
+            expect,
+            extract,
+            optional,
+        })
+    }
+
+    fn auth(&mut self, a: &Spanned<RawAuth>, scope: &Scope) -> Option<HttpAuth> {
+        let r = &a.value;
+        let n = [r.oauth2.is_some(), r.bearer.is_some(), r.basic.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if n != 1 {
+            self.err(&a.referenced, "auth has exactly one of `oauth2`, `bearer`, `basic`");
+            return None;
+        }
+        if let Some(o) = &r.oauth2 {
+            let o = &o.value;
+            let token_url = self.tpl(&o.token_url, scope);
+            let client_id = self.tpl(&o.client_id, scope);
+            let client_secret = self.tpl(&o.client_secret, scope);
+            let scope_tpl = o.scope.as_ref().map(|s| self.tpl(s, scope));
+            return Some(HttpAuth::OAuth2 {
+                token_url,
+                client_id,
+                client_secret,
+                scope: scope_tpl,
+            });
+        }
+        if let Some(b) = &r.bearer {
+            let mut t = self.tpl(b, scope);
+            // A bearer token is a credential whatever it is rendered from.
+            t.secret = true;
+            return Some(HttpAuth::Bearer(t));
+        }
+        let b = &r.basic.as_ref().expect("one key is set").value;
+        let username = self.tpl(&b.username, scope);
+        let mut password = self.tpl(&b.password, scope);
+        password.secret = true;
+        Some(HttpAuth::Basic { username, password })
+    }
+
+    /// A `json:` body: every string leaf is a template, checked here.
+    fn json_tpl(&mut self, v: &Value, at: &serde_saphyr::Location, scope: &Scope) -> JsonTpl {
+        match v {
+            Value::String(text) => {
+                let spanned = Spanned {
+                    value: text.clone(),
+                    referenced: *at,
+                    defined: *at,
+                };
+                let t = self.tpl(&spanned, scope);
+                if single_expression(text).is_some() {
+                    JsonTpl::Expr(t)
+                } else {
+                    JsonTpl::Text(t)
+                }
+            }
+            Value::Array(items) => JsonTpl::Array(items.iter().map(|i| self.json_tpl(i, at, scope)).collect()),
+            Value::Object(m) => JsonTpl::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), self.json_tpl(v, at, scope)))
+                    .collect(),
+            ),
+            other => JsonTpl::Literal(other.clone()),
+        }
     }
 
     fn var_name(&mut self, s: &S, scope: &mut Scope) -> String {
@@ -787,4 +1054,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n * 60)),
         _ => Err(format!("`{s}` is not a duration such as 500ms, 10s or 2m")),
     }
+}
+
+/// What is wrong with a JSON pointer (RFC 6901), if anything: `~` must be
+/// `~0` or `~1`.
+fn bad_pointer(p: &str) -> Option<String> {
+    let mut chars = p.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '~' && !matches!(chars.peek(), Some('0') | Some('1')) {
+            return Some("`~` must be followed by 0 or 1 (`~0` is `~`, `~1` is `/`)".into());
+        }
+    }
+    if p.contains("//") {
+        return Some("an empty segment (`//`)".into());
+    }
+    None
+}
+
+/// The expression of a template that is exactly one `{{ expression }}`.
+pub fn single_expression(text: &str) -> Option<&str> {
+    let inner = text.trim().strip_prefix("{{")?.strip_suffix("}}")?;
+    (!inner.contains("{{") && !inner.contains("}}") && !inner.contains("{%")).then_some(inner.trim())
 }

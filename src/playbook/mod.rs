@@ -1,4 +1,4 @@
-//! Playbooks: how precert works one payer's portal, as data.
+//! Playbooks: how precert works one payer's portal or API, as data.
 //!
 //! `raw` is the YAML as written; `compile` checks it (every problem with
 //! file:line:col) into the typed `Playbook` below, which the engine runs.
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::case::CaseStatus;
 
-pub use compile::compile;
+pub use compile::{compile, single_expression};
 
 /// Where something was written: 1-based line and column.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,7 +61,9 @@ pub enum Channel {
 }
 
 /// The actions a playbook can offer. `login`, `submit`, `poll_status`,
-/// `download_letter` and `find_existing` are required for the web channel.
+/// `download_letter` and `find_existing` are required for the web channel;
+/// `submit` and `poll_status` for an api playbook of `http` steps; none for
+/// `api: pas`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {
     Login,
@@ -134,6 +136,81 @@ pub enum Condition {
     Url(Tpl),
     /// `{% if EXPR %}true{% endif %}` renders `true`.
     Expr(Tpl),
+}
+
+/// A protocol precert speaks itself for an `api` payer, instead of steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiKind {
+    /// Da Vinci PAS: `src/pas` submits and inquires.
+    Pas,
+}
+
+/// An `http` step: one request, its answer checked and read into variables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpStep {
+    /// Upper-case: GET, POST, PUT, PATCH, DELETE, HEAD.
+    pub method: String,
+    pub url: Tpl,
+    /// Header name → value template.
+    pub headers: Vec<(String, Tpl)>,
+    pub auth: Option<HttpAuth>,
+    pub body: Option<HttpBody>,
+    /// The media type of the body.
+    pub content_type: String,
+    /// Status codes that are an answer; empty means any 2xx.
+    pub expect: Vec<u16>,
+    /// Variable → where in the answer its value is.
+    pub extract: Vec<(String, ExtractFrom)>,
+    /// Extracted variables that may be missing (set to an empty string).
+    pub optional: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpAuth {
+    /// Client credentials; the engine caches the token per payer account.
+    OAuth2 {
+        token_url: Tpl,
+        client_id: Tpl,
+        client_secret: Tpl,
+        scope: Option<Tpl>,
+    },
+    Bearer(Tpl),
+    Basic {
+        username: Tpl,
+        password: Tpl,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpBody {
+    Json(JsonTpl),
+    /// One template; the result is sent as it renders.
+    Text(Tpl),
+}
+
+/// A JSON document whose string leaves are templates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JsonTpl {
+    /// A number, boolean or null, sent as written.
+    Literal(serde_json::Value),
+    /// A string rendered from a template.
+    Text(Tpl),
+    /// A leaf that is one `{{ expression }}`: the value keeps its JSON type
+    /// (a number stays a number, a list a list).
+    Expr(Tpl),
+    Array(Vec<JsonTpl>),
+    Object(Vec<(String, JsonTpl)>),
+}
+
+/// Where an `http` step's `extract` reads a value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExtractFrom {
+    /// A JSON pointer (RFC 6901) into the answer's body.
+    Pointer(String),
+    /// The HTTP status code.
+    Status,
+    /// A response header, e.g. `Location`.
+    Header(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,9 +330,27 @@ pub enum StepKind {
         message: String,
     },
     Outcome(Box<OutcomeFields>),
+    Http(Box<HttpStep>),
 }
 
 impl StepKind {
+    /// Whether the step needs a browser page (an `api` playbook has none).
+    pub fn needs_browser(&self) -> bool {
+        match self {
+            StepKind::Set(_)
+            | StepKind::Call(_)
+            | StepKind::Fail { .. }
+            | StepKind::Outcome(_)
+            | StepKind::Http(_)
+            | StepKind::Totp { .. }
+            | StepKind::ForEach { .. } => false,
+            StepKind::If { condition, .. } | StepKind::Assert(condition) | StepKind::WaitFor(condition) => {
+                !matches!(condition, Condition::Expr(_))
+            }
+            _ => true,
+        }
+    }
+
     /// The step key, as written in the playbook.
     pub fn keyword(&self) -> &'static str {
         match self {
@@ -282,6 +377,7 @@ impl StepKind {
             StepKind::Call(_) => "call",
             StepKind::Fail { .. } => "fail",
             StepKind::Outcome(_) => "outcome",
+            StepKind::Http(_) => "http",
         }
     }
 }
@@ -309,6 +405,8 @@ pub struct Playbook {
     pub id: String,
     pub name: String,
     pub channel: Channel,
+    /// A protocol precert speaks itself (`payer.api`), for `channel: api`.
+    pub api: Option<ApiKind>,
     pub base_url: String,
     pub plans: Vec<String>,
     pub states: Vec<String>,

@@ -43,6 +43,9 @@ pub struct RawPayer {
     pub states: Vec<S>,
     /// Sessions open at once on this payer (default 1).
     pub max_sessions: Option<u32>,
+    /// With `channel: api`, a protocol precert speaks itself instead of
+    /// running steps: `pas` (Da Vinci PAS, `src/pas`).
+    pub api: Option<S>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +130,8 @@ pub struct RawStep {
     pub fail: Option<Spanned<RawFail>>,
     /// Record the portal's outcome for the case from a variable.
     pub outcome: Option<Spanned<RawOutcome>>,
+    /// Send an HTTP request (no browser) and read its answer.
+    pub http: Option<Spanned<RawHttp>>,
 
     // Common keys.
     /// Shown in the step trace.
@@ -283,4 +288,58 @@ pub struct RawOutcome {
     pub approved_units: Option<S>,
     pub decision_date: Option<S>,
     pub denial_reason: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// `GET`, `POST`, `PUT`, `PATCH`, `DELETE` or `HEAD`.
+    pub method: S,
+    /// A template for the URL.
+    pub url: S,
+    /// Header name → template.
+    pub headers: Option<Spanned<BTreeMap<String, S>>>,
+    pub auth: Option<Spanned<RawAuth>>,
+    /// A JSON body: a YAML mapping whose string leaves are templates (a
+    /// leaf that is one `{{ expression }}` keeps the value's JSON type).
+    pub json: Option<Spanned<serde_json::Value>>,
+    /// A body from one template (e.g. a JSON document built with loops).
+    pub body: Option<S>,
+    /// The body's media type (default `application/json`).
+    pub content_type: Option<S>,
+    /// Status codes that are an answer (default: any 2xx).
+    pub expect: Option<Spanned<Vec<u16>>>,
+    /// Variable → where its value is: a JSON pointer into the answer
+    /// (`/entry/0/resource/id`), `status`, or `header:NAME`.
+    pub extract: Option<Spanned<BTreeMap<String, S>>>,
+    /// Extracted variables that may be missing from the answer (set empty).
+    pub optional: Option<Vec<S>>,
+}
+
+/// How the request proves who sends it. Exactly one key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// OAuth2 client credentials; the token is cached per payer account.
+    pub oauth2: Option<Spanned<RawOAuth2>>,
+    /// A bearer token from a template.
+    pub bearer: Option<S>,
+    /// HTTP Basic.
+    pub basic: Option<Spanned<RawBasic>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOAuth2 {
+    pub token_url: S,
+    pub client_id: S,
+    pub client_secret: S,
+    pub scope: Option<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasic {
+    pub username: S,
+    pub password: S,
 }

@@ -18,6 +18,12 @@ pub fn environment() -> Environment<'static> {
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     // Values are typed into forms, not HTML: no escaping.
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+    // For `http` bodies written as one template: a value as JSON, quoted
+    // and escaped (`"name": {{ case.patient.last_name | tojson }}`).
+    env.add_filter("tojson", |v: minijinja::Value| {
+        serde_json::to_string(&v)
+            .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string()))
+    });
     env
 }
 

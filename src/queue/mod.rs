@@ -507,3 +507,80 @@ impl Queue {
         }
     }
 }
+
+/// Queue figures for `/metrics`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueStats {
+    /// Jobs waiting (`queued`) and running (`leased`).
+    pub queued: i64,
+    pub leased: i64,
+    pub dead: i64,
+    /// Seconds the oldest due, queued job has waited (0 when none).
+    pub oldest_due_seconds: f64,
+}
+
+impl Queue {
+    pub async fn stats(&self, now: DateTime<Utc>) -> Result<QueueStats, QueueError> {
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'leased', 'dead') GROUP BY state",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut stats = QueueStats::default();
+        for r in rows {
+            let n: i64 = r.try_get("n")?;
+            match r.try_get::<String, _>("state")?.as_str() {
+                "queued" => stats.queued = n,
+                "leased" => stats.leased = n,
+                _ => stats.dead = n,
+            }
+        }
+        let oldest: Option<String> =
+            sqlx::query("SELECT MIN(run_at) AS oldest FROM jobs WHERE state = 'queued' AND run_at <= $1")
+                .bind(ts(now))
+                .fetch_one(self.pool())
+                .await?
+                .try_get("oldest")?;
+        if let Some(t) = oldest.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()) {
+            stats.oldest_due_seconds = (now - t.with_timezone(&Utc)).num_milliseconds().max(0) as f64 / 1000.0;
+        }
+        Ok(stats)
+    }
+}
+
+impl Queue {
+    /// Queues again at once the jobs leased by workers of this host whose
+    /// process is gone (a daemon that crashed or was killed), instead of
+    /// waiting for their leases to run out. `owner_prefix` is `HOST-`; the
+    /// process id follows it in the owner name (`HOST-PID-wN`).
+    pub async fn requeue_dead_local(&self, owner_prefix: &str, now: DateTime<Utc>) -> Result<u64, QueueError> {
+        let rows =
+            sqlx::query("SELECT DISTINCT lease_owner FROM jobs WHERE state = 'leased' AND lease_owner IS NOT NULL")
+                .fetch_all(self.pool())
+                .await?;
+        let mut requeued = 0;
+        for r in rows {
+            let owner: String = r.try_get("lease_owner")?;
+            let Some(pid) = owner
+                .strip_prefix(owner_prefix)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let done = sqlx::query(
+                "UPDATE jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, run_at = $1, updated_at = $1 \
+                 WHERE state = 'leased' AND lease_owner = $2",
+            )
+            .bind(ts(now))
+            .bind(&owner)
+            .execute(self.pool())
+            .await?;
+            requeued += done.rows_affected();
+        }
+        Ok(requeued)
+    }
+}

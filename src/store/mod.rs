@@ -173,6 +173,8 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 pub struct Ledger {
     pool: AnyPool,
     clock: Clock,
+    /// SQLite: write transactions take the write lock when they begin.
+    immediate: bool,
 }
 
 static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -301,7 +303,20 @@ impl Ledger {
         Ok(Ledger {
             pool,
             clock: Arc::new(Utc::now),
+            immediate: url.starts_with("sqlite:"),
         })
+    }
+
+    /// A transaction that will write. On SQLite it begins IMMEDIATE: a
+    /// deferred one that reads first and then writes fails with "database is
+    /// locked" (SQLITE_BUSY_SNAPSHOT, which the busy timeout cannot wait out)
+    /// when another process wrote in between.
+    async fn begin_write(&self) -> Result<Tx<'static>, sqlx::Error> {
+        if self.immediate {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            self.pool.begin().await
+        }
     }
 
     /// Stamps changes with `clock` instead of the wall clock.
@@ -336,7 +351,7 @@ impl Ledger {
     ) -> Result<ImportOutcome, StoreError> {
         let json = serde_json::to_string(data).expect("case data serialises");
         let now = ts(self.now());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let existing =
             sqlx::query("SELECT id, status, data, version FROM cases WHERE practice_id = $1 AND case_ref = $2")
                 .bind(&data.practice_id)
@@ -431,7 +446,7 @@ impl Ledger {
         note: Option<&str>,
     ) -> Result<CaseStatus, StoreError> {
         let now = ts(self.now());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let (case_key, from, version) = current(&mut tx, id).await?;
         let detail = match note {
             Some(n) => json!({ "note": n }),
@@ -451,7 +466,7 @@ impl Ledger {
         actor: &Actor,
     ) -> Result<(), StoreError> {
         let now = ts(self.now());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let (case_key, from, version) = current(&mut tx, id).await?;
         if from != to && !from.can_move_to(to) {
             return Err(illegal(&case_key, from, to));
@@ -500,7 +515,7 @@ impl Ledger {
         detail: &Value,
     ) -> Result<i64, StoreError> {
         let now = ts(self.now());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         current(&mut tx, id).await?;
         let event = insert_event(&mut tx, id, &now, kind, None, None, actor, detail).await?;
         tx.commit().await?;
@@ -608,7 +623,7 @@ impl Ledger {
     /// Records the payer's reference for the case's request, with its event.
     pub async fn set_payer_ref(&self, id: i64, reference: &str, actor: &Actor) -> Result<(), StoreError> {
         let now = ts(self.now());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         current(&mut tx, id).await?;
         sqlx::query("UPDATE cases SET payer_ref = $1, version = version + 1, updated_at = $2 WHERE id = $3")
             .bind(reference)
@@ -645,7 +660,7 @@ impl Ledger {
     /// false when the same letter was already kept.
     pub async fn add_letter(&self, id: i64, letter: &Letter, actor: &Actor) -> Result<bool, StoreError> {
         let now = ts(self.now());
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         current(&mut tx, id).await?;
         let exists = sqlx::query("SELECT id FROM letters WHERE case_id = $1 AND sha256 = $2")
             .bind(id)

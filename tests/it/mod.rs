@@ -1,4 +1,6 @@
+mod api_playbook;
 mod config;
+mod daemon;
 mod intake;
 mod ledger;
 mod limits;

@@ -1,0 +1,274 @@
+//! `precert daemon` as a real process: second-level schedules against the
+//! in-process sandbox payer, signals, a crash and a restart.
+
+use std::io::Read;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use precert::case::CaseStatus;
+use precert::store::{CaseFilter, Ledger};
+use precert_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+
+use super::support::Project;
+
+/// Every job every two seconds, in both sample practices.
+fn fast_schedules(p: &Project) {
+    for practice in ["lakeside-ortho", "valley-imaging"] {
+        let path = p.path(&format!("config/practices/{practice}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let head = text.split("[schedules]").next().unwrap();
+        let fast = "[schedules]\nsubmit = \"*/2 * * * * *\"\npoll = \"*/2 * * * * *\"\nletters = \"*/2 * * * * *\"\nescalations = \"*/2 * * * * *\"\n";
+        std::fs::write(&path, format!("{head}{fast}")).unwrap();
+    }
+}
+
+struct Daemon {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(p: &Project, port: u16, fault: bool, name: &str) -> Daemon {
+    let log = p.path(&format!("{name}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = p.command(&["daemon"]);
+    cmd.env("PRECERT__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("PRECERT_LOG", "info,precert=debug")
+        // Schedules every two seconds would hit the default pacing (6 starts
+        // a minute per payer) all the time; the sandbox does not mind.
+        .env("PRECERT__LIMITS__STARTS_PER_MINUTE", "600")
+        .env("PRECERT__LIMITS__BURST", "50")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file));
+    if fault {
+        cmd.env("PRECERT_FAULT", "kill-after-commit");
+    }
+    Daemon {
+        child: cmd.spawn().unwrap(),
+        log,
+    }
+}
+
+impl Daemon {
+    fn log(&self) -> String {
+        let mut s = String::new();
+        std::fs::File::open(&self.log).unwrap().read_to_string(&mut s).unwrap();
+        s
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits (bounded) for the process to end; its exit status.
+    async fn exit(mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the daemon did not stop within {limit:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn setup() -> (Project, SandboxHandle, Ledger) {
+    let sandbox = Sandbox::start(SandboxConfig::default_demo(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let p = Project::new();
+    p.use_sandbox(&sandbox.base_url());
+    fast_schedules(&p);
+    assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
+    let ledger = Ledger::open(&p.settings().database_url).await.unwrap();
+    (p, sandbox, ledger)
+}
+
+/// Every case has been through the payer as far as it can go: decided
+/// cases have their letter, the refused member is with a person.
+async fn all_settled(ledger: &Ledger) -> bool {
+    for c in ledger.list(&CaseFilter::default()).await.unwrap() {
+        let settled = match c.status {
+            CaseStatus::Approved | CaseStatus::PartiallyApproved | CaseStatus::Denied => {
+                !ledger.letters(c.id).await.unwrap().is_empty()
+            }
+            CaseStatus::PendedForInfo | CaseStatus::NeedsAttention => true,
+            _ => false,
+        };
+        if !settled {
+            return false;
+        }
+    }
+    true
+}
+
+/// Waits (bounded) until every case settled, moving the payer's clock so
+/// its timed decisions come due.
+async fn until_settled(ledger: &Ledger, sandbox: &SandboxHandle, daemon: &Daemon, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !all_settled(ledger).await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cases did not settle in {limit:?}:\n{}",
+            daemon.log()
+        );
+        sandbox.advance_clock(Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn each_submitted_once(sandbox: &SandboxHandle) {
+    let subs = sandbox.submissions();
+    assert_eq!(
+        subs.len(),
+        5,
+        "five of the six cases reach the payer (one member is inactive)"
+    );
+    let mut keys: Vec<String> = subs.iter().map(|s| s.member_id.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 5, "no member's request was submitted twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_works_the_cases_on_its_schedules_until_they_are_decided_and_their_letters_kept() {
+    let (p, sandbox, ledger) = setup().await;
+    let port = free_port();
+    let daemon = start(&p, port, false, "daemon");
+    until_settled(&ledger, &sandbox, &daemon, Duration::from_secs(150)).await;
+    each_submitted_once(&sandbox);
+    let inactive = ledger.find("valley-imaging", "VI-88122").await.unwrap().unwrap();
+    assert_eq!(inactive.status, CaseStatus::NeedsAttention);
+
+    let http = reqwest::Client::new();
+    let health = http
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+    let metrics = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("precert_cases{status=\"approved\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("precert_jobs_total{kind=\"submit\",payer=\"sandbox\",result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("precert_queue_jobs{state=\"queued\"}"), "{metrics}");
+    assert!(
+        metrics.contains("precert_run_seconds_count{payer=\"sandbox\",action=\"download_letter\"}"),
+        "{metrics}"
+    );
+
+    daemon.signal(libc::SIGTERM);
+    let log_path = daemon.log.clone();
+    let status = daemon.exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(log_path).unwrap());
+    sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_mid_submission_resumes_after_restart_and_submits_nothing_twice() {
+    let (p, sandbox, ledger) = setup().await;
+    let port = free_port();
+    // The first daemon kills itself right after its first final click.
+    let first = start(&p, port, true, "first");
+    let status = first.exit(Duration::from_secs(120)).await;
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sandbox.submissions().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the request never reached the portal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = start(&p, port, false, "second");
+    until_settled(&ledger, &sandbox, &second, Duration::from_secs(150)).await;
+    each_submitted_once(&sandbox);
+    let log = second.log();
+    assert!(log.contains("find_existing") || log.contains("queued again"), "{log}");
+    second.signal(libc::SIGTERM);
+    assert_eq!(second.exit(Duration::from_secs(60)).await.code(), Some(0));
+    sandbox.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_good_configuration_and_refuses_a_broken_one() {
+    let (p, sandbox, _ledger) = setup().await;
+    let port = free_port();
+    let daemon = start(&p, port, false, "daemon");
+    let http = reqwest::Client::new();
+    let healthy = || async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/healthz")).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the daemon never answered /healthz"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    healthy().await;
+    let wait_for_log = |needle: &'static str| {
+        let daemon = &daemon;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !daemon.log().contains(needle) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no `{needle}` in:\n{}",
+                    daemon.log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let practice = p.path("config/practices/valley-imaging.toml");
+    let good = std::fs::read_to_string(&practice).unwrap();
+    std::fs::write(&practice, good.replace("America/Los_Angeles", "Mars/Olympus_Mons")).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_for_log("Reload refused; the running configuration stays.").await;
+    assert!(daemon.log().contains("Mars/Olympus_Mons"), "the refusal says why");
+    healthy().await;
+
+    std::fs::write(&practice, good).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_for_log("Configuration reloaded.").await;
+    healthy().await;
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.exit(Duration::from_secs(60)).await.code(), Some(0));
+    sandbox.shutdown().await;
+}
