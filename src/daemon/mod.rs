@@ -326,6 +326,8 @@ struct JobResult {
     retry: Option<String>,
     /// A failure that says the portal misbehaves (for the circuit breaker).
     portal_failure: Option<String>,
+    /// Shutdown came before every case ran: give the job back unrun.
+    interrupted: bool,
 }
 
 async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
@@ -400,6 +402,17 @@ async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
                 if let Some(alert) = alert {
                     tracing::warn!(payer, ?alert, "Automation alert.");
                 }
+            }
+            if result.interrupted {
+                tracing::info!(
+                    job_id = job.id,
+                    kind,
+                    "Job interrupted by shutdown; released for the next start."
+                );
+                if let Err(e) = ctx.queue.release(&lease, now, now).await {
+                    tracing::warn!(job_id = job.id, error = %e, "Cannot give the job back.");
+                }
+                return;
             }
             match result.retry {
                 None => {

@@ -272,3 +272,40 @@ async fn sighup_reloads_a_good_configuration_and_refuses_a_broken_one() {
     assert_eq!(daemon.exit(Duration::from_secs(60)).await.code(), Some(0));
     sandbox.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_job_exits_cleanly_within_the_grace_period_and_the_work_resumes_on_the_next_start() {
+    let (p, sandbox, ledger) = setup().await;
+    let port = free_port();
+    let first = start(&p, port, false, "first");
+    // Wait until a submission is under way in the browser.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !sandbox
+        .request_log()
+        .iter()
+        .any(|e| e.path.starts_with("/portal/requests/new"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no submission started:\n{}",
+            first.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.signal(libc::SIGTERM);
+    let log = first.log.clone();
+    let status = first.exit(precert::daemon::GRACE + Duration::from_secs(15)).await;
+    assert_eq!(status.code(), Some(0), "{}", std::fs::read_to_string(&log).unwrap());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("Stopping: no new jobs") && text.contains("Daemon stopped."),
+        "{text}"
+    );
+
+    let second = start(&p, port, false, "second");
+    until_settled(&ledger, &sandbox, &second, Duration::from_secs(150)).await;
+    each_submitted_once(&sandbox);
+    second.signal(libc::SIGTERM);
+    assert_eq!(second.exit(Duration::from_secs(60)).await.code(), Some(0));
+    sandbox.shutdown().await;
+}

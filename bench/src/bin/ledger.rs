@@ -26,6 +26,8 @@ const CYCLE: [CaseStatus; 4] = [
     CaseStatus::Ready,
 ];
 const TASKS: usize = 4;
+/// Attempts after a "database is locked" failure, per transition.
+const RETRIES: usize = 20;
 /// No new repetition starts after this long.
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -104,17 +106,31 @@ fn rate(n: usize, d: Duration) -> String {
 }
 
 /// One transition per step of `CYCLE` for each case of `ids`, the whole
-/// cycle for every case before the next, timed one by one.
-async fn transitions(ledger: &Ledger, ids: &[i64], actor: &Actor) -> anyhow::Result<Samples> {
+/// cycle for every case before the next, timed one by one (a retried
+/// transition counts from its first attempt). A transition that fails with
+/// SQLite's "database is locked" is retried up to `RETRIES` times; the
+/// second value is how many attempts failed that way.
+async fn transitions(ledger: &Ledger, ids: &[i64], actor: &Actor) -> anyhow::Result<(Samples, usize)> {
     let mut s = Samples::new();
+    let mut locked = 0;
     for to in CYCLE {
         for &id in ids {
             let t0 = Instant::now();
-            ledger.transition(id, to, actor, None).await?;
+            let mut attempt = 0;
+            loop {
+                match ledger.transition(id, to, actor, None).await {
+                    Ok(_) => break,
+                    Err(e) if attempt < RETRIES && e.to_string().contains("database is locked") => {
+                        locked += 1;
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
             s.push(t0.elapsed());
         }
     }
-    Ok(s)
+    Ok((s, locked))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -201,7 +217,7 @@ async fn main() -> anyhow::Result<()> {
     let actor = Actor::job("bench", 1);
 
     let t0 = Instant::now();
-    let seq = transitions(&ledger, &ids[..per_phase], &actor).await?;
+    let (seq, seq_locked) = transitions(&ledger, &ids[..per_phase], &actor).await?;
     let seq_wall = t0.elapsed();
 
     let chunk = per_phase / TASKS;
@@ -215,8 +231,11 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     let mut conc = Samples::new();
+    let mut conc_locked = 0;
     for task in tasks {
-        for d in task.await??.values() {
+        let (s, locked) = task.await??;
+        conc_locked += locked;
+        for d in s.values() {
             conc.push(*d);
         }
     }
@@ -229,7 +248,7 @@ async fn main() -> anyhow::Result<()> {
             "Ledger::transition (SQLite WAL, synchronous=NORMAL; {} cases in the ledger; ready → submitting → pending → needs_attention → ready)",
             ids.len()
         ),
-        &["mode", "transitions", "median ms", "p90 ms", "p99 ms", "max ms", "transitions/s"],
+        &["mode", "transitions", "median ms", "p90 ms", "p99 ms", "max ms", "transitions/s", "\"locked\" retries"],
     );
     t.row(vec![
         "one at a time".into(),
@@ -239,6 +258,7 @@ async fn main() -> anyhow::Result<()> {
         ms(seq.p99()),
         ms(seq.max()),
         rate(seq.len(), seq_wall),
+        seq_locked.to_string(),
     ]);
     t.row(vec![
         format!("{TASKS} tasks at once (pool of 4 connections)"),
@@ -248,6 +268,7 @@ async fn main() -> anyhow::Result<()> {
         ms(conc.p99()),
         ms(conc.max()),
         rate(conc.len(), conc_wall),
+        conc_locked.to_string(),
     ]);
     t.print();
     println!("\n(events in the first case's timeline afterwards: {events})");
