@@ -88,7 +88,11 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
                     status,
                 })
                 .await?;
-            print!("{}", render_list(&cases));
+            let mut letters = Vec::with_capacity(cases.len());
+            for c in &cases {
+                letters.push(ledger.letters(c.id).await?.len());
+            }
+            print!("{}", render_list(&cases, &letters));
             Ok(Outcome::Ok)
         }
         CasesCommand::Show { id, phi } => {
@@ -222,17 +226,18 @@ fn codes(case: &CaseRecord) -> String {
         .join(",")
 }
 
-pub fn render_list(cases: &[CaseRecord]) -> String {
+/// The case table; `letters[i]` is how many letters case `i` has.
+pub fn render_list(cases: &[CaseRecord], letters: &[usize]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>5}  {:<32} {:<10} {:<18} {:<8} {:<10} {:<16} PATIENT",
-        "ID", "CASE", "PAYER", "STATUS", "URGENCY", "SERVICE", "CODES"
+        "{:>5}  {:<32} {:<10} {:<18} {:<8} {:<10} {:<16} {:<8} PATIENT",
+        "ID", "CASE", "PAYER", "STATUS", "URGENCY", "SERVICE", "CODES", "LETTERS"
     );
-    for c in cases {
+    for (c, n) in cases.iter().zip(letters) {
         let _ = writeln!(
             out,
-            "{:>5}  {:<32} {:<10} {:<18} {:<8} {:<10} {:<16} {}",
+            "{:>5}  {:<32} {:<10} {:<18} {:<8} {:<10} {:<16} {:<8} {}",
             c.id,
             c.key(),
             c.data.coverage.payer,
@@ -240,6 +245,7 @@ pub fn render_list(cases: &[CaseRecord]) -> String {
             c.data.urgency.as_str(),
             c.data.service_dates.start,
             codes(c),
+            n,
             c.data.patient.name.initials()
         );
     }

@@ -165,13 +165,11 @@ fn check(path: &std::path::Path) -> anyhow::Result<Outcome> {
         }
         for pb in &playbooks {
             let actions: Vec<&str> = pb.actions.keys().map(|a| a.as_str()).collect();
-            println!(
-                "  playbook {:<20} {} ({:?}; actions: {})",
-                pb.id,
-                pb.name,
-                pb.channel,
-                actions.join(", ")
-            );
+            let how = match (pb.api, actions.is_empty()) {
+                (Some(api), true) => format!("{api:?} API, built in"),
+                _ => format!("actions: {}", actions.join(", ")),
+            };
+            println!("  playbook {:<20} {} ({:?}; {how})", pb.id, pb.name, pb.channel);
         }
     }
     if problems == 0 {

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::Outcome;
-use crate::case::{CaseRecord, CaseStatus};
+use crate::case::CaseRecord;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::playbook::{self, Action};
@@ -63,7 +63,7 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
         cases = ledger.list(&CaseFilter::default()).await?;
         let mut keep = Vec::new();
         for c in cases {
-            if applies(&ledger, action, &c).await? {
+            if crate::daemon::applies(&ledger, action, &c).await? {
                 keep.push(c);
             }
         }
@@ -147,23 +147,4 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
     engine.shutdown().await;
     ledger.close().await;
     Ok(if failed == 0 { Outcome::Ok } else { Outcome::Problems })
-}
-
-/// Whether `--all` picks this case for the action.
-async fn applies(ledger: &Ledger, action: Action, c: &CaseRecord) -> anyhow::Result<bool> {
-    Ok(match action {
-        Action::Submit => matches!(c.status, CaseStatus::Ready | CaseStatus::Submitting),
-        Action::PollStatus | Action::PollWorklist => {
-            c.payer_ref.is_some() && matches!(c.status, CaseStatus::Pending | CaseStatus::PendedForInfo)
-        }
-        Action::DownloadLetter => {
-            c.payer_ref.is_some()
-                && matches!(
-                    c.status,
-                    CaseStatus::Approved | CaseStatus::PartiallyApproved | CaseStatus::Denied
-                )
-                && ledger.letters(c.id).await?.is_empty()
-        }
-        Action::Login | Action::FindExisting => false,
-    })
 }

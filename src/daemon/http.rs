@@ -12,9 +12,6 @@ use axum::routing::get;
 use axum::Router;
 use chrono::Utc;
 
-use crate::queue::Queue;
-use crate::store::Ledger;
-
 /// Counters the workers keep for `/metrics`.
 #[derive(Default)]
 pub struct Metrics {
@@ -22,8 +19,6 @@ pub struct Metrics {
     pub jobs: Mutex<BTreeMap<(String, String, String), u64>>,
     /// (payer, action) → (runs, total seconds).
     pub runs: Mutex<BTreeMap<(String, String), (u64, f64)>>,
-    /// Browser sessions open right now.
-    pub sessions_open: std::sync::atomic::AtomicI64,
 }
 
 impl Metrics {
@@ -43,9 +38,7 @@ impl Metrics {
 
 #[derive(Clone)]
 pub struct HttpState {
-    pub ledger: Ledger,
-    pub queue: Arc<Queue>,
-    pub metrics: Arc<Metrics>,
+    pub ctx: Arc<super::Ctx>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -57,13 +50,14 @@ pub fn router(state: HttpState) -> Router {
 
 async fn healthz(State(s): State<HttpState>) -> Response {
     // Healthy means the ledger answers.
-    match s.ledger.count_by_status().await {
+    match s.ctx.ledger.count_by_status().await {
         Ok(_) => (StatusCode::OK, "ok\n").into_response(),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("ledger unavailable: {e}\n")).into_response(),
     }
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
+    let s = &s.ctx;
     let mut out = String::new();
     let cases = s.ledger.count_by_status().await.unwrap_or_default();
     let _ = writeln!(out, "# HELP precert_cases Cases by status.\n# TYPE precert_cases gauge");
@@ -111,7 +105,10 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     let _ = writeln!(
         out,
         "# HELP precert_browser_sessions_open Browser sessions in use.\n# TYPE precert_browser_sessions_open gauge\nprecert_browser_sessions_open {}",
-        s.metrics.sessions_open.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let loaded = s.loaded.read().await.clone();
+            loaded.engine.sessions_open().await
+        }
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

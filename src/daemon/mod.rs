@@ -147,13 +147,12 @@ pub async fn run(
     let workers = settings.webdriver.max_sessions.max(1);
     let limits = payer_limits(&settings, &playbooks);
     let loaded = Loaded::new(settings, playbooks, &ledger, &queue).map_err(DaemonError::Config)?;
-    let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(Ctx {
         ledger: ledger.clone(),
         queue: queue.clone(),
         loaded: RwLock::new(Arc::new(loaded)),
         limits: Mutex::new(limits),
-        metrics: metrics.clone(),
+        metrics: Arc::new(Metrics::default()),
         wake: Notify::new(),
         stop: stop.clone(),
         abandon: CancellationToken::new(),
@@ -163,11 +162,7 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| DaemonError::Listen { addr: listen, source })?;
-    let app = http::router(http::HttpState {
-        ledger: ledger.clone(),
-        queue: queue.clone(),
-        metrics,
-    });
+    let app = http::router(http::HttpState { ctx: ctx.clone() });
     let tracker = TaskTracker::new();
     let http_stop = stop.clone();
     tracker.spawn(async move {
@@ -462,7 +457,8 @@ pub async fn applies(ledger: &Ledger, action: Action, c: &CaseRecord) -> Result<
     Ok(match action {
         Action::Submit => matches!(c.status, CaseStatus::Ready | CaseStatus::Submitting),
         Action::PollStatus | Action::PollWorklist => {
-            c.payer_ref.is_some() && matches!(c.status, CaseStatus::Pending | CaseStatus::PendedForInfo)
+            c.payer_ref.is_some()
+                && (matches!(c.status, CaseStatus::Pending | CaseStatus::PendedForInfo) || decision_incomplete(c))
         }
         Action::DownloadLetter => {
             c.payer_ref.is_some()
@@ -474,6 +470,17 @@ pub async fn applies(ledger: &Ledger, action: Action, c: &CaseRecord) -> Result<
         }
         Action::Login | Action::FindExisting => false,
     })
+}
+
+/// A decision read from a page that showed only the status (a
+/// confirmation page, a worklist row): its details are still to be read.
+fn decision_incomplete(c: &CaseRecord) -> bool {
+    match (c.status, &c.decision) {
+        (CaseStatus::Approved | CaseStatus::PartiallyApproved, Some(d)) => d.auth_number.is_none() || d.valid.is_none(),
+        (CaseStatus::Denied, Some(d)) => d.denial.is_none(),
+        (CaseStatus::Approved | CaseStatus::PartiallyApproved | CaseStatus::Denied, None) => true,
+        _ => false,
+    }
 }
 
 async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Result<JobResult, String> {
@@ -560,13 +567,7 @@ async fn run_one(
     result: &mut JobResult,
 ) {
     let t0 = Instant::now();
-    ctx.metrics
-        .sessions_open
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let report = engine.run(action, case_id, actor).await;
-    ctx.metrics
-        .sessions_open
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     ctx.metrics.run(payer, action.as_str(), t0.elapsed().as_secs_f64());
     result.runs += 1;
     match report {

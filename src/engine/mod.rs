@@ -240,6 +240,13 @@ impl Engine {
 
     /// chromedriver's process group, while it runs (tests prove that no
     /// browser outlives `shutdown`).
+    /// Browser sessions open now: in use plus idle, logged in.
+    pub async fn sessions_open(&self) -> usize {
+        let idle: usize = self.idle.lock().await.values().map(Vec::len).sum();
+        let in_use = self.settings.webdriver.max_sessions as usize - self.global.available_permits();
+        idle + in_use
+    }
+
     pub async fn driver_process_group(&self) -> Option<i32> {
         self.driver.lock().await.as_ref().and_then(Driver::process_group)
     }
@@ -753,7 +760,7 @@ impl Engine {
                 .and_then(|d| d.and_hms_opt(12, 0, 0))
                 .map(|d| d.and_utc())
                 .unwrap_or_else(Utc::now);
-            let decision = Decision {
+            let mut decision = Decision {
                 auth_number: obs.auth_number.clone(),
                 valid,
                 lines,
@@ -765,15 +772,26 @@ impl Engine {
                     Channel::Api => format!("api:{}", playbook.id),
                 },
             };
-            // A decision already on record is written again only when the
-            // portal now shows more (a reason, an auth number, dates).
-            let same = case.decision.as_ref().is_some_and(|d| {
-                Decision {
-                    decided_at: d.decided_at,
-                    ..decision.clone()
-                } == *d
-            });
-            if !(case.status == to && same) {
+            // The same decision read again from a page that shows less (a
+            // worklist row has no dates or reason) keeps what is on record;
+            // it is written again only when the portal now shows more.
+            let mut same = false;
+            if let (Some(old), true) = (&case.decision, case.status == to) {
+                decision.auth_number = decision.auth_number.or_else(|| old.auth_number.clone());
+                decision.valid = decision.valid.or(old.valid);
+                decision.denial = decision.denial.or_else(|| old.denial.clone());
+                decision.conditions = decision.conditions.or_else(|| old.conditions.clone());
+                if obs.approved_units.is_none() {
+                    decision.lines = old.lines.clone();
+                }
+                decision.decided_at = old.decided_at;
+                same = decision
+                    == Decision {
+                        source: decision.source.clone(),
+                        ..old.clone()
+                    };
+            }
+            if !same {
                 self.ledger.record_decision(case.id, &decision, to, actor).await?;
             }
         } else if case.status != to {

@@ -159,6 +159,15 @@ async fn the_daemon_works_the_cases_on_its_schedules_until_they_are_decided_and_
     each_submitted_once(&sandbox);
     let inactive = ledger.find("valley-imaging", "VI-88122").await.unwrap().unwrap();
     assert_eq!(inactive.status, CaseStatus::NeedsAttention);
+    // Read again from the worklist on later polls, a decision keeps its details.
+    let approved = ledger.find("lakeside-ortho", "LO-2026-1001").await.unwrap().unwrap();
+    let decision = approved.decision.expect("a decision");
+    assert!(
+        decision.auth_number.is_some() && decision.valid.is_some(),
+        "{decision:?}"
+    );
+    let denied = ledger.find("valley-imaging", "VI-88120").await.unwrap().unwrap();
+    assert!(denied.decision.unwrap().denial.is_some());
 
     let http = reqwest::Client::new();
     let health = http

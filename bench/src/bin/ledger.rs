@@ -27,7 +27,7 @@ const CYCLE: [CaseStatus; 4] = [
 ];
 const TASKS: usize = 4;
 /// Attempts after a "database is locked" failure, per transition.
-const RETRIES: usize = 20;
+const RETRIES: usize = 50;
 /// No new repetition starts after this long.
 const DEADLINE: Duration = Duration::from_secs(90);
 
@@ -108,7 +108,7 @@ fn rate(n: usize, d: Duration) -> String {
 /// One transition per step of `CYCLE` for each case of `ids`, the whole
 /// cycle for every case before the next, timed one by one (a retried
 /// transition counts from its first attempt). A transition that fails with
-/// SQLite's "database is locked" is retried up to `RETRIES` times; the
+/// SQLite's "database is locked" is retried up to `RETRIES` times after a short back-off; the
 /// second value is how many attempts failed that way.
 async fn transitions(ledger: &Ledger, ids: &[i64], actor: &Actor) -> anyhow::Result<(Samples, usize)> {
     let mut s = Samples::new();
@@ -123,6 +123,10 @@ async fn transitions(ledger: &Ledger, ids: &[i64], actor: &Actor) -> anyhow::Res
                     Err(e) if attempt < RETRIES && e.to_string().contains("database is locked") => {
                         locked += 1;
                         attempt += 1;
+                        // A deferred transaction that lost the write lock
+                        // fails at once (busy_timeout does not apply), so
+                        // back off a little before trying again.
+                        tokio::time::sleep(Duration::from_millis(attempt as u64)).await;
                     }
                     Err(e) => return Err(e.into()),
                 }

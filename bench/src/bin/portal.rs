@@ -152,7 +152,7 @@ fn action_row(t: &mut Table, name: &str, runs: &[Run]) {
         format!("{:.1}", requests as f64 / runs.len().max(1) as f64),
         ms(servers.median()),
         format!(
-            "{:.1} %",
+            "{:.3} %",
             100.0 * total_server.as_secs_f64() / total_wall.as_secs_f64().max(1e-9)
         ),
     ]);
@@ -292,7 +292,7 @@ async fn measure(w: &World, started: Instant) -> anyhow::Result<()> {
     let total_server: Duration = all.iter().map(|r| r.server).sum();
     let requests: usize = all.iter().map(|r| r.requests).sum();
     println!(
-        "\nPhysical limit: {} runs took {:.2} s; the portal spent {:.3} s serving their {requests} requests ({:.1} %), \
+        "\nPhysical limit: {} runs took {:.2} s; the portal spent {:.3} s serving their {requests} requests ({:.3} %), \
          the other {:.2} s were the browser, chromedriver and the engine.",
         all.len(),
         total_wall.as_secs_f64(),
