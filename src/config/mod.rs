@@ -124,6 +124,8 @@ pub struct Settings {
     pub artifacts_retention_days: u32,
     pub log: LogSettings,
     pub http_listen: SocketAddr,
+    /// Where payers reach the listener (notifications): `http://LISTEN` unless set.
+    pub http_public_url: String,
     pub webdriver: WebDriverSettings,
     pub mail: MailSettings,
     /// Per-payer pacing; each payer's concurrency is its playbook's
@@ -435,6 +437,14 @@ fn compile_daemon(
         );
         SocketAddr::from(([127, 0, 0, 1], 8622))
     });
+    let http_public_url = match &raw.http.public_url {
+        Some(u) if u.starts_with("http://") || u.starts_with("https://") => u.trim_end_matches('/').to_owned(),
+        Some(u) => {
+            p.add("http.public_url", format!("`{u}` is not an http(s) URL"));
+            String::new()
+        }
+        None => format!("http://{http_listen}"),
+    };
     let webdriver = WebDriverSettings {
         chromedriver: PathBuf::from(raw.webdriver.chromedriver.as_deref().unwrap_or("/usr/bin/chromedriver")),
         chromium: PathBuf::from(raw.webdriver.chromium.as_deref().unwrap_or("/usr/bin/chromium")),
@@ -495,6 +505,7 @@ fn compile_daemon(
         artifacts_retention_days: raw.artifacts_retention_days.unwrap_or(30),
         log,
         http_listen,
+        http_public_url,
         webdriver,
         mail,
         limits,

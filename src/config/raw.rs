@@ -72,6 +72,9 @@ pub struct RawHttp {
     /// Address of the HTTP listener (health, metrics, PAS notifications).
     /// Default `127.0.0.1:8622`.
     pub listen: Option<String>,
+    /// The address payers post PAS subscription notifications to, when it
+    /// differs from `http://LISTEN` (a reverse proxy with TLS in front).
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

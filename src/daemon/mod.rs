@@ -162,7 +162,8 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| DaemonError::Listen { addr: listen, source })?;
-    let app = http::router(http::HttpState { ctx: ctx.clone() });
+    let receiver = subscribe(&ctx).await;
+    let app = http::router(http::HttpState { ctx: ctx.clone() }).merge(crate::pas::notify::router(Arc::new(receiver)));
     let tracker = TaskTracker::new();
     let http_stop = stop.clone();
     tracker.spawn(async move {
@@ -212,6 +213,45 @@ pub async fn run(
     ledger.close().await;
     tracing::info!("Daemon stopped.");
     Ok(())
+}
+
+/// Registers a PAS subscription with every payer bound to a PAS playbook,
+/// so decisions on pended requests arrive by notification on this listener
+/// (`$inquire` on the poll schedule stays as reconciliation). A payer that
+/// refuses is logged; its cases are still polled.
+async fn subscribe(ctx: &Ctx) -> crate::pas::notify::Receiver {
+    let mut receiver = crate::pas::notify::Receiver::new(ctx.ledger.clone());
+    let loaded = ctx.loaded.read().await.clone();
+    let settings = &loaded.settings;
+    for practice in settings.practices.iter().filter(|p| p.enabled) {
+        for (key, binding) in &practice.payers {
+            let Some(pb) = loaded.engine.playbook(&binding.playbook) else {
+                continue;
+            };
+            if pb.api != Some(crate::playbook::ApiKind::Pas) {
+                continue;
+            }
+            let client = match loaded.engine.pas_client(practice, binding, pb, key).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(practice = %practice.id, payer = %key, error = %e, "No PAS client; no subscription.");
+                    continue;
+                }
+            };
+            let endpoint = format!("{}/pas/notify/{}", settings.http_public_url, practice.id);
+            let insurer = binding.account.get("payer_name").cloned();
+            match crate::pas::notify::register(client, practice.clone(), &endpoint, settings.data_dir.clone(), insurer)
+                .await
+            {
+                Ok((_, hook)) => receiver.add(hook),
+                Err(e) => tracing::warn!(
+                    practice = %practice.id, payer = %key, error = %e,
+                    "The payer refused the PAS subscription; its cases are polled instead."
+                ),
+            }
+        }
+    }
+    receiver
 }
 
 async fn reload_config(ctx: &Ctx, path: &Path) {

@@ -202,8 +202,9 @@ impl Engine {
         }
     }
 
-    /// One PAS client per payer account, kept so its token serves every run.
-    async fn pas_client(
+    /// One PAS client per payer account, kept so its token serves every run
+    /// (and the daemon's subscription notifications).
+    pub async fn pas_client(
         &self,
         practice: &Practice,
         binding: &PayerBinding,

@@ -318,3 +318,65 @@ async fn sigterm_mid_job_exits_cleanly_within_the_grace_period_and_the_work_resu
     assert_eq!(second.exit(Duration::from_secs(60)).await.code(), Some(0));
     sandbox.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pended_pas_request_is_decided_by_the_payers_notification() {
+    let sandbox = Sandbox::start(SandboxConfig::default_demo(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let p = Project::new();
+    p.use_sandbox(&sandbox.base_url());
+    // Lakeside's cases go to the sandbox payer through its PAS API; the
+    // poll schedule is yearly, so only a notification can bring the answer.
+    let path = p.path("config/practices/lakeside-ortho.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let head = text.split("[payers.sandbox]").next().unwrap();
+    let pas = format!(
+        "[payers.sandbox]\nplaybook = \"sandbox-pas\"\nbase_url = \"{}\"\naccount = {{ client_id = \"lakeside-pas\" }}\nsecrets.client_secret = {{ env = \"LAKESIDE_SANDBOX_CLIENT_SECRET\" }}\n\n\
+         [schedules]\nsubmit = \"*/2 * * * * *\"\npoll = \"0 0 1 1 *\"\nletters = \"0 0 1 1 *\"\n",
+        sandbox.base_url()
+    );
+    std::fs::write(&path, format!("{head}{pas}")).unwrap();
+    assert!(
+        p.precert(&["check"]).status.success(),
+        "{}",
+        super::support::stderr(&p.precert(&["check"]))
+    );
+    assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
+    let ledger = Ledger::open(&p.settings().database_url).await.unwrap();
+    let daemon = start(&p, free_port(), false, "daemon");
+
+    let case = || async { ledger.find("lakeside-ortho", "LO-2026-1001").await.unwrap().unwrap() };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while case().await.status != CaseStatus::Pending {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not submitted:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The payer's reviewer decides; the sandbox notifies the daemon.
+    sandbox.advance_clock(Duration::from_secs(30));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while case().await.status != CaseStatus::Approved {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no notification handled:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let decision = case().await.decision.unwrap();
+    assert!(decision.auth_number.is_some(), "{decision:?}");
+    assert!(decision.source.starts_with("api:"), "{decision:?}");
+    let log = sandbox.request_log();
+    assert!(log.iter().any(|e| e.method == "POST" && e.path == "/fhir/Subscription"));
+    assert!(
+        log.iter().any(|e| e.path == "/fhir/Claim/$inquire"),
+        "the answer was read again, not taken from the payload"
+    );
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.exit(Duration::from_secs(60)).await.code(), Some(0));
+    sandbox.shutdown().await;
+}
