@@ -12,3 +12,4 @@ mod queue;
 mod schedule;
 pub mod support;
 mod systemd;
+mod browser;
