@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod files;
 pub mod intake;
 pub mod limits;
 pub mod logging;

@@ -21,13 +21,12 @@ use std::time::Duration;
 
 use chrono::{NaiveDate, Utc};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::browser::{BrowserError, Driver};
 use crate::case::{CaseRecord, CaseStatus, DateRange, Decision, DenialReason, LineDecision};
 use crate::config::{PayerBinding, Practice, Settings};
-use crate::intake::write_private;
+use crate::files::{safe_name, sha256_hex, write_private};
 use crate::pas::{PasClient, RetryPolicy};
 use crate::playbook::{template, Action, ApiKind, Channel, Loc, Playbook, Step};
 use crate::store::{Actor, EventKind, Ledger, Letter, StoreError};
@@ -644,10 +643,10 @@ impl Engine {
     ) -> Result<usize, EngineError> {
         let mut kept = 0;
         for f in downloads {
-            let sha256: String = Sha256::digest(&f.bytes).iter().map(|b| format!("{b:02x}")).collect();
+            let sha256 = sha256_hex(&f.bytes);
             let rel = PathBuf::from("letters")
                 .join(&case.data.practice_id)
-                .join(safe(&case.data.case_ref))
+                .join(safe_name(&case.data.case_ref))
                 .join(format!("{}-{}.pdf", &sha256[..12], f.kind));
             let path = self.settings.data_dir.join(&rel);
             write_private(&path, &f.bytes).map_err(|e| EngineError::Setup(format!("cannot store the letter: {e}")))?;
@@ -869,7 +868,7 @@ impl Engine {
             .data_dir
             .join("artifacts")
             .join(&case.data.practice_id)
-            .join(safe(&case.data.case_ref))
+            .join(safe_name(&case.data.case_ref))
             .join(format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), action));
         let mut text = String::new();
         for l in &trace.lines {
@@ -886,22 +885,10 @@ impl Engine {
             }
         }
         for (name, png) in &trace.screenshots {
-            let _ = write_private(&dir.join(format!("{}.png", safe(name))), png);
+            let _ = write_private(&dir.join(format!("{}.png", safe_name(name))), png);
         }
         ok.then_some(dir)
     }
-}
-
-fn safe(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }
 
 fn store_failure(e: &StoreError) -> StepFailure {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use validate::{validate, write_private, FieldError, RawCase};
+pub use validate::{validate, FieldError, RawCase};
 
 use crate::config::Settings;
 use crate::store::{Actor, ImportOutcome, Ledger, StoreError};

@@ -2,20 +2,18 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use chrono::NaiveDate;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::Context;
 use crate::case::{
     Attachment, CaseData, Coverage, DateRange, Icd10, Modifier, Npi, Patient, PlanType, ProcedureCode, Provider,
     ServiceLine, Setting, TaxId, Urgency, UsState,
 };
+use crate::files::{safe_name, sha256_hex, write_private};
 use crate::phi::{MemberId, PersonName};
-use crate::store::private_dir;
 
 /// A field that failed, named by its JSON path (`patient.birth_date`,
 /// `service_lines[1].units`).
@@ -502,11 +500,11 @@ fn store_attachment(raw: &str, ctx: &Context<'_>, practice: &str, case_ref: &str
     if media_type == "application/pdf" && !bytes.starts_with(b"%PDF-") {
         return Err(format!("{file_name} is named .pdf but is not a PDF"));
     }
-    let sha256 = hex(&Sha256::digest(&bytes));
+    let sha256 = sha256_hex(&bytes);
     let relative = PathBuf::from("attachments")
         .join(practice)
-        .join(safe_component(case_ref))
-        .join(format!("{}-{}", &sha256[..12], safe_component(&file_name)));
+        .join(safe_name(case_ref))
+        .join(format!("{}-{}", &sha256[..12], safe_name(&file_name)));
     let target = ctx.settings.data_dir.join(&relative);
     if !target.exists() {
         write_private(&target, &bytes)
@@ -519,33 +517,4 @@ fn store_attachment(raw: &str, ctx: &Context<'_>, practice: &str, case_ref: &str
         bytes: meta.len(),
         sha256,
     })
-}
-
-/// Writes a file readable by its owner alone, atomically: a temporary file
-/// in the same folder, synced, then renamed into place.
-pub fn write_private(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = target.parent().unwrap_or(Path::new("."));
-    private_dir(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".incoming-").tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    // tempfile creates files 0600 already; the rename keeps the mode.
-    tmp.persist(target).map_err(|e| e.error)?;
-    Ok(())
-}
-
-fn safe_component(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -209,7 +209,7 @@ pub(super) fn document(
         path: path.clone(),
         source,
     })?;
-    let digest: String = Sha256::digest(&bytes).iter().map(|x| format!("{x:02x}")).collect();
+    let digest = crate::files::sha256_hex(&bytes);
     if digest != a.sha256 {
         return Err(BundleError::AttachmentChanged {
             case: key.into(),

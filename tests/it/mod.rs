@@ -1,4 +1,5 @@
 mod api_playbook;
+mod browser;
 mod config;
 mod daemon;
 mod intake;
@@ -12,4 +13,3 @@ mod queue;
 mod schedule;
 pub mod support;
 mod systemd;
-mod browser;
