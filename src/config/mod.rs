@@ -881,14 +881,8 @@ fn compile_practice(raw: &RawPractice, file: &Path, secrets: Secrets, errors: &m
 /// Checks a cron expression: standard 5-field crontab (minute first; day of
 /// month OR day of week), or 6/7 fields with seconds first and a year last.
 pub fn check_cron(expr: &str) -> Result<(), String> {
-    let fields = expr.split_whitespace().count();
-    if !expr.trim().starts_with('@') && !(5..=7).contains(&fields) {
-        return Err(format!(
-            "`{expr}` has {fields} fields; a cron expression has 5 (minute hour day-of-month month day-of-week) or 6-7 (seconds first)"
-        ));
-    }
-    croner::parser::CronParser::new()
-        .parse(expr.trim())
+    // The same parser the daemon runs with: one source of truth.
+    crate::schedule::Schedule::parse(expr, Tz::UTC)
         .map(|_| ())
-        .map_err(|e| format!("`{expr}` is not a valid cron expression: {e}"))
+        .map_err(|e| e.to_string())
 }
