@@ -195,6 +195,16 @@ async fn the_daemon_works_the_cases_on_its_schedules_until_they_are_decided_and_
         "{metrics}"
     );
 
+    // A whole day's work at debug level: no secret, no member ID, no name.
+    let log = daemon.log();
+    assert!(log.contains("Job done."), "{log}");
+    for (_, secret) in super::support::SECRETS {
+        assert!(!log.contains(secret), "a secret in the daemon's log");
+    }
+    for phi in ["SBX100200301", "SBX100200305", "Marsh", "Kowalski", "1961-04-12"] {
+        assert!(!log.contains(phi), "PHI in the daemon's log: {phi}");
+    }
+
     daemon.signal(libc::SIGTERM);
     let log_path = daemon.log.clone();
     let status = daemon.exit(Duration::from_secs(60)).await;
