@@ -162,7 +162,7 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| DaemonError::Listen { addr: listen, source })?;
-    let receiver = subscribe(&ctx).await;
+    let (receiver, subscriptions) = subscribe(&ctx).await;
     let app = http::router(http::HttpState { ctx: ctx.clone() }).merge(crate::pas::notify::router(Arc::new(receiver)));
     let tracker = TaskTracker::new();
     let http_stop = stop.clone();
@@ -208,6 +208,7 @@ pub async fn run(
         ctx.abandon.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     }
+    unsubscribe(subscriptions).await;
     let loaded = ctx.loaded.read().await.clone();
     loaded.engine.shutdown().await;
     ledger.close().await;
@@ -219,8 +220,9 @@ pub async fn run(
 /// so decisions on pended requests arrive by notification on this listener
 /// (`$inquire` on the poll schedule stays as reconciliation). A payer that
 /// refuses is logged; its cases are still polled.
-async fn subscribe(ctx: &Ctx) -> crate::pas::notify::Receiver {
+async fn subscribe(ctx: &Ctx) -> (crate::pas::notify::Receiver, Vec<Subscription>) {
     let mut receiver = crate::pas::notify::Receiver::new(ctx.ledger.clone());
+    let mut subscriptions = Vec::new();
     let loaded = ctx.loaded.read().await.clone();
     let settings = &loaded.settings;
     for practice in settings.practices.iter().filter(|p| p.enabled) {
@@ -240,10 +242,19 @@ async fn subscribe(ctx: &Ctx) -> crate::pas::notify::Receiver {
             };
             let endpoint = format!("{}/pas/notify/{}", settings.http_public_url, practice.id);
             let insurer = binding.account.get("payer_name").cloned();
-            match crate::pas::notify::register(client, practice.clone(), &endpoint, settings.data_dir.clone(), insurer)
-                .await
+            match crate::pas::notify::register(
+                client.clone(),
+                practice.clone(),
+                &endpoint,
+                settings.data_dir.clone(),
+                insurer,
+            )
+            .await
             {
-                Ok((_, hook)) => receiver.add(hook),
+                Ok((id, hook)) => {
+                    receiver.add(hook);
+                    subscriptions.push(Subscription { client, id });
+                }
                 Err(e) => tracing::warn!(
                     practice = %practice.id, payer = %key, error = %e,
                     "The payer refused the PAS subscription; its cases are polled instead."
@@ -251,7 +262,22 @@ async fn subscribe(ctx: &Ctx) -> crate::pas::notify::Receiver {
             }
         }
     }
-    receiver
+    (receiver, subscriptions)
+}
+
+/// A payer subscription this daemon registered, deleted when it stops.
+struct Subscription {
+    client: Arc<crate::pas::PasClient>,
+    id: String,
+}
+
+async fn unsubscribe(subscriptions: Vec<Subscription>) {
+    for s in subscriptions {
+        match s.client.unsubscribe(&s.id).await {
+            Ok(()) => tracing::info!(subscription = %s.id, "PAS subscription deleted."),
+            Err(e) => tracing::warn!(subscription = %s.id, error = %e, "Cannot delete the PAS subscription."),
+        }
+    }
 }
 
 async fn reload_config(ctx: &Ctx, path: &Path) {

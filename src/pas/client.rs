@@ -229,6 +229,24 @@ impl PasClient {
         self.post_fhir("Subscription", subscription).await
     }
 
+    /// `DELETE Subscription/ID`: no more notifications (the daemon stops).
+    pub async fn unsubscribe(&self, id: &str) -> Result<(), ClientError> {
+        let url = format!("{}/Subscription/{id}", self.endpoint.fhir_base);
+        let token = self.token().await?;
+        let (status, headers, bytes) = self
+            .send(&url, || {
+                self.http
+                    .delete(&url)
+                    .bearer_auth(token.expose_secret())
+                    .header("Accept", FHIR_JSON)
+            })
+            .await?;
+        if status.is_success() || status == StatusCode::NOT_FOUND || status == StatusCode::GONE {
+            return Ok(());
+        }
+        finish(&url, status, &headers, &bytes).map(|_| ())
+    }
+
     async fn post_fhir(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         let url = format!("{}/{path}", self.endpoint.fhir_base);
         let text = body.to_string();

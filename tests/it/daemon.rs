@@ -388,5 +388,14 @@ async fn a_pended_pas_request_is_decided_by_the_payers_notification() {
     );
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.exit(Duration::from_secs(60)).await.code(), Some(0));
+    // Stopping, the daemon deleted its subscription: no notifications into
+    // the void.
+    assert!(
+        sandbox
+            .request_log()
+            .iter()
+            .any(|e| e.method == "DELETE" && e.path.starts_with("/fhir/Subscription/")),
+        "the subscription was not deleted"
+    );
     sandbox.shutdown().await;
 }
