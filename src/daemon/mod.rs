@@ -580,6 +580,15 @@ async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Result<JobResul
         .and_then(|p| p.payers.get(&payer))
         .map(|b| b.playbook.clone())
         .unwrap_or_default();
+    // A payer whose playbook has no letters (an API such as PAS sends none)
+    // has nothing to fetch.
+    if action == Action::DownloadLetter
+        && engine
+            .playbook(&playbook_id)
+            .is_some_and(|p| !p.actions.contains_key(&Action::DownloadLetter))
+    {
+        return Ok(result);
+    }
     let worklist = action == Action::PollStatus
         && cases.len() > 1
         && engine
