@@ -326,14 +326,7 @@ impl<'a> Interp<'a> {
             }
             StepKind::Click { selector } => {
                 let el = self.find(step, selector).await?;
-                if step.commit && !self.committed {
-                    if let Some(hook) = self.on_commit.as_mut() {
-                        hook()
-                            .await
-                            .map_err(|e| fail(step, FailureKind::Fatal, format!("cannot record the intent: {e}")))?;
-                    }
-                    self.committed = true;
-                }
+                self.record_intent(step).await?;
                 el.click().await.map_err(wd)?;
                 crash_after_commit(step);
             }
@@ -477,14 +470,7 @@ impl<'a> Interp<'a> {
                         ));
                     }
                 }
-                if step.commit && !self.committed {
-                    if let Some(hook) = self.on_commit.as_mut() {
-                        hook()
-                            .await
-                            .map_err(|e| fail(step, FailureKind::Fatal, format!("cannot record the intent: {e}")))?;
-                    }
-                    self.committed = true;
-                }
+                self.record_intent(step).await?;
                 if *accept {
                     self.browser(step)?.accept_alert().await
                 } else {
@@ -516,14 +502,7 @@ impl<'a> Interp<'a> {
             }
             StepKind::Script { js, into } => {
                 let js = self.render(step, js)?;
-                if step.commit && !self.committed {
-                    if let Some(hook) = self.on_commit.as_mut() {
-                        hook()
-                            .await
-                            .map_err(|e| fail(step, FailureKind::Fatal, format!("cannot record the intent: {e}")))?;
-                    }
-                    self.committed = true;
-                }
+                self.record_intent(step).await?;
                 let v = self.browser(step)?.execute(&js, vec![]).await.map_err(wd)?;
                 crash_after_commit(step);
                 if let Some(into) = into {
@@ -593,6 +572,20 @@ impl<'a> Interp<'a> {
             };
             self.run_steps(steps).await
         })
+    }
+
+    /// Before a `commit: true` step (once per run): the intent goes into the
+    /// ledger first, so a crash after the request never leads to a second one.
+    pub(super) async fn record_intent(&mut self, step: &Step) -> StepResult {
+        if step.commit && !self.committed {
+            if let Some(hook) = self.on_commit.as_mut() {
+                hook()
+                    .await
+                    .map_err(|e| fail(step, FailureKind::Fatal, format!("cannot record the intent: {e}")))?;
+            }
+            self.committed = true;
+        }
+        Ok(())
     }
 
     async fn wait_for_alert(&self, step: &Step) -> Result<String, StepFailure> {

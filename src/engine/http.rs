@@ -110,14 +110,7 @@ impl Interp<'_> {
         let credential = self.credential(step, h).await?;
         let method = reqwest::Method::from_bytes(h.method.as_bytes())
             .map_err(|e| fail(step, FailureKind::Fatal, format!("method {}: {e}", h.method)))?;
-        if step.commit && !self.committed {
-            if let Some(hook) = self.on_commit.as_mut() {
-                hook()
-                    .await
-                    .map_err(|e| fail(step, FailureKind::Fatal, format!("cannot record the intent: {e}")))?;
-            }
-            self.committed = true;
-        }
+        self.record_intent(step).await?;
         let api = self.api.clone();
         let mut renewed = false;
         let (status, answer_headers, bytes) = loop {
