@@ -71,6 +71,11 @@ impl CaseStatus {
         }
     }
 
+    /// The payer has the request (it answered, or is reviewing it).
+    pub fn is_payer_state(self) -> bool {
+        matches!(self, Pending | PendedForInfo | Approved | PartiallyApproved | Denied)
+    }
+
     /// The statuses this one may move to. The whole graph lives here, so a
     /// reader can check it against the payer workflow in one place.
     pub fn next(self) -> &'static [CaseStatus] {

@@ -73,7 +73,7 @@ impl clap::ValueEnum for CaseStatus {
 pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outcome> {
     private_dir(&settings.data_dir)
         .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
-    let ledger = Ledger::open(&settings.database_url).await?;
+    let ledger = super::escalations::open_ledger(settings, &[]).await?;
     let outcome = match cmd {
         CasesCommand::Import { file, practice, format } => import(&ledger, settings, file, practice, format).await,
         CasesCommand::List {

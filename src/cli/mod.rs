@@ -7,6 +7,7 @@
 
 mod cases;
 mod daemon;
+mod escalations;
 mod pas;
 mod run;
 mod schedule;
@@ -57,6 +58,12 @@ pub enum Command {
     Pas(pas::PasCommand),
     /// Show when each practice's jobs fire next, in its local time and UTC.
     Schedule(schedule::ScheduleArgs),
+    /// Escalations waiting on a person: list, acknowledge, scan now.
+    #[command(subcommand)]
+    Escalations(escalations::EscalationsCommand),
+    /// Escalation mail waiting or failing, and why.
+    #[command(subcommand)]
+    Outbox(escalations::OutboxCommand),
 }
 
 /// How a command ended, for the exit code.
@@ -108,6 +115,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Schedule(args) => {
             let settings = load(&cli.config, Secrets::Skip)?;
             schedule::run(args, &settings)
+        }
+        Command::Escalations(cmd) => {
+            let settings = load(&cli.config, Secrets::Skip)?;
+            escalations::escalations(cmd, &settings).await
+        }
+        Command::Outbox(cmd) => {
+            // Sending needs the SMTP password.
+            let secrets = match cmd {
+                escalations::OutboxCommand::Send => Secrets::Resolve,
+                _ => Secrets::Skip,
+            };
+            let settings = load(&cli.config, secrets)?;
+            escalations::outbox(cmd, &settings).await
         }
     }
 }

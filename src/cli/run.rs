@@ -11,7 +11,7 @@ use crate::case::CaseRecord;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::playbook::{self, Action};
-use crate::store::{private_dir, Actor, CaseFilter, Ledger};
+use crate::store::{private_dir, Actor, CaseFilter};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -54,7 +54,7 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
         );
     }
     private_dir(&settings.data_dir).with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
-    let ledger = Ledger::open(&settings.database_url).await?;
+    let ledger = super::escalations::open_ledger(&settings, &playbooks).await?;
     let mut cases = Vec::new();
     for id in &args.case {
         cases.push(super::cases::resolve(&ledger, id).await?);

@@ -16,7 +16,8 @@ use chrono_tz::Tz;
 use serde::de::DeserializeOwned;
 
 use crate::case::{Npi, TaxId};
-use raw::{RawDaemon, RawPractice};
+pub use crate::escalate::rules::{EscalationConfig, PatientDetails};
+use raw::{RawDaemon, RawEscalations, RawPractice};
 pub use secret::{Secret, SecretRef};
 
 /// One problem in the configuration.
@@ -131,6 +132,8 @@ pub struct Settings {
     /// Per-payer pacing; each payer's concurrency is its playbook's
     /// `max_sessions`.
     pub limits: crate::limits::LimitSettings,
+    /// Escalation rule defaults; each practice may override them.
+    pub escalations: EscalationConfig,
     pub practices: Vec<Practice>,
 }
 
@@ -154,6 +157,7 @@ pub struct Practice {
     pub payers: BTreeMap<String, PayerBinding>,
     /// Every job with its cron expression; defaults filled in.
     pub schedules: BTreeMap<Job, String>,
+    pub escalations: EscalationConfig,
 }
 
 impl Practice {
@@ -488,6 +492,7 @@ fn compile_daemon(
             .unwrap_or(defaults.cool_down),
     };
     let mail = compile_mail(raw, base, &data_dir, secrets, &mut p);
+    let escalations = compile_escalations(&raw.escalations, &mut p);
     Settings {
         source: path.to_owned(),
         practices_dir: raw
@@ -509,6 +514,7 @@ fn compile_daemon(
         webdriver,
         mail,
         limits,
+        escalations,
         practices: Vec::new(),
     }
 }
@@ -845,6 +851,7 @@ fn compile_practice(raw: &RawPractice, file: &Path, secrets: Secrets, errors: &m
         );
     }
     let mut schedules: BTreeMap<Job, String> = Job::ALL.iter().map(|j| (*j, j.default_schedule().to_owned())).collect();
+    let escalations = compile_escalations(&raw.escalations, &mut p);
     for (name, expr) in &raw.schedules {
         let key = format!("schedules.{name}");
         match Job::ALL.iter().find(|j| j.as_str() == name) {
@@ -875,6 +882,43 @@ fn compile_practice(raw: &RawPractice, file: &Path, secrets: Secrets, errors: &m
         contacts,
         payers,
         schedules,
+        escalations,
+    }
+}
+
+fn compile_escalations(raw: &RawEscalations, p: &mut Problems<'_>) -> EscalationConfig {
+    let patient_details = raw.patient_details.as_deref().and_then(|v| {
+        v.parse::<PatientDetails>()
+            .map_err(|e| p.add("escalations.patient_details", e))
+            .ok()
+    });
+    if let Some(link) = &raw.case_link {
+        if !(link.starts_with("http://") || link.starts_with("https://")) {
+            p.add("escalations.case_link", format!("`{link}` is not an http(s) URL"));
+        }
+    }
+    for (k, m) in raw.rules.check() {
+        p.add(format!("escalations.rules.{k}"), m);
+    }
+    for (table, layers) in [("payers", &raw.payers), ("states", &raw.states)] {
+        for (name, layer) in layers {
+            if table == "states" && crate::case::UsState::parse(name).is_err() {
+                p.add(
+                    format!("escalations.states.{name}"),
+                    format!("`{name}` is not a US state code"),
+                );
+            }
+            for (k, m) in layer.check() {
+                p.add(format!("escalations.{table}.{name}.{k}"), m);
+            }
+        }
+    }
+    EscalationConfig {
+        rules: raw.rules.clone(),
+        states: raw.states.clone(),
+        payers: raw.payers.clone(),
+        patient_details,
+        case_link: raw.case_link.clone(),
     }
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use super::secret::RawSecret;
+use crate::escalate::rules::RuleLayer;
 
 /// `config/precert.toml`: daemon-wide settings. Environment variables
 /// `PRECERT__SECTION__KEY` override any key (`PRECERT__LOG__FORMAT=json`).
@@ -38,6 +39,30 @@ pub struct RawDaemon {
     pub mail: RawMail,
     #[serde(default)]
     pub limits: RawLimits,
+    /// Defaults for every practice's escalation rules.
+    #[serde(default)]
+    pub escalations: RawEscalations,
+}
+
+/// `[escalations]`: when a case reaches a person, and what mail shows.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEscalations {
+    /// Patient details in mail: `minimum` (initials, member ID's last four;
+    /// the default), `none`, or `full`.
+    pub patient_details: Option<String>,
+    /// A link to the case in mail, with `{practice}`, `{case_ref}` and
+    /// `{case_id}` filled in. Default: the daemon's own case page.
+    pub case_link: Option<String>,
+    /// The rules (see `escalate::rules::RuleLayer` for the keys).
+    #[serde(default)]
+    pub rules: RuleLayer,
+    /// Per-payer overrides, by payer id.
+    #[serde(default)]
+    pub payers: BTreeMap<String, RuleLayer>,
+    /// Per-state overrides (the plan's state), by two-letter code.
+    #[serde(default)]
+    pub states: BTreeMap<String, RuleLayer>,
 }
 
 /// How hard the daemon may use each payer's portal or API (per payer).
@@ -142,6 +167,9 @@ pub struct RawPractice {
     /// Job name → cron expression in the practice's time zone.
     #[serde(default)]
     pub schedules: BTreeMap<String, String>,
+    /// Overrides precert.toml's `[escalations]` for this practice.
+    #[serde(default)]
+    pub escalations: RawEscalations,
 }
 
 #[derive(Debug, Default, Deserialize)]

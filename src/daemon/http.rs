@@ -1,11 +1,12 @@
 //! The daemon's HTTP listener (loopback by default): `/healthz` and
-//! `/metrics` in the Prometheus text format.
+//! `/metrics` in the Prometheus text format, and the case page escalation
+//! mail links to (`/cases/PRACTICE/CASE_REF`, no patient identifiers).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -19,6 +20,8 @@ pub struct Metrics {
     pub jobs: Mutex<BTreeMap<(String, String, String), u64>>,
     /// (payer, action) → (runs, total seconds).
     pub runs: Mutex<BTreeMap<(String, String), (u64, f64)>>,
+    /// Mail delivery attempts by result (sent, failed).
+    pub mail: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Metrics {
@@ -26,6 +29,15 @@ impl Metrics {
         let mut m = self.jobs.lock().expect("metrics lock");
         *m.entry((kind.to_owned(), payer.to_owned(), result.to_owned()))
             .or_default() += 1;
+    }
+
+    pub fn mail(&self, result: &str, n: usize) {
+        *self
+            .mail
+            .lock()
+            .expect("metrics lock")
+            .entry(result.to_owned())
+            .or_default() += n as u64;
     }
 
     pub fn run(&self, payer: &str, action: &str, seconds: f64) {
@@ -45,6 +57,7 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/cases/{practice}/{case_ref}", get(case_page))
         .with_state(state)
 }
 
@@ -110,5 +123,88 @@ async fn metrics(State(s): State<HttpState>) -> Response {
             loaded.engine.sessions_open().await
         }
     );
+    let _ = writeln!(
+        out,
+        "# HELP precert_mail_total Mail delivery attempts, by result.\n# TYPE precert_mail_total counter"
+    );
+    for (result, n) in s.metrics.mail.lock().expect("metrics lock").iter() {
+        let _ = writeln!(out, "precert_mail_total{{result=\"{result}\"}} {n}");
+    }
+    if let Ok(waiting) = s.ledger.outbox(false).await {
+        let _ = writeln!(
+            out,
+            "# HELP precert_outbox_mails Mail not yet delivered, by state.\n# TYPE precert_outbox_mails gauge"
+        );
+        for state in ["pending", "sending", "failed"] {
+            let n = waiting.iter().filter(|m| m.state.as_str() == state).count();
+            let _ = writeln!(out, "precert_outbox_mails{{state=\"{state}\"}} {n}");
+        }
+    }
+    if let Ok(active) = s.ledger.escalations(None, false).await {
+        let _ = writeln!(
+            out,
+            "# HELP precert_escalations_active Open or acknowledged escalations.\n# TYPE precert_escalations_active gauge\nprecert_escalations_active {}",
+            active.len()
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+/// The page escalation mail links to: where a case stands, without any
+/// patient identifier (the listener is loopback unless configured).
+async fn case_page(State(s): State<HttpState>, Path((practice, case_ref)): Path<(String, String)>) -> Response {
+    let case = match s.ctx.ledger.find(&practice, &case_ref).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return (StatusCode::NOT_FOUND, "no such case\n").into_response(),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("ledger unavailable: {e}\n")).into_response(),
+    };
+    let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let mut rows = vec![
+        ("Case", case.key()),
+        ("Status", case.status.as_str().to_owned()),
+        (
+            "Payer",
+            format!("{} ({})", case.data.coverage.payer, case.data.coverage.plan),
+        ),
+        (
+            "Service",
+            case.data
+                .service_lines
+                .iter()
+                .map(|l| format!("{} x{}", l.code.as_str(), l.units))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        (
+            "Dates",
+            format!("{} to {}", case.data.service_dates.start, case.data.service_dates.end),
+        ),
+    ];
+    if let Some(d) = &case.decision {
+        rows.push(("Auth number", d.auth_number.clone().unwrap_or_else(|| "-".into())));
+        if let Some(r) = &d.denial {
+            rows.push(("Reason", format!("{} {}", r.code.as_deref().unwrap_or(""), r.text)));
+        }
+    }
+    let mut body = String::from(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>precert case</title></head><body><table>",
+    );
+    for (k, v) in rows {
+        let _ = write!(body, "<tr><th align=\"left\">{}</th><td>{}</td></tr>", esc(k), esc(&v));
+    }
+    body.push_str("</table><h3>Escalations</h3><ul>");
+    if let Ok(list) = s.ctx.ledger.escalations(Some(&practice), true).await {
+        for e in list.iter().filter(|e| e.case_id == Some(case.id)) {
+            let _ = write!(
+                body,
+                "<li>#{} {} ({}): {}</li>",
+                e.id,
+                e.reason,
+                e.state.as_str(),
+                esc(&e.summary)
+            );
+        }
+    }
+    body.push_str("</ul></body></html>\n");
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
 }

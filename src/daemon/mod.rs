@@ -25,7 +25,9 @@ pub use http::Metrics;
 use crate::case::{CaseRecord, CaseStatus};
 use crate::config::{self, Job, Secrets, Settings};
 use crate::engine::{Engine, FailureKind};
+use crate::escalate::Escalator;
 use crate::limits::{Blocked, LimitSettings, PayerLimits, RunEnd};
+use crate::mail::Mailer;
 use crate::playbook::{self, Action, Playbook};
 use crate::queue::{Failure, LeaseFilter, LeasedJob, Queue, Scheduler};
 use crate::store::{Actor, CaseFilter, Ledger, StoreError};
@@ -92,19 +94,33 @@ struct Loaded {
     engine: Arc<Engine>,
     scheduler: Scheduler,
     payers: Vec<String>,
+    escalator: Arc<Escalator>,
+    mailer: Arc<Mailer>,
 }
 
 impl Loaded {
-    fn new(settings: Settings, playbooks: Vec<Playbook>, ledger: &Ledger, queue: &Queue) -> Result<Loaded, String> {
+    /// Builds everything a configuration implies; the caller installs
+    /// `escalator` as the ledger's hook once it is the running one.
+    fn new(
+        settings: Settings,
+        playbooks: Vec<Playbook>,
+        ledger: &Ledger,
+        queue: &Queue,
+        mail_wake: &Arc<Notify>,
+    ) -> Result<Loaded, String> {
         let scheduler = Scheduler::new(queue.clone(), &settings.practices).map_err(|e| e.to_string())?;
         let payers = playbooks.iter().map(|p| p.id.clone()).collect();
+        let mailer = Arc::new(Mailer::new(&settings.mail).map_err(|e| format!("mail: {e}"))?);
         let settings = Arc::new(settings);
+        let escalator = Arc::new(Escalator::new(settings.clone(), &playbooks, mail_wake.clone()));
         let engine = Arc::new(Engine::new(settings.clone(), ledger.clone(), playbooks));
         Ok(Loaded {
             settings,
             engine,
             scheduler,
             payers,
+            escalator,
+            mailer,
         })
     }
 }
@@ -117,6 +133,8 @@ struct Ctx {
     metrics: Arc<Metrics>,
     /// Signalled when the scheduler queued work.
     wake: Notify,
+    /// Signalled when mail was queued in the outbox.
+    mail_wake: Arc<Notify>,
     /// Stop taking jobs.
     stop: CancellationToken,
     /// The grace period is over: abandon running jobs.
@@ -146,7 +164,9 @@ pub async fn run(
     let listen = settings.http_listen;
     let workers = settings.webdriver.max_sessions.max(1);
     let limits = payer_limits(&settings, &playbooks);
-    let loaded = Loaded::new(settings, playbooks, &ledger, &queue).map_err(DaemonError::Config)?;
+    let mail_wake = Arc::new(Notify::new());
+    let loaded = Loaded::new(settings, playbooks, &ledger, &queue, &mail_wake).map_err(DaemonError::Config)?;
+    ledger.set_escalation_hook(loaded.escalator.clone());
     let ctx = Arc::new(Ctx {
         ledger: ledger.clone(),
         queue: queue.clone(),
@@ -154,6 +174,7 @@ pub async fn run(
         limits: Mutex::new(limits),
         metrics: Arc::new(Metrics::default()),
         wake: Notify::new(),
+        mail_wake,
         stop: stop.clone(),
         abandon: CancellationToken::new(),
         owner: format!("{}-{}", hostname(), std::process::id()),
@@ -181,6 +202,7 @@ pub async fn run(
     }
     requeue(&ctx).await;
     tracker.spawn(scheduler_loop(ctx.clone()));
+    tracker.spawn(mail_sender(ctx.clone()));
     for i in 0..workers {
         tracker.spawn(worker(ctx.clone(), i));
     }
@@ -282,9 +304,10 @@ async fn unsubscribe(subscriptions: Vec<Subscription>) {
 
 async fn reload_config(ctx: &Ctx, path: &Path) {
     sd::notify("RELOADING=1");
-    let result = load_all(path).and_then(|(s, p)| Loaded::new(s, p, &ctx.ledger, &ctx.queue));
+    let result = load_all(path).and_then(|(s, p)| Loaded::new(s, p, &ctx.ledger, &ctx.queue, &ctx.mail_wake));
     match result {
         Ok(new) => {
+            ctx.ledger.set_escalation_hook(new.escalator.clone());
             let old = std::mem::replace(&mut *ctx.loaded.write().await, Arc::new(new));
             tracing::info!("Configuration reloaded.");
             // The old engine's browsers close once its last job is done.
@@ -462,6 +485,17 @@ async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
                 let alert = ctx.limits.lock().expect("limits lock").finish(s, &end, now);
                 if let Some(alert) = alert {
                     tracing::warn!(payer, ?alert, "Automation alert.");
+                    let opened = match &alert.kind {
+                        crate::limits::AlertKind::Recovered => None,
+                        _ => Some(alert.to_string()),
+                    };
+                    if let Err(e) = loaded
+                        .escalator
+                        .payer_alert(&ctx.ledger, &payer, opened.as_deref())
+                        .await
+                    {
+                        tracing::error!(payer, error = %e, "Cannot record the automation alert as an escalation.");
+                    }
                 }
             }
             if result.interrupted {
@@ -551,13 +585,7 @@ fn decision_incomplete(c: &CaseRecord) -> bool {
 
 async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Result<JobResult, String> {
     let Some(action) = action_of(job.kind) else {
-        // Escalation rules and digests are not built yet: nothing to do.
-        tracing::debug!(
-            job_id = job.id,
-            kind = job.kind.as_str(),
-            "No escalation rules yet; nothing to evaluate."
-        );
-        return Ok(JobResult::default());
+        return escalation_job(ctx, loaded, job).await;
     };
     let payer = job.payer.clone().ok_or("a per-payer job without a payer")?;
     let filter = CaseFilter {
@@ -666,5 +694,65 @@ async fn run_one(
                 }
             }
         },
+    }
+}
+
+/// The practice-wide jobs: the escalation rules' scan with due reminders,
+/// and the supervisors' digest.
+async fn escalation_job(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Result<JobResult, String> {
+    let escalator = &loaded.escalator;
+    match job.kind {
+        Job::Escalations => {
+            let opened = escalator
+                .scan(&ctx.ledger, &job.practice)
+                .await
+                .map_err(|e| e.to_string())?;
+            let steps = escalator.advance(&ctx.ledger).await.map_err(|e| e.to_string())?;
+            tracing::info!(job_id = job.id, practice = %job.practice, opened, steps, "Escalation rules evaluated.");
+        }
+        Job::Digest => {
+            let queued = escalator
+                .digest(&ctx.ledger, &job.practice, &format!("job{}", job.id))
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(job_id = job.id, practice = %job.practice, mails = queued, "Digest queued.");
+        }
+        other => return Err(format!("{other} is not a practice-wide job")),
+    }
+    Ok(JobResult::default())
+}
+
+/// Delivers the outbox: whatever is due, then waits for new mail or the
+/// next retry. Mail still waiting at shutdown goes at the next start.
+async fn mail_sender(ctx: Arc<Ctx>) {
+    loop {
+        let mailer = ctx.loaded.read().await.mailer.clone();
+        let next = match crate::escalate::send_due(&ctx.ledger, &mailer).await {
+            Ok(round) => {
+                if round.sent > 0 {
+                    ctx.metrics.mail("sent", round.sent);
+                }
+                if round.failed > 0 {
+                    ctx.metrics.mail("failed", round.failed);
+                }
+                match round.retry_at {
+                    Some(t) => Some(t),
+                    None => ctx.ledger.next_mail_due().await.ok().flatten(),
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "The mail sender cannot read the outbox.");
+                None
+            }
+        };
+        let wait = next
+            .map(|t| (t - Utc::now()).to_std().unwrap_or_default())
+            .unwrap_or(Duration::from_secs(60))
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        tokio::select! {
+            () = ctx.stop.cancelled() => return,
+            () = ctx.mail_wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
     }
 }

@@ -21,6 +21,12 @@ use sqlx::{AnyPool, Executor, Row};
 
 use crate::case::{CaseData, CaseRecord, CaseStatus, Decision};
 
+mod escalations;
+pub use escalations::{
+    Advance, CaseForRules, ClaimedMail, Escalation, EscalationHook, EscalationState, NewEscalation, OutboxEntry,
+    OutboxState, SendOutcome, Step,
+};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the ledger at {url}: {source}")]
@@ -72,6 +78,11 @@ impl Actor {
             // SAFETY: getuid has no preconditions and cannot fail.
             None => Actor::user(&format!("uid{}", unsafe { libc::getuid() })),
         }
+    }
+
+    /// precert itself, acting on its own rules: `system:escalations`.
+    pub fn system(part: &str) -> Self {
+        Actor(format!("system:{part}"))
     }
 
     /// A scheduled or queued job: `job:poll#42`.
@@ -175,6 +186,8 @@ pub struct Ledger {
     clock: Clock,
     /// SQLite: write transactions take the write lock when they begin.
     immediate: bool,
+    /// Raises escalations inside status changes; shared by every clone.
+    hook: Arc<std::sync::RwLock<Option<Arc<dyn EscalationHook>>>>,
 }
 
 static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -185,6 +198,7 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/sqlite/0002_letters_and_references.sql"),
     ),
     (3, "jobs", include_str!("migrations/sqlite/0003_jobs.sql")),
+    (4, "escalations", include_str!("migrations/sqlite/0004_escalations.sql")),
 ];
 
 fn migrator() -> Migrator {
@@ -304,6 +318,7 @@ impl Ledger {
             pool,
             clock: Arc::new(Utc::now),
             immediate: url.starts_with("sqlite:"),
+            hook: Arc::default(),
         })
     }
 
@@ -445,7 +460,8 @@ impl Ledger {
         actor: &Actor,
         note: Option<&str>,
     ) -> Result<CaseStatus, StoreError> {
-        let now = ts(self.now());
+        let at = self.now();
+        let now = ts(at);
         let mut tx = self.begin_write().await?;
         let (case_key, from, version) = current(&mut tx, id).await?;
         let detail = match note {
@@ -453,8 +469,18 @@ impl Ledger {
             None => json!({}),
         };
         set_status(&mut tx, id, &case_key, from, version, to, &now, actor, &detail).await?;
+        let queued = self.escalate_in_tx(&mut tx, id, from, to, note, at).await?;
         tx.commit().await?;
+        self.mail_queued(queued);
         Ok(from)
+    }
+
+    fn mail_queued(&self, queued: bool) {
+        if queued {
+            if let Some(h) = self.hook() {
+                h.mail_queued();
+            }
+        }
     }
 
     /// Records the payer's decision and the status it implies, together.
@@ -465,7 +491,8 @@ impl Ledger {
         to: CaseStatus,
         actor: &Actor,
     ) -> Result<(), StoreError> {
-        let now = ts(self.now());
+        let at = self.now();
+        let now = ts(at);
         let mut tx = self.begin_write().await?;
         let (case_key, from, version) = current(&mut tx, id).await?;
         if from != to && !from.can_move_to(to) {
@@ -502,7 +529,9 @@ impl Ledger {
             &detail,
         )
         .await?;
+        let queued = self.escalate_in_tx(&mut tx, id, from, to, None, at).await?;
         tx.commit().await?;
+        self.mail_queued(queued);
         Ok(())
     }
 
@@ -685,6 +714,14 @@ impl Ledger {
         let detail =
             json!({ "kind": letter.kind, "file": letter.stored_path, "sha256": letter.sha256, "bytes": letter.bytes });
         insert_event(&mut tx, id, &now, EventKind::Letter, None, None, actor, &detail).await?;
+        sqlx::query(
+            "UPDATE escalations SET state = 'resolved', closed_at = $1, next_action_at = NULL \
+             WHERE case_id = $2 AND reason = 'letter_missing' AND state IN ('open', 'acknowledged')",
+        )
+        .bind(&now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -1,0 +1,378 @@
+//! Escalation and digest mail: subject, a plain-text part and an HTML part
+//! carrying the same facts. Patient details are minimum-necessary unless
+//! the practice says otherwise; a date of birth never appears.
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde_json::Value;
+
+use super::rules::PatientDetails;
+use super::Reason;
+use crate::case::CaseRecord;
+use crate::config::Practice;
+use crate::files::safe_name;
+use crate::mail::OutgoingMail;
+use crate::store::{Escalation, EscalationState, Step};
+
+/// What a mail needs besides the escalation and case.
+pub struct MailContext<'a> {
+    pub practice: &'a Practice,
+    pub patient_details: PatientDetails,
+    /// The case link (template filled in), if any.
+    pub link: Option<String>,
+    /// The From address's domain, for Message-IDs.
+    pub domain: &'a str,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+}
+
+pub fn message_id(esc_id: i64, send: u32, practice: &str, domain: &str) -> String {
+    format!("esc-{esc_id}-{send}.{}@{domain}", safe_name(practice))
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Label/value rows rendered as aligned text and as an HTML table.
+struct Facts(Vec<(&'static str, String)>);
+
+impl Facts {
+    fn push(&mut self, label: &'static str, value: impl Into<String>) {
+        let v = value.into();
+        if !v.is_empty() {
+            self.0.push((label, v));
+        }
+    }
+
+    fn text(&self) -> String {
+        self.0
+            .iter()
+            .map(|(l, v)| format!("{:<13}{v}\n", format!("{l}:")))
+            .collect()
+    }
+
+    fn html(&self) -> String {
+        let rows: String = self
+            .0
+            .iter()
+            .map(|(l, v)| {
+                format!(
+                    "<tr><th align=\"left\" valign=\"top\" style=\"padding:2px 12px 2px 0\">{}</th><td style=\"padding:2px 0\">{}</td></tr>\n",
+                    escape(l),
+                    escape(v)
+                )
+            })
+            .collect();
+        format!("<table style=\"border-collapse:collapse\">\n{rows}</table>\n")
+    }
+}
+
+fn patient_line(case: &CaseRecord, details: PatientDetails) -> String {
+    let p = &case.data.patient;
+    match details {
+        PatientDetails::Minimum => format!("{}, member {}", p.name.initials(), p.member_id.masked()),
+        PatientDetails::Full => format!("{}, member {}", p.name.expose_full(), p.member_id.expose()),
+        PatientDetails::None => String::new(),
+    }
+}
+
+fn service_line(case: &CaseRecord) -> String {
+    let codes: Vec<String> = case
+        .data
+        .service_lines
+        .iter()
+        .map(|l| format!("{} x{}", l.code.as_str(), l.units))
+        .collect();
+    let d = case.data.service_dates;
+    let dates = if d.start == d.end {
+        d.start.to_string()
+    } else {
+        format!("{} to {}", d.start, d.end)
+    };
+    format!(
+        "{} on {dates}, {}, {}",
+        codes.join(", "),
+        case.data.setting.as_str().replace('_', " "),
+        case.data.urgency
+    )
+}
+
+/// A number as people write it: 7, 1.5.
+fn num(v: &Value) -> String {
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 => format!("{}", f as i64),
+        Some(f) => format!("{f}"),
+        None => v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string()),
+    }
+}
+
+fn s<'a>(detail: &'a Value, key: &str) -> Option<&'a str> {
+    detail.get(key).and_then(Value::as_str)
+}
+
+/// The recommended next step for a reason.
+pub fn next_step(reason: Reason, detail: &Value) -> String {
+    match reason {
+        Reason::Denied => match s(detail, "appeal_by") {
+            Some(by) => format!(
+                "Read the denial letter, then file an appeal by {by} or request a peer-to-peer review with the payer's medical reviewer."
+            ),
+            None => "Read the denial letter, then file an appeal or request a peer-to-peer review with the payer's medical reviewer.".into(),
+        },
+        Reason::PendedForInfo => {
+            "Send the payer the information it asked for (clinical notes, imaging, therapy records) before its response deadline.".into()
+        }
+        Reason::PartiallyApproved => {
+            "Check the units not approved; request a peer-to-peer review or resubmit the rest with more documentation.".into()
+        }
+        Reason::StallWarning => {
+            "The payer has not decided yet: call its utilization management line to confirm the request is complete.".into()
+        }
+        Reason::Stalled => "The payer is past its decision deadline: call the payer, document the call, and escalate with the plan or the regulator if the delay goes on.".into(),
+        Reason::ServiceDateNear => {
+            "Call the payer to expedite the decision, or reschedule the service; do not perform it without approval.".into()
+        }
+        Reason::NeedsAttention => {
+            "Look at the case and its failure evidence (`precert cases show CASE`), fix what stopped automation, and move the case back.".into()
+        }
+        Reason::LetterMissing => {
+            "Download the letter from the payer's portal by hand, or check why the letters job did not fetch it.".into()
+        }
+        Reason::PayerPaused => {
+            "Check the payer's portal (outage, changed layout, locked account); automation resumes by itself once a trial run succeeds.".into()
+        }
+    }
+}
+
+/// One escalation step's mail.
+pub fn escalation_mail(
+    esc: &Escalation,
+    case: Option<&CaseRecord>,
+    step: Step,
+    ctx: &MailContext<'_>,
+    now: DateTime<Utc>,
+) -> OutgoingMail {
+    let tz: Tz = ctx.practice.timezone;
+    let d = &esc.detail;
+    let what = match case {
+        Some(c) => format!("case {}", c.data.case_ref),
+        None => format!("payer {}", esc.payer.as_deref().unwrap_or("?")),
+    };
+    let mut subject = format!("[precert] {}: {} {what}", esc.reason.title(), ctx.practice.name);
+    if let Some(p) = d.get("days_pending") {
+        if matches!(esc.reason, Reason::Stalled | Reason::StallWarning) {
+            subject.push_str(&format!(", pending {} of {} days", num(p), num(&d["window_days"])));
+        }
+    }
+    if let Some(by) = s(d, "appeal_by") {
+        subject.push_str(&format!(", appeal by {by}"));
+    }
+    let prefix = match step {
+        Step::First => String::new(),
+        Step::Reminder(n) => format!("Reminder {n}: "),
+        Step::NextLevel(_) => "Escalated (not acknowledged): ".to_owned(),
+    };
+    let subject = format!("{prefix}{subject}");
+
+    let mut facts = Facts(Vec::new());
+    facts.push("Practice", ctx.practice.name.clone());
+    if let Some(c) = case {
+        facts.push("Case", format!("{} (precert #{})", c.key(), c.id));
+        facts.push(
+            "Payer",
+            format!(
+                "{} ({}, {})",
+                c.data.coverage.payer,
+                c.data.coverage.plan,
+                c.data.coverage.state.as_str()
+            ),
+        );
+        facts.push("Patient", patient_line(c, ctx.patient_details));
+        facts.push("Service", service_line(c));
+        facts.push("Status", c.status.as_str().replace('_', " "));
+        if let Some(r) = &c.payer_ref {
+            facts.push("Payer ref.", r.clone());
+        }
+        if let Some(auth) = c.decision.as_ref().and_then(|d| d.auth_number.clone()) {
+            facts.push("Auth number", auth);
+        }
+    } else if let Some(p) = &esc.payer {
+        facts.push("Payer", p.clone());
+    }
+    if let (Some(sub), Some(deadline)) = (s(d, "submitted_at"), s(d, "deadline")) {
+        facts.push("Submitted", sub.to_owned());
+        facts.push(
+            "Pending",
+            format!(
+                "{} days of {} (deadline {deadline})",
+                num(&d["days_pending"]),
+                s(d, "window").unwrap_or("the payer's window")
+            ),
+        );
+    }
+    if let Some(r) = s(d, "payer_reason") {
+        facts.push("Reason", r.to_owned());
+    }
+    if let Some(lines) = d.get("short_lines").and_then(Value::as_array) {
+        let l: Vec<&str> = lines.iter().filter_map(Value::as_str).collect();
+        facts.push("Not approved", l.join("; "));
+    }
+    if let Some(w) = s(d, "why") {
+        facts.push("Why", w.to_owned());
+    }
+    if let Some(by) = s(d, "appeal_by") {
+        facts.push("Appeal by", by.to_owned());
+    }
+    if let Some(sd) = s(d, "service_date") {
+        facts.push("Service date", sd.to_owned());
+    }
+    facts.push("Next step", next_step(esc.reason, d));
+    if let Some(link) = &ctx.link {
+        facts.push("Link", link.clone());
+    }
+    let opened = esc.opened_at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z");
+    let ack = format!("precert escalations ack {}", esc.id);
+    let level_note = match step {
+        Step::NextLevel(_) => {
+            format!("Nobody acknowledged this escalation since {opened}; it now comes to you as the next level.\n")
+        }
+        Step::Reminder(n) => format!("Reminder {n}: this escalation, opened {opened}, is not acknowledged yet.\n"),
+        Step::First => String::new(),
+    };
+    let head = esc.summary.clone();
+    let text = format!(
+        "{head}\n\n{level_note}{}\nEscalation #{} ({}), opened {opened}. Acknowledge it to stop reminders:\n    {ack}\n\n-- \nprecert, for {}. Sent {}.\n",
+        facts.text(),
+        esc.id,
+        esc.reason.as_str(),
+        ctx.practice.name,
+        now.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z"),
+    );
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title></head>\n<body style=\"font-family:sans-serif\">\n<p><strong>{h}</strong></p>\n{l}{table}<p>Escalation #{id} ({r}), opened {opened}. Acknowledge it to stop reminders: <code>{ack}</code></p>\n<p style=\"color:#666\">precert, for {p}.</p>\n</body></html>\n",
+        t = escape(&subject),
+        h = escape(&head),
+        l = if level_note.is_empty() {
+            String::new()
+        } else {
+            format!("<p>{}</p>\n", escape(level_note.trim()))
+        },
+        table = facts.html(),
+        id = esc.id,
+        r = escape(esc.reason.as_str()),
+        ack = escape(&ack),
+        p = escape(&ctx.practice.name),
+    );
+    let send = esc.sends;
+    OutgoingMail {
+        message_id: message_id(esc.id, send, &esc.practice_id, ctx.domain),
+        in_reply_to: (send > 0).then(|| message_id(esc.id, 0, &esc.practice_id, ctx.domain)),
+        to: ctx.to.clone(),
+        cc: ctx.cc.clone(),
+        subject,
+        text,
+        html,
+    }
+}
+
+/// The daily digest for one supervisor: open escalations grouped by
+/// reason, the most urgent group first, and most urgent first within it.
+pub fn digest_mail(
+    practice: &Practice,
+    escalations: &[Escalation],
+    to: &str,
+    slot: &str,
+    now: DateTime<Utc>,
+    domain: &str,
+) -> Option<OutgoingMail> {
+    if escalations.is_empty() {
+        return None;
+    }
+    let tz = practice.timezone;
+    let mut sorted: Vec<&Escalation> = escalations.iter().collect();
+    sorted.sort_by(|a, b| {
+        b.reason
+            .severity()
+            .cmp(&a.reason.severity())
+            .then(a.due_at.cmp(&b.due_at))
+            .then(b.severity.cmp(&a.severity))
+            .then(a.id.cmp(&b.id))
+    });
+    let mut groups: Vec<(Reason, Vec<&Escalation>)> = Vec::new();
+    for e in sorted {
+        match groups.last_mut() {
+            Some((r, list)) if *r == e.reason => list.push(e),
+            _ => groups.push((e.reason, vec![e])),
+        }
+    }
+    let day = now.with_timezone(&tz).format("%Y-%m-%d");
+    let subject = format!(
+        "[precert] Daily digest for {}, {day}: {} open escalation(s)",
+        practice.name,
+        escalations.len()
+    );
+    let mut text = format!("{subject}\n\nMost urgent first.\n");
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{}</title></head>\n<body style=\"font-family:sans-serif\">\n<p><strong>{}</strong></p>\n<p>Most urgent first.</p>\n",
+        escape(&subject),
+        escape(&subject)
+    );
+    for (reason, list) in &groups {
+        text.push_str(&format!("\n{} ({})\n", reason.title(), list.len()));
+        html.push_str(&format!("<h3>{} ({})</h3>\n<ul>\n", escape(reason.title()), list.len()));
+        for e in list {
+            let due = e
+                .due_at
+                .map(|d| format!(" (due {})", d.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z")))
+                .unwrap_or_default();
+            let ack = if e.state == EscalationState::Acknowledged {
+                format!(
+                    " [acknowledged by {}]",
+                    e.acknowledged_by
+                        .as_deref()
+                        .unwrap_or("someone")
+                        .trim_start_matches("user:")
+                )
+            } else {
+                String::new()
+            };
+            text.push_str(&format!("  #{} {}{due}{ack}\n", e.id, e.summary));
+            html.push_str(&format!(
+                "<li>#{} {}{}{}</li>\n",
+                e.id,
+                escape(&e.summary),
+                escape(&due),
+                escape(&ack)
+            ));
+        }
+        html.push_str("</ul>\n");
+    }
+    text.push_str("\nAcknowledge one with: precert escalations ack ID\n");
+    html.push_str("<p>Acknowledge one with <code>precert escalations ack ID</code>.</p>\n</body></html>\n");
+    Some(OutgoingMail {
+        message_id: format!(
+            "digest-{}-{}-{}@{domain}",
+            safe_name(&practice.id),
+            safe_name(slot),
+            safe_name(to)
+        ),
+        in_reply_to: None,
+        to: vec![to.to_owned()],
+        cc: Vec::new(),
+        subject,
+        text,
+        html,
+    })
+}

@@ -1,0 +1,913 @@
+//! Escalations and the mail outbox, in the ledger's database.
+//!
+//! Invariants:
+//! - an escalation and its first mail (an `outbox` row) commit together, in
+//!   the transaction of the change that caused them (a status change, or
+//!   the escalation rules' scan);
+//! - at most one escalation per dedupe key is open or acknowledged (a
+//!   partial unique index), and one resolved within its repeat window keeps
+//!   a new one from opening;
+//! - a mail's Message-ID is fixed when it is queued, so a resend after a
+//!   crash carries the same one.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{json, Value};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{current, insert_event, parse_ts, ts, Actor, EventKind, Ledger, StoreError, Tx};
+use crate::case::{CaseRecord, CaseStatus};
+use crate::escalate::{Audience, Reason};
+use crate::mail::OutgoingMail;
+
+/// An escalation a rule asks for.
+#[derive(Clone, Debug)]
+pub struct NewEscalation {
+    pub practice_id: String,
+    pub case_id: Option<i64>,
+    pub payer: Option<String>,
+    pub reason: Reason,
+    pub audience: Audience,
+    pub severity: i64,
+    pub due_at: Option<DateTime<Utc>>,
+    /// One line without PHI.
+    pub summary: String,
+    pub detail: Value,
+    /// The first reminder (None: no reminders).
+    pub next_action_at: Option<DateTime<Utc>>,
+    /// A resolved escalation with the same key this recent blocks a new one.
+    pub repeat_window: Duration,
+}
+
+impl NewEscalation {
+    pub fn dedupe_key(&self) -> String {
+        match self.case_id {
+            Some(id) => format!("case:{id}:{}", self.reason.as_str()),
+            None => format!(
+                "payer:{}:{}:{}",
+                self.practice_id,
+                self.payer.as_deref().unwrap_or("-"),
+                self.reason.as_str()
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EscalationState {
+    Open,
+    Acknowledged,
+    Resolved,
+}
+
+impl EscalationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EscalationState::Open => "open",
+            EscalationState::Acknowledged => "acknowledged",
+            EscalationState::Resolved => "resolved",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "open" => EscalationState::Open,
+            "acknowledged" => EscalationState::Acknowledged,
+            "resolved" => EscalationState::Resolved,
+            _ => return None,
+        })
+    }
+}
+
+/// An escalation as stored.
+#[derive(Clone, Debug)]
+pub struct Escalation {
+    pub id: i64,
+    pub practice_id: String,
+    pub case_id: Option<i64>,
+    pub payer: Option<String>,
+    pub reason: Reason,
+    pub audience: Audience,
+    pub level: u32,
+    pub state: EscalationState,
+    pub severity: i64,
+    pub due_at: Option<DateTime<Utc>>,
+    pub summary: String,
+    pub detail: Value,
+    pub opened_at: DateTime<Utc>,
+    pub sends: u32,
+    pub reminders: u32,
+    pub last_sent_at: Option<DateTime<Utc>>,
+    pub next_action_at: Option<DateTime<Utc>>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub acknowledged_by: Option<String>,
+    pub note: Option<String>,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+/// Which mail of an escalation is being written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The first mail, at level 0.
+    First,
+    /// A reminder (1, 2, …) at the escalation's current level.
+    Reminder(u32),
+    /// Nobody acknowledged: the escalation moved up to `level`.
+    NextLevel(u32),
+}
+
+impl Step {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Step::First => "escalation",
+            Step::Reminder(_) => "reminder",
+            Step::NextLevel(_) => "next_level",
+        }
+    }
+}
+
+/// What the ledger asks of the escalation rules inside its transactions.
+pub trait EscalationHook: Send + Sync {
+    /// Escalations a case's new status calls for at once (a denial, a pend,
+    /// a case automation gave up on).
+    fn on_status(
+        &self,
+        case: &CaseRecord,
+        submitted_at: Option<DateTime<Utc>>,
+        note: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Vec<NewEscalation>;
+    /// The mail for one step of an escalation; None when nobody is to get it.
+    fn render(
+        &self,
+        esc: &Escalation,
+        case: Option<&CaseRecord>,
+        step: Step,
+        now: DateTime<Utc>,
+    ) -> Option<OutgoingMail>;
+    /// Mail was queued and committed: wake the sender.
+    fn mail_queued(&self);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboxState {
+    Pending,
+    Sending,
+    Sent,
+    Failed,
+}
+
+impl OutboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxState::Pending => "pending",
+            OutboxState::Sending => "sending",
+            OutboxState::Sent => "sent",
+            OutboxState::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => OutboxState::Pending,
+            "sending" => OutboxState::Sending,
+            "sent" => OutboxState::Sent,
+            "failed" => OutboxState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// A mail in the outbox.
+#[derive(Clone, Debug)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub message_id: String,
+    pub practice_id: String,
+    pub escalation_id: Option<i64>,
+    pub kind: String,
+    pub recipients: Vec<String>,
+    pub subject: String,
+    pub state: OutboxState,
+    pub attempts: u32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// A mail claimed for sending.
+#[derive(Clone, Debug)]
+pub struct ClaimedMail {
+    pub id: i64,
+    pub escalation_id: Option<i64>,
+    pub case_id: Option<i64>,
+    pub attempts: u32,
+    pub mail: OutgoingMail,
+}
+
+/// How a send attempt ended.
+#[derive(Clone, Debug)]
+pub enum SendOutcome {
+    Sent,
+    /// Try again at this time.
+    Retry {
+        at: DateTime<Utc>,
+        error: String,
+    },
+    /// The server refused it for good (a 5xx): a person must look.
+    Failed {
+        error: String,
+    },
+}
+
+/// What an active case looks like to the time-based rules.
+#[derive(Clone, Debug)]
+pub struct CaseForRules {
+    pub case: CaseRecord,
+    pub submitted_at: Option<DateTime<Utc>>,
+    pub has_letter: bool,
+}
+
+const SELECT_ESCALATION: &str = "SELECT id, practice_id, case_id, payer, reason, audience, level, state, severity, \
+     due_at, summary, detail, opened_at, sends, reminders, last_sent_at, next_action_at, acknowledged_at, \
+     acknowledged_by, note, closed_at FROM escalations";
+
+const SELECT_OUTBOX: &str = "SELECT id, message_id, practice_id, escalation_id, kind, recipients, subject, state, \
+     attempts, next_attempt_at, last_error, created_at, sent_at FROM outbox";
+
+fn opt_ts(row: &AnyRow, col: &str, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
+    row.try_get::<Option<String>, _>(col)?
+        .map(|s| parse_ts(id, &s))
+        .transpose()
+}
+
+fn corrupt(id: i64, reason: String) -> StoreError {
+    StoreError::Corrupt { id, reason }
+}
+
+fn escalation_from_row(row: &AnyRow) -> Result<Escalation, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    let reason: String = row.try_get("reason")?;
+    let audience: String = row.try_get("audience")?;
+    let state: String = row.try_get("state")?;
+    let detail: String = row.try_get("detail")?;
+    Ok(Escalation {
+        id,
+        practice_id: row.try_get("practice_id")?,
+        case_id: row.try_get("case_id")?,
+        payer: row.try_get("payer")?,
+        reason: reason
+            .parse()
+            .map_err(|_| corrupt(id, format!("escalation reason `{reason}`")))?,
+        audience: audience
+            .parse()
+            .map_err(|_| corrupt(id, format!("escalation audience `{audience}`")))?,
+        level: row.try_get::<i64, _>("level")? as u32,
+        state: EscalationState::parse(&state).ok_or_else(|| corrupt(id, format!("escalation state `{state}`")))?,
+        severity: row.try_get("severity")?,
+        due_at: opt_ts(row, "due_at", id)?,
+        summary: row.try_get("summary")?,
+        detail: serde_json::from_str(&detail).map_err(|e| corrupt(id, format!("escalation detail: {e}")))?,
+        opened_at: parse_ts(id, &row.try_get::<String, _>("opened_at")?)?,
+        sends: row.try_get::<i64, _>("sends")? as u32,
+        reminders: row.try_get::<i64, _>("reminders")? as u32,
+        last_sent_at: opt_ts(row, "last_sent_at", id)?,
+        next_action_at: opt_ts(row, "next_action_at", id)?,
+        acknowledged_at: opt_ts(row, "acknowledged_at", id)?,
+        acknowledged_by: row.try_get("acknowledged_by")?,
+        note: row.try_get("note")?,
+        closed_at: opt_ts(row, "closed_at", id)?,
+    })
+}
+
+fn outbox_from_row(row: &AnyRow) -> Result<OutboxEntry, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    let state: String = row.try_get("state")?;
+    let recipients: String = row.try_get("recipients")?;
+    Ok(OutboxEntry {
+        id,
+        message_id: row.try_get("message_id")?,
+        practice_id: row.try_get("practice_id")?,
+        escalation_id: row.try_get("escalation_id")?,
+        kind: row.try_get("kind")?,
+        recipients: serde_json::from_str(&recipients).map_err(|e| corrupt(id, format!("outbox recipients: {e}")))?,
+        subject: row.try_get("subject")?,
+        state: OutboxState::parse(&state).ok_or_else(|| corrupt(id, format!("outbox state `{state}`")))?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        next_attempt_at: parse_ts(id, &row.try_get::<String, _>("next_attempt_at")?)?,
+        last_error: row.try_get("last_error")?,
+        created_at: parse_ts(id, &row.try_get::<String, _>("created_at")?)?,
+        sent_at: opt_ts(row, "sent_at", id)?,
+    })
+}
+
+/// Which open escalations of a case a new status ends: those whose reason
+/// no longer holds.
+fn still_holds(reason: Reason, status: CaseStatus) -> bool {
+    use CaseStatus::*;
+    match reason {
+        Reason::Denied => status == Denied,
+        Reason::PendedForInfo => status == PendedForInfo,
+        Reason::PartiallyApproved => status == PartiallyApproved,
+        Reason::StallWarning | Reason::Stalled => status == Pending,
+        Reason::ServiceDateNear => matches!(
+            status,
+            New | Required | Ready | Submitting | Pending | PendedForInfo | NeedsAttention
+        ),
+        Reason::NeedsAttention => status == NeedsAttention,
+        Reason::LetterMissing => matches!(status, Approved | PartiallyApproved | Denied),
+        Reason::PayerPaused => true,
+    }
+}
+
+/// Queues one mail in the caller's transaction. Returns false when a mail
+/// with this Message-ID is already queued (a step taken twice).
+async fn queue_mail(
+    tx: &mut Tx<'_>,
+    practice: &str,
+    escalation: Option<i64>,
+    kind: &str,
+    mail: &OutgoingMail,
+    now: &str,
+) -> Result<bool, StoreError> {
+    let recipients: Vec<&String> = mail.to.iter().chain(&mail.cc).collect();
+    let done = sqlx::query(
+        "INSERT INTO outbox (message_id, practice_id, escalation_id, kind, recipients, subject, mail, state, \
+         attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, $8) \
+         ON CONFLICT (message_id) DO NOTHING",
+    )
+    .bind(&mail.message_id)
+    .bind(practice)
+    .bind(escalation)
+    .bind(kind)
+    .bind(serde_json::to_string(&recipients).expect("recipients serialise"))
+    .bind(&mail.subject)
+    .bind(serde_json::to_string(mail).expect("mail serialises"))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+impl Ledger {
+    /// Sets (or replaces, after a reload) what raises escalations when a
+    /// case changes. Every clone of this ledger shares it.
+    pub fn set_escalation_hook(&self, hook: std::sync::Arc<dyn EscalationHook>) {
+        *self.hook.write().expect("hook lock") = Some(hook);
+    }
+
+    pub(super) fn hook(&self) -> Option<std::sync::Arc<dyn EscalationHook>> {
+        self.hook.read().expect("hook lock").clone()
+    }
+
+    /// Inside a status change's transaction: resolves the case's
+    /// escalations the new status ends, opens those it calls for, and queues
+    /// their first mail. Returns whether mail was queued.
+    pub(super) async fn escalate_in_tx(
+        &self,
+        tx: &mut Tx<'_>,
+        id: i64,
+        from: CaseStatus,
+        to: CaseStatus,
+        note: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        if from == to {
+            return Ok(false);
+        }
+        if from == CaseStatus::Submitting && to.is_payer_state() {
+            sqlx::query("UPDATE cases SET submitted_at = COALESCE(submitted_at, $1) WHERE id = $2")
+                .bind(ts(now))
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        self.resolve_ended(tx, id, to, now).await?;
+        let Some(hook) = self.hook() else {
+            return Ok(false);
+        };
+        let row = sqlx::query(&format!("{} WHERE id = $1", super::SELECT_CASE))
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?;
+        let case = super::case_from_row(&row)?;
+        let submitted: Option<String> = sqlx::query("SELECT submitted_at FROM cases WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("submitted_at")?;
+        let submitted = submitted.map(|s| parse_ts(id, &s)).transpose()?;
+        let mut queued = false;
+        for new in hook.on_status(&case, submitted, note, now) {
+            queued |= self
+                .open_in_tx(tx, &*hook, &new, Some(&case), now)
+                .await?
+                .is_some_and(|(_, q)| q);
+        }
+        Ok(queued)
+    }
+
+    async fn resolve_ended(
+        &self,
+        tx: &mut Tx<'_>,
+        id: i64,
+        to: CaseStatus,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let rows =
+            sqlx::query("SELECT id, reason FROM escalations WHERE case_id = $1 AND state IN ('open', 'acknowledged')")
+                .bind(id)
+                .fetch_all(&mut **tx)
+                .await?;
+        for r in rows {
+            let eid: i64 = r.try_get("id")?;
+            let reason: String = r.try_get("reason")?;
+            let Ok(reason) = reason.parse::<Reason>() else { continue };
+            if !still_holds(reason, to) {
+                self.close_in_tx(tx, eid, &format!("the case is now {to}"), now).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn close_in_tx(&self, tx: &mut Tx<'_>, eid: i64, why: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE escalations SET state = 'resolved', closed_at = $1, next_action_at = NULL, \
+             note = COALESCE(note || '; ', '') || $2 WHERE id = $3 AND state IN ('open', 'acknowledged')",
+        )
+        .bind(ts(now))
+        .bind(why)
+        .bind(eid)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Opens an escalation unless one with its key is active or was resolved
+    /// within its repeat window; queues its first mail. Returns the new id
+    /// and whether mail was queued.
+    async fn open_in_tx(
+        &self,
+        tx: &mut Tx<'_>,
+        hook: &dyn EscalationHook,
+        new: &NewEscalation,
+        case: Option<&CaseRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(i64, bool)>, StoreError> {
+        let key = new.dedupe_key();
+        let recent = sqlx::query(
+            "SELECT id FROM escalations WHERE dedupe_key = $1 AND (state IN ('open', 'acknowledged') OR closed_at > $2) LIMIT 1",
+        )
+        .bind(&key)
+        .bind(ts(now - new.repeat_window))
+        .fetch_optional(&mut **tx)
+        .await?;
+        if recent.is_some() {
+            return Ok(None);
+        }
+        let now_s = ts(now);
+        let eid: i64 = sqlx::query(
+            "INSERT INTO escalations (practice_id, case_id, payer, reason, dedupe_key, audience, level, state, severity, \
+             due_at, summary, detail, opened_at, next_action_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 0, 'open', $7, $8, $9, $10, $11, $12) RETURNING id",
+        )
+        .bind(&new.practice_id)
+        .bind(new.case_id)
+        .bind(new.payer.as_deref())
+        .bind(new.reason.as_str())
+        .bind(&key)
+        .bind(new.audience.as_str())
+        .bind(new.severity)
+        .bind(new.due_at.map(ts))
+        .bind(&new.summary)
+        .bind(new.detail.to_string())
+        .bind(&now_s)
+        .bind(new.next_action_at.map(ts))
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get("id")?;
+        let esc = self.escalation_in_tx(tx, eid).await?;
+        let queued = self.send_step_in_tx(tx, hook, &esc, case, Step::First, now).await?;
+        if let Some(case_id) = new.case_id {
+            let detail = json!({ "escalation": eid, "reason": new.reason.as_str(), "mail_queued": queued });
+            let actor = Actor::system("escalations");
+            insert_event(tx, case_id, &now_s, EventKind::Email, None, None, &actor, &detail).await?;
+        }
+        Ok(Some((eid, queued)))
+    }
+
+    /// Renders and queues one step's mail and counts it on the escalation.
+    async fn send_step_in_tx(
+        &self,
+        tx: &mut Tx<'_>,
+        hook: &dyn EscalationHook,
+        esc: &Escalation,
+        case: Option<&CaseRecord>,
+        step: Step,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let Some(mail) = hook.render(esc, case, step, now) else {
+            return Ok(false);
+        };
+        let queued = queue_mail(tx, &esc.practice_id, Some(esc.id), step.kind(), &mail, &ts(now)).await?;
+        if queued {
+            sqlx::query("UPDATE escalations SET sends = sends + 1, last_sent_at = $1 WHERE id = $2")
+                .bind(ts(now))
+                .bind(esc.id)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(queued)
+    }
+
+    async fn escalation_in_tx(&self, tx: &mut Tx<'_>, eid: i64) -> Result<Escalation, StoreError> {
+        let row = sqlx::query(&format!("{SELECT_ESCALATION} WHERE id = $1"))
+            .bind(eid)
+            .fetch_optional(&mut **tx)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("escalation {eid}")))?;
+        escalation_from_row(&row)
+    }
+
+    /// Opens an escalation a time-based rule found (its own transaction).
+    /// None when one with the same key is active or recently resolved.
+    pub async fn open_escalation(&self, new: &NewEscalation) -> Result<Option<i64>, StoreError> {
+        let Some(hook) = self.hook() else {
+            return Ok(None);
+        };
+        let now = self.now();
+        let mut tx = self.begin_write().await?;
+        let case = match new.case_id {
+            Some(id) => {
+                current(&mut tx, id).await?;
+                let row = sqlx::query(&format!("{} WHERE id = $1", super::SELECT_CASE))
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                Some(super::case_from_row(&row)?)
+            }
+            None => None,
+        };
+        let opened = self.open_in_tx(&mut tx, &*hook, new, case.as_ref(), now).await?;
+        tx.commit().await?;
+        if opened.is_some_and(|(_, q)| q) {
+            hook.mail_queued();
+        }
+        Ok(opened.map(|(id, _)| id))
+    }
+
+    /// Resolves the active escalation with this key, if any (a payer that
+    /// works again, a stall warning overtaken by the stall itself).
+    pub async fn resolve_escalation_key(&self, key: &str, why: &str) -> Result<bool, StoreError> {
+        let now = self.now();
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query("SELECT id FROM escalations WHERE dedupe_key = $1 AND state IN ('open', 'acknowledged')")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        self.close_in_tx(&mut tx, row.try_get("id")?, why, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Sends what is due: reminders at the current level, or the move to
+    /// the next level. Each in its own transaction with its mail. Returns
+    /// how many steps were taken.
+    pub async fn advance_escalations(
+        &self,
+        policy: &(dyn Fn(&Escalation) -> Option<Advance> + Sync),
+    ) -> Result<usize, StoreError> {
+        let Some(hook) = self.hook() else {
+            return Ok(0);
+        };
+        let now = self.now();
+        let due = sqlx::query(&format!(
+            "{SELECT_ESCALATION} WHERE state = 'open' AND next_action_at IS NOT NULL AND next_action_at <= $1 ORDER BY id"
+        ))
+        .bind(ts(now))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut taken = 0;
+        for row in due {
+            let esc = escalation_from_row(&row)?;
+            let Some(advance) = policy(&esc) else {
+                continue;
+            };
+            let mut tx = self.begin_write().await?;
+            // Re-read under the write lock: an acknowledgement may have won.
+            let fresh = self.escalation_in_tx(&mut tx, esc.id).await?;
+            if fresh.state != EscalationState::Open || fresh.next_action_at != esc.next_action_at {
+                continue;
+            }
+            let (level, reminders, step) = match advance.step {
+                Step::NextLevel(l) => (l, 0, Step::NextLevel(l)),
+                Step::Reminder(_) => (fresh.level, fresh.reminders + 1, Step::Reminder(fresh.reminders + 1)),
+                Step::First => (fresh.level, fresh.reminders, Step::First),
+            };
+            sqlx::query("UPDATE escalations SET level = $1, reminders = $2, next_action_at = $3 WHERE id = $4")
+                .bind(level as i64)
+                .bind(reminders as i64)
+                .bind(advance.next.map(ts))
+                .bind(esc.id)
+                .execute(&mut *tx)
+                .await?;
+            let updated = self.escalation_in_tx(&mut tx, esc.id).await?;
+            let case = match updated.case_id {
+                Some(id) => {
+                    let row = sqlx::query(&format!("{} WHERE id = $1", super::SELECT_CASE))
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    Some(super::case_from_row(&row)?)
+                }
+                None => None,
+            };
+            let queued = self
+                .send_step_in_tx(&mut tx, &*hook, &updated, case.as_ref(), step, now)
+                .await?;
+            if let Some(case_id) = updated.case_id {
+                let detail =
+                    json!({ "escalation": esc.id, "step": step.kind(), "level": level, "mail_queued": queued });
+                insert_event(
+                    &mut tx,
+                    case_id,
+                    &ts(now),
+                    EventKind::Email,
+                    None,
+                    None,
+                    &Actor::system("escalations"),
+                    &detail,
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            if queued {
+                hook.mail_queued();
+            }
+            taken += 1;
+        }
+        Ok(taken)
+    }
+
+    /// Acknowledges an escalation: its reminders stop. It stays active
+    /// (so the same rule does not raise it again) until its cause ends.
+    pub async fn acknowledge_escalation(
+        &self,
+        eid: i64,
+        actor: &Actor,
+        note: Option<&str>,
+    ) -> Result<Escalation, StoreError> {
+        let now = self.now();
+        let mut tx = self.begin_write().await?;
+        let esc = self.escalation_in_tx(&mut tx, eid).await?;
+        if esc.state != EscalationState::Open {
+            return Err(StoreError::NotFound(format!(
+                "open escalation {eid} (it is {})",
+                esc.state.as_str()
+            )));
+        }
+        sqlx::query(
+            "UPDATE escalations SET state = 'acknowledged', acknowledged_at = $1, acknowledged_by = $2, \
+             next_action_at = NULL, note = $3 WHERE id = $4",
+        )
+        .bind(ts(now))
+        .bind(actor.as_str())
+        .bind(note)
+        .bind(eid)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(case_id) = esc.case_id {
+            let detail = json!({ "escalation": eid, "acknowledged": true, "note": note });
+            insert_event(&mut tx, case_id, &ts(now), EventKind::Note, None, None, actor, &detail).await?;
+        }
+        let esc = self.escalation_in_tx(&mut tx, eid).await?;
+        tx.commit().await?;
+        Ok(esc)
+    }
+
+    pub async fn escalation(&self, eid: i64) -> Result<Escalation, StoreError> {
+        let row = sqlx::query(&format!("{SELECT_ESCALATION} WHERE id = $1"))
+            .bind(eid)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("escalation {eid}")))?;
+        escalation_from_row(&row)
+    }
+
+    /// Escalations, most urgent first: the open and acknowledged ones, or
+    /// all of them.
+    pub async fn escalations(
+        &self,
+        practice: Option<&str>,
+        include_closed: bool,
+    ) -> Result<Vec<Escalation>, StoreError> {
+        let mut sql = format!("{SELECT_ESCALATION} WHERE 1 = 1");
+        if !include_closed {
+            sql.push_str(" AND state IN ('open', 'acknowledged')");
+        }
+        if practice.is_some() {
+            sql.push_str(" AND practice_id = $1");
+        }
+        sql.push_str(" ORDER BY severity DESC, COALESCE(due_at, '9999') ASC, id ASC");
+        let mut q = sqlx::query(&sql);
+        if let Some(p) = practice {
+            q = q.bind(p);
+        }
+        q.fetch_all(&self.pool).await?.iter().map(escalation_from_row).collect()
+    }
+
+    /// The cases the time-based rules look at: everything not final.
+    pub async fn cases_for_rules(&self, practice: &str) -> Result<Vec<CaseForRules>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.status, c.data, c.decision, c.payer_ref, c.created_at, c.updated_at, c.submitted_at, \
+             EXISTS (SELECT 1 FROM letters l WHERE l.case_id = c.id) AS has_letter \
+             FROM cases c WHERE c.practice_id = $1 AND c.status NOT IN ('cancelled', 'expired', 'not_required') \
+             ORDER BY c.id",
+        )
+        .bind(practice)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let case = super::case_from_row(r)?;
+                let submitted_at = opt_ts(r, "submitted_at", case.id)?;
+                let has_letter: i64 = r.try_get("has_letter")?;
+                Ok(CaseForRules {
+                    case,
+                    submitted_at,
+                    has_letter: has_letter != 0,
+                })
+            })
+            .collect()
+    }
+
+    /// When the payer got the case's request (its deadline's start).
+    pub async fn submitted_at(&self, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let row = sqlx::query("SELECT submitted_at FROM cases WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        opt_ts(&row, "submitted_at", id)
+    }
+
+    /// Queues a mail that belongs to no escalation (a digest). False when
+    /// one with its Message-ID was queued before.
+    pub async fn queue_mail(&self, practice: &str, kind: &str, mail: &OutgoingMail) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let queued = queue_mail(&mut tx, practice, None, kind, mail, &ts(self.now())).await?;
+        tx.commit().await?;
+        if queued {
+            if let Some(h) = self.hook() {
+                h.mail_queued();
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Claims the next mail due (pending, or a claim that ran out), for
+    /// `lease`. None when nothing is due.
+    pub async fn claim_mail(&self, lease: Duration) -> Result<Option<ClaimedMail>, StoreError> {
+        let now = self.now();
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "SELECT o.id, o.escalation_id, o.attempts, o.mail, e.case_id FROM outbox o \
+             LEFT JOIN escalations e ON e.id = o.escalation_id \
+             WHERE (o.state = 'pending' AND o.next_attempt_at <= $1) OR (o.state = 'sending' AND o.lease_until <= $1) \
+             ORDER BY o.next_attempt_at, o.id LIMIT 1",
+        )
+        .bind(ts(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: i64 = row.try_get("id")?;
+        sqlx::query("UPDATE outbox SET state = 'sending', lease_until = $1, attempts = attempts + 1 WHERE id = $2")
+            .bind(ts(now + lease))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mail: String = row.try_get("mail")?;
+        Ok(Some(ClaimedMail {
+            id,
+            escalation_id: row.try_get("escalation_id")?,
+            case_id: row.try_get("case_id")?,
+            attempts: row.try_get::<i64, _>("attempts")? as u32 + 1,
+            mail: serde_json::from_str(&mail).map_err(|e| corrupt(id, format!("outbox mail: {e}")))?,
+        }))
+    }
+
+    /// Records how sending a claimed mail ended.
+    pub async fn finish_mail(&self, claimed: &ClaimedMail, outcome: &SendOutcome) -> Result<(), StoreError> {
+        let now = ts(self.now());
+        let mut tx = self.begin_write().await?;
+        match outcome {
+            SendOutcome::Sent => {
+                sqlx::query(
+                    "UPDATE outbox SET state = 'sent', sent_at = $1, lease_until = NULL, last_error = NULL WHERE id = $2",
+                )
+                .bind(&now)
+                .bind(claimed.id)
+                .execute(&mut *tx)
+                .await?;
+                if let Some(case_id) = claimed.case_id {
+                    let detail = json!({
+                        "sent": claimed.mail.message_id,
+                        "escalation": claimed.escalation_id,
+                        "recipients": claimed.mail.to.len() + claimed.mail.cc.len(),
+                    });
+                    insert_event(
+                        &mut tx,
+                        case_id,
+                        &now,
+                        EventKind::Email,
+                        None,
+                        None,
+                        &Actor::system("mail"),
+                        &detail,
+                    )
+                    .await?;
+                }
+            }
+            SendOutcome::Retry { at, error } => {
+                sqlx::query(
+                    "UPDATE outbox SET state = 'pending', next_attempt_at = $1, lease_until = NULL, last_error = $2 WHERE id = $3",
+                )
+                .bind(ts(*at))
+                .bind(error)
+                .bind(claimed.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            SendOutcome::Failed { error } => {
+                sqlx::query("UPDATE outbox SET state = 'failed', lease_until = NULL, last_error = $1 WHERE id = $2")
+                    .bind(error)
+                    .bind(claimed.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The outbox: mail waiting or failing, or everything with `all`.
+    pub async fn outbox(&self, all: bool) -> Result<Vec<OutboxEntry>, StoreError> {
+        let sql = if all {
+            format!("{SELECT_OUTBOX} ORDER BY id")
+        } else {
+            format!("{SELECT_OUTBOX} WHERE state <> 'sent' ORDER BY id")
+        };
+        sqlx::query(&sql)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(outbox_from_row)
+            .collect()
+    }
+
+    /// Puts a failed mail back in line to be sent now.
+    pub async fn retry_mail(&self, id: i64) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbox SET state = 'pending', next_attempt_at = $1 WHERE id = $2 AND state IN ('failed', 'pending')",
+        )
+        .bind(ts(self.now()))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!(
+                "mail {id} waiting or failed in the outbox"
+            )));
+        }
+        if let Some(h) = self.hook() {
+            h.mail_queued();
+        }
+        Ok(())
+    }
+
+    /// When the next pending mail is due, if any.
+    pub async fn next_mail_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let row = sqlx::query(
+            "SELECT MIN(CASE WHEN state = 'pending' THEN next_attempt_at ELSE lease_until END) AS due \
+             FROM outbox WHERE state IN ('pending', 'sending')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        opt_ts(&row, "due", 0)
+    }
+}
+
+/// How an escalation moves on when its next action is due.
+#[derive(Clone, Copy, Debug)]
+pub struct Advance {
+    pub step: Step,
+    /// The action after this one (None: no more).
+    pub next: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,692 @@
+//! Escalations: rules and deadlines (urgent, standard, across DST), the
+//! outbox written with the change that caused it, delivery to a real SMTP
+//! server (and waiting while it is down), reminders and the next level on
+//! an injected clock, the digest, and the CLI.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use precert::case::{CaseStatus, Decision, DenialReason, Urgency};
+use precert::config::Settings;
+use precert::escalate::rules::{self, RuleSet, DEFAULTS};
+use precert::escalate::{self, Escalator, Reason};
+use precert::mail::Mailer;
+use precert::store::{Actor, EscalationState, EventKind, Ledger, OutboxState};
+
+use super::smtp::{parse_eml, ReceivedMail, SmtpServer};
+use super::support::{stdout, Project};
+
+fn utc(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+// ---- deadlines -------------------------------------------------------------
+
+#[test]
+fn urgent_deadlines_are_72_hours_and_standard_ones_7_calendar_days_in_local_time_across_dst() {
+    let chicago: Tz = "America/Chicago".parse().unwrap();
+    // 10:00 CST on Thursday 5 March 2026; DST starts Sunday 8 March.
+    let spring = utc("2026-03-05T16:00:00Z");
+    let urgent = rules::decision_deadline(spring, Urgency::Urgent, &DEFAULTS, chicago);
+    assert_eq!(urgent, utc("2026-03-08T16:00:00Z"), "72 hours, whatever the clocks do");
+    let standard = rules::decision_deadline(spring, Urgency::Standard, &DEFAULTS, chicago);
+    // 10:00 CDT on 12 March: 7 calendar days, 167 hours.
+    assert_eq!(standard, utc("2026-03-12T15:00:00Z"));
+    assert_eq!((standard - spring).num_hours(), 167);
+
+    // 10:00 CDT on Thursday 29 October 2026; DST ends Sunday 1 November.
+    let autumn = utc("2026-10-29T15:00:00Z");
+    let standard = rules::decision_deadline(autumn, Urgency::Standard, &DEFAULTS, chicago);
+    assert_eq!(standard, utc("2026-11-05T16:00:00Z"), "10:00 CST: 169 hours");
+    assert_eq!((standard - autumn).num_hours(), 169);
+
+    // Submitted at 02:30 local the day before a spring-forward: the 02:30
+    // a week later does not exist, so the deadline is the first valid
+    // instant after it (03:00 CDT).
+    let night = chicago
+        .with_ymd_and_hms(2026, 3, 1, 2, 30, 0)
+        .unwrap()
+        .with_timezone(&Utc);
+    let d = rules::decision_deadline(night, Urgency::Standard, &DEFAULTS, chicago);
+    assert_eq!(d, utc("2026-03-08T08:00:00Z"));
+
+    // The warning comes at 75 % of the window.
+    let warn = rules::warning_at(spring, urgent, 75);
+    assert_eq!(warn, spring + Duration::hours(54));
+
+    // Business days skip weekends.
+    let fri = NaiveDate::from_ymd_opt(2026, 12, 4).unwrap();
+    let tue = NaiveDate::from_ymd_opt(2026, 12, 8).unwrap();
+    assert_eq!(rules::business_days_until(fri, tue), 2);
+    assert_eq!(rules::business_days_until(tue, fri), 0);
+}
+
+// ---- a project with an injected clock -------------------------------------
+
+struct World {
+    p: Project,
+    settings: Arc<Settings>,
+    ledger: Ledger,
+    esc: Arc<Escalator>,
+    now: Arc<Mutex<DateTime<Utc>>>,
+}
+
+impl World {
+    fn set(&self, t: DateTime<Utc>) {
+        *self.now.lock().unwrap() = t;
+    }
+
+    fn advance(&self, d: Duration) {
+        *self.now.lock().unwrap() += d;
+    }
+
+    fn at(&self) -> DateTime<Utc> {
+        *self.now.lock().unwrap()
+    }
+
+    async fn case_id(&self, practice: &str, case_ref: &str) -> i64 {
+        self.ledger.find(practice, case_ref).await.unwrap().unwrap().id
+    }
+
+    /// Submits a case: ready → submitting → pending, at the current time.
+    async fn submit(&self, id: i64) {
+        let a = Actor::user("test");
+        self.ledger
+            .transition(id, CaseStatus::Submitting, &a, None)
+            .await
+            .unwrap();
+        self.ledger.transition(id, CaseStatus::Pending, &a, None).await.unwrap();
+    }
+
+    async fn deny(&self, id: i64) {
+        let decision = Decision {
+            auth_number: None,
+            valid: None,
+            lines: Vec::new(),
+            conditions: None,
+            denial: Some(DenialReason {
+                code: Some("CLIN-06".into()),
+                text: "Conservative therapy of six weeks is not documented".into(),
+            }),
+            decided_at: self.at(),
+            source: "portal:sandbox".into(),
+        };
+        self.ledger
+            .record_decision(id, &decision, CaseStatus::Denied, &Actor::user("test"))
+            .await
+            .unwrap();
+    }
+
+    fn mailer(&self) -> Mailer {
+        Mailer::new(&self.settings.mail).unwrap()
+    }
+}
+
+/// `[mail]` through SMTP to a server on loopback (plain: loopback only).
+fn use_smtp(p: &Project, port: u16) {
+    let path = p.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.replace("transport = \"file\"", "transport = \"smtp\"")
+        + &format!("\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n");
+    std::fs::write(&path, text).unwrap();
+}
+
+/// Appends TOML to a practice's file.
+fn practice_toml(p: &Project, practice: &str, extra: &str) {
+    let path = p.path(&format!("config/practices/{practice}.toml"));
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text.push_str(extra);
+    std::fs::write(&path, text).unwrap();
+}
+
+async fn world(configure: impl FnOnce(&Project)) -> World {
+    let p = Project::new();
+    configure(&p);
+    let out = p.precert(&["cases", "import", "samples/cases.csv"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let settings = Arc::new(p.settings());
+    let now = Arc::new(Mutex::new(utc("2026-11-02T15:00:00Z")));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || *now.lock().unwrap())
+    };
+    let ledger = Ledger::open(&settings.database_url).await.unwrap().with_clock(clock);
+    let (playbooks, errors) = precert::playbook::load_dir(&settings.playbooks_dir);
+    assert!(errors.is_empty());
+    let esc = Arc::new(Escalator::new(settings.clone(), &playbooks, Arc::default()));
+    ledger.set_escalation_hook(esc.clone());
+    World {
+        p,
+        settings,
+        ledger,
+        esc,
+        now,
+    }
+}
+
+fn assert_minimum_phi(m: &ReceivedMail, member_id: &str, last_name: &str) {
+    for part in [&m.raw, m.text.as_ref().unwrap(), m.html.as_ref().unwrap()] {
+        assert!(!part.contains(member_id), "the full member ID is in the mail:\n{part}");
+        assert!(!part.contains(last_name), "the patient's name is in the mail:\n{part}");
+    }
+    let masked = format!("****{}", &member_id[member_id.len() - 4..]);
+    assert!(m.text.as_ref().unwrap().contains(&masked), "{:?}", m.text);
+}
+
+// ---- immediate mail, real SMTP ---------------------------------------------
+
+#[tokio::test]
+async fn a_denial_queues_its_mail_in_the_same_transaction_and_a_real_smtp_server_receives_valid_mime() {
+    let server = SmtpServer::start();
+    let w = world(|p| {
+        use_smtp(p, server.port());
+        practice_toml(
+            p,
+            "lakeside-ortho",
+            "\n[escalations.payers.sandbox]\nappeal_days = 60\n",
+        );
+    })
+    .await;
+    let id = w.case_id("lakeside-ortho", "LO-2026-1001").await;
+    w.submit(id).await;
+    assert!(
+        w.ledger.outbox(true).await.unwrap().is_empty(),
+        "pending alone is not an escalation"
+    );
+    w.advance(Duration::hours(29));
+    w.deny(id).await;
+
+    // Committed with the decision: the escalation, its mail, its event.
+    let open = w.ledger.escalations(None, false).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].reason, Reason::Denied);
+    assert_eq!(open[0].case_id, Some(id));
+    let outbox = w.ledger.outbox(false).await.unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].state, OutboxState::Pending);
+    assert_eq!(outbox[0].recipients, ["precert.supervisor@lakeside-ortho.example"]);
+    let events = w.ledger.events(id).await.unwrap();
+    let decided = events.iter().find(|e| e.kind == "decision_recorded").unwrap();
+    let escalated = events.iter().find(|e| e.kind == EventKind::Email.as_str()).unwrap();
+    assert_eq!(decided.at, escalated.at, "one transaction, one timestamp");
+
+    let round = escalate::send_due(&w.ledger, &w.mailer()).await.unwrap();
+    assert_eq!((round.sent, round.failed), (1, 0));
+    let got = server.wait_for(1, StdDuration::from_secs(20));
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert!(m.defects.is_empty(), "MIME defects: {:?}", m.defects);
+    assert_eq!(m.content_type, "multipart/alternative");
+    assert_eq!(m.to, ["precert.supervisor@lakeside-ortho.example"]);
+    assert!(m.cc.is_empty());
+    assert_eq!(m.message_id, outbox[0].message_id);
+    assert!(
+        m.subject.contains("Denied") && m.subject.contains("LO-2026-1001"),
+        "{}",
+        m.subject
+    );
+    assert!(m.subject.contains("appeal by 2027-01-02"), "{}", m.subject);
+    let text = m.text.as_ref().unwrap();
+    let html = m.html.as_ref().unwrap();
+    for needle in [
+        "Lakeside Orthopedics",
+        "lakeside-ortho/LO-2026-1001",
+        "sandbox",
+        "73721",
+        "denied",
+        "CLIN-06: Conservative therapy of six weeks is not documented",
+        "appeal",
+        "peer-to-peer",
+        "/cases/lakeside-ortho/LO-2026-1001",
+        "1.2 days of 7 calendar days (standard)",
+    ] {
+        assert!(text.contains(needle), "text part lacks `{needle}`:\n{text}");
+    }
+    assert!(html.contains("CLIN-06") && html.contains("<table"), "{html}");
+    assert!(text.contains("A. M."), "initials: {text}");
+    assert_minimum_phi(m, "SBX100200301", "Marsh");
+    assert!(!m.raw.contains("1961-04-12"), "no birth date");
+
+    let outbox = w.ledger.outbox(true).await.unwrap();
+    assert_eq!(outbox[0].state, OutboxState::Sent);
+    let events = w.ledger.events(id).await.unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e.actor == "system:mail" && e.detail["sent"] == m.message_id.as_str()));
+    // Nothing more to send.
+    assert_eq!(escalate::send_due(&w.ledger, &w.mailer()).await.unwrap().sent, 0);
+}
+
+#[tokio::test]
+async fn with_the_smtp_server_down_mail_waits_in_the_outbox_and_arrives_exactly_once_when_it_is_back() {
+    let mut server = SmtpServer::start();
+    let w = world(|p| use_smtp(p, server.port())).await;
+    server.stop();
+    let id = w.case_id("valley-imaging", "VI-88121").await;
+    w.submit(id).await;
+    w.ledger
+        .transition(
+            id,
+            CaseStatus::PendedForInfo,
+            &Actor::user("test"),
+            Some("sleep study pages 2-4"),
+        )
+        .await
+        .unwrap();
+    let mailer = w.mailer();
+    let round = escalate::send_due(&w.ledger, &mailer).await.unwrap();
+    assert_eq!(round.sent, 0);
+    let retry_at = round.retry_at.expect("a retry time");
+    assert!(retry_at > w.at());
+    let waiting = w.ledger.outbox(false).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].state, OutboxState::Pending);
+    assert_eq!(waiting[0].attempts, 1);
+    assert!(waiting[0].last_error.as_deref().is_some_and(|e| !e.is_empty()));
+    // `precert outbox list` says why.
+    let out = w.p.precert(&["outbox", "list"]);
+    assert!(out.status.success());
+    let listing = stdout(&out);
+    assert!(
+        listing.contains("pending") && listing.contains("last error:"),
+        "{listing}"
+    );
+    assert!(listing.contains("auth.lead@valley-imaging.example"), "{listing}");
+
+    // Before the retry time nothing is tried.
+    assert_eq!(
+        escalate::send_due(&w.ledger, &mailer).await.unwrap(),
+        Default::default()
+    );
+
+    server.restart();
+    w.set(retry_at);
+    let round = escalate::send_due(&w.ledger, &mailer).await.unwrap();
+    assert_eq!(round.sent, 1, "{round:?}");
+    assert_eq!(escalate::send_due(&w.ledger, &mailer).await.unwrap().sent, 0);
+    let got = server.wait_for(1, StdDuration::from_secs(20));
+    assert_eq!(got.len(), 1, "exactly once");
+    assert_eq!(
+        got[0].to,
+        [
+            "auth.lead@valley-imaging.example",
+            "charge.nurse@valley-imaging.example"
+        ]
+    );
+    assert!(
+        got[0].subject.contains("More information requested"),
+        "{}",
+        got[0].subject
+    );
+    assert!(got[0].text.as_ref().unwrap().contains("sleep study pages 2-4"));
+    assert_minimum_phi(&got[0], "SBX100200306", "Tate");
+    assert!(w.ledger.outbox(false).await.unwrap().is_empty());
+}
+
+// ---- time-based rules, reminders, next level -------------------------------
+
+#[tokio::test]
+async fn a_standard_case_warns_at_75_percent_then_stalls_at_7_days_and_an_urgent_one_at_72_hours() {
+    let w = world(|_| {}).await;
+    let standard = w.case_id("lakeside-ortho", "LO-2026-1002").await;
+    let urgent = w.case_id("valley-imaging", "VI-88120").await;
+    let t0 = w.at();
+    w.submit(standard).await;
+    w.submit(urgent).await;
+    let scan = |w: &World| {
+        let (esc, ledger) = (w.esc.clone(), w.ledger.clone());
+        async move {
+            esc.scan(&ledger, "lakeside-ortho").await.unwrap() + esc.scan(&ledger, "valley-imaging").await.unwrap()
+        }
+    };
+    let reasons = |w: &World| {
+        let ledger = w.ledger.clone();
+        async move {
+            let mut r: Vec<(i64, Reason)> = ledger
+                .escalations(None, false)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| (e.case_id.unwrap(), e.reason))
+                .collect();
+            r.sort();
+            r
+        }
+    };
+    w.set(t0 + Duration::hours(50));
+    assert_eq!(scan(&w).await, 0, "urgent at 69 %, standard at 30 %");
+    w.set(t0 + Duration::hours(55));
+    assert_eq!(scan(&w).await, 1);
+    assert_eq!(reasons(&w).await, [(urgent, Reason::StallWarning)]);
+    w.set(t0 + Duration::hours(72));
+    scan(&w).await;
+    assert_eq!(reasons(&w).await, [(urgent, Reason::Stalled)], "the warning gives way");
+    // 75 % of 7 days is 126 hours.
+    w.set(t0 + Duration::hours(125));
+    scan(&w).await;
+    assert!(!reasons(&w).await.contains(&(standard, Reason::StallWarning)));
+    w.set(t0 + Duration::hours(127));
+    scan(&w).await;
+    assert!(reasons(&w).await.contains(&(standard, Reason::StallWarning)));
+    // Chicago is on CST throughout November: 7 days is 168 hours.
+    w.set(t0 + Duration::hours(168) - Duration::minutes(1));
+    scan(&w).await;
+    assert!(!reasons(&w).await.contains(&(standard, Reason::Stalled)));
+    w.set(t0 + Duration::hours(168));
+    scan(&w).await;
+    assert!(reasons(&w).await.contains(&(standard, Reason::Stalled)));
+    // Scanning again opens nothing twice.
+    let before = w.ledger.escalations(None, true).await.unwrap().len();
+    scan(&w).await;
+    assert_eq!(w.ledger.escalations(None, true).await.unwrap().len(), before);
+
+    // The payer decides: the stall ends by itself.
+    w.ledger
+        .transition(urgent, CaseStatus::Approved, &Actor::user("test"), None)
+        .await
+        .unwrap();
+    assert!(!reasons(&w).await.iter().any(|(c, _)| *c == urgent));
+    let stalled = w.ledger.escalations(None, true).await.unwrap();
+    let closed = stalled
+        .iter()
+        .find(|e| e.case_id == Some(urgent) && e.reason == Reason::Stalled)
+        .unwrap();
+    assert_eq!(closed.state, EscalationState::Resolved);
+
+    // Stall mail says how long against which window.
+    let outbox = w.ledger.outbox(false).await.unwrap();
+    let stall_mail = outbox
+        .iter()
+        .find(|m| m.subject.contains("Past the payer's deadline") && m.subject.contains("LO-2026-1002"))
+        .unwrap();
+    assert!(
+        stall_mail.subject.contains("pending 7 of 7 days"),
+        "{}",
+        stall_mail.subject
+    );
+}
+
+#[tokio::test]
+async fn an_unacknowledged_escalation_reminds_then_moves_to_the_managers_and_acknowledging_stops_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world(|_| {}).await;
+    let id = w.case_id("lakeside-ortho", "LO-2026-1001").await;
+    w.submit(id).await;
+    w.deny(id).await;
+    let t0 = w.at();
+    let steps = |hours: i64| {
+        let (esc, ledger) = (w.esc.clone(), w.ledger.clone());
+        w.set(t0 + Duration::hours(hours));
+        async move { esc.advance(&ledger).await.unwrap() }
+    };
+    assert_eq!(steps(23).await, 0);
+    assert_eq!(steps(24).await, 1, "first reminder");
+    assert_eq!(steps(25).await, 0);
+    assert_eq!(steps(48).await, 1, "second reminder");
+    assert_eq!(steps(72).await, 1, "next level");
+    let mails = w.ledger.outbox(true).await.unwrap();
+    let kinds: Vec<&str> = mails.iter().map(|m| m.kind.as_str()).collect();
+    assert_eq!(kinds, ["escalation", "reminder", "reminder", "next_level"]);
+    let sup = "precert.supervisor@lakeside-ortho.example";
+    let mgr = "revenue.manager@lakeside-ortho.example";
+    assert_eq!(mails[1].recipients, [sup]);
+    assert!(mails[1].subject.starts_with("Reminder 1: "), "{}", mails[1].subject);
+    assert_eq!(mails[3].recipients, [mgr, sup], "to the manager, cc the supervisor");
+    assert!(mails[3].subject.starts_with("Escalated (not acknowledged): "));
+    let e = &w.ledger.escalations(None, false).await.unwrap()[0];
+    assert_eq!((e.level, e.sends), (1, 4));
+
+    // The file transport writes the mails; the next level's threads under
+    // the first one.
+    let mut settings = (*w.settings).clone();
+    settings.mail.transport = precert::config::MailTransport::File {
+        dir: dir.path().to_owned(),
+    };
+    let round = escalate::send_due(&w.ledger, &Mailer::new(&settings.mail).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(round.sent, 4);
+    let next_level = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|f| parse_eml(&std::fs::read(f.unwrap().path()).unwrap()))
+        .find(|m| m.subject.starts_with("Escalated"))
+        .unwrap();
+    assert_eq!(next_level.to, [mgr]);
+    assert_eq!(next_level.cc, [sup]);
+    let first_id = &mails[0].message_id;
+    assert!(
+        next_level
+            .headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("In-Reply-To") && v.contains(first_id.as_str())),
+        "{:?}",
+        next_level.headers
+    );
+
+    // The manager acknowledges (through the CLI): no more reminders.
+    let out =
+        w.p.precert(&["escalations", "ack", &e.id.to_string(), "--note", "appeal drafted"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(steps(96).await, 0);
+    assert_eq!(steps(500).await, 0);
+    let e = w.ledger.escalation(e.id).await.unwrap();
+    assert_eq!(e.state, EscalationState::Acknowledged);
+    assert_eq!(e.note.as_deref(), Some("appeal drafted"));
+    // Acknowledged is still active: the rule does not raise it again.
+    w.esc.scan(&w.ledger, "lakeside-ortho").await.unwrap();
+    let denials = w.ledger.escalations(None, true).await.unwrap();
+    assert_eq!(denials.iter().filter(|e| e.reason == Reason::Denied).count(), 1);
+    let listing = stdout(&w.p.precert(&["escalations", "list"]));
+    assert!(
+        listing.contains("acknowledged") && listing.contains("denied"),
+        "{listing}"
+    );
+}
+
+#[tokio::test]
+async fn the_same_case_and_reason_is_not_raised_again_within_its_window() {
+    let w = world(|_| {}).await;
+    let id = w.case_id("lakeside-ortho", "LO-2026-1001").await;
+    let a = Actor::user("test");
+    w.submit(id).await;
+    w.deny(id).await;
+    // Resubmitted and denied again the same day: one escalation, one mail.
+    w.ledger.transition(id, CaseStatus::Ready, &a, None).await.unwrap();
+    assert!(w.ledger.escalations(None, false).await.unwrap().is_empty(), "resolved");
+    w.advance(Duration::hours(2));
+    w.submit(id).await;
+    w.deny(id).await;
+    assert_eq!(w.ledger.escalations(None, true).await.unwrap().len(), 1);
+    assert_eq!(w.ledger.outbox(true).await.unwrap().len(), 1);
+    // After the window, a new denial is news again.
+    w.ledger.transition(id, CaseStatus::Ready, &a, None).await.unwrap();
+    w.advance(Duration::hours(25));
+    w.submit(id).await;
+    w.deny(id).await;
+    assert_eq!(w.ledger.escalations(None, false).await.unwrap().len(), 1);
+    assert_eq!(w.ledger.outbox(true).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn the_daily_digest_groups_each_supervisors_open_escalations_most_urgent_first() {
+    let w = world(|_| {}).await;
+    let a = Actor::user("test");
+    let denied = w.case_id("valley-imaging", "VI-88120").await;
+    let pended = w.case_id("valley-imaging", "VI-88121").await;
+    let stuck = w.case_id("valley-imaging", "VI-88122").await;
+    w.submit(denied).await;
+    w.deny(denied).await;
+    w.submit(pended).await;
+    w.ledger
+        .transition(pended, CaseStatus::PendedForInfo, &a, None)
+        .await
+        .unwrap();
+    w.ledger
+        .transition(
+            stuck,
+            CaseStatus::NeedsAttention,
+            &a,
+            Some("portal changed: no #submit"),
+        )
+        .await
+        .unwrap();
+    let before = w.ledger.outbox(true).await.unwrap().len();
+    let queued = w.esc.digest(&w.ledger, "valley-imaging", "slot-1").await.unwrap();
+    assert_eq!(queued, 2, "one digest per supervisor");
+    assert_eq!(
+        w.esc.digest(&w.ledger, "valley-imaging", "slot-1").await.unwrap(),
+        0,
+        "a slot once"
+    );
+    assert_eq!(
+        w.esc.digest(&w.ledger, "lakeside-ortho", "slot-1").await.unwrap(),
+        0,
+        "nothing open"
+    );
+    let mails = w.ledger.outbox(true).await.unwrap();
+    let digests: Vec<_> = mails[before..].iter().collect();
+    assert_eq!(digests[0].recipients, ["auth.lead@valley-imaging.example"]);
+    assert_eq!(digests[1].recipients, ["charge.nurse@valley-imaging.example"]);
+    assert!(
+        digests[0].subject.contains("3 open escalation(s)"),
+        "{}",
+        digests[0].subject
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = (*w.settings).clone();
+    settings.mail.transport = precert::config::MailTransport::File {
+        dir: dir.path().to_owned(),
+    };
+    escalate::send_due(&w.ledger, &Mailer::new(&settings.mail).unwrap())
+        .await
+        .unwrap();
+    let digest = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|f| parse_eml(&std::fs::read(f.unwrap().path()).unwrap()))
+        .find(|m| m.subject.contains("Daily digest") && m.to == ["auth.lead@valley-imaging.example"])
+        .unwrap();
+    assert!(digest.defects.is_empty());
+    let text = digest.text.unwrap();
+    let order: Vec<usize> = [
+        "Denied (1)",
+        "More information requested (1)",
+        "Automation needs a person (1)",
+    ]
+    .iter()
+    .map(|h| text.find(h).unwrap_or_else(|| panic!("no `{h}` in:\n{text}")))
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "most urgent first:\n{text}");
+    assert!(text.contains("VI-88120") && text.contains("VI-88121") && text.contains("VI-88122"));
+    assert!(!text.contains("SBX1002003"), "no member IDs in a digest");
+    assert!(digest.html.unwrap().contains("<h3>Denied (1)</h3>"));
+}
+
+#[tokio::test]
+async fn rules_take_practice_state_and_payer_overrides_and_bad_values_name_their_file_and_key() {
+    let w = world(|p| {
+        let path = p.config_path();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("\n[escalations.rules]\nstandard_days = 10\n[escalations.states.WA]\nstandard_days = 5\n");
+        std::fs::write(&path, text).unwrap();
+        practice_toml(
+            p,
+            "lakeside-ortho",
+            "\n[escalations]\npatient_details = \"none\"\n[escalations.payers.sandbox]\nurgent_hours = 24\n",
+        );
+    })
+    .await;
+    let s = &w.settings;
+    let lakeside = s.practice("lakeside-ortho").unwrap();
+    let valley = s.practice("valley-imaging").unwrap();
+    let r: RuleSet = rules::rules_for(&s.escalations, &lakeside.escalations, "sandbox", "IL");
+    assert_eq!((r.standard_days, r.urgent_hours), (10, 24));
+    let r = rules::rules_for(&s.escalations, &valley.escalations, "sandbox", "WA");
+    assert_eq!((r.standard_days, r.urgent_hours), (5, 72));
+
+    // patient_details = "none": no initials, no member ID at all.
+    let id = w.case_id("lakeside-ortho", "LO-2026-1001").await;
+    w.submit(id).await;
+    w.deny(id).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = (*w.settings).clone();
+    settings.mail.transport = precert::config::MailTransport::File {
+        dir: dir.path().to_owned(),
+    };
+    escalate::send_due(&w.ledger, &Mailer::new(&settings.mail).unwrap())
+        .await
+        .unwrap();
+    let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+    let m = parse_eml(&std::fs::read(&file).unwrap());
+    assert!(!m.raw.contains("A. M.") && !m.raw.contains("0301"), "{}", m.raw);
+
+    let p = Project::new();
+    practice_toml(
+        &p,
+        "valley-imaging",
+        "\n[escalations]\npatient_details = \"everything\"\n[escalations.rules]\nwarn_at_percent = 120\n[escalations.states.ZZ]\nurgent_hours = 0\n",
+    );
+    let out = p.precert(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+    for needle in [
+        "valley-imaging.toml",
+        "escalations.patient_details",
+        "`everything` is not one of minimum, none, full",
+        "escalations.rules.warn_at_percent",
+        "escalations.states.ZZ",
+        "escalations.states.ZZ.urgent_hours",
+    ] {
+        assert!(err.contains(needle), "no `{needle}` in:\n{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_case_automation_gives_up_on_goes_to_operations_and_a_service_date_near_to_supervisors() {
+    let w = world(|_| {}).await;
+    let a = Actor::user("test");
+    let id = w.case_id("lakeside-ortho", "LO-2026-1002").await;
+    w.ledger
+        .transition(
+            id,
+            CaseStatus::NeedsAttention,
+            &a,
+            Some("layout changed: #member-id not found"),
+        )
+        .await
+        .unwrap();
+    let mails = w.ledger.outbox(true).await.unwrap();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].recipients, ["precert.ops@lakeside-ortho.example"]);
+    assert!(mails[0].subject.contains("Automation needs a person"));
+
+    // LO-2026-1001's service is on Tuesday 8 December 2026, still not
+    // submitted: on Thursday 3 December it is 3 business days away.
+    w.set(utc("2026-12-02T15:00:00Z"));
+    w.esc.scan(&w.ledger, "lakeside-ortho").await.unwrap();
+    let case = w.case_id("lakeside-ortho", "LO-2026-1001").await;
+    let near = |w: &World| {
+        let ledger = w.ledger.clone();
+        async move {
+            ledger
+                .escalations(None, false)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.reason == Reason::ServiceDateNear && e.case_id == Some(case))
+                .count()
+        }
+    };
+    assert_eq!(near(&w).await, 0, "4 business days away");
+    w.set(utc("2026-12-03T15:00:00Z"));
+    w.esc.scan(&w.ledger, "lakeside-ortho").await.unwrap();
+    assert_eq!(near(&w).await, 1);
+    let mails = w.ledger.outbox(true).await.unwrap();
+    let m = mails
+        .iter()
+        .find(|m| m.subject.contains("Service date near") && m.subject.contains("LO-2026-1001"))
+        .unwrap();
+    assert_eq!(m.recipients, ["precert.supervisor@lakeside-ortho.example"]);
+}
