@@ -249,7 +249,7 @@ pub fn on_status(
     tz: Tz,
     now: DateTime<Utc>,
 ) -> Option<Finding> {
-    let mut found = on_status_only(case, note, rules, tz)?;
+    let mut found = on_status_only(case, note, rules, tz, now)?;
     if let (Some(s), Value::Object(detail)) = (submitted, &mut found.detail) {
         if let Value::Object(clock) = deadline_detail(s, case.data.urgency, rules, tz, now) {
             detail.extend(clock);
@@ -281,7 +281,13 @@ pub fn deadline_detail(
     })
 }
 
-fn on_status_only(case: &CaseRecord, note: Option<&str>, rules: &RuleSet, tz: Tz) -> Option<Finding> {
+fn on_status_only(
+    case: &CaseRecord,
+    note: Option<&str>,
+    rules: &RuleSet,
+    tz: Tz,
+    now: DateTime<Utc>,
+) -> Option<Finding> {
     let d = case.decision.as_ref();
     let reason_code = d.and_then(|d| d.denial.as_ref()).and_then(|r| r.code.clone());
     let reason_text = d
@@ -296,12 +302,19 @@ fn on_status_only(case: &CaseRecord, note: Option<&str>, rules: &RuleSet, tz: Tz
         (Some(c), Some(t)) => format!("{c}: {t}"),
         (None, Some(t)) => t.clone(),
         (Some(c), None) => c.clone(),
-        (None, None) => "no reason given".into(),
+        (None, None) => "not recorded yet: see the payer's letter or portal".into(),
     };
     let key = case.key();
     match case.status {
         CaseStatus::Denied => {
             let decided = d.map(|d| d.decided_at);
+            // A denial read from a status line has no reason yet: the next
+            // poll reads it, and the mail should carry it. Escalate without
+            // it only if it does not come within the hour.
+            let reasonless = d.is_none_or(|d| d.denial.is_none());
+            if reasonless && decided.is_none_or(|t| now - t < Duration::hours(1)) {
+                return None;
+            }
             let appeal = match (decided, rules.appeal_days) {
                 (Some(at), Some(n)) => Some(appeal_deadline(at, n, tz)),
                 _ => None,

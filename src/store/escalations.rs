@@ -373,9 +373,6 @@ impl Ledger {
         note: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        if from == to {
-            return Ok(false);
-        }
         if from == CaseStatus::Submitting && to.is_payer_state() {
             sqlx::query("UPDATE cases SET submitted_at = COALESCE(submitted_at, $1) WHERE id = $2")
                 .bind(ts(now))
@@ -383,7 +380,11 @@ impl Ledger {
                 .execute(&mut **tx)
                 .await?;
         }
-        self.resolve_ended(tx, id, to, now).await?;
+        // The same status again (a decision's details read later) ends
+        // nothing, but may now have what an escalation needs.
+        if from != to {
+            self.resolve_ended(tx, id, to, now).await?;
+        }
         let Some(hook) = self.hook() else {
             return Ok(false);
         };

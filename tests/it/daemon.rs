@@ -399,3 +399,76 @@ async fn a_pended_pas_request_is_decided_by_the_payers_notification() {
     );
     sandbox.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_denial_from_the_payer_reaches_the_supervisors_inbox_through_the_daemon() {
+    let server = super::smtp::SmtpServer::start();
+    let (p, sandbox, ledger) = setup().await;
+    p.use_smtp(server.port());
+    let daemon = start(&p, free_port(), false, "daemon");
+    let denied = ledger.find("valley-imaging", "VI-88120").await.unwrap().unwrap();
+    // The daemon submits, polls, records the denial with its reason, and
+    // the escalation mail goes out through the sender.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(150);
+    let mail = loop {
+        let found = server
+            .messages()
+            .into_iter()
+            .find(|m| m.subject.contains("Denied") && m.subject.contains("VI-88120"));
+        if let Some(m) = found {
+            break m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no denial mail; received {:?}\n{}",
+            server.messages().iter().map(|m| m.subject.clone()).collect::<Vec<_>>(),
+            daemon.log()
+        );
+        sandbox.advance_clock(Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let case = ledger.get(denied.id).await.unwrap();
+    assert_eq!(case.status, CaseStatus::Denied);
+    let reason = case.decision.unwrap().denial.unwrap();
+    assert_eq!(reason.code.as_deref(), Some("CLIN-06"));
+    assert!(mail.defects.is_empty(), "{:?}", mail.defects);
+    assert_eq!(mail.content_type, "multipart/alternative");
+    assert_eq!(
+        mail.to,
+        [
+            "auth.lead@valley-imaging.example",
+            "charge.nurse@valley-imaging.example"
+        ]
+    );
+    let text = mail.text.as_deref().unwrap();
+    assert!(text.contains("CLIN-06") && text.contains(&reason.text), "{text}");
+    assert!(
+        text.contains("****0305") && !mail.raw.contains("SBX100200305"),
+        "{text}"
+    );
+    assert!(!mail.raw.contains("Kowalski"));
+    // Sent once, recorded as sent.
+    let sent: Vec<_> = ledger.outbox(true).await.unwrap();
+    let entry = sent
+        .iter()
+        .find(|m| m.message_id == mail.message_id)
+        .unwrap_or_else(|| {
+            panic!(
+                "{} not in {:?}",
+                mail.message_id,
+                sent.iter().map(|m| &m.message_id).collect::<Vec<_>>()
+            )
+        });
+    assert_eq!(entry.state, precert::store::OutboxState::Sent);
+    assert_eq!(
+        server
+            .messages()
+            .iter()
+            .filter(|m| m.message_id == mail.message_id)
+            .count(),
+        1
+    );
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.exit(Duration::from_secs(40)).await.success());
+    sandbox.shutdown().await;
+}

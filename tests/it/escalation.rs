@@ -124,15 +124,6 @@ impl World {
     }
 }
 
-/// `[mail]` through SMTP to a server on loopback (plain: loopback only).
-fn use_smtp(p: &Project, port: u16) {
-    let path = p.config_path();
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = text.replace("transport = \"file\"", "transport = \"smtp\"")
-        + &format!("\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n");
-    std::fs::write(&path, text).unwrap();
-}
-
 /// Appends TOML to a practice's file.
 fn practice_toml(p: &Project, practice: &str, extra: &str) {
     let path = p.path(&format!("config/practices/{practice}.toml"));
@@ -181,7 +172,7 @@ fn assert_minimum_phi(m: &ReceivedMail, member_id: &str, last_name: &str) {
 async fn a_denial_queues_its_mail_in_the_same_transaction_and_a_real_smtp_server_receives_valid_mime() {
     let server = SmtpServer::start();
     let w = world(|p| {
-        use_smtp(p, server.port());
+        p.use_smtp(server.port());
         practice_toml(
             p,
             "lakeside-ortho",
@@ -262,7 +253,7 @@ async fn a_denial_queues_its_mail_in_the_same_transaction_and_a_real_smtp_server
 #[tokio::test]
 async fn with_the_smtp_server_down_mail_waits_in_the_outbox_and_arrives_exactly_once_when_it_is_back() {
     let mut server = SmtpServer::start();
-    let w = world(|p| use_smtp(p, server.port())).await;
+    let w = world(|p| p.use_smtp(server.port())).await;
     server.stop();
     let id = w.case_id("valley-imaging", "VI-88121").await;
     w.submit(id).await;

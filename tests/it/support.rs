@@ -63,6 +63,16 @@ impl Project {
         }
     }
 
+    /// Sends mail through SMTP to a server on loopback (plain SMTP, which
+    /// the configuration allows for loopback only).
+    pub fn use_smtp(&self, port: u16) {
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace("transport = \"file\"", "transport = \"smtp\"")
+            + &format!("\n[mail.smtp]\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n");
+        std::fs::write(&path, text).unwrap();
+    }
+
     /// Loads settings with secrets, as the daemon and `precert run` do.
     pub fn settings_with_secrets(&self) -> Settings {
         for (k, v) in SECRETS {
