@@ -210,6 +210,9 @@ impl Escalator {
         let now = ledger.now();
         let tz = practice.timezone;
         let mut opened = 0;
+        // Most findings are already open (a denial stays denied): skip
+        // those without a write transaction each.
+        let active = ledger.active_escalation_keys(practice_id).await?;
         for c in ledger.cases_for_rules(practice_id).await? {
             let rules = self.case_rules(practice, &c.case);
             let payer = c.case.data.coverage.payer.clone();
@@ -228,6 +231,9 @@ impl Escalator {
             }
             for f in found {
                 let new = self.new_escalation(practice, Some(&c.case), Some(payer.clone()), f, &rules, now);
+                if active.contains(&new.dedupe_key()) {
+                    continue;
+                }
                 if ledger.open_escalation(&new).await?.is_some() {
                     opened += 1;
                 }

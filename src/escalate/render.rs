@@ -297,15 +297,25 @@ pub fn digest_mail(
     now: DateTime<Utc>,
     domain: &str,
 ) -> Option<OutgoingMail> {
+    // Acknowledged ones have an owner: counted, not listed again each day.
+    let acknowledged = escalations
+        .iter()
+        .filter(|e| e.state == EscalationState::Acknowledged)
+        .count();
+    let escalations: Vec<&Escalation> = escalations
+        .iter()
+        .filter(|e| e.state == EscalationState::Open)
+        .collect();
     if escalations.is_empty() {
         return None;
     }
     let tz = practice.timezone;
-    let mut sorted: Vec<&Escalation> = escalations.iter().collect();
+    let mut sorted = escalations.clone();
     sorted.sort_by(|a, b| {
         b.reason
             .severity()
             .cmp(&a.reason.severity())
+            .then(a.reason.cmp(&b.reason))
             .then(a.due_at.cmp(&b.due_at))
             .then(b.severity.cmp(&a.severity))
             .then(a.id.cmp(&b.id))
@@ -337,17 +347,7 @@ pub fn digest_mail(
                 .due_at
                 .map(|d| format!(" (due {})", d.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z")))
                 .unwrap_or_default();
-            let ack = if e.state == EscalationState::Acknowledged {
-                format!(
-                    " [acknowledged by {}]",
-                    e.acknowledged_by
-                        .as_deref()
-                        .unwrap_or("someone")
-                        .trim_start_matches("user:")
-                )
-            } else {
-                String::new()
-            };
+            let ack = if e.level > 0 { " [with the managers]" } else { "" };
             text.push_str(&format!("  #{} {}{due}{ack}\n", e.id, e.summary));
             html.push_str(&format!(
                 "<li>#{} {}{}{}</li>\n",
@@ -358,6 +358,12 @@ pub fn digest_mail(
             ));
         }
         html.push_str("</ul>\n");
+    }
+    if acknowledged > 0 {
+        let line =
+            format!("{acknowledged} acknowledged escalation(s) are still open; `precert escalations list` shows them.");
+        text.push_str(&format!("\n{line}\n"));
+        html.push_str(&format!("<p>{}</p>\n", escape(&line)));
     }
     text.push_str("\nAcknowledge one with: precert escalations ack ID\n");
     html.push_str("<p>Acknowledge one with <code>precert escalations ack ID</code>.</p>\n</body></html>\n");

@@ -746,6 +746,21 @@ impl Ledger {
             .collect()
     }
 
+    /// The dedupe keys of a practice's active (open or acknowledged)
+    /// escalations: what a scan need not try to open again.
+    pub async fn active_escalation_keys(
+        &self,
+        practice: &str,
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT dedupe_key FROM escalations WHERE practice_id = $1 AND state IN ('open', 'acknowledged')",
+        )
+        .bind(practice)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("dedupe_key")?)).collect()
+    }
+
     /// When the payer got the case's request (its deadline's start).
     pub async fn submitted_at(&self, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
         let row = sqlx::query("SELECT submitted_at FROM cases WHERE id = $1")

@@ -171,15 +171,8 @@ fn assert_minimum_phi(m: &ReceivedMail, member_id: &str, last_name: &str) {
 #[tokio::test]
 async fn a_denial_queues_its_mail_in_the_same_transaction_and_a_real_smtp_server_receives_valid_mime() {
     let server = SmtpServer::start();
-    let w = world(|p| {
-        p.use_smtp(server.port());
-        practice_toml(
-            p,
-            "lakeside-ortho",
-            "\n[escalations.payers.sandbox]\nappeal_days = 60\n",
-        );
-    })
-    .await;
+    // The sample Lakeside practice sets `appeal_days = 60` for the sandbox payer.
+    let w = world(|p| p.use_smtp(server.port())).await;
     let id = w.case_id("lakeside-ortho", "LO-2026-1001").await;
     w.submit(id).await;
     assert!(
@@ -573,20 +566,32 @@ async fn the_daily_digest_groups_each_supervisors_open_escalations_most_urgent_f
     assert!(text.contains("VI-88120") && text.contains("VI-88121") && text.contains("VI-88122"));
     assert!(!text.contains("SBX1002003"), "no member IDs in a digest");
     assert!(digest.html.unwrap().contains("<h3>Denied (1)</h3>"));
+
+    // An acknowledged escalation has an owner: counted, no longer listed.
+    let pend = w.ledger.escalations(Some("valley-imaging"), false).await.unwrap();
+    let pend = pend.iter().find(|e| e.reason == Reason::PendedForInfo).unwrap();
+    w.ledger.acknowledge_escalation(pend.id, &a, None).await.unwrap();
+    assert_eq!(w.esc.digest(&w.ledger, "valley-imaging", "slot-2").await.unwrap(), 2);
+    let mails = w.ledger.outbox(true).await.unwrap();
+    let last = mails.last().unwrap();
+    assert!(last.subject.contains("2 open escalation(s)"), "{}", last.subject);
 }
 
 #[tokio::test]
 async fn rules_take_practice_state_and_payer_overrides_and_bad_values_name_their_file_and_key() {
     let w = world(|p| {
         let path = p.config_path();
-        let mut text = std::fs::read_to_string(&path).unwrap();
-        text.push_str("\n[escalations.rules]\nstandard_days = 10\n[escalations.states.WA]\nstandard_days = 5\n");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace("standard_days = 7\n", "standard_days = 10\n")
+            + "\n[escalations.states.WA]\nstandard_days = 5\n";
         std::fs::write(&path, text).unwrap();
-        practice_toml(
-            p,
-            "lakeside-ortho",
-            "\n[escalations]\npatient_details = \"none\"\n[escalations.payers.sandbox]\nurgent_hours = 24\n",
-        );
+        let path = p.path("config/practices/lakeside-ortho.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = text.replace(
+            "[escalations.payers.sandbox]\n",
+            "[escalations.payers.sandbox]\nurgent_hours = 24\n",
+        ) + "\n[escalations]\npatient_details = \"none\"\n";
+        std::fs::write(&path, text).unwrap();
     })
     .await;
     let s = &w.settings;
