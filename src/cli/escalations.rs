@@ -127,7 +127,7 @@ pub fn render_escalations(list: &[Escalation], settings: &Settings) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>5}  {:<18} {:<12} {:<5} {:<17} SUMMARY",
+        "{:>5}  {:<18} {:<14} {:<5} {:<17} SUMMARY",
         "ID", "REASON", "STATE", "LEVEL", "DUE"
     );
     for e in list {
@@ -145,7 +145,7 @@ pub fn render_escalations(list: &[Escalation], settings: &Settings) -> String {
         };
         let _ = writeln!(
             out,
-            "{:>5}  {:<18} {:<12} {:<5} {:<17} {}",
+            "{:>5}  {:<18} {:<14} {:<5} {:<17} {}",
             e.id,
             e.reason.as_str(),
             state,

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::rules::PatientDetails;
 use super::Reason;
-use crate::case::CaseRecord;
+use crate::case::{CaseRecord, CaseStatus};
 use crate::config::Practice;
 use crate::files::safe_name;
 use crate::mail::OutgoingMail;
@@ -59,7 +59,7 @@ impl Facts {
     fn text(&self) -> String {
         self.0
             .iter()
-            .map(|(l, v)| format!("{:<13}{v}\n", format!("{l}:")))
+            .map(|(l, v)| format!("{:<15}{v}\n", format!("{l}:")))
             .collect()
     }
 
@@ -213,11 +213,20 @@ pub fn escalation_mail(
     }
     if let (Some(sub), Some(deadline)) = (s(d, "submitted_at"), s(d, "deadline")) {
         facts.push("Submitted", sub.to_owned());
+        // Urgent windows are counted in hours, standard ones in days.
+        let so_far = if s(d, "urgency") == Some("urgent") {
+            num(&d["hours_pending"])
+        } else {
+            num(&d["days_pending"])
+        };
+        let label = match case.map(|c| c.status) {
+            Some(CaseStatus::Pending | CaseStatus::PendedForInfo) | None => "Pending",
+            Some(_) => "Decided after",
+        };
         facts.push(
-            "Pending",
+            label,
             format!(
-                "{} days of {} (deadline {deadline})",
-                num(&d["days_pending"]),
+                "{so_far} of {}; deadline {deadline}",
                 s(d, "window").unwrap_or("the payer's window")
             ),
         );

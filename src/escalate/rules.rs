@@ -275,6 +275,7 @@ pub fn deadline_detail(
         "submitted_at": local(submitted, tz),
         "deadline": local(deadline, tz),
         "days_pending": days(now - submitted),
+        "hours_pending": (now - submitted).num_hours(),
         "window": window,
         "window_days": days(deadline - submitted),
         "urgency": urgency.as_str(),

@@ -224,7 +224,7 @@ async fn a_denial_queues_its_mail_in_the_same_transaction_and_a_real_smtp_server
         "appeal",
         "peer-to-peer",
         "/cases/lakeside-ortho/LO-2026-1001",
-        "1.2 days of 7 calendar days (standard)",
+        "Decided after: 1.2 of 7 calendar days (standard); deadline 2026-11-09 09:00 CST",
     ] {
         assert!(text.contains(needle), "text part lacks `{needle}`:\n{text}");
     }
