@@ -104,6 +104,9 @@ pub enum MailTransport {
         tls: SmtpTls,
         username: Option<String>,
         password: Option<Secret>,
+        /// Extra trusted root certificates (PEM), checked at load to hold at
+        /// least one certificate.
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -579,12 +582,25 @@ fn compile_mail(raw: &RawDaemon, base: &Path, data_dir: &Path, secrets: Secrets,
             if password.is_some() && smtp.username.is_none() {
                 p.add("mail.smtp.username", "is required when a password is set");
             }
+            let ca_file = smtp.ca_file.as_deref().map(|f| resolve_path(base, f));
+            if let Some(path) = &ca_file {
+                if let Err(e) = crate::mail::read_ca_file(path) {
+                    p.add("mail.smtp.ca_file", e);
+                }
+                if tls == SmtpTls::None {
+                    p.add(
+                        "mail.smtp.ca_file",
+                        "is set but mail.smtp.tls is `none`; it is used with starttls or implicit only",
+                    );
+                }
+            }
             MailTransport::Smtp {
                 host,
                 port,
                 tls,
                 username: smtp.username.clone(),
                 password,
+                ca_file,
             }
         }
         Some(o) => {

@@ -142,6 +142,11 @@ pub struct RawSmtp {
     pub password: Option<RawSecret>,
     /// `tls = "none"` to a host other than loopback needs this set to true.
     pub allow_plaintext: Option<bool>,
+    /// Extra trusted root certificate(s), PEM, for a relay whose certificate
+    /// is issued by a private CA, e.g. `"/etc/precert/smtp-ca.pem"` (relative
+    /// to this file's directory). Trusted in addition to the public (webpki)
+    /// roots. Checked at load: the file must hold at least one certificate.
+    pub ca_file: Option<String>,
 }
 
 /// `config/practices/ID.toml`: one practice.

@@ -122,6 +122,30 @@ fn s<'a>(detail: &'a Value, key: &str) -> Option<&'a str> {
     detail.get(key).and_then(Value::as_str)
 }
 
+/// Free text from a payer or a failure (a reason, an error) may echo the
+/// patient: their member ID and name are masked in it unless the practice
+/// shows patients in full.
+fn scrub(text: &str, case: Option<&CaseRecord>, details: PatientDetails) -> String {
+    let Some(c) = case else {
+        return text.to_owned();
+    };
+    if details == PatientDetails::Full {
+        return text.to_owned();
+    }
+    let p = &c.data.patient;
+    let mut out = text.replace(p.member_id.expose(), &p.member_id.masked());
+    for part in [
+        p.name.expose_full(),
+        p.name.expose_family().to_owned(),
+        p.name.expose_given().to_owned(),
+    ] {
+        if part.chars().count() >= 2 {
+            out = out.replace(&part, &p.name.initials());
+        }
+    }
+    out
+}
+
 /// The recommended next step for a reason.
 pub fn next_step(reason: Reason, detail: &Value) -> String {
     match reason {
@@ -232,14 +256,14 @@ pub fn escalation_mail(
         );
     }
     if let Some(r) = s(d, "payer_reason") {
-        facts.push("Reason", r.to_owned());
+        facts.push("Reason", scrub(r, case, ctx.patient_details));
     }
     if let Some(lines) = d.get("short_lines").and_then(Value::as_array) {
         let l: Vec<&str> = lines.iter().filter_map(Value::as_str).collect();
         facts.push("Not approved", l.join("; "));
     }
     if let Some(w) = s(d, "why") {
-        facts.push("Why", w.to_owned());
+        facts.push("Why", scrub(w, case, ctx.patient_details));
     }
     if let Some(by) = s(d, "appeal_by") {
         facts.push("Appeal by", by.to_owned());
@@ -247,7 +271,11 @@ pub fn escalation_mail(
     if let Some(sd) = s(d, "service_date") {
         facts.push("Service date", sd.to_owned());
     }
-    facts.push("Next step", next_step(esc.reason, d));
+    let mut step_text = next_step(esc.reason, d);
+    if let Some(c) = case {
+        step_text = step_text.replace("precert cases show CASE", &format!("precert cases show {}", c.key()));
+    }
+    facts.push("Next step", step_text);
     if let Some(link) = &ctx.link {
         facts.push("Link", link.clone());
     }
@@ -363,7 +391,7 @@ pub fn digest_mail(
                 e.id,
                 escape(&e.summary),
                 escape(&due),
-                escape(&ack)
+                escape(ack)
             ));
         }
         html.push_str("</ul>\n");

@@ -6,13 +6,14 @@
 //! overwrites the same file, and a receiving mail system can deduplicate.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, CertificateStore, Tls, TlsParameters};
 use lettre::transport::smtp::{AsyncSmtpTransportBuilder, PoolConfig};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
@@ -211,7 +212,9 @@ enum Transport {
     },
     Smtp {
         smtp: AsyncSmtpTransport<Tokio1Executor>,
+        /// `host:port`, for messages.
         server: String,
+        host: String,
     },
 }
 
@@ -239,6 +242,7 @@ impl Mailer {
                 tls,
                 username,
                 password,
+                ca_file,
             } => {
                 // The pool starts its idle-cleanup task on the current runtime.
                 if tokio::runtime::Handle::try_current().is_err() {
@@ -246,12 +250,12 @@ impl Mailer {
                         "the SMTP mailer must be created inside a Tokio runtime".into(),
                     ));
                 }
-                let builder: AsyncSmtpTransportBuilder = match tls {
-                    SmtpTls::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
-                    SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
-                    SmtpTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.as_str())),
-                }
-                .map_err(|e| MailError::Config(format!("SMTP server {host}: {e}")))?;
+                let plain: AsyncSmtpTransportBuilder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host);
+                let builder = match tls {
+                    SmtpTls::Implicit => plain.tls(Tls::Wrapper(tls_parameters(host, ca_file.as_deref())?)),
+                    SmtpTls::StartTls => plain.tls(Tls::Required(tls_parameters(host, ca_file.as_deref())?)),
+                    SmtpTls::None => plain,
+                };
                 let mut builder = builder
                     .port(*port)
                     .timeout(Some(SMTP_TIMEOUT))
@@ -269,6 +273,7 @@ impl Mailer {
                 Transport::Smtp {
                     smtp: builder.build(),
                     server: format!("{host}:{port}"),
+                    host: host.clone(),
                 }
             }
         };
@@ -292,7 +297,7 @@ impl Mailer {
                     .map_err(|e| SendError::transient(format!("writing {}: {e}", path.display())))?;
                 Ok(Delivered::File { path })
             }
-            Transport::Smtp { smtp, server } => {
+            Transport::Smtp { smtp, server, host } => {
                 let first = smtp.send(message.clone()).await;
                 let result = match first {
                     // A pooled connection the server has since closed: once more, at once,
@@ -304,11 +309,88 @@ impl Mailer {
                     Ok(response) => Ok(Delivered::Smtp {
                         reply: reply_text(response.code(), response.message()),
                     }),
-                    Err(e) => Err(classify(server, &e)),
+                    Err(e) => Err(classify(server, host, &e)),
                 }
             }
         }
     }
+}
+
+/// TLS for `host`: the public (webpki) roots plus, with `ca_file`, its
+/// certificates.
+fn tls_parameters(host: &str, ca_file: Option<&Path>) -> Result<TlsParameters, MailError> {
+    let mut builder = TlsParameters::builder(host.to_owned());
+    if let Some(path) = ca_file {
+        for certificate in read_ca_file(path).map_err(MailError::Config)? {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| MailError::Config(format!("TLS for SMTP server {host}: {}", error_chain(&e))))
+}
+
+/// Reads `mail.smtp.ca_file`: one or more PEM certificates
+/// (`-----BEGIN CERTIFICATE-----`), each usable as a trust anchor. Other PEM
+/// sections are ignored. The error says why, with the path.
+pub fn read_ca_file(path: &Path) -> Result<Vec<Certificate>, String> {
+    let shown = path.display();
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut ders: Vec<Vec<u8>> = Vec::new();
+    let mut body: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        match (&mut body, line) {
+            (None, "-----BEGIN CERTIFICATE-----") => body = Some(String::new()),
+            (Some(b64), "-----END CERTIFICATE-----") => {
+                let n = ders.len() + 1;
+                let der = data_encoding::BASE64
+                    .decode(b64.as_bytes())
+                    .map_err(|e| format!("{shown}: certificate {n} is not valid base64: {e}"))?;
+                ders.push(der);
+                body = None;
+            }
+            (Some(_), l) if l.starts_with("-----") => {
+                return Err(format!(
+                    "{shown}: certificate {} has no END CERTIFICATE line",
+                    ders.len() + 1
+                ));
+            }
+            (Some(b64), l) => b64.push_str(l),
+            (None, _) => {}
+        }
+    }
+    if body.is_some() {
+        return Err(format!(
+            "{shown}: certificate {} has no END CERTIFICATE line",
+            ders.len() + 1
+        ));
+    }
+    if ders.is_empty() {
+        return Err(format!(
+            "{shown} holds no PEM certificate (a `-----BEGIN CERTIFICATE-----` block)"
+        ));
+    }
+    let mut certificates = Vec::with_capacity(ders.len());
+    for (i, der) in ders.into_iter().enumerate() {
+        let certificate = Certificate::from_der(der).map_err(|e| format!("{shown}: certificate {}: {e}", i + 1))?;
+        // Building a trust store parses the certificate as rustls will.
+        TlsParameters::builder("localhost".into())
+            .certificate_store(CertificateStore::None)
+            .add_root_certificate(certificate.clone())
+            .build()
+            .map_err(|e| {
+                // rustls words it as about a peer; only the reason is useful here.
+                let chain = error_chain(&e);
+                let reason = chain.rsplit(": ").next().unwrap_or(&chain).to_owned();
+                format!(
+                    "{shown}: certificate {} is not a usable X.509 CA certificate ({reason})",
+                    i + 1
+                )
+            })?;
+        certificates.push(certificate);
+    }
+    Ok(certificates)
 }
 
 /// Errors where no SMTP reply said no: the connection, I/O, TLS, a timeout.
@@ -316,13 +398,58 @@ fn is_connection_level(e: &lettre::transport::smtp::Error) -> bool {
     e.status().is_none() && !e.is_client() && !e.is_transport_shutdown()
 }
 
-fn classify(server: &str, e: &lettre::transport::smtp::Error) -> SendError {
-    let message = format!("SMTP server {server}: {}", error_chain(e));
-    if e.is_permanent() || e.is_client() {
+/// Permanent: a 5xx reply, or a message this server cannot take as it is
+/// (non-ASCII without SMTPUTF8/8BITMIME). Everything else, including TLS and
+/// certificate failures, no STARTTLS, no usable AUTH mechanism — problems an
+/// administrator can fix — is transient, so the mail is kept and retried.
+fn classify(server: &str, host: &str, e: &lettre::transport::smtp::Error) -> SendError {
+    let chain = error_chain(e);
+    let message = match tls_problem(&chain, host) {
+        Some(problem) => format!("SMTP server {server}: {problem} ({chain})"),
+        None => format!("SMTP server {server}: {chain}"),
+    };
+    // A refused login (530, 534, 535, 538) is the relay's verdict on our
+    // configuration, not on this message: every mail would fail alike. It
+    // waits in the outbox until the credentials are fixed, like a TLS
+    // problem, instead of being given up.
+    let auth_refused = e
+        .status()
+        .is_some_and(|c| matches!(c.to_string().as_str(), "530" | "534" | "535" | "538"));
+    let message = if auth_refused {
+        format!("{message}; check mail.smtp.username and mail.smtp.password")
+    } else {
+        message
+    };
+    if auth_refused {
+        SendError::transient(message)
+    } else if e.is_permanent() || (e.is_client() && chain.contains("non-ascii")) {
         SendError::permanent(message)
     } else {
         SendError::transient(message)
     }
+}
+
+/// A plain-words reading of rustls' certificate errors (which lettre reports
+/// as connection errors, e.g. `invalid peer certificate: UnknownIssuer`).
+fn tls_problem(chain: &str, host: &str) -> Option<String> {
+    let problem = if chain.contains("UnknownIssuer") || chain.contains("BadSignature") {
+        "TLS: the server's certificate is not trusted (unknown issuer); if the relay uses a private CA, set mail.smtp.ca_file to its certificate".to_owned()
+    } else if chain.contains("NotValidForName") {
+        format!("TLS: the server's certificate is not valid for `{host}`; set mail.smtp.host to a name the certificate covers")
+    } else if chain.contains("Expired") || chain.contains("NotValidYet") {
+        "TLS: the server's certificate is expired or not yet valid".to_owned()
+    } else if chain.contains("invalid peer certificate") {
+        "TLS: the server's certificate is not trusted".to_owned()
+    } else if chain.contains("STARTTLS is not supported") {
+        "the server does not offer STARTTLS; use mail.smtp.tls = \"implicit\" if it speaks TLS from the start"
+            .to_owned()
+    } else if chain.contains("corrupt message") || chain.contains("InvalidContentType") {
+        "TLS handshake failed; does the server speak implicit TLS on this port (else mail.smtp.tls = \"starttls\")?"
+            .to_owned()
+    } else {
+        return None;
+    };
+    Some(problem)
 }
 
 /// The error and its sources, each once (lettre's Display already shows the
@@ -338,7 +465,8 @@ fn error_chain(e: &lettre::transport::smtp::Error) -> String {
         }
         source = s.source();
     }
-    text
+    // lettre wraps a TLS handshake failure as a connection error twice.
+    text.replace("Connection error: Connection error: ", "Connection error: ")
 }
 
 fn reply_text<'a>(code: impl fmt::Display, lines: impl Iterator<Item = &'a str>) -> String {

@@ -122,6 +122,24 @@ impl World {
     fn mailer(&self) -> Mailer {
         Mailer::new(&self.settings.mail).unwrap()
     }
+
+    /// Delivers the outbox through the file transport; the mails, parsed.
+    async fn deliver_to_files(&self) -> Vec<ReceivedMail> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = (*self.settings).clone();
+        settings.mail.transport = precert::config::MailTransport::File {
+            dir: dir.path().to_owned(),
+        };
+        let round = escalate::send_due(&self.ledger, &Mailer::new(&settings.mail).unwrap())
+            .await
+            .unwrap();
+        let mails: Vec<ReceivedMail> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|f| parse_eml(&std::fs::read(f.unwrap().path()).unwrap()))
+            .collect();
+        assert_eq!(mails.len(), round.sent);
+        mails
+    }
 }
 
 /// Appends TOML to a practice's file.
@@ -394,7 +412,6 @@ async fn a_standard_case_warns_at_75_percent_then_stalls_at_7_days_and_an_urgent
 
 #[tokio::test]
 async fn an_unacknowledged_escalation_reminds_then_moves_to_the_managers_and_acknowledging_stops_it() {
-    let dir = tempfile::tempdir().unwrap();
     let w = world(|_| {}).await;
     let id = w.case_id("lakeside-ortho", "LO-2026-1001").await;
     w.submit(id).await;
@@ -424,19 +441,9 @@ async fn an_unacknowledged_escalation_reminds_then_moves_to_the_managers_and_ack
 
     // The file transport writes the mails; the next level's threads under
     // the first one.
-    let mut settings = (*w.settings).clone();
-    settings.mail.transport = precert::config::MailTransport::File {
-        dir: dir.path().to_owned(),
-    };
-    let round = escalate::send_due(&w.ledger, &Mailer::new(&settings.mail).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(round.sent, 4);
-    let next_level = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|f| parse_eml(&std::fs::read(f.unwrap().path()).unwrap()))
-        .find(|m| m.subject.starts_with("Escalated"))
-        .unwrap();
+    let files = w.deliver_to_files().await;
+    assert_eq!(files.len(), 4);
+    let next_level = files.iter().find(|m| m.subject.starts_with("Escalated")).unwrap();
     assert_eq!(next_level.to, [mgr]);
     assert_eq!(next_level.cc, [sup]);
     let first_id = &mails[0].message_id;
@@ -539,17 +546,10 @@ async fn the_daily_digest_groups_each_supervisors_open_escalations_most_urgent_f
         digests[0].subject
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = (*w.settings).clone();
-    settings.mail.transport = precert::config::MailTransport::File {
-        dir: dir.path().to_owned(),
-    };
-    escalate::send_due(&w.ledger, &Mailer::new(&settings.mail).unwrap())
+    let digest = w
+        .deliver_to_files()
         .await
-        .unwrap();
-    let digest = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|f| parse_eml(&std::fs::read(f.unwrap().path()).unwrap()))
+        .into_iter()
         .find(|m| m.subject.contains("Daily digest") && m.to == ["auth.lead@valley-imaging.example"])
         .unwrap();
     assert!(digest.defects.is_empty());
@@ -606,16 +606,7 @@ async fn rules_take_practice_state_and_payer_overrides_and_bad_values_name_their
     let id = w.case_id("lakeside-ortho", "LO-2026-1001").await;
     w.submit(id).await;
     w.deny(id).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut settings = (*w.settings).clone();
-    settings.mail.transport = precert::config::MailTransport::File {
-        dir: dir.path().to_owned(),
-    };
-    escalate::send_due(&w.ledger, &Mailer::new(&settings.mail).unwrap())
-        .await
-        .unwrap();
-    let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
-    let m = parse_eml(&std::fs::read(&file).unwrap());
+    let m = w.deliver_to_files().await.remove(0);
     assert!(!m.raw.contains("A. M.") && !m.raw.contains("0301"), "{}", m.raw);
 
     let p = Project::new();
@@ -644,19 +635,24 @@ async fn a_case_automation_gives_up_on_goes_to_operations_and_a_service_date_nea
     let w = world(|_| {}).await;
     let a = Actor::user("test");
     let id = w.case_id("lakeside-ortho", "LO-2026-1002").await;
+    // A failure message that echoes the patient (as portals' errors do).
+    let why = "portal says: member SBX100200302 (Blake Okafor) not found";
     w.ledger
-        .transition(
-            id,
-            CaseStatus::NeedsAttention,
-            &a,
-            Some("layout changed: #member-id not found"),
-        )
+        .transition(id, CaseStatus::NeedsAttention, &a, Some(why))
         .await
         .unwrap();
     let mails = w.ledger.outbox(true).await.unwrap();
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].recipients, ["precert.ops@lakeside-ortho.example"]);
     assert!(mails[0].subject.contains("Automation needs a person"));
+    let m = w.deliver_to_files().await.remove(0);
+    let text = m.text.as_deref().unwrap();
+    assert!(text.contains("member ********0302 (B. O.) not found"), "{text}");
+    assert!(
+        text.contains("precert cases show lakeside-ortho/LO-2026-1002"),
+        "{text}"
+    );
+    assert_minimum_phi(&m, "SBX100200302", "Okafor");
 
     // LO-2026-1001's service is on Tuesday 8 December 2026, still not
     // submitted: on Thursday 3 December it is 3 business days away.

@@ -3,13 +3,15 @@
 //! stopped under the mailer.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use precert::config::{MailSettings, MailTransport, SmtpTls};
+use precert::config::{MailSettings, MailTransport, Secret, SecretRef, SmtpTls};
 use precert::mail::{Delivered, Mailer, OutgoingMail, SendErrorKind};
 
-use super::smtp::{parse_eml_file, ReceivedMail, SmtpServer};
+use super::smtp::{parse_eml_file, ReceivedMail, ServerTls, SmtpOptions, SmtpServer};
+use super::support::Project;
 
 const FROM: &str = "precert@lakeside-ortho.example";
 const WAIT: Duration = Duration::from_secs(20);
@@ -38,6 +40,49 @@ fn smtp_settings(port: u16) -> MailSettings {
             tls: SmtpTls::None,
             username: None,
             password: None,
+            ca_file: None,
+        },
+    }
+}
+
+const USER: &str = "precert";
+const PASSWORD: &str = "Relay-Pa55word-2026";
+
+/// A TLS server with AUTH, and the settings to reach it (right password,
+/// its CA trusted).
+fn tls_server(tls: ServerTls) -> (SmtpServer, MailSettings) {
+    let server = SmtpServer::start_with_options(SmtpOptions {
+        tls,
+        auth: Some((USER.into(), PASSWORD.into())),
+    });
+    let settings = tls_settings(&server, tls, PASSWORD, Some(server.ca_pem_path()));
+    (server, settings)
+}
+
+fn tls_settings(server: &SmtpServer, tls: ServerTls, password: &str, ca_file: Option<PathBuf>) -> MailSettings {
+    let password = Secret::resolved(
+        SecretRef::Env("PRECERT_TEST_SMTP_PASSWORD".into()),
+        secrecy::SecretString::from(password.to_owned()),
+    );
+    MailSettings {
+        from: FROM.into(),
+        transport: MailTransport::Smtp {
+            // A DNS name for STARTTLS, an IP address for implicit TLS: both are in the certificate.
+            host: if tls == ServerTls::Implicit {
+                "127.0.0.1"
+            } else {
+                "localhost"
+            }
+            .into(),
+            port: server.port(),
+            tls: match tls {
+                ServerTls::None => SmtpTls::None,
+                ServerTls::StartTls => SmtpTls::StartTls,
+                ServerTls::Implicit => SmtpTls::Implicit,
+            },
+            username: Some(USER.into()),
+            password: Some(password),
+            ca_file,
         },
     }
 }
@@ -203,4 +248,166 @@ async fn smtp_5xx_is_permanent() {
     assert!(e.message.contains("552"), "{e}");
     assert!(!e.message.contains("Müller"), "{e}");
     assert!(server.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_with_auth_and_a_private_ca_delivers() {
+    let (server, settings) = tls_server(ServerTls::StartTls);
+    let mailer = Mailer::new(&settings).unwrap();
+    let sent = mail("1.0");
+    let delivered = mailer.send(&sent, Utc::now()).await.unwrap();
+    assert!(
+        matches!(&delivered, Delivered::Smtp { reply } if reply.starts_with("250")),
+        "{delivered:?}"
+    );
+    let got = server.wait_for(1, WAIT);
+    assert_eq!(got.len(), 1);
+    assert_same(&got[0], &sent);
+    // The pooled, authenticated TLS connection carries a second message.
+    mailer.send(&mail("1.1"), Utc::now()).await.unwrap();
+    assert_eq!(server.wait_for(2, WAIT).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_smtp_password_waits_for_a_fix_and_is_not_in_the_error() {
+    let (server, _) = tls_server(ServerTls::StartTls);
+    let wrong = "Wrong-Pa55word-9";
+    let settings = tls_settings(&server, ServerTls::StartTls, wrong, Some(server.ca_pem_path()));
+    let mailer = Mailer::new(&settings).unwrap();
+    let e = mailer.send(&mail("1.0"), Utc::now()).await.unwrap_err();
+    assert_eq!(e.kind, SendErrorKind::Transient, "{e}");
+    assert!(
+        e.message.contains("535") && e.message.to_lowercase().contains("authentication"),
+        "{e}"
+    );
+    for secret in [wrong, PASSWORD] {
+        assert!(
+            !e.message.contains(secret) && !format!("{e:?}").contains(secret),
+            "{e:?}"
+        );
+    }
+    assert!(server.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_before_auth_is_refused() {
+    // The server really requires AUTH: without credentials, MAIL gets 530.
+    let (server, mut settings) = tls_server(ServerTls::StartTls);
+    if let MailTransport::Smtp { username, password, .. } = &mut settings.transport {
+        *username = None;
+        *password = None;
+    }
+    let e = Mailer::new(&settings)
+        .unwrap()
+        .send(&mail("1.0"), Utc::now())
+        .await
+        .unwrap_err();
+    assert!(e.message.contains("530"), "{e}");
+    assert!(server.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implicit_tls_with_auth_and_a_private_ca_delivers() {
+    let (server, settings) = tls_server(ServerTls::Implicit);
+    let mailer = Mailer::new(&settings).unwrap();
+    let sent = mail("1.0");
+    mailer.send(&sent, Utc::now()).await.unwrap();
+    let got = server.wait_for(1, WAIT);
+    assert_eq!(got.len(), 1);
+    assert_same(&got[0], &sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_transient_and_says_so() {
+    for tls in [ServerTls::StartTls, ServerTls::Implicit] {
+        let (server, _) = tls_server(tls);
+        let settings = tls_settings(&server, tls, PASSWORD, None);
+        let e = Mailer::new(&settings)
+            .unwrap()
+            .send(&mail("1.0"), Utc::now())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, SendErrorKind::Transient, "{tls:?}: {e}");
+        assert!(e.message.contains("certificate is not trusted"), "{tls:?}: {e}");
+        assert!(e.message.contains("mail.smtp.ca_file"), "{tls:?}: {e}");
+        assert!(!e.message.contains(PASSWORD), "{e}");
+        assert!(server.messages().is_empty());
+    }
+}
+
+/// Loads the project's config with `[mail.smtp]` using `ca_file`.
+fn load_with_ca_file(project: &Project, ca_file: &str) -> Result<precert::config::Settings, String> {
+    let path = project.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("transport = \"file\""));
+    let text = text.replace("transport = \"file\"", "transport = \"smtp\"")
+        + &format!("\n[mail.smtp]\nhost = \"smtp.example.org\"\nport = 587\nca_file = \"{ca_file}\"\n");
+    std::fs::write(&path, text).unwrap();
+    precert::config::load(&path, precert::config::Secrets::Skip).map_err(|e| e.to_string())
+}
+
+#[test]
+fn config_ca_file_is_resolved_and_checked_at_load() {
+    // A real CA certificate, relative to the config file's directory.
+    let server = SmtpServer::start_with_options(SmtpOptions {
+        tls: ServerTls::StartTls,
+        auth: None,
+    });
+    let project = Project::new();
+    std::fs::copy(server.ca_pem_path(), project.path("config/smtp-ca.pem")).unwrap();
+    let settings = load_with_ca_file(&project, "smtp-ca.pem").unwrap_or_else(|e| panic!("{e}"));
+    match &settings.mail.transport {
+        MailTransport::Smtp { ca_file, .. } => {
+            assert_eq!(ca_file.as_deref(), Some(project.path("config/smtp-ca.pem").as_path()))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Several certificates (a bundle) and other PEM sections are fine.
+    let project = Project::new();
+    let ca = std::fs::read_to_string(server.ca_pem_path()).unwrap();
+    let key = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+    project.write("config/bundle.pem", &format!("{key}{ca}{ca}"));
+    load_with_ca_file(&project, "bundle.pem").unwrap_or_else(|e| panic!("{e}"));
+
+    // Missing.
+    let project = Project::new();
+    let e = load_with_ca_file(&project, "/nonexistent/smtp-ca.pem").unwrap_err();
+    assert!(
+        e.contains("mail.smtp.ca_file") && e.contains("/nonexistent/smtp-ca.pem"),
+        "{e}"
+    );
+    assert!(e.to_lowercase().contains("no such file"), "{e}");
+
+    // Not PEM: a private key only, and garbage.
+    let project = Project::new();
+    project.write(
+        "config/key.pem",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    );
+    let e = load_with_ca_file(&project, "key.pem").unwrap_err();
+    assert!(
+        e.contains("mail.smtp.ca_file") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+
+    let project = Project::new();
+    project.write(
+        "config/bad.pem",
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    );
+    let e = load_with_ca_file(&project, "bad.pem").unwrap_err();
+    assert!(e.contains("mail.smtp.ca_file") && e.contains("base64"), "{e}");
+
+    // Valid base64, but not a certificate.
+    let project = Project::new();
+    project.write(
+        "config/notcert.pem",
+        "-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n",
+    );
+    let e = load_with_ca_file(&project, "notcert.pem").unwrap_err();
+    assert!(
+        e.contains("mail.smtp.ca_file") && e.contains("certificate 1 is not a usable X.509"),
+        "{e}"
+    );
 }

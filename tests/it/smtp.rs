@@ -6,6 +6,12 @@
 //! The Mailbox handler re-serialises each message through Python's `email`
 //! package and adds `X-Peer`, `X-MailFrom` and `X-RcptTo` (the envelope);
 //! `raw` is therefore close to, not byte-for-byte, what the client sent.
+//!
+//! `start`/`start_with` run `python3 -m aiosmtpd` (plain SMTP, aiosmtpd's
+//! CLI options). `start_with_options` runs `tests/smtp_server.py` (the same
+//! aiosmtpd, through its `Controller`) for STARTTLS, implicit TLS and AUTH,
+//! with a throwaway CA and a `localhost`/127.0.0.1 certificate made by the
+//! `openssl` CLI in the server's temporary directory (`ca_pem_path()`).
 
 #![allow(dead_code)]
 
@@ -16,8 +22,31 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PYTHON: &str = "/usr/bin/python3";
+const OPENSSL: &str = "/usr/bin/openssl";
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/smtp_server.py");
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(50);
+
+/// How the server protects the connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServerTls {
+    /// Plain SMTP.
+    #[default]
+    None,
+    /// STARTTLS offered, and required before AUTH and MAIL.
+    StartTls,
+    /// TLS from the first byte (SMTPS); no greeting in clear.
+    Implicit,
+}
+
+/// What `tests/smtp_server.py` should demand.
+#[derive(Clone, Debug, Default)]
+pub struct SmtpOptions {
+    pub tls: ServerTls,
+    /// AUTH PLAIN/LOGIN with this user and password, required before MAIL;
+    /// anything else gets `535`.
+    pub auth: Option<(String, String)>,
+}
 
 /// One running aiosmtpd; killed on drop.
 pub struct SmtpServer {
@@ -25,7 +54,10 @@ pub struct SmtpServer {
     port: u16,
     /// Extra aiosmtpd arguments, e.g. `["-s", "2000"]` (a SIZE limit).
     extra: Vec<String>,
-    /// Holds `Maildir/` (the messages) and `server.log` (aiosmtpd's output).
+    /// `Some` when run through `tests/smtp_server.py`.
+    options: Option<SmtpOptions>,
+    /// Holds `Maildir/` (the messages), `server.log` (aiosmtpd's output) and,
+    /// with TLS, `ca.pem`, `server.pem`, `server.key`.
     dir: tempfile::TempDir,
 }
 
@@ -37,11 +69,25 @@ impl SmtpServer {
 
     /// As `start`, with extra aiosmtpd arguments (`-s SIZE`, `-u`, ...).
     pub fn start_with(extra: &[&str]) -> SmtpServer {
+        SmtpServer::launch(extra.iter().map(|a| a.to_string()).collect(), None)
+    }
+
+    /// Starts `tests/smtp_server.py` with TLS and/or AUTH on a free loopback
+    /// port and waits until it is ready (greets; for implicit TLS, accepts).
+    pub fn start_with_options(options: SmtpOptions) -> SmtpServer {
+        SmtpServer::launch(Vec::new(), Some(options))
+    }
+
+    fn launch(extra: Vec<String>, options: Option<SmtpOptions>) -> SmtpServer {
         let dir = tempfile::Builder::new().prefix("precert-smtp-").tempdir().unwrap();
+        if options.as_ref().is_some_and(|o| o.tls != ServerTls::None) {
+            make_certificates(dir.path());
+        }
         let mut server = SmtpServer {
             child: None,
             port: 0,
-            extra: extra.iter().map(|a| a.to_string()).collect(),
+            extra,
+            options,
             dir,
         };
         let mut last = String::new();
@@ -62,6 +108,12 @@ impl SmtpServer {
 
     pub fn maildir(&self) -> PathBuf {
         self.dir.path().join("Maildir")
+    }
+
+    /// The throwaway CA that issued the server's certificate (PEM); exists
+    /// only with TLS.
+    pub fn ca_pem_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
     }
 
     /// Kills the server and reaps it; its port is free afterwards.
@@ -135,18 +187,42 @@ impl SmtpServer {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .unwrap();
-        let child = Command::new(PYTHON)
-            .args(["-m", "aiosmtpd", "-n"])
-            .args(&self.extra)
-            .arg("-l")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(self.maildir())
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut command = Command::new(PYTHON);
+        match &self.options {
+            None => {
+                command
+                    .args(["-m", "aiosmtpd", "-n"])
+                    .args(&self.extra)
+                    .args(["-l", &listen, "-c", "aiosmtpd.handlers.Mailbox"])
+                    .arg(self.maildir());
+            }
+            Some(options) => {
+                command
+                    .args([SCRIPT, "--listen", &listen, "--maildir"])
+                    .arg(self.maildir());
+                let flag = match options.tls {
+                    ServerTls::None => None,
+                    ServerTls::StartTls => Some("--starttls"),
+                    ServerTls::Implicit => Some("--smtps"),
+                };
+                if let Some(flag) = flag {
+                    command
+                        .arg(flag)
+                        .arg(self.dir.path().join("server.pem"))
+                        .arg(self.dir.path().join("server.key"));
+                }
+                if let Some((user, password)) = &options.auth {
+                    command.arg("--auth").arg(format!("{user}:{password}"));
+                }
+            }
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("cannot run {PYTHON} -m aiosmtpd: {e}"))?;
+            .map_err(|e| format!("cannot run {PYTHON} (aiosmtpd): {e}"))?;
         self.child = Some(child);
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let deadline = Instant::now() + READY_TIMEOUT;
@@ -155,7 +231,13 @@ impl SmtpServer {
                 self.child = None;
                 return Err(format!("aiosmtpd exited with {status}; log:\n{}", self.log()));
             }
-            if greets(addr) {
+            let implicit = self.options.as_ref().is_some_and(|o| o.tls == ServerTls::Implicit);
+            let ready = if implicit {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+            } else {
+                greets(addr)
+            };
+            if ready {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -187,6 +269,79 @@ fn greets(addr: SocketAddr) -> bool {
     let ok = BufReader::new(&stream).read_line(&mut line).is_ok() && line.starts_with("220");
     let _ = std::io::Write::write_all(&mut &stream, b"QUIT\r\n");
     ok
+}
+
+/// A throwaway CA (`ca.pem`) and a server certificate it issued for
+/// `localhost` and 127.0.0.1 (`server.pem`, `server.key`), P-256, in `dir`.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new(OPENSSL)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {OPENSSL}: {e}"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=precert test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req", "-new"][..],
+            &ec,
+            &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\n\
+         basicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature\n\
+         extendedKeyUsage = serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
 }
 
 fn free_port() -> u16 {
