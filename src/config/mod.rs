@@ -336,12 +336,14 @@ fn parse_file<T: DeserializeOwned>(path: &Path, env_prefix: Option<&str>) -> Res
         let parent = e.path().to_string();
         let parent = if parent == "." { String::new() } else { parent };
         let mut message = e.inner().to_string();
-        // serde reports an unknown key at its parent; name the key itself.
+        // serde reports an unknown key at its parent (in nested tables the
+        // config crate sometimes at the key itself); name the key once.
         let key = match message
             .strip_prefix("unknown field `")
             .and_then(|m| m.split('`').next())
         {
             Some(field) if parent.is_empty() => field.to_owned(),
+            Some(field) if parent == field || parent.ends_with(&format!(".{field}")) => parent,
             Some(field) => format!("{parent}.{field}"),
             None => parent,
         };

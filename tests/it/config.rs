@@ -56,6 +56,21 @@ fn an_unknown_key_is_named_with_its_file() {
 }
 
 #[test]
+fn an_unknown_key_in_a_nested_table_is_named_once() {
+    let p = Project::new();
+    let text = std::fs::read_to_string(p.config_path()).unwrap()
+        + "\n[mail.smtp]\nhost = \"localhost\"\nfrom = \"x@y.example\"\n";
+    p.write("config/precert.toml", &text);
+    let errors = errors_of(&p, Secrets::Skip);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("precert.toml: mail.smtp.from: unknown field `from`"),
+        "{errors:?}"
+    );
+    assert!(errors[0].contains("PRECERT__MAIL__SMTP__FROM)"), "{errors:?}");
+}
+
+#[test]
 fn every_problem_in_a_practice_is_reported_at_once() {
     let p = Project::new();
     let text = std::fs::read_to_string(p.path("config/practices/valley-imaging.toml"))

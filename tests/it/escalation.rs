@@ -682,3 +682,170 @@ async fn a_case_automation_gives_up_on_goes_to_operations_and_a_service_date_nea
         .unwrap();
     assert_eq!(m.recipients, ["precert.supervisor@lakeside-ortho.example"]);
 }
+
+#[tokio::test]
+async fn a_paused_payer_reaches_every_practices_operations_and_ends_when_it_works_again() {
+    let w = world(|_| {}).await;
+    w.esc
+        .payer_alert(
+            &w.ledger,
+            "sandbox",
+            Some("payer sandbox paused after 5 portal failures"),
+        )
+        .await
+        .unwrap();
+    // Both practices use the sandbox portal playbook; lakeside's PAS binding
+    // is another playbook.
+    let open = w.ledger.escalations(None, false).await.unwrap();
+    let mut practices: Vec<&str> = open.iter().map(|e| e.practice_id.as_str()).collect();
+    practices.sort();
+    assert_eq!(practices, ["lakeside-ortho", "valley-imaging"]);
+    assert!(open
+        .iter()
+        .all(|e| e.reason == Reason::PayerPaused && e.case_id.is_none()));
+    let mut recipients: Vec<String> = w
+        .ledger
+        .outbox(true)
+        .await
+        .unwrap()
+        .into_iter()
+        .flat_map(|m| m.recipients)
+        .collect();
+    recipients.sort();
+    assert_eq!(
+        recipients,
+        ["it.ops@valley-imaging.example", "precert.ops@lakeside-ortho.example"]
+    );
+    // A second alert while paused adds nothing.
+    w.esc
+        .payer_alert(&w.ledger, "sandbox", Some("still failing"))
+        .await
+        .unwrap();
+    assert_eq!(w.ledger.outbox(true).await.unwrap().len(), 2);
+    w.esc.payer_alert(&w.ledger, "sandbox", None).await.unwrap();
+    assert!(w.ledger.escalations(None, false).await.unwrap().is_empty());
+    let mails = w.deliver_to_files().await;
+    assert_eq!(mails.len(), 2);
+    let text = mails[0].text.as_deref().unwrap();
+    assert!(mails[0].subject.contains("Payer paused"), "{}", mails[0].subject);
+    assert!(text.contains("paused after 5 portal failures"), "{text}");
+}
+
+#[tokio::test]
+async fn a_partial_approval_mails_at_once_and_a_missing_letter_after_48_hours_until_it_arrives() {
+    let w = world(|_| {}).await;
+    let id = w.case_id("lakeside-ortho", "LO-2026-1003").await;
+    w.submit(id).await;
+    let case = w.ledger.get(id).await.unwrap();
+    let line = &case.data.service_lines[0];
+    let decision = Decision {
+        auth_number: Some("SHP97110".into()),
+        valid: None,
+        lines: vec![precert::case::LineDecision {
+            code: line.code.clone(),
+            requested_units: 12,
+            approved_units: 6,
+        }],
+        conditions: Some("6 visits approved; re-request with progress notes".into()),
+        denial: None,
+        decided_at: w.at(),
+        source: "portal:sandbox".into(),
+    };
+    w.ledger
+        .record_decision(id, &decision, CaseStatus::PartiallyApproved, &Actor::user("test"))
+        .await
+        .unwrap();
+    let mail = w.deliver_to_files().await.remove(0);
+    assert!(mail.subject.contains("Partially approved"), "{}", mail.subject);
+    let text = mail.text.unwrap();
+    assert!(text.contains("97110: 6 of 12 units"), "{text}");
+    assert!(text.contains("re-request with progress notes"), "{text}");
+    assert!(text.contains("SHP97110"), "{text}");
+
+    let letter_missing = |w: &World| {
+        let ledger = w.ledger.clone();
+        async move {
+            ledger
+                .escalations(None, false)
+                .await
+                .unwrap()
+                .iter()
+                .any(|e| e.reason == Reason::LetterMissing)
+        }
+    };
+    w.advance(Duration::hours(47));
+    w.esc.scan(&w.ledger, "lakeside-ortho").await.unwrap();
+    assert!(!letter_missing(&w).await);
+    w.advance(Duration::hours(1));
+    w.esc.scan(&w.ledger, "lakeside-ortho").await.unwrap();
+    assert!(letter_missing(&w).await);
+    // The letters job keeps the letter: the escalation ends.
+    let letter = precert::store::Letter {
+        kind: "letter".into(),
+        stored_path: "letters/x.pdf".into(),
+        sha256: "00".repeat(32),
+        bytes: 10,
+        media_type: "application/pdf".into(),
+        fetched_at: None,
+    };
+    w.ledger.add_letter(id, &letter, &Actor::user("test")).await.unwrap();
+    assert!(!letter_missing(&w).await);
+}
+
+#[tokio::test]
+async fn the_cli_raises_escalations_for_its_own_changes_and_delivers_and_lists_the_outbox() {
+    let p = Project::new();
+    assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
+    let out = p.precert(&[
+        "cases",
+        "set-status",
+        "lakeside-ortho/LO-2026-1002",
+        "needs_attention",
+        "--note",
+        "wrong location on the request",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = stdout(&p.precert(&["outbox", "list"]));
+    assert!(
+        listing.contains("pending") && listing.contains("precert.ops@lakeside-ortho.example"),
+        "{listing}"
+    );
+    let listing = stdout(&p.precert(&["escalations", "list"]));
+    assert!(
+        listing.contains("needs_attention") && listing.contains("LO-2026-1002"),
+        "{listing}"
+    );
+
+    let out = p.precert(&["outbox", "send"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout(&out).contains("1 sent, 0 failed"), "{}", stdout(&out));
+    assert!(stdout(&p.precert(&["outbox", "list"])).contains("outbox is empty"));
+    assert!(stdout(&p.precert(&["outbox", "list", "--all"])).contains("sent"));
+    let dir = p.settings().data_dir.join("mail");
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|f| f.unwrap().path()).collect();
+    assert_eq!(files.len(), 1);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    let mail = parse_eml(&std::fs::read(&files[0]).unwrap());
+    assert!(mail.text.unwrap().contains("wrong location on the request"));
+
+    // `scan` evaluates the time rules now; nothing new is due today for
+    // this case, and a second scan opens nothing.
+    let first = stdout(&p.precert(&["escalations", "scan", "--practice", "lakeside-ortho"]));
+    assert!(first.contains("escalation(s) opened"), "{first}");
+    let again = stdout(&p.precert(&["escalations", "scan", "--practice", "lakeside-ortho"]));
+    assert!(again.starts_with("0 escalation(s) opened"), "{again}");
+
+    // Retrying mail that is not failed is refused with a clear message.
+    let out = p.precert(&["outbox", "retry", "99"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("mail 99"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
