@@ -130,21 +130,20 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     for (result, n) in s.metrics.mail.lock().expect("metrics lock").iter() {
         let _ = writeln!(out, "precert_mail_total{{result=\"{result}\"}} {n}");
     }
-    if let Ok(waiting) = s.ledger.outbox(false).await {
+    if let Ok(waiting) = s.ledger.outbox_counts().await {
         let _ = writeln!(
             out,
             "# HELP precert_outbox_mails Mail not yet delivered, by state.\n# TYPE precert_outbox_mails gauge"
         );
         for state in ["pending", "sending", "failed"] {
-            let n = waiting.iter().filter(|m| m.state.as_str() == state).count();
+            let n = waiting.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
             let _ = writeln!(out, "precert_outbox_mails{{state=\"{state}\"}} {n}");
         }
     }
-    if let Ok(active) = s.ledger.escalations(None, false).await {
+    if let Ok(active) = s.ledger.active_escalation_count().await {
         let _ = writeln!(
             out,
-            "# HELP precert_escalations_active Open or acknowledged escalations.\n# TYPE precert_escalations_active gauge\nprecert_escalations_active {}",
-            active.len()
+            "# HELP precert_escalations_active Open or acknowledged escalations.\n# TYPE precert_escalations_active gauge\nprecert_escalations_active {active}"
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()

@@ -888,6 +888,25 @@ impl Ledger {
             .collect()
     }
 
+    /// Mail not yet sent, by state (for metrics).
+    pub async fn outbox_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) AS n FROM outbox WHERE state <> 'sent' GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// Open or acknowledged escalations (for metrics).
+    pub async fn active_escalation_count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM escalations WHERE state IN ('open', 'acknowledged')")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
     /// Puts a failed mail back in line to be sent now.
     pub async fn retry_mail(&self, id: i64) -> Result<(), StoreError> {
         let done = sqlx::query(

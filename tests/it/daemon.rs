@@ -405,7 +405,8 @@ async fn a_denial_from_the_payer_reaches_the_supervisors_inbox_through_the_daemo
     let server = super::smtp::SmtpServer::start();
     let (p, sandbox, ledger) = setup().await;
     p.use_smtp(server.port());
-    let daemon = start(&p, free_port(), false, "daemon");
+    let port = free_port();
+    let daemon = start(&p, port, false, "daemon");
     let denied = ledger.find("valley-imaging", "VI-88120").await.unwrap().unwrap();
     // The daemon submits, polls, records the denial with its reason, and
     // the escalation mail goes out through the sender.
@@ -468,6 +469,27 @@ async fn a_denial_from_the_payer_reaches_the_supervisors_inbox_through_the_daemo
             .count(),
         1
     );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("precert_mail_total{result=\"sent\"}"), "{metrics}");
+    assert!(
+        metrics.contains("precert_outbox_mails{state=\"failed\"} 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("precert_escalations_active "), "{metrics}");
+    // The case page the mail links to answers, without patient identifiers.
+    let page = reqwest::get(format!("http://127.0.0.1:{port}/cases/valley-imaging/VI-88120"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("denied") && page.contains("CLIN-06"), "{page}");
+    assert!(!page.contains("SBX100200305") && !page.contains("Kowalski"), "{page}");
     daemon.signal(libc::SIGTERM);
     assert!(daemon.exit(Duration::from_secs(40)).await.success());
     sandbox.shutdown().await;
