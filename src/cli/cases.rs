@@ -100,6 +100,26 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
             let events = ledger.events(case.id).await?;
             let letters = ledger.letters(case.id).await?;
             print!("{}", render_case(&case, &events, &letters, phi));
+            let escalations: Vec<_> = ledger
+                .escalations(Some(&case.data.practice_id), true)
+                .await?
+                .into_iter()
+                .filter(|e| e.case_id == Some(case.id))
+                .collect();
+            if !escalations.is_empty() {
+                println!("  escalations");
+                for e in escalations {
+                    println!(
+                        "    #{:<5} {:<18} {:<12} level {}  {} mail(s)  opened {}",
+                        e.id,
+                        e.reason.as_str(),
+                        e.state.as_str(),
+                        e.level,
+                        e.sends,
+                        e.opened_at.format("%Y-%m-%d %H:%M UTC")
+                    );
+                }
+            }
             Ok(Outcome::Ok)
         }
         CasesCommand::SetStatus { id, status, note } => {

@@ -815,6 +815,11 @@ async fn the_cli_raises_escalations_for_its_own_changes_and_delivers_and_lists_t
         listing.contains("needs_attention") && listing.contains("LO-2026-1002"),
         "{listing}"
     );
+    let shown = stdout(&p.precert(&["cases", "show", "lakeside-ortho/LO-2026-1002"]));
+    assert!(
+        shown.contains("escalations") && shown.contains("needs_attention"),
+        "{shown}"
+    );
 
     let out = p.precert(&["outbox", "send"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
