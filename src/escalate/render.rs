@@ -68,10 +68,15 @@ impl Facts {
             .0
             .iter()
             .map(|(l, v)| {
-                format!(
-                    "<tr><th align=\"left\" valign=\"top\" style=\"padding:2px 12px 2px 0\">{}</th><td style=\"padding:2px 0\">{}</td></tr>\n",
-                    escape(l),
+                // The link is a link; every other value is text.
+                let value = if *l == "Link" && (v.starts_with("https://") || v.starts_with("http://")) {
+                    format!("<a href=\"{0}\">{0}</a>", escape(v))
+                } else {
                     escape(v)
+                };
+                format!(
+                    "<tr><th align=\"left\" valign=\"top\" style=\"padding:2px 12px 2px 0\">{}</th><td style=\"padding:2px 0\">{value}</td></tr>\n",
+                    escape(l),
                 )
             })
             .collect();

@@ -247,6 +247,10 @@ async fn a_denial_queues_its_mail_in_the_same_transaction_and_a_real_smtp_server
         assert!(text.contains(needle), "text part lacks `{needle}`:\n{text}");
     }
     assert!(html.contains("CLIN-06") && html.contains("<table"), "{html}");
+    assert!(
+        html.contains("<a href=\"http://127.0.0.1:8622/cases/lakeside-ortho/LO-2026-1001\">"),
+        "{html}"
+    );
     assert!(text.contains("A. M."), "initials: {text}");
     assert_minimum_phi(m, "SBX100200301", "Marsh");
     assert!(!m.raw.contains("1961-04-12"), "no birth date");
