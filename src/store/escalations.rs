@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{current, insert_event, parse_ts, ts, Actor, EventKind, Ledger, StoreError, Tx};
+use super::{insert_event, parse_ts, ts, Actor, EventKind, Ledger, StoreError, Tx};
 use crate::case::{CaseRecord, CaseStatus};
 use crate::escalate::{Audience, Reason};
 use crate::mail::OutgoingMail;
@@ -321,6 +321,19 @@ fn still_holds(reason: Reason, status: CaseStatus) -> bool {
     }
 }
 
+/// The case an escalation is about, read in the caller's transaction.
+async fn case_in_tx(tx: &mut Tx<'_>, id: Option<i64>) -> Result<Option<CaseRecord>, StoreError> {
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    let row = sqlx::query(&format!("{} WHERE id = $1", super::SELECT_CASE))
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    Ok(Some(super::case_from_row(&row)?))
+}
+
 /// Queues one mail in the caller's transaction. Returns false when a mail
 /// with this Message-ID is already queued (a step taken twice).
 async fn queue_mail(
@@ -388,11 +401,9 @@ impl Ledger {
         let Some(hook) = self.hook() else {
             return Ok(false);
         };
-        let row = sqlx::query(&format!("{} WHERE id = $1", super::SELECT_CASE))
-            .bind(id)
-            .fetch_one(&mut **tx)
-            .await?;
-        let case = super::case_from_row(&row)?;
+        let Some(case) = case_in_tx(tx, Some(id)).await? else {
+            return Ok(false);
+        };
         let submitted: Option<String> = sqlx::query("SELECT submitted_at FROM cases WHERE id = $1")
             .bind(id)
             .fetch_one(&mut **tx)
@@ -539,17 +550,7 @@ impl Ledger {
         };
         let now = self.now();
         let mut tx = self.begin_write().await?;
-        let case = match new.case_id {
-            Some(id) => {
-                current(&mut tx, id).await?;
-                let row = sqlx::query(&format!("{} WHERE id = $1", super::SELECT_CASE))
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                Some(super::case_from_row(&row)?)
-            }
-            None => None,
-        };
+        let case = case_in_tx(&mut tx, new.case_id).await?;
         let opened = self.open_in_tx(&mut tx, &*hook, new, case.as_ref(), now).await?;
         tx.commit().await?;
         if opened.is_some_and(|(_, q)| q) {
@@ -617,16 +618,7 @@ impl Ledger {
                 .execute(&mut *tx)
                 .await?;
             let updated = self.escalation_in_tx(&mut tx, esc.id).await?;
-            let case = match updated.case_id {
-                Some(id) => {
-                    let row = sqlx::query(&format!("{} WHERE id = $1", super::SELECT_CASE))
-                        .bind(id)
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    Some(super::case_from_row(&row)?)
-                }
-                None => None,
-            };
+            let case = case_in_tx(&mut tx, updated.case_id).await?;
             let queued = self
                 .send_step_in_tx(&mut tx, &*hook, &updated, case.as_ref(), step, now)
                 .await?;
