@@ -50,6 +50,9 @@ pub enum OutboxCommand {
     Retry { id: i64 },
     /// Deliver what is due now (the daemon does this by itself).
     Send,
+    /// Send a test message (no patient data) to ADDRESS through the
+    /// configured transport, directly, to check the mail settings.
+    Test { address: String },
 }
 
 /// Opens the ledger with the escalation rules attached, so status changes
@@ -106,6 +109,28 @@ pub async fn outbox(cmd: OutboxCommand, settings: &Settings) -> anyhow::Result<O
         OutboxCommand::Retry { id } => {
             ledger.retry_mail(id).await?;
             println!("Mail {id} is queued again; the daemon's sender delivers it.");
+        }
+        OutboxCommand::Test { address } => {
+            let mailer = Mailer::new(&settings.mail).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let now = chrono::Utc::now();
+            let domain = settings.mail.from.rsplit_once('@').map_or("localhost", |(_, d)| d);
+            let mail = crate::mail::OutgoingMail {
+                message_id: format!("test-{}@{domain}", now.format("%Y%m%dT%H%M%S%.6f")),
+                in_reply_to: None,
+                to: vec![address.clone()],
+                cc: Vec::new(),
+                subject: "[precert] Test message".into(),
+                text: "precert can send mail with these settings. This message carries no patient data.\n".into(),
+                html: "<p>precert can send mail with these settings. This message carries no patient data.</p>\n"
+                    .into(),
+            };
+            match mailer.send(&mail, now).await {
+                Ok(delivered) => println!("Sent to {address}: {delivered}"),
+                Err(e) => {
+                    eprintln!("error: not sent: {e}");
+                    return Ok(Outcome::Problems);
+                }
+            }
         }
         OutboxCommand::Send => {
             let mailer = Mailer::new(&settings.mail).map_err(|e| anyhow::anyhow!("{e}"))?;

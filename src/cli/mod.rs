@@ -123,7 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Outbox(cmd) => {
             // Sending needs the SMTP password.
             let secrets = match cmd {
-                escalations::OutboxCommand::Send => Secrets::Resolve,
+                escalations::OutboxCommand::Send | escalations::OutboxCommand::Test { .. } => Secrets::Resolve,
                 _ => Secrets::Skip,
             };
             let settings = load(&cli.config, secrets)?;

@@ -858,3 +858,30 @@ async fn the_cli_raises_escalations_for_its_own_changes_and_delivers_and_lists_t
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn outbox_test_sends_a_message_without_patient_data_and_says_why_when_it_cannot() {
+    let mut server = SmtpServer::start();
+    let p = Project::new();
+    p.use_smtp(server.port());
+    let out = p.precert(&["outbox", "test", "it.ops@valley-imaging.example"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout(&out).contains("Sent to it.ops@valley-imaging.example: accepted by the SMTP server: 250"),
+        "{}",
+        stdout(&out)
+    );
+    let got = server.wait_for(1, StdDuration::from_secs(20));
+    assert_eq!(got[0].to, ["it.ops@valley-imaging.example"]);
+    assert!(got[0].defects.is_empty());
+    assert_eq!(got[0].subject, "[precert] Test message");
+
+    server.stop();
+    let out = p.precert(&["outbox", "test", "it.ops@valley-imaging.example"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not sent") && err.contains(&server.port().to_string()),
+        "{err}"
+    );
+}
