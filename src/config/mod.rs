@@ -918,13 +918,27 @@ fn compile_escalations(raw: &RawEscalations, p: &mut Problems<'_>) -> Escalation
     for (k, m) in raw.rules.check() {
         p.add(format!("escalations.rules.{k}"), m);
     }
-    for (table, layers) in [("payers", &raw.payers), ("states", &raw.states)] {
+    for (table, layers) in [
+        ("payers", &raw.payers),
+        ("states", &raw.states),
+        ("plan_types", &raw.plan_types),
+    ] {
         for (name, layer) in layers {
             if table == "states" && crate::case::UsState::parse(name).is_err() {
                 p.add(
                     format!("escalations.states.{name}"),
                     format!("`{name}` is not a US state code"),
                 );
+            }
+            if table == "plan_types" {
+                match name.parse::<crate::case::PlanType>() {
+                    Ok(t) if t.as_str() == name => {}
+                    Ok(t) => p.add(
+                        format!("escalations.plan_types.{name}"),
+                        format!("write `{}` (the plan type's name)", t.as_str()),
+                    ),
+                    Err(e) => p.add(format!("escalations.plan_types.{name}"), e),
+                }
             }
             for (k, m) in layer.check() {
                 p.add(format!("escalations.{table}.{name}.{k}"), m);
@@ -933,6 +947,7 @@ fn compile_escalations(raw: &RawEscalations, p: &mut Problems<'_>) -> Escalation
     }
     EscalationConfig {
         rules: raw.rules.clone(),
+        plan_types: raw.plan_types.clone(),
         states: raw.states.clone(),
         payers: raw.payers.clone(),
         patient_details,

@@ -63,6 +63,11 @@ pub struct RawEscalations {
     /// Per-state overrides (the plan's state), by two-letter code.
     #[serde(default)]
     pub states: BTreeMap<String, RuleLayer>,
+    /// Per-plan-type overrides (`commercial`, `medicare_advantage`,
+    /// `medicaid`, …): federal deadlines bind some plan types, state law
+    /// others.
+    #[serde(default)]
+    pub plan_types: BTreeMap<String, RuleLayer>,
 }
 
 /// How hard the daemon may use each payer's portal or API (per payer).

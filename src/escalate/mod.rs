@@ -153,12 +153,20 @@ impl Escalator {
         self.settings.practice(id)
     }
 
-    fn rules(&self, practice: &Practice, payer: &str, state: &str) -> RuleSet {
-        rules::rules_for(&self.settings.escalations, &practice.escalations, payer, state)
+    fn rules(&self, practice: &Practice, key: &rules::RuleKey<'_>) -> RuleSet {
+        rules::rules_for(&self.settings.escalations, &practice.escalations, key)
     }
 
     fn case_rules(&self, practice: &Practice, case: &CaseRecord) -> RuleSet {
-        self.rules(practice, &case.data.coverage.payer, case.data.coverage.state.as_str())
+        let coverage = &case.data.coverage;
+        self.rules(
+            practice,
+            &rules::RuleKey {
+                payer: &coverage.payer,
+                state: coverage.state.as_str(),
+                plan_type: coverage.plan_type.as_str(),
+            },
+        )
     }
 
     fn domain(&self) -> &str {
@@ -182,6 +190,7 @@ impl Escalator {
         let mut detail = f.detail;
         if let (Some(c), serde_json::Value::Object(m)) = (case, &mut detail) {
             m.insert("state".into(), c.data.coverage.state.as_str().into());
+            m.insert("plan_type".into(), c.data.coverage.plan_type.as_str().into());
         }
         NewEscalation {
             practice_id: practice.id.clone(),
@@ -248,8 +257,13 @@ impl Escalator {
         let now = ledger.now();
         let policy = |e: &Escalation| -> Option<Advance> {
             let practice = self.practice(&e.practice_id)?;
-            let state = e.detail.get("state").and_then(|v| v.as_str()).unwrap_or_default();
-            let rules = self.rules(practice, e.payer.as_deref().unwrap_or_default(), state);
+            let text = |k: &str| e.detail.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+            let key = rules::RuleKey {
+                payer: e.payer.as_deref().unwrap_or_default(),
+                state: text("state"),
+                plan_type: text("plan_type"),
+            };
+            let rules = self.rules(practice, &key);
             let top = levels(practice, e.audience).len().saturating_sub(1) as u32;
             let step = if e.reminders >= rules.reminders_before_next_level && e.level < top {
                 Step::NextLevel(e.level + 1)
@@ -292,7 +306,13 @@ impl Escalator {
                 if b.playbook != playbook {
                     continue;
                 }
-                let rules = self.rules(practice, key, "");
+                let rules = self.rules(
+                    practice,
+                    &rules::RuleKey {
+                        payer: key,
+                        ..Default::default()
+                    },
+                );
                 match opened {
                     Some(why) => {
                         let f = rules::Finding {

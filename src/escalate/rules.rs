@@ -14,7 +14,8 @@ use crate::case::{CaseRecord, CaseStatus, Urgency};
 use crate::store::CaseForRules;
 
 /// One layer of rule settings as written in `[escalations.rules]`,
-/// `[escalations.payers.ID]` or `[escalations.states.XX]`; unset keys fall
+/// `[escalations.plan_types.TYPE]`, `[escalations.states.XX]` or
+/// `[escalations.payers.ID]`; unset keys fall
 /// through to the layer below.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +117,7 @@ impl std::str::FromStr for PatientDetails {
 #[derive(Clone, Debug, Default)]
 pub struct EscalationConfig {
     pub rules: RuleLayer,
+    pub plan_types: BTreeMap<String, RuleLayer>,
     pub states: BTreeMap<String, RuleLayer>,
     pub payers: BTreeMap<String, RuleLayer>,
     pub patient_details: Option<PatientDetails>,
@@ -152,17 +154,31 @@ pub const DEFAULTS: RuleSet = RuleSet {
     repeat_window_hours: 24,
 };
 
-/// Layers, least specific first: precert.toml's rules, its state and payer
-/// overrides, then the practice's rules, state and payer overrides.
-pub fn rules_for(daemon: &EscalationConfig, practice: &EscalationConfig, payer: &str, state: &str) -> RuleSet {
+/// What selects a case's rule overrides.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RuleKey<'a> {
+    pub payer: &'a str,
+    /// The plan's two-letter state.
+    pub state: &'a str,
+    /// `commercial`, `medicare_advantage`, … (`PlanType::as_str`).
+    pub plan_type: &'a str,
+}
+
+/// Layers, least specific first: precert.toml's rules, its plan-type,
+/// state and payer overrides, then the practice's rules and its plan-type,
+/// state and payer overrides.
+pub fn rules_for(daemon: &EscalationConfig, practice: &EscalationConfig, key: &RuleKey<'_>) -> RuleSet {
     let mut r = DEFAULTS;
     for c in [daemon, practice] {
         c.rules.apply(&mut r);
-        if let Some(l) = c.states.get(state) {
-            l.apply(&mut r);
-        }
-        if let Some(l) = c.payers.get(payer) {
-            l.apply(&mut r);
+        for (layers, name) in [
+            (&c.plan_types, key.plan_type),
+            (&c.states, key.state),
+            (&c.payers, key.payer),
+        ] {
+            if let Some(l) = layers.get(name) {
+                l.apply(&mut r);
+            }
         }
     }
     r

@@ -587,7 +587,7 @@ async fn rules_take_practice_state_and_payer_overrides_and_bad_values_name_their
         let path = p.config_path();
         let text = std::fs::read_to_string(&path).unwrap();
         let text = text.replace("standard_days = 7\n", "standard_days = 10\n")
-            + "\n[escalations.states.WA]\nstandard_days = 5\n";
+            + "\n[escalations.states.WA]\nstandard_days = 5\n[escalations.plan_types.commercial]\nstandard_days = 15\n";
         std::fs::write(&path, text).unwrap();
         let path = p.path("config/practices/lakeside-ortho.toml");
         let text = std::fs::read_to_string(&path).unwrap();
@@ -601,10 +601,29 @@ async fn rules_take_practice_state_and_payer_overrides_and_bad_values_name_their
     let s = &w.settings;
     let lakeside = s.practice("lakeside-ortho").unwrap();
     let valley = s.practice("valley-imaging").unwrap();
-    let r: RuleSet = rules::rules_for(&s.escalations, &lakeside.escalations, "sandbox", "IL");
+    let key = |payer, state, plan_type| rules::RuleKey {
+        payer,
+        state,
+        plan_type,
+    };
+    let r: RuleSet = rules::rules_for(
+        &s.escalations,
+        &lakeside.escalations,
+        &key("sandbox", "IL", "medicare_advantage"),
+    );
     assert_eq!((r.standard_days, r.urgent_hours), (10, 24));
-    let r = rules::rules_for(&s.escalations, &valley.escalations, "sandbox", "WA");
+    let r = rules::rules_for(
+        &s.escalations,
+        &valley.escalations,
+        &key("sandbox", "WA", "marketplace"),
+    );
     assert_eq!((r.standard_days, r.urgent_hours), (5, 72));
+    // Commercial plans follow state law: here 15 days, but Washington's 5
+    // (a state layer) still wins over the plan type.
+    let r = rules::rules_for(&s.escalations, &valley.escalations, &key("other", "OR", "commercial"));
+    assert_eq!(r.standard_days, 15);
+    let r = rules::rules_for(&s.escalations, &valley.escalations, &key("other", "WA", "commercial"));
+    assert_eq!(r.standard_days, 5);
 
     // patient_details = "none": no initials, no member ID at all.
     let id = w.case_id("lakeside-ortho", "LO-2026-1001").await;
@@ -617,7 +636,7 @@ async fn rules_take_practice_state_and_payer_overrides_and_bad_values_name_their
     practice_toml(
         &p,
         "valley-imaging",
-        "\n[escalations]\npatient_details = \"everything\"\n[escalations.rules]\nwarn_at_percent = 120\n[escalations.states.ZZ]\nurgent_hours = 0\n",
+        "\n[escalations]\npatient_details = \"everything\"\n[escalations.rules]\nwarn_at_percent = 120\n[escalations.states.ZZ]\nurgent_hours = 0\n[escalations.plan_types.hmo]\nurgent_hours = 48\n",
     );
     let out = p.precert(&["check"]);
     assert_eq!(out.status.code(), Some(1));
@@ -629,6 +648,7 @@ async fn rules_take_practice_state_and_payer_overrides_and_bad_values_name_their
         "escalations.rules.warn_at_percent",
         "escalations.states.ZZ",
         "escalations.states.ZZ.urgent_hours",
+        "escalations.plan_types.hmo",
     ] {
         assert!(err.contains(needle), "no `{needle}` in:\n{err}");
     }
