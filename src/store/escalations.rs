@@ -502,7 +502,15 @@ impl Ledger {
         let esc = self.escalation_in_tx(tx, eid).await?;
         let queued = self.send_step_in_tx(tx, hook, &esc, case, Step::First, now).await?;
         if let Some(case_id) = new.case_id {
-            let detail = json!({ "escalation": eid, "reason": new.reason.as_str(), "mail_queued": queued });
+            // The timeline keeps what the rule saw: for a payer past its
+            // deadline, the practice's evidence (no PHI in summaries).
+            let detail = json!({
+                "escalation": eid,
+                "reason": new.reason.as_str(),
+                "summary": new.summary,
+                "due_at": new.due_at.map(ts),
+                "mail_queued": queued,
+            });
             let actor = Actor::system("escalations");
             insert_event(tx, case_id, &now_s, EventKind::Email, None, None, &actor, &detail).await?;
         }

@@ -383,6 +383,21 @@ async fn a_standard_case_warns_at_75_percent_then_stalls_at_7_days_and_an_urgent
     w.set(t0 + Duration::hours(168));
     scan(&w).await;
     assert!(reasons(&w).await.contains(&(standard, Reason::Stalled)));
+    // The timeline keeps the evidence of the payer's delay.
+    let events = w.ledger.events(standard).await.unwrap();
+    let evidence = events
+        .iter()
+        .find(|e| e.detail["reason"] == "stalled")
+        .expect("a stall event");
+    assert!(
+        evidence.detail["summary"]
+            .as_str()
+            .unwrap()
+            .contains("past the payer's 7 calendar days (standard) deadline"),
+        "{:?}",
+        evidence.detail
+    );
+    assert!(evidence.detail["due_at"].is_string());
     // Scanning again opens nothing twice.
     let before = w.ledger.escalations(None, true).await.unwrap().len();
     scan(&w).await;
