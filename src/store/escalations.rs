@@ -790,15 +790,24 @@ impl Ledger {
     pub async fn claim_mail(&self, lease: Duration) -> Result<Option<ClaimedMail>, StoreError> {
         let now = self.now();
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query(
-            "SELECT o.id, o.escalation_id, o.attempts, o.mail, e.case_id FROM outbox o \
-             LEFT JOIN escalations e ON e.id = o.escalation_id \
-             WHERE (o.state = 'pending' AND o.next_attempt_at <= $1) OR (o.state = 'sending' AND o.lease_until <= $1) \
-             ORDER BY o.next_attempt_at, o.id LIMIT 1",
-        )
-        .bind(ts(now))
-        .fetch_optional(&mut *tx)
-        .await?;
+        // Two indexed lookups rather than one OR (which SQLite answers by
+        // sorting every due row): mail due first, then a claim that ran out.
+        let mut row = None;
+        for condition in [
+            "o.state = 'pending' AND o.next_attempt_at <= $1 ORDER BY o.next_attempt_at, o.id",
+            "o.state = 'sending' AND o.lease_until <= $1 ORDER BY o.lease_until, o.id",
+        ] {
+            row = sqlx::query(&format!(
+                "SELECT o.id, o.escalation_id, o.attempts, o.mail, e.case_id FROM outbox o \
+                 LEFT JOIN escalations e ON e.id = o.escalation_id WHERE {condition} LIMIT 1"
+            ))
+            .bind(ts(now))
+            .fetch_optional(&mut *tx)
+            .await?;
+            if row.is_some() {
+                break;
+            }
+        }
         let Some(row) = row else {
             return Ok(None);
         };
