@@ -37,6 +37,10 @@ const LEASE: Duration = Duration::from_secs(120);
 /// How long running jobs may finish after SIGTERM before they are abandoned
 /// (at an await point, between WebDriver commands) and released.
 pub const GRACE: Duration = Duration::from_secs(30);
+/// The longest the mail sender sleeps before looking at the outbox again:
+/// mail queued by another process (`precert cases set-status`) wakes
+/// nobody here. One indexed query each time.
+const MAIL_POLL: Duration = Duration::from_secs(5);
 /// The longest a worker waits for work before looking again (jobs whose
 /// backoff ended wake nobody).
 const IDLE: Duration = Duration::from_secs(1);
@@ -747,8 +751,8 @@ async fn mail_sender(ctx: Arc<Ctx>) {
         };
         let wait = next
             .map(|t| (t - Utc::now()).to_std().unwrap_or_default())
-            .unwrap_or(Duration::from_secs(60))
-            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+            .unwrap_or(MAIL_POLL)
+            .clamp(Duration::from_millis(100), MAIL_POLL);
         tokio::select! {
             () = ctx.stop.cancelled() => return,
             () = ctx.mail_wake.notified() => {}

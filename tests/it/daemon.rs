@@ -494,3 +494,74 @@ async fn a_denial_from_the_payer_reaches_the_supervisors_inbox_through_the_daemo
     assert!(daemon.exit(Duration::from_secs(40)).await.success());
     sandbox.shutdown().await;
 }
+
+#[tokio::test]
+async fn with_the_smtp_server_down_the_daemon_keeps_mail_in_the_outbox_and_delivers_it_once_it_returns() {
+    let mut server = super::smtp::SmtpServer::start();
+    let p = Project::new();
+    p.use_smtp(server.port());
+    // No job fires during the test: only the mail sender works.
+    for practice in ["lakeside-ortho", "valley-imaging"] {
+        let path = p.path(&format!("config/practices/{practice}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let head = text.split("[schedules]").next().unwrap().to_owned();
+        let yearly = "[schedules]\nsubmit = \"0 0 1 1 *\"\npoll = \"0 0 1 1 *\"\nletters = \"0 0 1 1 *\"\nescalations = \"0 0 1 1 *\"\ndigest = \"0 0 1 1 *\"\n";
+        // The practice's [escalations] tables follow [schedules] in the
+        // sample; keep them.
+        let tail = text
+            .split("[schedules]")
+            .nth(1)
+            .and_then(|t| t.find("\n[").map(|i| t[i..].to_owned()))
+            .unwrap_or_default();
+        std::fs::write(&path, format!("{head}{yearly}{tail}")).unwrap();
+    }
+    assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
+    let ledger = Ledger::open(&p.settings().database_url).await.unwrap();
+    server.stop();
+    let daemon = start(&p, free_port(), false, "daemon");
+
+    // A person hands a case to operations from the command line; the mail
+    // is queued with the change, and the daemon's sender picks it up.
+    let out = p.precert(&[
+        "cases",
+        "set-status",
+        "lakeside-ortho/LO-2026-1002",
+        "needs_attention",
+        "--note",
+        "wrong service location on the request",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let failed = loop {
+        let waiting = ledger.outbox(false).await.unwrap();
+        if let Some(m) = waiting.iter().find(|m| m.attempts >= 1 && m.last_error.is_some()) {
+            break m.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sender did not try: {waiting:?}\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(failed.state, precert::store::OutboxState::Pending, "kept, not given up");
+
+    // The server comes back: the mail arrives at the next retry, once.
+    server.restart();
+    let got = server.wait_for(1, Duration::from_secs(90));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message_id, failed.message_id);
+    assert_eq!(got[0].to, ["precert.ops@lakeside-ortho.example"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !ledger.outbox(false).await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "not recorded as sent");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = ledger.outbox(true).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].state, precert::store::OutboxState::Sent);
+    assert!(all[0].attempts >= 2, "{:?}", all[0]);
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.exit(Duration::from_secs(40)).await.success());
+    assert_eq!(server.messages().len(), 1, "exactly once");
+}
