@@ -26,8 +26,8 @@ pub struct RawDaemon {
     pub practices_dir: Option<String>,
     /// Default: `playbooks` beside the `config` directory.
     pub playbooks_dir: Option<String>,
-    /// Days to keep failure artifacts (screenshots, page HTML, traces).
-    /// Default 30.
+    /// Days to keep failure artifacts (screenshots, page HTML, traces) and
+    /// the bodies of sent mail in the outbox. Default 30.
     pub artifacts_retention_days: Option<u32>,
     #[serde(default)]
     pub log: RawLog,

@@ -712,6 +712,16 @@ async fn escalation_job(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Result<J
                 .await
                 .map_err(|e| e.to_string())?;
             let steps = escalator.advance(&ctx.ledger).await.map_err(|e| e.to_string())?;
+            // Sent mail's bodies are kept as long as failure artifacts.
+            let keep = chrono::Duration::days(loaded.settings.artifacts_retention_days.into());
+            let pruned = ctx
+                .ledger
+                .prune_sent_mail(ctx.ledger.now() - keep)
+                .await
+                .map_err(|e| e.to_string())?;
+            if pruned > 0 {
+                tracing::info!(mails = pruned, "Bodies of old sent mail pruned.");
+            }
             tracing::info!(job_id = job.id, practice = %job.practice, opened, steps, "Escalation rules evaluated.");
         }
         Job::Digest => {

@@ -916,6 +916,17 @@ impl Ledger {
         Ok(row.try_get("n")?)
     }
 
+    /// Forgets the bodies of mail sent before `before` (they hold patient
+    /// initials and masked IDs, or more): the outbox keeps who got what
+    /// subject when, as the record. Returns how many were pruned.
+    pub async fn prune_sent_mail(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("UPDATE outbox SET mail = '' WHERE state = 'sent' AND sent_at < $1 AND mail <> ''")
+            .bind(ts(before))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Puts a failed mail back in line to be sent now.
     pub async fn retry_mail(&self, id: i64) -> Result<(), StoreError> {
         let done = sqlx::query(

@@ -257,6 +257,20 @@ async fn a_denial_queues_its_mail_in_the_same_transaction_and_a_real_smtp_server
 
     let outbox = w.ledger.outbox(true).await.unwrap();
     assert_eq!(outbox[0].state, OutboxState::Sent);
+    // After the retention period the body goes; the record stays.
+    assert_eq!(w.ledger.prune_sent_mail(w.at() - Duration::days(30)).await.unwrap(), 0);
+    w.advance(Duration::days(31));
+    assert_eq!(w.ledger.prune_sent_mail(w.at() - Duration::days(30)).await.unwrap(), 1);
+    // (A no-op update counts the rows whose body is empty.)
+    let emptied = w
+        .ledger
+        .execute_raw("UPDATE outbox SET attempts = attempts WHERE mail = ''")
+        .await
+        .unwrap();
+    assert_eq!(emptied, 1);
+    let kept = w.ledger.outbox(true).await.unwrap();
+    assert_eq!(kept[0].message_id, outbox[0].message_id);
+    assert_eq!(kept[0].subject, outbox[0].subject);
     let events = w.ledger.events(id).await.unwrap();
     assert!(events
         .iter()
