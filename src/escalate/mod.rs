@@ -430,25 +430,50 @@ pub struct SendRound {
     pub retry_at: Option<DateTime<Utc>>,
 }
 
-/// Sends every mail that is due now, oldest first. A transient failure
-/// ends the round (the server is down: the rest waits for the retry
-/// rather than each failing in turn).
+/// Mails in flight at once: one per pooled SMTP connection (each send
+/// waits on the network, not on the CPU).
+const PARALLEL: usize = 4;
+
+/// Sends every mail that is due now, oldest first, a few at a time. A
+/// transient failure ends the round (the server is down: the rest waits for
+/// the retry rather than each failing in turn).
 pub async fn send_due(ledger: &Ledger, mailer: &Mailer) -> Result<SendRound, StoreError> {
     let mut round = SendRound::default();
-    while let Some(claimed) = ledger.claim_mail(CLAIM).await? {
-        let outcome = deliver(ledger, mailer, &claimed).await;
-        ledger.finish_mail(&claimed, &outcome).await?;
-        match outcome {
-            SendOutcome::Sent => round.sent += 1,
-            SendOutcome::Failed { .. } => round.failed += 1,
-            SendOutcome::Retry { at, .. } => {
-                round.failed += 1;
-                round.retry_at = Some(at);
-                break;
+    loop {
+        let mut batch = Vec::with_capacity(PARALLEL);
+        while batch.len() < PARALLEL {
+            match ledger.claim_mail(CLAIM).await? {
+                Some(claimed) => batch.push(claimed),
+                None => break,
             }
         }
+        if batch.is_empty() {
+            return Ok(round);
+        }
+        let mut flights = tokio::task::JoinSet::new();
+        for claimed in batch {
+            let (ledger, mailer) = (ledger.clone(), mailer.clone());
+            flights.spawn(async move {
+                let outcome = deliver(&ledger, &mailer, &claimed).await;
+                ledger.finish_mail(&claimed, &outcome).await.map(|()| outcome)
+            });
+        }
+        while let Some(joined) = flights.join_next().await {
+            // A panic in a flight is a bug: let it surface here.
+            let outcome = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+            match outcome {
+                SendOutcome::Sent => round.sent += 1,
+                SendOutcome::Failed { .. } => round.failed += 1,
+                SendOutcome::Retry { at, .. } => {
+                    round.failed += 1;
+                    round.retry_at = Some(round.retry_at.map_or(at, |r| r.min(at)));
+                }
+            }
+        }
+        if round.retry_at.is_some() {
+            return Ok(round);
+        }
     }
-    Ok(round)
 }
 
 async fn deliver(ledger: &Ledger, mailer: &Mailer, claimed: &ClaimedMail) -> SendOutcome {

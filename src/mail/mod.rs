@@ -25,7 +25,7 @@ const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an idle pooled SMTP connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 /// At most this many SMTP connections at once.
-const POOL_MAX: u32 = 2;
+const POOL_MAX: u32 = 4;
 
 /// One message as precert's outbox stores it (already rendered).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -196,7 +196,7 @@ fn check_message_id(field: &'static str, id: &str) -> Result<(), MailError> {
 }
 
 /// Sends messages through the configured transport. Build it once and keep
-/// it: the SMTP transport pools its connections (at most 2, idle ones closed
+/// it: the SMTP transport pools its connections (at most 4, idle ones closed
 /// after 60 s; 30 s timeout per connection/command). For SMTP, create it
 /// inside a Tokio runtime. Cheap to clone (clones share the pool).
 #[derive(Clone)]
