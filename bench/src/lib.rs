@@ -247,3 +247,56 @@ pub fn synthetic_npi(seed: u32) -> String {
         .sum();
     format!("{first_nine}{}", (10 - sum % 10) % 10)
 }
+
+/// The case-file header `precert cases import` reads.
+pub const CSV_HEADER: &str = "practice_id,case_id,patient_first_name,patient_last_name,patient_birth_date,patient_member_id,patient_group_number,coverage_payer,coverage_plan,coverage_plan_type,coverage_state,requesting_provider_name,requesting_provider_npi,requesting_provider_location,servicing_provider_name,servicing_provider_npi,servicing_provider_location,service_lines,diagnoses,service_start,service_end,setting,urgency,attachments,precert_required";
+
+const FIRST: &[&str] = &[
+    "Avery", "Blake", "Casey", "Drew", "Emerson", "Finley", "Harper", "Jordan",
+];
+const LAST: &[&str] = &[
+    "Marsh",
+    "Okafor",
+    "Lindqvist",
+    "Kowalski",
+    "Tate",
+    "Abara",
+    "Nguyen",
+    "Silva",
+];
+/// (service lines, diagnoses, setting), after the sample cases.
+const SERVICES: &[(&str, &str, &str)] = &[
+    ("73721-RT*1", "M25.561;M17.11", "outpatient"),
+    ("27447-RT*1", "M17.11", "inpatient"),
+    ("97110-GP*12", "M25.561", "office"),
+    ("72148*1", "M54.16;M51.26", "outpatient"),
+    ("E0601*1", "G47.33", "home"),
+    ("70553*1", "R51.9", "outpatient"),
+];
+
+/// `n` synthetic cases for the sample practice `lakeside-ortho`, payer
+/// `sandbox`, services in December 2026, every tenth urgent.
+pub fn synthetic_csv(n: usize) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(n * 400);
+    out.push_str(CSV_HEADER);
+    out.push('\n');
+    for i in 0..n {
+        let requesting = synthetic_npi(i as u32);
+        let servicing = synthetic_npi(50_000_000 + i as u32);
+        assert!(precert::case::Npi::parse(&requesting).is_ok() && precert::case::Npi::parse(&servicing).is_ok());
+        let (lines, dx, setting) = SERVICES[i % SERVICES.len()];
+        let birth = format!("{}-{:02}-{:02}", 1940 + i % 60, 1 + i % 12, 1 + i % 28);
+        let start = format!("2026-12-{:02}", 1 + i % 28);
+        let urgency = if i % 10 == 0 { "urgent" } else { "standard" };
+        let _ = writeln!(
+            out,
+            "lakeside-ortho,SYN-{i:06},{},{},{birth},SYN{i:09},GRP-4410,sandbox,Sandbox Advantage PPO,medicare_advantage,IL,\"Synthetic Provider {}, MD\",{requesting},main,Synthetic Imaging {},{servicing},main,{lines},{dx},{start},{start},{setting},{urgency},,yes",
+            FIRST[i % FIRST.len()],
+            LAST[(i / FIRST.len()) % LAST.len()],
+            i % 97,
+            i % 13,
+        );
+    }
+    out
+}

@@ -9,7 +9,6 @@
 //! `sandbox`), imported in-process with `intake::import_file` and moved
 //! through the `Ledger` API on an injected clock.
 
-use std::fmt::Write as _;
 use std::io::BufRead as _;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -17,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
-use precert::case::{CaseStatus, Decision, DenialReason, Npi};
+use precert::case::{CaseStatus, Decision, DenialReason};
 use precert::config::{self, MailTransport, Secrets, Settings};
 use precert::escalate::{self, Escalator};
 use precert::intake::{self, Format};
 use precert::mail::Mailer;
 use precert::store::{Actor, CaseFilter, Ledger, SendOutcome};
-use precert_bench::{ms, synthetic_npi, Project, Samples, Table, REPO};
+use precert_bench::{ms, synthetic_csv, Project, Samples, Table, REPO};
 
 /// Denials per mode in the hook-cost comparison.
 const DENIALS: usize = 500;
@@ -42,56 +41,6 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const NOW: &str = "2026-11-02T15:00:00Z";
 const PRACTICE: &str = "lakeside-ortho";
 const PYTHON: &str = "/usr/bin/python3";
-
-const HEADER: &str = "practice_id,case_id,patient_first_name,patient_last_name,patient_birth_date,patient_member_id,patient_group_number,coverage_payer,coverage_plan,coverage_plan_type,coverage_state,requesting_provider_name,requesting_provider_npi,requesting_provider_location,servicing_provider_name,servicing_provider_npi,servicing_provider_location,service_lines,diagnoses,service_start,service_end,setting,urgency,attachments,precert_required";
-const FIRST: &[&str] = &[
-    "Avery", "Blake", "Casey", "Drew", "Emerson", "Finley", "Harper", "Jordan",
-];
-const LAST: &[&str] = &[
-    "Marsh",
-    "Okafor",
-    "Lindqvist",
-    "Kowalski",
-    "Tate",
-    "Abara",
-    "Nguyen",
-    "Silva",
-];
-const SERVICES: &[(&str, &str, &str)] = &[
-    ("73721-RT*1", "M25.561;M17.11", "outpatient"),
-    ("27447-RT*1", "M17.11", "inpatient"),
-    ("97110-GP*12", "M25.561", "office"),
-    ("72148*1", "M54.16;M51.26", "outpatient"),
-    ("E0601*1", "G47.33", "home"),
-    ("70553*1", "R51.9", "outpatient"),
-];
-
-/// `n` synthetic cases for `lakeside-ortho`, payer `sandbox`, services in
-/// December 2026 (more than 3 business days after `NOW`: no "service date
-/// near"), every tenth urgent.
-fn synthetic_csv(n: usize) -> String {
-    let mut out = String::with_capacity(n * 400);
-    out.push_str(HEADER);
-    out.push('\n');
-    for i in 0..n {
-        let requesting = synthetic_npi(i as u32);
-        let servicing = synthetic_npi(50_000_000 + i as u32);
-        assert!(Npi::parse(&requesting).is_ok() && Npi::parse(&servicing).is_ok());
-        let (lines, dx, setting) = SERVICES[i % SERVICES.len()];
-        let birth = format!("{}-{:02}-{:02}", 1940 + i % 60, 1 + i % 12, 1 + i % 28);
-        let start = format!("2026-12-{:02}", 1 + i % 28);
-        let urgency = if i % 10 == 0 { "urgent" } else { "standard" };
-        let _ = writeln!(
-            out,
-            "{PRACTICE},SYN-{i:06},{},{},{birth},SYN{i:09},GRP-4410,sandbox,Sandbox Advantage PPO,medicare_advantage,IL,\"Synthetic Provider {}, MD\",{requesting},main,Synthetic Imaging {},{servicing},main,{lines},{dx},{start},{start},{setting},{urgency},,yes",
-            FIRST[i % FIRST.len()],
-            LAST[(i / FIRST.len()) % LAST.len()],
-            i % 97,
-            i % 13,
-        );
-    }
-    out
-}
 
 /// A throw-away project with a ledger on an injected clock.
 struct World {
