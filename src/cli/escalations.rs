@@ -58,12 +58,20 @@ pub enum OutboxCommand {
 /// Opens the ledger with the escalation rules attached, so status changes
 /// made from the command line raise escalations as the daemon's do.
 pub async fn open_ledger(settings: &Settings, playbooks: &[crate::playbook::Playbook]) -> anyhow::Result<Ledger> {
+    Ok(open_with_rules(settings, playbooks).await?.0)
+}
+
+/// `open_ledger`, and the rules it attached.
+async fn open_with_rules(
+    settings: &Settings,
+    playbooks: &[crate::playbook::Playbook],
+) -> anyhow::Result<(Ledger, Arc<Escalator>)> {
     private_dir(&settings.data_dir)
         .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
     let ledger = Ledger::open(&settings.database_url).await?;
-    let escalator = Escalator::new(Arc::new(settings.clone()), playbooks, Arc::default());
-    ledger.set_escalation_hook(Arc::new(escalator));
-    Ok(ledger)
+    let escalator = Arc::new(Escalator::new(Arc::new(settings.clone()), playbooks, Arc::default()));
+    ledger.set_escalation_hook(escalator.clone());
+    Ok((ledger, escalator))
 }
 
 pub async fn escalations(cmd: EscalationsCommand, settings: &Settings) -> anyhow::Result<Outcome> {
@@ -82,8 +90,7 @@ pub async fn escalations(cmd: EscalationsCommand, settings: &Settings) -> anyhow
         }
         EscalationsCommand::Scan { practice } => {
             let (playbooks, _) = crate::playbook::load_dir(&settings.playbooks_dir);
-            let ledger = open_ledger(settings, &playbooks).await?;
-            let escalator = Escalator::new(Arc::new(settings.clone()), &playbooks, Arc::default());
+            let (ledger, escalator) = open_with_rules(settings, &playbooks).await?;
             let mut opened = 0;
             for p in settings
                 .practices
@@ -113,7 +120,7 @@ pub async fn outbox(cmd: OutboxCommand, settings: &Settings) -> anyhow::Result<O
         OutboxCommand::Test { address } => {
             let mailer = Mailer::new(&settings.mail).map_err(|e| anyhow::anyhow!("{e}"))?;
             let now = chrono::Utc::now();
-            let domain = settings.mail.from.rsplit_once('@').map_or("localhost", |(_, d)| d);
+            let domain = settings.mail.domain();
             let mail = crate::mail::OutgoingMail {
                 message_id: format!("test-{}@{domain}", now.format("%Y%m%dT%H%M%S%.6f")),
                 in_reply_to: None,

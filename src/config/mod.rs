@@ -116,6 +116,16 @@ pub struct MailSettings {
     pub transport: MailTransport,
 }
 
+impl MailSettings {
+    /// The From address's domain: the right-hand side of Message-IDs.
+    pub fn domain(&self) -> &str {
+        self.from
+            .rsplit_once('@')
+            .map(|(_, d)| d.trim_end_matches('>'))
+            .unwrap_or("localhost")
+    }
+}
+
 /// The daemon-wide settings and every practice.
 #[derive(Clone, Debug)]
 pub struct Settings {

@@ -157,7 +157,7 @@ async fn case_page(State(s): State<HttpState>, Path((practice, case_ref)): Path<
         Ok(None) => return (StatusCode::NOT_FOUND, "no such case\n").into_response(),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("ledger unavailable: {e}\n")).into_response(),
     };
-    let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let esc = crate::escalate::render::escape;
     let mut rows = vec![
         ("Case", case.key()),
         ("Status", case.status.as_str().to_owned()),

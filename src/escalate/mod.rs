@@ -25,8 +25,7 @@ use crate::config::{Practice, Settings};
 use crate::mail::{Mailer, OutgoingMail, SendErrorKind};
 use crate::playbook::{Action, Playbook};
 use crate::store::{
-    Advance, ClaimedMail, Escalation, EscalationHook, EscalationState, Ledger, NewEscalation, SendOutcome, Step,
-    StoreError,
+    Advance, ClaimedMail, Escalation, EscalationHook, Ledger, NewEscalation, SendOutcome, Step, StoreError,
 };
 use render::MailContext;
 use rules::{PatientDetails, RuleSet};
@@ -38,7 +37,6 @@ macro_rules! reasons {
         pub enum Reason { $($v),* }
 
         impl Reason {
-            pub const ALL: &'static [Reason] = &[$(Reason::$v),*];
             pub fn as_str(self) -> &'static str { match self { $(Reason::$v => $s),* } }
             /// A heading for subjects and digests.
             pub fn title(self) -> &'static str { match self { $(Reason::$v => $title),* } }
@@ -170,12 +168,7 @@ impl Escalator {
     }
 
     fn domain(&self) -> &str {
-        self.settings
-            .mail
-            .from
-            .rsplit_once('@')
-            .map(|(_, d)| d.trim_end_matches('>'))
-            .unwrap_or("localhost")
+        self.settings.mail.domain()
     }
 
     fn new_escalation(
@@ -501,9 +494,4 @@ async fn deliver(ledger: &Ledger, mailer: &Mailer, claimed: &ClaimedMail) -> Sen
             }
         }
     }
-}
-
-/// Whether an escalation still needs someone (open or acknowledged).
-pub fn is_active(e: &Escalation) -> bool {
-    e.state != EscalationState::Resolved
 }

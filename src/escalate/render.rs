@@ -30,7 +30,8 @@ pub fn message_id(esc_id: i64, send: u32, practice: &str, domain: &str) -> Strin
     format!("esc-{esc_id}-{send}.{}@{domain}", safe_name(practice))
 }
 
-fn escape(s: &str) -> String {
+/// Text for HTML: `&`, `<`, `>` and quotes escaped.
+pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -321,6 +321,22 @@ fn still_holds(reason: Reason, status: CaseStatus) -> bool {
     }
 }
 
+/// An `email` event on the case's timeline, by `system:PART`.
+async fn email_event(tx: &mut Tx<'_>, case_id: i64, at: &str, part: &str, detail: &Value) -> Result<(), StoreError> {
+    insert_event(
+        tx,
+        case_id,
+        at,
+        EventKind::Email,
+        None,
+        None,
+        &Actor::system(part),
+        detail,
+    )
+    .await?;
+    Ok(())
+}
+
 /// The case an escalation is about, read in the caller's transaction.
 async fn case_in_tx(tx: &mut Tx<'_>, id: Option<i64>) -> Result<Option<CaseRecord>, StoreError> {
     let Some(id) = id else {
@@ -511,8 +527,7 @@ impl Ledger {
                 "due_at": new.due_at.map(ts),
                 "mail_queued": queued,
             });
-            let actor = Actor::system("escalations");
-            insert_event(tx, case_id, &now_s, EventKind::Email, None, None, &actor, &detail).await?;
+            email_event(tx, case_id, &now_s, "escalations", &detail).await?;
         }
         Ok(Some((eid, queued)))
     }
@@ -613,10 +628,12 @@ impl Ledger {
             if fresh.state != EscalationState::Open || fresh.next_action_at != esc.next_action_at {
                 continue;
             }
-            let (level, reminders, step) = match advance.step {
-                Step::NextLevel(l) => (l, 0, Step::NextLevel(l)),
-                Step::Reminder(_) => (fresh.level, fresh.reminders + 1, Step::Reminder(fresh.reminders + 1)),
-                Step::First => (fresh.level, fresh.reminders, Step::First),
+            // The policy read this same row (its next action is unchanged).
+            let step = advance.step;
+            let (level, reminders) = match step {
+                Step::NextLevel(l) => (l, 0),
+                Step::Reminder(n) => (fresh.level, n),
+                Step::First => (fresh.level, fresh.reminders),
             };
             sqlx::query("UPDATE escalations SET level = $1, reminders = $2, next_action_at = $3 WHERE id = $4")
                 .bind(level as i64)
@@ -633,17 +650,7 @@ impl Ledger {
             if let Some(case_id) = updated.case_id {
                 let detail =
                     json!({ "escalation": esc.id, "step": step.kind(), "level": level, "mail_queued": queued });
-                insert_event(
-                    &mut tx,
-                    case_id,
-                    &ts(now),
-                    EventKind::Email,
-                    None,
-                    None,
-                    &Actor::system("escalations"),
-                    &detail,
-                )
-                .await?;
+                email_event(&mut tx, case_id, &ts(now), "escalations", &detail).await?;
             }
             tx.commit().await?;
             if queued {
@@ -761,16 +768,6 @@ impl Ledger {
         rows.iter().map(|r| Ok(r.try_get("dedupe_key")?)).collect()
     }
 
-    /// When the payer got the case's request (its deadline's start).
-    pub async fn submitted_at(&self, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let row = sqlx::query("SELECT submitted_at FROM cases WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-        opt_ts(&row, "submitted_at", id)
-    }
-
     /// Queues a mail that belongs to no escalation (a digest). False when
     /// one with its Message-ID was queued before.
     pub async fn queue_mail(&self, practice: &str, kind: &str, mail: &OutgoingMail) -> Result<bool, StoreError> {
@@ -847,17 +844,7 @@ impl Ledger {
                         "escalation": claimed.escalation_id,
                         "recipients": claimed.mail.to.len() + claimed.mail.cc.len(),
                     });
-                    insert_event(
-                        &mut tx,
-                        case_id,
-                        &now,
-                        EventKind::Email,
-                        None,
-                        None,
-                        &Actor::system("mail"),
-                        &detail,
-                    )
-                    .await?;
+                    email_event(&mut tx, case_id, &now, "mail", &detail).await?;
                 }
             }
             SendOutcome::Retry { at, error } => {

@@ -88,6 +88,20 @@ fn tls_settings(server: &SmtpServer, tls: ServerTls, password: &str, ca_file: Op
 }
 
 /// Everything a reader of `sent` should see in `got`.
+/// Sends `sent` over SMTP (the server says 250) and returns what the
+/// server stored, checked against it.
+async fn deliver_one(mailer: &Mailer, server: &SmtpServer, sent: &OutgoingMail) -> Vec<ReceivedMail> {
+    let delivered = mailer.send(sent, Utc::now()).await.unwrap();
+    assert!(
+        matches!(&delivered, Delivered::Smtp { reply } if reply.starts_with("250")),
+        "{delivered:?}"
+    );
+    let got = server.wait_for(1, WAIT);
+    assert_eq!(got.len(), 1);
+    assert_same(&got[0], sent);
+    got
+}
+
 fn assert_same(got: &ReceivedMail, sent: &OutgoingMail) {
     assert!(got.defects.is_empty(), "defects {:?} in\n{}", got.defects, got.raw);
     assert_eq!(got.content_type, "multipart/alternative", "{}", got.raw);
@@ -172,15 +186,7 @@ async fn smtp_delivers_both_parts_to_every_recipient() {
     let server = SmtpServer::start();
     let mailer = Mailer::new(&smtp_settings(server.port())).unwrap();
     let sent = mail("1.0");
-    let delivered = mailer.send(&sent, Utc::now()).await.unwrap();
-    assert!(
-        matches!(&delivered, Delivered::Smtp { reply } if reply.starts_with("250")),
-        "{delivered:?}"
-    );
-
-    let got = server.wait_for(1, WAIT);
-    assert_eq!(got.len(), 1);
-    assert_same(&got[0], &sent);
+    let got = deliver_one(&mailer, &server, &sent).await;
     assert_eq!(got[0].envelope_from, FROM);
     let mut rcpt = got[0].envelope_to.clone();
     rcpt.sort();
@@ -255,14 +261,7 @@ async fn starttls_with_auth_and_a_private_ca_delivers() {
     let (server, settings) = tls_server(ServerTls::StartTls);
     let mailer = Mailer::new(&settings).unwrap();
     let sent = mail("1.0");
-    let delivered = mailer.send(&sent, Utc::now()).await.unwrap();
-    assert!(
-        matches!(&delivered, Delivered::Smtp { reply } if reply.starts_with("250")),
-        "{delivered:?}"
-    );
-    let got = server.wait_for(1, WAIT);
-    assert_eq!(got.len(), 1);
-    assert_same(&got[0], &sent);
+    deliver_one(&mailer, &server, &sent).await;
     // The pooled, authenticated TLS connection carries a second message.
     mailer.send(&mail("1.1"), Utc::now()).await.unwrap();
     assert_eq!(server.wait_for(2, WAIT).len(), 2);
@@ -310,11 +309,7 @@ async fn mail_before_auth_is_refused() {
 async fn implicit_tls_with_auth_and_a_private_ca_delivers() {
     let (server, settings) = tls_server(ServerTls::Implicit);
     let mailer = Mailer::new(&settings).unwrap();
-    let sent = mail("1.0");
-    mailer.send(&sent, Utc::now()).await.unwrap();
-    let got = server.wait_for(1, WAIT);
-    assert_eq!(got.len(), 1);
-    assert_same(&got[0], &sent);
+    deliver_one(&mailer, &server, &mail("1.0")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
