@@ -50,6 +50,10 @@ pub struct ListQuery {
     member_id: Option<String>,
     status: Option<Status>,
     provider_npi: Option<String>,
+    /// Only requests with a line of this CPT/HCPCS code.
+    code: Option<String>,
+    /// Only requests whose service starts on this date.
+    service_date: Option<NaiveDate>,
     #[serde(default)]
     offset: usize,
     limit: Option<usize>,
@@ -72,6 +76,8 @@ async fn list(State(state): State<Shared>, Query(q): Query<ListQuery>) -> Respon
     let matching: Vec<&AuthRequest> = source
         .filter(|r| q.status.is_none_or(|s| r.status == s))
         .filter(|r| q.provider_npi.as_ref().is_none_or(|n| &r.provider_npi == n))
+        .filter(|r| q.code.as_ref().is_none_or(|c| r.lines.iter().any(|l| &l.code == c)))
+        .filter(|r| q.service_date.is_none_or(|d| r.service_start == d))
         .collect();
     let total = matching.len();
     let submissions = matching

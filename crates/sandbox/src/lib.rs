@@ -29,7 +29,7 @@ pub mod totp;
 
 pub use config::{ConfigError, SandboxConfig};
 pub use server::{Sandbox, SandboxHandle};
-pub use state::{Hazards, HazardsPatch, LogEntry};
+pub use state::{Hazards, HazardsPatch, LogEntry, SearchFailure};
 pub use store::{AuthRequest, Decision, Status};
 
 /// Renders a decision letter PDF; public so other crates can test their PDF handling.

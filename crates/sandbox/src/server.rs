@@ -35,7 +35,7 @@ impl Sandbox {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let (state, notifications) = build_state(config)?;
-        let cancel = CancellationToken::new();
+        let cancel = state.stopping.clone();
         let tracker = TaskTracker::new();
         spawn_all(&tracker, (state.clone(), notifications), listener, cancel.clone());
         tracker.close();
@@ -55,7 +55,7 @@ impl Sandbox {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let state = build_state(config)?;
-        let cancel = CancellationToken::new();
+        let cancel = state.0.stopping.clone();
         let tracker = TaskTracker::new();
         spawn_all(&tracker, state, listener, cancel.clone());
         tracker.close();
@@ -255,6 +255,12 @@ impl SandboxHandle {
     /// A snapshot of every submission, oldest first.
     pub fn submissions(&self) -> Vec<AuthRequest> {
         self.state.lock().store.all().to_vec()
+    }
+
+    /// A snapshot of one member's submissions (each with its `service_start` and
+    /// `service_end`), oldest first; like `GET /admin/submissions?member_id=`.
+    pub fn submissions_for_member(&self, member_id: &str) -> Vec<AuthRequest> {
+        self.state.lock().store.by_member(member_id).cloned().collect()
     }
 
     pub fn submission(&self, reference: &str) -> Option<AuthRequest> {

@@ -12,6 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::SandboxConfig;
 use crate::store::{Attachment, Scenarios, Store, Transition};
@@ -40,7 +41,30 @@ pub struct Hazards {
     pub api_retry_after_seconds: u64,
     /// Which wizard layout the portal serves: 1 (original) or 2 (changed IDs and labels).
     pub layout_version: u8,
+    /// The next N status searches (`GET /portal/api/status` by a logged-in user) fail.
+    pub status_search_fail_next: u32,
+    /// How those searches fail.
+    pub status_search_failure: SearchFailure,
+    /// How long a `timeout` search hangs before it answers 504, in milliseconds.
+    pub status_search_delay_ms: u64,
 }
+
+/// How a failing status search fails (the `status_search_failure` hazard).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchFailure {
+    /// HTTP 500 with a plain-text body.
+    #[default]
+    #[serde(rename = "http_500")]
+    Http500,
+    /// HTTP 200 with no results and an `error` message.
+    ErrorMessage,
+    /// The answer hangs for `status_search_delay_ms`, then HTTP 504.
+    Timeout,
+}
+
+/// What a failing search answers with `error_message`.
+pub const SEARCH_UNAVAILABLE: &str = "The search service is temporarily unavailable.";
 
 impl Default for Hazards {
     fn default() -> Self {
@@ -55,6 +79,9 @@ impl Default for Hazards {
             api_throttle_next: 0,
             api_retry_after_seconds: 30,
             layout_version: 1,
+            status_search_fail_next: 0,
+            status_search_failure: SearchFailure::Http500,
+            status_search_delay_ms: 60_000,
         }
     }
 }
@@ -74,6 +101,9 @@ pub struct HazardsPatch {
     pub api_throttle_next: Option<u32>,
     pub api_retry_after_seconds: Option<u64>,
     pub layout_version: Option<u8>,
+    pub status_search_fail_next: Option<u32>,
+    pub status_search_failure: Option<SearchFailure>,
+    pub status_search_delay_ms: Option<u64>,
 }
 
 /// Where a logged-in portal user is in the login sequence.
@@ -182,6 +212,8 @@ pub struct AppState {
     inner: Mutex<Inner>,
     pub notify_tx: mpsc::UnboundedSender<Notification>,
     pub log_file: Option<Mutex<std::fs::File>>,
+    /// Cancelled when the sandbox shuts down; long waits (a hung search) end with it.
+    pub stopping: CancellationToken,
 }
 
 pub type Shared = Arc<AppState>;
@@ -199,6 +231,7 @@ impl AppState {
             inner: Mutex::new(Inner::fresh()),
             notify_tx,
             log_file: log_file.map(Mutex::new),
+            stopping: CancellationToken::new(),
         }
     }
 
@@ -311,8 +344,26 @@ impl Inner {
             }
             h.layout_version = v;
         }
+        if let Some(v) = p.status_search_fail_next {
+            h.status_search_fail_next = v;
+        }
+        if let Some(v) = p.status_search_failure {
+            h.status_search_failure = v;
+        }
+        if let Some(v) = p.status_search_delay_ms {
+            h.status_search_delay_ms = v;
+        }
         self.hazards = h;
         Ok(())
+    }
+
+    /// Whether this status search should fail, and how; counts the failure down.
+    pub fn take_search_failure(&mut self) -> Option<(SearchFailure, u64)> {
+        if self.hazards.status_search_fail_next == 0 {
+            return None;
+        }
+        self.hazards.status_search_fail_next -= 1;
+        Some((self.hazards.status_search_failure, self.hazards.status_search_delay_ms))
     }
 
     /// Whether this request should fail with a random HTTP 500.

@@ -765,6 +765,17 @@ mod tests {
         }
         assert_eq!(s.count("SBX100200301", "99999", day), 3);
         assert_eq!(s.count("SBX100200302", "99999", day), 0);
+
+        // The same member and code on another date is another count.
+        let later = day + Duration::days(7);
+        let mut other = new_request("SBX100200301", "99999", 1);
+        other.service_start = later;
+        other.service_end = later;
+        s.submit(other, Utc::now(), &sc);
+        assert_eq!(s.count("SBX100200301", "99999", day), 3);
+        assert_eq!(s.count("SBX100200301", "99999", later), 1);
+        let starts: Vec<NaiveDate> = s.by_member("SBX100200301").map(|r| r.service_start).collect();
+        assert_eq!(starts, vec![day, day, day, later]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
 use super::{active, esc, not_found, page};
-use crate::state::Shared;
+use crate::state::{SearchFailure, Shared, SEARCH_UNAVAILABLE};
 use crate::store::{AuthRequest, Status};
 
 fn date_us(d: Option<NaiveDate>) -> String {
@@ -99,8 +99,8 @@ pub async fn details(State(state): State<Shared>, headers: HeaderMap, Path(refer
             r#"<table id="request-details">
 <tr><th>Reference</th><td id="detail-reference">{reference}</td></tr>
 <tr><th>Status</th><td id="detail-status">{status}</td></tr>
-<tr><th>Member</th><td id="detail-member">{member} ({member_id})</td></tr>
-<tr><th>Service dates</th><td id="detail-dates">{start} - {end}</td></tr>
+<tr><th>Member</th><td id="detail-member">{member} (<span id="detail-member-id">{member_id}</span>)</td></tr>
+<tr><th>Service dates</th><td id="detail-dates"><span id="detail-service-start">{start}</span> - <span id="detail-service-end">{end}</span></td></tr>
 <tr><th>Authorization number</th><td id="detail-auth-number">{auth}</td></tr>
 <tr><th>Valid</th><td id="detail-valid">{vf} - {vt}</td></tr>
 <tr><th>Denial reason</th><td id="detail-denial-reason">{denial}</td></tr>
@@ -177,36 +177,58 @@ pub struct StatusQuery {
     birth_date: String,
 }
 
+/// Builds the results after the XHR. `data-loaded` on the container: `false` while
+/// loading, `true` once the search answered (rows, or `status-no-results`), `error` when
+/// it failed (`status-error`; never `status-no-results`).
 const STATUS_JS: &str = r#"
 (function () {
   var box = document.getElementById('status-results-container');
   if (!box || !box.dataset.query) { return; }
+  var COLS = ['reference','member','member_id','codes','service_start','service_end','status','decision_date','auth_number','approved_units','valid_from','valid_to','denial_reason'];
+  var HEADS = ['Reference','Member','Member ID','Codes','Service Start','Service End','Status','Decision Date','Auth Number','Approved Units','Valid From','Valid To','Denial Reason'];
   fetch('/portal/api/status?' + box.dataset.query, {credentials: 'same-origin', headers: {'Accept': 'application/json'}})
     .then(function (r) { if (!r.ok) { throw new Error('HTTP ' + r.status); } return r.json(); })
     .then(function (data) {
-      document.getElementById('status-loading').remove();
-      if (data.error) { showMessage('status-error', data.error); return; }
-      if (data.results.length === 0) { showMessage('status-no-results', 'No authorization requests match your search.'); return; }
-      var cols = ['reference','member','codes','status','decision_date','auth_number','approved_units','valid_from','valid_to','denial_reason'];
+      if (!data || typeof data !== 'object') { throw new Error('unreadable answer'); }
+      if (data.error) { fail(data.error); return; }
+      if (!Array.isArray(data.results)) { throw new Error('unreadable answer'); }
+      stopLoading();
+      if (data.results.length === 0) {
+        showMessage('status-no-results', 'No authorization requests match your search.');
+        done('true', 0);
+        return;
+      }
       var table = document.createElement('table');
       table.id = 'status-results';
       var head = table.insertRow();
-      ['Reference','Member','Codes','Status','Decision Date','Auth Number','Approved Units','Valid From','Valid To','Denial Reason'].forEach(function (h) {
+      HEADS.forEach(function (h) {
         var th = document.createElement('th'); th.textContent = h; head.appendChild(th);
       });
       data.results.forEach(function (row) {
         var tr = table.insertRow();
         tr.dataset.reference = row.reference;
-        cols.forEach(function (c) {
-          var td = tr.insertCell(); td.className = 'col-' + c.replace('_', '-'); td.textContent = row[c] === null ? '' : row[c];
+        COLS.forEach(function (c) {
+          var td = tr.insertCell(); td.className = 'col-' + c.replace(/_/g, '-');
+          td.textContent = (row[c] === null || row[c] === undefined) ? '' : row[c];
         });
       });
       box.appendChild(table);
-      box.dataset.loaded = 'true';
+      done('true', data.results.length);
     })
-    .catch(function (e) { var l = document.getElementById('status-loading'); if (l) { l.remove(); } showMessage('status-error', 'Search failed: ' + e.message); });
-  function showMessage(id, text) {
-    var p = document.createElement('div'); p.id = id; p.className = 'notice'; p.textContent = text; box.appendChild(p); box.dataset.loaded = 'true';
+    .catch(function (e) { fail('Search failed: ' + e.message); });
+  function stopLoading() { var l = document.getElementById('status-loading'); if (l) { l.remove(); } }
+  function fail(text) {
+    stopLoading();
+    ['status-results', 'status-no-results'].forEach(function (id) { var x = document.getElementById(id); if (x) { x.remove(); } });
+    showMessage('status-error', text, 'alert');
+    done('error', null);
+  }
+  function showMessage(id, text, cls) {
+    var p = document.createElement('div'); p.id = id; p.className = cls || 'notice'; p.setAttribute('role', 'status'); p.textContent = text; box.appendChild(p);
+  }
+  function done(state, count) {
+    if (count === null) { delete box.dataset.count; } else { box.dataset.count = String(count); }
+    box.dataset.loaded = state;
   }
 })();
 "#;
@@ -274,7 +296,10 @@ fn urlencode(s: &str) -> String {
 pub struct StatusRow {
     reference: String,
     member: String,
+    member_id: String,
     codes: String,
+    service_start: String,
+    service_end: String,
     status: &'static str,
     decision_date: Option<String>,
     auth_number: Option<String>,
@@ -295,7 +320,10 @@ fn row(r: &AuthRequest) -> StatusRow {
     StatusRow {
         reference: r.reference.clone(),
         member: format!("{} ({})", r.member_name, r.member_id),
+        member_id: r.member_id.clone(),
         codes: r.codes().join(", "),
+        service_start: date_us(Some(r.service_start)),
+        service_end: date_us(Some(r.service_end)),
         status: r.status.label(),
         decision_date: r.decided_at.map(|d| d.format("%m/%d/%Y").to_string()),
         auth_number: r.auth_number.clone(),
@@ -320,6 +348,10 @@ pub async fn status_json(State(state): State<Shared>, headers: HeaderMap, Query(
                 .into_response()
         }
     };
+    let failure = state.lock().take_search_failure();
+    if let Some((how, delay_ms)) = failure {
+        return failed_search(&state, how, delay_ms).await;
+    }
     let inner = state.lock();
     let mine = |r: &&AuthRequest| r.provider_npi == ctx.provider_npi;
     let (results, error) = if !q.reference.trim().is_empty() {
@@ -349,6 +381,26 @@ pub async fn status_json(State(state): State<Shared>, headers: HeaderMap, Query(
     Json(StatusResults { results, error }).into_response()
 }
 
+/// The answer of a status search failed by the `status_search_fail_next` hazard.
+async fn failed_search(state: &Shared, how: SearchFailure, delay_ms: u64) -> Response {
+    match how {
+        SearchFailure::Http500 => (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response(),
+        SearchFailure::ErrorMessage => Json(StatusResults {
+            results: vec![],
+            error: Some(SEARCH_UNAVAILABLE.into()),
+        })
+        .into_response(),
+        SearchFailure::Timeout => {
+            // A hung search; it ends early only when the sandbox shuts down.
+            tokio::select! {
+                () = tokio::time::sleep(std::time::Duration::from_millis(delay_ms)) => {}
+                () = state.stopping.cancelled() => {}
+            }
+            (StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout").into_response()
+        }
+    }
+}
+
 #[derive(Deserialize)]
 pub struct PageQuery {
     page: Option<usize>,
@@ -375,10 +427,13 @@ pub async fn worklist(State(state): State<Shared>, headers: HeaderMap, Query(q):
             .filter_map(|&id| inner.store.get(id))
             .map(|r| {
                 format!(
-                    r#"<tr data-reference="{re}"><td class="col-reference"><a href="/portal/requests/{re}" target="_blank" rel="noopener">{re}</a></td><td class="col-member">{m}</td><td class="col-codes">{c}</td><td class="col-submitted">{s}</td><td class="col-status">{st}</td><td class="col-auth-number">{a}</td></tr>"#,
+                    r#"<tr data-reference="{re}"><td class="col-reference"><a href="/portal/requests/{re}" target="_blank" rel="noopener">{re}</a></td><td class="col-member">{m}</td><td class="col-member-id">{mi}</td><td class="col-codes">{c}</td><td class="col-service-start">{ss}</td><td class="col-service-end">{se}</td><td class="col-submitted">{s}</td><td class="col-status">{st}</td><td class="col-auth-number">{a}</td></tr>"#,
                     re = esc(&r.reference),
                     m = esc(&format!("{} ({})", r.member_name, r.member_id)),
+                    mi = esc(&r.member_id),
                     c = esc(&r.codes().join(", ")),
+                    ss = date_us(Some(r.service_start)),
+                    se = date_us(Some(r.service_end)),
                     s = r.submitted_at.format("%m/%d/%Y"),
                     st = r.status.label(),
                     a = esc(r.auth_number.as_deref().unwrap_or("")),
@@ -408,7 +463,7 @@ pub async fn worklist(State(state): State<Shared>, headers: HeaderMap, Query(q):
         Some(&ctx),
         &format!(
             r#"<p id="worklist-count">{total} requests</p>
-<table id="worklist-table"><tr><th>Reference</th><th>Member</th><th>Codes</th><th>Submitted</th><th>Status</th><th>Auth Number</th></tr>{rows}</table>
+<table id="worklist-table"><tr><th>Reference</th><th>Member</th><th>Member ID</th><th>Codes</th><th>Service Start</th><th>Service End</th><th>Submitted</th><th>Status</th><th>Auth Number</th></tr>{rows}</table>
 <div id="worklist-pager">{prev} <span id="worklist-page-info">Page {page_no} of {pages}</span> {next}</div>"#
         ),
     )

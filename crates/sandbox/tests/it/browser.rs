@@ -1,6 +1,7 @@
 //! One walk through the portal in real headless Chromium, driven over WebDriver:
 //! login → MFA → wizard (with the iframe upload and the confirm dialog) → confirmation,
-//! then the "Request details" tab and the XHR-rendered status search.
+//! then the "Request details" tab and the XHR-rendered status search; and the status
+//! search's rows, empty answer and failures as the page shows them.
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -150,8 +151,8 @@ async fn a_request_is_submitted_through_the_portal_in_headless_chromium() {
     sbx.shutdown().await;
 }
 
-/// The walk itself; returns the reference number shown on the confirmation page.
-async fn walk(c: &Client, base: &str) -> String {
+/// Logs in as Lakeside with password and MFA.
+async fn log_in(c: &Client, base: &str) {
     c.goto(&format!("{base}/portal/login")).await.unwrap();
     fill(c, "username", LAKESIDE.0).await;
     fill(c, "password", LAKESIDE.1).await;
@@ -160,6 +161,16 @@ async fn walk(c: &Client, base: &str) -> String {
     let code = precert_sandbox::totp::current_code(LAKESIDE.2).unwrap();
     fill(c, "mfa-code", &code).await;
     click(c, "mfa-submit").await;
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Id("nav-status"))
+        .await
+        .unwrap();
+}
+
+/// The walk itself; returns the reference number shown on the confirmation page.
+async fn walk(c: &Client, base: &str) -> String {
+    log_in(c, base).await;
 
     click(c, "nav-new-request").await;
     fill(c, "member-id", "SBX100200301").await;
@@ -244,4 +255,132 @@ async fn walk(c: &Client, base: &str) -> String {
     let status = text_of(c, "#status-results td.col-status").await;
     assert_eq!(status, "In Review");
     reference
+}
+
+/// Waits until the status search settled with `data-loaded` = `state`.
+async fn settled(c: &Client, state: &str) {
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css(&format!(
+            "#status-results-container[data-loaded='{state}']"
+        )))
+        .await
+        .unwrap_or_else(|e| panic!("data-loaded never became {state}: {e}"));
+}
+
+async fn present(c: &Client, css: &str) -> bool {
+    !c.find_all(Locator::Css(css)).await.unwrap().is_empty()
+}
+
+async fn loaded_state(c: &Client) -> Value {
+    c.execute(
+        "var b = document.getElementById('status-results-container'); return [b.dataset.loaded, b.dataset.count || null];",
+        vec![],
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_status_search_shows_rows_no_results_and_failures_apart() {
+    use precert_sandbox::{HazardsPatch, SearchFailure};
+    let sbx = start().await;
+    let base = sbx.base_url();
+    // Two requests for one member and code on different dates, through the API.
+    let token = lakeside_token(&base).await;
+    for date in ["2026-12-14", "2026-12-21"] {
+        let (status, _, _) = fhir_post(
+            &base,
+            "/fhir/Claim/$submit",
+            &token,
+            &pas_bundle("SBX100200301", "73721", 1, date),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let driver = Driver::start().await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = connect(&driver, profile.path()).await;
+    log_in(&c, &base).await;
+
+    // Rows: member search through the form.
+    click(&c, "nav-status").await;
+    fill(&c, "search-member-id", "SBX100200301").await;
+    set_date(&c, "search-birth-date", "1961-04-12").await;
+    click(&c, "status-search-submit").await;
+    settled(&c, "true").await;
+    assert_eq!(loaded_state(&c).await, json!(["true", "2"]));
+    let rows = c
+        .find_all(Locator::Css("#status-results tr[data-reference]"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    let mut dates = Vec::new();
+    for row in rows {
+        let cell = |class: &'static str| {
+            let row = row.clone();
+            async move {
+                row.find(Locator::Css(&format!("td.{class}")))
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(cell("col-member-id").await, "SBX100200301");
+        assert_eq!(cell("col-member").await, "Margaret Okafor (SBX100200301)");
+        assert_eq!(cell("col-codes").await, "73721");
+        dates.push((cell("col-service-start").await, cell("col-service-end").await));
+    }
+    dates.sort();
+    assert_eq!(
+        dates,
+        vec![
+            ("12/14/2026".to_string(), "12/14/2026".to_string()),
+            ("12/21/2026".to_string(), "12/21/2026".to_string())
+        ]
+    );
+    assert!(!present(&c, "#status-no-results").await && !present(&c, "#status-error").await);
+
+    // A successful search with nothing found.
+    let nothing = format!("{base}/portal/status?reference=SBX-00000000");
+    c.goto(&nothing).await.unwrap();
+    settled(&c, "true").await;
+    assert_eq!(loaded_state(&c).await, json!(["true", "0"]));
+    assert!(present(&c, "#status-no-results").await);
+    assert!(!present(&c, "#status-error").await && !present(&c, "#status-results").await);
+
+    // A failing search never looks like an empty one.
+    for (failure, message) in [
+        (SearchFailure::Http500, "Search failed: HTTP 500"),
+        (
+            SearchFailure::ErrorMessage,
+            "The search service is temporarily unavailable.",
+        ),
+        (SearchFailure::Timeout, "Search failed: HTTP 504"),
+    ] {
+        sbx.set_hazards(HazardsPatch {
+            status_search_fail_next: Some(1),
+            status_search_failure: Some(failure),
+            status_search_delay_ms: Some(1500),
+            ..Default::default()
+        })
+        .unwrap();
+        c.goto(&nothing).await.unwrap();
+        if failure == SearchFailure::Timeout {
+            // Hung: still loading, neither answer nor error.
+            assert_eq!(loaded_state(&c).await, json!(["false", null]));
+            assert!(present(&c, "#status-loading").await);
+        }
+        settled(&c, "error").await;
+        assert_eq!(loaded_state(&c).await, json!(["error", null]), "{failure:?}");
+        assert_eq!(text_of(&c, "#status-error").await, message);
+        assert!(!present(&c, "#status-no-results").await, "{failure:?}");
+        assert!(!present(&c, "#status-loading").await && !present(&c, "#status-results").await);
+    }
+    c.close().await.unwrap();
+    drop(driver);
+    assert_eq!(sbx.submissions().len(), 2, "searches are no submissions");
+    sbx.shutdown().await;
 }

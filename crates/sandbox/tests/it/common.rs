@@ -88,6 +88,13 @@ pub async fn admin_post(base: &str, path: &str, body: Value) -> (reqwest::Status
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// The status search's JSON answer, with its HTTP status.
+pub async fn status_search(c: &Client, base: &str, query: &str) -> (reqwest::StatusCode, String) {
+    let r = c.get(format!("{base}/portal/api/status?{query}")).send().await.unwrap();
+    let status = r.status();
+    (status, r.text().await.unwrap())
+}
+
 pub async fn admin_get(base: &str, path: &str) -> Value {
     api()
         .get(format!("{base}{path}"))
@@ -137,6 +144,24 @@ pub async fn submit_via_portal(
     units: &str,
     start: &str,
 ) -> String {
+    submit_via_portal_dates(c, base, member, code, units, (start, start)).await
+}
+
+/// [`submit_via_portal`] with a service end date of its own.
+pub async fn submit_via_portal_dates(
+    c: &Client,
+    base: &str,
+    member: (&str, &str),
+    code: &str,
+    units: &str,
+    (start, end): (&str, &str),
+) -> String {
+    let mut form = service_form(code, units, start);
+    for (k, v) in &mut form {
+        if k == "end_date" {
+            *v = end.to_string();
+        }
+    }
     let r = c
         .post(format!("{base}/portal/requests/new"))
         .form(&[("member_id", member.0), ("birth_date", member.1)])
@@ -147,7 +172,7 @@ pub async fn submit_via_portal(
     assert!(page.contains("id=\"eligibility-result\""), "{page}");
     let r = c
         .post(format!("{base}/portal/requests/new/service"))
-        .form(&service_form(code, units, start))
+        .form(&form)
         .send()
         .await
         .unwrap();

@@ -233,3 +233,117 @@ async fn set_hazards_raw(base: &str, patch: Value) -> u16 {
         .status()
         .as_u16()
 }
+
+#[tokio::test]
+async fn the_next_n_status_searches_fail_in_the_chosen_way() {
+    let sbx = start().await;
+    let base = sbx.base_url();
+    let c = browser();
+    login(&c, &base, LAKESIDE).await;
+    let reference = submit_via_portal(&c, &base, ("SBX100200306", "1992-11-05"), "E0601", "1", "2026-12-02").await;
+    let by_reference = format!("reference={reference}");
+    let h = admin_get(&base, "/admin/hazards").await;
+    assert_eq!(h["status_search_fail_next"], 0);
+    assert_eq!(h["status_search_failure"], "http_500", "the default");
+    assert_eq!(h["status_search_delay_ms"], 60_000);
+
+    // http_500 (the default), for the next two searches; then searches work again.
+    let h = set_hazards(&base, json!({"status_search_fail_next": 2})).await;
+    assert_eq!(h["status_search_fail_next"], 2);
+    for left in [1, 0] {
+        let (status, _) = status_search(&c, &base, &by_reference).await;
+        assert_eq!(status, 500);
+        assert_eq!(
+            admin_get(&base, "/admin/hazards").await["status_search_fail_next"],
+            left
+        );
+    }
+    let (status, body) = status_search(&c, &base, &by_reference).await;
+    assert_eq!(status, 200);
+    let ok: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ok["results"][0]["reference"], json!(reference));
+
+    // error_message: HTTP 200, no results, the message.
+    set_hazards(
+        &base,
+        json!({"status_search_fail_next": 1, "status_search_failure": "error_message"}),
+    )
+    .await;
+    let (status, body) = status_search(&c, &base, "member_id=SBX100200306&birth_date=1992-11-05").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({"results": [], "error": "The search service is temporarily unavailable."})
+    );
+
+    // timeout: the answer hangs for the delay, then 504.
+    set_hazards(
+        &base,
+        json!({"status_search_fail_next": 1, "status_search_failure": "timeout", "status_search_delay_ms": 400}),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (status, _) = status_search(&c, &base, &by_reference).await;
+    assert_eq!(status, 504);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+    let (status, _) = status_search(&c, &base, &by_reference).await;
+    assert_eq!(status, 200, "only the next N fail");
+
+    // A search without a session is refused as before and uses up no failure.
+    set_hazards(
+        &base,
+        json!({"status_search_fail_next": 1, "status_search_failure": "http_500"}),
+    )
+    .await;
+    let (status, _) = status_search(&no_redirects(), &base, &by_reference).await;
+    assert_eq!(status, 401);
+    assert_eq!(admin_get(&base, "/admin/hazards").await["status_search_fail_next"], 1);
+    // The status page itself is not a search.
+    let (status, _, _) = get_text(&c, &format!("{base}/portal/status?{by_reference}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(admin_get(&base, "/admin/hazards").await["status_search_fail_next"], 1);
+
+    // Failed searches are no submissions.
+    assert_eq!(admin_get(&base, "/admin/submissions").await["total"], 1);
+    assert_eq!(count(&base, "SBX100200306", "E0601", "2026-12-02").await, 1);
+
+    assert_eq!(
+        set_hazards_raw(&base, json!({"status_search_failure": "explode"})).await,
+        422,
+        "an unknown failure kind is refused"
+    );
+    sbx.shutdown().await;
+}
+
+#[tokio::test]
+async fn search_failures_can_be_set_in_process_and_a_hung_search_does_not_hold_up_shutdown() {
+    use precert_sandbox::{HazardsPatch, SearchFailure};
+    let sbx = start().await;
+    let base = sbx.base_url();
+    let c = browser();
+    login(&c, &base, LAKESIDE).await;
+    sbx.set_hazards(HazardsPatch {
+        status_search_fail_next: Some(1),
+        status_search_failure: Some(SearchFailure::Timeout),
+        status_search_delay_ms: Some(600_000),
+        ..Default::default()
+    })
+    .unwrap();
+    let hung = tokio::spawn({
+        let base = base.clone();
+        async move { status_search(&c, &base, "reference=SBX-00000000").await }
+    });
+    // Wait until the search is hanging (it has used up the failure).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while admin_get(&base, "/admin/hazards").await["status_search_fail_next"] != 0 {
+        assert!(std::time::Instant::now() < deadline, "the search never arrived");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    tokio::time::timeout(std::time::Duration::from_secs(10), sbx.shutdown())
+        .await
+        .expect("shutdown does not wait for the hung search");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let (status, _) = hung.await.unwrap();
+    assert_eq!(status, 504);
+}

@@ -461,3 +461,118 @@ async fn a_pended_request_is_approved_20_seconds_after_the_information_arrives()
     assert!(r.auth_number.is_some());
     sbx.shutdown().await;
 }
+
+/// The `td` of class `class` in the worklist row of `reference`.
+fn worklist_cell(page: &str, reference: &str, class: &str) -> String {
+    let row_at = page
+        .find(&format!("<tr data-reference=\"{reference}\">"))
+        .unwrap_or_else(|| panic!("{reference} not in the worklist"));
+    let row = &page[row_at..row_at + page[row_at..].find("</tr>").unwrap()];
+    let open = format!("<td class=\"{class}\">");
+    let at = row.find(&open).unwrap_or_else(|| panic!("{class} missing")) + open.len();
+    row[at..at + row[at..].find("</td>").unwrap()].to_string()
+}
+
+#[tokio::test]
+async fn requests_for_one_member_and_code_on_different_dates_are_told_apart() {
+    let sbx = start().await;
+    let base = sbx.base_url();
+    let c = browser();
+    login(&c, &base, LAKESIDE).await;
+    let margaret = ("SBX100200301", "1961-04-12");
+    let first = submit_via_portal_dates(&c, &base, margaret, "73721", "1", ("2026-12-14", "2026-12-18")).await;
+    let second = submit_via_portal(&c, &base, margaret, "73721", "1", "2026-12-21").await;
+    assert_ne!(first, second);
+
+    // Counted per service start date: one each, none on a date in between.
+    assert_eq!(count(&base, "SBX100200301", "73721", "2026-12-14").await, 1);
+    assert_eq!(count(&base, "SBX100200301", "73721", "2026-12-21").await, 1);
+    assert_eq!(count(&base, "SBX100200301", "73721", "2026-12-18").await, 0);
+    let day = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+    assert_eq!(sbx.submission_count("SBX100200301", "73721", day("2026-12-14")), 1);
+    assert_eq!(sbx.submission_count("SBX100200301", "73721", day("2026-12-21")), 1);
+
+    // The admin list and the handle carry the service dates.
+    let list = admin_get(&base, "/admin/submissions?member_id=SBX100200301").await;
+    assert_eq!(list["total"], 2);
+    let dates: Vec<(Value, Value)> = list["submissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["service_start"].clone(), s["service_end"].clone()))
+        .collect();
+    assert_eq!(
+        dates,
+        vec![
+            (json!("2026-12-14"), json!("2026-12-18")),
+            (json!("2026-12-21"), json!("2026-12-21"))
+        ]
+    );
+    let on_21 = admin_get(
+        &base,
+        "/admin/submissions?member_id=SBX100200301&code=73721&service_date=2026-12-21",
+    )
+    .await;
+    assert_eq!(on_21["total"], 1);
+    assert_eq!(on_21["submissions"][0]["reference"], json!(second));
+    let other_code = admin_get(&base, "/admin/submissions?member_id=SBX100200301&code=27447").await;
+    assert_eq!(other_code["total"], 0);
+    let mine = sbx.submissions_for_member("SBX100200301");
+    assert_eq!(
+        mine.iter()
+            .map(|r| (r.reference.clone(), r.service_start, r.service_end))
+            .collect::<Vec<_>>(),
+        vec![
+            (first.clone(), day("2026-12-14"), day("2026-12-18")),
+            (second.clone(), day("2026-12-21"), day("2026-12-21"))
+        ]
+    );
+    assert_eq!(sbx.submissions().len(), 2);
+    assert_eq!(sbx.submissions()[0].service_end, day("2026-12-18"));
+
+    // The status search's JSON tells them apart by service date.
+    let (status, body) = status_search(&c, &base, "member_id=SBX100200301&birth_date=1961-04-12").await;
+    assert_eq!(status, 200);
+    let json: Value = serde_json::from_str(&body).unwrap();
+    let rows = json["results"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(json.get("error").is_none(), "{json}");
+    let r0 = rows.iter().find(|r| r["reference"] == json!(first)).unwrap();
+    let r1 = rows.iter().find(|r| r["reference"] == json!(second)).unwrap();
+    assert_eq!(r0["member_id"], "SBX100200301");
+    assert_eq!(r0["member"], "Margaret Okafor (SBX100200301)");
+    assert_eq!(r0["codes"], r1["codes"]);
+    assert_eq!(
+        (&r0["service_start"], &r0["service_end"]),
+        (&json!("12/14/2026"), &json!("12/18/2026"))
+    );
+    assert_eq!(
+        (&r1["service_start"], &r1["service_end"]),
+        (&json!("12/21/2026"), &json!("12/21/2026"))
+    );
+
+    // The page's script builds those cells.
+    let (_, _, page) = get_text(&c, &format!("{base}/portal/status?reference={first}")).await;
+    for class in ["col-member-id", "col-service-start", "col-service-end"] {
+        assert!(
+            page.contains(&format!("'{}'", class.trim_start_matches("col-").replace('-', "_"))),
+            "{class}"
+        );
+    }
+
+    // Details and worklist show them too.
+    let (_, _, details) = get_text(&c, &format!("{base}/portal/requests/{first}")).await;
+    assert!(
+        details.contains("<span id=\"detail-service-start\">12/14/2026</span>"),
+        "{details}"
+    );
+    assert!(details.contains("<span id=\"detail-service-end\">12/18/2026</span>"));
+    assert!(details.contains("<span id=\"detail-member-id\">SBX100200301</span>"));
+    assert!(details.contains("id=\"detail-dates\""), "the old id stays");
+    let (_, _, worklist) = get_text(&c, &format!("{base}/portal/worklist")).await;
+    assert_eq!(worklist_cell(&worklist, &first, "col-service-start"), "12/14/2026");
+    assert_eq!(worklist_cell(&worklist, &first, "col-service-end"), "12/18/2026");
+    assert_eq!(worklist_cell(&worklist, &second, "col-service-start"), "12/21/2026");
+    assert_eq!(worklist_cell(&worklist, &second, "col-member-id"), "SBX100200301");
+    sbx.shutdown().await;
+}
