@@ -1,9 +1,10 @@
 //! The `precert` command line: parse arguments, load settings, call the
 //! library, print. Errors become `anyhow` only here, printed with `{:#}`.
 //!
-//! Exit codes: 0 success; 1 the input had problems (invalid rows, a
-//! configuration that does not check, a refused status change); 2 usage
-//! errors and failures to run at all.
+//! Exit codes, as the README gives them: 0 success; 1 the input had
+//! problems (invalid rows, a configuration that does not check, a refused
+//! status change); 2 usage errors and failures to run at all (the
+//! configuration file cannot be read, the database is unavailable).
 
 mod cases;
 mod daemon;
@@ -92,6 +93,11 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Problems) => ExitCode::from(1),
+        // A configuration that does not check is a problem with the input.
+        Err(e) if e.downcast_ref::<config::ConfigErrors>().is_some() => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -132,22 +138,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     }
 }
 
-/// Loads settings and starts logging; the error lists every problem.
+/// Loads settings and starts logging; the error lists every problem (a
+/// `ConfigErrors`, exit 1), or says the file cannot be read (exit 2).
 pub fn load(path: &std::path::Path, secrets: Secrets) -> anyhow::Result<Settings> {
-    let settings = config::load(path, secrets).map_err(|e| anyhow::anyhow!("{e}"))?;
+    readable(path)?;
+    let settings = config::load(path, secrets)?;
     crate::logging::init(&settings.log);
     // Secrets print as [REDACTED]; this line is what proves it in tests.
     tracing::debug!(?settings, "Configuration loaded.");
     Ok(settings)
 }
 
+/// The configuration file named on the command line can be read: without
+/// it nothing can be checked or run, which is a failure to run (exit 2), not
+/// a problem in the configuration.
+fn readable(path: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::read(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(anyhow::anyhow!(
+            "{}: configuration file not found (pass --config FILE or set PRECERT_CONFIG)",
+            path.display()
+        )),
+        Err(e) => Err(anyhow::anyhow!(
+            "{}: cannot read the configuration file: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// `precert check`: every problem of the configuration, the practice files
+/// and the playbooks, each on its own line, then one count.
 fn check(path: &std::path::Path) -> anyhow::Result<Outcome> {
+    readable(path)?;
     let loaded = config::load(path, Secrets::Resolve);
     let mut problems = 0;
     let playbooks_dir = match &loaded {
         Ok(settings) => settings.playbooks_dir.clone(),
         Err(errors) => {
-            eprint!("{errors}");
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
             problems += errors.0.len();
             config::default_playbooks_dir(path)
         }
@@ -200,7 +230,7 @@ fn check(path: &std::path::Path) -> anyhow::Result<Outcome> {
         );
         Ok(Outcome::Ok)
     } else {
-        eprintln!("{problems} problem(s) found");
+        eprintln!("{problems} problem{} found", if problems == 1 { "" } else { "s" });
         Ok(Outcome::Problems)
     }
 }

@@ -29,17 +29,37 @@ fn the_sample_configuration_passes_check() {
 }
 
 #[test]
-fn a_missing_file_is_named() {
+fn a_missing_file_is_named_and_exits_2_as_the_readme_says() {
     let p = Project::new();
-    let out = p
-        .command(&["check"])
-        .arg("--config")
-        .arg(p.path("nowhere.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(err.contains("nowhere.toml: configuration file not found"), "{err}");
+    // README: 2 for "failures to run (unreadable file, …)".
+    for args in [&["check"][..], &["cases", "list"][..]] {
+        let out = p
+            .command(args)
+            .arg("--config")
+            .arg(p.path("nowhere.toml"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert!(err.contains("nowhere.toml: configuration file not found"), "{err}");
+        // Nothing else is checked without it: no noise about practices.
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+#[test]
+fn a_configuration_that_does_not_check_exits_1_in_every_command() {
+    let p = Project::new();
+    let text = std::fs::read_to_string(p.config_path())
+        .unwrap()
+        .replace("mask_phi = true", "mask_phi = true\ncolour = \"blue\"");
+    p.write("config/precert.toml", &text);
+    // README: 1 for "a configuration that does not check".
+    for args in [&["check"][..], &["cases", "list"][..]] {
+        let out = p.precert(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("colour"), "{}", stderr(&out));
+    }
 }
 
 #[test]

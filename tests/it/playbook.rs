@@ -103,7 +103,7 @@ fn semantic_problems_are_all_reported_with_file_line_and_column() {
     ] {
         assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
     }
-    assert!(err.contains("6 problem(s) found"), "{err}");
+    assert!(err.contains("6 problems found"), "{err}");
 }
 
 #[test]
