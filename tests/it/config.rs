@@ -105,7 +105,7 @@ fn every_problem_in_a_practice_is_reported_at_once() {
     for needle in [
         format!("{file}: timezone: `America/Springfield` is not an IANA time zone"),
         format!("{file}: npi: `1679576723` fails the NPI check digit"),
-        format!("{file}: schedules.poll: `0 25 * * *` is not a valid cron expression"),
+        format!("{file}: schedules.poll: `0 25 * * *` is not a valid cron expression: hour `25` is out of range: hours are 0-23"),
         format!("{file}: contacts.operations[0]: `it.ops-at-valley` is not an e-mail address"),
     ] {
         assert!(

@@ -207,11 +207,36 @@ fn a_bad_expression_is_refused_with_the_reason() {
     let err = Schedule::parse("0 2 * *", Chicago).unwrap_err();
     assert!(err.to_string().contains("has 4 fields"), "{err}");
     let err = Schedule::parse("61 2 * * *", Chicago).unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with("`61 2 * * *` is not a valid cron expression"),
-        "{err}"
+    assert_eq!(
+        err.to_string(),
+        "`61 2 * * *` is not a valid cron expression: minute `61` is out of range: minutes are 0-59"
     );
+}
+
+#[test]
+fn check_names_the_bad_field_and_refuses_what_the_cron_crate_cannot_express() {
+    let p = Project::new();
+    let file = "config/practices/valley-imaging.toml";
+    let text = std::fs::read_to_string(p.path(file))
+        .unwrap()
+        .replace(
+            "poll = \"0 1,4 * * *\"",
+            "poll = \"0 1,4 * * 1-8\"\nletters = \"0 3 L * *\"\ndigest = \"0 7 * * 1#2\"",
+        )
+        .replace("submit = \"*/15 6-20 * * *\"", "submit = \"*/15 6-20 * 1,13 *\"");
+    p.write(file, &text);
+    let out = p.precert(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = super::support::stderr(&out);
+    for needle in [
+        "schedules.poll: `0 1,4 * * 1-8` is not a valid cron expression: day-of-week `1-8`: 8 is out of range: days of the week are 0-7 (0 and 7 are Sunday) or SUN-SAT",
+        "schedules.submit: `*/15 6-20 * 1,13 *` is not a valid cron expression: month `1,13`: 13 is out of range: months are 1-12 or JAN-DEC",
+        "schedules.letters: `0 3 L * *` is not a valid cron expression: day-of-month `L`: `L` (last day, or nearest weekday) is not supported: the scheduler (the `cron` crate) has no `L` or `W`",
+        "schedules.digest: `0 7 * * 1#2` is not a valid cron expression: day-of-week `1#2`: `1#2` (the Nth weekday of the month) is not supported",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    assert!(err.ends_with("4 problems found\n"), "{err}");
 }
 
 #[test]
