@@ -1,12 +1,15 @@
 //! Configuration: `precert.toml` for the daemon, one file per practice.
 //!
-//! Two stages, as in Vector: `raw` types parsed with `deny_unknown_fields`,
-//! then `compile` into typed settings. Compilation reports every problem it
-//! finds, each with the file and the key, instead of stopping at the first.
+//! Two stages, as in Vector: `raw` types, then `compile` into typed
+//! settings. Both report every problem they find, each with the file and the
+//! key, instead of stopping at the first: reading collects every unknown key
+//! (`unknown`, with its line and a "did you mean") and goes on past it.
 
 pub mod raw;
 pub mod secret;
+pub mod unknown;
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -292,13 +295,9 @@ pub fn load(path: &Path, secrets: Secrets) -> Result<Settings, ConfigErrors> {
             .unwrap_or(Path::new(".")),
     );
     let raw = if path.is_file() {
-        match parse_file::<RawDaemon>(path, Some("PRECERT")) {
-            Ok(raw) => Some(raw),
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        }
+        let (raw, problems) = parse_file::<RawDaemon>(path, Some("PRECERT"));
+        errors.extend(problems);
+        raw
     } else {
         errors.push(ConfigError {
             file: path.to_owned(),
@@ -325,8 +324,10 @@ pub fn load(path: &Path, secrets: Secrets) -> Result<Settings, ConfigErrors> {
 }
 
 /// Reads one TOML file through the `config` crate, with environment
-/// overrides when a prefix is given, and names the key of a type error.
-fn parse_file<T: DeserializeOwned>(path: &Path, env_prefix: Option<&str>) -> Result<T, ConfigError> {
+/// overrides when a prefix is given. Every unknown key is reported (with its
+/// line, or the variable it came from) and reading goes on past it; a value
+/// of the wrong type ends the file's reading, its key named.
+fn parse_file<T: DeserializeOwned>(path: &Path, env_prefix: Option<&str>) -> (Option<T>, Vec<ConfigError>) {
     let mut builder =
         config::Config::builder().add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
     if let Some(prefix) = env_prefix {
@@ -341,28 +342,65 @@ fn parse_file<T: DeserializeOwned>(path: &Path, env_prefix: Option<&str>) -> Res
         key,
         message,
     };
-    let cfg = builder.build().map_err(|e| err(String::new(), e.to_string()))?;
-    serde_path_to_error::deserialize(cfg).map_err(|e| {
-        let parent = e.path().to_string();
-        let parent = if parent == "." { String::new() } else { parent };
-        let mut message = e.inner().to_string();
-        // serde reports an unknown key at its parent (in nested tables the
-        // config crate sometimes at the key itself); name the key once.
-        let key = match message
-            .strip_prefix("unknown field `")
-            .and_then(|m| m.split('`').next())
-        {
-            Some(field) if parent.is_empty() => field.to_owned(),
-            Some(field) if parent == field || parent.ends_with(&format!(".{field}")) => parent,
-            Some(field) => format!("{parent}.{field}"),
-            None => parent,
-        };
-        if let (Some(prefix), false) = (env_prefix, key.is_empty()) {
-            let var = format!("{prefix}__{}", key.replace('.', "__").to_uppercase());
-            message.push_str(&format!(" (in the file, or the environment variable {var})"));
+    let env_var = |key: &str| env_prefix.map(|prefix| format!("{prefix}__{}", key.replace('.', "__").to_uppercase()));
+    let cfg = match builder.build() {
+        Ok(cfg) => cfg,
+        Err(e) => return (None, vec![err(String::new(), e.to_string())]),
+    };
+    let found = RefCell::new(Vec::new());
+    let parsed = serde_path_to_error::deserialize(unknown::Lenient::new(cfg, unknown::Keys::Plain, &found));
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut errors: Vec<ConfigError> = found
+        .into_inner()
+        .into_iter()
+        .map(|u| {
+            let full = u.path();
+            let key = unknown::dotted(&full);
+            let place = match (toml_line(&text, &full), env_var(&key)) {
+                (Some(line), _) => format!(" (line {line})"),
+                (None, Some(var)) => format!(" (from the environment variable {var})"),
+                (None, None) => String::new(),
+            };
+            err(key, format!("unknown key{place}; {}", u.hint()))
+        })
+        .collect();
+    match parsed {
+        Ok(raw) => (Some(raw), errors),
+        Err(e) => {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            let mut message = e.inner().to_string();
+            if let Some(var) = env_var(&key).filter(|_| !key.is_empty()) {
+                message.push_str(&format!(" (in the file, or the environment variable {var})"));
+            }
+            errors.push(err(key, message));
+            (None, errors)
         }
-        err(key, message)
-    })
+    }
+}
+
+/// The line (from 1) a key is written on in a TOML text; `None` when the
+/// text does not have it (it came from the environment).
+fn toml_line(text: &str, path: &[unknown::PathSeg]) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeValue::Table(DeTable::parse(text).ok()?.into_inner());
+    let mut node = &root;
+    let mut at = None;
+    for seg in path {
+        node = match (seg, node) {
+            (unknown::PathSeg::Key(k), DeValue::Table(t)) => {
+                let (key, value) = t
+                    .iter()
+                    .find(|(key, _)| key.get_ref().as_ref() as &str == k.as_str())
+                    .or_else(|| t.iter().find(|(key, _)| key.get_ref().eq_ignore_ascii_case(k)))?;
+                at = Some(key.span().start);
+                value.get_ref()
+            }
+            (unknown::PathSeg::Index(i), DeValue::Array(a)) => a.get(*i)?.get_ref(),
+            _ => return None,
+        };
+    }
+    Some(text[..at?].matches('\n').count() + 1)
 }
 
 /// An absolute, lexically clean path: `value` as is when absolute, else
@@ -717,14 +755,10 @@ fn load_practices(dir: &Path, secrets: Secrets, errors: &mut Vec<ConfigError>) -
     }
     let mut practices: Vec<Practice> = Vec::new();
     for file in files {
-        let raw = match parse_file::<RawPractice>(&file, None) {
-            Ok(r) => r,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
-        };
         let before = errors.len();
+        let (raw, problems) = parse_file::<RawPractice>(&file, None);
+        errors.extend(problems);
+        let Some(raw) = raw else { continue };
         let practice = compile_practice(&raw, &file, secrets, errors);
         if let Some(other) = practices.iter().find(|o| o.id == practice.id) {
             errors.push(ConfigError {

@@ -14,8 +14,7 @@ use serde::Deserialize;
 /// The raw form in a configuration file: `{ env = "VAR" }`,
 /// `{ file = "/path" }` or `{ credential = "name" }`. A bare string is parsed
 /// too, only to refuse it with a helpful message.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Clone, Debug)]
 pub enum RawSecret {
     Ref(RawSecretRef),
     Inline(String),
@@ -27,6 +26,35 @@ pub struct RawSecretRef {
     pub env: Option<String>,
     pub file: Option<PathBuf>,
     pub credential: Option<String>,
+}
+
+const REF_KEYS: &[&str] = &["env", "file", "credential"];
+
+impl<'de> Deserialize<'de> for RawSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> serde::de::Visitor<'de> for Either {
+            type Value = RawSecret;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "where to read the secret: { env = \"VAR\" }, { file = \"/path\" } or { credential = \"name\" }",
+                )
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSecret, E> {
+                Ok(RawSecret::Inline(v.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawSecret, A::Error> {
+                RawSecretRef::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(RawSecret::Ref)
+            }
+        }
+        // Asked for as a struct (the configuration's reader answers a string
+        // as a string), so that every unknown key in it is reported like any
+        // other (`config::unknown`), not as "no variant matched".
+        de.deserialize_struct("RawSecretRef", REF_KEYS, Either)
+    }
 }
 
 /// Where a secret comes from, validated.

@@ -66,17 +66,36 @@ struct Scope {
 }
 
 pub fn compile(file: &Path, text: &str) -> Result<Playbook, Vec<PlaybookError>> {
-    let raw: RawPlaybook = serde_saphyr::from_str(text).map_err(|e| {
-        let at = e.location().map(|l| Loc::of(&l)).unwrap_or_default();
-        vec![PlaybookError {
+    // Every unknown key is an error, and reading goes on past it (a close
+    // one read as the key it resembles), so one run shows them all.
+    let found = std::cell::RefCell::new(Vec::new());
+    let parsed: Result<RawPlaybook, _> = serde_saphyr::with_deserializer_from_str(text, |de| {
+        crate::config::unknown::deserialize(de, crate::config::unknown::Keys::Spanned, &found)
+    });
+    let mut errors: Vec<PlaybookError> = found
+        .into_inner()
+        .into_iter()
+        .map(|u| PlaybookError {
             file: file.to_owned(),
-            at,
-            message: saphyr_message(&e),
-        }]
-    })?;
+            at: u.at.as_ref().map(Loc::of).unwrap_or_default(),
+            message: format!("unknown key `{}`; {}", u.key, u.hint()),
+        })
+        .collect();
+    let raw = match parsed {
+        Ok(raw) => raw,
+        Err(e) => {
+            errors.push(PlaybookError {
+                file: file.to_owned(),
+                at: e.location().map(|l| Loc::of(&l)).unwrap_or_default(),
+                message: saphyr_message(&e),
+            });
+            errors.sort_by_key(|e| (e.at.line, e.at.col));
+            return Err(errors);
+        }
+    };
     let mut c = Compiler {
         file,
-        errors: Vec::new(),
+        errors,
         env: template::environment(),
         sample: template::sample_context(),
         credentials: raw.credentials.iter().map(|s| s.value.clone()).collect(),

@@ -63,16 +63,21 @@ fn a_configuration_that_does_not_check_exits_1_in_every_command() {
 }
 
 #[test]
-fn an_unknown_key_is_named_with_its_file() {
+fn an_unknown_key_is_named_with_its_file_and_line() {
     let p = Project::new();
     let text = std::fs::read_to_string(p.config_path())
         .unwrap()
         .replace("mask_phi = true", "mask_phi = true\ncolour = \"blue\"");
     p.write("config/precert.toml", &text);
+    let line = text.lines().position(|l| l.starts_with("colour")).unwrap() + 1;
     let errors = errors_of(&p, Secrets::Skip);
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].contains("precert.toml: log"), "{errors:?}");
-    assert!(errors[0].contains("unknown field `colour`"), "{errors:?}");
+    assert!(
+        errors[0].ends_with(&format!(
+            "precert.toml: log.colour: unknown key (line {line}); the keys here are format, level, mask_phi"
+        )),
+        "{errors:?}"
+    );
 }
 
 #[test]
@@ -81,13 +86,101 @@ fn an_unknown_key_in_a_nested_table_is_named_once() {
     let text = std::fs::read_to_string(p.config_path()).unwrap()
         + "\n[mail.smtp]\nhost = \"localhost\"\nfrom = \"x@y.example\"\n";
     p.write("config/precert.toml", &text);
+    let line = text.lines().count();
     let errors = errors_of(&p, Secrets::Skip);
-    assert_eq!(errors.len(), 1, "{errors:?}");
+    let unknown: Vec<&String> = errors.iter().filter(|e| e.contains("unknown key")).collect();
+    assert_eq!(unknown.len(), 1, "{errors:?}");
     assert!(
-        errors[0].contains("precert.toml: mail.smtp.from: unknown field `from`"),
+        unknown[0].contains(&format!(
+            "precert.toml: mail.smtp.from: unknown key (line {line}); the keys here are host, port"
+        )),
         "{errors:?}"
     );
-    assert!(errors[0].contains("PRECERT__MAIL__SMTP__FROM)"), "{errors:?}");
+    // Reading went on past it, so the table's other problem shows too.
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("mail.smtp: is set but mail.transport is `file`")),
+        "{errors:?}"
+    );
+    assert_eq!(errors.len(), 2, "{errors:?}");
+}
+
+#[test]
+fn check_prints_every_unknown_key_of_a_practice_in_one_run_with_a_suggestion() {
+    let p = Project::new();
+    let file = "config/practices/valley-imaging.toml";
+    // Five typos, one per kind of table: the top, an array of tables, a
+    // table, a payer and a secret reference.
+    let text = std::fs::read_to_string(p.path(file))
+        .unwrap()
+        .replace("timezone =", "timzone =")
+        .replace(
+            "name = \"Valley Imaging Center\"\naddress",
+            "nmae = \"Valley Imaging Center\"\naddress",
+        )
+        .replace("supervisors =", "supervisor =")
+        .replace("account =", "acount =")
+        .replace("password = { env =", "password = { evn =");
+    p.write(file, &text);
+    let line = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    let out = p.precert(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    for needle in [
+        format!(
+            "valley-imaging.toml: timzone: unknown key (line {}); did you mean `timezone`?",
+            line("timzone")
+        ),
+        format!(
+            "valley-imaging.toml: locations[0].nmae: unknown key (line {}); did you mean `name`?",
+            line("nmae")
+        ),
+        format!(
+            "valley-imaging.toml: contacts.supervisor: unknown key (line {}); did you mean `supervisors`?",
+            line("supervisor")
+        ),
+        format!(
+            "valley-imaging.toml: payers.sandbox.acount: unknown key (line {}); did you mean `account`?",
+            line("acount")
+        ),
+        format!(
+            "valley-imaging.toml: payers.sandbox.secrets.password.evn: unknown key (line {}); did you mean `env`?",
+            line("secrets.password")
+        ),
+    ] {
+        assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+    }
+    // Each typo is read as the key it resembles, so nothing else is
+    // reported (no "timezone is required"), and the count is said once.
+    assert_eq!(err.lines().count(), 6, "{err}");
+    assert!(err.ends_with("5 problems found\n"), "{err}");
+    assert!(!err.contains("problem(s)"), "{err}");
+}
+
+#[test]
+fn an_unknown_key_without_a_close_one_lists_the_keys_and_other_problems_still_show() {
+    let p = Project::new();
+    let file = "config/practices/valley-imaging.toml";
+    let text = std::fs::read_to_string(p.path(file))
+        .unwrap()
+        .replace("[contacts]", "[contacts]\npager = \"555-0100\"")
+        .replace("1679576722", "1679576723");
+    p.write(file, &text);
+    let errors = errors_of(&p, Secrets::Skip);
+    assert!(
+        errors.iter().any(|e| e.contains(
+            "valley-imaging.toml: contacts.pager: unknown key (line 16); the keys here are supervisors, managers, operations"
+        )),
+        "{errors:#?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("npi: `1679576723` fails the NPI check digit")),
+        "{errors:#?}"
+    );
+    assert_eq!(errors.len(), 2, "{errors:#?}");
 }
 
 #[test]
@@ -244,7 +337,7 @@ fn environment_variables_override_the_file() {
     let out = p.command(&["check"]).env("PRECERT__NO_SUCH_KEY", "1").output().unwrap();
     let err = stderr(&out);
     assert!(
-        err.contains("unknown field `no_such_key`") && err.contains("PRECERT__NO_SUCH_KEY"),
+        err.contains("precert.toml: no_such_key: unknown key (from the environment variable PRECERT__NO_SUCH_KEY)"),
         "{err}"
     );
 }

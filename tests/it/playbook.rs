@@ -67,11 +67,52 @@ fn an_unknown_step_is_reported_at_its_line_and_column() {
     assert!(!ok);
     let file = p.path("playbooks/acme.yaml").display().to_string();
     assert!(
-        err.contains(&format!(
-            "{file}:20:7: unknown field `clik`, expected one of navigate, fill"
-        )),
+        err.contains(&format!("{file}:20:7: unknown key `clik`; did you mean `click`?")),
         "{err}"
     );
+}
+
+/// Where `needle` is in `text`, as `line:col` (from 1).
+fn at(text: &str, needle: &str) -> String {
+    let (n, line) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} is not in the text"));
+    format!("{}:{}", n + 1, line.find(needle).unwrap() + 1)
+}
+
+#[test]
+fn every_unknown_key_of_a_playbook_is_reported_in_one_run() {
+    let p = Project::new();
+    let text = GOOD
+        .replace("  channel: web", "  chanel: web")
+        .replace("credentials: [", "vendor: acme\ncredentials: [")
+        .replace(r##"fill: { selector: "#user""##, r##"fill: { selectr: "#user""##)
+        .replace(r##"    - click: "#go""##, r##"    - clik: "#go""##)
+        .replace("      commit: true", "      comit: true")
+        .replace("into: reference }", "intoo: reference }");
+    let (ok, err) = check_with(&p, "acme.yaml", &text);
+    assert!(!ok);
+    let f = p.path("playbooks/acme.yaml").display().to_string();
+    for (needle, message) in [
+        ("chanel", "unknown key `chanel`; did you mean `channel`?"),
+        (
+            "vendor",
+            "unknown key `vendor`; the keys here are payer, credentials, detect, outcomes, actions",
+        ),
+        ("selectr", "unknown key `selectr`; did you mean `selector`?"),
+        ("clik", "unknown key `clik`; did you mean `click`?"),
+        ("comit", "unknown key `comit`; did you mean `commit`?"),
+        ("intoo", "unknown key `intoo`; did you mean `into`?"),
+    ] {
+        let line = format!("{f}:{}: {message}", at(&text, needle));
+        assert!(err.contains(&line), "missing {line:?} in:\n{err}");
+    }
+    // Each typo was read as the key it resembles: no "missing field
+    // `selector`", no step without a step key; and one count.
+    assert_eq!(err.lines().count(), 7, "{err}");
+    assert!(err.ends_with("6 problems found\n"), "{err}");
 }
 
 #[test]
