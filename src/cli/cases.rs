@@ -100,6 +100,15 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
             let events = ledger.events(case.id).await?;
             let letters = ledger.letters(case.id).await?;
             print!("{}", render_case(&case, &events, &letters, phi));
+            if let Some(o) = ledger.submission_owner(case.id).await? {
+                println!(
+                    "  being submitted by {} since {} (lease {}, runs to {})",
+                    o.holder,
+                    o.since.format("%Y-%m-%d %H:%M:%S UTC"),
+                    o.token,
+                    o.until.format("%H:%M:%S UTC")
+                );
+            }
             let escalations: Vec<_> = ledger
                 .escalations(Some(&case.data.practice_id), true)
                 .await?
@@ -124,6 +133,15 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
         }
         CasesCommand::SetStatus { id, status, note } => {
             let case = resolve(&ledger, &id).await?;
+            if status == crate::case::CaseStatus::Submitting {
+                eprintln!(
+                    "error: a case becomes submitting only by being submitted, which takes its submission lease: \
+                     `precert run PLAYBOOK submit --case {}`",
+                    case.key()
+                );
+                ledger.close().await;
+                return Ok(Outcome::Problems);
+            }
             match ledger
                 .transition(case.id, status, &Actor::current_user(), note.as_deref())
                 .await
@@ -132,7 +150,7 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
                     println!("{}: {from} → {status}", case.key());
                     Ok(Outcome::Ok)
                 }
-                Err(e) if e.is_illegal_transition() => {
+                Err(e) if e.is_illegal_transition() || matches!(e, crate::store::StoreError::Owned { .. }) => {
                     eprintln!("error: {e}");
                     Ok(Outcome::Problems)
                 }

@@ -12,11 +12,12 @@ use crate::case::{CaseRecord, CaseStatus};
 use crate::config::{PayerBinding, Practice};
 use crate::pas::{self, Applied, ClientError, Endpoint, PasClient, PasError};
 use crate::playbook::{Action, Loc, Playbook};
-use crate::store::{Actor, EventKind};
+use crate::store::{Actor, EventKind, Ledger, SubmitLease};
 
 impl Engine {
     /// An `http`-step playbook: login (when the playbook has one), the
     /// action, the answer applied. No chromedriver is started.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn run_api(
         &self,
         action: Action,
@@ -25,6 +26,8 @@ impl Engine {
         binding: &PayerBinding,
         playbook: &Playbook,
         actor: &Actor,
+        lease: Option<&SubmitLease>,
+        ledger: &Ledger,
     ) -> Result<RunReport, EngineError> {
         let _payer = self.payer_permit(playbook).await;
         let ctx = self.context(case, practice, binding, playbook)?;
@@ -41,13 +44,18 @@ impl Engine {
                 interp.trace.note("-- login".into());
                 interp.run_steps(login).await?;
             }
-            if action == Action::Submit && self.before_submit(&mut interp, playbook, case, actor).await? {
-                return Ok(());
+            if action == Action::Submit {
+                self.arm_commit(&mut interp, lease, case, actor);
+                if lease.is_some_and(|l| l.took_over.is_some()) && self.reconcile(&mut interp, playbook, case).await? {
+                    return Ok(());
+                }
+                interp.observations.clear();
             }
             interp.trace.note(format!("-- {action}"));
             // No second attempt of the whole action here: each request
             // already waited out throttling and retried 5xx answers within
             // the retry policy; what still fails goes back to the job queue.
+            interp.count_steps = action == Action::Submit;
             interp.run_steps(&playbook.actions[&action]).await
         }
         .await;
@@ -57,7 +65,8 @@ impl Engine {
             Err(failure) => self.save_artifacts(None, case, action, failure, &trace).await,
             Ok(_) => None,
         };
-        self.conclude(action, case, playbook, result, artifacts, actor).await
+        self.conclude(action, case, playbook, result, artifacts, actor, ledger)
+            .await
     }
 
     /// A payer whose playbook says `api: pas`: precert's Da Vinci PAS client
@@ -97,6 +106,71 @@ impl Engine {
                 case.key()
             )));
         }
+        let lease = match action {
+            Action::Submit => Some(self.ledger.claim_submission(case.id, actor).await?),
+            _ => None,
+        };
+        let _renewing = lease.as_ref().map(|l| self.keep_renewing(l));
+        let (ledger, case) = match &lease {
+            Some(l) => (self.ledger.fenced(l), &self.ledger.get(case.id).await?),
+            None => (self.ledger.clone(), case),
+        };
+        let report = self
+            .run_pas_owned(
+                action,
+                case,
+                practice,
+                binding,
+                playbook,
+                actor,
+                lease.as_ref(),
+                &ledger,
+            )
+            .await;
+        if let Some(l) = &lease {
+            let _ = self.ledger.release_submission(l).await;
+        }
+        match report {
+            Err(EngineError::Store(e)) if e.is_stale_lease() => {
+                self.ledger
+                    .append_event(
+                        case.id,
+                        EventKind::Run,
+                        actor,
+                        &json!({ "action": action.as_str(), "result": "stale", "channel": "pas", "message": e.to_string() }),
+                    )
+                    .await?;
+                Ok(RunReport {
+                    action,
+                    case_id: case.id,
+                    status: self.ledger.get(case.id).await?.status,
+                    failure: Some(StepFailure {
+                        kind: FailureKind::Fatal,
+                        at: Loc::default(),
+                        keyword: "lease",
+                        message: e.to_string(),
+                    }),
+                    artifacts: None,
+                    observations: Vec::new(),
+                    letters: 0,
+                })
+            }
+            other => other,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_pas_owned(
+        &self,
+        action: Action,
+        case: &CaseRecord,
+        practice: &Practice,
+        binding: &PayerBinding,
+        playbook: &Playbook,
+        actor: &Actor,
+        lease: Option<&SubmitLease>,
+        ledger: &Ledger,
+    ) -> Result<RunReport, EngineError> {
         let client = self
             .pas_client(practice, binding, playbook, &case.data.coverage.payer)
             .await?;
@@ -107,36 +181,32 @@ impl Engine {
             insurer_name: binding.account.get("payer_name").map(String::as_str),
             now: self.ledger.now(),
         };
-        let result = match (action, case.status) {
-            (Action::Submit, CaseStatus::Submitting) => {
-                // An earlier run moved the case to submitting and may have
-                // sent it before it stopped: the payer is asked first, by
-                // the Claim's identifier (the case ID).
-                match pas::inquire_case(&self.ledger, &client, &ctx, case, actor).await {
-                    Err(PasError::Client(ClientError::Rejected { status: 404, .. })) => {
+        let result = match (action, lease) {
+            (Action::Submit, Some(lease)) => {
+                let asked_first = if lease.took_over.is_some() {
+                    // An earlier run took the case and may have sent it
+                    // before it stopped: the payer is asked first, by the
+                    // Claim's identifier (the case).
+                    match pas::inquire_case(ledger, &client, &ctx, case, actor).await {
                         // The payer never received it: send it now.
-                        self.ledger
-                            .transition(
-                                case.id,
-                                CaseStatus::Ready,
-                                actor,
-                                Some("the payer has no earlier submission"),
-                            )
-                            .await?;
-                        let fresh = self.ledger.get(case.id).await?;
-                        pas::submit_case(&self.ledger, &client, &ctx, &fresh, actor).await
+                        Err(PasError::Client(ClientError::Rejected { status: 404, .. })) => None,
+                        other => Some(other),
                     }
-                    other => other,
+                } else {
+                    None
+                };
+                match asked_first {
+                    Some(answer) => answer,
+                    None => pas::submit_owned(ledger, lease, &client, &ctx, case, actor).await,
                 }
             }
-            (Action::Submit, _) => pas::submit_case(&self.ledger, &client, &ctx, case, actor).await,
-            _ => pas::inquire_case(&self.ledger, &client, &ctx, case, actor).await,
+            _ => pas::inquire_case(ledger, &client, &ctx, case, actor).await,
         };
         match result {
             Ok(applied) => {
                 if let Some(reference) = applied.outcome.claim_response.as_deref() {
                     if case.payer_ref.as_deref() != Some(reference) {
-                        self.ledger.set_payer_ref(case.id, reference, actor).await?;
+                        ledger.set_payer_ref(case.id, reference, actor).await?;
                     }
                 }
                 self.ledger
@@ -179,7 +249,7 @@ impl Engine {
                     && now.status.can_move_to(CaseStatus::NeedsAttention)
                 {
                     let note = format!("{action} {}: {}", failure.kind.as_str(), failure.message);
-                    self.ledger
+                    ledger
                         .transition(case.id, CaseStatus::NeedsAttention, actor, Some(&note))
                         .await?;
                 }
@@ -243,6 +313,7 @@ fn observation(a: &Applied) -> Observation {
     Observation {
         status: a.to,
         wording: o.disposition.clone().unwrap_or_else(|| o.status.as_str().to_owned()),
+        candidate: None,
         reference: o.claim_response.clone(),
         auth_number: o.auth_number.clone(),
         valid_from: None,

@@ -56,6 +56,9 @@ pub struct Interp<'a> {
     /// Running `login`: the login page is where we are meant to be, so the
     /// `logged_out` rules do not apply.
     pub in_login: bool,
+    /// Counting the finished steps of `submit` (for fault injection).
+    pub count_steps: bool,
+    pub steps_done: u32,
 }
 
 type StepResult = Result<(), StepFailure>;
@@ -137,6 +140,10 @@ impl<'a> Interp<'a> {
             };
             self.trace
                 .record(step, attempt, started.elapsed(), result.as_ref().err());
+            if result.is_ok() && self.count_steps {
+                self.steps_done += 1;
+                super::fault::after_step(self.steps_done);
+            }
             match result {
                 Err(f) if f.kind == FailureKind::Retryable && attempt < step.retries => attempt += 1,
                 other => return other,
@@ -328,7 +335,9 @@ impl<'a> Interp<'a> {
                 let el = self.find(step, selector).await?;
                 self.record_intent(step).await?;
                 el.click().await.map_err(wd)?;
-                crash_after_commit(step);
+                if step.commit {
+                    super::fault::after_commit();
+                }
             }
             StepKind::WaitFor(c) => self.wait_until(step, c).await?,
             StepKind::Assert(c) => {
@@ -428,9 +437,10 @@ impl<'a> Interp<'a> {
                 next_page,
                 max_pages,
                 into,
+                empty,
             } => {
                 let rows = self
-                    .read_rows(step, selector, cells, next_page.as_ref(), *max_pages)
+                    .read_rows(step, selector, cells, next_page.as_ref(), *max_pages, empty.as_ref())
                     .await?;
                 self.set_var(into, Value::Array(rows));
             }
@@ -477,7 +487,9 @@ impl<'a> Interp<'a> {
                     self.browser(step)?.dismiss_alert().await
                 }
                 .map_err(wd)?;
-                crash_after_commit(step);
+                if step.commit {
+                    super::fault::after_commit();
+                }
             }
             StepKind::NewTab { click, steps } => {
                 let before = self.browser(step)?.windows().await.map_err(wd)?;
@@ -504,7 +516,9 @@ impl<'a> Interp<'a> {
                 let js = self.render(step, js)?;
                 self.record_intent(step).await?;
                 let v = self.browser(step)?.execute(&js, vec![]).await.map_err(wd)?;
-                crash_after_commit(step);
+                if step.commit {
+                    super::fault::after_commit();
+                }
                 if let Some(into) = into {
                     self.set_var(into, v);
                 }
@@ -541,9 +555,20 @@ impl<'a> Interp<'a> {
                         Some(t) => Ok(Some(self.render(step, t)?).filter(|s: &String| !s.trim().is_empty())),
                     }
                 };
+                let candidate = match &o.matches {
+                    None => None,
+                    Some(m) => Some(super::Candidate {
+                        case_ref: field(&m.case_ref)?,
+                        member_id: field(&m.member_id)?,
+                        codes: field(&m.codes)?,
+                        service_start: field(&m.service_start)?,
+                        service_end: field(&m.service_end)?,
+                    }),
+                };
                 let obs = Observation {
                     status,
                     wording,
+                    candidate,
                     reference: field(&o.reference)?,
                     auth_number: field(&o.auth_number)?,
                     valid_from: field(&o.valid_from)?,
@@ -581,9 +606,10 @@ impl<'a> Interp<'a> {
             if let Some(hook) = self.on_commit.as_mut() {
                 hook()
                     .await
-                    .map_err(|e| fail(step, FailureKind::Fatal, format!("cannot record the intent: {e}")))?;
+                    .map_err(|e| fail(step, FailureKind::Fatal, format!("nothing was sent: {e}")))?;
             }
             self.committed = true;
+            super::fault::at_intent();
         }
         Ok(())
     }
@@ -612,6 +638,7 @@ impl<'a> Interp<'a> {
         cells: &[(String, Sel)],
         next: Option<&Sel>,
         max_pages: u32,
+        empty: Option<&Condition>,
     ) -> Result<Vec<Value>, StepFailure> {
         let wd = |e| webdriver_failure(step, e);
         let row_css = self.css(step, selector)?;
@@ -626,16 +653,50 @@ impl<'a> Interp<'a> {
         }
         let mut out = Vec::new();
         for page in 0..max_pages {
-            // The table may render after an XHR: wait for a row or the end.
-            let _ = self
-                .browser(step)?
-                .wait()
-                .at_most(step.timeout)
-                .every(POLL)
-                .for_element(Locator::Css(&row_css))
-                .await;
+            // The table may render after an XHR: wait for a row, the page's
+            // "nothing found" (when the playbook says what it looks like),
+            // a page the `detect` rules know, or the timeout.
+            let deadline = tokio::time::Instant::now() + step.timeout;
+            let mut shows_empty = false;
+            loop {
+                if !self
+                    .browser(step)?
+                    .find_all(Locator::Css(&row_css))
+                    .await
+                    .map_err(wd)?
+                    .is_empty()
+                {
+                    break;
+                }
+                if let Some(c) = empty {
+                    if self.holds(step, c).await? {
+                        shows_empty = true;
+                        break;
+                    }
+                }
+                self.page_says_stop(step).await?;
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(POLL).await;
+            }
             let html = self.browser(step)?.source().await.map_err(wd)?;
-            out.extend(parse_rows(&html, &row_sel, &cell_sels));
+            let found = parse_rows(&html, &row_sel, &cell_sels);
+            if found.is_empty() && page == 0 && !shows_empty {
+                if let Some(c) = empty {
+                    // Neither rows nor the page's "nothing found": a failed
+                    // or half-loaded search, never "there is none".
+                    return Err(fail(
+                        step,
+                        FailureKind::Retryable,
+                        format!(
+                            "no rows match `{row_css}` and the page does not show an empty result ({})",
+                            describe(c)
+                        ),
+                    ));
+                }
+            }
+            out.extend(found);
             let Some(next) = next else { break };
             let css = self.css(step, next)?;
             let links = self.browser(step)?.find_all(Locator::Css(&css)).await.map_err(wd)?;
@@ -757,16 +818,6 @@ fn parse_rows(html: &str, rows: &scraper::Selector, cells: &[(String, scraper::S
             Value::Object(m)
         })
         .collect()
-}
-
-/// Fault injection for the crash-safety test: with
-/// `PRECERT_FAULT=kill-after-commit`, the process SIGKILLs itself right after
-/// the step that sends a request, before the payer's answer is recorded.
-pub(super) fn crash_after_commit(step: &Step) {
-    if step.commit && std::env::var("PRECERT_FAULT").is_ok_and(|v| v == "kill-after-commit") {
-        // SAFETY: signalling ourselves; nothing runs after this.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
-    }
 }
 
 fn lookup<'v>(ctx: &'v Value, path: &str) -> Option<&'v Value> {

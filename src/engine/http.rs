@@ -18,7 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::exec::{crash_after_commit, fail, Interp};
+use super::exec::{fail, Interp};
 use super::{FailureKind, StepFailure};
 use crate::pas::client::{send_with_policy, TokenCache, TokenRequest};
 use crate::pas::{ClientError, RetryPolicy};
@@ -153,7 +153,9 @@ impl Interp<'_> {
                 }
                 r
             };
-            let answer = send_with_policy(&api.policy, &label, send)
+            // The request that sends a submission is never resent after a
+            // 5xx: the payer may have stored it (find_existing decides).
+            let answer = send_with_policy(&api.policy, &label, send, !step.commit)
                 .await
                 .map_err(|e| client_failure(step, e))?;
             // A token the payer revoked early: forget it and ask once more.
@@ -166,7 +168,9 @@ impl Interp<'_> {
             }
             break answer;
         };
-        crash_after_commit(step);
+        if step.commit {
+            super::fault::after_commit();
+        }
         self.trace
             .note(format!("     {} {} -> {}", h.method, h.url.source, status.as_u16()));
         let expected = if h.expect.is_empty() {

@@ -11,6 +11,7 @@
 
 mod api;
 mod exec;
+pub(crate) mod fault;
 mod http;
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,7 +30,7 @@ use crate::config::{PayerBinding, Practice, Settings};
 use crate::files::{safe_name, sha256_hex, write_private};
 use crate::pas::{PasClient, RetryPolicy};
 use crate::playbook::{template, Action, ApiKind, Channel, Loc, Playbook, Step};
-use crate::store::{Actor, EventKind, Ledger, Letter, StoreError};
+use crate::store::{Actor, EventKind, Ledger, Letter, StoreError, SubmitLease, SUBMIT_LEASE_RENEW};
 
 /// Extra attempts of a whole action after a retryable failure (before the
 /// commit step only). Longer outages are the job queue's to retry later.
@@ -129,11 +130,24 @@ impl Trace {
     }
 }
 
+/// What a `find_existing` outcome read about one of the payer's requests
+/// (its `match:` fields, rendered), for the engine to compare with the case.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Candidate {
+    pub case_ref: Option<String>,
+    pub member_id: Option<String>,
+    pub codes: Option<String>,
+    pub service_start: Option<String>,
+    pub service_end: Option<String>,
+}
+
 /// What an `outcome` step read from the portal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Observation {
     pub status: CaseStatus,
     pub wording: String,
+    /// `find_existing` only: what identifies the payer's record.
+    pub candidate: Option<Candidate>,
     pub reference: Option<String>,
     pub auth_number: Option<String>,
     pub valid_from: Option<String>,
@@ -348,9 +362,89 @@ impl Engine {
             }
             _ => {}
         }
-        if playbook.channel == Channel::Api {
-            return self.run_api(action, &case, practice, binding, playbook, actor).await;
+        // Whoever submits owns the case until the submission ends: the
+        // lease comes with `ready → submitting` (or takes over a stopped
+        // one), and every write of this run is fenced by it.
+        let lease = match action {
+            Action::Submit => Some(self.ledger.claim_submission(case.id, actor).await?),
+            _ => None,
+        };
+        let _renewing = lease.as_ref().map(|l| self.keep_renewing(l));
+        let ledger = match &lease {
+            Some(l) => self.ledger.fenced(l),
+            None => self.ledger.clone(),
+        };
+        let case = match &lease {
+            Some(_) => self.ledger.get(case.id).await?,
+            None => case,
+        };
+        let report = if playbook.channel == Channel::Api {
+            self.run_api(
+                action,
+                &case,
+                practice,
+                binding,
+                playbook,
+                actor,
+                lease.as_ref(),
+                &ledger,
+            )
+            .await
+        } else {
+            self.run_web(
+                action,
+                &case,
+                practice,
+                binding,
+                playbook,
+                actor,
+                lease.as_ref(),
+                &ledger,
+            )
+            .await
+        };
+        if let Some(l) = &lease {
+            // A case still `submitting` (the request may be out) waits for
+            // the next claimant, who reconciles first; nobody need wait for
+            // this lease to run out.
+            let _ = self.ledger.release_submission(l).await;
         }
+        report
+    }
+
+    /// Renews a submission lease in the background while its run goes on;
+    /// stops when dropped.
+    fn keep_renewing(&self, lease: &SubmitLease) -> AbortOnDrop {
+        let ledger = self.ledger.clone();
+        let lease = lease.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SUBMIT_LEASE_RENEW).await;
+                if let Err(e) = ledger.renew_submission(&lease).await {
+                    if e.is_stale_lease() {
+                        tracing::warn!(
+                            case_id = lease.case_id,
+                            "Submission lease lost; this run's results will not be recorded."
+                        );
+                        return;
+                    }
+                }
+            }
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_web(
+        &self,
+        action: Action,
+        case: &CaseRecord,
+        practice: &Practice,
+        binding: &PayerBinding,
+        playbook: &Playbook,
+        actor: &Actor,
+        lease: Option<&SubmitLease>,
+        ledger: &Ledger,
+    ) -> Result<RunReport, EngineError> {
         let key = (playbook.id.clone(), practice.id.clone());
         let payer_permit = self
             .per_payer
@@ -372,17 +466,27 @@ impl Engine {
                 logged_in: false,
             },
         };
-        let ctx = self.context(&case, practice, binding, playbook)?;
+        let ctx = self.context(case, practice, binding, playbook)?;
         let mut trace = Trace {
             echo: self.echo,
             ..Trace::default()
         };
         let result = self
-            .drive(&mut session, playbook, action, &case, ctx, &mut trace, actor)
+            .drive(
+                &mut session,
+                playbook,
+                action,
+                case,
+                ctx,
+                &mut trace,
+                actor,
+                lease,
+                ledger,
+            )
             .await;
         let artifacts = match &result {
             Err(failure) => {
-                self.save_artifacts(Some(&session.client), &case, action, failure, &trace)
+                self.save_artifacts(Some(&session.client), case, action, failure, &trace)
                     .await
             }
             Ok(_) => None,
@@ -390,7 +494,9 @@ impl Engine {
         if result.as_ref().is_err_and(|f| f.kind == FailureKind::Fatal) {
             session.logged_in = false;
         }
-        let report = self.conclude(action, &case, playbook, result, artifacts, actor).await?;
+        let report = self
+            .conclude(action, case, playbook, result, artifacts, actor, ledger)
+            .await?;
         if report.failure.as_ref().is_some_and(|f| f.kind == FailureKind::Fatal) {
             let _ = session.client.close().await;
         } else {
@@ -400,7 +506,10 @@ impl Engine {
     }
 
     /// Records how a run ended: letters, the payer's answer and the case's
-    /// status, or the failure and what it means for the case.
+    /// status, or the failure and what it means for the case. A run whose
+    /// submission lease was superseded meanwhile changes nothing: what it
+    /// saw becomes an event of the case.
+    #[allow(clippy::too_many_arguments)]
     async fn conclude(
         &self,
         action: Action,
@@ -409,12 +518,68 @@ impl Engine {
         result: Result<(Vec<Observation>, Vec<exec::Fetched>), StepFailure>,
         artifacts: Option<PathBuf>,
         actor: &Actor,
+        ledger: &Ledger,
+    ) -> Result<RunReport, EngineError> {
+        let seen: Vec<Value> = match &result {
+            Ok((obs, _)) => obs
+                .iter()
+                .map(|o| json!({ "status": o.status.as_str(), "reference": o.reference }))
+                .collect(),
+            Err(f) => vec![json!({ "failure": f.kind.as_str(), "message": f.message })],
+        };
+        match self
+            .conclude_fenced(action, case, playbook, result, artifacts, actor, ledger)
+            .await
+        {
+            Err(EngineError::Store(e)) if e.is_stale_lease() => {
+                self.ledger
+                    .append_event(
+                        case.id,
+                        EventKind::Run,
+                        actor,
+                        &json!({ "action": action.as_str(), "result": "stale", "message": e.to_string(), "seen": seen }),
+                    )
+                    .await?;
+                tracing::warn!(
+                    case_id = case.id,
+                    action = action.as_str(),
+                    "A superseded submission's result was recorded as an event only."
+                );
+                Ok(RunReport {
+                    action,
+                    case_id: case.id,
+                    status: self.ledger.get(case.id).await?.status,
+                    failure: Some(StepFailure {
+                        kind: FailureKind::Fatal,
+                        at: Loc::default(),
+                        keyword: "lease",
+                        message: e.to_string(),
+                    }),
+                    artifacts: None,
+                    observations: Vec::new(),
+                    letters: 0,
+                })
+            }
+            other => other,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn conclude_fenced(
+        &self,
+        action: Action,
+        case: &CaseRecord,
+        playbook: &Playbook,
+        result: Result<(Vec<Observation>, Vec<exec::Fetched>), StepFailure>,
+        artifacts: Option<PathBuf>,
+        actor: &Actor,
+        ledger: &Ledger,
     ) -> Result<RunReport, EngineError> {
         Ok(match result {
             Ok((observations, downloads)) => {
-                let letters = self.keep_letters(case, downloads, actor).await?;
-                let status = self.apply(action, case, playbook, &observations, actor).await?;
-                self.ledger
+                let letters = self.keep_letters(case, downloads, actor, ledger).await?;
+                let status = self.apply(action, case, playbook, &observations, actor, ledger).await?;
+                ledger
                     .append_event(
                         case.id,
                         EventKind::Run,
@@ -434,7 +599,7 @@ impl Engine {
             }
             Err(failure) => {
                 let status = self
-                    .after_failure(action, case, &failure, artifacts.as_ref(), actor)
+                    .after_failure(action, case, &failure, artifacts.as_ref(), actor, ledger)
                     .await?;
                 RunReport {
                     action,
@@ -449,21 +614,117 @@ impl Engine {
         })
     }
 
-    /// Before `submit`: a case left `submitting` after a recorded intent is
-    /// looked for first (`find_existing`); otherwise it moves to
-    /// `submitting`, and the commit step will record the intent. True when
-    /// an earlier submission was found and adopted.
-    async fn before_submit(
+    /// The commit hook of a submission: the intent goes into the ledger,
+    /// fenced by the lease, right before the request is sent. A lost lease
+    /// refuses it, and then nothing is sent.
+    fn arm_commit(&self, interp: &mut exec::Interp<'_>, lease: Option<&SubmitLease>, case: &CaseRecord, actor: &Actor) {
+        let ledger = self.ledger.clone();
+        let (lease, id, actor) = (lease.cloned(), case.id, actor.clone());
+        interp.on_commit = Some(Box::new(move || {
+            let ledger = ledger.clone();
+            let actor = actor.clone();
+            let lease = lease.clone();
+            Box::pin(async move {
+                let detail = json!({ "action": "submit" });
+                match &lease {
+                    Some(l) => ledger.record_intent(l, &actor, &detail).await,
+                    None => ledger
+                        .append_event(
+                            id,
+                            EventKind::Run,
+                            &actor,
+                            &json!({ "action": "submit", "intent": "commit" }),
+                        )
+                        .await
+                        .map(|_| ()),
+                }
+                .map_err(|e| e.to_string())
+            })
+        }));
+    }
+
+    /// After `find_existing` ran: which of the payer's requests is this
+    /// case's. Exactly one candidate that matches the case (see
+    /// `candidate_matches`) and whose reference no other case holds is
+    /// adopted (it stays in `interp.observations` alone); none leaves
+    /// nothing; several are for a person to tell apart.
+    async fn choose_existing(&self, interp: &mut exec::Interp<'_>, case: &CaseRecord) -> Result<bool, StepFailure> {
+        let mut chosen: Vec<Observation> = Vec::new();
+        for obs in std::mem::take(&mut interp.observations) {
+            let Some(reference) = obs.reference.clone() else {
+                continue;
+            };
+            if obs.status == CaseStatus::Cancelled {
+                interp
+                    .trace
+                    .note(format!("   {reference}: cancelled at the payer, not adopted"));
+                continue;
+            }
+            if let Some(c) = &obs.candidate {
+                if let Err(why) = candidate_matches(c, case) {
+                    interp.trace.note(format!("   {reference}: not this case's ({why})"));
+                    continue;
+                }
+            }
+            match self
+                .ledger
+                .find_by_payer_ref(&case.data.coverage.payer, &reference)
+                .await
+                .map_err(|e| store_failure(&e))?
+            {
+                Some(other) if other.id != case.id => {
+                    interp
+                        .trace
+                        .note(format!("   {reference}: already case {}'s, not adopted", other.key()));
+                    continue;
+                }
+                _ => {}
+            }
+            if !chosen
+                .iter()
+                .any(|c| c.reference.as_deref() == Some(reference.as_str()))
+            {
+                chosen.push(obs);
+            }
+        }
+        match chosen.len() {
+            0 => Ok(false),
+            1 => {
+                interp.trace.note(format!(
+                    "   adopting {} (the earlier submission of this case)",
+                    chosen[0].reference.as_deref().unwrap_or_default()
+                ));
+                interp.observations = chosen;
+                Ok(true)
+            }
+            n => Err(StepFailure {
+                kind: FailureKind::NeedsHuman,
+                at: Loc::default(),
+                keyword: "find_existing",
+                message: format!(
+                    "{n} requests at the payer match this case ({}): a person must tell which is this case's before anyone submits again",
+                    chosen
+                        .iter()
+                        .filter_map(|o| o.reference.as_deref())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// Before a submission taken over from a holder that stopped: does the
+    /// payer already have the request? True when it was found and adopted.
+    /// Without a `find_existing` action, a case whose intent was recorded
+    /// needs a person.
+    async fn reconcile(
         &self,
         interp: &mut exec::Interp<'_>,
         playbook: &Playbook,
         case: &CaseRecord,
-        actor: &Actor,
     ) -> Result<bool, StepFailure> {
-        if self.resumable_submission(case).await {
-            // A crash may have come after the request was sent: look
-            // before submitting again.
-            let Some(find) = playbook.actions.get(&Action::FindExisting) else {
+        let Some(find) = playbook.actions.get(&Action::FindExisting) else {
+            if self.intent_recorded(case).await {
                 return Err(StepFailure {
                     kind: FailureKind::NeedsHuman,
                     at: Loc::default(),
@@ -472,43 +733,47 @@ impl Engine {
                               find_existing action to look: a person must check before anyone submits again"
                         .into(),
                 });
-            };
-            interp
-                .trace
-                .note("-- find_existing (an earlier submission may have gone through)".into());
-            interp.run_steps(find).await?;
-            if interp.observations.iter().any(|o| o.reference.is_some()) {
-                return Ok(true);
             }
-            interp.observations.clear();
-        } else if case.status == CaseStatus::Ready {
-            self.ledger
-                .transition(case.id, CaseStatus::Submitting, actor, Some("submission started"))
-                .await
-                .map_err(|e| store_failure(&e))?;
-        }
-        let ledger = self.ledger.clone();
-        let (id, actor2) = (case.id, actor.clone());
-        interp.on_commit = Some(Box::new(move || {
-            let ledger = ledger.clone();
-            let actor = actor2.clone();
-            Box::pin(async move {
-                ledger
-                    .append_event(
-                        id,
-                        EventKind::Run,
-                        &actor,
-                        &json!({ "action": "submit", "intent": "commit" }),
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            })
-        }));
-        Ok(false)
+            return Ok(false);
+        };
+        interp
+            .trace
+            .note("-- find_existing (an earlier submission may have gone through)".into());
+        interp.observations.clear();
+        interp.run_steps(find).await?;
+        self.choose_existing(interp, case).await
     }
 
-    /// Login when needed, the action, and the answers to a lost session.
+    /// Logs in, retrying a login that failed for a passing reason.
+    async fn login(&self, interp: &mut exec::Interp<'_>, playbook: &Playbook) -> Result<(), StepFailure> {
+        let mut attempt = 0;
+        loop {
+            interp.trace.note("-- login".into());
+            interp.in_login = true;
+            let login = interp.run_steps(&playbook.actions[&Action::Login]).await;
+            interp.in_login = false;
+            match login {
+                Err(f) if f.kind == FailureKind::Retryable && attempt < ACTION_RETRIES => {
+                    attempt += 1;
+                    interp.trace.note(format!(
+                        "-- login failed ({}), attempt {} of {}",
+                        f.message,
+                        attempt + 1,
+                        ACTION_RETRIES + 1
+                    ));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Login when needed, the action, and the answers to passing trouble:
+    /// a lost session is logged in again and the action resumed; a failing
+    /// page (HTTP 5xx, a timeout, an error box the `detect` rules know) and,
+    /// once, an unexpected page are tried again from the action's start, as
+    /// long as nothing was sent. Only what persists is "portal changed".
+    /// After the commit, a lost page is answered by `find_existing`, never
+    /// by sending again.
     #[allow(clippy::too_many_arguments)]
     async fn drive(
         &self,
@@ -519,53 +784,89 @@ impl Engine {
         ctx: Value,
         trace: &mut Trace,
         actor: &Actor,
+        lease: Option<&SubmitLease>,
+        _ledger: &Ledger,
     ) -> Result<(Vec<Observation>, Vec<exec::Fetched>), StepFailure> {
         let mut interp = self.interp(Some(&session.client), playbook, case, ctx, std::mem::take(trace));
         let result = async {
             if !session.logged_in {
-                interp.trace.note("-- login".into());
-                interp.in_login = true;
-                let login = interp.run_steps(&playbook.actions[&Action::Login]).await;
-                interp.in_login = false;
-                login?;
+                self.login(&mut interp, playbook).await?;
                 session.logged_in = true;
             }
-            let mut action = action;
-            if action == Action::Submit && self.before_submit(&mut interp, playbook, case, actor).await? {
-                return Ok(());
+            let submitting = action == Action::Submit;
+            if submitting {
+                self.arm_commit(&mut interp, lease, case, actor);
             }
-            let mut relogged = false;
-            let mut retries = 0;
+            // A submission taken over from a holder that stopped looks
+            // for its request first.
+            let mut reconciling = submitting && lease.is_some_and(|l| l.took_over.is_some());
+            let (mut relogins, mut retries, mut portal_retried) = (0, 0, false);
             loop {
-                interp.trace.note(format!("-- {action}"));
-                match interp.run_steps(&playbook.actions[&action]).await {
-                    // A failing page (HTTP 5xx, a timeout) is tried again from
-                    // the action's first step, as long as nothing was sent.
-                    Err(f) if f.kind == FailureKind::Retryable && !interp.committed && retries < ACTION_RETRIES => {
+                let current = if reconciling { Action::FindExisting } else { action };
+                let result = if reconciling {
+                    self.reconcile(&mut interp, playbook, case).await
+                } else {
+                    interp.trace.note(format!("-- {current}"));
+                    interp.count_steps = submitting;
+                    interp.steps_done = 0;
+                    let r = interp.run_steps(&playbook.actions[&current]).await.map(|()| false);
+                    interp.count_steps = false;
+                    r
+                };
+                match result {
+                    Ok(true) => return Ok(()),
+                    Ok(false) if reconciling => {
+                        if interp.committed {
+                            // Sent in this run, and the payer does not show
+                            // it yet: never send it twice. The next run
+                            // looks again.
+                            return Err(StepFailure {
+                                kind: FailureKind::Retryable,
+                                at: Loc::default(),
+                                keyword: "find_existing",
+                                message: "the request was sent, and the payer does not list it yet; it is looked for again before anything is resent".into(),
+                            });
+                        }
+                        interp.trace.note("-- the payer has no earlier request: submitting".into());
+                        reconciling = false;
+                    }
+                    Ok(false) => return Ok(()),
+                    Err(f)
+                        if !interp.committed
+                            && retries < ACTION_RETRIES
+                            && (f.kind == FailureKind::Retryable
+                                || f.kind == FailureKind::PortalChanged
+                                    && !portal_retried
+                                    && !f.message.starts_with("playbook:")) =>
+                    {
                         retries += 1;
+                        portal_retried |= f.kind == FailureKind::PortalChanged;
                         interp.trace.note(format!(
-                            "-- retryable failure, attempt {} of {}",
+                            "-- {} failure, attempt {} of {}",
+                            f.kind.as_str(),
                             retries + 1,
                             ACTION_RETRIES + 1
                         ));
                         interp.observations.clear();
                         interp.downloads.clear();
                     }
-                    Err(f) if f.kind == FailureKind::SessionLost && !relogged => {
-                        relogged = true;
+                    Err(f) if f.kind == FailureKind::Retryable && interp.committed && reconciling && retries < ACTION_RETRIES => {
+                        // The search after a lost page failed: search again.
+                        retries += 1;
+                        interp.trace.note(format!("-- find_existing failed ({}), searching again", f.message));
+                    }
+                    Err(f) if f.kind == FailureKind::SessionLost && relogins <= ACTION_RETRIES => {
+                        relogins += 1;
                         interp.trace.note("-- session lost: login again".into());
-                        interp.in_login = true;
-                        let login = interp.run_steps(&playbook.actions[&Action::Login]).await;
-                        interp.in_login = false;
-                        login?;
+                        self.login(&mut interp, playbook).await?;
                         if interp.committed {
                             // The request may have been sent: adopt it
                             // instead of sending it twice.
-                            action = Action::FindExisting;
+                            reconciling = true;
                         }
                         interp.observations.clear();
                     }
-                    other => return other,
+                    Err(f) => return Err(f),
                 }
             }
         }
@@ -614,15 +915,14 @@ impl Engine {
             },
             redact,
             in_login: false,
+            count_steps: false,
+            steps_done: 0,
         }
     }
 
-    /// A case left `submitting` whose intent was recorded after its last
-    /// move to `submitting`.
-    async fn resumable_submission(&self, case: &CaseRecord) -> bool {
-        if case.status != CaseStatus::Submitting {
-            return false;
-        }
+    /// Whether the intent to send was recorded since the case last moved to
+    /// `submitting` (the request may then be at the payer).
+    async fn intent_recorded(&self, case: &CaseRecord) -> bool {
         let Ok(events) = self.ledger.events(case.id).await else {
             return true;
         };
@@ -640,6 +940,7 @@ impl Engine {
         case: &CaseRecord,
         downloads: Vec<exec::Fetched>,
         actor: &Actor,
+        ledger: &Ledger,
     ) -> Result<usize, EngineError> {
         let mut kept = 0;
         for f in downloads {
@@ -658,7 +959,7 @@ impl Engine {
                 media_type: f.media_type,
                 fetched_at: None,
             };
-            if self.ledger.add_letter(case.id, &letter, actor).await? {
+            if ledger.add_letter(case.id, &letter, actor).await? {
                 kept += 1;
             }
         }
@@ -673,14 +974,17 @@ impl Engine {
         playbook: &Playbook,
         observations: &[Observation],
         actor: &Actor,
+        ledger: &Ledger,
     ) -> Result<CaseStatus, EngineError> {
         match action {
             Action::Submit | Action::FindExisting => {
                 if let Some(obs) = observations.iter().find(|o| o.reference.is_some()) {
                     let reference = obs.reference.as_deref().expect("found above");
-                    self.ledger.set_payer_ref(case.id, reference, actor).await?;
-                    let fresh = self.ledger.get(case.id).await?;
-                    self.apply_observation(&fresh, playbook, obs, actor).await?;
+                    if case.payer_ref.as_deref() != Some(reference) {
+                        ledger.set_payer_ref(case.id, reference, actor).await?;
+                    }
+                    let fresh = ledger.get(case.id).await?;
+                    self.apply_observation(&fresh, playbook, obs, actor, ledger).await?;
                 } else if action == Action::Submit {
                     return Err(EngineError::Setup(
                         "the submit action finished without an `outcome` step giving the portal's reference".into(),
@@ -689,20 +993,20 @@ impl Engine {
             }
             Action::PollStatus => {
                 if let Some(obs) = observations.last() {
-                    self.apply_observation(case, playbook, obs, actor).await?;
+                    self.apply_observation(case, playbook, obs, actor, ledger).await?;
                 }
             }
             Action::PollWorklist => {
                 for obs in observations {
                     let Some(r) = &obs.reference else { continue };
-                    if let Some(c) = self.ledger.find_by_payer_ref(&case.data.coverage.payer, r).await? {
-                        self.apply_observation(&c, playbook, obs, actor).await?;
+                    if let Some(c) = ledger.find_by_payer_ref(&case.data.coverage.payer, r).await? {
+                        self.apply_observation(&c, playbook, obs, actor, ledger).await?;
                     }
                 }
             }
             Action::Login | Action::DownloadLetter => {}
         }
-        Ok(self.ledger.get(case.id).await?.status)
+        Ok(ledger.get(case.id).await?.status)
     }
 
     async fn apply_observation(
@@ -711,6 +1015,7 @@ impl Engine {
         playbook: &Playbook,
         obs: &Observation,
         actor: &Actor,
+        ledger: &Ledger,
     ) -> Result<(), EngineError> {
         let to = obs.status;
         let decided = matches!(
@@ -791,11 +1096,11 @@ impl Engine {
                     };
             }
             if !same {
-                self.ledger.record_decision(case.id, &decision, to, actor).await?;
+                ledger.record_decision(case.id, &decision, to, actor).await?;
             }
         } else if case.status != to {
             if case.status.can_move_to(to) {
-                self.ledger
+                ledger
                     .transition(case.id, to, actor, Some(&format!("portal says \"{}\"", obs.wording)))
                     .await?;
             } else {
@@ -819,6 +1124,7 @@ impl Engine {
         failure: &StepFailure,
         artifacts: Option<&PathBuf>,
         actor: &Actor,
+        ledger: &Ledger,
     ) -> Result<CaseStatus, EngineError> {
         let detail = json!({
             "action": action.as_str(),
@@ -831,7 +1137,7 @@ impl Engine {
             .append_event(case.id, EventKind::Run, actor, &detail)
             .await?;
         let now = self.ledger.get(case.id).await?;
-        let committed = self.resumable_submission(&now).await;
+        let committed = now.status == CaseStatus::Submitting && self.intent_recorded(&now).await;
         let target = match failure.kind {
             FailureKind::NeedsHuman | FailureKind::PortalChanged => Some(CaseStatus::NeedsAttention),
             // Nothing was sent: the case is ready again for the next try.
@@ -841,7 +1147,7 @@ impl Engine {
         if let Some(to) = target {
             if now.status != to && now.status.can_move_to(to) {
                 let note = format!("{} {}: {}", action, failure.kind.as_str(), failure.message);
-                self.ledger.transition(case.id, to, actor, Some(&note)).await?;
+                ledger.transition(case.id, to, actor, Some(&note)).await?;
             }
         }
         tracing::warn!(
@@ -889,6 +1195,70 @@ impl Engine {
         }
         ok.then_some(dir)
     }
+}
+
+/// Stops a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Whether a `find_existing` candidate is the case's own request: every
+/// field the playbook read must equal the case's. `Err` says which differs.
+fn candidate_matches(c: &Candidate, case: &CaseRecord) -> Result<(), String> {
+    let d = &case.data;
+    if let Some(r) = &c.case_ref {
+        if r.trim() != d.case_ref {
+            return Err("another case reference".into());
+        }
+    }
+    if let Some(m) = &c.member_id {
+        let norm = |s: &str| -> String {
+            s.chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_ascii_uppercase()
+        };
+        if norm(m) != norm(d.patient.member_id.expose()) {
+            return Err("another member".into());
+        }
+    }
+    if let Some(codes) = &c.codes {
+        let mut theirs: Vec<String> = codes
+            .split(|ch: char| ch == ',' || ch == ';' || ch.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(str::to_ascii_uppercase)
+            .collect();
+        let mut ours: Vec<String> = d
+            .service_lines
+            .iter()
+            .map(|l| l.code.as_str().to_ascii_uppercase())
+            .collect();
+        theirs.sort();
+        ours.sort();
+        if theirs != ours {
+            return Err(format!("codes {}", theirs.join(", ")));
+        }
+    }
+    for (what, given, ours) in [
+        ("service start", &c.service_start, d.service_dates.start),
+        ("service end", &c.service_end, d.service_dates.end),
+    ] {
+        if let Some(s) = given {
+            match parse_date(s) {
+                Some(day) if day == ours => {}
+                Some(day) => return Err(format!("{what} {day}")),
+                None => return Err(format!("{what} `{s}` is not a date")),
+            }
+        }
+    }
+    if c.case_ref.is_none() && (c.member_id.is_none() || c.codes.is_none() || c.service_start.is_none()) {
+        return Err("the playbook read too little to tell requests apart".into());
+    }
+    Ok(())
 }
 
 fn store_failure(e: &StoreError) -> StepFailure {

@@ -159,7 +159,7 @@ impl TokenCache {
                 .basic_auth(req.client_id, Some(req.client_secret.expose_secret()))
                 .form(&form)
         };
-        let (status, _, bytes) = send_with_policy(policy, url, send).await?;
+        let (status, _, bytes) = send_with_policy(policy, url, send, true).await?;
         let fail = |message: String| ClientError::Token {
             url: url.to_owned(),
             message,
@@ -215,8 +215,15 @@ impl PasClient {
     }
 
     /// `POST Claim/$submit`: the response Bundle (first entry ClaimResponse).
+    /// Sent once: a 5xx or a timeout may hide a request that arrived, so it
+    /// is returned for the caller to ask (`$inquire`) before sending again.
     pub async fn submit(&self, bundle: &Value) -> Result<Value, ClientError> {
-        self.post_fhir("Claim/$submit", bundle).await
+        self.post_fhir_with("Claim/$submit", bundle, false).await
+    }
+
+    /// The retry policy (attempts and backoff) of this client.
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
     }
 
     /// `POST Claim/$inquire`: the current answer to an earlier request.
@@ -248,6 +255,10 @@ impl PasClient {
     }
 
     async fn post_fhir(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.post_fhir_with(path, body, true).await
+    }
+
+    async fn post_fhir_with(&self, path: &str, body: &Value, resend_on_5xx: bool) -> Result<Value, ClientError> {
         let url = format!("{}/{path}", self.endpoint.fhir_base);
         let text = body.to_string();
         let mut renewed = false;
@@ -261,7 +272,7 @@ impl PasClient {
                     .header("Accept", FHIR_JSON)
                     .body(text.clone())
             };
-            let (status, headers, bytes) = self.send(&url, send).await?;
+            let (status, headers, bytes) = send_with_policy(&self.policy, &url, send, resend_on_5xx).await?;
             // A token the payer revoked early: forget it and try once more.
             if status == StatusCode::UNAUTHORIZED && !renewed {
                 self.token.forget().await;
@@ -289,7 +300,7 @@ impl PasClient {
         url: &str,
         request: impl Fn() -> RequestBuilder,
     ) -> Result<(StatusCode, HeaderMap, Vec<u8>), ClientError> {
-        send_with_policy(&self.policy, url, request).await
+        send_with_policy(&self.policy, url, request, true).await
     }
 }
 
@@ -297,10 +308,15 @@ impl PasClient {
 /// waits out a bounded `Retry-After`, backs off after a 5xx or a refused
 /// connection. Shared by the PAS client and the playbook engine's `http`
 /// steps.
+///
+/// `resend_on_5xx` is false for a request that sends a submission: a 5xx
+/// may come after the payer stored it, so it is returned at once and the
+/// caller asks the payer (`$inquire`, `find_existing`) before sending again.
 pub async fn send_with_policy(
     p: &RetryPolicy,
     url: &str,
     request: impl Fn() -> RequestBuilder,
+    resend_on_5xx: bool,
 ) -> Result<(StatusCode, HeaderMap, Vec<u8>), ClientError> {
     let mut attempt = 0;
     loop {
@@ -349,7 +365,7 @@ pub async fn send_with_policy(
             continue;
         }
         if status.is_server_error() {
-            if last {
+            if last || !resend_on_5xx {
                 return Err(ClientError::Server {
                     status: status.as_u16(),
                     attempts: attempt,

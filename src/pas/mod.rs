@@ -60,10 +60,8 @@ pub fn source(payer: &str) -> String {
     format!("api:{payer}")
 }
 
-/// Submits a ready case: `ready → submitting`, `Claim/$submit`, then what
-/// the payer answered. A refused (4xx) or unreadable answer puts the case in
-/// needs_attention with the reason; an outage or throttling puts it back to
-/// ready for the next run, and the error is returned.
+/// Submits a ready case: takes its submission lease (`ready → submitting`),
+/// then [`submit_owned`]; the lease is given back at the end.
 pub async fn submit_case(
     ledger: &Ledger,
     client: &PasClient,
@@ -77,6 +75,29 @@ pub async fn submit_case(
             status: case.status,
         });
     }
+    let lease = ledger.claim_submission(case.id, actor).await?;
+    let owned = ledger.get(case.id).await?;
+    let result = submit_owned(&ledger.fenced(&lease), &lease, client, ctx, &owned, actor).await;
+    let _ = ledger.release_submission(&lease).await;
+    result
+}
+
+/// Sends a case whose submission lease the caller holds (`ledger` fenced by
+/// it): the intent, `Claim/$submit` once, then what the payer answered. A
+/// refused (4xx) or unreadable answer puts the case in needs_attention with
+/// the reason; throttling or a refused connection (the payer has nothing)
+/// puts it back to ready. A 5xx or a timeout may hide a request that
+/// arrived: the payer is asked (`$inquire`, by the Claim's identifier)
+/// before it is sent again, within the client's attempts; if the payer
+/// cannot say, the case stays `submitting` for the next run to ask.
+pub async fn submit_owned(
+    ledger: &Ledger,
+    lease: &crate::store::SubmitLease,
+    client: &PasClient,
+    ctx: &Context<'_>,
+    case: &CaseRecord,
+    actor: &Actor,
+) -> Result<Applied, PasError> {
     let bundle = match request_bundle(&case.data, ctx) {
         Ok(b) => b,
         Err(e) => {
@@ -87,21 +108,69 @@ pub async fn submit_case(
         }
     };
     ledger
-        .transition(case.id, CaseStatus::Submitting, actor, Some("PAS Claim/$submit"))
+        .record_intent(lease, actor, &json!({ "action": "submit", "channel": "pas" }))
         .await?;
-    let answer = client.submit(&bundle.to_json()).await;
+    crate::engine::fault::at_intent();
+    let body = bundle.to_json();
+    let max = client.policy().max_attempts.max(1);
+    let mut attempt = 1;
+    let answer = loop {
+        let sent = client.submit(&body).await;
+        let unsure = match &sent {
+            Err(ClientError::Server { .. }) => true,
+            Err(ClientError::Transport { source, .. }) => !source.is_connect(),
+            _ => false,
+        };
+        if !unsure {
+            break sent;
+        }
+        // Did it arrive? Ask before sending again.
+        match client.inquire(&inquiry_bundle(&case.data, ctx).to_json()).await {
+            Ok(v) => break Ok(v),
+            Err(ClientError::Rejected { status: 404, .. }) if attempt < max => {
+                tracing::warn!(
+                    case_id = case.id,
+                    attempt,
+                    "The payer failed $submit and has no such request; sending again."
+                );
+                tokio::time::sleep(retry::backoff(client.policy(), attempt)).await;
+                attempt += 1;
+            }
+            Err(ClientError::Rejected { status: 404, .. }) => break sent,
+            Err(_) => {
+                // The payer cannot say whether it has the request: the case
+                // stays `submitting`, and the next run asks first.
+                let note = format!(
+                    "{}; the payer could not say whether it arrived",
+                    sent.as_ref().err().map(ToString::to_string).unwrap_or_default()
+                );
+                ledger
+                    .append_event(case.id, EventKind::Note, actor, &json!({ "note": note }))
+                    .await?;
+                return Err(sent.expect_err("unsure is an error").into());
+            }
+        }
+    };
+    if answer.is_ok() {
+        crate::engine::fault::after_response();
+    }
     let from = CaseStatus::Submitting;
     let outcome = match answer {
         Ok(v) => decode(&v),
         Err(e) => {
             let to = match &e {
-                ClientError::Throttled { .. } | ClientError::Server { .. } => CaseStatus::Ready,
-                ClientError::Transport { source, .. } if source.is_connect() => CaseStatus::Ready,
-                // A timeout may hide a request that arrived; a person
-                // checks (or `$inquire` does) before anyone submits again.
-                _ => CaseStatus::NeedsAttention,
+                // The payer refused to take it, or never saw it.
+                ClientError::Throttled { .. } => Some(CaseStatus::Ready),
+                ClientError::Transport { source, .. } if source.is_connect() => Some(CaseStatus::Ready),
+                // It failed every time and the payer has none: ready for
+                // the next run.
+                ClientError::Server { .. } => Some(CaseStatus::Ready),
+                ClientError::Transport { .. } => None,
+                _ => Some(CaseStatus::NeedsAttention),
             };
-            ledger.transition(case.id, to, actor, Some(&e.to_string())).await?;
+            if let Some(to) = to {
+                ledger.transition(case.id, to, actor, Some(&e.to_string())).await?;
+            }
             return Err(e.into());
         }
     };

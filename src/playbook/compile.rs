@@ -203,6 +203,9 @@ pub fn compile(file: &Path, text: &str) -> Result<Playbook, Vec<PlaybookError>> 
             continue;
         };
         let compiled = c.steps(&steps.value, &mut Scope::default());
+        if action == Action::FindExisting {
+            c.check_find_existing(&compiled);
+        }
         if action == Action::Submit {
             let commits = count_commits(&compiled);
             if commits != 1 {
@@ -352,6 +355,46 @@ fn collect_sets(steps: &[Spanned<RawStep>]) -> HashSet<String> {
 }
 
 impl Compiler<'_> {
+    /// `find_existing` must be specific and sure: each `outcome` says what
+    /// identifies the payer's record (`match:` with our case reference, or
+    /// member, codes and service start), and each `rows` step says what an
+    /// empty result looks like, so a failed search is never "not found".
+    fn check_find_existing(&mut self, steps: &[Step]) {
+        for s in steps {
+            match &s.kind {
+                StepKind::Outcome(o) if !o.matches.as_ref().is_some_and(MatchFields::is_specific) => {
+                    self.err_at(
+                        s.at,
+                        "an `outcome` in find_existing needs `match:` with `case_ref`, or with `member_id`, \
+                         `codes` and `service_start` (and `service_end` where the payer shows it): \
+                         a request for the same member and code on another date is not this case's",
+                    );
+                }
+                StepKind::Rows { empty: None, .. } => self.err_at(
+                    s.at,
+                    "a `rows` step in find_existing needs `empty:` (what the page shows when the search \
+                     found nothing), so that a failed search is not taken for \"not sent\"",
+                ),
+                StepKind::If { then, otherwise, .. } => {
+                    self.check_find_existing(then);
+                    self.check_find_existing(otherwise);
+                }
+                StepKind::ForEach { steps, .. } | StepKind::Frame { steps, .. } | StepKind::NewTab { steps, .. } => {
+                    self.check_find_existing(steps)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn err_at(&mut self, at: Loc, message: impl Into<String>) {
+        self.errors.push(PlaybookError {
+            file: self.file.to_owned(),
+            at,
+            message: message.into(),
+        });
+    }
+
     fn err(&mut self, at: &serde_saphyr::Location, message: impl Into<String>) {
         self.errors.push(PlaybookError {
             file: self.file.to_owned(),
@@ -637,12 +680,14 @@ impl Compiler<'_> {
                 .collect();
             let next_page = x.next_page.as_ref().map(|n| self.sel(n, scope));
             let into = self.var_name(&x.into, scope);
+            let empty = x.empty.as_ref().map(|c| self.condition(c, scope));
             return Some(StepKind::Rows {
                 selector,
                 cells,
                 next_page,
                 max_pages: x.max_pages.unwrap_or(50),
                 into,
+                empty,
             });
         }
         if let Some(x) = &r.for_each {
@@ -731,6 +776,17 @@ impl Compiler<'_> {
         }
         if let Some(x) = &r.outcome {
             let o = &x.value;
+            let matches = o.match_.as_ref().map(|m| {
+                let m = &m.value;
+                let mut opt = |t: &Option<S>| t.as_ref().map(|t| self.tpl(t, scope));
+                MatchFields {
+                    case_ref: opt(&m.case_ref),
+                    member_id: opt(&m.member_id),
+                    codes: opt(&m.codes),
+                    service_start: opt(&m.service_start),
+                    service_end: opt(&m.service_end),
+                }
+            });
             let mut opt = |t: &Option<S>| t.as_ref().map(|t| self.tpl(t, scope));
             let fields = OutcomeFields {
                 status: Tpl {
@@ -745,6 +801,7 @@ impl Compiler<'_> {
                 approved_units: opt(&o.approved_units),
                 decision_date: opt(&o.decision_date),
                 denial_reason: opt(&o.denial_reason),
+                matches,
             };
             let status = self.tpl(&o.status, scope);
             return Some(StepKind::Outcome(Box::new(OutcomeFields { status, ..fields })));

@@ -244,6 +244,27 @@ pub struct OutcomeFields {
     pub approved_units: Option<Tpl>,
     pub decision_date: Option<Tpl>,
     pub denial_reason: Option<Tpl>,
+    /// `find_existing`: what identifies the payer's record (see `MatchFields`).
+    pub matches: Option<MatchFields>,
+}
+
+/// How a `find_existing` candidate is matched against the case. The engine
+/// compares; a candidate is adopted only if every given field is equal.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MatchFields {
+    pub case_ref: Option<Tpl>,
+    pub member_id: Option<Tpl>,
+    pub codes: Option<Tpl>,
+    pub service_start: Option<Tpl>,
+    pub service_end: Option<Tpl>,
+}
+
+impl MatchFields {
+    /// Specific enough to tell one request from another: our own case
+    /// reference, or the member, the codes and the service dates.
+    pub fn is_specific(&self) -> bool {
+        self.case_ref.is_some() || (self.member_id.is_some() && self.codes.is_some() && self.service_start.is_some())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -301,6 +322,8 @@ pub enum StepKind {
         next_page: Option<Sel>,
         max_pages: u32,
         into: String,
+        /// What a successful search with no result looks like.
+        empty: Option<Condition>,
     },
     ForEach {
         list: String,

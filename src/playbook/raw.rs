@@ -224,6 +224,11 @@ pub struct RawRows {
     /// Pages read at most (default 50).
     pub max_pages: Option<u32>,
     pub into: S,
+    /// What the page shows when the search found nothing (e.g. `present:
+    /// "#no-results"`). With it, zero rows count only when this holds;
+    /// otherwise (an error box, a half-loaded page) the step fails as
+    /// retryable. Required in `find_existing`.
+    pub empty: Option<Spanned<RawCondition>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,6 +293,27 @@ pub struct RawOutcome {
     pub approved_units: Option<S>,
     pub decision_date: Option<S>,
     pub denial_reason: Option<S>,
+    /// In `find_existing`: what the payer's record says, compared by precert
+    /// with the case (not by the playbook).
+    #[serde(rename = "match")]
+    pub match_: Option<Spanned<RawMatch>>,
+}
+
+/// The payer's record of a request, as `find_existing` read it. precert
+/// adopts a candidate only when every given field equals the case's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Our own case reference, where the payer keeps it (a PAS Claim
+    /// identifier). Enough on its own.
+    pub case_ref: Option<S>,
+    /// The member ID the request is for.
+    pub member_id: Option<S>,
+    /// The request's procedure codes (`73721, 97110`; any order).
+    pub codes: Option<S>,
+    /// First and last service date (`MM/DD/YYYY` or `YYYY-MM-DD`).
+    pub service_start: Option<S>,
+    pub service_end: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]

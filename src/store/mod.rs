@@ -22,10 +22,12 @@ use sqlx::{AnyPool, Executor, Row};
 use crate::case::{CaseData, CaseRecord, CaseStatus, Decision};
 
 mod escalations;
+mod owner;
 pub use escalations::{
     Advance, CaseForRules, ClaimedMail, Escalation, EscalationHook, EscalationState, NewEscalation, OutboxEntry,
     OutboxState, SendOutcome, Step,
 };
+pub use owner::{Owner, SubmitLease, SUBMIT_LEASE, SUBMIT_LEASE_RENEW};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -46,6 +48,31 @@ pub enum StoreError {
     },
     #[error("case {case} was changed by someone else meanwhile (it is now {now}); nothing was written, try again")]
     Conflict { case: String, now: CaseStatus },
+    #[error("case {case} is being submitted by {holder} since {since} (its lease runs to {until}); it was left alone")]
+    Owned {
+        case: String,
+        holder: String,
+        since: String,
+        until: String,
+    },
+    #[error(
+        "case {case} is no longer this submission's (lease {token}; the case is now at lease {now}{}): nothing was changed",
+        holder.as_deref().map(|h| format!(", held by {h}")).unwrap_or_default()
+    )]
+    StaleLease {
+        case: String,
+        token: i64,
+        now: i64,
+        holder: Option<String>,
+    },
+    #[error(
+        "the payer reference {reference} already belongs to case {other}; it is not recorded for case {case} as well"
+    )]
+    ReferenceTaken {
+        case: String,
+        reference: String,
+        other: String,
+    },
     #[error("the stored record of case {id} cannot be read: {reason}")]
     Corrupt { id: i64, reason: String },
     #[error("ledger: {0}")]
@@ -55,6 +82,11 @@ pub enum StoreError {
 impl StoreError {
     pub fn is_illegal_transition(&self) -> bool {
         matches!(self, StoreError::IllegalTransition { .. })
+    }
+
+    /// A write from a submission whose lease was superseded.
+    pub fn is_stale_lease(&self) -> bool {
+        matches!(self, StoreError::StaleLease { .. })
     }
 }
 
@@ -188,6 +220,9 @@ pub struct Ledger {
     immediate: bool,
     /// Raises escalations inside status changes; shared by every clone.
     hook: Arc<std::sync::RwLock<Option<Arc<dyn EscalationHook>>>>,
+    /// `(case, token)`: writes to that case hold only while its submission
+    /// lease token is still this one (see [`Ledger::fenced`]).
+    fence: Option<(i64, i64)>,
 }
 
 static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -199,6 +234,11 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (3, "jobs", include_str!("migrations/sqlite/0003_jobs.sql")),
     (4, "escalations", include_str!("migrations/sqlite/0004_escalations.sql")),
+    (
+        5,
+        "submission owner",
+        include_str!("migrations/sqlite/0005_submission_owner.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -319,6 +359,7 @@ impl Ledger {
             clock: Arc::new(Utc::now),
             immediate: url.starts_with("sqlite:"),
             hook: Arc::default(),
+            fence: None,
         })
     }
 
@@ -331,6 +372,17 @@ impl Ledger {
             self.pool.begin_with("BEGIN IMMEDIATE").await
         } else {
             self.pool.begin().await
+        }
+    }
+
+    /// For a fenced handle writing to its case: the lease must still be
+    /// the case's.
+    /// Any other handle may not change a case whose submission someone
+    /// else owns now.
+    async fn check_fence(&self, tx: &mut Tx<'_>, case: &str, id: i64) -> Result<(), StoreError> {
+        match self.fence {
+            Some((fenced, token)) if fenced == id => owner::check_fence(tx, case, id, token).await,
+            _ => owner::check_unowned(tx, case, id, self.now()).await,
         }
     }
 
@@ -464,6 +516,7 @@ impl Ledger {
         let now = ts(at);
         let mut tx = self.begin_write().await?;
         let (case_key, from, version) = current(&mut tx, id).await?;
+        self.check_fence(&mut tx, &case_key, id).await?;
         let detail = match note {
             Some(n) => json!({ "note": n }),
             None => json!({}),
@@ -495,6 +548,7 @@ impl Ledger {
         let now = ts(at);
         let mut tx = self.begin_write().await?;
         let (case_key, from, version) = current(&mut tx, id).await?;
+        self.check_fence(&mut tx, &case_key, id).await?;
         if from != to && !from.can_move_to(to) {
             return Err(illegal(&case_key, from, to));
         }
@@ -511,6 +565,9 @@ impl Ledger {
         .await?;
         if done.rows_affected() != 1 {
             return Err(conflict(&mut tx, id, &case_key).await);
+        }
+        if to != CaseStatus::Submitting {
+            owner::clear_owner(&mut tx, id).await?;
         }
         let detail = json!({
             "auth_number": decision.auth_number,
@@ -653,7 +710,27 @@ impl Ledger {
     pub async fn set_payer_ref(&self, id: i64, reference: &str, actor: &Actor) -> Result<(), StoreError> {
         let now = ts(self.now());
         let mut tx = self.begin_write().await?;
-        current(&mut tx, id).await?;
+        let (case_key, _, _) = current(&mut tx, id).await?;
+        self.check_fence(&mut tx, &case_key, id).await?;
+        let holder = sqlx::query(
+            "SELECT o.practice_id, o.case_ref FROM cases o JOIN cases c ON o.payer = c.payer \
+             WHERE c.id = $1 AND o.id <> $1 AND o.payer_ref = $2",
+        )
+        .bind(id)
+        .bind(reference)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(other) = holder {
+            return Err(StoreError::ReferenceTaken {
+                case: case_key,
+                reference: reference.to_owned(),
+                other: format!(
+                    "{}/{}",
+                    other.try_get::<String, _>("practice_id")?,
+                    other.try_get::<String, _>("case_ref")?
+                ),
+            });
+        }
         sqlx::query("UPDATE cases SET payer_ref = $1, version = version + 1, updated_at = $2 WHERE id = $3")
             .bind(reference)
             .bind(&now)
@@ -854,6 +931,9 @@ async fn set_status(
     .await?;
     if done.rows_affected() != 1 {
         return Err(conflict(tx, id, case).await);
+    }
+    if to != CaseStatus::Submitting {
+        owner::clear_owner(tx, id).await?;
     }
     insert_event(
         tx,

@@ -380,15 +380,8 @@ async fn a_crash_between_the_final_click_and_recording_the_reference_submits_onl
         .unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{}", stderr(&out));
-    // The browser the dead process left finishes sending the request.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while w.sandbox.submissions().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the request never reached the portal"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // The browser dies with the process: the request may or may not have
+    // left it. Either way the restart must end with exactly one.
     let case = w.ledger.find_by_ref("LO-2026-1001").await.unwrap().pop().unwrap();
     assert_eq!(case.status, CaseStatus::Submitting);
     assert_eq!(case.payer_ref, None, "the process died before recording the reference");
