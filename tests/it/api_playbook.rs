@@ -374,7 +374,19 @@ async fn server_errors_are_retried_with_backoff() {
             ..HazardsPatch::default()
         })
         .unwrap();
-    let r = w.ok(Action::Submit, "VI-88121").await;
+    // The request that sends the submission is not resent after a 5xx (the
+    // payer may have stored it): that run fails as retryable, and the next
+    // one asks the payer first (find_existing) and sends it only if the
+    // payer has none, as the daemon's retry would.
+    let mut runs = 0;
+    let r = loop {
+        runs += 1;
+        let r = w.run(Action::Submit, "VI-88121").await;
+        match &r.failure {
+            None => break r,
+            Some(f) => assert!(runs < 5 && f.kind == FailureKind::Retryable, "{f}"),
+        }
+    };
     assert_eq!(r.status, CaseStatus::Approved);
     let failures = w.answered("/oauth/token", 500) + w.answered("/fhir/Claim/$submit", 500);
     assert!(failures >= 1, "{:?}", w.sandbox.request_log());

@@ -782,14 +782,13 @@ async fn server_errors_are_retried_with_backoff_then_given_up() {
         .submit_with("valley-imaging/VI-88120", &payer.client("valley-imaging", policy))
         .await;
     match err {
-        Err(PasError::Client(ClientError::Server {
-            status: 500,
-            attempts: 3,
-            ..
-        })) => {}
-        other => panic!("expected a server error after 3 attempts, got {other:?}"),
+        Err(PasError::Client(ClientError::Server { status: 500, .. })) => {}
+        other => panic!("expected a server error, got {other:?}"),
     }
-    assert_eq!(payer.case("valley-imaging/VI-88120").await.status, CaseStatus::Ready);
+    // A failed $submit may hide a request the payer stored, and the payer
+    // could not be asked: the case stays `submitting`, and the next run
+    // asks ($inquire) before anything is sent again.
+    assert_eq!(payer.case("valley-imaging/VI-88120").await.status, CaseStatus::Submitting);
     payer.sandbox.shutdown().await;
 }
 
