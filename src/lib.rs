@@ -21,5 +21,6 @@ pub mod phi;
 pub mod playbook;
 pub mod queue;
 pub mod schedule;
+pub mod scrub;
 pub mod store;
 pub mod totp;

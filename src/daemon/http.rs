@@ -1,6 +1,7 @@
 //! The daemon's HTTP listener (loopback by default): `/healthz` and
 //! `/metrics` in the Prometheus text format, and the case page escalation
-//! mail links to (`/cases/PRACTICE/CASE_REF`, no patient identifiers).
+//! mail links to (`/cases/PRACTICE/CASE_REF`: no patient identifiers and
+//! no payer free text, see `case_html`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,6 +13,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::Utc;
+use chrono_tz::Tz;
+
+use crate::case::CaseRecord;
+use crate::store::Escalation;
 
 /// Counters the workers keep for `/metrics`.
 #[derive(Default)]
@@ -157,7 +162,39 @@ async fn case_page(State(s): State<HttpState>, Path((practice, case_ref)): Path<
         Ok(None) => return (StatusCode::NOT_FOUND, "no such case\n").into_response(),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("ledger unavailable: {e}\n")).into_response(),
     };
+    let tz = s
+        .ctx
+        .loaded
+        .read()
+        .await
+        .settings
+        .practice(&practice)
+        .map(|p| p.timezone);
+    let escalations = match s.ctx.ledger.escalations(Some(&practice), true).await {
+        Ok(list) => list.into_iter().filter(|e| e.case_id == Some(case.id)).collect(),
+        Err(_) => Vec::new(),
+    };
+    let body = case_html(&case, &escalations, tz.unwrap_or(chrono_tz::UTC));
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}
+
+/// What the case page shows. Nobody logs in to see it, so it carries no
+/// patient identifier and no text from the payer or the portal: no denial
+/// wording, no pend request, no conditions, no failure message, no
+/// escalation summary (a denied one quotes the payer's code, a paused
+/// payer's its failure). Those may quote the patient in ways no scrubber
+/// is sure to catch; they stay in the ledger, for `precert cases show`,
+/// until a console with a login exists.
+///
+/// What it shows: the case key, the canonical status, the payer and plan
+/// (configuration), the service codes and dates, whether an auth number is
+/// on file (not the number: it is not PHI by itself, but it is the payer's
+/// handle on the patient's request, and the page stays minimal), the
+/// payer's reason *code* when it has a payer code's shape (`CLIN-06`), and
+/// each escalation's reason, state and due time.
+fn case_html(case: &CaseRecord, escalations: &[Escalation], tz: Tz) -> String {
     let esc = crate::escalate::render::escape;
+    let on_file = "on file \u{2014} see the case in precert";
     let mut rows = vec![
         ("Case", case.key()),
         ("Status", case.status.as_str().to_owned()),
@@ -180,9 +217,20 @@ async fn case_page(State(s): State<HttpState>, Path((practice, case_ref)): Path<
         ),
     ];
     if let Some(d) = &case.decision {
-        rows.push(("Auth number", d.auth_number.clone().unwrap_or_else(|| "-".into())));
+        rows.push((
+            "Auth number",
+            if d.auth_number.is_some() {
+                on_file.to_owned()
+            } else {
+                "-".to_owned()
+            },
+        ));
         if let Some(r) = &d.denial {
-            rows.push(("Reason", format!("{} {}", r.code.as_deref().unwrap_or(""), r.text)));
+            let reason = match r.code.as_deref().and_then(crate::scrub::payer_code) {
+                Some(code) => format!("{code} \u{2014} reason on file, see the case in precert"),
+                None => "reason on file \u{2014} see the case in precert".to_owned(),
+            };
+            rows.push(("Reason", reason));
         }
     }
     let mut body = String::from(
@@ -192,18 +240,20 @@ async fn case_page(State(s): State<HttpState>, Path((practice, case_ref)): Path<
         let _ = write!(body, "<tr><th align=\"left\">{}</th><td>{}</td></tr>", esc(k), esc(&v));
     }
     body.push_str("</table><h3>Escalations</h3><ul>");
-    if let Ok(list) = s.ctx.ledger.escalations(Some(&practice), true).await {
-        for e in list.iter().filter(|e| e.case_id == Some(case.id)) {
-            let _ = write!(
-                body,
-                "<li>#{} {} ({}): {}</li>",
-                e.id,
-                e.reason,
-                e.state.as_str(),
-                esc(&e.summary)
-            );
-        }
+    for e in escalations {
+        let due = e
+            .due_at
+            .map(|d| format!(", due {}", d.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z")))
+            .unwrap_or_default();
+        let _ = write!(
+            body,
+            "<li>#{} {} ({}){}</li>",
+            e.id,
+            esc(e.reason.title()),
+            e.state.as_str(),
+            esc(&due)
+        );
     }
     body.push_str("</ul></body></html>\n");
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+    body
 }

@@ -311,7 +311,11 @@ impl Escalator {
                         let f = rules::Finding {
                             reason: Reason::PayerPaused,
                             due_at: None,
-                            summary: format!("payer {key} paused for {}: {why}", practice.id),
+                            // The summary is listed in digests and on the
+                            // command line: the failure's wording is
+                            // scrubbed (the detail keeps it for the mail,
+                            // which scrubs it when rendering).
+                            summary: format!("payer {key} paused for {}: {}", practice.id, crate::scrub::scrub(why)),
                             detail: serde_json::json!({ "why": why }),
                         };
                         let new = self.new_escalation(practice, None, Some(key.clone()), f, &rules, now);

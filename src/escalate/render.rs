@@ -1,6 +1,7 @@
 //! Escalation and digest mail: subject, a plain-text part and an HTML part
 //! carrying the same facts. Patient details are minimum-necessary unless
-//! the practice says otherwise; a date of birth never appears.
+//! the practice says otherwise; a date of birth never appears. Text quoted
+//! from a payer or a portal goes through `crate::scrub` first.
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -12,6 +13,7 @@ use crate::case::{CaseRecord, CaseStatus};
 use crate::config::Practice;
 use crate::files::safe_name;
 use crate::mail::OutgoingMail;
+use crate::scrub::{self, Reveal, Scrubber};
 use crate::store::{Escalation, EscalationState, Step};
 
 /// What a mail needs besides the escalation and case.
@@ -128,28 +130,41 @@ fn s<'a>(detail: &'a Value, key: &str) -> Option<&'a str> {
     detail.get(key).and_then(Value::as_str)
 }
 
-/// Free text from a payer or a failure (a reason, an error) may echo the
-/// patient: their member ID and name are masked in it unless the practice
-/// shows patients in full.
+/// Free text from a payer or a failure (a reason, a pend request, a portal
+/// error) may quote the patient in any form: it goes through the scrubber,
+/// which shows the case's own patient as `details` says and masks birth
+/// dates, other identifiers and the payer's spelling of names always.
 fn scrub(text: &str, case: Option<&CaseRecord>, details: PatientDetails) -> String {
-    let Some(c) = case else {
-        return text.to_owned();
-    };
-    if details == PatientDetails::Full {
-        return text.to_owned();
+    match case {
+        Some(c) => Scrubber::for_case(c, reveal(details)).scrub(text),
+        None => Scrubber::new().scrub(text),
     }
-    let p = &c.data.patient;
-    let mut out = text.replace(p.member_id.expose(), &p.member_id.masked());
-    for part in [
-        p.name.expose_full(),
-        p.name.expose_family().to_owned(),
-        p.name.expose_given().to_owned(),
-    ] {
-        if part.chars().count() >= 2 {
-            out = out.replace(&part, &p.name.initials());
-        }
+}
+
+fn reveal(details: PatientDetails) -> Reveal {
+    match details {
+        PatientDetails::Minimum => Reveal::Masked,
+        PatientDetails::None => Reveal::Hidden,
+        PatientDetails::Full => Reveal::Full,
     }
-    out
+}
+
+/// An escalation's one-line summary. precert writes it, but two kinds quote
+/// the outside: a paused payer's quotes the failure that paused it (scrubbed
+/// here again for escalations opened before `payer_alert` scrubbed it), and
+/// a denial's the payer's reason code, which is scrubbed when it is not a
+/// code's shape (a payer that put free text in its code field).
+fn summary(esc: &Escalation) -> String {
+    match esc.reason {
+        Reason::PayerPaused => scrub::scrub(&esc.summary),
+        Reason::Denied => match s(&esc.detail, "reason_code") {
+            Some(code) if !scrub::code_shaped(code) => esc
+                .summary
+                .replace(&format!("({code})"), &format!("({})", scrub::scrub(code))),
+            _ => esc.summary.clone(),
+        },
+        _ => esc.summary.clone(),
+    }
 }
 
 /// The recommended next step for a reason.
@@ -294,7 +309,7 @@ pub fn escalation_mail(
         Step::Reminder(n) => format!("Reminder {n}: this escalation, opened {opened}, is not acknowledged yet.\n"),
         Step::First => String::new(),
     };
-    let head = esc.summary.clone();
+    let head = summary(esc);
     let text = format!(
         "{head}\n\n{level_note}{}\nEscalation #{} ({}), opened {opened}. Acknowledge it to stop reminders:\n    {ack}\n\n-- \nprecert, for {}. Sent {}.\n",
         facts.text(),
@@ -391,11 +406,12 @@ pub fn digest_mail(
                 .map(|d| format!(" (due {})", d.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z")))
                 .unwrap_or_default();
             let ack = if e.level > 0 { " [with the managers]" } else { "" };
-            text.push_str(&format!("  #{} {}{due}{ack}\n", e.id, e.summary));
+            let summary = summary(e);
+            text.push_str(&format!("  #{} {summary}{due}{ack}\n", e.id));
             html.push_str(&format!(
                 "<li>#{} {}{}{}</li>\n",
                 e.id,
-                escape(&e.summary),
+                escape(&summary),
                 escape(&due),
                 escape(ack)
             ));

@@ -65,33 +65,35 @@ fn urgent_deadlines_are_72_hours_and_standard_ones_7_calendar_days_in_local_time
 
 // ---- a project with an injected clock -------------------------------------
 
-struct World {
-    p: Project,
-    settings: Arc<Settings>,
-    ledger: Ledger,
-    esc: Arc<Escalator>,
+/// The sample project with cases imported, a ledger on an injected clock and
+/// the escalation rules as its hook (also used by `scrub.rs`).
+pub(super) struct World {
+    pub(super) p: Project,
+    pub(super) settings: Arc<Settings>,
+    pub(super) ledger: Ledger,
+    pub(super) esc: Arc<Escalator>,
     now: Arc<Mutex<DateTime<Utc>>>,
 }
 
 impl World {
-    fn set(&self, t: DateTime<Utc>) {
+    pub(super) fn set(&self, t: DateTime<Utc>) {
         *self.now.lock().unwrap() = t;
     }
 
-    fn advance(&self, d: Duration) {
+    pub(super) fn advance(&self, d: Duration) {
         *self.now.lock().unwrap() += d;
     }
 
-    fn at(&self) -> DateTime<Utc> {
+    pub(super) fn at(&self) -> DateTime<Utc> {
         *self.now.lock().unwrap()
     }
 
-    async fn case_id(&self, practice: &str, case_ref: &str) -> i64 {
+    pub(super) async fn case_id(&self, practice: &str, case_ref: &str) -> i64 {
         self.ledger.find(practice, case_ref).await.unwrap().unwrap().id
     }
 
     /// Submits a case: ready → submitting → pending, at the current time.
-    async fn submit(&self, id: i64) {
+    pub(super) async fn submit(&self, id: i64) {
         let a = Actor::user("test");
         self.ledger
             .transition(id, CaseStatus::Submitting, &a, None)
@@ -100,7 +102,7 @@ impl World {
         self.ledger.transition(id, CaseStatus::Pending, &a, None).await.unwrap();
     }
 
-    async fn deny(&self, id: i64) {
+    pub(super) async fn deny(&self, id: i64) {
         let decision = Decision {
             auth_number: None,
             valid: None,
@@ -119,12 +121,12 @@ impl World {
             .unwrap();
     }
 
-    fn mailer(&self) -> Mailer {
+    pub(super) fn mailer(&self) -> Mailer {
         Mailer::new(&self.settings.mail).unwrap()
     }
 
     /// Delivers the outbox through the file transport; the mails, parsed.
-    async fn deliver_to_files(&self) -> Vec<ReceivedMail> {
+    pub(super) async fn deliver_to_files(&self) -> Vec<ReceivedMail> {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = (*self.settings).clone();
         settings.mail.transport = precert::config::MailTransport::File {
@@ -150,7 +152,7 @@ fn practice_toml(p: &Project, practice: &str, extra: &str) {
     std::fs::write(&path, text).unwrap();
 }
 
-async fn world(configure: impl FnOnce(&Project)) -> World {
+pub(super) async fn world(configure: impl FnOnce(&Project)) -> World {
     let p = Project::new();
     configure(&p);
     let out = p.precert(&["cases", "import", "samples/cases.csv"]);
