@@ -3,8 +3,10 @@
 //! `service_lines` holds `CODE[-MOD...][*UNITS]` entries (`27447-RT*1;
 //! 97110-GP*12`); `diagnoses` and `attachments` are `;`-separated lists.
 
+use super::text::LineIndex;
 use super::validate::{FieldError, RawCase, RawLine};
 use super::SourceRecord;
+use crate::case::codes::quoted;
 
 /// Every column precert reads, in the order the sample file uses.
 pub const COLUMNS: &[&str] = &[
@@ -58,10 +60,14 @@ const REQUIRED: &[&str] = &[
     "setting",
 ];
 
-pub(crate) fn read(text: &str, have_default_practice: bool) -> Result<Vec<SourceRecord>, String> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+/// Reads every row; a row that cannot be read is a record with an error,
+/// never the end of the file. `lines` is the index of `text`.
+pub(crate) fn read(text: &str, lines: &LineIndex, have_default_practice: bool) -> Result<Vec<SourceRecord>, String> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
+        // Rows of the wrong length are read and reported here, with the
+        // case they belong to, rather than as the reader's bare error.
+        .flexible(true)
         .from_reader(text.as_bytes());
     let headers: Vec<String> = reader
         .headers()
@@ -69,10 +75,11 @@ pub(crate) fn read(text: &str, have_default_practice: bool) -> Result<Vec<Source
         .iter()
         .map(|h| h.to_ascii_lowercase())
         .collect();
-    let unknown: Vec<&str> = headers
+    let unknown: Vec<String> = headers
         .iter()
         .map(String::as_str)
         .filter(|h| !COLUMNS.contains(h))
+        .map(quoted)
         .collect();
     if !unknown.is_empty() {
         return Err(format!(
@@ -101,26 +108,33 @@ pub(crate) fn read(text: &str, have_default_practice: bool) -> Result<Vec<Source
     if let Some(dup) = headers.iter().find(|h| !seen.insert(h.as_str())) {
         return Err(format!("column {dup} appears twice"));
     }
+    // The reader's own line count falls behind on `\r\n` line endings, and
+    // its byte offset of a row then points at the `\n` before it: the line
+    // is the one of the row's first byte past any line ends.
+    let line_of = |p: Option<&csv::Position>| {
+        p.map_or(0, |p| {
+            let at = p.byte() as usize;
+            let skipped = text
+                .get(at..)
+                .map_or(0, |rest| rest.len() - rest.trim_start_matches(['\r', '\n']).len());
+            lines.line(at + skipped)
+        })
+    };
     let mut out = Vec::new();
     for result in reader.records() {
         match result {
-            Err(e) => {
-                let line = e.position().map(|p| p.line()).unwrap_or(0);
-                let reason = match e.kind() {
-                    csv::ErrorKind::UnequalLengths { expected_len, len, .. } => {
-                        format!("has {len} fields; the header has {expected_len}")
-                    }
-                    _ => e.to_string(),
-                };
-                out.push(SourceRecord {
-                    line,
-                    raw: None,
-                    errors: vec![FieldError::new("row", reason)],
-                    csv: true,
-                });
-            }
+            // With valid UTF-8 text in memory and flexible rows, the reader
+            // has no error left to give; should it, the row is reported.
+            Err(e) => out.push(SourceRecord {
+                line: line_of(e.position()),
+                practice_id: None,
+                case_id: None,
+                raw: None,
+                errors: vec![FieldError::new("row", e.to_string())],
+                csv: true,
+            }),
             Ok(record) => {
-                let line = record.position().map(|p| p.line()).unwrap_or(0);
+                let line = line_of(record.position());
                 // Blank lines at the end of spreadsheets' exports.
                 if record.iter().all(str::is_empty) {
                     continue;
@@ -133,9 +147,24 @@ pub(crate) fn read(text: &str, have_default_practice: bool) -> Result<Vec<Source
                         .filter(|v| !v.is_empty())
                         .map(str::to_owned)
                 };
+                let (practice_id, case_id) = (get("practice_id"), get("case_id"));
+                if record.len() != headers.len() {
+                    let reason = format!("has {} fields; the header has {}", record.len(), headers.len());
+                    out.push(SourceRecord {
+                        line,
+                        practice_id,
+                        case_id,
+                        raw: None,
+                        errors: vec![FieldError::new("row", reason)],
+                        csv: true,
+                    });
+                    continue;
+                }
                 let (raw, errors) = row_to_raw(&get);
                 out.push(SourceRecord {
                     line,
+                    practice_id,
+                    case_id,
                     raw: Some(raw),
                     errors,
                     csv: true,
@@ -200,7 +229,10 @@ fn row_to_raw(get: &dyn Fn(&str) -> Option<String>) -> (RawCase, Vec<FieldError>
         Some(v) if matches!(v.as_str(), "yes" | "y" | "true" | "1") => Some(true),
         Some(v) if matches!(v.as_str(), "no" | "n" | "false" | "0") => Some(false),
         Some(v) => {
-            errors.push(FieldError::new("precert_required", format!("`{v}` is not yes or no")));
+            errors.push(FieldError::new(
+                "precert_required",
+                format!("{} is not yes or no", quoted(&v)),
+            ));
             None
         }
     };
@@ -213,7 +245,11 @@ fn parse_line(entry: &str) -> Result<RawLine, String> {
         Some((l, u)) => {
             let u = u.trim();
             let n = u.parse::<u32>().map_err(|_| {
-                format!("`{entry}`: `{u}` is not a whole number of units (write CODE*UNITS, e.g. 97110-GP*12)")
+                format!(
+                    "{}: {} is not a whole number of units (write CODE*UNITS, e.g. 97110-GP*12)",
+                    quoted(entry),
+                    quoted(u)
+                )
             })?;
             (l, Some(n))
         }
@@ -223,7 +259,7 @@ fn parse_line(entry: &str) -> Result<RawLine, String> {
     let code = parts
         .next()
         .filter(|c| !c.is_empty())
-        .ok_or_else(|| format!("`{entry}` has no procedure code"))?;
+        .ok_or_else(|| format!("{} has no procedure code", quoted(entry)))?;
     Ok(RawLine {
         code: Some(code.to_owned()),
         units,

@@ -2,15 +2,22 @@
 //!
 //! A file is read whole, every record is checked, and the valid ones are
 //! stored one transaction each; invalid ones are reported with where they
-//! are (line), which field and why. Nothing half-valid gets in.
+//! are (line), which field and why. Nothing half-valid gets in, and no
+//! record, however malformed, stops the others: a case appearing twice in a
+//! file is an error on the later record, and a record that makes a check
+//! panic is reported as a bug in that record alone.
 
 mod csv_rows;
+mod text;
 mod validate;
 
+use std::collections::hash_map::{Entry, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use text::LineIndex;
 pub use validate::{validate, FieldError, RawCase};
 
 use crate::config::Settings;
@@ -19,7 +26,8 @@ use crate::store::{Actor, ImportOutcome, Ledger, StoreError};
 /// A file-level problem: nothing in it was imported.
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
-    #[error("{}: cannot read: {source}", path.display())]
+    /// The cause is the error's `source`, which `{:#}` prints after this.
+    #[error("{}: cannot read", path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{}: {message}", path.display())]
     Format { path: PathBuf, message: String },
@@ -32,7 +40,7 @@ pub enum IntakeError {
 pub struct RecordProblem {
     /// Line in the file where the record starts.
     pub line: u64,
-    /// The practice's case ID, when the record had one.
+    /// The practice's case ID, when the record had a valid one.
     pub case_ref: Option<String>,
     pub errors: Vec<FieldError>,
 }
@@ -71,6 +79,10 @@ impl Format {
 /// A record as read from the file, before validation.
 pub(crate) struct SourceRecord {
     pub line: u64,
+    /// The record's practice and case ID as written, even when the record
+    /// could not be read whole: they name it in messages and find repeats.
+    pub practice_id: Option<String>,
+    pub case_id: Option<String>,
     /// None when the record could not be read at all.
     pub raw: Option<RawCase>,
     /// Problems found while reading, before validation.
@@ -99,28 +111,59 @@ pub async fn import_file(
     actor: &Actor,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<ImportReport, IntakeError> {
-    let text = std::fs::read_to_string(path).map_err(|source| IntakeError::Read {
+    let format_error = |message: String| IntakeError::Format {
+        path: path.to_owned(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|source| IntakeError::Read {
         path: path.to_owned(),
         source,
     })?;
+    let text = text::decode(&bytes).map_err(format_error)?;
+    let lines = LineIndex::new(text);
     let records = match format {
-        Format::Csv => csv_rows::read(&text, ctx.default_practice.is_some()),
-        Format::Json => read_json(&text),
+        Format::Csv => csv_rows::read(text, &lines, ctx.default_practice.is_some()),
+        Format::Json => read_json(text, &lines),
     }
-    .map_err(|message| IntakeError::Format {
-        path: path.to_owned(),
-        message,
-    })?;
+    .map_err(format_error)?;
     let mut report = ImportReport {
         records: records.len(),
         ..ImportReport::default()
     };
     let total = records.len();
+    // (practice, case ID) → the line of the first record of that case.
+    let mut first_line: HashMap<(String, String), u64> = HashMap::new();
     for (i, record) in records.into_iter().enumerate() {
         let line = record.line;
-        let (case_ref, validated) = match record.raw {
-            None => (None, Err(record.errors)),
-            Some(raw) => (raw.case_id.clone(), validate(raw, record.errors, ctx)),
+        let case_ref = record
+            .case_id
+            .as_deref()
+            .and_then(|c| validate::check_case_id(c.trim()).ok());
+        let practice = record
+            .practice_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .or(ctx.default_practice);
+        let repeats = match (practice, &case_ref) {
+            (Some(practice), Some(case_ref)) => match first_line.entry((practice.to_owned(), case_ref.clone())) {
+                Entry::Occupied(first) => Some(*first.get()),
+                Entry::Vacant(slot) => {
+                    slot.insert(line);
+                    None
+                }
+            },
+            _ => None,
+        };
+        let validated = match (repeats, record.raw) {
+            // The first record of a case is the one imported; a later one
+            // would silently replace its data, so it is refused unread.
+            (Some(first), _) => Err(vec![FieldError::new(
+                "case_id",
+                format!("repeats the case at line {first} (same practice and case ID); this record was not imported"),
+            )]),
+            (None, None) => Err(record.errors),
+            (None, Some(raw)) => checked(raw, record.errors, ctx),
         };
         match validated {
             Err(mut errors) => {
@@ -133,27 +176,27 @@ pub async fn import_file(
                 tracing::debug!(line, ?data, "Record validated.");
                 let outcome = ledger.import_case(&data, required, actor).await?;
                 match outcome {
-                ImportOutcome::Created { id } => {
-                    tracing::info!(case_id = id, practice = %data.practice_id, case_ref = %data.case_ref, member = %data.patient.member_id, "Case imported.");
-                    report.created += 1;
+                    ImportOutcome::Created { id } => {
+                        tracing::info!(case_id = id, practice = %data.practice_id, case_ref = %data.case_ref, member = %data.patient.member_id, "Case imported.");
+                        report.created += 1;
+                    }
+                    ImportOutcome::Updated { id } => {
+                        tracing::info!(case_id = id, practice = %data.practice_id, case_ref = %data.case_ref, "Case updated by re-import.");
+                        report.updated += 1;
+                    }
+                    ImportOutcome::Unchanged { .. } => report.unchanged += 1,
+                    ImportOutcome::Refused { id, status } => report.invalid.push(RecordProblem {
+                        line,
+                        case_ref: Some(data.case_ref.clone()),
+                        errors: vec![FieldError::new(
+                            "case_id",
+                            format!(
+                                "case {id} ({}/{}) is already {status} with the payer; its data differs from this file but can no longer change by import",
+                                data.practice_id, data.case_ref
+                            ),
+                        )],
+                    }),
                 }
-                ImportOutcome::Updated { id } => {
-                    tracing::info!(case_id = id, practice = %data.practice_id, case_ref = %data.case_ref, "Case updated by re-import.");
-                    report.updated += 1;
-                }
-                ImportOutcome::Unchanged { .. } => report.unchanged += 1,
-                ImportOutcome::Refused { id, status } => report.invalid.push(RecordProblem {
-                    line,
-                    case_ref: Some(data.case_ref.clone()),
-                    errors: vec![FieldError::new(
-                        "case_id",
-                        format!(
-                            "case {id} ({}/{}) is already {status} with the payer; its data differs from this file but can no longer change by import",
-                            data.practice_id, data.case_ref
-                        ),
-                    )],
-                }),
-            }
             }
         }
         progress(i + 1, total);
@@ -161,9 +204,27 @@ pub async fn import_file(
     Ok(report)
 }
 
+/// `validate`, with a panic in it turned into an error on this record: the
+/// checks are written not to panic, and if one still does, that is a bug to
+/// report, not a reason to drop every record after this one. Validation
+/// holds no state across records (it copies attachments last, atomically),
+/// so nothing is left half-done.
+fn checked(
+    raw: RawCase,
+    read_errors: Vec<FieldError>,
+    ctx: &Context<'_>,
+) -> Result<(crate::case::CaseData, Option<bool>), Vec<FieldError>> {
+    catch_unwind(AssertUnwindSafe(|| validate(raw, read_errors, ctx))).unwrap_or_else(|_| {
+        Err(vec![FieldError::new(
+            "record",
+            "precert failed while checking this record (a bug: please report it with the message above); it was not imported",
+        )])
+    })
+}
+
 /// Reads a JSON array of cases, keeping each element's line so errors can
 /// point at it. One bad element does not spoil the others.
-fn read_json(text: &str) -> Result<Vec<SourceRecord>, String> {
+fn read_json(text: &str, lines: &LineIndex) -> Result<Vec<SourceRecord>, String> {
     #[derive(Deserialize)]
     struct Wrapped<'a> {
         #[serde(borrow)]
@@ -175,30 +236,56 @@ fn read_json(text: &str) -> Result<Vec<SourceRecord>, String> {
         Ok(v) => v,
         Err(e) => match serde_json::from_str::<Wrapped<'_>>(text) {
             Ok(w) => w.cases,
-            Err(_) => return Err(format!("not a JSON array of cases (or {{\"cases\": [...]}}): {e}")),
+            Err(_) => {
+                let (message, offset) = text::json_error(&e, text, 0);
+                let at = offset
+                    .map(|o| format!(" ({})", lines.describe(text, o)))
+                    .unwrap_or_default();
+                return Err(text::tidy_reason(&format!(
+                    "not a JSON array of cases (or {{\"cases\": [...]}}): {message}{at}"
+                )));
+            }
         },
     };
     let start = text.as_ptr() as usize;
     Ok(items
         .into_iter()
         .map(|item| {
+            // Items come in file order; each line is a binary search in the
+            // index made once, so the whole file is read a constant number of
+            // times however many records it has.
             let offset = item.get().as_ptr() as usize - start;
-            let line = 1 + text[..offset].bytes().filter(|b| *b == b'\n').count() as u64;
-            match serde_json::from_str::<RawCase>(item.get()) {
+            let line = lines.line(offset);
+            let mut de = serde_json::Deserializer::from_str(item.get());
+            match serde_path_to_error::deserialize::<_, RawCase>(&mut de) {
                 Ok(raw) => SourceRecord {
                     line,
+                    practice_id: raw.practice_id.clone(),
+                    case_id: raw.case_id.clone(),
                     raw: Some(raw),
                     errors: Vec::new(),
                     csv: false,
                 },
                 Err(e) => {
-                    // serde's line and column count from the element's start.
-                    let field = unknown_or_typed_field(&e.to_string());
-                    let error = FieldError::new(field, format!("{e} (within this case)"));
+                    let field = json_field(&e);
+                    let (message, at) = text::json_error(e.inner(), text, offset);
+                    let reason = match at {
+                        Some(at) => format!("{message} ({})", lines.describe(text, at)),
+                        None => message,
+                    };
+                    // Name the record in the message when its IDs can be read.
+                    #[derive(Default, Deserialize)]
+                    struct Ids {
+                        practice_id: Option<String>,
+                        case_id: Option<String>,
+                    }
+                    let ids: Ids = serde_json::from_str(item.get()).unwrap_or_default();
                     SourceRecord {
                         line,
+                        practice_id: ids.practice_id,
+                        case_id: ids.case_id,
                         raw: None,
-                        errors: vec![error],
+                        errors: vec![FieldError::new(field, reason)],
                         csv: false,
                     }
                 }
@@ -207,13 +294,19 @@ fn read_json(text: &str) -> Result<Vec<SourceRecord>, String> {
         .collect())
 }
 
-/// serde's messages name the offending field in backticks; use it as the
-/// field when there is one.
-fn unknown_or_typed_field(message: &str) -> String {
-    message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.starts_with("unknown field") || message.starts_with("missing field"))
-        .unwrap_or("record")
-        .to_owned()
+/// The field a JSON record's error is about: serde's path to it
+/// (`service_lines[0].units`), and for an unknown field its name too.
+fn json_field(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    let message = e.inner().to_string();
+    let unknown = message
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split_once('`'))
+        .map(|(name, _)| name);
+    match (path.as_str(), unknown) {
+        (".", Some(name)) => name.to_owned(),
+        (".", None) => "record".to_owned(),
+        (p, Some(name)) if !p.ends_with(name) => format!("{p}.{name}"),
+        (p, _) => p.to_owned(),
+    }
 }

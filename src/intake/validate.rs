@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use chrono::NaiveDate;
 use serde::Deserialize;
 
+use super::text::{tidy_field, tidy_reason};
 use super::Context;
+use crate::case::codes::quoted;
 use crate::case::{
     Attachment, CaseData, Coverage, DateRange, Icd10, Modifier, Npi, Patient, PlanType, ProcedureCode, Provider,
     ServiceLine, Setting, TaxId, Urgency, UsState,
@@ -24,10 +26,14 @@ pub struct FieldError {
 }
 
 impl FieldError {
+    /// The field and reason as a message shows them: whatever produced the
+    /// reason, a long value in it is cut and control characters are escaped
+    /// (see `text::tidy_reason`), so a multi-megabyte cell or a NUL never
+    /// comes back whole or raw.
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         FieldError {
-            field: field.into(),
-            reason: reason.into(),
+            field: tidy_field(&field.into()),
+            reason: tidy_reason(&reason.into()),
         }
     }
 
@@ -120,6 +126,48 @@ pub struct RawLine {
 /// Attachments larger than this are refused: portals cap uploads near it.
 pub const MAX_ATTACHMENT_BYTES: u64 = 25 * 1024 * 1024;
 
+/// The longest free text (a name, a plan, a group number) taken, in
+/// characters: far above any real value, far below a pasted document.
+pub const MAX_TEXT_CHARS: usize = 200;
+
+/// The longest attachment path taken, in characters.
+const MAX_PATH_CHARS: usize = 1024;
+
+/// A practice's case ID: what `FILE:LINE (case ID)` shows and the ledger
+/// keys a case by, with the practice.
+pub(crate) fn check_case_id(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("is required".into())
+    } else if s.chars().count() > 64 || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
+        Err(format!(
+            "{} is not a case ID: at most 64 characters, no spaces, control characters or `/`",
+            quoted(s)
+        ))
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// Free text: at most `MAX_TEXT_CHARS` characters, none of them control
+/// characters (a NUL or a line break would reach a portal's form as is).
+fn check_text(s: &str) -> Result<String, String> {
+    let n = s.chars().count();
+    if n > MAX_TEXT_CHARS {
+        Err(format!("{} is {n} characters; at most {MAX_TEXT_CHARS}", quoted(s)))
+    } else if s.chars().any(char::is_control) {
+        Err(format!("{} has a control character", quoted(s)))
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+/// A keyword (`PlanType`, `Setting`, `Urgency`) from its own `FromStr`, whose
+/// message shows the value whole: shown as `quoted` shows it instead.
+fn keyword<T: std::str::FromStr<Err = String>>(s: &str) -> Result<T, String> {
+    s.parse::<T>()
+        .map_err(|e| e.replacen(&format!("`{}`", s.trim()), &quoted(s.trim()), 1))
+}
+
 const MEDIA_TYPES: &[(&str, &str)] = &[
     ("pdf", "application/pdf"),
     ("png", "image/png"),
@@ -159,7 +207,7 @@ pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
     let s = s.trim();
     NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .or_else(|_| NaiveDate::parse_from_str(s, "%m/%d/%Y"))
-        .map_err(|_| format!("`{s}` is not a date; write YYYY-MM-DD (or MM/DD/YYYY)"))
+        .map_err(|_| format!("{} is not a date; write YYYY-MM-DD (or MM/DD/YYYY)", quoted(s)))
 }
 
 fn optional_text(v: &Option<String>) -> Option<String> {
@@ -195,21 +243,17 @@ pub fn validate(
                 let known: Vec<&str> = ctx.settings.practices.iter().map(|p| p.id.as_str()).collect();
                 e.add(
                     "practice_id",
-                    format!("`{id}` is not a configured practice (known: {})", known.join(", ")),
+                    format!(
+                        "{} is not a configured practice (known: {})",
+                        quoted(id),
+                        known.join(", ")
+                    ),
                 );
                 None
             }
         },
     };
-    let case_ref = e.parse("case_id", &raw.case_id, |s| {
-        if s.chars().count() > 64 || s.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/') {
-            Err(format!(
-                "`{s}` is not a case ID: at most 64 characters, no spaces or `/`"
-            ))
-        } else {
-            Ok(s.to_owned())
-        }
-    });
+    let case_ref = e.parse("case_id", &raw.case_id, check_case_id);
 
     // Patient.
     let p = &raw.patient;
@@ -234,7 +278,8 @@ pub fn validate(
         }
     });
     let member_id = e.parse("patient.member_id", &p.member_id, MemberId::parse);
-    let group_number = optional_text(&p.group_number);
+    let group_number = optional_text(&p.group_number)
+        .and_then(|g| check_text(&g).map_err(|err| e.add("patient.group_number", err)).ok());
 
     // Coverage.
     let c = &raw.coverage;
@@ -245,21 +290,22 @@ pub fn validate(
             e.add(
                 "coverage.payer",
                 format!(
-                    "`{payer}` is not a payer of practice {} (its payers: {})",
+                    "{} is not a payer of practice {} (its payers: {})",
+                    quoted(payer),
                     practice.id,
                     known.join(", ")
                 ),
             );
         }
     }
-    let plan = e.required("coverage.plan", &c.plan).map(str::to_owned);
-    let plan_type = e.parse("coverage.plan_type", &c.plan_type, |s| s.parse::<PlanType>());
+    let plan = e.parse("coverage.plan", &c.plan, check_text);
+    let plan_type = e.parse("coverage.plan_type", &c.plan_type, keyword::<PlanType>);
     let state = e.parse("coverage.state", &c.state, UsState::parse);
 
     // Providers.
     let mut provider = |prefix: &str, r: &RawProvider| -> Option<Provider> {
         let field = |f: &str| format!("{prefix}.{f}");
-        let name = e.required(&field("name"), &r.name).map(str::to_owned);
+        let name = e.parse(&field("name"), &r.name, check_text);
         let npi = e.parse(&field("npi"), &r.npi, Npi::parse);
         let tax_id = match optional_text(&r.tax_id) {
             Some(t) => TaxId::parse(&t).map_err(|err| e.add(field("tax_id"), err)).ok(),
@@ -271,7 +317,8 @@ pub fn validate(
                 e.add(
                     field("location"),
                     format!(
-                        "`{l}` is not a location of practice {} (known: {})",
+                        "{} is not a location of practice {} (known: {})",
+                        quoted(&l),
                         p.id,
                         known.join(", ")
                     ),
@@ -366,10 +413,10 @@ pub fn validate(
         }
         _ => None,
     };
-    let setting = e.parse("setting", &raw.setting, |s| s.parse::<Setting>());
+    let setting = e.parse("setting", &raw.setting, keyword::<Setting>);
     let urgency = match optional_text(&raw.urgency) {
         None => Some(Urgency::Standard),
-        Some(u) => u.parse::<Urgency>().map_err(|err| e.add("urgency", err)).ok(),
+        Some(u) => keyword::<Urgency>(&u).map_err(|err| e.add("urgency", err)).ok(),
     };
 
     // Attachments are read only when everything else is valid, so a bad row
@@ -461,11 +508,20 @@ use chrono::Datelike;
 /// Copies an attachment into `DATA/attachments/PRACTICE/CASE/` (0600),
 /// named by its content hash so a re-import finds the same file.
 fn store_attachment(raw: &str, ctx: &Context<'_>, practice: &str, case_ref: &str) -> Result<Attachment, String> {
-    let path = ctx.base_dir.join(raw.trim());
+    let raw = raw.trim();
+    // Checked before it is a path, so that the messages below, which show
+    // the path, show a short one without control characters.
+    if raw.chars().count() > MAX_PATH_CHARS || raw.chars().any(char::is_control) {
+        return Err(format!(
+            "{} is not a usable path: at most {MAX_PATH_CHARS} characters, no control characters",
+            quoted(raw)
+        ));
+    }
+    let path = ctx.base_dir.join(raw);
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| format!("`{raw}` does not name a file"))?
+        .ok_or_else(|| format!("{} does not name a file", quoted(raw)))?
         .to_owned();
     let ext = path
         .extension()
