@@ -1,11 +1,14 @@
-//! The daemon's HTTP listener (loopback by default): `/healthz` and
+//! The daemon's HTTP listener (loopback by default): `/healthz` (alive:
+//! the ledger answers, the scheduler and the workers turn), `/readyz`
+//! (able to work: also, when a web payer is enabled, a browser starts),
 //! `/metrics` in the Prometheus text format, and the case page escalation
 //! mail links to (`/cases/PRACTICE/CASE_REF`: no patient identifiers and
 //! no payer free text, see `case_html`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -15,18 +18,50 @@ use axum::Router;
 use chrono::Utc;
 use chrono_tz::Tz;
 
-use crate::case::CaseRecord;
-use crate::store::Escalation;
+use crate::case::{CaseRecord, CaseStatus};
+use crate::limits::BreakerState;
+use crate::store::{CaseFilter, Escalation};
 
-/// Counters the workers keep for `/metrics`.
+// The daemon's loops report to it; it lives beside them (see its docs).
+#[path = "health.rs"]
+pub mod health;
+
+use health::{Check, Health, WorkerState};
+
+/// Upper bounds of `precert_run_seconds` buckets: a status poll takes under
+/// a second, a portal submission a few, a stuck page its full timeouts.
+const RUN_BUCKETS: [f64; 10] = [0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// A histogram of run times: counts per bucket of `RUN_BUCKETS` (not
+/// cumulative; `+Inf` is `count`), sum and count.
+#[derive(Clone, Debug, Default)]
+pub struct RunTimes {
+    buckets: [u64; RUN_BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl RunTimes {
+    fn observe(&mut self, seconds: f64) {
+        if let Some(i) = RUN_BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.sum += seconds;
+        self.count += 1;
+    }
+}
+
+/// Counters the workers keep for `/metrics`, and what the loops report
+/// about themselves (`health`).
 #[derive(Default)]
 pub struct Metrics {
     /// (kind, payer, result) → count.
     pub jobs: Mutex<BTreeMap<(String, String, String), u64>>,
-    /// (payer, action) → (runs, total seconds).
-    pub runs: Mutex<BTreeMap<(String, String), (u64, f64)>>,
+    /// (payer, action) → run times.
+    pub runs: Mutex<BTreeMap<(String, String), RunTimes>>,
     /// Mail delivery attempts by result (sent, failed).
     pub mail: Mutex<BTreeMap<String, u64>>,
+    pub health: Health,
 }
 
 impl Metrics {
@@ -34,6 +69,15 @@ impl Metrics {
         let mut m = self.jobs.lock().expect("metrics lock");
         *m.entry((kind.to_owned(), payer.to_owned(), result.to_owned()))
             .or_default() += 1;
+    }
+
+    /// A job ended with `result`; `done` (or `ok`) also records the
+    /// practice's last success for this job kind and payer.
+    pub fn job_finished(&self, practice: &str, kind: &str, payer: &str, result: &str) {
+        self.job(kind, payer, result);
+        if matches!(result, "done" | "ok") {
+            self.health.job_succeeded(practice, kind, payer, Utc::now());
+        }
     }
 
     pub fn mail(&self, result: &str, n: usize) {
@@ -47,9 +91,104 @@ impl Metrics {
 
     pub fn run(&self, payer: &str, action: &str, seconds: f64) {
         let mut m = self.runs.lock().expect("metrics lock");
-        let e = m.entry((payer.to_owned(), action.to_owned())).or_default();
-        e.0 += 1;
-        e.1 += seconds;
+        m.entry((payer.to_owned(), action.to_owned()))
+            .or_default()
+            .observe(seconds);
+    }
+
+    /// What the daemon counted and its loops reported, in the text format.
+    fn render(&self, out: &mut String) {
+        family(
+            out,
+            "precert_jobs_total",
+            "counter",
+            "Jobs run, by kind, payer and result.",
+        );
+        for ((kind, payer, result), n) in self.jobs.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "precert_jobs_total{{kind=\"{}\",payer=\"{}\",result=\"{}\"}} {n}",
+                label(kind),
+                label(payer),
+                label(result)
+            );
+        }
+        family(
+            out,
+            "precert_job_last_success_timestamp_seconds",
+            "gauge",
+            "When a practice's job (per payer; payer=\"\" for practice-wide jobs) last succeeded, in Unix seconds, since this daemon started.",
+        );
+        for ((practice, kind, payer), at) in self.health.last_success() {
+            let _ = writeln!(
+                out,
+                "precert_job_last_success_timestamp_seconds{{practice=\"{}\",job=\"{}\",payer=\"{}\"}} {:.3}",
+                label(&practice),
+                label(&kind),
+                label(&payer),
+                at.timestamp_millis() as f64 / 1000.0
+            );
+        }
+
+        family(
+            out,
+            "precert_run_seconds",
+            "histogram",
+            "Playbook action run time, by payer and action.",
+        );
+        for ((payer, action), h) in self.runs.lock().expect("metrics lock").iter() {
+            let (payer, action) = (label(payer), label(action));
+            let mut cumulative = 0;
+            for (le, n) in RUN_BUCKETS.iter().zip(h.buckets) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "precert_run_seconds_bucket{{payer=\"{payer}\",action=\"{action}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "precert_run_seconds_bucket{{payer=\"{payer}\",action=\"{action}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "precert_run_seconds_sum{{payer=\"{payer}\",action=\"{action}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "precert_run_seconds_count{{payer=\"{payer}\",action=\"{action}\"}} {}",
+                h.count
+            );
+        }
+
+        let workers = self.health.workers();
+        family(out, "precert_workers", "gauge", "Workers, by what they are doing.");
+        for state in ["idle", "busy"] {
+            let n = workers
+                .values()
+                .filter(|w| {
+                    matches!(
+                        (state, w),
+                        ("idle", WorkerState::Idle { .. }) | ("busy", WorkerState::Busy { .. })
+                    )
+                })
+                .count();
+            let _ = writeln!(out, "precert_workers{{state=\"{state}\"}} {n}");
+        }
+
+        family(
+            out,
+            "precert_mail_total",
+            "counter",
+            "Mail delivery attempts, by result.",
+        );
+        let mail = self.mail.lock().expect("metrics lock").clone();
+        for result in ["sent", "failed"] {
+            let n = mail.get(result).copied().unwrap_or(0);
+            let _ = writeln!(out, "precert_mail_total{{result=\"{result}\"}} {n}");
+        }
     }
 }
 
@@ -61,84 +200,204 @@ pub struct HttpState {
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/cases/{practice}/{case_ref}", get(case_page))
         .with_state(state)
 }
 
-async fn healthz(State(s): State<HttpState>) -> Response {
-    // Healthy means the ledger answers.
-    match s.ctx.ledger.count_by_status().await {
-        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("ledger unavailable: {e}\n")).into_response(),
+async fn ledger_check(ctx: &super::Ctx) -> Check {
+    match ctx.ledger.count_by_status().await {
+        Ok(_) => Check {
+            name: "ledger",
+            ok: true,
+            detail: "answers".into(),
+        },
+        Err(e) => Check {
+            name: "ledger",
+            ok: false,
+            detail: e.to_string(),
+        },
     }
+}
+
+/// 200 when every check passes, else 503; one line per check.
+fn checks_response(checks: &[Check]) -> Response {
+    let mut body = String::new();
+    for c in checks {
+        let _ = writeln!(body, "{} {}: {}", c.name, if c.ok { "ok" } else { "FAIL" }, c.detail);
+    }
+    let status = if checks.iter().all(|c| c.ok) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// Alive: the ledger answers, the scheduler ticks, no idle worker went
+/// silent. What a supervisor (or the watchdog's operator) restarts on.
+async fn healthz(State(s): State<HttpState>) -> Response {
+    let mut checks = vec![ledger_check(&s.ctx).await];
+    checks.extend(s.ctx.metrics.health.liveness(Instant::now()));
+    checks_response(&checks)
+}
+
+/// Ready to work: alive, a configuration loaded with at least one enabled
+/// practice, and (when a practice uses a web playbook) the last browser
+/// start worked.
+async fn readyz(State(s): State<HttpState>) -> Response {
+    let now = Instant::now();
+    let health = &s.ctx.metrics.health;
+    let mut checks = vec![ledger_check(&s.ctx).await];
+    checks.extend(health.liveness(now));
+    let loaded = s.ctx.loaded.read().await.clone();
+    let enabled = loaded.settings.practices.iter().filter(|p| p.enabled).count();
+    checks.push(Check {
+        name: "configuration",
+        ok: enabled > 0,
+        detail: format!("{enabled} practice(s) enabled"),
+    });
+    let web = loaded.settings.practices.iter().filter(|p| p.enabled).any(|p| {
+        p.payers.values().any(|b| {
+            loaded
+                .engine
+                .playbook(&b.playbook)
+                .is_some_and(|pb| pb.channel == crate::playbook::Channel::Web)
+        })
+    });
+    if web {
+        checks.push(health.browser(now));
+    }
+    checks_response(&checks)
+}
+
+/// Label values escaped as the text format wants.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 async fn metrics(State(s): State<HttpState>) -> Response {
     let s = &s.ctx;
     let mut out = String::new();
+    let now = Utc::now();
+    let loaded = s.loaded.read().await.clone();
+    let practices: Vec<&str> = loaded.settings.practices.iter().map(|p| p.id.as_str()).collect();
+
+    family(
+        &mut out,
+        "precert_build_info",
+        "gauge",
+        "The running precert's version (always 1).",
+    );
+    let _ = writeln!(
+        out,
+        "precert_build_info{{version=\"{}\"}} 1",
+        label(env!("CARGO_PKG_VERSION"))
+    );
+
+    // Every status appears, 0 when no case has it, so a rule over a status
+    // never sees the series vanish.
     let cases = s.ledger.count_by_status().await.unwrap_or_default();
-    let _ = writeln!(out, "# HELP precert_cases Cases by status.\n# TYPE precert_cases gauge");
-    for (status, n) in cases {
+    family(&mut out, "precert_cases", "gauge", "Cases by status.");
+    for status in CaseStatus::ALL {
+        let n = cases.iter().find(|(st, _)| *st == status).map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "precert_cases{{status=\"{status}\"}} {n}");
     }
-    if let Ok(q) = s.queue.stats(Utc::now()).await {
-        let _ = writeln!(
-            out,
-            "# HELP precert_queue_jobs Jobs by state.\n# TYPE precert_queue_jobs gauge"
+    if let Ok(all) = s.ledger.list(&CaseFilter::default()).await {
+        let mut by: BTreeMap<(&str, CaseStatus), u64> = BTreeMap::new();
+        for c in &all {
+            *by.entry((c.data.practice_id.as_str(), c.status)).or_default() += 1;
+        }
+        let known: BTreeSet<&str> = practices.iter().copied().chain(by.keys().map(|(p, _)| *p)).collect();
+        family(
+            &mut out,
+            "precert_practice_cases",
+            "gauge",
+            "Cases by practice and status.",
         );
+        for practice in known {
+            for status in CaseStatus::ALL {
+                let n = by.get(&(practice, status)).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "precert_practice_cases{{practice=\"{}\",status=\"{status}\"}} {n}",
+                    label(practice)
+                );
+            }
+        }
+    }
+
+    if let Ok(q) = s.queue.stats(now).await {
+        family(&mut out, "precert_queue_jobs", "gauge", "Jobs by state.");
         for (state, n) in [("queued", q.queued), ("leased", q.leased), ("dead", q.dead)] {
             let _ = writeln!(out, "precert_queue_jobs{{state=\"{state}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP precert_queue_oldest_due_seconds How long the oldest due job has waited.\n# TYPE precert_queue_oldest_due_seconds gauge\nprecert_queue_oldest_due_seconds {}",
-            q.oldest_due_seconds
+        family(
+            &mut out,
+            "precert_queue_oldest_due_seconds",
+            "gauge",
+            "How long the oldest due job has waited.",
         );
+        let _ = writeln!(out, "precert_queue_oldest_due_seconds {}", q.oldest_due_seconds);
     }
-    let _ = writeln!(
-        out,
-        "# HELP precert_jobs_total Jobs run, by kind, payer and result.\n# TYPE precert_jobs_total counter"
+
+    s.metrics.render(&mut out);
+
+    // The circuit breakers, one per playbook a practice uses: 1 on the
+    // state it is in, 0 on the others.
+    let playbooks: BTreeSet<&str> = loaded
+        .settings
+        .practices
+        .iter()
+        .flat_map(|p| p.payers.values().map(|b| b.playbook.as_str()))
+        .collect();
+    family(
+        &mut out,
+        "precert_breaker_state",
+        "gauge",
+        "Each playbook's circuit breaker: 1 on its current state (closed, open, half_open).",
     );
-    for ((kind, payer, result), n) in s.metrics.jobs.lock().expect("metrics lock").iter() {
-        let _ = writeln!(
-            out,
-            "precert_jobs_total{{kind=\"{kind}\",payer=\"{payer}\",result=\"{result}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP precert_run_seconds Playbook action run time.\n# TYPE precert_run_seconds summary"
-    );
-    for ((payer, action), (count, sum)) in s.metrics.runs.lock().expect("metrics lock").iter() {
-        let _ = writeln!(
-            out,
-            "precert_run_seconds_sum{{payer=\"{payer}\",action=\"{action}\"}} {sum}"
-        );
-        let _ = writeln!(
-            out,
-            "precert_run_seconds_count{{payer=\"{payer}\",action=\"{action}\"}} {count}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP precert_browser_sessions_open Browser sessions in use.\n# TYPE precert_browser_sessions_open gauge\nprecert_browser_sessions_open {}",
-        {
-            let loaded = s.loaded.read().await.clone();
-            loaded.engine.sessions_open().await
+    {
+        let mut limits = s.limits.lock().expect("limits lock");
+        for pb in playbooks {
+            let current = match limits.breaker_state(pb, now) {
+                BreakerState::Closed { .. } => "closed",
+                BreakerState::Open { .. } => "open",
+                BreakerState::HalfOpen { .. } => "half_open",
+            };
+            for state in ["closed", "open", "half_open"] {
+                let _ = writeln!(
+                    out,
+                    "precert_breaker_state{{playbook=\"{}\",state=\"{state}\"}} {}",
+                    label(pb),
+                    u8::from(state == current)
+                );
+            }
         }
+    }
+
+    family(
+        &mut out,
+        "precert_browser_sessions_open",
+        "gauge",
+        "Browser sessions in use.",
     );
     let _ = writeln!(
         out,
-        "# HELP precert_mail_total Mail delivery attempts, by result.\n# TYPE precert_mail_total counter"
+        "precert_browser_sessions_open {}",
+        loaded.engine.sessions_open().await
     );
-    for (result, n) in s.metrics.mail.lock().expect("metrics lock").iter() {
-        let _ = writeln!(out, "precert_mail_total{{result=\"{result}\"}} {n}");
-    }
     if let Ok(waiting) = s.ledger.outbox_counts().await {
-        let _ = writeln!(
-            out,
-            "# HELP precert_outbox_mails Mail not yet delivered, by state.\n# TYPE precert_outbox_mails gauge"
+        family(
+            &mut out,
+            "precert_outbox_mails",
+            "gauge",
+            "Mail not yet delivered, by state.",
         );
         for state in ["pending", "sending", "failed"] {
             let n = waiting.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
@@ -146,10 +405,32 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         }
     }
     if let Ok(active) = s.ledger.active_escalation_count().await {
-        let _ = writeln!(
-            out,
-            "# HELP precert_escalations_active Open or acknowledged escalations.\n# TYPE precert_escalations_active gauge\nprecert_escalations_active {active}"
+        family(
+            &mut out,
+            "precert_escalations_active",
+            "gauge",
+            "Open or acknowledged escalations.",
         );
+        let _ = writeln!(out, "precert_escalations_active {active}");
+    }
+    if let Ok(active) = s.ledger.escalations(None, false).await {
+        let mut by: BTreeMap<&str, u64> = practices.iter().map(|p| (*p, 0)).collect();
+        for e in &active {
+            *by.entry(e.practice_id.as_str()).or_default() += 1;
+        }
+        family(
+            &mut out,
+            "precert_practice_escalations_active",
+            "gauge",
+            "Open or acknowledged escalations, by practice.",
+        );
+        for (practice, n) in by {
+            let _ = writeln!(
+                out,
+                "precert_practice_escalations_active{{practice=\"{}\"}} {n}",
+                label(practice)
+            );
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
@@ -256,4 +537,76 @@ fn case_html(case: &CaseRecord, escalations: &[Escalation], tz: Tz) -> String {
     }
     body.push_str("</ul></body></html>\n");
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the workers count renders as Prometheus's own parser wants it
+    /// (`promtool check metrics`, from Debian's prometheus package).
+    #[test]
+    fn counted_metrics_pass_promtool_with_last_success_and_histogram() {
+        let m = Metrics::default();
+        m.job_finished("lakeside-ortho", "poll", "sandbox", "done");
+        m.job_finished("lakeside-ortho", "escalations", "", "done");
+        m.job_finished("valley-imaging", "submit", "sandbox", "retry");
+        m.run("sandbox", "poll_status", 0.4);
+        m.run("sandbox", "poll_status", 3.0);
+        m.run("sandbox", "submit", 400.0);
+        m.mail("sent", 2);
+        m.health.worker_idle(0);
+        m.health.worker_busy(1, "submit#3");
+        let mut out = String::new();
+        m.render(&mut out);
+
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool runs (scripts/test installs Debian's prometheus package)");
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), out.as_bytes()).unwrap();
+        let checked = child.wait_with_output().unwrap();
+        assert!(
+            checked.status.success(),
+            "{}{}\n{out}",
+            String::from_utf8_lossy(&checked.stdout),
+            String::from_utf8_lossy(&checked.stderr)
+        );
+
+        let line = |prefix: &str| out.lines().find(|l| l.starts_with(prefix)).map(str::to_owned);
+        let poll = line(
+            "precert_job_last_success_timestamp_seconds{practice=\"lakeside-ortho\",job=\"poll\",payer=\"sandbox\"} ",
+        )
+        .unwrap_or_else(|| panic!("{out}"));
+        let at: f64 = poll.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((Utc::now().timestamp() as f64 - at).abs() < 60.0, "{poll}");
+        assert!(line(
+            "precert_job_last_success_timestamp_seconds{practice=\"lakeside-ortho\",job=\"escalations\",payer=\"\"} "
+        )
+        .is_some());
+        assert!(
+            line("precert_job_last_success_timestamp_seconds{practice=\"valley-imaging\"").is_none(),
+            "a retry is no success"
+        );
+        // Cumulative buckets: 0.4 s in le=0.5 and up, 3 s from le=5, 400 s only in +Inf.
+        for (le, n) in [("0.25", 0), ("0.5", 1), ("2.5", 1), ("5", 2), ("300", 2), ("+Inf", 2)] {
+            assert_eq!(
+                line(&format!(
+                    "precert_run_seconds_bucket{{payer=\"sandbox\",action=\"poll_status\",le=\"{le}\"}} "
+                )),
+                Some(format!(
+                    "precert_run_seconds_bucket{{payer=\"sandbox\",action=\"poll_status\",le=\"{le}\"}} {n}"
+                )),
+                "{out}"
+            );
+        }
+        assert!(out.contains("precert_run_seconds_bucket{payer=\"sandbox\",action=\"submit\",le=\"300\"} 0\n"));
+        assert!(
+            out.contains("precert_workers{state=\"busy\"} 1\n") && out.contains("precert_workers{state=\"idle\"} 1\n")
+        );
+        assert!(out.contains("precert_mail_total{result=\"failed\"} 0\n"), "{out}");
+    }
 }

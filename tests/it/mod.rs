@@ -10,6 +10,7 @@ mod ledger;
 mod limits;
 mod logging;
 mod mail;
+mod metrics;
 mod package;
 mod pas;
 mod playbook;
