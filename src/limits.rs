@@ -259,6 +259,21 @@ pub enum Blocked {
     TrialRunning,
 }
 
+impl fmt::Display for Blocked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Blocked::AtCapacity { running, cap } => write!(f, "{running} of {cap} sessions in use"),
+            Blocked::RateLimited { retry_in } => write!(f, "rate limit; next start in {} ms", retry_in.as_millis()),
+            Blocked::BreakerOpen { until } => write!(
+                f,
+                "paused after repeated failures until {}",
+                until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            Blocked::TrialRunning => write!(f, "paused; one trial run is under way"),
+        }
+    }
+}
+
 /// How a run ended, for the breaker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunEnd {
@@ -316,6 +331,27 @@ impl PayerLimits {
             defaults,
             ..PayerLimits::default()
         }
+    }
+
+    /// Takes the settings of `new` (a reloaded configuration) and keeps what
+    /// is under way: each payer's running count and its breaker's state. The
+    /// rate limiter starts afresh with the new pace.
+    pub fn reconfigure(&mut self, new: PayerLimits) {
+        self.defaults = new.defaults;
+        self.overrides = new.overrides;
+        let ids: Vec<String> = self.payers.keys().cloned().collect();
+        for id in ids {
+            let settings = self.overrides.get(&id).copied().unwrap_or(self.defaults);
+            if let Some(p) = self.payers.get_mut(&id) {
+                p.settings = settings;
+                p.rate = RateLimiter::new(settings.starts_per_minute, settings.burst);
+            }
+        }
+    }
+
+    /// The settings a payer runs under now.
+    pub fn settings(&self, payer: &str) -> LimitSettings {
+        self.overrides.get(payer).copied().unwrap_or(self.defaults)
     }
 
     /// Limits for one payer instead of the defaults.

@@ -9,8 +9,14 @@ use tokio_util::sync::CancellationToken;
 use super::Outcome;
 
 pub async fn run(config: &Path) -> anyhow::Result<Outcome> {
-    // Logging first, from the configuration as it is now.
-    let settings = super::load(config, crate::config::Secrets::Resolve)?;
+    // Logging first, from the configuration as it is now. A practice whose
+    // file does not check is left out by the daemon (and logged there);
+    // only problems of precert.toml itself stop it here.
+    super::readable(config)?;
+    let (settings, _disabled) = crate::config::load_isolated(config, crate::config::Secrets::Resolve)?;
+    crate::logging::init(&settings.log);
+    tracing::debug!(?settings, "Configuration loaded.");
+    crate::browser::reap_orphans(&settings.data_dir);
     drop(settings);
     let stop = CancellationToken::new();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);

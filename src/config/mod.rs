@@ -1007,3 +1007,73 @@ pub fn check_cron(expr: &str) -> Result<(), String> {
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
+
+/// A practice the daemon leaves out because its file does not check.
+#[derive(Clone, Debug)]
+pub struct DisabledPractice {
+    /// The practice's id as its file names it (the file's stem).
+    pub id: String,
+    pub file: PathBuf,
+    pub problems: Vec<ConfigError>,
+}
+
+/// The configuration as the daemon takes it: a practice whose file, secrets
+/// or bindings do not check is left out alone (`disabled`) while every
+/// other practice runs; a problem in `precert.toml` itself, or with the
+/// practices directory as a whole, refuses the configuration as `load` does.
+/// `precert check` still reports every problem through `load`.
+pub fn load_isolated(path: &Path, secrets: Secrets) -> Result<(Settings, Vec<DisabledPractice>), ConfigErrors> {
+    let mut errors = Vec::new();
+    let base = absolute(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    );
+    let raw = if path.is_file() {
+        let (raw, problems) = parse_file::<RawDaemon>(path, Some("PRECERT"));
+        errors.extend(problems);
+        raw
+    } else {
+        errors.push(ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            message: "configuration file not found (pass --config FILE or set PRECERT_CONFIG)".into(),
+        });
+        None
+    };
+    let daemon = raw
+        .as_ref()
+        .map(|r| compile_daemon(r, path, &base, secrets, &mut errors));
+    let practices_dir = match &daemon {
+        Some(d) => d.practices_dir.clone(),
+        None => base.join("practices"),
+    };
+    let mut practice_errors = Vec::new();
+    let practices = load_practices(&practices_dir, secrets, &mut practice_errors);
+    let mut disabled: Vec<DisabledPractice> = Vec::new();
+    for e in practice_errors {
+        if e.file == practices_dir {
+            errors.push(e);
+            continue;
+        }
+        match disabled.iter_mut().find(|d| d.file == e.file) {
+            Some(d) => d.problems.push(e),
+            None => disabled.push(DisabledPractice {
+                id: e
+                    .file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                file: e.file.clone(),
+                problems: vec![e],
+            }),
+        }
+    }
+    match daemon {
+        Some(mut d) if errors.is_empty() => {
+            d.practices = practices;
+            Ok((d, disabled))
+        }
+        _ => Err(ConfigErrors(errors)),
+    }
+}

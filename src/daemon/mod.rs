@@ -10,6 +10,7 @@
 
 mod http;
 pub mod sd;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,13 +25,13 @@ pub use http::Metrics;
 
 use crate::case::{CaseRecord, CaseStatus};
 use crate::config::{self, Job, Secrets, Settings};
-use crate::engine::{Engine, FailureKind};
+use crate::engine::Engine;
 use crate::escalate::Escalator;
-use crate::limits::{Blocked, LimitSettings, PayerLimits, RunEnd};
+use crate::limits::{LimitSettings, PayerLimits};
 use crate::mail::Mailer;
 use crate::playbook::{self, Action, Playbook};
-use crate::queue::{Failure, LeaseFilter, LeasedJob, Queue, Scheduler};
-use crate::store::{Actor, CaseFilter, Ledger, StoreError};
+use crate::queue::{LeaseFilter, LeasedJob, Queue, Scheduler};
+use crate::store::{Ledger, StoreError};
 
 /// How long a worker's lease lasts; it is renewed at a third of this.
 const LEASE: Duration = Duration::from_secs(120);
@@ -61,20 +62,54 @@ pub enum DaemonError {
 }
 
 /// Configuration and playbooks, checked together, as `precert check` does.
-pub fn load_all(path: &Path) -> Result<(Settings, Vec<Playbook>), String> {
-    let settings = config::load(path, Secrets::Resolve).map_err(|e| e.to_string())?;
+/// A practice whose file, secrets or payer bindings do not check is left
+/// out alone (returned with its problems) so that the others run; a problem
+/// in `precert.toml` or a playbook refuses the whole configuration.
+pub fn load_all(path: &Path) -> Result<(Settings, Vec<Playbook>, Vec<config::DisabledPractice>), String> {
+    let (mut settings, mut disabled) = config::load_isolated(path, Secrets::Resolve).map_err(|e| e.to_string())?;
     let (playbooks, errors) = playbook::load_dir(&settings.playbooks_dir);
-    let mut problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    problems.extend(
-        playbook::check_bindings(&settings, &playbooks)
-            .iter()
-            .map(ToString::to_string),
-    );
-    if problems.is_empty() {
-        Ok((settings, playbooks))
-    } else {
-        Err(format!("{} problem(s):\n  {}", problems.len(), problems.join("\n  ")))
+    if !errors.is_empty() {
+        let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let n = problems.len();
+        return Err(format!(
+            "{n} problem{}:\n  {}",
+            if n == 1 { "" } else { "s" },
+            problems.join("\n  ")
+        ));
     }
+    for e in playbook::check_bindings(&settings, &playbooks) {
+        let Some(i) = settings.practices.iter().position(|p| p.source == e.file) else {
+            continue;
+        };
+        let practice = settings.practices.remove(i);
+        disabled.push(config::DisabledPractice {
+            id: practice.id.clone(),
+            file: e.file.clone(),
+            problems: vec![e],
+        });
+    }
+    if settings.practices.is_empty() {
+        let why: Vec<String> = disabled
+            .iter()
+            .flat_map(|d| d.problems.iter().map(ToString::to_string))
+            .collect();
+        return Err(format!("no practice can run:\n  {}", why.join("\n  ")));
+    }
+    Ok((settings, playbooks, disabled))
+}
+
+/// Says which practices are left out and why (the log, `/metrics`).
+fn report_disabled(ctx_disabled: &Mutex<Vec<String>>, disabled: &[config::DisabledPractice]) {
+    for d in disabled {
+        let problems: Vec<String> = d.problems.iter().map(ToString::to_string).collect();
+        tracing::error!(
+            practice = %d.id,
+            file = %d.file.display(),
+            problems = %problems.join("; "),
+            "Practice disabled: its configuration does not check. The other practices run; fix it and reload."
+        );
+    }
+    *ctx_disabled.lock().expect("disabled lock") = disabled.iter().map(|d| d.id.clone()).collect();
 }
 
 /// Each payer's limits: the configured pacing, its playbook's session cap.
@@ -144,6 +179,13 @@ struct Ctx {
     /// The grace period is over: abandon running jobs.
     abandon: CancellationToken,
     owner: String,
+    /// Workers wanted now (`webdriver.max_sessions`; a reload may change
+    /// it): a worker whose number is not below it stops.
+    workers: std::sync::atomic::AtomicU32,
+    /// Runs the workers, so a reload can add some.
+    tracker: TaskTracker,
+    /// Practices left out because their configuration does not check.
+    pub(crate) disabled: Mutex<Vec<String>>,
 }
 
 fn hostname() -> String {
@@ -160,7 +202,7 @@ pub async fn run(
     mut reload: mpsc::Receiver<()>,
     stop: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let (settings, playbooks) = load_all(&config_path).map_err(DaemonError::Config)?;
+    let (settings, playbooks, disabled) = load_all(&config_path).map_err(DaemonError::Config)?;
     crate::store::private_dir(&settings.data_dir)
         .map_err(|e| DaemonError::Config(format!("cannot create {}: {e}", settings.data_dir.display())))?;
     let ledger = Ledger::open(&settings.database_url).await?;
@@ -182,14 +224,18 @@ pub async fn run(
         stop: stop.clone(),
         abandon: CancellationToken::new(),
         owner: format!("{}-{}", hostname(), std::process::id()),
+        workers: std::sync::atomic::AtomicU32::new(workers),
+        tracker: TaskTracker::new(),
+        disabled: Mutex::new(Vec::new()),
     });
+    report_disabled(&ctx.disabled, &disabled);
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| DaemonError::Listen { addr: listen, source })?;
     let (receiver, subscriptions) = subscribe(&ctx).await;
     let app = http::router(http::HttpState { ctx: ctx.clone() }).merge(crate::pas::notify::router(Arc::new(receiver)));
-    let tracker = TaskTracker::new();
+    let tracker = ctx.tracker.clone();
     let http_stop = stop.clone();
     tracker.spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(http_stop.cancelled_owned());
@@ -306,11 +352,26 @@ async fn unsubscribe(subscriptions: Vec<Subscription>) {
     }
 }
 
-async fn reload_config(ctx: &Ctx, path: &Path) {
+async fn reload_config(ctx: &Arc<Ctx>, path: &Path) {
     sd::notify("RELOADING=1");
-    let result = load_all(path).and_then(|(s, p)| Loaded::new(s, p, &ctx.ledger, &ctx.queue, &ctx.mail_wake));
+    let result = load_all(path).and_then(|(s, p, disabled)| {
+        let limits = payer_limits(&s, &p);
+        let workers = s.webdriver.max_sessions.max(1);
+        Loaded::new(s, p, &ctx.ledger, &ctx.queue, &ctx.mail_wake).map(|l| (l, limits, workers, disabled))
+    });
     match result {
-        Ok(new) => {
+        Ok((new, limits, workers, disabled)) => {
+            report_disabled(&ctx.disabled, &disabled);
+            // New pacing and caps apply to the next start; what runs now
+            // keeps its slot and each breaker its state.
+            ctx.limits.lock().expect("limits lock").reconfigure(limits);
+            let before = ctx.workers.swap(workers, std::sync::atomic::Ordering::SeqCst);
+            for n in before..workers {
+                ctx.tracker.spawn(worker(ctx.clone(), n));
+            }
+            if workers != before {
+                tracing::info!(before, workers, "Worker count changed.");
+            }
             ctx.ledger.set_escalation_hook(new.escalator.clone());
             let old = std::mem::replace(&mut *ctx.loaded.write().await, Arc::new(new));
             tracing::info!("Configuration reloaded.");
@@ -377,16 +438,31 @@ async fn scheduler_loop(ctx: Arc<Ctx>) {
 async fn worker(ctx: Arc<Ctx>, n: u32) {
     let owner = format!("{}-w{n}", ctx.owner);
     while !ctx.stop.is_cancelled() {
+        if n >= ctx.workers.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!(worker = n, "Worker stopped: fewer are configured now.");
+            return;
+        }
         let loaded = ctx.loaded.read().await.clone();
         let now = Utc::now();
-        let skip_payers = ctx
+        // Limits are the playbook's; jobs name the practice's payer key.
+        let blocked = ctx
             .limits
             .lock()
             .expect("limits lock")
             .blocked(loaded.payers.iter().map(String::as_str), now);
+        let mut skip_payers: Vec<String> = loaded
+            .settings
+            .practices
+            .iter()
+            .flat_map(|p| p.payers.iter())
+            .filter(|(_, b)| blocked.contains(&b.playbook))
+            .map(|(key, _)| key.clone())
+            .collect();
+        skip_payers.sort();
+        skip_payers.dedup();
         let leased = ctx.queue.lease(&owner, LEASE, &LeaseFilter { skip_payers }, now).await;
         match leased {
-            Ok(Some(job)) => run_job(&ctx, &loaded, job).await,
+            Ok(Some(job)) => worker::run_job(&ctx, &loaded, job).await,
             Ok(None) => {
                 drop(loaded);
                 tokio::select! {
@@ -402,146 +478,6 @@ async fn worker(ctx: Arc<Ctx>, n: u32) {
                     () = tokio::time::sleep(IDLE) => {}
                 }
             }
-        }
-    }
-}
-
-/// What a job's runs added up to.
-#[derive(Default)]
-struct JobResult {
-    runs: usize,
-    /// A failure worth retrying the job for (portal down, timeout).
-    retry: Option<String>,
-    /// A failure that says the portal misbehaves (for the circuit breaker).
-    portal_failure: Option<String>,
-    /// Shutdown came before every case ran: give the job back unrun.
-    interrupted: bool,
-}
-
-async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
-    let payer = job.payer.clone().unwrap_or_default();
-    let started = if payer.is_empty() {
-        None
-    } else {
-        let admitted = ctx.limits.lock().expect("limits lock").try_start(&payer, Utc::now());
-        match admitted {
-            Ok(s) => Some(s),
-            Err(blocked) => {
-                let wait = match blocked {
-                    Blocked::RateLimited { retry_in } => chrono::Duration::from_std(retry_in).unwrap_or_default(),
-                    Blocked::BreakerOpen { until } => until - Utc::now(),
-                    _ => chrono::Duration::seconds(5),
-                };
-                tracing::info!(job_id = job.id, payer, ?blocked, "Payer limit reached; job given back.");
-                let now = Utc::now();
-                if let Err(e) = ctx.queue.release(&job.lease, now + wait, now).await {
-                    tracing::warn!(job_id = job.id, error = %e, "Cannot give the job back.");
-                }
-                return;
-            }
-        }
-    };
-    let lease = Arc::new(tokio::sync::Mutex::new(job.lease.clone()));
-    let renewing = CancellationToken::new();
-    let renewer = {
-        let (queue, lease, renewing) = (ctx.queue.clone(), lease.clone(), renewing.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = renewing.cancelled() => return,
-                    () = tokio::time::sleep(LEASE / 3) => {}
-                }
-                let current = lease.lock().await.clone();
-                match queue.renew(&current, LEASE, Utc::now()).await {
-                    Ok(new) => *lease.lock().await = new,
-                    Err(e) => {
-                        tracing::warn!(job_id = current.job_id, error = %e, "Lease renewal failed.");
-                        return;
-                    }
-                }
-            }
-        })
-    };
-    let outcome = tokio::select! {
-        r = execute(ctx, loaded, &job) => Some(r),
-        () = ctx.abandon.cancelled() => None,
-    };
-    renewing.cancel();
-    let _ = renewer.await;
-    let lease = lease.lock().await.clone();
-    let now = Utc::now();
-    let kind = job.kind.as_str();
-    match outcome {
-        None => {
-            tracing::warn!(
-                job_id = job.id,
-                kind,
-                "Job abandoned at shutdown; released for the next start."
-            );
-            let _ = ctx.queue.release(&lease, now, now).await;
-        }
-        Some(Ok(result)) => {
-            let end = match &result.portal_failure {
-                Some(reason) => RunEnd::PortalFailure(reason.clone()),
-                None => RunEnd::Success,
-            };
-            if let Some(s) = started {
-                let alert = ctx.limits.lock().expect("limits lock").finish(s, &end, now);
-                if let Some(alert) = alert {
-                    tracing::warn!(payer, ?alert, "Automation alert.");
-                    let opened = match &alert.kind {
-                        crate::limits::AlertKind::Recovered => None,
-                        _ => Some(alert.to_string()),
-                    };
-                    if let Err(e) = loaded
-                        .escalator
-                        .payer_alert(&ctx.ledger, &payer, opened.as_deref())
-                        .await
-                    {
-                        tracing::error!(payer, error = %e, "Cannot record the automation alert as an escalation.");
-                    }
-                }
-            }
-            if result.interrupted {
-                tracing::info!(
-                    job_id = job.id,
-                    kind,
-                    "Job interrupted by shutdown; released for the next start."
-                );
-                if let Err(e) = ctx.queue.release(&lease, now, now).await {
-                    tracing::warn!(job_id = job.id, error = %e, "Cannot give the job back.");
-                }
-                return;
-            }
-            match result.retry {
-                None => {
-                    ctx.metrics.job(kind, &payer, "ok");
-                    if let Err(e) = ctx.queue.complete(&lease, now).await {
-                        tracing::warn!(job_id = job.id, error = %e, "Cannot complete the job.");
-                    }
-                    tracing::info!(job_id = job.id, kind, payer, practice = %job.practice, runs = result.runs, "Job done.");
-                }
-                Some(reason) => {
-                    ctx.metrics.job(kind, &payer, "retry");
-                    match ctx.queue.fail(&lease, &Failure::retry(reason.clone()), now).await {
-                        Ok(o) => {
-                            tracing::warn!(job_id = job.id, kind, payer, reason, outcome = ?o, "Job failed; it will be retried.")
-                        }
-                        Err(e) => tracing::warn!(job_id = job.id, error = %e, "Cannot record the job's failure."),
-                    }
-                }
-            }
-        }
-        Some(Err(reason)) => {
-            if let Some(s) = started {
-                ctx.limits
-                    .lock()
-                    .expect("limits lock")
-                    .finish(s, &RunEnd::OtherFailure, now);
-            }
-            ctx.metrics.job(kind, &payer, "failed");
-            tracing::error!(job_id = job.id, kind, payer, reason, "Job failed.");
-            let _ = ctx.queue.fail(&lease, &Failure::fatal(reason), now).await;
         }
     }
 }
@@ -587,123 +523,9 @@ fn decision_incomplete(c: &CaseRecord) -> bool {
     }
 }
 
-async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Result<JobResult, String> {
-    let Some(action) = action_of(job.kind) else {
-        return escalation_job(ctx, loaded, job).await;
-    };
-    let payer = job.payer.clone().ok_or("a per-payer job without a payer")?;
-    let filter = CaseFilter {
-        practice: Some(job.practice.clone()),
-        payer: Some(payer.clone()),
-        status: None,
-    };
-    let mut cases = Vec::new();
-    for c in ctx.ledger.list(&filter).await.map_err(|e| e.to_string())? {
-        if applies(&ctx.ledger, action, &c).await.map_err(|e| e.to_string())? {
-            cases.push(c);
-        }
-    }
-    let actor = Actor::job(job.kind.as_str(), job.id);
-    let mut result = JobResult::default();
-    let engine = &loaded.engine;
-    let playbook_id = loaded
-        .settings
-        .practice(&job.practice)
-        .and_then(|p| p.payers.get(&payer))
-        .map(|b| b.playbook.clone())
-        .unwrap_or_default();
-    // A payer whose playbook has no letters (an API such as PAS sends none)
-    // has nothing to fetch.
-    if action == Action::DownloadLetter
-        && engine
-            .playbook(&playbook_id)
-            .is_some_and(|p| !p.actions.contains_key(&Action::DownloadLetter))
-    {
-        return Ok(result);
-    }
-    let worklist = action == Action::PollStatus
-        && cases.len() > 1
-        && engine
-            .playbook(&playbook_id)
-            .is_some_and(|p| p.actions.contains_key(&Action::PollWorklist));
-    if worklist {
-        // One pass over the worklist reads every case's status; decided
-        // cases are then read one by one for their details (dates, reason).
-        run_one(
-            ctx,
-            engine,
-            Action::PollWorklist,
-            cases[0].id,
-            &payer,
-            &actor,
-            &mut result,
-        )
-        .await;
-        let mut decided = Vec::new();
-        for c in &cases {
-            let now = ctx.ledger.get(c.id).await.map_err(|e| e.to_string())?;
-            if matches!(
-                now.status,
-                CaseStatus::Approved | CaseStatus::PartiallyApproved | CaseStatus::Denied
-            ) {
-                decided.push(now);
-            }
-        }
-        cases = decided;
-    }
-    for c in cases {
-        if ctx.stop.is_cancelled() && action == Action::Submit {
-            // Shutting down: do not start new submissions.
-            result
-                .retry
-                .get_or_insert_with(|| "stopped before all cases ran".into());
-            break;
-        }
-        run_one(ctx, engine, action, c.id, &payer, &actor, &mut result).await;
-    }
-    Ok(result)
-}
-
-async fn run_one(
-    ctx: &Ctx,
-    engine: &Engine,
-    action: Action,
-    case_id: i64,
-    payer: &str,
-    actor: &Actor,
-    result: &mut JobResult,
-) {
-    let t0 = Instant::now();
-    let report = engine.run(action, case_id, actor).await;
-    ctx.metrics.run(payer, action.as_str(), t0.elapsed().as_secs_f64());
-    result.runs += 1;
-    match report {
-        Err(e) => {
-            tracing::warn!(case_id, action = action.as_str(), error = %e, "Action not run.");
-        }
-        Ok(r) => match r.failure {
-            None => {}
-            Some(f) => {
-                let reason = format!("case {case_id}: {f}");
-                match f.kind {
-                    FailureKind::Retryable | FailureKind::SessionLost | FailureKind::Fatal => {
-                        result.portal_failure.get_or_insert(reason.clone());
-                        result.retry.get_or_insert(reason);
-                    }
-                    // The case went to a person; the job itself is done.
-                    FailureKind::PortalChanged => {
-                        result.portal_failure.get_or_insert(reason);
-                    }
-                    FailureKind::NeedsHuman => {}
-                }
-            }
-        },
-    }
-}
-
 /// The practice-wide jobs: the escalation rules' scan with due reminders,
 /// and the supervisors' digest.
-async fn escalation_job(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Result<JobResult, String> {
+async fn escalation_job(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Result<(), String> {
     let escalator = &loaded.escalator;
     match job.kind {
         Job::Escalations => {
@@ -733,7 +555,7 @@ async fn escalation_job(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Result<J
         }
         other => return Err(format!("{other} is not a practice-wide job")),
     }
-    Ok(JobResult::default())
+    Ok(())
 }
 
 /// Delivers the outbox: whatever is due, then waits for new mail or the

@@ -60,13 +60,19 @@ impl Engine {
         }
         .await;
         let trace = std::mem::take(&mut interp.trace);
+        let throttled = interp.throttled;
         let result = result.map(|()| (interp.observations, interp.downloads));
         let artifacts = match &result {
             Err(failure) => self.save_artifacts(None, case, action, failure, &trace).await,
             Ok(_) => None,
         };
-        self.conclude(action, case, playbook, result, artifacts, actor, ledger)
-            .await
+        let mut report = self
+            .conclude(action, case, playbook, result, artifacts, actor, ledger)
+            .await?;
+        if report.failure.is_some() {
+            report.not_before = throttled;
+        }
+        Ok(report)
     }
 
     /// A payer whose playbook says `api: pas`: precert's Da Vinci PAS client
@@ -89,7 +95,7 @@ impl Engine {
             )));
         }
         if action == Action::Submit && !matches!(case.status, CaseStatus::Ready | CaseStatus::Submitting) {
-            return Err(EngineError::Setup(format!(
+            return Err(EngineError::NotApplicable(format!(
                 "case {} is {}, not ready to submit",
                 case.key(),
                 case.status
@@ -101,7 +107,7 @@ impl Engine {
         {
             // Asking the payer about a request never sent would read its
             // "not found" as a refusal.
-            return Err(EngineError::Setup(format!(
+            return Err(EngineError::NotApplicable(format!(
                 "case {} has not been submitted yet (submit it first)",
                 case.key()
             )));
@@ -153,6 +159,7 @@ impl Engine {
                     artifacts: None,
                     observations: Vec::new(),
                     letters: 0,
+                    not_before: None,
                 })
             }
             other => other,
@@ -225,11 +232,16 @@ impl Engine {
                     artifacts: None,
                     observations: vec![observation(&applied)],
                     letters: 0,
+                    not_before: None,
                 })
             }
             Err(PasError::Store(e)) => Err(e.into()),
-            Err(e @ PasError::NotReady { .. }) => Err(EngineError::Setup(e.to_string())),
+            Err(e @ PasError::NotReady { .. }) => Err(EngineError::NotApplicable(e.to_string())),
             Err(e) => {
+                let not_before = match &e {
+                    PasError::Client(ClientError::Throttled { retry_after }) => Some(*retry_after),
+                    _ => None,
+                };
                 let failure = pas_failure(e);
                 let now = self.ledger.get(case.id).await?;
                 self.ledger
@@ -267,6 +279,7 @@ impl Engine {
                     artifacts: None,
                     observations: Vec::new(),
                     letters: 0,
+                    not_before,
                 })
             }
         }

@@ -56,6 +56,8 @@ pub struct Interp<'a> {
     /// Running `login`: the login page is where we are meant to be, so the
     /// `logged_out` rules do not apply.
     pub in_login: bool,
+    /// The payer's `Retry-After` when an `http` step was throttled.
+    pub throttled: Option<std::time::Duration>,
     /// Counting the finished steps of `submit` (for fault injection).
     pub count_steps: bool,
     pub steps_done: u32,
@@ -123,7 +125,7 @@ impl<'a> Interp<'a> {
         })
     }
 
-    async fn run_step(&mut self, step: &Step) -> StepResult {
+    pub(super) async fn run_step(&mut self, step: &Step) -> StepResult {
         let mut attempt = 0;
         loop {
             let started = std::time::Instant::now();

@@ -155,9 +155,15 @@ impl Interp<'_> {
             };
             // The request that sends a submission is never resent after a
             // 5xx: the payer may have stored it (find_existing decides).
-            let answer = send_with_policy(&api.policy, &label, send, !step.commit)
-                .await
-                .map_err(|e| client_failure(step, e))?;
+            let answer = match send_with_policy(&api.policy, &label, send, !step.commit).await {
+                Ok(a) => a,
+                Err(e) => {
+                    if let ClientError::Throttled { retry_after } = &e {
+                        self.throttled = Some(*retry_after);
+                    }
+                    return Err(client_failure(step, e));
+                }
+            };
             // A token the payer revoked early: forget it and ask once more.
             if answer.0 == StatusCode::UNAUTHORIZED && !renewed {
                 if let Credential::OAuth2 { cache, .. } = &credential {

@@ -10,6 +10,7 @@
 //! intent runs `find_existing` before it may submit again.
 
 mod api;
+mod disposition;
 mod exec;
 pub(crate) mod fault;
 mod http;
@@ -23,6 +24,8 @@ use std::time::Duration;
 use chrono::{NaiveDate, Utc};
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, Semaphore};
+
+pub use disposition::Disposition;
 
 use crate::browser::{BrowserError, Driver};
 use crate::case::{CaseRecord, CaseStatus, DateRange, Decision, DenialReason, LineDecision};
@@ -163,8 +166,13 @@ pub enum EngineError {
     Browser(#[from] BrowserError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The configuration, a binding or a playbook cannot do this.
     #[error("{0}")]
     Setup(String),
+    /// The case is not one this action applies to now (not ready, not yet
+    /// submitted): nothing to do.
+    #[error("{0}")]
+    NotApplicable(String),
 }
 
 /// How a run ended.
@@ -177,6 +185,16 @@ pub struct RunReport {
     pub artifacts: Option<PathBuf>,
     pub observations: Vec<Observation>,
     pub letters: usize,
+    /// The payer asked for this wait before the next request (a 429's
+    /// `Retry-After`).
+    pub not_before: Option<Duration>,
+}
+
+impl RunReport {
+    /// What the run means for its job (see `Disposition`).
+    pub fn disposition(&self) -> Disposition {
+        Disposition::from(self)
+    }
 }
 
 struct PortalSession {
@@ -348,14 +366,14 @@ impl Engine {
         }
         match action {
             Action::Submit if !matches!(case.status, CaseStatus::Ready | CaseStatus::Submitting) => {
-                return Err(EngineError::Setup(format!(
+                return Err(EngineError::NotApplicable(format!(
                     "case {} is {}, not ready to submit",
                     case.key(),
                     case.status
                 )))
             }
             Action::PollStatus | Action::DownloadLetter if case.payer_ref.is_none() => {
-                return Err(EngineError::Setup(format!(
+                return Err(EngineError::NotApplicable(format!(
                     "case {} has no payer reference yet (submit it first)",
                     case.key()
                 )))
@@ -558,6 +576,7 @@ impl Engine {
                     artifacts: None,
                     observations: Vec::new(),
                     letters: 0,
+                    not_before: None,
                 })
             }
             other => other,
@@ -595,6 +614,7 @@ impl Engine {
                     artifacts: None,
                     observations,
                     letters,
+                    not_before: None,
                 }
             }
             Err(failure) => {
@@ -609,6 +629,7 @@ impl Engine {
                     artifacts,
                     observations: Vec::new(),
                     letters: 0,
+                    not_before: None,
                 }
             }
         })
@@ -744,7 +765,9 @@ impl Engine {
         self.choose_existing(interp, case).await
     }
 
-    /// Logs in, retrying a login that failed for a passing reason.
+    /// Logs in, retrying a login that failed for a passing reason: an error
+    /// page, or a page that looked wrong (a logout or an error answered in
+    /// the middle of the login looks like a changed portal to its asserts).
     async fn login(&self, interp: &mut exec::Interp<'_>, playbook: &Playbook) -> Result<(), StepFailure> {
         let mut attempt = 0;
         loop {
@@ -753,7 +776,11 @@ impl Engine {
             let login = interp.run_steps(&playbook.actions[&Action::Login]).await;
             interp.in_login = false;
             match login {
-                Err(f) if f.kind == FailureKind::Retryable && attempt < ACTION_RETRIES => {
+                Err(f)
+                    if attempt < ACTION_RETRIES
+                        && (f.kind == FailureKind::Retryable
+                            || f.kind == FailureKind::PortalChanged && !f.message.starts_with("playbook:")) =>
+                {
                     attempt += 1;
                     interp.trace.note(format!(
                         "-- login failed ({}), attempt {} of {}",
@@ -801,18 +828,53 @@ impl Engine {
             // for its request first.
             let mut reconciling = submitting && lease.is_some_and(|l| l.took_over.is_some());
             let (mut relogins, mut retries, mut portal_retried) = (0, 0, false);
+            // The last checkpoint passed (index, page URL): a passing failure
+            // after it resumes there, not at the first step.
+            let mut resume: Option<(usize, String)> = None;
+            let mut failed_at: Option<usize> = None;
             loop {
                 let current = if reconciling { Action::FindExisting } else { action };
                 let result = if reconciling {
                     self.reconcile(&mut interp, playbook, case).await
                 } else {
-                    interp.trace.note(format!("-- {current}"));
+                    let steps = &playbook.actions[&current];
+                    let start = match &resume {
+                        Some((i, url)) => {
+                            interp.trace.note(format!("-- {current}, resumed at line {}", steps[*i].at.line));
+                            let _ = session.client.goto(url).await;
+                            *i
+                        }
+                        None => {
+                            interp.trace.note(format!("-- {current}"));
+                            interp.steps_done = 0;
+                            0
+                        }
+                    };
                     interp.count_steps = submitting;
-                    interp.steps_done = 0;
-                    let r = interp.run_steps(&playbook.actions[&current]).await.map(|()| false);
+                    let mut r = Ok(false);
+                    for (i, step) in steps.iter().enumerate().skip(start) {
+                        if let Err(f) = interp.run_step(step).await {
+                            r = Err(f);
+                            break;
+                        }
+                        if step.checkpoint && !interp.committed {
+                            if let Ok(url) = session.client.current_url().await {
+                                resume = Some((i, url.to_string()));
+                            }
+                        }
+                    }
                     interp.count_steps = false;
                     r
                 };
+                // Progress since the last failure earns the retries back.
+                if result.is_err() && !reconciling {
+                    let at = resume.as_ref().map(|(i, _)| *i);
+                    if at.is_some() && at > failed_at {
+                        retries = 0;
+                        portal_retried = false;
+                    }
+                    failed_at = at;
+                }
                 match result {
                     Ok(true) => return Ok(()),
                     Ok(false) if reconciling => {
@@ -857,6 +919,10 @@ impl Engine {
                     }
                     Err(f) if f.kind == FailureKind::SessionLost && relogins <= ACTION_RETRIES => {
                         relogins += 1;
+                        // A new session may not have the old one's form
+                        // state: start the action over.
+                        resume = None;
+                        failed_at = None;
                         interp.trace.note("-- session lost: login again".into());
                         self.login(&mut interp, playbook).await?;
                         if interp.committed {
@@ -915,6 +981,7 @@ impl Engine {
             },
             redact,
             in_login: false,
+            throttled: None,
             count_steps: false,
             steps_done: 0,
         }

@@ -203,6 +203,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Playbook, Vec<PlaybookError>> 
             continue;
         };
         let compiled = c.steps(&steps.value, &mut Scope::default());
+        c.check_checkpoints(&compiled, true);
         if action == Action::FindExisting {
             c.check_find_existing(&compiled);
         }
@@ -387,6 +388,31 @@ impl Compiler<'_> {
         }
     }
 
+    /// Checkpoints are top-level steps of an action, before its commit step
+    /// (after it, only `find_existing` may decide what happens).
+    fn check_checkpoints(&mut self, steps: &[Step], top: bool) {
+        let mut committed = false;
+        for s in steps {
+            if s.checkpoint && (!top || committed || s.commit) {
+                self.err_at(
+                    s.at,
+                    "`checkpoint: true` belongs on a top-level step of an action before its commit step",
+                );
+            }
+            committed |= s.commit || count_commits(std::slice::from_ref(s)) > 0;
+            match &s.kind {
+                StepKind::If { then, otherwise, .. } => {
+                    self.check_checkpoints(then, false);
+                    self.check_checkpoints(otherwise, false);
+                }
+                StepKind::ForEach { steps, .. } | StepKind::Frame { steps, .. } | StepKind::NewTab { steps, .. } => {
+                    self.check_checkpoints(steps, false)
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn err_at(&mut self, at: Loc, message: impl Into<String>) {
         self.errors.push(PlaybookError {
             file: self.file.to_owned(),
@@ -558,6 +584,7 @@ impl Compiler<'_> {
             timeout,
             retries: r.retries.unwrap_or(0),
             commit,
+            checkpoint: r.checkpoint.unwrap_or(false),
             kind,
         })
     }

@@ -412,6 +412,8 @@ pub struct Step {
     pub timeout: Duration,
     pub retries: u32,
     pub commit: bool,
+    /// A safe point to resume the action from (see `RawStep::checkpoint`).
+    pub checkpoint: bool,
     pub kind: StepKind,
 }
 

@@ -143,6 +143,10 @@ pub struct RawStep {
     /// This step sends the request to the payer: precert records the intent
     /// first, so a crash after it never leads to a second submission.
     pub commit: Option<bool>,
+    /// A safe point of the action (top-level steps before the commit step):
+    /// after a passing failure further on, precert goes back to the page
+    /// this step began on and resumes here instead of from the first step.
+    pub checkpoint: Option<bool>,
     /// With `if`: the steps when the condition holds.
     pub then: Option<Vec<Spanned<RawStep>>>,
     /// With `if`: the steps when it does not.

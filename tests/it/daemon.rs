@@ -36,6 +36,11 @@ fn free_port() -> u16 {
 }
 
 fn start(p: &Project, port: u16, fault: bool, name: &str) -> Daemon {
+    start_with(p, port, fault, name, &[], &[])
+}
+
+/// `start`, with extra environment variables and some removed.
+fn start_with(p: &Project, port: u16, fault: bool, name: &str, env: &[(&str, &str)], remove: &[&str]) -> Daemon {
     let log = p.path(&format!("{name}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let mut cmd = p.command(&["daemon"]);
@@ -49,6 +54,12 @@ fn start(p: &Project, port: u16, fault: bool, name: &str) -> Daemon {
         .stderr(Stdio::from(file));
     if fault {
         cmd.env("PRECERT_FAULT", "kill-after-commit");
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    for k in remove {
+        cmd.env_remove(k);
     }
     Daemon {
         child: cmd.spawn().unwrap(),
@@ -320,6 +331,20 @@ async fn sigterm_mid_job_exits_cleanly_within_the_grace_period_and_the_work_resu
         text.contains("Stopping: no new jobs") && text.contains("Daemon stopped."),
         "{text}"
     );
+    // The job cut by the shutdown was given back unrun: no attempt used,
+    // no failure recorded, due at once.
+    for practice in ["lakeside-ortho", "valley-imaging"] {
+        for j in submit_jobs(&ledger, practice).await {
+            if j.state != precert::queue::JobState::Done {
+                assert_eq!(j.attempts, 0, "{j:?}\n{text}");
+                assert_eq!(j.last_error, None, "{j:?}");
+            }
+        }
+    }
+    assert!(
+        text.contains("released unrun") || !text.contains("Job failed"),
+        "{text}"
+    );
 
     let second = start(&p, port, false, "second");
     until_settled(&ledger, &sandbox, &second, Duration::from_secs(150)).await;
@@ -564,4 +589,175 @@ async fn with_the_smtp_server_down_the_daemon_keeps_mail_in_the_outbox_and_deliv
     daemon.signal(libc::SIGTERM);
     assert!(daemon.exit(Duration::from_secs(40)).await.success());
     assert_eq!(server.messages().len(), 1, "exactly once");
+}
+
+/// Waits (bounded) until `check` holds, polling the ledger; the daemon's
+/// log on failure.
+async fn until<F, Fut>(daemon: &Daemon, limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen in {limit:?}:\n{}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn submit_jobs(ledger: &Ledger, practice: &str) -> Vec<precert::queue::JobRecord> {
+    let queue = precert::queue::Queue::new(ledger.clone());
+    queue
+        .list(Some(practice))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.kind == precert::config::Job::Submit)
+        .collect()
+}
+
+/// Issue 11: an engine that cannot start a browser fails the job (it is not
+/// "done"), counts for the payer's breaker, and the breaker's pause reaches
+/// the operations contacts as an escalation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_cannot_start_a_browser_is_failed_counted_and_pauses_the_payer() {
+    let (p, _sandbox, ledger) = setup().await;
+    let port = free_port();
+    let d = start_with(
+        &p,
+        port,
+        false,
+        "nobrowser",
+        &[
+            ("PRECERT__WEBDRIVER__CHROMEDRIVER", "/nonexistent/chromedriver"),
+            ("PRECERT__LIMITS__FAILURE_THRESHOLD", "2"),
+        ],
+        &[],
+    );
+    until(&d, Duration::from_secs(60), "a failed submit job", || async {
+        submit_jobs(&ledger, "lakeside-ortho")
+            .await
+            .iter()
+            .any(|j| j.attempts >= 1 && j.last_error.as_deref().is_some_and(|e| e.contains("chromedriver")))
+    })
+    .await;
+    until(&d, Duration::from_secs(60), "the payer_paused escalation", || async {
+        ledger
+            .escalations(Some("lakeside-ortho"), false)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.reason.as_str() == "payer_paused")
+    })
+    .await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("precert_jobs_total")
+            && l.contains("kind=\"submit\"")
+            && l.contains("result=\"retry\"")),
+        "{metrics}"
+    );
+    assert!(
+        !d.log().contains("Job done.") || !d.log().contains("kind=submit"),
+        "a failed submit is never 'done'"
+    );
+    let cases = ledger.list(&CaseFilter::default()).await.unwrap();
+    assert!(
+        cases.iter().all(|c| c.status != CaseStatus::Pending),
+        "nothing was submitted"
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.exit(Duration::from_secs(40)).await.success());
+}
+
+/// Issue 11: a payer's 429 with `Retry-After` puts the job's next try that
+/// far out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_submission_waits_the_payers_retry_after() {
+    let (p, sandbox, ledger) = setup().await;
+    // lakeside's sandbox cases go through the PAS API.
+    let path = p.path("config/practices/lakeside-ortho.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let from = text.find("[payers.sandbox]\n").unwrap();
+    let to = text.find("[payers.sandbox-pas]").unwrap();
+    let binding = format!(
+        "[payers.sandbox]\nplaybook = \"sandbox-pas\"\nbase_url = \"{}\"\naccount = {{ client_id = \"lakeside-pas\" }}\n\
+         secrets.client_secret = {{ env = \"LAKESIDE_SANDBOX_CLIENT_SECRET\" }}\n\n",
+        sandbox.base_url()
+    );
+    std::fs::write(&path, format!("{}{binding}{}", &text[..from], &text[to..])).unwrap();
+    sandbox
+        .set_hazards(precert_sandbox::HazardsPatch {
+            api_throttle_next: Some(1000),
+            api_retry_after_seconds: Some(600),
+            ..Default::default()
+        })
+        .unwrap();
+    let d = start(&p, free_port(), false, "throttled");
+    until(&d, Duration::from_secs(60), "a throttled submit job", || async {
+        submit_jobs(&ledger, "lakeside-ortho")
+            .await
+            .iter()
+            .any(|j| j.attempts >= 1 && j.last_error.is_some())
+    })
+    .await;
+    let job = submit_jobs(&ledger, "lakeside-ortho")
+        .await
+        .into_iter()
+        .find(|j| j.attempts >= 1 && j.last_error.is_some());
+    let job = job.unwrap();
+    let wait = job.run_at - chrono::Utc::now();
+    assert!(
+        wait > chrono::Duration::seconds(500),
+        "the next try is {wait} away, not the payer's 600 s: {job:?}"
+    );
+    d.signal(libc::SIGTERM);
+    assert!(d.exit(Duration::from_secs(40)).await.success());
+}
+
+/// Issue 11: a practice whose secret cannot be read is disabled alone; the
+/// other practice's cases are submitted by the same daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_practice_with_an_unreadable_secret_is_disabled_while_the_others_run() {
+    let (p, sandbox, ledger) = setup().await;
+    let d = start_with(&p, free_port(), false, "isolated", &[], &["VALLEY_SANDBOX_PASSWORD"]);
+    until(&d, Duration::from_secs(90), "lakeside's cases submitted", || async {
+        let cases = ledger
+            .list(&CaseFilter {
+                practice: Some("lakeside-ortho".into()),
+                payer: Some("sandbox".into()),
+                status: None,
+            })
+            .await
+            .unwrap();
+        cases.iter().all(|c| c.payer_ref.is_some())
+    })
+    .await;
+    let log = d.log();
+    assert!(log.contains("Practice disabled"), "{log}");
+    assert!(log.contains("valley-imaging"), "{log}");
+    let valley = ledger
+        .list(&CaseFilter {
+            practice: Some("valley-imaging".into()),
+            payer: None,
+            status: None,
+        })
+        .await
+        .unwrap();
+    assert!(
+        valley.iter().all(|c| c.payer_ref.is_none()),
+        "a disabled practice submits nothing"
+    );
+    assert!(sandbox.submissions().iter().all(|s| s.provider_npi != "1679576722"));
+    d.signal(libc::SIGTERM);
+    assert!(d.exit(Duration::from_secs(40)).await.success());
 }

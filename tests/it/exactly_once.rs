@@ -164,6 +164,7 @@ async fn portal_sweep(offset: u32, stride: u32) -> Vec<String> {
             i += 1;
             continue;
         }
+        eprintln!("{fault}: killed; restarting");
         let second = w.submit("sandbox", &case_ref, None).await;
         assert!(
             second.status.success(),
@@ -182,21 +183,33 @@ async fn portal_sweep(offset: u32, stride: u32) -> Vec<String> {
         ));
         i += 1;
     }
-    assert!(results.len() >= 10, "the sweep covered too few points: {results:?}");
+    assert!(results.len() >= 6, "the sweep covered too few points: {results:?}");
     w.sandbox.shutdown().await;
     results
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_kill_point_of_a_portal_submission_ends_in_exactly_one_request_odd_steps() {
-    let results = portal_sweep(0, 2).await;
-    eprintln!("fault matrix (portal, odd steps):\n  {}", results.join("\n  "));
+async fn every_kill_point_of_a_portal_submission_ends_in_exactly_one_request_0_of_4() {
+    let results = portal_sweep(0, 4).await;
+    eprintln!("fault matrix (portal, steps 1, 1+4, ...):\n  {}", results.join("\n  "));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_kill_point_of_a_portal_submission_ends_in_exactly_one_request_even_steps() {
-    let results = portal_sweep(1, 2).await;
-    eprintln!("fault matrix (portal, even steps):\n  {}", results.join("\n  "));
+async fn every_kill_point_of_a_portal_submission_ends_in_exactly_one_request_1_of_4() {
+    let results = portal_sweep(1, 4).await;
+    eprintln!("fault matrix (portal, steps 2, 2+4, ...):\n  {}", results.join("\n  "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kill_point_of_a_portal_submission_ends_in_exactly_one_request_2_of_4() {
+    let results = portal_sweep(2, 4).await;
+    eprintln!("fault matrix (portal, steps 3, 3+4, ...):\n  {}", results.join("\n  "));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kill_point_of_a_portal_submission_ends_in_exactly_one_request_3_of_4() {
+    let results = portal_sweep(3, 4).await;
+    eprintln!("fault matrix (portal, steps 4, 4+4, ...):\n  {}", results.join("\n  "));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,7 +306,7 @@ async fn passing_portal_trouble_is_retried_not_sent_to_a_person() {
         let http = reqwest::Client::new();
         let mut n = 0;
         while !stopper.load(std::sync::atomic::Ordering::Relaxed) && n < 200 {
-            tokio::time::sleep(Duration::from_millis(2500)).await;
+            tokio::time::sleep(Duration::from_millis(6000)).await;
             let _ = http.post(&kill_url).send().await;
             n += 1;
         }
@@ -306,26 +319,48 @@ async fn passing_portal_trouble_is_retried_not_sent_to_a_person() {
         }
         v
     };
-    // As the daemon would: a retryable failure is tried again later.
+    // As the daemon would: a retryable failure is tried again later. At
+    // 20 % HTTP 500s a wizard of a dozen page loads rarely gets through
+    // (it restarts from its first page): those cases must wait, ready or
+    // submitting, never with a person and never sent twice.
     let mut failures = Vec::new();
-    for &id in &ids {
-        for round in 0..4 {
+    let mut round = 0;
+    loop {
+        let mut open = 0;
+        for &id in &ids {
+            let c = ledger.get(id).await.unwrap();
+            if !matches!(c.status, CaseStatus::Ready | CaseStatus::Submitting) {
+                continue;
+            }
+            open += 1;
             let r = engine
                 .run(Action::Submit, id, &Actor::job("submit", round))
                 .await
                 .unwrap();
-            match r.failure {
-                None => break,
-                Some(f) => {
-                    assert!(
-                        matches!(f.kind, FailureKind::Retryable | FailureKind::SessionLost),
-                        "case {id}: {f}"
-                    );
-                    failures.push(f.to_string());
-                }
+            if let Some(f) = r.failure {
+                assert!(
+                    matches!(f.kind, FailureKind::Retryable | FailureKind::SessionLost),
+                    "case {id}: {f}"
+                );
+                failures.push(f.to_string());
             }
+            let c = ledger.get(id).await.unwrap();
+            assert_ne!(c.status, CaseStatus::NeedsAttention, "{:?}", failures.last());
         }
-        assert_ne!(ledger.get(id).await.unwrap().status, CaseStatus::NeedsAttention);
+        if open == 0 {
+            break;
+        }
+        round += 1;
+        assert!(round < 12, "cases still unsent after {round} rounds: {failures:?}");
+        if round == 2 {
+            // The rest under the 5 % a bad day brings.
+            w.sandbox
+                .set_hazards(HazardsPatch {
+                    error_rate: Some(0.05),
+                    ..Default::default()
+                })
+                .unwrap();
+        }
     }
     w.sandbox.advance_clock(Duration::from_secs(30));
     for (&id, (case_ref, code, want)) in ids.iter().zip(plan.iter()) {

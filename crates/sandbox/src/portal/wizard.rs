@@ -250,6 +250,10 @@ pub async fn upload(State(state): State<Shared>, headers: HeaderMap, multipart: 
         ""
     };
     let list = with_draft(&state, &ctx.token, |d| {
+        // A file uploaded again under the same name replaces the earlier
+        // one, as many portals do.
+        d.attachments
+            .retain(|a| !files.iter().any(|f: &Attachment| f.file_name == a.file_name));
         d.attachments.extend(files);
         d.attachments.clone()
     })

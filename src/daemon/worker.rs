@@ -1,0 +1,361 @@
+//! One leased job, start to end: admitted by the payer's limits (keyed by
+//! playbook), its runs, their [`Disposition`]s folded into exactly one queue
+//! call (complete, fail with its wait, dead, or release unrun) and exactly
+//! one `PayerLimits::finish`.
+//!
+//! Who decides what: the engine says what a run means (`Disposition`); this
+//! module only folds and applies. A shutdown that cuts a job gives it back
+//! unrun with no attempt used; a payer's `Retry-After` becomes the job's
+//! earliest next try; setup failures (no browser, no driver) fail the job
+//! and count for the breaker, which raises the operations escalation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use super::{action_of, applies, escalation_job, Ctx, Loaded, LEASE};
+use crate::case::CaseStatus;
+use crate::engine::{Disposition, Engine, FailureKind};
+use crate::limits::{AlertKind, Blocked, RunEnd};
+use crate::playbook::Action;
+use crate::queue::{Failure, LeasedJob};
+use crate::store::{Actor, CaseFilter};
+
+/// What a job's runs added up to.
+struct Fold {
+    runs: usize,
+    disposition: Disposition,
+    /// The portal changed under a run: for the breaker, though the job is
+    /// done (the case went to a person).
+    portal_changed: Option<String>,
+}
+
+impl Fold {
+    fn new() -> Fold {
+        Fold {
+            runs: 0,
+            disposition: Disposition::Done,
+            portal_changed: None,
+        }
+    }
+
+    fn add(&mut self, d: Disposition) {
+        self.disposition = std::mem::replace(&mut self.disposition, Disposition::Done).and(d);
+    }
+
+    /// How the payer's limits hear of the job.
+    fn run_end(&self) -> RunEnd {
+        match &self.disposition {
+            Disposition::Retry {
+                reason,
+                portal_fault: true,
+                ..
+            } => RunEnd::PortalFailure(reason.clone()),
+            _ => match &self.portal_changed {
+                Some(reason) => RunEnd::PortalFailure(reason.clone()),
+                None if matches!(self.disposition, Disposition::Done) => RunEnd::Success,
+                None => RunEnd::OtherFailure,
+            },
+        }
+    }
+}
+
+/// The playbook a job's payer key is bound to in its practice.
+fn playbook_of(loaded: &Loaded, job: &LeasedJob) -> Option<String> {
+    let payer = job.payer.as_deref()?;
+    loaded
+        .settings
+        .practice(&job.practice)
+        .and_then(|p| p.payers.get(payer))
+        .map(|b| b.playbook.clone())
+}
+
+/// How long a job of a disabled practice waits before it is looked at
+/// again (a reload that fixes the practice finds it queued).
+const DISABLED_WAIT: chrono::Duration = chrono::Duration::minutes(5);
+
+pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
+    let payer = job.payer.clone().unwrap_or_default();
+    if ctx.disabled.lock().expect("disabled lock").contains(&job.practice) {
+        // Its configuration does not check: the job waits, no attempt used.
+        let now = Utc::now();
+        if let Err(e) = ctx.queue.release(&job.lease, now + DISABLED_WAIT, now).await {
+            tracing::warn!(job_id = job.id, error = %e, "Cannot give the job back.");
+        }
+        return;
+    }
+    let playbook = playbook_of(loaded, &job);
+    let started = match &playbook {
+        None => None,
+        Some(pb) => {
+            let admitted = ctx.limits.lock().expect("limits lock").try_start(pb, Utc::now());
+            match admitted {
+                Ok(s) => Some(s),
+                Err(blocked) => {
+                    let wait = match blocked {
+                        Blocked::RateLimited { retry_in } => chrono::Duration::from_std(retry_in).unwrap_or_default(),
+                        Blocked::BreakerOpen { until } => until - Utc::now(),
+                        _ => chrono::Duration::seconds(5),
+                    };
+                    tracing::info!(job_id = job.id, payer, playbook = %pb, blocked = %blocked, "Payer limit reached; job given back.");
+                    let now = Utc::now();
+                    if let Err(e) = ctx.queue.release(&job.lease, now + wait, now).await {
+                        tracing::warn!(job_id = job.id, error = %e, "Cannot give the job back.");
+                    }
+                    return;
+                }
+            }
+        }
+    };
+    let lease = Arc::new(tokio::sync::Mutex::new(job.lease.clone()));
+    let renewing = CancellationToken::new();
+    let renewer = {
+        let (queue, lease, renewing) = (ctx.queue.clone(), lease.clone(), renewing.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = renewing.cancelled() => return,
+                    () = tokio::time::sleep(LEASE / 3) => {}
+                }
+                let current = lease.lock().await.clone();
+                match queue.renew(&current, LEASE, Utc::now()).await {
+                    Ok(new) => *lease.lock().await = new,
+                    Err(e) => {
+                        tracing::warn!(job_id = current.job_id, error = %e, "Lease renewal failed.");
+                        return;
+                    }
+                }
+            }
+        })
+    };
+    let fold = tokio::select! {
+        f = execute(ctx, loaded, &job) => f,
+        () = ctx.abandon.cancelled() => {
+            let mut f = Fold::new();
+            f.add(Disposition::Release);
+            f
+        }
+    };
+    renewing.cancel();
+    let _ = renewer.await;
+    let lease = lease.lock().await.clone();
+    let now = Utc::now();
+    let kind = job.kind.as_str();
+
+    if let (Some(s), Some(pb)) = (started, &playbook) {
+        let end = match fold.disposition {
+            // A run cut by shutdown says nothing about the payer.
+            Disposition::Release => RunEnd::OtherFailure,
+            _ => fold.run_end(),
+        };
+        let alert = ctx.limits.lock().expect("limits lock").finish(s, &end, now);
+        if let Some(alert) = alert {
+            tracing::warn!(payer, playbook = %pb, alert = %alert, "Automation alert.");
+            let opened = match &alert.kind {
+                AlertKind::Recovered => None,
+                _ => Some(alert.to_string()),
+            };
+            if let Err(e) = loaded.escalator.payer_alert(&ctx.ledger, pb, opened.as_deref()).await {
+                tracing::error!(playbook = %pb, error = %e, "Cannot record the automation alert as an escalation.");
+            }
+        }
+    }
+
+    ctx.metrics.job(kind, &payer, fold.disposition.as_str());
+    let practice = job.practice.as_str();
+    let done = match &fold.disposition {
+        Disposition::Done => {
+            tracing::info!(job_id = job.id, kind, payer, practice, runs = fold.runs, "Job done.");
+            ctx.queue.complete(&lease, now).await.map(|_| ())
+        }
+        Disposition::Release => {
+            tracing::info!(
+                job_id = job.id,
+                kind,
+                payer,
+                practice,
+                "Job cut by shutdown; released unrun for the next start."
+            );
+            ctx.queue.release(&lease, now, now).await.map(|_| ())
+        }
+        Disposition::Retry { reason, not_before, .. } => {
+            let failure = Failure::Retry {
+                reason: reason.clone(),
+                not_before: *not_before,
+            };
+            let outcome = ctx.queue.fail(&lease, &failure, now).await;
+            if let Ok(o) = &outcome {
+                tracing::warn!(job_id = job.id, kind, payer, practice, reason, outcome = ?o, "Job failed; it will be retried.");
+            }
+            outcome.map(|_| ())
+        }
+        Disposition::Dead { reason } => {
+            tracing::error!(
+                job_id = job.id,
+                kind,
+                payer,
+                practice,
+                reason,
+                "Job failed for good; the configuration must change."
+            );
+            ctx.queue
+                .fail(&lease, &Failure::fatal(reason.clone()), now)
+                .await
+                .map(|_| ())
+        }
+    };
+    if let Err(e) = done {
+        tracing::warn!(job_id = job.id, error = %e, "Cannot record the job's end.");
+    }
+}
+
+async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Fold {
+    let mut fold = Fold::new();
+    let Some(action) = action_of(job.kind) else {
+        match escalation_job(ctx, loaded, job).await {
+            Ok(()) => {}
+            Err(reason) => fold.add(Disposition::Retry {
+                reason,
+                not_before: None,
+                portal_fault: false,
+            }),
+        }
+        return fold;
+    };
+    let Some(payer) = job.payer.clone() else {
+        fold.add(Disposition::Dead {
+            reason: "a per-payer job without a payer".into(),
+        });
+        return fold;
+    };
+    let Some(playbook_id) = playbook_of(loaded, job) else {
+        fold.add(Disposition::Dead {
+            reason: format!("practice {} has no payer {payer} (any more)", job.practice),
+        });
+        return fold;
+    };
+    let store_retry = |e: crate::store::StoreError| Disposition::Retry {
+        reason: e.to_string(),
+        not_before: None,
+        portal_fault: false,
+    };
+    let filter = CaseFilter {
+        practice: Some(job.practice.clone()),
+        payer: Some(payer.clone()),
+        status: None,
+    };
+    let mut cases = Vec::new();
+    match ctx.ledger.list(&filter).await {
+        Ok(all) => {
+            for c in all {
+                match applies(&ctx.ledger, action, &c).await {
+                    Ok(true) => cases.push(c),
+                    Ok(false) => {}
+                    Err(e) => {
+                        fold.add(store_retry(e));
+                        return fold;
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            fold.add(store_retry(e));
+            return fold;
+        }
+    }
+    let actor = Actor::job(job.kind.as_str(), job.id);
+    let engine = &loaded.engine;
+    // A payer whose playbook has no letters (an API such as PAS sends none)
+    // has nothing to fetch.
+    if action == Action::DownloadLetter
+        && engine
+            .playbook(&playbook_id)
+            .is_some_and(|p| !p.actions.contains_key(&Action::DownloadLetter))
+    {
+        return fold;
+    }
+    let worklist = action == Action::PollStatus
+        && cases.len() > 1
+        && engine
+            .playbook(&playbook_id)
+            .is_some_and(|p| p.actions.contains_key(&Action::PollWorklist));
+    if worklist {
+        // One pass over the worklist reads every case's status; decided
+        // cases are then read one by one for their details (dates, reason).
+        run_one(
+            ctx,
+            engine,
+            Action::PollWorklist,
+            cases[0].id,
+            &payer,
+            &actor,
+            &mut fold,
+        )
+        .await;
+        let mut decided = Vec::new();
+        for c in &cases {
+            match ctx.ledger.get(c.id).await {
+                Ok(now)
+                    if matches!(
+                        now.status,
+                        CaseStatus::Approved | CaseStatus::PartiallyApproved | CaseStatus::Denied
+                    ) =>
+                {
+                    decided.push(now)
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    fold.add(store_retry(e));
+                    return fold;
+                }
+            }
+        }
+        cases = decided;
+    }
+    for c in cases {
+        if ctx.stop.is_cancelled() {
+            // Shutting down: start nothing new; the rest of the job waits
+            // for the next start, with no attempt used.
+            fold.add(Disposition::Release);
+            break;
+        }
+        run_one(ctx, engine, action, c.id, &payer, &actor, &mut fold).await;
+    }
+    fold
+}
+
+async fn run_one(
+    ctx: &Ctx,
+    engine: &Engine,
+    action: Action,
+    case_id: i64,
+    payer: &str,
+    actor: &Actor,
+    fold: &mut Fold,
+) {
+    let t0 = Instant::now();
+    let report = engine.run(action, case_id, actor).await;
+    ctx.metrics.run(payer, action.as_str(), t0.elapsed().as_secs_f64());
+    fold.runs += 1;
+    let d = match &report {
+        Err(e) => {
+            let d = Disposition::from(e);
+            if d != Disposition::Done {
+                tracing::warn!(case_id, action = action.as_str(), error = %e, "Action could not run.");
+            }
+            d
+        }
+        Ok(r) => {
+            if let Some(f) = &r.failure {
+                if f.kind == FailureKind::PortalChanged {
+                    fold.portal_changed
+                        .get_or_insert_with(|| format!("case {case_id}: {f}"));
+                }
+            }
+            r.disposition()
+        }
+    };
+    fold.add(d);
+}
