@@ -1,1 +1,672 @@
-//! (filled in by the change that adds these tests)
+//! The console (issue 13), as its users meet it: over HTTP with a real
+//! listener, a real ledger and the escalation rules attached, and in real
+//! headless Chromium driven through chromedriver against cases the engine
+//! ran on the sandbox payer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, Utc};
+use precert::case::CaseStatus;
+use precert::config::Settings;
+use precert::console::{self, Role};
+use precert::escalate::Escalator;
+use precert::store::{Actor, Ledger};
+use reqwest::header::{HeaderMap, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE};
+use reqwest::StatusCode;
+use tokio_util::sync::CancellationToken;
+
+use super::support::Project;
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// A project with the sample cases, its console on a free port, and users:
+/// `ada` (admin), `sam` (supervisor of both sample practices), `olive`
+/// (operator of lakeside-ortho only).
+pub struct World {
+    pub p: Project,
+    pub settings: Arc<Settings>,
+    pub ledger: Ledger,
+    pub base: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    /// The ledger's clock, moved by tests that need time to pass.
+    pub now: Arc<Mutex<DateTime<Utc>>>,
+}
+
+pub async fn world_with(p: Project) -> World {
+    let config = p.config_path();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[console]\nlisten = \"127.0.0.1:0\"\n")).unwrap();
+    for file in ["samples/cases.csv", "samples/cases.json"] {
+        let out = p.precert(&["cases", "import", file]);
+        assert!(out.status.success(), "{}", super::support::stderr(&out));
+    }
+    let settings = Arc::new(p.settings());
+    let now = Arc::new(Mutex::new(Utc::now()));
+    let clock = {
+        let now = now.clone();
+        Arc::new(move || *now.lock().unwrap())
+    };
+    let ledger = Ledger::open(&settings.database_url).await.unwrap().with_clock(clock);
+    ledger.set_escalation_hook(Arc::new(Escalator::new(settings.clone(), &[], Arc::default())));
+    for (name, role, practices) in [
+        ("ada", Role::Admin, vec![]),
+        (
+            "sam",
+            Role::Supervisor,
+            vec!["lakeside-ortho".to_owned(), "valley-imaging".to_owned()],
+        ),
+        ("olive", Role::Operator, vec!["lakeside-ortho".to_owned()]),
+    ] {
+        console::users::add(&ledger, &settings, name, role, &practices, PASSWORD)
+            .await
+            .unwrap();
+    }
+    let stop = CancellationToken::new();
+    let running = console::serve(settings.clone(), ledger.clone(), stop.clone())
+        .await
+        .unwrap();
+    World {
+        p,
+        settings,
+        base: format!("http://{}", running.addr),
+        ledger,
+        stop,
+        task: running.task,
+        now,
+    }
+}
+
+pub async fn world() -> World {
+    world_with(Project::new()).await
+}
+
+impl World {
+    pub async fn id(&self, case_ref: &str) -> i64 {
+        self.ledger.find_by_ref(case_ref).await.unwrap().pop().unwrap().id
+    }
+
+    pub fn advance(&self, by: Duration) {
+        *self.now.lock().unwrap() += by;
+    }
+
+    pub async fn finish(self) {
+        self.stop.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.task)
+            .await
+            .expect("the console stops when asked")
+            .unwrap();
+        self.ledger.close().await;
+    }
+
+    pub fn client(&self) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: self.base.clone(),
+            cookies: HashMap::new(),
+        }
+    }
+
+    async fn audit_actions(&self) -> Vec<String> {
+        let mut log = self.ledger.console_audit_log(None, 1000).await.unwrap();
+        log.reverse();
+        log.into_iter().map(|a| format!("{}:{}", a.action, a.user)).collect()
+    }
+}
+
+/// A person's browser, as far as HTTP goes: cookies kept, no redirects
+/// followed.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    cookies: HashMap<String, String>,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body as text, with the slashes minijinja escapes in attributes
+    /// (`&#x2f;`) read back, as a browser reads them.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).replace("&#x2f;", "/")
+    }
+
+    fn location(&self) -> String {
+        self.headers
+            .get(LOCATION)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The first form's CSRF token on the page.
+    fn csrf(&self) -> String {
+        let text = self.text();
+        let at = text.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + 19;
+        text[at..].split('"').next().unwrap().to_owned()
+    }
+}
+
+impl Client {
+    fn keep_cookies(&mut self, headers: &HeaderMap) {
+        for v in headers.get_all(SET_COOKIE) {
+            let v = v.to_str().unwrap();
+            let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
+            let (k, val) = pair.split_once('=').unwrap();
+            if attrs.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.to_owned(), val.to_owned());
+            }
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    pub async fn get(&mut self, path: &str) -> Answer {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .send()
+            .await
+            .unwrap();
+        self.answer(res).await
+    }
+
+    pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Answer {
+        let res = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        self.answer(res).await
+    }
+
+    async fn answer(&mut self, res: reqwest::Response) -> Answer {
+        let status = res.status();
+        let headers = res.headers().clone();
+        self.keep_cookies(&headers);
+        let body = res.bytes().await.unwrap().to_vec();
+        Answer { status, headers, body }
+    }
+
+    /// Signs in through the form; the answer to the form's POST.
+    pub async fn sign_in(&mut self, name: &str, password: &str) -> Answer {
+        let page = self.get("/login").await;
+        assert_eq!(page.status, StatusCode::OK);
+        let csrf = page.csrf();
+        self.post("/login", &[("name", name), ("password", password), ("csrf", &csrf)])
+            .await
+    }
+
+    pub async fn signed_in(&mut self, name: &str) -> Answer {
+        let a = self.sign_in(name, PASSWORD).await;
+        assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text());
+        self.get("/cases").await
+    }
+}
+
+fn header<'h>(a: &'h Answer, name: &str) -> &'h str {
+    a.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+}
+
+#[tokio::test]
+async fn console_signs_in_with_a_strict_httponly_session_and_signs_out() {
+    let w = world().await;
+    let mut c = w.client();
+    let first = c.get("/cases").await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER);
+    assert_eq!(first.location(), "/login?next=%2Fcases");
+
+    let signed = c.sign_in("sam", PASSWORD).await;
+    assert_eq!(signed.status, StatusCode::SEE_OTHER, "{}", signed.text());
+    assert_eq!(signed.location(), "/cases");
+    let cookie = signed
+        .headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|v| v.starts_with("precert_session="))
+        .expect("a session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain http on loopback: {cookie}");
+    let token = cookie.split(';').next().unwrap().split_once('=').unwrap().1.to_owned();
+    assert!(token.len() >= 43, "32 random bytes");
+
+    let list = c.get("/cases").await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(header(&list, CACHE_CONTROL.as_str()), "no-store");
+    assert_eq!(header(&list, "x-frame-options"), "DENY");
+    assert_eq!(header(&list, "content-security-policy"), console::CSP);
+    assert!(
+        !console::CSP.contains("script-src"),
+        "no script at all: default-src 'none'"
+    );
+    assert!(list.text().contains("VI-88120") && list.text().contains("LO-2026-1001"));
+    // The ledger keeps only the token's hash.
+    assert!(w.ledger.console_session(&token).await.unwrap().is_none());
+
+    let csrf = list.csrf();
+    let out = c.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert_eq!(c.get("/cases").await.status, StatusCode::SEE_OTHER, "signed out");
+    let actions = w.audit_actions().await;
+    assert!(actions.contains(&"login:sam".to_owned()), "{actions:?}");
+    assert!(actions.contains(&"case_list:sam".to_owned()), "{actions:?}");
+    assert!(actions.contains(&"logout:sam".to_owned()), "{actions:?}");
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_refuses_forms_without_the_sessions_csrf_token() {
+    let w = world().await;
+    let mut c = w.client();
+    // The sign-in form itself needs its token (and the cookie that carries it).
+    let bare = c
+        .post("/login", &[("name", "sam"), ("password", PASSWORD), ("csrf", "forged")])
+        .await;
+    assert_eq!(bare.status, StatusCode::FORBIDDEN);
+    c.signed_in("sam").await;
+    let id = w.id("VI-88120").await;
+    w.ledger
+        .transition(
+            id,
+            CaseStatus::NeedsAttention,
+            &Actor::user("test"),
+            Some("portal changed"),
+        )
+        .await
+        .unwrap();
+    let path = "/cases/valley-imaging/VI-88120/status";
+    let forged = c.post(path, &[("to", "ready"), ("note", "fixed")]).await;
+    assert_eq!(
+        forged.status,
+        StatusCode::FORBIDDEN,
+        "a form without the token is refused"
+    );
+    let wrong = c
+        .post(path, &[("csrf", "not-the-token"), ("to", "ready"), ("note", "fixed")])
+        .await;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+    assert_eq!(w.ledger.get(id).await.unwrap().status, CaseStatus::NeedsAttention);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_locks_an_account_after_five_bad_passwords_until_the_lockout_ends() {
+    let w = world().await;
+    let mut c = w.client();
+    for _ in 0..5 {
+        assert_eq!(
+            c.sign_in("sam", "wrong password!").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let locked = c.sign_in("sam", PASSWORD).await;
+    assert_eq!(
+        locked.status,
+        StatusCode::UNAUTHORIZED,
+        "the right password while locked"
+    );
+    // The page does not tell a locked account from a wrong password.
+    let unknown = c.sign_in("nobody", PASSWORD).await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert!(locked
+        .text()
+        .contains("Wrong name or password, or the account is locked"));
+    assert_eq!(
+        locked
+            .text()
+            .split("<main>")
+            .nth(1)
+            .unwrap()
+            .split("name=\"csrf\"")
+            .next(),
+        unknown
+            .text()
+            .split("<main>")
+            .nth(1)
+            .unwrap()
+            .split("name=\"csrf\"")
+            .next()
+    );
+    let actions = w.audit_actions().await;
+    assert!(actions.contains(&"account_locked:sam".to_owned()), "{actions:?}");
+    assert_eq!(actions.iter().filter(|a| *a == "login_failed:sam").count(), 6);
+    assert!(actions.contains(&"login_failed:nobody".to_owned()));
+
+    w.advance(Duration::minutes(16));
+    assert_eq!(c.sign_in("sam", PASSWORD).await.status, StatusCode::SEE_OTHER);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_sessions_end_when_idle_and_everywhere_on_a_password_reset() {
+    let w = world().await;
+    let mut c = w.client();
+    c.signed_in("olive").await;
+    w.advance(Duration::minutes(31));
+    assert_eq!(
+        c.get("/cases").await.status,
+        StatusCode::SEE_OTHER,
+        "idle for 31 minutes"
+    );
+
+    let mut a = w.client();
+    let mut b = w.client();
+    a.signed_in("olive").await;
+    b.signed_in("olive").await;
+    console::users::reset_password(&w.ledger, "olive", "a new long password")
+        .await
+        .unwrap();
+    assert_eq!(a.get("/cases").await.status, StatusCode::SEE_OTHER);
+    assert_eq!(b.get("/cases").await.status, StatusCode::SEE_OTHER);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_shows_a_user_only_their_practices_and_404s_the_rest() {
+    let w = world().await;
+    let mut c = w.client();
+    let list = c.signed_in("olive").await;
+    assert!(list.text().contains("LO-2026-1001"));
+    assert!(
+        !list.text().contains("VI-88120"),
+        "a valley-imaging case in lakeside's list"
+    );
+    let other = c.get("/cases/valley-imaging/VI-88120").await;
+    let missing = c.get("/cases/lakeside-ortho/NO-SUCH-CASE").await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        other.text(),
+        missing.text(),
+        "another practice's case looks like no case at all"
+    );
+    let filtered = c.get("/cases?practice=valley-imaging").await;
+    assert!(!filtered.text().contains("VI-88120"));
+    assert_eq!(
+        c.get("/cases/valley-imaging/VI-88120/letters/1").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let csrf = list.csrf();
+    let act = c
+        .post(
+            "/cases/valley-imaging/VI-88120/status",
+            &[("csrf", &csrf), ("to", "cancelled"), ("note", "x"), ("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(act.status, StatusCode::NOT_FOUND);
+    assert_ne!(
+        w.ledger.get(w.id("VI-88120").await).await.unwrap().status,
+        CaseStatus::Cancelled
+    );
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_worklist_is_filtered_and_paged_fifty_at_a_time() {
+    let p = Project::new();
+    let csv = std::fs::read_to_string(p.path("samples/cases.csv")).unwrap();
+    let mut lines = csv.lines();
+    let head = lines.next().unwrap();
+    let row = lines.next().unwrap();
+    let mut many = format!("{head}\n");
+    for i in 0..120 {
+        many.push_str(&row.replacen("LO-2026-1001", &format!("LO-BULK-{i:04}"), 1));
+        many.push('\n');
+    }
+    p.write("samples/bulk.csv", &many);
+    assert!(p.precert(&["cases", "import", "samples/bulk.csv"]).status.success());
+    let w = world_with(p).await;
+    let mut c = w.client();
+    let first = c.signed_in("sam").await;
+    let text = first.text();
+    assert_eq!(text.matches("<tr>").count() - 1, 50, "one header row and fifty cases");
+    assert!(
+        text.contains("1–50 of 1"),
+        "{}",
+        &text[text.find("pager").unwrap()..][..200]
+    );
+    let third = c.get("/cases?practice=lakeside-ortho&page=3").await.text();
+    assert!(third.contains("101–"), "the third page");
+    let ready = c.get("/cases?status=ready&q=LO-BULK-011").await.text();
+    assert!(ready.contains("LO-BULK-0110") && ready.contains("LO-BULK-0119"));
+    assert!(!ready.contains("LO-BULK-0120") && !ready.contains("VI-88120"));
+    assert!(ready.contains("1–10 of 10"), "the search and the status together");
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_masks_the_patient_until_shown_and_records_the_showing() {
+    let w = world().await;
+    let mut c = w.client();
+    c.signed_in("olive").await;
+    let page = c.get("/cases/lakeside-ortho/LO-2026-1001").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let text = page.text();
+    assert!(!text.contains("SBX100200301") && !text.contains("Marsh") && !text.contains("1961-04-12"));
+    assert!(text.contains("********0301"), "the member ID's last four");
+    let csrf = page.csrf();
+    let shown = c
+        .post(
+            "/cases/lakeside-ortho/LO-2026-1001/reveal",
+            &[("csrf", &csrf), ("what", "patient")],
+        )
+        .await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert!(shown.text().contains("SBX100200301") && shown.text().contains("Avery Marsh"));
+    assert_eq!(header(&shown, CACHE_CONTROL.as_str()), "no-store");
+    let events = w.ledger.events(w.id("LO-2026-1001").await).await.unwrap();
+    let shown = events
+        .iter()
+        .find(|e| e.detail["console"] == "shown")
+        .expect("an event");
+    assert_eq!(shown.actor, "user:olive");
+    assert_eq!(shown.detail["what"], "patient identifiers");
+    let again = c.get("/cases/lakeside-ortho/LO-2026-1001").await.text();
+    assert!(!again.contains("SBX100200301"), "shown once, not for the session");
+    let actions = w.audit_actions().await;
+    assert!(actions.contains(&"reveal:olive".to_owned()) && actions.contains(&"case_view:olive".to_owned()));
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_refuses_to_move_a_case_being_submitted_and_says_who_holds_it() {
+    let w = world().await;
+    let id = w.id("LO-2026-1001").await;
+    w.ledger.claim_submission(id, &Actor::job("submit", 9)).await.unwrap();
+    let mut c = w.client();
+    c.signed_in("olive").await;
+    let page = c.get("/cases/lakeside-ortho/LO-2026-1001").await;
+    assert!(
+        page.text().contains("Being submitted now"),
+        "the lease shows on the page"
+    );
+    let csrf = page.csrf();
+    let refused = c
+        .post(
+            "/cases/lakeside-ortho/LO-2026-1001/status",
+            &[("csrf", &csrf), ("to", "needs_attention"), ("note", "looks stuck")],
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    let text = refused.text();
+    assert!(
+        text.contains("Refused: this case is being submitted right now by job:submit#9"),
+        "{text}"
+    );
+    assert!(text.contains("Nothing was changed"));
+    assert_eq!(w.ledger.get(id).await.unwrap().status, CaseStatus::Submitting);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_records_a_phone_approval_and_queues_a_resubmission() {
+    let w = world().await;
+    let lo = w.id("LO-2026-1001").await;
+    let vi = w.id("VI-88120").await;
+    for id in [lo, vi] {
+        w.ledger
+            .transition(
+                id,
+                CaseStatus::NeedsAttention,
+                &Actor::job("submit", 3),
+                Some("captcha"),
+            )
+            .await
+            .unwrap();
+    }
+    let mut c = w.client();
+    let csrf = c.signed_in("sam").await.csrf();
+    let no_number = c
+        .post(
+            "/cases/lakeside-ortho/LO-2026-1001/decision",
+            &[("csrf", &csrf), ("outcome", "approved"), ("note", "by phone")],
+        )
+        .await;
+    assert_eq!(no_number.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(no_number.text().contains("authorization number"));
+    let done = c
+        .post(
+            "/cases/lakeside-ortho/LO-2026-1001/decision",
+            &[
+                ("csrf", &csrf),
+                ("outcome", "approved"),
+                ("auth_number", "PA-PHONE-7731"),
+                ("valid_from", "2026-12-01"),
+                ("valid_to", "2027-02-28"),
+                ("units_0", "1"),
+                ("note", "approved by phone, Dana at the payer's UM line"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text());
+    let case = w.ledger.get(lo).await.unwrap();
+    assert_eq!(case.status, CaseStatus::Approved);
+    let d = case.decision.unwrap();
+    assert_eq!(d.auth_number.as_deref(), Some("PA-PHONE-7731"));
+    assert_eq!(d.source, "manual:sam");
+    let page = c.get(&done.location()).await.text();
+    assert!(page.contains("Decision recorded.") && page.contains("PA-PHONE-7731"));
+
+    let queued = c
+        .post(
+            "/cases/valley-imaging/VI-88120/resubmit",
+            &[("csrf", &csrf), ("note", "member ID corrected with the practice")],
+        )
+        .await;
+    assert_eq!(queued.status, StatusCode::SEE_OTHER, "{}", queued.text());
+    assert_eq!(w.ledger.get(vi).await.unwrap().status, CaseStatus::Ready);
+    let jobs = precert::queue::Queue::new(w.ledger.clone())
+        .list(Some("valley-imaging"))
+        .await
+        .unwrap();
+    let job = jobs.iter().find(|j| j.case_id == Some(vi)).expect("a submit job");
+    assert_eq!(job.kind, precert::config::Job::Submit);
+    assert_eq!(job.payer.as_deref(), Some("sandbox"));
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_serves_a_letter_as_pdf_no_store_and_records_the_download() {
+    let w = world().await;
+    let id = w.id("VI-88120").await;
+    let pdf = b"%PDF-1.4\n% synthetic letter\n%%EOF\n".to_vec();
+    let rel = std::path::PathBuf::from("letters/valley-imaging/VI-88120/letter.pdf");
+    let path = w.settings.data_dir.join(&rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &pdf).unwrap();
+    let letter = precert::store::Letter {
+        kind: "letter".into(),
+        stored_path: rel,
+        sha256: precert::files::sha256_hex(&pdf),
+        bytes: pdf.len() as u64,
+        media_type: "application/pdf".into(),
+        fetched_at: None,
+    };
+    w.ledger
+        .add_letter(id, &letter, &Actor::job("letters", 1))
+        .await
+        .unwrap();
+    let mut c = w.client();
+    c.signed_in("sam").await;
+    let page = c.get("/cases/valley-imaging/VI-88120").await.text();
+    assert!(page.contains("/cases/valley-imaging/VI-88120/letters/1"));
+    let got = c.get("/cases/valley-imaging/VI-88120/letters/1").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(header(&got, CONTENT_TYPE.as_str()), "application/pdf");
+    assert_eq!(header(&got, CACHE_CONTROL.as_str()), "no-store");
+    assert!(header(&got, "content-disposition").starts_with("attachment; filename=\"VI-88120-letter-1.pdf\""));
+    assert_eq!(got.body, pdf);
+    let events = w.ledger.events(id).await.unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e.detail["console"] == "downloaded" && e.actor == "user:sam"));
+    assert_eq!(
+        c.get("/cases/valley-imaging/VI-88120/letters/2").await.status,
+        StatusCode::NOT_FOUND
+    );
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_acknowledges_escalations_and_their_reminders_stop() {
+    let w = world().await;
+    let id = w.id("VI-88120").await;
+    w.ledger
+        .transition(
+            id,
+            CaseStatus::NeedsAttention,
+            &Actor::job("submit", 3),
+            Some("portal changed"),
+        )
+        .await
+        .unwrap();
+    let open = w.ledger.escalations(Some("valley-imaging"), false).await.unwrap();
+    let esc = open.iter().find(|e| e.case_id == Some(id)).expect("an escalation");
+    let mut c = w.client();
+    c.signed_in("sam").await;
+    let inbox = c.get("/escalations").await;
+    assert!(inbox.text().contains(&format!("value=\"{}\"", esc.id)));
+    let csrf = inbox.csrf();
+    let ack = c
+        .post(
+            "/escalations/ack",
+            &[
+                ("csrf", &csrf),
+                ("id", &esc.id.to_string()),
+                ("note", "calling the payer"),
+                ("back", "/escalations"),
+            ],
+        )
+        .await;
+    assert_eq!(ack.status, StatusCode::SEE_OTHER, "{}", ack.text());
+    assert_eq!(ack.location(), "/escalations?done=acknowledged");
+    let after = w.ledger.escalation(esc.id).await.unwrap();
+    assert_eq!(after.state, precert::store::EscalationState::Acknowledged);
+    assert_eq!(after.acknowledged_by.as_deref(), Some("user:sam"));
+    assert_eq!(after.next_action_at, None, "no more reminders");
+    let page = c.get("/escalations?done=acknowledged").await.text();
+    assert!(page.contains("Acknowledged: reminders for it stop.") && page.contains("calling the payer"));
+    w.finish().await;
+}

@@ -1,0 +1,239 @@
+//! Who is asking: passwords (Argon2id), sessions (a random token in an
+//! `HttpOnly`, `SameSite=Strict` cookie, its SHA-256 in the ledger, idle and
+//! absolute expiry), CSRF tokens, and the sign-in lockout.
+//!
+//! Sign-in failures are counted per account in the ledger (a locked account
+//! stays locked across restarts) and per client address in memory (one
+//! address guessing many names). Whatever the reason a sign-in is refused,
+//! the page says the same thing, so it does not tell which names exist.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::LazyLock;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Redirect, Response};
+use chrono::{DateTime, Duration, Utc};
+
+use super::users::Role;
+use super::App;
+use crate::store::ConsoleUser;
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "precert_session";
+/// The cookie that carries the sign-in form's CSRF token (no session yet).
+pub const LOGIN_COOKIE: &str = "precert_login";
+
+/// Failed sign-ins one client address may make per window, whatever the
+/// names it tries.
+const ADDRESS_FAILURES: u32 = 20;
+const ADDRESS_WINDOW: Duration = Duration::minutes(15);
+
+/// A hash to verify against when the name is unknown, so an unknown name
+/// takes as long to refuse as a wrong password.
+static DUMMY_HASH: LazyLock<String> =
+    LazyLock::new(|| hash_password("not a password anyone has").expect("hashing works"));
+
+/// Hashes a password with Argon2id (the crate's defaults: 19 MiB, two
+/// passes) and a random salt, as a PHC string.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).map_err(|e| format!("no randomness for the salt: {e}"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `password` is the one `hash` was made from.
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(parsed) => Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Spends the time a verification takes, for an unknown name.
+pub fn verify_nobody(password: &str) {
+    let _ = verify_password(&DUMMY_HASH, password);
+}
+
+/// 32 random bytes, URL-safe base64.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).expect("the OS has randomness");
+    data_encoding::BASE64URL_NOPAD.encode(&bytes)
+}
+
+pub fn token_hash(token: &str) -> String {
+    crate::files::sha256_hex(token.as_bytes())
+}
+
+/// Compares two secrets in time that depends on their length only.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A cookie's value from the request's `Cookie` headers.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A `Set-Cookie` value: `HttpOnly`, `SameSite=Strict`, and `Secure` when
+/// the console is reached over https. `max_age` 0 removes the cookie.
+pub fn set_cookie(name: &str, value: &str, path: &str, secure: bool, max_age: Option<i64>) -> HeaderValue {
+    let mut c = format!("{name}={value}; Path={path}; HttpOnly; SameSite=Strict");
+    if secure {
+        c.push_str("; Secure");
+    }
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    HeaderValue::from_str(&c).expect("cookie values are URL-safe base64")
+}
+
+/// The client's address, as the listener saw it.
+pub fn remote(parts: &Parts) -> Option<SocketAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| *a)
+}
+
+/// Failed sign-ins per client address, in memory.
+#[derive(Default)]
+pub struct AddressThrottle {
+    failures: std::sync::Mutex<HashMap<IpAddr, (u32, DateTime<Utc>)>>,
+}
+
+impl AddressThrottle {
+    /// Whether this address may try to sign in now.
+    pub fn allows(&self, ip: IpAddr, now: DateTime<Utc>) -> bool {
+        let map = self.failures.lock().expect("throttle lock");
+        match map.get(&ip) {
+            Some((n, since)) if now - *since < ADDRESS_WINDOW => *n < ADDRESS_FAILURES,
+            _ => true,
+        }
+    }
+
+    pub fn failed(&self, ip: IpAddr, now: DateTime<Utc>) {
+        let mut map = self.failures.lock().expect("throttle lock");
+        map.retain(|_, (_, since)| now - *since < ADDRESS_WINDOW);
+        let e = map.entry(ip).or_insert((0, now));
+        e.0 += 1;
+    }
+}
+
+/// The signed-in user of a request. Extracting it refuses (with a redirect
+/// to the sign-in page) a request without a live session.
+#[derive(Clone, Debug)]
+pub struct Viewer {
+    pub user: ConsoleUser,
+    pub role: Role,
+    pub csrf: String,
+    pub token_hash: String,
+    pub remote: Option<String>,
+}
+
+impl Viewer {
+    pub fn name(&self) -> &str {
+        &self.user.name
+    }
+
+    /// Whether the viewer may see this practice's cases.
+    pub fn sees(&self, practice: &str) -> bool {
+        self.role == Role::Admin || self.user.practices.iter().any(|p| p == practice)
+    }
+
+    /// The practices the viewer may see; `None` for all.
+    pub fn allowed(&self) -> Option<Vec<String>> {
+        (self.role != Role::Admin).then(|| self.user.practices.clone())
+    }
+
+    /// Whether a form's CSRF token is this session's.
+    pub fn csrf_ok(&self, token: &str) -> bool {
+        same_secret(&self.csrf, token)
+    }
+}
+
+/// Why a request has no viewer: it is sent to the sign-in page.
+pub struct SignInFirst {
+    next: String,
+}
+
+impl IntoResponse for SignInFirst {
+    fn into_response(self) -> Response {
+        let to = if self.next.is_empty() || self.next == "/" {
+            "/login".to_owned()
+        } else {
+            format!("/login?next={}", super::view::encode_component(&self.next))
+        };
+        Redirect::to(&to).into_response()
+    }
+}
+
+impl FromRequestParts<App> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        let next = if parts.method == axum::http::Method::GET {
+            parts.uri.path().to_owned()
+        } else {
+            String::new()
+        };
+        let refuse = || SignInFirst { next: next.clone() }.into_response();
+        let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+            return Err(refuse());
+        };
+        let hash = token_hash(token);
+        let ledger = &app.ledger;
+        let session = match ledger.console_session(&hash).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(refuse()),
+            Err(e) => return Err(super::unavailable(&e)),
+        };
+        let now = ledger.now();
+        let idle = Duration::from_std(app.settings.console.session_idle).unwrap_or(Duration::minutes(30));
+        if session.expires_at <= now || session.last_seen_at + idle <= now {
+            let _ = ledger.end_console_session(&hash).await;
+            return Err(refuse());
+        }
+        let user = match ledger.console_user(&session.user).await {
+            Ok(Some(u)) if !u.disabled => u,
+            Ok(_) => {
+                let _ = ledger.end_console_session(&hash).await;
+                return Err(refuse());
+            }
+            Err(e) => return Err(super::unavailable(&e)),
+        };
+        let Ok(role) = user.role.parse::<Role>() else {
+            return Err(refuse());
+        };
+        // One write a minute at most: the idle clock need not be finer.
+        if now - session.last_seen_at > Duration::minutes(1) {
+            if let Err(e) = ledger.touch_console_session(&hash).await {
+                return Err(super::unavailable(&e));
+            }
+        }
+        Ok(Viewer {
+            user,
+            role,
+            csrf: session.csrf,
+            token_hash: hash,
+            remote: remote(parts).map(|a| a.ip().to_string()),
+        })
+    }
+}

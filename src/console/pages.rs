@@ -1,0 +1,712 @@
+//! The pages: sign-in and out, the worklist, the escalations inbox, and the
+//! case page's routes (the page itself is built in `case_page`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::auth::{self, Viewer};
+use super::case_page::{self, Reveal};
+use super::view::{self, Frame};
+use super::App;
+use crate::case::{CaseRecord, CaseStatus};
+use crate::store::{AuditEntry, CaseQuery, Escalation};
+
+/// Cases on one page of the worklist.
+pub const PAGE_SIZE: u32 = 50;
+
+/// The client's address, when the listener knows it.
+pub struct Remote(pub Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Remote {
+    type Rejection = Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Remote(auth::remote(parts)))
+    }
+}
+
+/// A rendered page, or the answer that stands for it when rendering failed.
+pub fn html(status: StatusCode, rendered: Result<String, String>) -> Response {
+    match rendered {
+        Ok(body) => (status, Html(body)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "Console page not rendered.");
+            (StatusCode::INTERNAL_SERVER_ERROR, "The page could not be shown.\n").into_response()
+        }
+    }
+}
+
+/// A short page with a heading and one paragraph (refusals, confirmations).
+pub fn message(app: &App, viewer: Option<&Viewer>, status: StatusCode, title: &str, text: &str) -> Response {
+    let frame = Frame::new(title, "", viewer);
+    html(
+        status,
+        view::page(
+            &app.templates,
+            "message.html",
+            &frame,
+            json!({ "title": title, "text": text }),
+        ),
+    )
+}
+
+/// The answer for a form whose CSRF token is not the session's.
+pub fn bad_csrf(app: &App, viewer: Option<&Viewer>) -> Response {
+    message(
+        app,
+        viewer,
+        StatusCode::FORBIDDEN,
+        "Form refused",
+        "This form has expired or did not come from this console. Go back, reload the page and try again.",
+    )
+}
+
+/// 404 for a case that does not exist and for one the viewer may not see
+/// alike, so that guessing addresses confirms nothing.
+pub fn no_such_case(app: &App, viewer: &Viewer) -> Response {
+    message(
+        app,
+        Some(viewer),
+        StatusCode::NOT_FOUND,
+        "No such case",
+        "There is no case at this address, or it is not one of your practices.",
+    )
+}
+
+/// The case at `/cases/PRACTICE/CASE_REF`, if the viewer may see it.
+pub async fn visible_case(app: &App, viewer: &Viewer, practice: &str, case_ref: &str) -> Result<CaseRecord, Response> {
+    if !viewer.sees(practice) {
+        return Err(no_such_case(app, viewer));
+    }
+    match app.ledger.find(practice, case_ref).await {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(no_such_case(app, viewer)),
+        Err(e) => Err(super::unavailable(&e)),
+    }
+}
+
+/// A path inside the console to go back to after an action (never an
+/// address elsewhere).
+pub fn local_path(next: &str) -> Option<&str> {
+    let ok = next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') && !next.contains("://");
+    ok.then_some(next)
+}
+
+/// Fixed confirmation texts, named in `?done=` after an action.
+pub fn notice(done: Option<&str>) -> Option<String> {
+    Some(
+        match done? {
+            "acknowledged" => "Acknowledged: reminders for it stop.",
+            "status" => "Status changed.",
+            "decision" => "Decision recorded.",
+            "queued" => "Queued: the daemon submits the case when a worker is free and the payer's limits allow.",
+            "poll" => "Queued: the daemon asks the payer when a worker is free and the payer's limits allow.",
+            _ => return None,
+        }
+        .to_owned(),
+    )
+}
+
+pub async fn home() -> Redirect {
+    Redirect::to("/cases")
+}
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    #[serde(default)]
+    next: String,
+}
+
+fn login_page(app: &App, status: StatusCode, next: &str, error: Option<&str>) -> Response {
+    let csrf = auth::random_token();
+    let frame = Frame::new("Sign in", "", None);
+    let rendered = view::page(
+        &app.templates,
+        "login.html",
+        &frame,
+        json!({ "csrf": &csrf, "next": local_path(next).unwrap_or(""), "error": error }),
+    );
+    let mut res = html(status, rendered);
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        auth::set_cookie(auth::LOGIN_COOKIE, &csrf, "/login", app.secure_cookies, None),
+    );
+    res
+}
+
+pub async fn login_form(State(app): State<App>, Query(q): Query<LoginQuery>) -> Response {
+    login_page(&app, StatusCode::OK, &q.next, None)
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    name: String,
+    password: String,
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    next: String,
+}
+
+const REFUSED: &str = "Wrong name or password, or the account is locked after repeated failures. \
+                       Try again later, or ask an admin.";
+
+pub async fn login(
+    State(app): State<App>,
+    Remote(remote): Remote,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let cookie_token = auth::cookie(&headers, auth::LOGIN_COOKIE).unwrap_or("");
+    if cookie_token.is_empty() || !auth::same_secret(cookie_token, &form.csrf) {
+        return bad_csrf(&app, None);
+    }
+    let ledger = &app.ledger;
+    let now = ledger.now();
+    let ip = remote.map(|a| a.ip());
+    let from = ip.map(|i| i.to_string());
+    let name: String = form.name.trim().chars().take(64).collect();
+    let audit = |action: &'static str, detail: serde_json::Value| AuditEntry {
+        user: "",
+        action,
+        practice: None,
+        case_id: None,
+        remote: from.as_deref(),
+        detail,
+    };
+    if ip.is_some_and(|ip| !app.throttle.allows(ip, now)) {
+        let _ = app
+            .audit(AuditEntry {
+                user: &name,
+                ..audit("login_throttled", json!({}))
+            })
+            .await;
+        return login_page(&app, StatusCode::TOO_MANY_REQUESTS, &form.next, Some(REFUSED));
+    }
+    let user = match ledger.console_user(&name).await {
+        Ok(u) => u,
+        Err(e) => return super::unavailable(&e),
+    };
+    let refused = |why: &'static str| {
+        let app = app.clone();
+        let name = name.clone();
+        let from = from.clone();
+        let next = form.next.clone();
+        async move {
+            if let Some(ip) = ip {
+                app.throttle.failed(ip, app.ledger.now());
+            }
+            let entry = AuditEntry {
+                user: &name,
+                action: "login_failed",
+                practice: None,
+                case_id: None,
+                remote: from.as_deref(),
+                detail: json!({ "why": why }),
+            };
+            if app.audit(entry).await.is_err() {
+                return (StatusCode::SERVICE_UNAVAILABLE, "The ledger is unavailable.\n").into_response();
+            }
+            login_page(&app, StatusCode::UNAUTHORIZED, &next, Some(REFUSED))
+        }
+    };
+    let Some(user) = user else {
+        auth::verify_nobody(&form.password);
+        return refused("unknown name").await;
+    };
+    let good = auth::verify_password(&user.password_hash, &form.password);
+    if user.disabled {
+        return refused("disabled").await;
+    }
+    if user.locked_until.is_some_and(|t| t > now) {
+        return refused("locked").await;
+    }
+    if !good {
+        let lockout = chrono::Duration::from_std(app.settings.console.lockout).unwrap_or_default();
+        let threshold = app.settings.console.lockout_failures;
+        return match ledger.console_login_failed(&user.name, threshold, now + lockout).await {
+            Ok(n) if n >= threshold => {
+                let _ = app
+                    .audit(AuditEntry {
+                        user: &name,
+                        ..audit("account_locked", json!({ "failures": n }))
+                    })
+                    .await;
+                refused("wrong password; account locked").await
+            }
+            Ok(_) => refused("wrong password").await,
+            Err(e) => super::unavailable(&e),
+        };
+    }
+    let token = auth::random_token();
+    let csrf = auth::random_token();
+    let max = chrono::Duration::from_std(app.settings.console.session_max).unwrap_or_default();
+    let idle = app.settings.console.session_idle;
+    let _ = ledger
+        .prune_console_sessions(now - chrono::Duration::from_std(idle).unwrap_or_default())
+        .await;
+    if let Err(e) = ledger
+        .create_console_session(&auth::token_hash(&token), &user.name, &csrf, now + max, from.as_deref())
+        .await
+    {
+        return super::unavailable(&e);
+    }
+    if let Err(e) = app
+        .audit(AuditEntry {
+            user: &user.name,
+            ..audit("login", json!({ "role": user.role }))
+        })
+        .await
+    {
+        return super::unavailable(&e);
+    }
+    tracing::info!(user = %user.name, "Console sign-in.");
+    let to = local_path(&form.next).unwrap_or("/cases");
+    let mut res = Redirect::to(to).into_response();
+    let h = res.headers_mut();
+    h.append(
+        header::SET_COOKIE,
+        auth::set_cookie(auth::SESSION_COOKIE, &token, "/", app.secure_cookies, None),
+    );
+    h.append(
+        header::SET_COOKIE,
+        auth::set_cookie(auth::LOGIN_COOKIE, "", "/login", app.secure_cookies, Some(0)),
+    );
+    res
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn logout(State(app): State<App>, viewer: Viewer, Form(form): Form<CsrfForm>) -> Response {
+    if !viewer.csrf_ok(&form.csrf) {
+        return bad_csrf(&app, Some(&viewer));
+    }
+    if let Err(e) = app.ledger.end_console_session(&viewer.token_hash).await {
+        return super::unavailable(&e);
+    }
+    let _ = app
+        .audit(AuditEntry {
+            user: viewer.name(),
+            action: "logout",
+            practice: None,
+            case_id: None,
+            remote: viewer.remote.as_deref(),
+            detail: json!({}),
+        })
+        .await;
+    let mut res = Redirect::to("/login").into_response();
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        auth::set_cookie(auth::SESSION_COOKIE, "", "/", app.secure_cookies, Some(0)),
+    );
+    res
+}
+
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    #[serde(default)]
+    practice: String,
+    #[serde(default)]
+    payer: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    q: String,
+    page: Option<u64>,
+}
+
+fn some(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+#[derive(Serialize)]
+struct Choice {
+    value: String,
+    label: String,
+    selected: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    href: String,
+    case_ref: String,
+    practice: String,
+    payer: String,
+    status: &'static str,
+    status_label: String,
+    urgency: &'static str,
+    patient: String,
+    service: String,
+    dates: String,
+    updated: String,
+}
+
+/// The worklist: a page of the viewer's cases, filtered, newest change
+/// first, with counts per status.
+pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQuery>) -> Response {
+    let settings = &app.settings;
+    let practice = some(&q.practice).filter(|p| viewer.sees(p));
+    let status = some(&q.status).and_then(|s| s.parse::<CaseStatus>().ok());
+    let page = q.page.unwrap_or(1).max(1);
+    let query = CaseQuery {
+        allowed: viewer.allowed(),
+        practice: practice.clone(),
+        payer: some(&q.payer),
+        status,
+        search: some(&q.q),
+        limit: PAGE_SIZE,
+        offset: (page - 1) * u64::from(PAGE_SIZE),
+    };
+    let result = match app.ledger.case_page(&query).await {
+        Ok(r) => r,
+        Err(e) => return super::unavailable(&e),
+    };
+    if let Err(e) = app
+        .audit(AuditEntry {
+            user: viewer.name(),
+            action: "case_list",
+            practice: practice.as_deref(),
+            case_id: None,
+            remote: viewer.remote.as_deref(),
+            detail: json!({ "status": status.map(|s| s.as_str()), "payer": query.payer, "page": page, "shown": result.cases.len() }),
+        })
+        .await
+    {
+        return super::unavailable(&e);
+    }
+    let visible: Vec<_> = settings.practices.iter().filter(|p| viewer.sees(&p.id)).collect();
+    let practices: Vec<Choice> = visible
+        .iter()
+        .map(|p| Choice {
+            value: p.id.clone(),
+            label: p.name.clone(),
+            selected: practice.as_deref() == Some(&p.id),
+        })
+        .collect();
+    let mut payer_ids: Vec<&String> = visible.iter().flat_map(|p| p.payers.keys()).collect();
+    payer_ids.sort();
+    payer_ids.dedup();
+    let payers: Vec<Choice> = payer_ids
+        .into_iter()
+        .map(|p| Choice {
+            value: p.clone(),
+            label: p.clone(),
+            selected: query.payer.as_deref() == Some(p),
+        })
+        .collect();
+    let link = |status: Option<CaseStatus>, page: u64| {
+        let mut parts = Vec::new();
+        for (k, v) in [
+            ("practice", practice.clone()),
+            ("payer", query.payer.clone()),
+            ("status", status.map(|s| s.as_str().to_owned())),
+            ("q", query.search.clone()),
+        ] {
+            if let Some(v) = v {
+                parts.push(format!("{k}={}", view::encode_component(&v)));
+            }
+        }
+        if page > 1 {
+            parts.push(format!("page={page}"));
+        }
+        if parts.is_empty() {
+            "/cases".to_owned()
+        } else {
+            format!("/cases?{}", parts.join("&"))
+        }
+    };
+    let all: i64 = result.counts.iter().map(|(_, n)| n).sum();
+    let mut counts =
+        vec![json!({ "label": "all", "n": all, "href": link(None, 1), "selected": status.is_none(), "status": "all" })];
+    for (s, n) in &result.counts {
+        counts.push(json!({ "label": view::status_label(*s), "n": n, "href": link(Some(*s), 1), "selected": status == Some(*s), "status": s.as_str() }));
+    }
+    let statuses: Vec<Choice> = CaseStatus::ALL
+        .iter()
+        .map(|s| Choice {
+            value: s.as_str().to_owned(),
+            label: view::status_label(*s),
+            selected: status == Some(*s),
+        })
+        .collect();
+    let rows: Vec<Row> = result
+        .cases
+        .iter()
+        .map(|c| {
+            let tz = settings
+                .practice(&c.data.practice_id)
+                .map_or(chrono_tz::UTC, |p| p.timezone);
+            Row {
+                href: view::case_path(&c.data.practice_id, &c.data.case_ref),
+                case_ref: c.data.case_ref.clone(),
+                practice: c.data.practice_id.clone(),
+                payer: c.data.coverage.payer.clone(),
+                status: c.status.as_str(),
+                status_label: view::status_label(c.status),
+                urgency: c.data.urgency.as_str(),
+                patient: c.data.patient.name.initials(),
+                service: c
+                    .data
+                    .service_lines
+                    .iter()
+                    .map(|l| l.code.as_str().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                dates: format!("{} – {}", c.data.service_dates.start, c.data.service_dates.end),
+                updated: view::when(c.updated_at, tz),
+            }
+        })
+        .collect();
+    let shown = rows.len() as u64;
+    let first = if shown == 0 {
+        0
+    } else {
+        (page - 1) * u64::from(PAGE_SIZE) + 1
+    };
+    let last = if shown == 0 { 0 } else { first + shown - 1 };
+    let more = (last as i64) < result.total;
+    let frame = Frame::new("Cases", "cases", Some(&viewer));
+    let ctx = json!({ "practices": practices, "payers": payers, "statuses": statuses, "counts": counts, "rows": rows, "q": query.search.clone().unwrap_or_default(), "total": result.total, "first": first, "last": last, "prev": (page > 1).then(|| link(status, page - 1)), "next": more.then(|| link(status, page + 1)) });
+    html(StatusCode::OK, view::page(&app.templates, "cases.html", &frame, ctx))
+}
+
+#[derive(Deserialize)]
+pub struct DoneQuery {
+    done: Option<String>,
+}
+
+pub async fn case(
+    State(app): State<App>,
+    viewer: Viewer,
+    Path((practice, case_ref)): Path<(String, String)>,
+    Query(q): Query<DoneQuery>,
+) -> Response {
+    let case = match visible_case(&app, &viewer, &practice, &case_ref).await {
+        Ok(c) => c,
+        Err(res) => return res,
+    };
+    case_page::show(
+        &app,
+        &viewer,
+        &case,
+        Reveal::default(),
+        notice(q.done.as_deref()),
+        None,
+        StatusCode::OK,
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+pub struct RevealForm {
+    #[serde(default)]
+    csrf: String,
+    what: String,
+}
+
+/// Shows the patient's identifiers or the payer's own words, once, and
+/// records that in the case's timeline.
+pub async fn reveal(
+    State(app): State<App>,
+    viewer: Viewer,
+    Path((practice, case_ref)): Path<(String, String)>,
+    Form(form): Form<RevealForm>,
+) -> Response {
+    if !viewer.csrf_ok(&form.csrf) {
+        return bad_csrf(&app, Some(&viewer));
+    }
+    let case = match visible_case(&app, &viewer, &practice, &case_ref).await {
+        Ok(c) => c,
+        Err(res) => return res,
+    };
+    let (reveal, what) = match form.what.as_str() {
+        "patient" => (
+            Reveal {
+                patient: true,
+                payer_text: false,
+            },
+            "patient identifiers",
+        ),
+        "payer_text" => (
+            Reveal {
+                patient: false,
+                payer_text: true,
+            },
+            "the payer's own words",
+        ),
+        _ => {
+            return message(
+                &app,
+                Some(&viewer),
+                StatusCode::BAD_REQUEST,
+                "Nothing to show",
+                "Unknown request.",
+            )
+        }
+    };
+    let event = json!({ "console": "shown", "what": what, "from": viewer.remote });
+    if let Err(e) = app
+        .ledger
+        .append_event(
+            case.id,
+            crate::store::EventKind::Note,
+            &crate::store::Actor::user(viewer.name()),
+            &event,
+        )
+        .await
+    {
+        return super::unavailable(&e);
+    }
+    if let Err(e) = app
+        .audit(AuditEntry {
+            user: viewer.name(),
+            action: "reveal",
+            practice: Some(&case.data.practice_id),
+            case_id: Some(case.id),
+            remote: viewer.remote.as_deref(),
+            detail: json!({ "what": form.what }),
+        })
+        .await
+    {
+        return super::unavailable(&e);
+    }
+    case_page::show(&app, &viewer, &case, reveal, None, None, StatusCode::OK).await
+}
+
+#[derive(Deserialize, Default)]
+pub struct EscalationsQuery {
+    #[serde(default)]
+    practice: String,
+    done: Option<String>,
+}
+
+#[derive(Serialize)]
+struct EscalationRow {
+    id: i64,
+    reason: &'static str,
+    severity: i64,
+    practice: String,
+    case_ref: Option<String>,
+    case_href: Option<String>,
+    payer: Option<String>,
+    summary: String,
+    state: &'static str,
+    opened: String,
+    due: Option<String>,
+    overdue: bool,
+    sends: u32,
+    acknowledged: Option<String>,
+    note: Option<String>,
+}
+
+/// The escalations inbox: what waits on a person, most urgent first.
+pub async fn escalations(State(app): State<App>, viewer: Viewer, Query(q): Query<EscalationsQuery>) -> Response {
+    let settings = &app.settings;
+    let wanted = some(&q.practice).filter(|p| viewer.sees(p));
+    let mut list: Vec<Escalation> = Vec::new();
+    let scopes: Vec<Option<String>> = match (&wanted, viewer.allowed()) {
+        (Some(p), _) => vec![Some(p.clone())],
+        (None, None) => vec![None],
+        (None, Some(ps)) => ps.into_iter().map(Some).collect(),
+    };
+    for scope in scopes {
+        match app.ledger.escalations(scope.as_deref(), false).await {
+            Ok(mut l) => list.append(&mut l),
+            Err(e) => return super::unavailable(&e),
+        }
+    }
+    list.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(
+                a.due_at
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+                    .cmp(&b.due_at.unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)),
+            )
+            .then(a.id.cmp(&b.id))
+    });
+    if let Err(e) = app
+        .audit(AuditEntry {
+            user: viewer.name(),
+            action: "escalation_list",
+            practice: wanted.as_deref(),
+            case_id: None,
+            remote: viewer.remote.as_deref(),
+            detail: json!({ "shown": list.len() }),
+        })
+        .await
+    {
+        return super::unavailable(&e);
+    }
+    let now = app.ledger.now();
+    let mut rows = Vec::new();
+    for e in &list {
+        let tz = settings.practice(&e.practice_id).map_or(chrono_tz::UTC, |p| p.timezone);
+        let case = match e.case_id {
+            Some(id) => app.ledger.get(id).await.ok(),
+            None => None,
+        };
+        let scrub = |text: &str| match &case {
+            Some(c) => crate::scrub::Scrubber::for_case(c, crate::scrub::Reveal::Masked).scrub(text),
+            None => crate::scrub::scrub(text),
+        };
+        rows.push(EscalationRow {
+            id: e.id,
+            reason: e.reason.title(),
+            severity: e.severity,
+            practice: e.practice_id.clone(),
+            case_ref: case.as_ref().map(|c| c.data.case_ref.clone()),
+            case_href: case
+                .as_ref()
+                .map(|c| view::case_path(&c.data.practice_id, &c.data.case_ref)),
+            payer: e.payer.clone(),
+            summary: scrub(&e.summary),
+            state: e.state.as_str(),
+            opened: view::when(e.opened_at, tz),
+            due: e.due_at.map(|d| view::when(d, tz)),
+            overdue: e.due_at.is_some_and(|d| d < now),
+            sends: e.sends,
+            acknowledged: e.acknowledged_at.map(|t| {
+                format!(
+                    "{} by {}",
+                    view::when(t, tz),
+                    e.acknowledged_by.as_deref().unwrap_or("?").trim_start_matches("user:")
+                )
+            }),
+            note: e.note.as_deref().map(scrub),
+        });
+    }
+    let practices: Vec<Choice> = settings
+        .practices
+        .iter()
+        .filter(|p| viewer.sees(&p.id))
+        .map(|p| Choice {
+            value: p.id.clone(),
+            label: p.name.clone(),
+            selected: wanted.as_deref() == Some(&p.id),
+        })
+        .collect();
+    let mut frame = Frame::new("Escalations", "escalations", Some(&viewer));
+    frame.notice = notice(q.done.as_deref());
+    let back = match &wanted {
+        Some(p) => format!("/escalations?practice={}", view::encode_component(p)),
+        None => "/escalations".to_owned(),
+    };
+    let ctx = json!({ "rows": rows, "practices": practices, "back": back, "csrf": &viewer.csrf });
+    html(
+        StatusCode::OK,
+        view::page(&app.templates, "escalations.html", &frame, ctx),
+    )
+}
