@@ -16,7 +16,6 @@ pub async fn run(config: &Path) -> anyhow::Result<Outcome> {
     let (settings, _disabled) = crate::config::load_isolated(config, crate::config::Secrets::Resolve)?;
     crate::logging::init(&settings.log);
     tracing::debug!(?settings, "Configuration loaded.");
-    crate::browser::reap_orphans(&settings.data_dir);
     drop(settings);
     let stop = CancellationToken::new();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);

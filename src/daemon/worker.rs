@@ -87,6 +87,15 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
         return;
     }
     let playbook = playbook_of(loaded, &job);
+    if playbook.is_some() && !has_work(ctx, &job).await {
+        // Nothing to do for this payer: no start of its limits is spent.
+        let now = Utc::now();
+        ctx.metrics.job(job.kind.as_str(), &payer, Disposition::Done.as_str());
+        if let Err(e) = ctx.queue.complete(&job.lease, now).await {
+            tracing::warn!(job_id = job.id, error = %e, "Cannot record the job's end.");
+        }
+        return;
+    }
     let started = match &playbook {
         None => None,
         Some(pb) => {
@@ -94,11 +103,14 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
             match admitted {
                 Ok(s) => Some(s),
                 Err(blocked) => {
+                    // Looked at again within half a minute at most: a reload
+                    // may have changed the limits meanwhile.
                     let wait = match blocked {
                         Blocked::RateLimited { retry_in } => chrono::Duration::from_std(retry_in).unwrap_or_default(),
                         Blocked::BreakerOpen { until } => until - Utc::now(),
                         _ => chrono::Duration::seconds(5),
-                    };
+                    }
+                    .min(chrono::Duration::seconds(30));
                     tracing::info!(job_id = job.id, payer, playbook = %pb, blocked = %blocked, "Payer limit reached; job given back.");
                     let now = Utc::now();
                     if let Err(e) = ctx.queue.release(&job.lease, now + wait, now).await {
@@ -209,6 +221,28 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
     if let Err(e) = done {
         tracing::warn!(job_id = job.id, error = %e, "Cannot record the job's end.");
     }
+}
+
+/// Whether a per-payer job has a case to work now (an error says yes: the
+/// job then meets it and reports it).
+async fn has_work(ctx: &Ctx, job: &LeasedJob) -> bool {
+    let (Some(action), Some(payer)) = (action_of(job.kind), job.payer.clone()) else {
+        return true;
+    };
+    let filter = CaseFilter {
+        practice: Some(job.practice.clone()),
+        payer: Some(payer),
+        status: None,
+    };
+    let Ok(all) = ctx.ledger.list(&filter).await else {
+        return true;
+    };
+    for c in all {
+        if applies(&ctx.ledger, action, &c).await.unwrap_or(true) {
+            return true;
+        }
+    }
+    false
 }
 
 async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Fold {

@@ -761,3 +761,74 @@ async fn a_practice_with_an_unreadable_secret_is_disabled_while_the_others_run()
     d.signal(libc::SIGTERM);
     assert!(d.exit(Duration::from_secs(40)).await.success());
 }
+
+/// Issue 11: SIGHUP with new `[limits]` applies them (and keeps what runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_new_limits() {
+    let (p, _sandbox, ledger) = setup().await;
+    let config = p.config_path();
+    let text = std::fs::read_to_string(&config).unwrap();
+    // One start per 100 minutes: one practice's submit job runs, the
+    // other's waits.
+    let slow = text
+        .replace("starts_per_minute = 6", "starts_per_minute = 0.01")
+        .replace("burst = 3", "burst = 1");
+    assert_ne!(slow, text, "the sample precert.toml has a [limits] section");
+    std::fs::write(&config, &slow).unwrap();
+    let d = start_with(
+        &p,
+        free_port(),
+        false,
+        "limits",
+        &[],
+        &["PRECERT__LIMITS__STARTS_PER_MINUTE", "PRECERT__LIMITS__BURST"],
+    );
+    let submitted = |practice: &'static str| {
+        let ledger = ledger.clone();
+        async move {
+            ledger
+                .list(&CaseFilter {
+                    practice: Some(practice.into()),
+                    payer: Some("sandbox".into()),
+                    status: None,
+                })
+                .await
+                .unwrap()
+                .iter()
+                .filter(|c| c.payer_ref.is_some())
+                .count()
+        }
+    };
+    until(
+        &d,
+        Duration::from_secs(90),
+        "one practice submitted, the other held back",
+        || async {
+            let (a, b) = (submitted("lakeside-ortho").await, submitted("valley-imaging").await);
+            (a > 0) != (b > 0) && d.log().contains("Payer limit reached")
+        },
+    )
+    .await;
+    let held = if submitted("lakeside-ortho").await == 0 {
+        "lakeside-ortho"
+    } else {
+        "valley-imaging"
+    };
+    std::fs::write(
+        &config,
+        slow.replace("starts_per_minute = 0.01", "starts_per_minute = 600")
+            .replace("burst = 1", "burst = 50"),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    until(
+        &d,
+        Duration::from_secs(120),
+        "the held-back practice submitted after the reload",
+        || async { submitted(held).await > 0 },
+    )
+    .await;
+    assert!(d.log().contains("Configuration reloaded."), "{}", d.log());
+    d.signal(libc::SIGTERM);
+    assert!(d.exit(Duration::from_secs(60)).await.success());
+}
