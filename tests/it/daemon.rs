@@ -666,9 +666,11 @@ async fn a_job_that_cannot_start_a_browser_is_failed_counted_and_pauses_the_paye
             && l.contains("result=\"retry\"")),
         "{metrics}"
     );
+    let log = d.log();
     assert!(
-        !d.log().contains("Job done.") || !d.log().contains("kind=submit"),
-        "a failed submit is never 'done'"
+        !log.lines()
+            .any(|l| l.contains("Job done.") && l.contains("kind=\"submit\"") && l.contains("payer=\"sandbox\"")),
+        "a failed submit is never 'done':\n{log}"
     );
     let cases = ledger.list(&CaseFilter::default()).await.unwrap();
     assert!(
