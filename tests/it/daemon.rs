@@ -834,3 +834,89 @@ async fn a_reload_applies_new_limits() {
     d.signal(libc::SIGTERM);
     assert!(d.exit(Duration::from_secs(60)).await.success());
 }
+
+/// Issue 11: a practice's payer key that differs from its playbook's id.
+/// The breaker is the playbook's: failures of either practice open it, the
+/// paused-payer escalation opens for each practice under its own key, and it
+/// resolves when the portal works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payer_key_bound_to_another_playbook_id_shares_its_breaker_and_escalations() {
+    let sandbox = Sandbox::start(SandboxConfig::default_demo(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let p = Project::new();
+    p.use_sandbox(&sandbox.base_url());
+    fast_schedules(&p);
+    // valley's key for the sandbox playbook is `sbx`.
+    let path = p.path("config/practices/valley-imaging.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("[payers.sandbox]\n", "[payers.sbx]\nplaybook = \"sandbox\"\n"),
+    )
+    .unwrap();
+    let cases = std::fs::read_to_string(p.path("samples/cases.csv")).unwrap();
+    let cases: String = cases
+        .lines()
+        .map(|l| {
+            if l.starts_with("valley-imaging,") {
+                l.replacen(",sandbox,", ",sbx,", 1)
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    p.write("samples/cases-sbx.csv", &(cases + "\n"));
+    let out = p.precert(&["cases", "import", "samples/cases-sbx.csv"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ledger = Ledger::open(&p.settings().database_url).await.unwrap();
+    sandbox
+        .set_hazards(precert_sandbox::HazardsPatch {
+            maintenance: Some(true),
+            ..Default::default()
+        })
+        .unwrap();
+    let d = start_with(
+        &p,
+        free_port(),
+        false,
+        "keys",
+        &[
+            ("PRECERT__LIMITS__FAILURE_THRESHOLD", "2"),
+            ("PRECERT__LIMITS__COOL_DOWN_SECONDS", "2"),
+        ],
+        &[],
+    );
+    let paused = |practice: &'static str, key: &'static str, state: &'static str| {
+        let ledger = ledger.clone();
+        async move {
+            ledger.escalations(Some(practice), true).await.unwrap().iter().any(|e| {
+                e.reason.as_str() == "payer_paused" && e.payer.as_deref() == Some(key) && e.state.as_str() == state
+            })
+        }
+    };
+    until(
+        &d,
+        Duration::from_secs(120),
+        "payer_paused for both practices' keys",
+        || async { paused("lakeside-ortho", "sandbox", "open").await && paused("valley-imaging", "sbx", "open").await },
+    )
+    .await;
+    sandbox
+        .set_hazards(precert_sandbox::HazardsPatch {
+            maintenance: Some(false),
+            ..Default::default()
+        })
+        .unwrap();
+    until(
+        &d,
+        Duration::from_secs(120),
+        "the pause resolved when the portal works again",
+        || async { paused("valley-imaging", "sbx", "resolved").await },
+    )
+    .await;
+    d.signal(libc::SIGTERM);
+    assert!(d.exit(Duration::from_secs(60)).await.success());
+    sandbox.shutdown().await;
+}
