@@ -22,9 +22,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{insert_job, ts, NewJob, Queue, QueueError};
+use super::{insert_job, NewJob, Queue, QueueError};
 use crate::config::{Job, Practice};
 use crate::schedule::{practice_schedules, Schedule, ScheduleError};
+use crate::store::{parse_time, ts};
 
 /// What one schedule did at a tick.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,12 +133,10 @@ impl Scheduler {
                 outcome: FireOutcome::Baseline,
             }));
         };
-        let last = DateTime::parse_from_rfc3339(&last)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|err| QueueError::Corrupt {
-                id: 0,
-                reason: format!("cron_fires of {}/{}: timestamp `{last}`: {err}", e.practice, e.job),
-            })?;
+        let last = parse_time(&last).map_err(|err| QueueError::Corrupt {
+            id: 0,
+            reason: format!("cron_fires of {}/{}: {err}", e.practice, e.job),
+        })?;
         let Some(due) = e.schedule.due(last, now) else {
             return Ok(None);
         };
@@ -151,7 +150,10 @@ impl Scheduler {
 
         // The fire's row comes first: it is the transaction's first write,
         // so SQLite takes the write lock at once (no deferred upgrade to fail
-        // later), and a racing scheduler's insert finds the key taken.
+        // later), and a racing scheduler's insert finds the key taken. On
+        // PostgreSQL a racing daemon's insert of the same key waits for this
+        // transaction and then does nothing (or, had this one rolled back,
+        // fires the slot itself).
         let mut tx = pool.begin().await?;
         let recorded = sqlx::query(
             "INSERT INTO cron_fires (practice_id, job, scheduled_at, fired_at, outcome, missed) VALUES ($1, $2, $3, $4, 'fired', $5) \

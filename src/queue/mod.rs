@@ -26,14 +26,15 @@ mod job;
 
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use crate::case::CaseStatus;
 use crate::config::Job;
-use crate::store::{Actor, EventKind, Ledger, StoreError};
+// Times are stored as the ledger stores them, so they compare as text.
+use crate::store::{parse_time, ts, Actor, EventKind, Ledger, StoreError};
 
 pub use backoff::{os_jitter, JitterSource, RetryPolicy};
 pub use cron::{FireOutcome, FireReport, Scheduler};
@@ -72,18 +73,8 @@ pub struct Queue {
     jitter: JitterSource,
 }
 
-pub(crate) fn ts(t: DateTime<Utc>) -> String {
-    // The same text form as the ledger's, so times compare as text.
-    t.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
 fn parse_ts(id: i64, s: &str) -> Result<DateTime<Utc>, QueueError> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| QueueError::Corrupt {
-            id,
-            reason: format!("timestamp `{s}`: {e}"),
-        })
+    parse_time(s).map_err(|reason| QueueError::Corrupt { id, reason })
 }
 
 pub(crate) fn parse_job(id: i64, s: &str) -> Result<Job, QueueError> {
@@ -190,10 +181,11 @@ impl Queue {
     }
 
     /// Takes the oldest job that is due, for `ttl`. Atomic: one statement
-    /// picks and claims it, so two workers never get the same job. (SQLite
-    /// has a single writer; on PostgreSQL the inner SELECT wants `FOR UPDATE
-    /// SKIP LOCKED`, and the outer `state = 'queued'` keeps a lost race from
-    /// claiming a job twice meanwhile.)
+    /// picks and claims it, so two workers (of one daemon or of several)
+    /// never get the same job. SQLite runs one writer at a time; on
+    /// PostgreSQL the pick takes `FOR UPDATE SKIP LOCKED`, so concurrent
+    /// workers take different jobs without waiting on each other, and the
+    /// outer `state = 'queued'` re-checks what was picked.
     pub async fn lease(
         &self,
         owner: &str,
@@ -207,11 +199,12 @@ impl Queue {
             let params: Vec<String> = (0..filter.skip_payers.len()).map(|i| format!("${}", i + 4)).collect();
             payer_clause = format!(" AND (payer IS NULL OR payer NOT IN ({}))", params.join(", "));
         }
+        let skip = self.ledger.backend().skip_locked();
         let sql = format!(
             "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_expires_at = $2, \
              lease_token = lease_token + 1, attempts = attempts + 1, updated_at = $3 \
              WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $3{payer_clause} \
-                         ORDER BY run_at, id LIMIT 1) \
+                         ORDER BY run_at, id LIMIT 1{skip}) \
                AND state = 'queued' \
              RETURNING id, kind, practice_id, payer, case_id, attempts, max_attempts, lease_token"
         );
@@ -541,8 +534,8 @@ impl Queue {
                 .fetch_one(self.pool())
                 .await?
                 .try_get("oldest")?;
-        if let Some(t) = oldest.and_then(|s| DateTime::parse_from_rfc3339(&s).ok()) {
-            stats.oldest_due_seconds = (now - t.with_timezone(&Utc)).num_milliseconds().max(0) as f64 / 1000.0;
+        if let Some(t) = oldest.and_then(|s| parse_time(&s).ok()) {
+            stats.oldest_due_seconds = (now - t).num_milliseconds().max(0) as f64 / 1000.0;
         }
         Ok(stats)
     }

@@ -9,13 +9,19 @@
 //!   a new one from opening;
 //! - a mail's Message-ID is fixed when it is queued, so a resend after a
 //!   crash carries the same one.
+//!
+//! With several daemons on one PostgreSQL database: two of them opening the
+//! same escalation meet at the partial unique index (`ON CONFLICT ... DO
+//! NOTHING`: one opens it, with its mail); an escalation's next step is taken
+//! under its row lock, by whoever gets it first; senders claim mail with
+//! `FOR UPDATE SKIP LOCKED` in one statement, each mail by one sender.
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{insert_event, parse_ts, ts, Actor, EventKind, Ledger, StoreError, Tx};
+use super::{insert_event, parse_ts, ts, Actor, Backend, EventKind, Ledger, StoreError, Tx};
 use crate::case::{CaseRecord, CaseStatus};
 use crate::escalate::{Audience, Reason};
 use crate::mail::OutgoingMail;
@@ -495,10 +501,14 @@ impl Ledger {
             return Ok(None);
         }
         let now_s = ts(now);
-        let eid: i64 = sqlx::query(
+        // Another writer may open the same key meanwhile (PostgreSQL): the
+        // partial unique index makes this insert wait for it, then do
+        // nothing if it committed.
+        let inserted = sqlx::query(
             "INSERT INTO escalations (practice_id, case_id, payer, reason, dedupe_key, audience, level, state, severity, \
              due_at, summary, detail, opened_at, next_action_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 0, 'open', $7, $8, $9, $10, $11, $12) RETURNING id",
+             VALUES ($1, $2, $3, $4, $5, $6, 0, 'open', $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (dedupe_key) WHERE state IN ('open', 'acknowledged') DO NOTHING RETURNING id",
         )
         .bind(&new.practice_id)
         .bind(new.case_id)
@@ -512,9 +522,12 @@ impl Ledger {
         .bind(new.detail.to_string())
         .bind(&now_s)
         .bind(new.next_action_at.map(ts))
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get("id")?;
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(inserted) = inserted else {
+            return Ok(None);
+        };
+        let eid: i64 = inserted.try_get("id")?;
         let esc = self.escalation_in_tx(tx, eid).await?;
         let queued = self.send_step_in_tx(tx, hook, &esc, case, Step::First, now).await?;
         if let Some(case_id) = new.case_id {
@@ -556,8 +569,11 @@ impl Ledger {
         Ok(queued)
     }
 
+    /// An escalation read in a write transaction, which holds its row from
+    /// here on (PostgreSQL's row lock; SQLite's write transaction).
     async fn escalation_in_tx(&self, tx: &mut Tx<'_>, eid: i64) -> Result<Escalation, StoreError> {
-        let row = sqlx::query(&format!("{SELECT_ESCALATION} WHERE id = $1"))
+        let lock = Backend::of(tx).lock_row();
+        let row = sqlx::query(&format!("{SELECT_ESCALATION} WHERE id = $1{lock}"))
             .bind(eid)
             .fetch_optional(&mut **tx)
             .await?
@@ -587,10 +603,13 @@ impl Ledger {
     pub async fn resolve_escalation_key(&self, key: &str, why: &str) -> Result<bool, StoreError> {
         let now = self.now();
         let mut tx = self.begin_write().await?;
-        let row = sqlx::query("SELECT id FROM escalations WHERE dedupe_key = $1 AND state IN ('open', 'acknowledged')")
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT id FROM escalations WHERE dedupe_key = $1 AND state IN ('open', 'acknowledged'){}",
+            self.backend.lock_row()
+        ))
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(row) = row else {
             return Ok(false);
         };
@@ -623,7 +642,8 @@ impl Ledger {
                 continue;
             };
             let mut tx = self.begin_write().await?;
-            // Re-read under the write lock: an acknowledgement may have won.
+            // Re-read under the row's lock: an acknowledgement, or another
+            // daemon taking this same step, may have won.
             let fresh = self.escalation_in_tx(&mut tx, esc.id).await?;
             if fresh.state != EscalationState::Open || fresh.next_action_at != esc.next_action_at {
                 continue;
@@ -732,7 +752,7 @@ impl Ledger {
     pub async fn cases_for_rules(&self, practice: &str) -> Result<Vec<CaseForRules>, StoreError> {
         let rows = sqlx::query(
             "SELECT c.id, c.status, c.data, c.decision, c.payer_ref, c.created_at, c.updated_at, c.submitted_at, \
-             EXISTS (SELECT 1 FROM letters l WHERE l.case_id = c.id) AS has_letter \
+             CASE WHEN EXISTS (SELECT 1 FROM letters l WHERE l.case_id = c.id) THEN 1 ELSE 0 END AS has_letter \
              FROM cases c WHERE c.practice_id = $1 AND c.status NOT IN ('cancelled', 'expired', 'not_required') \
              ORDER BY c.id",
         )
@@ -743,6 +763,8 @@ impl Ledger {
             .map(|r| {
                 let case = super::case_from_row(r)?;
                 let submitted_at = opt_ts(r, "submitted_at", case.id)?;
+                // An integer on both backends (PostgreSQL's EXISTS is a
+                // boolean, SQLite's an integer; the CASE makes it one type).
                 let has_letter: i64 = r.try_get("has_letter")?;
                 Ok(CaseForRules {
                     case,
@@ -783,62 +805,62 @@ impl Ledger {
     }
 
     /// Claims the next mail due (pending, or a claim that ran out), for
-    /// `lease`. None when nothing is due.
+    /// `lease`. None when nothing is due. One statement picks and claims the
+    /// mail, so two senders (two daemons) never hold the same one: on
+    /// PostgreSQL the pick skips rows another sender is claiming (`SKIP
+    /// LOCKED`), and the claim re-checks the state it picked by.
     pub async fn claim_mail(&self, lease: Duration) -> Result<Option<ClaimedMail>, StoreError> {
         let now = self.now();
-        let mut tx = self.begin_write().await?;
+        let skip = self.backend.skip_locked();
         // Two indexed lookups rather than one OR (which SQLite answers by
         // sorting every due row): mail due first, then a claim that ran out.
-        let mut row = None;
-        for condition in [
-            "o.state = 'pending' AND o.next_attempt_at <= $1 ORDER BY o.next_attempt_at, o.id",
-            "o.state = 'sending' AND o.lease_until <= $1 ORDER BY o.lease_until, o.id",
+        for (due, order) in [
+            ("state = 'pending' AND next_attempt_at <= $1", "next_attempt_at, id"),
+            ("state = 'sending' AND lease_until <= $1", "lease_until, id"),
         ] {
-            row = sqlx::query(&format!(
-                "SELECT o.id, o.escalation_id, o.attempts, o.mail, e.case_id FROM outbox o \
-                 LEFT JOIN escalations e ON e.id = o.escalation_id WHERE {condition} LIMIT 1"
+            let row = sqlx::query(&format!(
+                "UPDATE outbox SET state = 'sending', lease_until = $2, attempts = attempts + 1 \
+                 WHERE id = (SELECT id FROM outbox WHERE {due} ORDER BY {order} LIMIT 1{skip}) AND {due} \
+                 RETURNING id, escalation_id, attempts, mail, \
+                 (SELECT e.case_id FROM escalations e WHERE e.id = outbox.escalation_id) AS case_id"
             ))
             .bind(ts(now))
-            .fetch_optional(&mut *tx)
-            .await?;
-            if row.is_some() {
-                break;
-            }
-        }
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let id: i64 = row.try_get("id")?;
-        sqlx::query("UPDATE outbox SET state = 'sending', lease_until = $1, attempts = attempts + 1 WHERE id = $2")
             .bind(ts(now + lease))
-            .bind(id)
-            .execute(&mut *tx)
+            .fetch_optional(&self.pool)
             .await?;
-        tx.commit().await?;
-        let mail: String = row.try_get("mail")?;
-        Ok(Some(ClaimedMail {
-            id,
-            escalation_id: row.try_get("escalation_id")?,
-            case_id: row.try_get("case_id")?,
-            attempts: row.try_get::<i64, _>("attempts")? as u32 + 1,
-            mail: serde_json::from_str(&mail).map_err(|e| corrupt(id, format!("outbox mail: {e}")))?,
-        }))
+            let Some(row) = row else { continue };
+            let id: i64 = row.try_get("id")?;
+            let mail: String = row.try_get("mail")?;
+            return Ok(Some(ClaimedMail {
+                id,
+                escalation_id: row.try_get("escalation_id")?,
+                case_id: row.try_get("case_id")?,
+                attempts: row.try_get::<i64, _>("attempts")? as u32,
+                mail: serde_json::from_str(&mail).map_err(|e| corrupt(id, format!("outbox mail: {e}")))?,
+            }));
+        }
+        Ok(None)
     }
 
-    /// Records how sending a claimed mail ended.
+    /// Records how sending a claimed mail ended. The claim's attempt
+    /// number fences it: a sender whose claim ran out and was taken over by
+    /// another (a daemon that hung) does not overwrite the newer claim's
+    /// retry or failure. A mail that went out is recorded as sent whoever
+    /// sent it, once.
     pub async fn finish_mail(&self, claimed: &ClaimedMail, outcome: &SendOutcome) -> Result<(), StoreError> {
         let now = ts(self.now());
         let mut tx = self.begin_write().await?;
         match outcome {
             SendOutcome::Sent => {
-                sqlx::query(
-                    "UPDATE outbox SET state = 'sent', sent_at = $1, lease_until = NULL, last_error = NULL WHERE id = $2",
+                let done = sqlx::query(
+                    "UPDATE outbox SET state = 'sent', sent_at = $1, lease_until = NULL, last_error = NULL \
+                     WHERE id = $2 AND state <> 'sent'",
                 )
                 .bind(&now)
                 .bind(claimed.id)
                 .execute(&mut *tx)
                 .await?;
-                if let Some(case_id) = claimed.case_id {
+                if let (1, Some(case_id)) = (done.rows_affected(), claimed.case_id) {
                     let detail = json!({
                         "sent": claimed.mail.message_id,
                         "escalation": claimed.escalation_id,
@@ -849,20 +871,26 @@ impl Ledger {
             }
             SendOutcome::Retry { at, error } => {
                 sqlx::query(
-                    "UPDATE outbox SET state = 'pending', next_attempt_at = $1, lease_until = NULL, last_error = $2 WHERE id = $3",
+                    "UPDATE outbox SET state = 'pending', next_attempt_at = $1, lease_until = NULL, last_error = $2 \
+                     WHERE id = $3 AND state = 'sending' AND attempts = $4",
                 )
                 .bind(ts(*at))
                 .bind(error)
                 .bind(claimed.id)
+                .bind(i64::from(claimed.attempts))
                 .execute(&mut *tx)
                 .await?;
             }
             SendOutcome::Failed { error } => {
-                sqlx::query("UPDATE outbox SET state = 'failed', lease_until = NULL, last_error = $1 WHERE id = $2")
-                    .bind(error)
-                    .bind(claimed.id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE outbox SET state = 'failed', lease_until = NULL, last_error = $1 \
+                     WHERE id = $2 AND state = 'sending' AND attempts = $3",
+                )
+                .bind(error)
+                .bind(claimed.id)
+                .bind(i64::from(claimed.attempts))
+                .execute(&mut *tx)
+                .await?;
             }
         }
         tx.commit().await?;

@@ -1,42 +1,53 @@
 //! The ledger: cases, their decisions and their append-only event log.
 //!
-//! Only this module speaks SQL. It goes through sqlx's `Any` driver with
-//! `$N` placeholders and portable SQL, so a PostgreSQL backend needs only its
-//! own migration files, not other queries. SQLite is the embedded default:
-//! WAL, a busy timeout, foreign keys on, the file readable by its owner only.
+//! Only this module (and `queue`, over the same pool) speaks SQL. It goes
+//! through sqlx's `Any` driver with `$N` placeholders and SQL that SQLite and
+//! PostgreSQL read alike; what differs (the schema, row locks, the migration
+//! lock) is in [`backend`]. SQLite is the embedded default: WAL, a busy
+//! timeout, foreign keys on, the file readable by its owner only. PostgreSQL
+//! is the database several daemons share.
 //!
 //! Invariant: a change to a case and the event that records it commit in one
 //! transaction, and no code path updates or deletes an event (the database
 //! refuses it too, by trigger).
 
-use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
 
 use crate::case::{CaseData, CaseRecord, CaseStatus, Decision};
 
+mod backend;
 mod escalations;
 mod owner;
+mod schema;
+pub use backend::{Backend, SCHEMES};
 pub use escalations::{
     Advance, CaseForRules, ClaimedMail, Escalation, EscalationHook, EscalationState, NewEscalation, OutboxEntry,
     OutboxState, SendOutcome, Step,
 };
 pub use owner::{Owner, SubmitLease, SUBMIT_LEASE, SUBMIT_LEASE_RENEW};
+pub use schema::{migrate, redact_url, schema_status, AppliedMigration, SchemaStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the ledger at {url}: {source}")]
     Open { url: String, source: sqlx::Error },
+    #[error("`{url}` is not a database URL precert knows; use {SCHEMES}")]
+    UnknownUrl { url: String },
     #[error("cannot prepare the data directory {}: {source}", path.display())]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot bring the ledger's schema up to date: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "the ledger's schema is newer than this precert: migration {version} was applied by a later version; \
+         upgrade precert (every daemon on this database) before starting it"
+    )]
+    NewerSchema { version: i64 },
     #[error("no case {0}")]
     NotFound(String),
     #[error("case {case} cannot move from {from} to {to} (from {from} it may move to: {allowed})")]
@@ -216,8 +227,9 @@ pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 pub struct Ledger {
     pool: AnyPool,
     clock: Clock,
-    /// SQLite: write transactions take the write lock when they begin.
-    immediate: bool,
+    /// SQLite (write transactions take the write lock when they begin) or
+    /// PostgreSQL (they lock the rows they read to change).
+    backend: Backend,
     /// Raises escalations inside status changes; shared by every clone.
     hook: Arc<std::sync::RwLock<Option<Arc<dyn EscalationHook>>>>,
     /// `(case, token)`: writes to that case hold only while its submission
@@ -225,44 +237,23 @@ pub struct Ledger {
     fence: Option<(i64, i64)>,
 }
 
-static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "ledger", include_str!("migrations/sqlite/0001_ledger.sql")),
-    (
-        2,
-        "letters and references",
-        include_str!("migrations/sqlite/0002_letters_and_references.sql"),
-    ),
-    (3, "jobs", include_str!("migrations/sqlite/0003_jobs.sql")),
-    (4, "escalations", include_str!("migrations/sqlite/0004_escalations.sql")),
-    (
-        5,
-        "submission owner",
-        include_str!("migrations/sqlite/0005_submission_owner.sql"),
-    ),
-];
-
-fn migrator() -> Migrator {
-    let migrations: Vec<Migration> = SQLITE_MIGRATIONS
-        .iter()
-        .map(|(v, d, sql)| Migration::new(*v, Cow::Borrowed(d), MigrationType::Simple, Cow::Borrowed(sql), false))
-        .collect();
-    Migrator {
-        migrations: Cow::Owned(migrations),
-        ..Migrator::DEFAULT
-    }
-}
-
-fn ts(t: DateTime<Utc>) -> String {
+/// A time as the ledger stores it on both backends: UTC RFC 3339 text with
+/// microseconds (`2026-12-01T15:00:00.000000Z`), one fixed width, so times
+/// compare and sort as text (byte order; PostgreSQL's columns are `"C"`).
+/// The queue stores its times the same way, through this function.
+pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-fn parse_ts(id: i64, s: &str) -> Result<DateTime<Utc>, StoreError> {
+/// A stored time back; the error says what was found.
+pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| StoreError::Corrupt {
-            id,
-            reason: format!("timestamp `{s}`: {e}"),
-        })
+        .map_err(|e| format!("timestamp `{s}`: {e}"))
+}
+
+fn parse_ts(id: i64, s: &str) -> Result<DateTime<Utc>, StoreError> {
+    parse_time(s).map_err(|reason| StoreError::Corrupt { id, reason })
 }
 
 fn parse_status(id: i64, s: &str) -> Result<CaseStatus, StoreError> {
@@ -302,76 +293,37 @@ pub fn private_dir(path: &Path) -> std::io::Result<()> {
 }
 
 impl Ledger {
-    /// Opens (creating if needed) the ledger and runs pending migrations.
+    /// Opens (creating if needed) the ledger and runs pending migrations,
+    /// under the migration lock (see [`migrate`]).
     pub async fn open(url: &str) -> Result<Ledger, StoreError> {
-        static DRIVERS: Once = Once::new();
-        DRIVERS.call_once(sqlx::any::install_default_drivers);
-        let file = sqlite_path(url);
-        if let Some(dir) = file
-            .as_deref()
-            .and_then(Path::parent)
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            if !dir.exists() {
-                private_dir(dir).map_err(|source| StoreError::DataDir {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-            }
+        let (backend, pool) = schema::connect(url).await?;
+        if let Err(e) = schema::run_migrations(backend, url, &pool).await {
+            pool.close().await;
+            return Err(e);
         }
-        let pool = AnyPoolOptions::new()
-            .max_connections(4)
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    if conn.backend_name() == "SQLite" {
-                        // WAL lets readers (the CLI) work while the daemon
-                        // writes; the busy timeout waits out a writer's lock
-                        // instead of failing at once.
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
-                             PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
-                        )
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await
-            .map_err(|source| StoreError::Open {
-                url: url.to_owned(),
-                source,
-            })?;
-        if let Some(file) = &file {
-            for suffix in ["", "-wal", "-shm"] {
-                let p = PathBuf::from(format!("{}{suffix}", file.display()));
-                if p.exists() {
-                    restrict(&p, 0o600).map_err(|source| StoreError::DataDir {
-                        path: p.clone(),
-                        source,
-                    })?;
-                }
-            }
-        }
-        migrator().run(&pool).await?;
         Ok(Ledger {
             pool,
             clock: Arc::new(Utc::now),
-            immediate: url.starts_with("sqlite:"),
+            backend,
             hook: Arc::default(),
             fence: None,
         })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// A transaction that will write. On SQLite it begins IMMEDIATE: a
     /// deferred one that reads first and then writes fails with "database is
     /// locked" (SQLITE_BUSY_SNAPSHOT, which the busy timeout cannot wait out)
     /// when another process wrote in between.
-    async fn begin_write(&self) -> Result<Tx<'static>, sqlx::Error> {
-        if self.immediate {
-            self.pool.begin_with("BEGIN IMMEDIATE").await
-        } else {
-            self.pool.begin().await
+    /// On PostgreSQL it is an ordinary (read committed) transaction; what
+    /// it reads to change, it reads under a row lock ([`Backend::lock_row`]).
+    pub(crate) async fn begin_write(&self) -> Result<Tx<'static>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
         }
     }
 
@@ -419,30 +371,38 @@ impl Ledger {
         let json = serde_json::to_string(data).expect("case data serialises");
         let now = ts(self.now());
         let mut tx = self.begin_write().await?;
-        let existing =
-            sqlx::query("SELECT id, status, data, version FROM cases WHERE practice_id = $1 AND case_ref = $2")
-                .bind(&data.practice_id)
-                .bind(&data.case_ref)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let select = format!(
+            "SELECT id, status, data, version FROM cases WHERE practice_id = $1 AND case_ref = $2{}",
+            self.backend.lock_row()
+        );
+        let find = || sqlx::query(&select).bind(&data.practice_id).bind(&data.case_ref);
+        let mut existing = find().fetch_optional(&mut *tx).await?;
+        let mut created = None;
+        if existing.is_none() {
+            // Two importers of the same case at once (PostgreSQL; SQLite has
+            // one writer): the key decides, and the later one finds the case.
+            created = sqlx::query(
+                "INSERT INTO cases (practice_id, case_ref, payer, status, urgency, service_start, service_end, data, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (practice_id, case_ref) DO NOTHING RETURNING id",
+            )
+            .bind(&data.practice_id)
+            .bind(&data.case_ref)
+            .bind(&data.coverage.payer)
+            .bind(CaseStatus::New.as_str())
+            .bind(data.urgency.as_str())
+            .bind(data.service_dates.start.to_string())
+            .bind(data.service_dates.end.to_string())
+            .bind(&json)
+            .bind(&now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if created.is_none() {
+                existing = find().fetch_optional(&mut *tx).await?;
+            }
+        }
         let (id, status, version, outcome) = match existing {
             None => {
-                let id: i64 = sqlx::query(
-                    "INSERT INTO cases (practice_id, case_ref, payer, status, urgency, service_start, service_end, data, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) RETURNING id",
-                )
-                .bind(&data.practice_id)
-                .bind(&data.case_ref)
-                .bind(&data.coverage.payer)
-                .bind(CaseStatus::New.as_str())
-                .bind(data.urgency.as_str())
-                .bind(data.service_dates.start.to_string())
-                .bind(data.service_dates.end.to_string())
-                .bind(&json)
-                .bind(&now)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("id")?;
+                let id: i64 = created.ok_or_else(|| StoreError::NotFound(key(data)))?.try_get("id")?;
                 insert_event(
                     &mut tx,
                     id,
@@ -712,31 +672,35 @@ impl Ledger {
         let mut tx = self.begin_write().await?;
         let (case_key, _, _) = current(&mut tx, id).await?;
         self.check_fence(&mut tx, &case_key, id).await?;
-        let holder = sqlx::query(
-            "SELECT o.practice_id, o.case_ref FROM cases o JOIN cases c ON o.payer = c.payer \
-             WHERE c.id = $1 AND o.id <> $1 AND o.payer_ref = $2",
-        )
-        .bind(id)
-        .bind(reference)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(other) = holder {
+        if let Some(other) = payer_ref_holder(&mut *tx, id, reference).await? {
             return Err(StoreError::ReferenceTaken {
                 case: case_key,
                 reference: reference.to_owned(),
-                other: format!(
-                    "{}/{}",
-                    other.try_get::<String, _>("practice_id")?,
-                    other.try_get::<String, _>("case_ref")?
-                ),
+                other,
             });
         }
-        sqlx::query("UPDATE cases SET payer_ref = $1, version = version + 1, updated_at = $2 WHERE id = $3")
+        let set = sqlx::query("UPDATE cases SET payer_ref = $1, version = version + 1, updated_at = $2 WHERE id = $3")
             .bind(reference)
             .bind(&now)
             .bind(id)
             .execute(&mut *tx)
-            .await?;
+            .await;
+        if let Err(e) = set {
+            // Another case of this payer took the reference after the check
+            // (PostgreSQL, two writers): the unique index refused this one.
+            if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
+                tx.rollback().await?;
+                let other = payer_ref_holder(&self.pool, id, reference)
+                    .await?
+                    .unwrap_or_else(|| "another case".into());
+                return Err(StoreError::ReferenceTaken {
+                    case: case_key,
+                    reference: reference.to_owned(),
+                    other,
+                });
+            }
+            return Err(e.into());
+        }
         insert_event(
             &mut tx,
             id,
@@ -831,6 +795,30 @@ impl Ledger {
     }
 }
 
+/// `PRACTICE/CASE` of another case of the same payer that holds `reference`.
+async fn payer_ref_holder<'e>(
+    db: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    id: i64,
+    reference: &str,
+) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query(
+        "SELECT o.practice_id, o.case_ref FROM cases o JOIN cases c ON o.payer = c.payer \
+         WHERE c.id = $1 AND o.id <> $1 AND o.payer_ref = $2",
+    )
+    .bind(id)
+    .bind(reference)
+    .fetch_optional(db)
+    .await?;
+    row.map(|r| {
+        Ok(format!(
+            "{}/{}",
+            r.try_get::<String, _>("practice_id")?,
+            r.try_get::<String, _>("case_ref")?
+        ))
+    })
+    .transpose()
+}
+
 const SELECT_CASE: &str = "SELECT id, status, data, decision, payer_ref, created_at, updated_at FROM cases";
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
@@ -863,13 +851,18 @@ fn case_from_row(row: &AnyRow) -> Result<CaseRecord, StoreError> {
     })
 }
 
-/// The case's key, status and version inside a transaction.
+/// The case's key, status and version inside a write transaction, which
+/// holds the case's row from here to its end (PostgreSQL's row lock; SQLite's
+/// write transaction holds the database).
 async fn current(tx: &mut Tx<'_>, id: i64) -> Result<(String, CaseStatus, i64), StoreError> {
-    let row = sqlx::query("SELECT practice_id, case_ref, status, version FROM cases WHERE id = $1")
-        .bind(id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    let lock = Backend::of(tx).lock_row();
+    let row = sqlx::query(&format!(
+        "SELECT practice_id, case_ref, status, version FROM cases WHERE id = $1{lock}"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
     let key = format!(
         "{}/{}",
         row.try_get::<String, _>("practice_id")?,

@@ -17,6 +17,14 @@
 //! `submitting` case whose lease ended means "reconcile first": the new
 //! holder learns it took over ([`SubmitLease::took_over`]) and looks for an
 //! earlier request at the payer before anyone may submit again.
+//!
+//! Several daemons on one PostgreSQL database: every claim, renewal, intent
+//! and fenced write reads the case row under a row lock inside its write
+//! transaction (`SELECT … FOR NO KEY UPDATE`, in `current`), so claimants
+//! are served one at a time and each sees the lease the previous one wrote;
+//! SQLite gets the same from its one writer (`BEGIN IMMEDIATE`). A holder on
+//! another host is never judged gone by its PID: only its lease's expiry
+//! ends it.
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;

@@ -1,0 +1,304 @@
+//! Connecting to the ledger's database and bringing its schema up to date.
+//!
+//! Every process that opens the ledger migrates it first, under a lock that
+//! spans the whole run: a PostgreSQL advisory lock (session level, on a
+//! connection of its own that is closed afterwards, so a process that dies
+//! mid-way releases it), or a `flock` beside a SQLite file. Two daemons that
+//! start together therefore migrate once: the second waits, then finds
+//! nothing left to do. Each migration runs in its own transaction with its
+//! bookkeeping row (sqlx's `_sqlx_migrations`), so a failed one leaves no
+//! trace and is retried at the next start.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::MigrateError;
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
+
+use super::backend::{Backend, MigrationLock};
+use super::{private_dir, restrict, sqlite_path, StoreError};
+
+/// The advisory lock key precert's migrations hold on PostgreSQL: the bytes
+/// of "precert\0" (advisory keys are per database, so one constant serves).
+const PG_MIGRATION_LOCK: i64 = 0x7072_6563_6572_7400;
+
+/// A migration as the database records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppliedMigration {
+    pub version: i64,
+    pub description: String,
+    /// When it was applied, as the database wrote it.
+    pub installed_on: String,
+    /// Its SQL is the SQL this precert embeds for that version.
+    pub checksum_matches: bool,
+}
+
+/// Where a database's schema stands against this precert's migrations.
+#[derive(Clone, Debug)]
+pub struct SchemaStatus {
+    pub backend: Backend,
+    /// False for a SQLite file that does not exist yet.
+    pub exists: bool,
+    /// Every migration this precert embeds: (version, description, how it
+    /// was applied — None while pending).
+    pub migrations: Vec<(i64, &'static str, Option<AppliedMigration>)>,
+    /// Applied migrations this precert does not know: the database was
+    /// migrated by a newer precert.
+    pub unknown: Vec<AppliedMigration>,
+}
+
+impl SchemaStatus {
+    pub fn pending(&self) -> impl Iterator<Item = (i64, &'static str)> + '_ {
+        self.migrations
+            .iter()
+            .filter(|(_, _, a)| a.is_none())
+            .map(|(v, d, _)| (*v, *d))
+    }
+
+    /// Applied migrations whose SQL differs from this precert's.
+    pub fn changed(&self) -> impl Iterator<Item = &AppliedMigration> {
+        self.migrations
+            .iter()
+            .filter_map(|(_, _, a)| a.as_ref())
+            .filter(|a| !a.checksum_matches)
+    }
+
+    pub fn up_to_date(&self) -> bool {
+        self.pending().next().is_none() && self.changed().next().is_none() && self.unknown.is_empty()
+    }
+}
+
+/// The URL with its password (if any) replaced by `***`, for messages.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+fn open_error(url: &str, source: sqlx::Error) -> StoreError {
+    StoreError::Open {
+        url: redact_url(url),
+        source,
+    }
+}
+
+fn backend_of(url: &str) -> Result<Backend, StoreError> {
+    Backend::from_url(url).ok_or_else(|| StoreError::UnknownUrl { url: redact_url(url) })
+}
+
+fn install_drivers() {
+    static DRIVERS: Once = Once::new();
+    DRIVERS.call_once(sqlx::any::install_default_drivers);
+}
+
+/// The ledger's connection pool (creating a SQLite file and its private
+/// directory if needed). Does not migrate.
+pub(super) async fn connect(url: &str) -> Result<(Backend, AnyPool), StoreError> {
+    install_drivers();
+    let backend = backend_of(url)?;
+    let file = sqlite_path(url);
+    if let Some(dir) = file
+        .as_deref()
+        .and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        if !dir.exists() {
+            private_dir(dir).map_err(|source| StoreError::DataDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+    }
+    let pool = AnyPoolOptions::new()
+        .max_connections(4)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                if Backend::of(conn) == Backend::Sqlite {
+                    // WAL lets readers (the CLI) work while the daemon
+                    // writes; the busy timeout waits out a writer's lock
+                    // instead of failing at once.
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; \
+                         PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .map_err(|source| open_error(url, source))?;
+    if let Some(file) = &file {
+        for suffix in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{suffix}", file.display()));
+            if p.exists() {
+                restrict(&p, 0o600).map_err(|source| StoreError::DataDir {
+                    path: p.clone(),
+                    source,
+                })?;
+            }
+        }
+    }
+    Ok((backend, pool))
+}
+
+/// Brings the schema up to date under the migration lock. Returns the
+/// migrations this call applied (none when another process had already).
+pub(super) async fn run_migrations(
+    backend: Backend,
+    url: &str,
+    pool: &AnyPool,
+) -> Result<Vec<(i64, &'static str)>, StoreError> {
+    let migrator = backend.migrator();
+    match backend {
+        Backend::Sqlite => {
+            // An in-memory database is this process's alone.
+            let _lock = match sqlite_path(url)
+                .as_deref()
+                .map(|f| f.parent().unwrap_or(Path::new(".")))
+            {
+                Some(dir) => {
+                    let dir = if dir.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        dir
+                    };
+                    Some(
+                        MigrationLock::acquire(dir.to_owned())
+                            .await
+                            .map_err(|source| StoreError::DataDir {
+                                path: dir.to_owned(),
+                                source,
+                            })?,
+                    )
+                }
+                None => None,
+            };
+            let mut conn = pool.acquire().await?;
+            let before = applied(backend, &mut conn).await?;
+            migrator.run_direct(&mut *conn).await.map_err(migrate_error)?;
+            Ok(newly_applied(backend, &before))
+        }
+        Backend::Postgres => {
+            // A connection of its own: the session-level lock goes with it
+            // when it closes (or when this process dies), never back into
+            // the pool.
+            let mut conn = AnyConnection::connect(url).await.map_err(|e| open_error(url, e))?;
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(PG_MIGRATION_LOCK)
+                .execute(&mut conn)
+                .await?;
+            let before = applied(backend, &mut conn).await?;
+            let result = migrator.run_direct(&mut conn).await.map_err(migrate_error);
+            conn.close().await?;
+            result?;
+            Ok(newly_applied(backend, &before))
+        }
+    }
+}
+
+fn newly_applied(backend: Backend, before: &BTreeMap<i64, AppliedMigration>) -> Vec<(i64, &'static str)> {
+    backend
+        .migrations()
+        .iter()
+        .filter(|(v, _, _)| !before.contains_key(v))
+        .map(|(v, d, _)| (*v, *d))
+        .collect()
+}
+
+/// A database newer than this precert gets a sentence saying so.
+fn migrate_error(e: MigrateError) -> StoreError {
+    match e {
+        MigrateError::VersionMissing(v) => StoreError::NewerSchema { version: v },
+        other => StoreError::Migrate(other),
+    }
+}
+
+/// What `_sqlx_migrations` records (empty before the first migration).
+async fn applied(backend: Backend, conn: &mut AnyConnection) -> Result<BTreeMap<i64, AppliedMigration>, StoreError> {
+    let exists = match backend {
+        Backend::Sqlite => "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        Backend::Postgres => {
+            "SELECT COUNT(*) AS n FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'"
+        }
+    };
+    let n: i64 = sqlx::query(exists).fetch_one(&mut *conn).await?.try_get("n")?;
+    if n == 0 {
+        return Ok(BTreeMap::new());
+    }
+    let ours: BTreeMap<i64, Vec<u8>> = backend
+        .migrator()
+        .iter()
+        .map(|m| (m.version, m.checksum.to_vec()))
+        .collect();
+    let rows = sqlx::query(
+        "SELECT version, description, CAST(installed_on AS TEXT) AS installed_on, checksum \
+         FROM _sqlx_migrations WHERE success ORDER BY version",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let version: i64 = r.try_get("version")?;
+            let checksum: Vec<u8> = r.try_get("checksum")?;
+            Ok((
+                version,
+                AppliedMigration {
+                    version,
+                    description: r.try_get("description")?,
+                    installed_on: r.try_get("installed_on")?,
+                    checksum_matches: ours.get(&version) == Some(&checksum),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Applies pending migrations (as opening the ledger does) and returns
+/// those this call applied: `precert db migrate`.
+pub async fn migrate(url: &str) -> Result<Vec<(i64, &'static str)>, StoreError> {
+    let (backend, pool) = connect(url).await?;
+    let done = run_migrations(backend, url, &pool).await;
+    pool.close().await;
+    done
+}
+
+/// Where the schema stands, without changing anything (a SQLite file that
+/// does not exist is not created): `precert db status`.
+pub async fn schema_status(url: &str) -> Result<SchemaStatus, StoreError> {
+    install_drivers();
+    let backend = backend_of(url)?;
+    let exists = sqlite_path(url).is_none_or(|f| f.exists());
+    let mut recorded = if exists {
+        let mut conn = AnyConnection::connect(url).await.map_err(|e| open_error(url, e))?;
+        let applied = applied(backend, &mut conn).await;
+        conn.close().await?;
+        applied?
+    } else {
+        BTreeMap::new()
+    };
+    let migrations = backend
+        .migrations()
+        .iter()
+        .map(|(v, d, _)| (*v, *d, recorded.remove(v)))
+        .collect();
+    Ok(SchemaStatus {
+        backend,
+        exists,
+        migrations,
+        unknown: recorded.into_values().collect(),
+    })
+}
