@@ -1,23 +1,30 @@
 //! The ledger: the status graph is enforced, every change is in the event
-//! log in the same transaction, and the log cannot be rewritten.
+//! log in the same transaction, and the log cannot be rewritten — on SQLite
+//! and on PostgreSQL alike (each test runs on both: `NAME::sqlite`,
+//! `NAME::postgres`). What the command line shows is checked on SQLite, the
+//! backend the sample configuration names.
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use precert::case::{CaseStatus, DateRange, Decision, DenialReason, LineDecision};
 use precert::store::{Actor, EventKind, ImportOutcome, StoreError};
 
-use super::support::Project;
+use super::postgres::{both_backends, Backend, TestDb};
 
-async fn imported(p: &Project) -> (precert::store::Ledger, i64) {
-    assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
-    let ledger = p.ledger().await;
+async fn imported(backend: Backend) -> (TestDb, precert::store::Ledger, i64) {
+    let db = TestDb::new(backend).await;
+    let ledger = db.ledger().await;
+    let report = db.import(&ledger, "samples/cases.csv").await;
+    assert!(report.invalid.is_empty(), "{:?}", report.invalid);
     let case = ledger.find("lakeside-ortho", "LO-2026-1001").await.unwrap().unwrap();
-    (ledger, case.id)
+    (db, ledger, case.id)
 }
 
-#[tokio::test]
-async fn an_illegal_transition_is_refused_and_writes_nothing() {
-    let p = Project::new();
-    let (ledger, id) = imported(&p).await;
+both_backends!(
+    #[tokio::test]
+    an_illegal_transition_is_refused_and_writes_nothing
+);
+async fn an_illegal_transition_is_refused_and_writes_nothing(backend: Backend) {
+    let (db, ledger, id) = imported(backend).await;
     let before = ledger.events(id).await.unwrap().len();
     let err = ledger
         .transition(id, CaseStatus::Approved, &Actor::user("test"), None)
@@ -32,15 +39,20 @@ async fn an_illegal_transition_is_refused_and_writes_nothing() {
     assert_eq!(ledger.events(id).await.unwrap().len(), before);
 
     // The same through the CLI: exit 1, a clear message.
-    let out = p.precert(&["cases", "set-status", "LO-2026-1001", "denied"]);
+    if backend != Backend::Sqlite {
+        return;
+    }
+    let out = db.project.precert(&["cases", "set-status", "LO-2026-1001", "denied"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot move from ready to denied"));
 }
 
-#[tokio::test]
-async fn every_change_lands_in_the_event_log() {
-    let p = Project::new();
-    let (ledger, id) = imported(&p).await;
+both_backends!(
+    #[tokio::test]
+    every_change_lands_in_the_event_log
+);
+async fn every_change_lands_in_the_event_log(backend: Backend) {
+    let (db, ledger, id) = imported(backend).await;
     let t0 = Utc.with_ymd_and_hms(2026, 12, 1, 15, 0, 0).unwrap();
     let ledger = ledger.with_clock(std::sync::Arc::new(move || t0));
     let job = Actor::job("submit", 7);
@@ -124,7 +136,10 @@ async fn every_change_lands_in_the_event_log() {
 
     // The CLI shows the decision and the timeline.
     ledger.close().await;
-    let out = p.precert(&["cases", "show", "lakeside-ortho/LO-2026-1001"]);
+    if backend != Backend::Sqlite {
+        return;
+    }
+    let out = db.project.precert(&["cases", "show", "lakeside-ortho/LO-2026-1001"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("decision     auth AUTH-778812  valid 2026-12-08 to 2027-03-08"),
@@ -137,14 +152,20 @@ async fn every_change_lands_in_the_event_log() {
     );
 }
 
-#[tokio::test]
-async fn the_event_log_is_append_only_in_the_database_itself() {
-    let p = Project::new();
-    let (ledger, _) = imported(&p).await;
-    for sql in [
+both_backends!(
+    #[tokio::test]
+    the_event_log_is_append_only_in_the_database_itself
+);
+async fn the_event_log_is_append_only_in_the_database_itself(backend: Backend) {
+    let (_db, ledger, _) = imported(backend).await;
+    let mut refused = vec![
         "UPDATE case_events SET actor = 'someone-else'",
         "DELETE FROM case_events",
-    ] {
+    ];
+    if backend == Backend::Postgres {
+        refused.push("TRUNCATE case_events CASCADE");
+    }
+    for sql in refused {
         let err = ledger.execute_raw(sql).await.unwrap_err();
         assert!(err.to_string().contains("case_events is append-only"), "{sql}: {err}");
     }
@@ -152,9 +173,8 @@ async fn the_event_log_is_append_only_in_the_database_itself() {
 
 #[tokio::test]
 async fn the_ledger_file_is_private_and_in_wal_mode() {
-    let p = Project::new();
-    let (ledger, _) = imported(&p).await;
-    let db = p.settings().data_dir.join("precert.db");
+    let (test, ledger, _) = imported(Backend::Sqlite).await;
+    let db = test.project.settings().data_dir.join("precert.db");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(
@@ -166,14 +186,59 @@ async fn the_ledger_file_is_private_and_in_wal_mode() {
     ledger.close().await;
 }
 
-#[tokio::test]
-async fn importing_the_same_case_twice_in_process_is_recognised() {
-    let p = Project::new();
-    let (ledger, id) = imported(&p).await;
+both_backends!(
+    #[tokio::test]
+    importing_the_same_case_twice_in_process_is_recognised
+);
+async fn importing_the_same_case_twice_in_process_is_recognised(backend: Backend) {
+    let (_db, ledger, id) = imported(backend).await;
     let case = ledger.get(id).await.unwrap();
     let again = ledger
         .import_case(&case.data, Some(true), &Actor::user("test"))
         .await
         .unwrap();
     assert_eq!(again, ImportOutcome::Unchanged { id });
+}
+
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    four_importers_of_one_file_store_each_case_once
+);
+async fn four_importers_of_one_file_store_each_case_once(backend: Backend) {
+    // Four `cases import` of the same file at once (four people, or a
+    // retried upload), each with its own connections: every case is
+    // created by one of them and found by the others.
+    let db = std::sync::Arc::new(TestDb::new(backend).await);
+    let imports: Vec<_> = (0..4)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let ledger = db.ledger().await;
+                let report = db.import(&ledger, "samples/cases.csv").await;
+                ledger.close().await;
+                report
+            })
+        })
+        .collect();
+    let mut reports = Vec::new();
+    for i in imports {
+        reports.push(i.await.unwrap());
+    }
+    let ledger = db.ledger().await;
+    let created: usize = reports.iter().map(|r| r.created).sum();
+    let unchanged: usize = reports.iter().map(|r| r.unchanged).sum();
+    let cases = ledger.list(&Default::default()).await.unwrap();
+    assert!(!cases.is_empty());
+    assert_eq!(created, cases.len(), "each case created once");
+    assert_eq!(unchanged, 3 * cases.len(), "and found by the three others");
+    for c in &cases {
+        let imported = ledger
+            .events(c.id)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == "imported")
+            .count();
+        assert_eq!(imported, 1, "{}", c.data.case_ref);
+    }
 }

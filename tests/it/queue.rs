@@ -1,5 +1,6 @@
-//! The durable job queue and the cron fires that feed it, on a real SQLite
-//! ledger and an injected clock: leases that expire, fencing tokens that
+//! The durable job queue and the cron fires that feed it, on a real ledger
+//! (each test runs on SQLite and on PostgreSQL: `NAME::sqlite`,
+//! `NAME::postgres`) and an injected clock: leases that expire, fencing tokens that
 //! refuse a stale worker, retries with backoff, dead jobs that put their
 //! case in front of a person, and schedules that fire each slot once.
 
@@ -17,7 +18,7 @@ use precert::queue::{
 };
 use precert::store::Ledger;
 
-use super::support::Project;
+use super::postgres::{both_backends, Backend, TestDb};
 
 const TTL: Duration = Duration::from_secs(300);
 
@@ -29,7 +30,7 @@ fn mins(n: i64) -> chrono::Duration {
     chrono::Duration::minutes(n)
 }
 
-async fn queue(p: &Project) -> Queue {
+async fn queue(p: &TestDb) -> Queue {
     Queue::new(p.ledger().await)
 }
 
@@ -37,9 +38,12 @@ fn any() -> LeaseFilter {
     LeaseFilter::default()
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_requeued_and_the_stale_workers_late_result_is_refused() {
-    let p = Project::new();
+both_backends!(
+    #[tokio::test]
+    an_expired_lease_is_requeued_and_the_stale_workers_late_result_is_refused
+);
+async fn an_expired_lease_is_requeued_and_the_stale_workers_late_result_is_refused(backend: Backend) {
+    let p = TestDb::new(backend).await;
     let q = queue(&p).await;
     let id = q
         .enqueue(&NewJob::new(Job::Poll, "lakeside-ortho", t0()).payer("sandbox"), t0())
@@ -104,9 +108,12 @@ async fn an_expired_lease_is_requeued_and_the_stale_workers_late_result_is_refus
     assert_eq!((rec.state, rec.attempts), (JobState::Done, 2));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn workers_racing_for_jobs_never_get_the_same_one() {
-    let p = Project::new();
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    workers_racing_for_jobs_never_get_the_same_one
+);
+async fn workers_racing_for_jobs_never_get_the_same_one(backend: Backend) {
+    let p = TestDb::new(backend).await;
     let q = queue(&p).await;
     let mut ids = Vec::new();
     for _ in 0..24 {
@@ -140,9 +147,12 @@ async fn workers_racing_for_jobs_never_get_the_same_one() {
     assert_eq!(leased, ids, "every job leased exactly once");
 }
 
-#[tokio::test]
-async fn a_job_given_back_unrun_keeps_its_attempts() {
-    let p = Project::new();
+both_backends!(
+    #[tokio::test]
+    a_job_given_back_unrun_keeps_its_attempts
+);
+async fn a_job_given_back_unrun_keeps_its_attempts(backend: Backend) {
+    let p = TestDb::new(backend).await;
     let q = queue(&p).await;
     let id = q
         .enqueue(&NewJob::new(Job::Submit, "lakeside-ortho", t0()).payer("sandbox"), t0())
@@ -161,9 +171,12 @@ async fn a_job_given_back_unrun_keeps_its_attempts() {
     assert_eq!(again.attempt, 1);
 }
 
-#[tokio::test]
-async fn a_crashed_daemons_work_resumes_after_a_restart() {
-    let p = Project::new();
+both_backends!(
+    #[tokio::test]
+    a_crashed_daemons_work_resumes_after_a_restart
+);
+async fn a_crashed_daemons_work_resumes_after_a_restart(backend: Backend) {
+    let p = TestDb::new(backend).await;
     let q = queue(&p).await;
     let id = q
         .enqueue(
@@ -190,9 +203,12 @@ async fn a_crashed_daemons_work_resumes_after_a_restart() {
     assert_eq!((job.id, job.attempt, job.kind), (id, 2, Job::Letters));
 }
 
-#[tokio::test]
-async fn jobs_wait_for_their_time_and_for_their_payer() {
-    let p = Project::new();
+both_backends!(
+    #[tokio::test]
+    jobs_wait_for_their_time_and_for_their_payer
+);
+async fn jobs_wait_for_their_time_and_for_their_payer(backend: Backend) {
+    let p = TestDb::new(backend).await;
     let q = queue(&p).await;
     let later = q
         .enqueue(
@@ -231,9 +247,12 @@ async fn jobs_wait_for_their_time_and_for_their_payer() {
     );
 }
 
-#[tokio::test]
-async fn retries_back_off_exponentially_with_jitter_inside_its_bounds() {
-    let p = Project::new();
+both_backends!(
+    #[tokio::test]
+    retries_back_off_exponentially_with_jitter_inside_its_bounds
+);
+async fn retries_back_off_exponentially_with_jitter_inside_its_bounds(backend: Backend) {
+    let p = TestDb::new(backend).await;
     let policy = RetryPolicy {
         base: Duration::from_secs(60),
         max: Duration::from_secs(3600),
@@ -311,9 +330,12 @@ async fn retries_back_off_exponentially_with_jitter_inside_its_bounds() {
     assert!(spread.iter().all(|d| lo <= *d && *d <= hi));
 }
 
-#[tokio::test]
-async fn a_payers_retry_after_is_respected() {
-    let p = Project::new();
+both_backends!(
+    #[tokio::test]
+    a_payers_retry_after_is_respected
+);
+async fn a_payers_retry_after_is_respected(backend: Backend) {
+    let p = TestDb::new(backend).await;
     let q = queue(&p).await.with_jitter(Arc::new(|| 0.5));
     q.enqueue(
         &NewJob::new(Job::Submit, "lakeside-ortho", t0()).payer("sandbox-pas"),
@@ -332,9 +354,12 @@ async fn a_payers_retry_after_is_respected() {
     assert_eq!(run_at, t0() + mins(60));
 }
 
-#[tokio::test]
-async fn a_failure_that_retrying_cannot_fix_is_not_retried() {
-    let p = Project::new();
+both_backends!(
+    #[tokio::test]
+    a_failure_that_retrying_cannot_fix_is_not_retried
+);
+async fn a_failure_that_retrying_cannot_fix_is_not_retried(backend: Backend) {
+    let p = TestDb::new(backend).await;
     let q = queue(&p).await;
     let id = q
         .enqueue(&NewJob::new(Job::Poll, "lakeside-ortho", t0()).payer("sandbox"), t0())
@@ -361,17 +386,20 @@ async fn a_failure_that_retrying_cannot_fix_is_not_retried() {
     assert!(q.lease("w", TTL, &any(), t0() + mins(600)).await.unwrap().is_none());
 }
 
-async fn imported_case(p: &Project) -> (Ledger, i64) {
-    assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
+async fn imported_case(p: &TestDb) -> (Ledger, i64) {
     let ledger = p.ledger().await.with_clock(Arc::new(t0));
+    assert!(p.import(&ledger, "samples/cases.csv").await.invalid.is_empty());
     let case = ledger.find("lakeside-ortho", "LO-2026-1001").await.unwrap().unwrap();
     assert_eq!(case.status, CaseStatus::Ready);
     (ledger, case.id)
 }
 
-#[tokio::test]
-async fn a_job_out_of_attempts_is_dead_and_its_case_goes_to_a_person() {
-    let p = Project::new();
+both_backends!(
+    #[tokio::test]
+    a_job_out_of_attempts_is_dead_and_its_case_goes_to_a_person
+);
+async fn a_job_out_of_attempts_is_dead_and_its_case_goes_to_a_person(backend: Backend) {
+    let p = TestDb::new(backend).await;
     let (ledger, case_id) = imported_case(&p).await;
     let q = Queue::new(ledger.clone()).with_jitter(Arc::new(|| 0.0));
     let id = q
@@ -423,9 +451,12 @@ async fn a_job_out_of_attempts_is_dead_and_its_case_goes_to_a_person() {
     );
 }
 
-#[tokio::test]
-async fn a_job_that_keeps_crashing_the_daemon_dies_and_escalates_its_case() {
-    let p = Project::new();
+both_backends!(
+    #[tokio::test]
+    a_job_that_keeps_crashing_the_daemon_dies_and_escalates_its_case
+);
+async fn a_job_that_keeps_crashing_the_daemon_dies_and_escalates_its_case(backend: Backend) {
+    let p = TestDb::new(backend).await;
     let (ledger, case_id) = imported_case(&p).await;
     let q = Queue::new(ledger.clone());
     let id = q
@@ -516,11 +547,14 @@ fn poll_reports(reports: &[precert::queue::FireReport]) -> Vec<&precert::queue::
         .collect()
 }
 
-#[tokio::test]
-async fn after_downtime_a_missed_nightly_poll_runs_once() {
-    let p = Project::new();
+both_backends!(
+    #[tokio::test]
+    after_downtime_a_missed_nightly_poll_runs_once
+);
+async fn after_downtime_a_missed_nightly_poll_runs_once(backend: Backend) {
+    let p = TestDb::new(backend).await;
     let q = queue(&p).await;
-    let practices = p.settings().practices;
+    let practices = p.project.settings().practices;
     let s = Scheduler::new(q.clone(), &practices).unwrap();
 
     // First start, Tuesday 12:00 in Chicago: schedules are only noted.
@@ -559,10 +593,13 @@ async fn after_downtime_a_missed_nightly_poll_runs_once() {
     assert!(poll_reports(&s.tick(chicago(4, 9, 11)).await.unwrap()).is_empty());
 }
 
-#[tokio::test]
-async fn a_restart_does_not_fire_a_slot_twice() {
-    let p = Project::new();
-    let practices = p.settings().practices;
+both_backends!(
+    #[tokio::test]
+    a_restart_does_not_fire_a_slot_twice
+);
+async fn a_restart_does_not_fire_a_slot_twice(backend: Backend) {
+    let p = TestDb::new(backend).await;
+    let practices = p.project.settings().practices;
     let q = queue(&p).await;
     Scheduler::new(q.clone(), &practices)
         .unwrap()
@@ -595,10 +632,13 @@ async fn a_restart_does_not_fire_a_slot_twice() {
     assert_eq!(q.list(None).await.unwrap().len(), jobs_before);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn schedulers_racing_for_a_slot_fire_it_once() {
-    let p = Project::new();
-    let practices = p.settings().practices;
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    schedulers_racing_for_a_slot_fire_it_once
+);
+async fn schedulers_racing_for_a_slot_fire_it_once(backend: Backend) {
+    let p = TestDb::new(backend).await;
+    let practices = p.project.settings().practices;
     let q = queue(&p).await;
     Scheduler::new(q.clone(), &practices)
         .unwrap()
@@ -632,10 +672,13 @@ async fn schedulers_racing_for_a_slot_fire_it_once() {
     assert_eq!(polls, 2, "one poll per payer, once");
 }
 
-#[tokio::test]
-async fn a_slot_whose_previous_run_is_still_going_is_skipped() {
-    let p = Project::new();
-    let practices = p.settings().practices;
+both_backends!(
+    #[tokio::test]
+    a_slot_whose_previous_run_is_still_going_is_skipped
+);
+async fn a_slot_whose_previous_run_is_still_going_is_skipped(backend: Backend) {
+    let p = TestDb::new(backend).await;
+    let practices = p.project.settings().practices;
     let q = queue(&p).await;
     let s = Scheduler::new(q.clone(), &practices).unwrap();
     s.tick(chicago(1, 12, 0)).await.unwrap();
@@ -687,10 +730,13 @@ async fn a_slot_whose_previous_run_is_still_going_is_skipped() {
     assert!(poll_reports(&s.tick(chicago(3, 2, 1)).await.unwrap()).is_empty());
 }
 
-#[tokio::test]
-async fn the_scheduler_wakes_for_the_next_slot_of_any_practice() {
-    let p = Project::new();
-    let s = Scheduler::new(queue(&p).await, &p.settings().practices).unwrap();
+both_backends!(
+    #[tokio::test]
+    the_scheduler_wakes_for_the_next_slot_of_any_practice
+);
+async fn the_scheduler_wakes_for_the_next_slot_of_any_practice(backend: Backend) {
+    let p = TestDb::new(backend).await;
+    let s = Scheduler::new(queue(&p).await, &p.project.settings().practices).unwrap();
     // Tuesday 23:10 in Chicago is 21:10 in Los Angeles; the next slot is
     // anyone's midnight escalations run in Chicago (00:00 CST).
     assert_eq!(s.next_wake(chicago(1, 23, 10)), Some(chicago(2, 0, 0)));
