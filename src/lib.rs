@@ -8,6 +8,7 @@ pub mod browser;
 pub mod case;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod engine;
 pub mod escalate;

@@ -150,7 +150,19 @@ pub struct Settings {
     pub limits: crate::limits::LimitSettings,
     /// Escalation rule defaults; each practice may override them.
     pub escalations: EscalationConfig,
+    /// The web console's listener, sessions and lockout.
+    pub console: ConsoleSettings,
     pub practices: Vec<Practice>,
+}
+
+/// `[console]`, checked.
+#[derive(Clone, Debug)]
+pub struct ConsoleSettings {
+    pub listen: SocketAddr,
+    pub session_idle: std::time::Duration,
+    pub session_max: std::time::Duration,
+    pub lockout_failures: u32,
+    pub lockout: std::time::Duration,
 }
 
 impl Settings {
@@ -546,6 +558,7 @@ fn compile_daemon(
     };
     let mail = compile_mail(raw, base, &data_dir, secrets, &mut p);
     let escalations = compile_escalations(&raw.escalations, &mut p);
+    let console = compile_console(&raw.console, &mut p);
     Settings {
         source: path.to_owned(),
         practices_dir: raw
@@ -568,7 +581,39 @@ fn compile_daemon(
         mail,
         limits,
         escalations,
+        console,
         practices: Vec::new(),
+    }
+}
+
+fn compile_console(raw: &raw::RawConsole, p: &mut Problems<'_>) -> ConsoleSettings {
+    let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:8623");
+    let listen = listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+        p.add(
+            "console.listen",
+            format!("`{listen}` is not an address such as 127.0.0.1:8623"),
+        );
+        SocketAddr::from(([127, 0, 0, 1], 8623))
+    });
+    let mut at_least_one = |key: &str, value: Option<u32>, default: u32| match value {
+        Some(0) => {
+            p.add(key, "must be at least 1");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    let minutes = |m: u32| std::time::Duration::from_secs(u64::from(m) * 60);
+    ConsoleSettings {
+        listen,
+        session_idle: minutes(at_least_one(
+            "console.session_idle_minutes",
+            raw.session_idle_minutes,
+            30,
+        )),
+        session_max: minutes(60 * at_least_one("console.session_max_hours", raw.session_max_hours, 12)),
+        lockout_failures: at_least_one("console.lockout_failures", raw.lockout_failures, 5),
+        lockout: minutes(at_least_one("console.lockout_minutes", raw.lockout_minutes, 15)),
     }
 }
 

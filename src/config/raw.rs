@@ -42,6 +42,27 @@ pub struct RawDaemon {
     /// Defaults for every practice's escalation rules.
     #[serde(default)]
     pub escalations: RawEscalations,
+    /// The web console (`crate::console`).
+    #[serde(default)]
+    pub console: RawConsole,
+}
+
+/// `[console]`: the web console's listener, sessions and sign-in lockout.
+/// Its users live in the ledger (`precert users add`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsole {
+    /// Address of the console's own listener. Default `127.0.0.1:8623`
+    /// (loopback: put a TLS proxy at `http.public_url` in front of it).
+    pub listen: Option<String>,
+    /// A session unused this long ends (default 30).
+    pub session_idle_minutes: Option<u32>,
+    /// A session ends this long after sign-in, used or not (default 12).
+    pub session_max_hours: Option<u32>,
+    /// Failed sign-ins in a row that lock an account (default 5).
+    pub lockout_failures: Option<u32>,
+    /// How long a locked account stays locked (default 15).
+    pub lockout_minutes: Option<u32>,
 }
 
 /// `[escalations]`: when a case reaches a person, and what mail shows.

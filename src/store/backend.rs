@@ -122,6 +122,7 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "submission owner",
         include_str!("migrations/sqlite/0005_submission_owner.sql"),
     ),
+    (6, "console", include_str!("migrations/sqlite/0006_console.sql")),
 ];
 
 static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -142,6 +143,7 @@ static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "submission owner",
         include_str!("migrations/postgres/0005_submission_owner.sql"),
     ),
+    (6, "console", include_str!("migrations/postgres/0006_console.sql")),
 ];
 
 /// An exclusive hold on migrating one SQLite ledger, across processes:

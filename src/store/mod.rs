@@ -22,10 +22,12 @@ use sqlx::{AnyPool, Row};
 use crate::case::{CaseData, CaseRecord, CaseStatus, Decision};
 
 mod backend;
+mod console;
 mod escalations;
 mod owner;
 mod schema;
 pub use backend::{Backend, SCHEMES};
+pub use console::{AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser};
 pub use escalations::{
     Advance, CaseForRules, ClaimedMail, Escalation, EscalationHook, EscalationState, NewEscalation, OutboxEntry,
     OutboxState, SendOutcome, Step,

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{Duration, Utc};
 use precert::case::CaseStatus;
 use precert::config::Settings;
 use precert::console::{self, Role};
@@ -30,8 +30,9 @@ pub struct World {
     pub base: String,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    /// The ledger's clock, moved by tests that need time to pass.
-    pub now: Arc<Mutex<DateTime<Utc>>>,
+    /// How far the ledger's clock runs ahead of the wall clock: tests that
+    /// need time to pass move it.
+    pub ahead: Arc<Mutex<Duration>>,
 }
 
 pub async fn world_with(p: Project) -> World {
@@ -43,10 +44,10 @@ pub async fn world_with(p: Project) -> World {
         assert!(out.status.success(), "{}", super::support::stderr(&out));
     }
     let settings = Arc::new(p.settings());
-    let now = Arc::new(Mutex::new(Utc::now()));
+    let ahead = Arc::new(Mutex::new(Duration::zero()));
     let clock = {
-        let now = now.clone();
-        Arc::new(move || *now.lock().unwrap())
+        let ahead = ahead.clone();
+        Arc::new(move || Utc::now() + *ahead.lock().unwrap())
     };
     let ledger = Ledger::open(&settings.database_url).await.unwrap().with_clock(clock);
     ledger.set_escalation_hook(Arc::new(Escalator::new(settings.clone(), &[], Arc::default())));
@@ -74,7 +75,7 @@ pub async fn world_with(p: Project) -> World {
         ledger,
         stop,
         task: running.task,
-        now,
+        ahead,
     }
 }
 
@@ -88,7 +89,7 @@ impl World {
     }
 
     pub fn advance(&self, by: Duration) {
-        *self.now.lock().unwrap() += by;
+        *self.ahead.lock().unwrap() += by;
     }
 
     pub async fn finish(self) {
@@ -668,5 +669,245 @@ async fn console_acknowledges_escalations_and_their_reminders_stop() {
     assert_eq!(after.next_action_at, None, "no more reminders");
     let page = c.get("/escalations?done=acknowledged").await.text();
     assert!(page.contains("Acknowledged: reminders for it stop.") && page.contains("calling the payer"));
+    w.finish().await;
+}
+
+/// Where the browser test's screenshots go: the project's `shots/`, and
+/// `PRECERT_CONSOLE_SHOTS` too when set (how `docs/console/` is made).
+fn keep_shot(w: &World, name: &str, png: &[u8]) {
+    assert!(png.starts_with(b"\x89PNG"), "a PNG");
+    let mut dirs = vec![w.p.path("shots")];
+    if let Ok(d) = std::env::var("PRECERT_CONSOLE_SHOTS") {
+        dirs.push(d.into());
+    }
+    for d in dirs {
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+async fn text_of(b: &fantoccini::Client, css: &str) -> String {
+    b.wait()
+        .for_element(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn sign_in_with(b: &fantoccini::Client, base: &str, name: &str) {
+    use fantoccini::Locator;
+    b.goto(&format!("{base}/cases")).await.unwrap();
+    let form = b
+        .wait()
+        .for_element(Locator::Css("form[action='/login']"))
+        .await
+        .unwrap();
+    form.find(Locator::Css("input[name=name]"))
+        .await
+        .unwrap()
+        .send_keys(name)
+        .await
+        .unwrap();
+    form.find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys(PASSWORD)
+        .await
+        .unwrap();
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .for_element(Locator::XPath("//h1[normalize-space()='Cases']"))
+        .await
+        .expect("the worklist after signing in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_chromium_a_supervisor_handles_a_denial_and_an_operator_records_a_phone_approval() {
+    use fantoccini::Locator;
+    use precert::engine::Engine;
+    use precert::playbook::{self, Action};
+    use precert_sandbox::{HazardsPatch, Sandbox, SandboxConfig};
+
+    // The engine works real cases on the sandbox payer first: a denial with
+    // its letter, and a submission the portal's changed layout stops.
+    let sandbox = Sandbox::start(SandboxConfig::default_demo(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let p = Project::new();
+    p.use_sandbox(&sandbox.base_url());
+    let w = world_with(p).await;
+    let settings = w.p.settings_with_secrets();
+    let (playbooks, errors) = playbook::load_dir(&settings.playbooks_dir);
+    assert!(errors.is_empty(), "{errors:?}");
+    let engine = Engine::new(Arc::new(settings.clone()), w.ledger.clone(), playbooks);
+    let bot = Actor::job("test", 1);
+    let vi = w.id("VI-88120").await;
+    let lo = w.id("LO-2026-1001").await;
+    for action in [Action::Submit, Action::PollStatus, Action::DownloadLetter] {
+        let r = engine.run(action, vi, &bot).await.unwrap();
+        assert!(r.failure.is_none(), "{action:?}: {:?}", r.failure);
+    }
+    assert_eq!(w.ledger.get(vi).await.unwrap().status, CaseStatus::Denied);
+    assert_eq!(w.ledger.letters(vi).await.unwrap().len(), 1);
+    sandbox
+        .set_hazards(HazardsPatch {
+            layout_version: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+    let r = engine.run(Action::Submit, lo, &bot).await.unwrap();
+    assert_eq!(r.status, CaseStatus::NeedsAttention);
+    engine.shutdown().await;
+
+    let driver = precert::browser::Driver::start(&settings.webdriver, &settings.data_dir)
+        .await
+        .unwrap();
+    let b = driver.session().await.unwrap();
+
+    // A supervisor finds the denied case in the worklist and opens it.
+    sign_in_with(&b, &w.base, "sam").await;
+    keep_shot(&w, "worklist", &b.screenshot().await.unwrap());
+    b.find(Locator::LinkText("VI-88120"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .for_element(Locator::XPath("//h1[contains(., 'VI-88120')]"))
+        .await
+        .unwrap();
+    let reason = text_of(&b, "dd.quote").await;
+    assert!(
+        reason.contains("Conservative therapy of at least 6 weeks is not documented"),
+        "{reason}"
+    );
+    assert_eq!(text_of(&b, ".case-head .status").await, "denied");
+    keep_shot(&w, "case-denied", &b.screenshot().await.unwrap());
+
+    // The letter link downloads the PDF with this session.
+    let href = b
+        .find(Locator::Css("a[href$='/letters/1']"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    let session = b
+        .get_all_cookies()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name() == "precert_session")
+        .expect("the session cookie");
+    assert_eq!(session.http_only(), Some(true));
+    let letter = reqwest::Client::new()
+        .get(format!("{}{href}", w.base))
+        .header("cookie", format!("precert_session={}", session.value()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(letter.headers()[CONTENT_TYPE], "application/pdf");
+    assert!(letter.bytes().await.unwrap().starts_with(b"%PDF-"));
+
+    // …and acknowledges the denial's escalation from the case page.
+    let form = b
+        .find(Locator::Css("form.inline[action='/escalations/ack']"))
+        .await
+        .unwrap();
+    form.find(Locator::Css("input[name=note]"))
+        .await
+        .unwrap()
+        .send_keys("peer-to-peer requested")
+        .await
+        .unwrap();
+    form.find(Locator::Css("button")).await.unwrap().click().await.unwrap();
+    let notice = text_of(&b, ".flash.ok").await;
+    assert_eq!(notice, "Acknowledged: reminders for it stop.");
+    let escalations = w.ledger.escalations(Some("valley-imaging"), false).await.unwrap();
+    let denial = escalations.iter().find(|e| e.case_id == Some(vi)).unwrap();
+    assert_eq!(denial.acknowledged_by.as_deref(), Some("user:sam"));
+    assert_eq!(denial.next_action_at, None, "its reminders stop");
+
+    b.goto(&format!("{}/escalations", w.base)).await.unwrap();
+    b.wait()
+        .for_element(Locator::XPath("//h1[normalize-space()='Escalations']"))
+        .await
+        .unwrap();
+    keep_shot(&w, "escalations", &b.screenshot().await.unwrap());
+    b.find(Locator::Css("form.signout button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .for_element(Locator::Css("form[action='/login']"))
+        .await
+        .unwrap();
+
+    // An operator sees why the submission stopped, with the screenshot…
+    sign_in_with(&b, &w.base, "olive").await;
+    b.goto(&format!("{}/cases/lakeside-ortho/LO-2026-1001", w.base))
+        .await
+        .unwrap();
+    let shot = b.wait().for_element(Locator::Css("img.shot")).await.unwrap();
+    let width = b
+        .execute(
+            "return arguments[0].naturalWidth",
+            vec![serde_json::to_value(&shot).unwrap()],
+        )
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap();
+    assert!(width > 100, "the failure screenshot is shown ({width} px)");
+    assert!(text_of(&b, ".run h3").await.contains("portal changed"));
+    keep_shot(&w, "case-failed-run", &b.screenshot().await.unwrap());
+
+    // …and records the approval the payer gave by phone.
+    let form = b.find(Locator::Css("form[action$='/decision']")).await.unwrap();
+    form.find(Locator::Css("select[name=outcome]"))
+        .await
+        .unwrap()
+        .select_by_value("approved")
+        .await
+        .unwrap();
+    for (field, value) in [
+        ("auth_number", "PA-PHONE-2291"),
+        ("note", "approved by phone, Dana at UM"),
+    ] {
+        form.find(Locator::Css(&format!("input[name={field}]")))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(text_of(&b, ".flash.ok").await, "Decision recorded.");
+    assert_eq!(text_of(&b, ".case-head .status").await, "approved");
+    assert_eq!(text_of(&b, "dd.mono.big").await, "PA-PHONE-2291");
+    keep_shot(&w, "case-approved-by-phone", &b.screenshot().await.unwrap());
+    let case = w.ledger.get(lo).await.unwrap();
+    assert_eq!(case.status, CaseStatus::Approved);
+    assert_eq!(case.decision.unwrap().auth_number.as_deref(), Some("PA-PHONE-2291"));
+
+    b.close().await.unwrap();
+    driver.shutdown().await;
+    sandbox.shutdown().await;
     w.finish().await;
 }
