@@ -90,7 +90,8 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
     if playbook.is_some() && !has_work(ctx, &job).await {
         // Nothing to do for this payer: no start of its limits is spent.
         let now = Utc::now();
-        ctx.metrics.job(job.kind.as_str(), &payer, Disposition::Done.as_str());
+        ctx.metrics
+            .job(job.kind.as_str(), &payer, metric_result(&Disposition::Done));
         if let Err(e) = ctx.queue.complete(&job.lease, now).await {
             tracing::warn!(job_id = job.id, error = %e, "Cannot record the job's end.");
         }
@@ -175,7 +176,7 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
         }
     }
 
-    ctx.metrics.job(kind, &payer, fold.disposition.as_str());
+    ctx.metrics.job(kind, &payer, metric_result(&fold.disposition));
     let practice = job.practice.as_str();
     let done = match &fold.disposition {
         Disposition::Done => {
@@ -220,6 +221,17 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
     };
     if let Err(e) = done {
         tracing::warn!(job_id = job.id, error = %e, "Cannot record the job's end.");
+    }
+}
+
+/// The `result` label of `precert_jobs_total` (names kept from before the
+/// contract, so dashboards keep working).
+fn metric_result(d: &Disposition) -> &'static str {
+    match d {
+        Disposition::Done => "ok",
+        Disposition::Release => "released",
+        Disposition::Retry { .. } => "retry",
+        Disposition::Dead { .. } => "failed",
     }
 }
 
