@@ -408,6 +408,7 @@ async fn scheduler_loop(ctx: Arc<Ctx>) {
         let now = Utc::now();
         match loaded.scheduler.tick(now).await {
             Ok(reports) => {
+                ctx.metrics.health.scheduler_ticked();
                 if !reports.is_empty() {
                     ctx.wake.notify_waiters();
                 }
@@ -436,12 +437,18 @@ async fn scheduler_loop(ctx: Arc<Ctx>) {
 }
 
 async fn worker(ctx: Arc<Ctx>, n: u32) {
+    worker_loop(ctx.clone(), n).await;
+    ctx.metrics.health.worker_gone(n);
+}
+
+async fn worker_loop(ctx: Arc<Ctx>, n: u32) {
     let owner = format!("{}-w{n}", ctx.owner);
     while !ctx.stop.is_cancelled() {
         if n >= ctx.workers.load(std::sync::atomic::Ordering::SeqCst) {
             tracing::info!(worker = n, "Worker stopped: fewer are configured now.");
             return;
         }
+        ctx.metrics.health.worker_idle(n);
         let loaded = ctx.loaded.read().await.clone();
         let now = Utc::now();
         // Limits are the playbook's; jobs name the practice's payer key.
@@ -462,7 +469,12 @@ async fn worker(ctx: Arc<Ctx>, n: u32) {
         skip_payers.dedup();
         let leased = ctx.queue.lease(&owner, LEASE, &LeaseFilter { skip_payers }, now).await;
         match leased {
-            Ok(Some(job)) => worker::run_job(&ctx, &loaded, job).await,
+            Ok(Some(job)) => {
+                ctx.metrics
+                    .health
+                    .worker_busy(n, &format!("{}#{}", job.kind.as_str(), job.id));
+                worker::run_job(&ctx, &loaded, job).await
+            }
             Ok(None) => {
                 drop(loaded);
                 tokio::select! {

@@ -176,7 +176,8 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
         }
     }
 
-    ctx.metrics.job(kind, &payer, metric_result(&fold.disposition));
+    ctx.metrics
+        .job_finished(&job.practice, kind, &payer, metric_result(&fold.disposition));
     let practice = job.practice.as_str();
     let done = match &fold.disposition {
         Disposition::Done => {
@@ -385,6 +386,11 @@ async fn run_one(
     let report = engine.run(action, case_id, actor).await;
     ctx.metrics.run(payer, action.as_str(), t0.elapsed().as_secs_f64());
     fold.runs += 1;
+    match &report {
+        Err(crate::engine::EngineError::Browser(e)) => ctx.metrics.health.browser_started(Err(e.to_string())),
+        Ok(_) if engine.driver_process_group().await.is_some() => ctx.metrics.health.browser_started(Ok(())),
+        _ => {}
+    }
     let d = match &report {
         Err(e) => {
             let d = Disposition::from(e);

@@ -299,7 +299,7 @@ async fn sighup_reloads_a_good_configuration_and_refuses_a_broken_one() {
     let main_good = std::fs::read_to_string(&main_config).unwrap();
     std::fs::write(
         &main_config,
-        main_good.replace("starts_per_minute = 6", "starts_per_minute = \"many\""),
+        main_good.replace("failure_threshold = 5", "failure_threshold = \"many\""),
     )
     .unwrap();
     daemon.signal(libc::SIGHUP);
