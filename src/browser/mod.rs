@@ -2,13 +2,23 @@
 //! supervised by precert (or a remote WebDriver), and WebDriver sessions on
 //! it.
 //!
-//! chromedriver runs in its own process group, so one `kill(-pgid)` ends it
-//! and every Chromium it started. Each group is also written to
-//! `DATA/run/`, so that after a crash of precert itself the next start kills
-//! what the dead process left behind: no orphaned browsers.
+//! No browser outlives precert:
+//! - chromedriver and every Chromium it starts run in one process group led
+//!   by a guard that kills the group when precert ends, however it ends;
+//!   chromedriver also has a parent-death signal (`spawn`).
+//! - `Driver::shutdown` and dropping a `Driver` kill the group and remove
+//!   its profiles.
+//! - Profiles, Chromium's temporary files and its configuration live in
+//!   `DATA/run/profiles/ID/` (0700), never in `/tmp`; after a crash, the next
+//!   precert command removes them and kills anything left
+//!   (`reap_orphans`, `reap`).
 
+mod procs;
+mod reap;
+mod spawn;
+
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder};
@@ -16,6 +26,8 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::WebDriverSettings;
+
+pub use reap::{reap_orphans, Reaped};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrowserError {
@@ -29,6 +41,8 @@ pub enum BrowserError {
     VersionMismatch { driver: String, browser: String },
     #[error("cannot start chromedriver: {0}")]
     Spawn(std::io::Error),
+    #[error("cannot create the browser profile folder under {}: {source}", path.display())]
+    Profile { path: PathBuf, source: std::io::Error },
     #[error("chromedriver did not become ready within {0:?}")]
     NotReady(Duration),
     #[error("cannot open a browser session: {0}")]
@@ -38,11 +52,15 @@ pub enum BrowserError {
 /// A running chromedriver (or a remote WebDriver's address).
 pub struct Driver {
     url: String,
-    child: Option<tokio::process::Child>,
-    pidfile: Option<PathBuf>,
+    /// chromedriver and its guard, when precert started them, until
+    /// `shutdown` has reaped them.
+    group: Option<spawn::Group>,
+    /// Their process group (the guard's id).
+    pgid: Option<i32>,
+    /// Removed (with whatever is still running from it) when the driver ends.
+    root: Option<reap::ProfileRoot>,
     chromium: PathBuf,
     headless: bool,
-    profiles: tempfile::TempDir,
 }
 
 /// `Name 156.0.8078.73 (…)` → `156.0.8078.73`.
@@ -60,31 +78,6 @@ fn major(v: &str) -> &str {
 async fn version(bin: &Path) -> Option<String> {
     let out = tokio::process::Command::new(bin).arg("--version").output().await.ok()?;
     version_of(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// Kills process groups a crashed precert left behind.
-fn reap_stale(run_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(run_dir) else {
-        return;
-    };
-    for e in entries.filter_map(Result::ok) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pgid) = name.strip_prefix("chromedriver-").and_then(|s| s.strip_suffix(".pgid")) else {
-            continue;
-        };
-        let Ok(pgid) = pgid.parse::<i32>() else { continue };
-        let owner: Option<i32> = std::fs::read_to_string(e.path())
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        // Only when the precert that wrote it is gone (not a sibling CLI).
-        let owner_alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !owner_alive {
-            // SAFETY: kill(2) with a negative pid signals a process group.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            let _ = std::fs::remove_file(e.path());
-            tracing::warn!(pgid, "Killed browsers left by an earlier precert process.");
-        }
-    }
 }
 
 /// Asks chromedriver's `/status` once. chromedriver keeps connections
@@ -113,19 +106,23 @@ async fn status_ready(port: u16) -> std::io::Result<bool> {
 
 impl Driver {
     /// Starts chromedriver (or uses `remote_url`), checking versions first.
+    /// Reaps what a dead precert left in `DATA/run/` before it starts.
     pub async fn start(settings: &WebDriverSettings, data_dir: &Path) -> Result<Driver, BrowserError> {
-        let profiles = tempfile::Builder::new()
-            .prefix("precert-browser-")
-            .tempdir()
-            .map_err(BrowserError::Spawn)?;
+        reap_orphans(data_dir);
+        let profile_root = || {
+            reap::ProfileRoot::create(data_dir).map_err(|source| BrowserError::Profile {
+                path: data_dir.join("run").join("profiles"),
+                source,
+            })
+        };
         if let Some(url) = &settings.remote_url {
             return Ok(Driver {
                 url: url.clone(),
-                child: None,
-                pidfile: None,
+                group: None,
+                pgid: None,
+                root: Some(profile_root()?),
                 chromium: settings.chromium.clone(),
                 headless: settings.headless,
-                profiles,
             });
         }
         for (what, key, path) in [
@@ -145,35 +142,30 @@ impl Driver {
                 return Err(BrowserError::VersionMismatch { driver: d, browser: b });
             }
         }
-        let run_dir = data_dir.join("run");
-        let _ = crate::store::private_dir(&run_dir);
-        reap_stale(&run_dir);
+        let root = profile_root()?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(BrowserError::Spawn)?
             .port();
-        let mut cmd = tokio::process::Command::new(&settings.chromedriver);
-        cmd.arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true);
-        let child = cmd.spawn().map_err(BrowserError::Spawn)?;
-        let pgid = child.id().map(|p| p as i32);
-        let pidfile = pgid.map(|g| run_dir.join(format!("chromedriver-{g}.pgid")));
-        if let Some(p) = &pidfile {
-            let _ = std::fs::write(p, std::process::id().to_string());
-        }
-        let driver = Driver {
+        let mut driver = Driver {
             url: format!("http://127.0.0.1:{port}"),
-            child: Some(child),
-            pidfile,
+            group: None,
+            pgid: None,
+            root: Some(root),
             chromium: settings.chromium.clone(),
             headless: settings.headless,
-            profiles,
         };
+        let root = driver.root.as_ref().expect("set above");
+        let group = spawn::start(&settings.chromedriver, port, root)
+            .await
+            .map_err(BrowserError::Spawn)?;
+        if let Err(e) = root.record_group(group.pgid) {
+            // The guard still ends the group with precert; only a reap after
+            // a failed guard needs the record.
+            tracing::warn!(error = %e, "Cannot record chromedriver's process group.");
+        }
+        driver.pgid = Some(group.pgid);
+        driver.group = Some(group);
         driver.wait_ready(port, Duration::from_secs(20)).await?;
         tracing::debug!(port, "chromedriver is ready.");
         Ok(driver)
@@ -195,7 +187,12 @@ impl Driver {
 
     /// The process group of chromedriver and its browsers.
     pub fn process_group(&self) -> Option<i32> {
-        self.child.as_ref().and_then(|c| c.id()).map(|p| p as i32)
+        self.pgid
+    }
+
+    /// The folder of this driver's profiles and temporary files.
+    pub fn profile_root(&self) -> Option<&Path> {
+        self.root.as_ref().map(|r| r.path())
     }
 
     pub fn url(&self) -> &str {
@@ -204,10 +201,15 @@ impl Driver {
 
     /// A new browser session with its own profile and download folder.
     pub async fn session(&self) -> Result<Client, BrowserError> {
+        let root = self.root.as_ref().expect("a driver has its root until it ends");
         let profile = tempfile::Builder::new()
-            .prefix("profile-")
-            .tempdir_in(self.profiles.path())
-            .map_err(BrowserError::Spawn)?
+            .prefix("session-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(root.path())
+            .map_err(|source| BrowserError::Profile {
+                path: root.path().to_owned(),
+                source,
+            })?
             .keep();
         let downloads = profile.join("downloads");
         let _ = std::fs::create_dir_all(&downloads);
@@ -219,6 +221,12 @@ impl Driver {
             "--disable-component-update".into(),
             "--disable-sync".into(),
             "--no-first-run".into(),
+            // No crash reports: a dump would hold portal pages. (Chromium
+            // still starts crashpad's handlers, which leave the process
+            // group; they carry the mark, end with the browser and keep
+            // their database in the driver's XDG_CONFIG_HOME. Its switch
+            // `--disable-crashpad-for-testing` hangs every renderer.)
+            "--disable-crash-reporter".into(),
             "--window-size=1280,1024".into(),
             format!("--user-data-dir={}", profile.display()),
         ];
@@ -260,21 +268,23 @@ impl Driver {
         Ok(client)
     }
 
-    /// Ends chromedriver and every browser it started.
+    /// Ends chromedriver and every browser it started, and removes the
+    /// profiles.
     pub async fn shutdown(mut self) {
         self.kill_group();
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait().await;
+        if let Some(mut g) = self.group.take() {
+            let _ = g.chromedriver.wait().await;
+            let _ = g.guard.wait().await;
         }
+        // Drop removes the profiles.
     }
 
     fn kill_group(&mut self) {
-        if let Some(pid) = self.child.as_ref().and_then(|c| c.id()) {
-            // SAFETY: kill(2) on the process group we created.
-            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-        }
-        if let Some(p) = self.pidfile.take() {
-            let _ = std::fs::remove_file(p);
+        if let Some(g) = &self.group {
+            // SAFETY: kill(2) on the process group we created. Its leader,
+            // the guard, is our child and not yet reaped, so the id cannot
+            // have been reused.
+            unsafe { libc::kill(-g.pgid, libc::SIGKILL) };
         }
     }
 }
@@ -282,5 +292,10 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         self.kill_group();
+        if let Some(root) = self.root.take() {
+            // Waits (bounded) for every process of the driver to end, so
+            // that none writes into the profile while it is removed.
+            root.end(self.pgid);
+        }
     }
 }

@@ -146,6 +146,9 @@ pub fn load(path: &std::path::Path, secrets: Secrets) -> anyhow::Result<Settings
     crate::logging::init(&settings.log);
     // Secrets print as [REDACTED]; this line is what proves it in tests.
     tracing::debug!(?settings, "Configuration loaded.");
+    // Every command that opens the ledger (the daemon too) first ends the
+    // browsers a dead precert left and removes their profiles.
+    crate::browser::reap_orphans(&settings.data_dir);
     Ok(settings)
 }
 

@@ -1,4 +1,5 @@
-//! chromedriver supervision: clear errors before anything starts.
+//! chromedriver supervision: clear errors before anything starts, and
+//! browser profiles that live in the data directory and go with the driver.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -48,5 +49,87 @@ async fn a_missing_chromedriver_says_how_to_install_it() {
     assert!(
         msg.contains("chromedriver not found") && msg.contains("apt-get install -y chromium chromium-driver"),
         "{msg}"
+    );
+}
+
+fn real() -> WebDriverSettings {
+    settings("/usr/bin/chromedriver".into(), "/usr/bin/chromium".into())
+}
+
+/// The running Chromium processes of a group, with their command line and
+/// environment.
+fn chromium(pgid: i32) -> Vec<(String, String)> {
+    super::reaper::in_group(pgid)
+        .into_iter()
+        .filter(|p| p.comm == "chromium")
+        .filter_map(|p| {
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid)).ok()?;
+            let environ = std::fs::read(format!("/proc/{}/environ", p.pid)).ok()?;
+            Some((
+                String::from_utf8_lossy(&cmdline).replace('\0', " "),
+                String::from_utf8_lossy(&environ).replace('\0', " "),
+            ))
+        })
+        .collect()
+}
+
+/// Starts a driver in `data`, opens a page, and checks where Chromium keeps
+/// its profile and temporary files: all inside the driver's folder under
+/// `DATA/run/profiles`, which is the owner's alone.
+async fn driver_with_a_page(data: &std::path::Path) -> (Driver, fantoccini::Client, std::path::PathBuf, i32) {
+    let driver = Driver::start(&real(), data).await.unwrap();
+    let root = driver.profile_root().unwrap().to_owned();
+    assert!(root.starts_with(data.join("run/profiles")), "{}", root.display());
+    assert_eq!(std::fs::metadata(&root).unwrap().permissions().mode() & 0o777, 0o700);
+    let client = driver.session().await.unwrap();
+    client.goto("data:text/html,<p>hello</p>").await.unwrap();
+    let pgid = driver.process_group().unwrap();
+    let procs = chromium(pgid);
+    assert!(!procs.is_empty(), "Chromium runs in the driver's group");
+    for (cmdline, _) in &procs {
+        if let Some(dir) = cmdline.split(' ').find_map(|a| a.strip_prefix("--user-data-dir=")) {
+            assert!(dir.starts_with(&*root.to_string_lossy()), "{cmdline}");
+        }
+    }
+    // The browser process (the others overwrite their environment with
+    // their title): its profile, and its temporary files, in the folder.
+    let (cmdline, environ) = procs
+        .iter()
+        .find(|(c, _)| !c.contains("--type="))
+        .expect("Chromium's browser process");
+    assert!(
+        cmdline.contains("--user-data-dir="),
+        "precert sets the profile folder: {cmdline}"
+    );
+    let tmpdir = format!("TMPDIR={}/tmp", root.display());
+    assert!(environ.split(' ').any(|v| v == tmpdir), "{environ}");
+    (driver, client, root, pgid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_the_browsers_and_removes_their_profiles() {
+    let data = tempfile::tempdir().unwrap();
+    let (driver, client, root, pgid) = driver_with_a_page(data.path()).await;
+    let _ = client.close().await;
+    driver.shutdown().await;
+    assert!(!root.exists(), "the profile folder is removed");
+    assert_eq!(
+        super::reaper::in_group(pgid).len(),
+        0,
+        "no process of the group is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_driver_ends_its_browsers_and_removes_their_profiles() {
+    let data = tempfile::tempdir().unwrap();
+    let (driver, _client, root, pgid) = driver_with_a_page(data.path()).await;
+    // The session is still open: Chromium is writing its profile.
+    drop(driver);
+    assert!(!root.exists(), "the profile folder is removed");
+    assert_eq!(
+        super::reaper::in_group(pgid).len(),
+        0,
+        "no process of the group is left"
     );
 }
