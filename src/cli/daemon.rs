@@ -16,6 +16,9 @@ pub async fn run(config: &Path) -> anyhow::Result<Outcome> {
     let (settings, _disabled) = crate::config::load_isolated(config, crate::config::Secrets::Resolve)?;
     crate::logging::init(&settings.log);
     tracing::debug!(?settings, "Configuration loaded.");
+    // As every command that loads the configuration: end the browsers a dead
+    // precert left and remove their profiles.
+    crate::browser::reap_orphans(&settings.data_dir);
     drop(settings);
     let stop = CancellationToken::new();
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);

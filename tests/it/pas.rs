@@ -788,7 +788,10 @@ async fn server_errors_are_retried_with_backoff_then_given_up() {
     // A failed $submit may hide a request the payer stored, and the payer
     // could not be asked: the case stays `submitting`, and the next run
     // asks ($inquire) before anything is sent again.
-    assert_eq!(payer.case("valley-imaging/VI-88120").await.status, CaseStatus::Submitting);
+    assert_eq!(
+        payer.case("valley-imaging/VI-88120").await.status,
+        CaseStatus::Submitting
+    );
     payer.sandbox.shutdown().await;
 }
 
