@@ -8,6 +8,7 @@
 
 mod cases;
 mod daemon;
+mod db;
 mod escalations;
 mod pas;
 mod run;
@@ -65,6 +66,9 @@ pub enum Command {
     /// Escalation mail waiting or failing, and why.
     #[command(subcommand)]
     Outbox(escalations::OutboxCommand),
+    /// The ledger's schema: migrate, or show its status.
+    #[command(subcommand)]
+    Db(db::DbCommand),
 }
 
 /// How a command ended, for the exit code.
@@ -134,6 +138,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             };
             let settings = load(&cli.config, secrets)?;
             escalations::outbox(cmd, &settings).await
+        }
+        Command::Db(cmd) => {
+            let settings = load(&cli.config, Secrets::Skip)?;
+            db::run(cmd, &settings).await
         }
     }
 }

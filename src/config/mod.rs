@@ -461,10 +461,19 @@ fn compile_daemon(
         None => format!("sqlite://{}?mode=rwc", data_dir.join("precert.db").display()),
         Some(u) if u.starts_with("sqlite:") => u.clone(),
         Some(u) if u.starts_with("postgres:") || u.starts_with("postgresql:") => {
-            p.add(
-                "database_url",
-                "PostgreSQL is not supported yet; use a sqlite:// URL (the default)",
-            );
+            // A configuration file holds no secret: the password comes from
+            // PGPASSWORD or ~/.pgpass (or peer authentication on a socket).
+            let userinfo = u
+                .split_once("://")
+                .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or_default())
+                .and_then(|authority| authority.rsplit_once('@').map(|(info, _)| info.to_owned()));
+            if userinfo.is_some_and(|info| info.contains(':')) {
+                p.add(
+                    "database_url",
+                    "holds a password: configuration files hold no secrets; set PGPASSWORD (e.g. from a systemd \
+                     credential) or use ~/.pgpass or peer authentication, and write postgres://USER@HOST/DATABASE",
+                );
+            }
             u.clone()
         }
         Some(u) => {

@@ -20,7 +20,9 @@ pub struct RawDaemon {
     /// Where the ledger, letters, attachments, artifacts and mail files live.
     /// Default: `data` beside the `config` directory.
     pub data_dir: Option<String>,
-    /// `sqlite://PATH` (default: `precert.db` in the data directory).
+    /// `sqlite://PATH` (default: `precert.db` in the data directory) or
+    /// `postgres://USER@HOST/DATABASE` (no password here: PGPASSWORD,
+    /// ~/.pgpass or peer authentication).
     pub database_url: Option<String>,
     /// Default: `practices` beside this file.
     pub practices_dir: Option<String>,

@@ -392,6 +392,38 @@ async fn db_status_and_migrate_on_postgres() {
         .all(|(_, _, a)| a.as_ref().is_some_and(|a| a.checksum_matches)));
 }
 
+#[tokio::test]
+async fn db_status_and_migrate_on_the_command_line() {
+    let p = Project::new();
+    let db_file = p.settings().data_dir.join("precert.db");
+    let out = p.precert(&["db", "status"]);
+    let text = super::support::stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", super::support::stderr(&out));
+    assert!(
+        text.contains("(SQLite)") && text.contains("does not exist yet"),
+        "{text}"
+    );
+    let n = precert::store::Backend::Sqlite.migrations().len();
+    assert!(text.contains("   5  submission owner          pending"), "{text}");
+    assert!(text.contains(&format!("{n} migration(s) pending")), "{text}");
+    assert!(!db_file.exists(), "status creates nothing");
+
+    let out = p.precert(&["db", "migrate"]);
+    let text = super::support::stdout(&out);
+    assert!(out.status.success(), "{text}{}", super::support::stderr(&out));
+    assert!(
+        text.contains("applied    1  ledger") && text.contains(&format!("{n} migration(s) applied")),
+        "{text}"
+    );
+
+    let out = p.precert(&["db", "migrate"]);
+    assert!(super::support::stdout(&out).contains("already up to date"));
+    let out = p.precert(&["db", "status"]);
+    let text = super::support::stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("Up to date.") && !text.contains("pending"), "{text}");
+}
+
 both_backends!(
     #[tokio::test]
     a_schema_newer_than_this_precert_is_refused_with_the_reason
