@@ -300,6 +300,26 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         label(env!("CARGO_PKG_VERSION"))
     );
 
+    // A practice whose configuration does not check runs nothing: alert on
+    // it (the log says why).
+    let disabled = s.disabled.lock().expect("disabled lock").clone();
+    family(
+        &mut out,
+        "precert_practices_disabled",
+        "gauge",
+        "Practices left out because their configuration does not check.",
+    );
+    let _ = writeln!(out, "precert_practices_disabled {}", disabled.len());
+    family(
+        &mut out,
+        "precert_practice_disabled",
+        "gauge",
+        "1 for each practice left out because its configuration does not check.",
+    );
+    for practice in &disabled {
+        let _ = writeln!(out, "precert_practice_disabled{{practice=\"{}\"}} 1", label(practice));
+    }
+
     // Every status appears, 0 when no case has it, so a rule over a status
     // never sees the series vanish.
     let cases = s.ledger.count_by_status().await.unwrap_or_default();

@@ -744,7 +744,8 @@ async fn a_throttled_submission_waits_the_payers_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_practice_with_an_unreadable_secret_is_disabled_while_the_others_run() {
     let (p, sandbox, ledger) = setup().await;
-    let d = start_with(&p, free_port(), false, "isolated", &[], &["VALLEY_SANDBOX_PASSWORD"]);
+    let port = free_port();
+    let d = start_with(&p, port, false, "isolated", &[], &["VALLEY_SANDBOX_PASSWORD"]);
     until(&d, Duration::from_secs(90), "lakeside's cases submitted", || async {
         let cases = ledger
             .list(&CaseFilter {
@@ -760,6 +761,17 @@ async fn a_practice_with_an_unreadable_secret_is_disabled_while_the_others_run()
     let log = d.log();
     assert!(log.contains("Practice disabled"), "{log}");
     assert!(log.contains("valley-imaging"), "{log}");
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("precert_practices_disabled 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("precert_practice_disabled{practice=\"valley-imaging\"} 1"),
+        "{metrics}"
+    );
     let valley = ledger
         .list(&CaseFilter {
             practice: Some("valley-imaging".into()),
