@@ -352,7 +352,7 @@ async fn case_in_tx(tx: &mut Tx<'_>, id: Option<i64>) -> Result<Option<CaseRecor
         .bind(id)
         .fetch_optional(&mut **tx)
         .await?
-        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        .ok_or_else(|| StoreError::NotFound(format!("case {id}")))?;
     Ok(Some(super::case_from_row(&row)?))
 }
 

@@ -50,7 +50,7 @@ pub enum StoreError {
          upgrade precert (every daemon on this database) before starting it"
     )]
     NewerSchema { version: i64 },
-    #[error("no case {0}")]
+    #[error("no {0}")]
     NotFound(String),
     #[error("case {case} cannot move from {from} to {to} (from {from} it may move to: {allowed})")]
     IllegalTransition {
@@ -404,7 +404,9 @@ impl Ledger {
         }
         let (id, status, version, outcome) = match existing {
             None => {
-                let id: i64 = created.ok_or_else(|| StoreError::NotFound(key(data)))?.try_get("id")?;
+                let id: i64 = created
+                    .ok_or_else(|| StoreError::NotFound(format!("case {}", key(data))))?
+                    .try_get("id")?;
                 insert_event(
                     &mut tx,
                     id,
@@ -575,7 +577,7 @@ impl Ledger {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
-            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+            .ok_or_else(|| StoreError::NotFound(format!("case {id}")))?;
         case_from_row(&row)
     }
 
@@ -864,7 +866,7 @@ async fn current(tx: &mut Tx<'_>, id: i64) -> Result<(String, CaseStatus, i64), 
     .bind(id)
     .fetch_optional(&mut **tx)
     .await?
-    .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    .ok_or_else(|| StoreError::NotFound(format!("case {id}")))?;
     let key = format!(
         "{}/{}",
         row.try_get::<String, _>("practice_id")?,

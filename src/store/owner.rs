@@ -141,7 +141,7 @@ async fn lease_row(tx: &mut Tx<'_>, id: i64) -> Result<LeaseRow, StoreError> {
     .bind(id)
     .fetch_optional(&mut **tx)
     .await?
-    .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    .ok_or_else(|| StoreError::NotFound(format!("case {id}")))?;
     Ok(LeaseRow {
         owner: r.try_get("owner")?,
         host: r.try_get("owner_host")?,
