@@ -14,8 +14,8 @@ use sqlx::Row;
 use super::{case_from_row, parse_status, parse_ts, ts, Ledger, StoreError, SELECT_CASE};
 use crate::case::{CaseRecord, CaseStatus};
 
-/// A console user as stored.
-#[derive(Clone, Debug)]
+/// A console user as stored. `Debug` leaves the password hash out.
+#[derive(Clone)]
 pub struct ConsoleUser {
     pub name: String,
     /// `admin`, `supervisor` or `operator` (checked by the console).
@@ -30,6 +30,19 @@ pub struct ConsoleUser {
     pub created_at: DateTime<Utc>,
     pub password_changed_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
+}
+
+impl std::fmt::Debug for ConsoleUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsoleUser")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("practices", &self.practices)
+            .field("disabled", &self.disabled)
+            .field("failed_logins", &self.failed_logins)
+            .field("locked_until", &self.locked_until)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A signed-in session, found by the hash of its cookie's token.

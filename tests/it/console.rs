@@ -771,7 +771,14 @@ async fn console_in_chromium_a_supervisor_handles_a_denial_and_an_operator_recor
         .unwrap();
     let b = driver.session().await.unwrap();
 
-    // A supervisor finds the denied case in the worklist and opens it.
+    // A supervisor signs in, finds the denied case in the worklist and
+    // opens it.
+    b.goto(&format!("{}/login", w.base)).await.unwrap();
+    b.wait()
+        .for_element(Locator::Css("form[action='/login']"))
+        .await
+        .unwrap();
+    keep_shot(&w, "login", &b.screenshot().await.unwrap());
     sign_in_with(&b, &w.base, "sam").await;
     keep_shot(&w, "worklist", &b.screenshot().await.unwrap());
     b.find(Locator::LinkText("VI-88120"))
@@ -872,6 +879,8 @@ async fn console_in_chromium_a_supervisor_handles_a_denial_and_an_operator_recor
     assert!(width > 100, "the failure screenshot is shown ({width} px)");
     assert!(text_of(&b, ".run h3").await.contains("portal changed"));
     keep_shot(&w, "case-failed-run", &b.screenshot().await.unwrap());
+    let run = b.find(Locator::Css("article.run")).await.unwrap();
+    keep_shot(&w, "failed-run", &run.screenshot().await.unwrap());
 
     // …and records the approval the payer gave by phone.
     let form = b.find(Locator::Css("form[action$='/decision']")).await.unwrap();
@@ -902,6 +911,50 @@ async fn console_in_chromium_a_supervisor_handles_a_denial_and_an_operator_recor
     assert_eq!(text_of(&b, ".case-head .status").await, "approved");
     assert_eq!(text_of(&b, "dd.mono.big").await, "PA-PHONE-2291");
     keep_shot(&w, "case-approved-by-phone", &b.screenshot().await.unwrap());
+    // The case page prints without the menu and the forms.
+    let pdf = b.print(fantoccini::wd::PrintConfiguration::default()).await.unwrap();
+    assert!(pdf.starts_with(b"%PDF-"));
+    let pdf_path = w.p.path("shots/case-print.pdf");
+    std::fs::write(&pdf_path, &pdf).unwrap();
+    if let Ok(d) = std::env::var("PRECERT_CONSOLE_SHOTS") {
+        std::fs::write(std::path::Path::new(&d).join("case-print.pdf"), &pdf).unwrap();
+    }
+    let out = std::process::Command::new("pdftotext")
+        .arg(&pdf_path)
+        .arg("-")
+        .output()
+        .expect("pdftotext (poppler-utils) is installed");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("LO-2026-1001") && printed.contains("PA-PHONE-2291"),
+        "{printed}"
+    );
+    assert!(printed.contains("Timeline"), "{printed}");
+    for gone in ["Sign out", "Record decision", "Show patient identifiers"] {
+        assert!(!printed.contains(gone), "`{gone}` is not printed");
+    }
+    // The case page prints without the menu and the forms.
+    let pdf = b.print(fantoccini::wd::PrintConfiguration::default()).await.unwrap();
+    assert!(pdf.starts_with(b"%PDF-"));
+    let pdf_path = w.p.path("shots/case-print.pdf");
+    std::fs::write(&pdf_path, &pdf).unwrap();
+    if let Ok(d) = std::env::var("PRECERT_CONSOLE_SHOTS") {
+        std::fs::write(std::path::Path::new(&d).join("case-print.pdf"), &pdf).unwrap();
+    }
+    let out = std::process::Command::new("pdftotext")
+        .arg(&pdf_path)
+        .arg("-")
+        .output()
+        .expect("pdftotext (poppler-utils) is installed");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("LO-2026-1001") && printed.contains("PA-PHONE-2291"),
+        "{printed}"
+    );
+    assert!(printed.contains("Timeline"), "{printed}");
+    for gone in ["Sign out", "Record decision", "Show patient identifiers"] {
+        assert!(!printed.contains(gone), "`{gone}` is not printed");
+    }
     let case = w.ledger.get(lo).await.unwrap();
     assert_eq!(case.status, CaseStatus::Approved);
     assert_eq!(case.decision.unwrap().auth_number.as_deref(), Some("PA-PHONE-2291"));
@@ -910,4 +963,138 @@ async fn console_in_chromium_a_supervisor_handles_a_denial_and_an_operator_recor
     driver.shutdown().await;
     sandbox.shutdown().await;
     w.finish().await;
+}
+
+/// What the console keeps in the ledger behaves the same on both backends:
+/// users, the lockout count, sessions, the append-only audit and the
+/// worklist's page query.
+async fn console_store_on(backend: super::postgres::Backend) {
+    use precert::store::{AuditEntry, CaseQuery};
+    let db = super::postgres::TestDb::new(backend).await;
+    let ledger = db.ledger().await;
+    db.import(&ledger, "samples/cases.csv").await;
+    db.import(&ledger, "samples/cases.json").await;
+    let practices = vec!["lakeside-ortho".to_owned()];
+    assert!(ledger
+        .add_console_user("olive", "operator", &practices, "$argon2id$x")
+        .await
+        .unwrap());
+    assert!(
+        !ledger
+            .add_console_user("olive", "admin", &[], "$argon2id$y")
+            .await
+            .unwrap(),
+        "names are unique"
+    );
+    let until = Utc::now() + Duration::minutes(15);
+    assert_eq!(ledger.console_login_failed("olive", 2, until).await.unwrap(), 1);
+    assert_eq!(ledger.console_login_failed("olive", 2, until).await.unwrap(), 2);
+    let user = ledger.console_user("olive").await.unwrap().unwrap();
+    assert_eq!(user.practices, practices);
+    assert!(
+        user.locked_until.is_some_and(|t| t > Utc::now()),
+        "locked at the threshold"
+    );
+
+    ledger
+        .create_console_session(
+            "hash-1",
+            "olive",
+            "csrf-1",
+            Utc::now() + Duration::hours(1),
+            Some("127.0.0.1"),
+        )
+        .await
+        .unwrap();
+    let session = ledger.console_session("hash-1").await.unwrap().unwrap();
+    assert_eq!((session.user.as_str(), session.csrf.as_str()), ("olive", "csrf-1"));
+    let user = ledger.console_user("olive").await.unwrap().unwrap();
+    assert_eq!(
+        (user.failed_logins, user.locked_until),
+        (0, None),
+        "a sign-in resets the count"
+    );
+    ledger.touch_console_session("hash-1").await.unwrap();
+    assert!(ledger.set_console_password("olive", "$argon2id$z").await.unwrap());
+    assert!(
+        ledger.console_session("hash-1").await.unwrap().is_none(),
+        "a new password ends sessions"
+    );
+
+    let id = ledger
+        .console_audit(&AuditEntry {
+            user: "olive",
+            action: "case_view",
+            practice: Some("lakeside-ortho"),
+            case_id: Some(1),
+            remote: Some("127.0.0.1"),
+            detail: serde_json::json!({ "patient_shown": false }),
+        })
+        .await
+        .unwrap();
+    let log = ledger.console_audit_log(Some(1), 10).await.unwrap();
+    assert_eq!((log.len(), log[0].id, log[0].action.as_str()), (1, id, "case_view"));
+    assert!(ledger
+        .execute_raw("UPDATE console_audit SET action = 'x'")
+        .await
+        .is_err());
+    assert!(ledger.execute_raw("DELETE FROM console_audit").await.is_err());
+
+    let page = |q: CaseQuery| {
+        let ledger = ledger.clone();
+        async move { ledger.case_page(&q).await.unwrap() }
+    };
+    let all = page(CaseQuery {
+        limit: 50,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(all.total, all.counts.iter().map(|(_, n)| n).sum::<i64>());
+    let mine = page(CaseQuery {
+        allowed: Some(practices.clone()),
+        limit: 2,
+        offset: 1,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(mine.cases.len(), 2);
+    assert!(mine.cases.iter().all(|c| c.data.practice_id == "lakeside-ortho"));
+    assert!(mine.total > 2 && mine.total < all.total);
+    let found = page(CaseQuery {
+        search: Some("LO-2026-100".into()),
+        status: Some(CaseStatus::Ready),
+        limit: 50,
+        ..Default::default()
+    })
+    .await;
+    assert!(!found.cases.is_empty() && found.cases.iter().all(|c| c.data.case_ref.starts_with("LO-2026-100")));
+    let none = page(CaseQuery {
+        allowed: Some(vec![]),
+        limit: 50,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        (none.total, none.cases.len()),
+        (0, 0),
+        "a user without practices sees nothing"
+    );
+    let literal = page(CaseQuery {
+        search: Some("LO%".into()),
+        limit: 50,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(literal.total, 0, "`%` is searched for, not a wildcard");
+    ledger.close().await;
+}
+
+#[tokio::test]
+async fn console_store_on_sqlite() {
+    console_store_on(super::postgres::Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn console_store_on_postgres() {
+    console_store_on(super::postgres::Backend::Postgres).await;
 }
