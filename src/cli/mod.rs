@@ -7,6 +7,7 @@
 //! configuration file cannot be read, the database is unavailable).
 
 mod cases;
+mod console;
 mod daemon;
 mod db;
 mod escalations;
@@ -66,6 +67,12 @@ pub enum Command {
     /// Escalation mail waiting or failing, and why.
     #[command(subcommand)]
     Outbox(escalations::OutboxCommand),
+    /// The web console alone, for a machine that runs no daemon.
+    Console,
+    /// The people who may sign in to the console: add, list, disable,
+    /// enable, reset-password.
+    #[command(subcommand)]
+    Users(console::UsersCommand),
     /// The ledger's schema: migrate, or show its status.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -118,6 +125,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Pas(cmd) => pas::run(cmd, &cli.config).await,
         Command::Daemon => daemon::run(&cli.config).await,
+        Command::Console => console::serve(&cli.config).await,
+        Command::Users(cmd) => {
+            let settings = load(&cli.config, Secrets::Skip)?;
+            console::users(cmd, &settings).await
+        }
         Command::Run(args) => {
             let settings = load(&cli.config, Secrets::Resolve)?;
             run::run(args, settings).await

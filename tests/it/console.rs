@@ -1098,3 +1098,110 @@ async fn console_store_on_sqlite() {
 async fn console_store_on_postgres() {
     console_store_on(super::postgres::Backend::Postgres).await;
 }
+
+#[tokio::test]
+async fn precert_users_and_precert_console_from_the_command_line() {
+    use std::io::{BufRead, Write};
+    use std::process::Stdio;
+    let p = Project::new();
+    let config = p.config_path();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n[console]\nlisten = \"127.0.0.1:0\"\n")).unwrap();
+    let add = |args: &[&str], password: &str| {
+        let mut child = p
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let ok = add(
+        &[
+            "users",
+            "add",
+            "sam",
+            "--role",
+            "supervisor",
+            "--practice",
+            "valley-imaging",
+            "--password-stdin",
+        ],
+        PASSWORD,
+    );
+    assert!(ok.status.success(), "{}", super::support::stderr(&ok));
+    let short = add(
+        &[
+            "users",
+            "add",
+            "kim",
+            "--role",
+            "operator",
+            "--practice",
+            "valley-imaging",
+            "--password-stdin",
+        ],
+        "short",
+    );
+    assert_eq!(short.status.code(), Some(1));
+    assert!(super::support::stderr(&short).contains("too short"));
+    let nowhere = add(
+        &[
+            "users",
+            "add",
+            "kim",
+            "--role",
+            "operator",
+            "--practice",
+            "nowhere",
+            "--password-stdin",
+        ],
+        PASSWORD,
+    );
+    assert!(super::support::stderr(&nowhere).contains("no practice `nowhere`"));
+    let list = p.precert(&["users", "list"]);
+    let listed = super::support::stdout(&list);
+    assert!(
+        listed.contains("sam") && listed.contains("supervisor") && listed.contains("valley-imaging"),
+        "{listed}"
+    );
+    assert!(!listed.contains("argon2"), "no hash is printed");
+
+    let mut console = p.command(&["console"]).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = console.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("Console at ") {
+                let _ = tx.send(url.split_whitespace().next().unwrap().to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the console says where it listens");
+    let mut c = Client {
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        base: url,
+        cookies: HashMap::new(),
+    };
+    let list = c.signed_in("sam").await;
+    assert!(list.text().contains("VI-88120") || list.text().contains("0 cases"));
+    assert!(p.precert(&["users", "disable", "sam"]).status.success());
+    assert_eq!(
+        c.get("/cases").await.status,
+        StatusCode::SEE_OTHER,
+        "disabling ends the session"
+    );
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(console.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || console.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
