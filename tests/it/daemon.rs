@@ -232,14 +232,8 @@ async fn a_daemon_killed_mid_submission_resumes_after_restart_and_submits_nothin
     let status = first.exit(Duration::from_secs(120)).await;
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGKILL));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while sandbox.submissions().is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the request never reached the portal"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Its browser died with it: the request may or may not have left. The
+    // restart must end with exactly one either way.
     let second = start(&p, port, false, "second");
     until_settled(&ledger, &sandbox, &second, Duration::from_secs(150)).await;
     each_submitted_once(&sandbox);
