@@ -103,7 +103,9 @@ pub async fn show(
         Ok::<_, crate::store::StoreError>((
             ledger.events(case.id).await?,
             ledger.letters(case.id).await?,
-            ledger.escalations(Some(&d.practice_id), true).await?,
+            // Active ones only: a practice's resolved escalations grow without
+            // bound; the timeline keeps their history.
+            ledger.escalations(Some(&d.practice_id), false).await?,
             ledger.submission_owner(case.id).await?,
         ))
     };

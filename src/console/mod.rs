@@ -138,6 +138,18 @@ pub async fn serve(
     Ok(Console { addr, task })
 }
 
+/// The console's address of a case for mail and other places outside it:
+/// `http.public_url` (where people reach the console, through its proxy)
+/// and the case's path.
+pub fn case_url(settings: &Settings, practice: &str, case_ref: &str) -> String {
+    format!("{}{}", settings.http_public_url, view::case_path(practice, case_ref))
+}
+
+/// The console's address of an escalation in the inbox.
+pub fn escalation_url(settings: &Settings, id: i64) -> String {
+    format!("{}/escalations#e{id}", settings.http_public_url)
+}
+
 /// Every route of the console.
 pub fn router(app: App) -> Router {
     Router::new()
