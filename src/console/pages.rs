@@ -322,6 +322,8 @@ pub struct ListQuery {
     #[serde(default)]
     status: String,
     #[serde(default)]
+    urgency: String,
+    #[serde(default)]
     q: String,
     page: Option<u64>,
 }
@@ -365,6 +367,7 @@ pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQ
         practice: practice.clone(),
         payer: some(&q.payer),
         status,
+        urgency: some(&q.urgency).filter(|u| u == "urgent" || u == "standard"),
         search: some(&q.q),
         limit: PAGE_SIZE,
         offset: (page - 1) * u64::from(PAGE_SIZE),
@@ -412,6 +415,7 @@ pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQ
             ("practice", practice.clone()),
             ("payer", query.payer.clone()),
             ("status", status.map(|s| s.as_str().to_owned())),
+            ("urgency", query.urgency.clone()),
             ("q", query.search.clone()),
         ] {
             if let Some(v) = v {
@@ -478,7 +482,20 @@ pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQ
     let last = if shown == 0 { 0 } else { first + shown - 1 };
     let more = (last as i64) < result.total;
     let frame = Frame::new("Cases", "cases", Some(&viewer));
-    let ctx = json!({ "practices": practices, "payers": payers, "statuses": statuses, "counts": counts, "rows": rows, "q": query.search.clone().unwrap_or_default(), "total": result.total, "first": first, "last": last, "prev": (page > 1).then(|| link(status, page - 1)), "next": more.then(|| link(status, page + 1)) });
+    let ctx = json!({
+        "practices": practices,
+        "payers": payers,
+        "statuses": statuses,
+        "counts": counts,
+        "rows": rows,
+        "q": query.search.clone().unwrap_or_default(),
+        "urgency": query.urgency.clone().unwrap_or_default(),
+        "total": result.total,
+        "first": first,
+        "last": last,
+        "prev": (page > 1).then(|| link(status, page - 1)),
+        "next": more.then(|| link(status, page + 1)),
+    });
     html(StatusCode::OK, view::page(&app.templates, "cases.html", &frame, ctx))
 }
 

@@ -88,6 +88,8 @@ pub struct CaseQuery {
     pub practice: Option<String>,
     pub payer: Option<String>,
     pub status: Option<CaseStatus>,
+    /// `standard` or `urgent`.
+    pub urgency: Option<String>,
     /// A case reference or payer reference, or the start of a case reference.
     pub search: Option<String>,
     pub limit: u32,
@@ -148,7 +150,11 @@ fn where_clause(q: &CaseQuery) -> (String, Vec<String>) {
             sql.push_str(&format!(" AND practice_id IN ({})", marks.join(", ")));
         }
     }
-    for (column, value) in [("practice_id", &q.practice), ("payer", &q.payer)] {
+    for (column, value) in [
+        ("practice_id", &q.practice),
+        ("payer", &q.payer),
+        ("urgency", &q.urgency),
+    ] {
         if let Some(v) = value {
             args.push(v.clone());
             sql.push_str(&format!(" AND {column} = ${}", args.len()));

@@ -454,6 +454,11 @@ async fn console_worklist_is_filtered_and_paged_fifty_at_a_time() {
     assert!(ready.contains("LO-BULK-0110") && ready.contains("LO-BULK-0119"));
     assert!(!ready.contains("LO-BULK-0120") && !ready.contains("VI-88120"));
     assert!(ready.contains("1–10 of 10"), "the search and the status together");
+    let urgent = c.get("/cases?urgency=urgent").await.text();
+    assert!(
+        urgent.contains("VI-88120") && !urgent.contains("LO-BULK-0001"),
+        "urgent cases only"
+    );
     w.finish().await;
 }
 
@@ -1204,4 +1209,28 @@ async fn precert_users_and_precert_console_from_the_command_line() {
         .await
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn console_cookies_are_secure_when_people_reach_it_over_https() {
+    let p = Project::new();
+    let config = p.config_path();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen("[http]\n", "[http]\npublic_url = \"https://precert.example.org\"\n", 1);
+    std::fs::write(&config, text).unwrap();
+    let w = world_with(p).await;
+    let mut c = w.client();
+    let login = c.get("/login").await;
+    assert!(header(&login, "set-cookie").contains("; Secure"));
+    let signed = c.sign_in("ada", PASSWORD).await;
+    let cookie = header(&signed, "set-cookie");
+    assert!(
+        cookie.starts_with("precert_session=") && cookie.contains("; Secure"),
+        "{cookie}"
+    );
+    assert_eq!(
+        console::case_url(&w.settings, "valley-imaging", "VI-88120"),
+        "https://precert.example.org/cases/valley-imaging/VI-88120"
+    );
+    w.finish().await;
 }
