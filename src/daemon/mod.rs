@@ -243,6 +243,16 @@ pub async fn run(
             tracing::error!(error = %e, "HTTP listener failed.");
         }
     });
+    // The console, on its own listener. It keeps the settings it started
+    // with (a reload does not reach it).
+    let console_settings = ctx.loaded.read().await.settings.clone();
+    let console = crate::console::serve(console_settings, ledger.clone(), stop.clone())
+        .await
+        .map_err(|crate::console::ConsoleError::Listen { addr, source }| DaemonError::Listen { addr, source })?;
+    tracing::info!(console = %console.addr, "Console listening.");
+    tracker.spawn(async move {
+        let _ = console.task.await;
+    });
     // Work a crashed daemon on this machine held is queued again at once;
     // elsewhere, as soon as its lease ends.
     match queue.requeue_dead_local(&format!("{}-", hostname()), Utc::now()).await {

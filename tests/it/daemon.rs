@@ -45,6 +45,7 @@ fn start_with(p: &Project, port: u16, fault: bool, name: &str, env: &[(&str, &st
     let file = std::fs::File::create(&log).unwrap();
     let mut cmd = p.command(&["daemon"]);
     cmd.env("PRECERT__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("PRECERT__CONSOLE__LISTEN", "127.0.0.1:0")
         .env("PRECERT_LOG", "info,precert=debug")
         // Schedules every two seconds would hit the default pacing (6 starts
         // a minute per payer) all the time; the sandbox does not mind.

@@ -76,6 +76,7 @@ async fn metrics_from_a_running_daemon_pass_promtool_and_carry_what_alerts_need(
     let mut daemon = Daemon(
         p.command(&["daemon"])
             .env("PRECERT__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("PRECERT__CONSOLE__LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()

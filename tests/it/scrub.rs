@@ -328,6 +328,7 @@ async fn the_case_page_shows_the_status_and_reason_code_but_no_payer_text() {
     let daemon = Daemon(
         w.p.command(&["daemon"])
             .env("PRECERT__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            .env("PRECERT__CONSOLE__LISTEN", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
