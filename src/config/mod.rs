@@ -300,6 +300,28 @@ pub fn default_playbooks_dir(config_file: &Path) -> PathBuf {
 
 /// Loads and checks `precert.toml` and every practice file beside it.
 pub fn load(path: &Path, secrets: Secrets) -> Result<Settings, ConfigErrors> {
+    let mut parts = read_all(path, secrets);
+    parts.errors.append(&mut parts.practice_errors);
+    match parts.daemon {
+        Some(mut d) if parts.errors.is_empty() => {
+            d.practices = parts.practices;
+            Ok(d)
+        }
+        _ => Err(ConfigErrors(parts.errors)),
+    }
+}
+
+/// `precert.toml` and the practice files, each checked, with their
+/// problems kept apart: the daemon's own, and the practice files'.
+struct Parts {
+    daemon: Option<Settings>,
+    errors: Vec<ConfigError>,
+    practices_dir: PathBuf,
+    practices: Vec<Practice>,
+    practice_errors: Vec<ConfigError>,
+}
+
+fn read_all(path: &Path, secrets: Secrets) -> Parts {
     let mut errors = Vec::new();
     let base = absolute(
         path.parent()
@@ -325,13 +347,14 @@ pub fn load(path: &Path, secrets: Secrets) -> Result<Settings, ConfigErrors> {
         Some(d) => d.practices_dir.clone(),
         None => base.join("practices"),
     };
-    let practices = load_practices(&practices_dir, secrets, &mut errors);
-    match daemon {
-        Some(mut d) if errors.is_empty() => {
-            d.practices = practices;
-            Ok(d)
-        }
-        _ => Err(ConfigErrors(errors)),
+    let mut practice_errors = Vec::new();
+    let practices = load_practices(&practices_dir, secrets, &mut practice_errors);
+    Parts {
+        daemon,
+        errors,
+        practices_dir,
+        practices,
+        practice_errors,
     }
 }
 
@@ -1077,33 +1100,13 @@ pub struct DisabledPractice {
 /// practices directory as a whole, refuses the configuration as `load` does.
 /// `precert check` still reports every problem through `load`.
 pub fn load_isolated(path: &Path, secrets: Secrets) -> Result<(Settings, Vec<DisabledPractice>), ConfigErrors> {
-    let mut errors = Vec::new();
-    let base = absolute(
-        path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new(".")),
-    );
-    let raw = if path.is_file() {
-        let (raw, problems) = parse_file::<RawDaemon>(path, Some("PRECERT"));
-        errors.extend(problems);
-        raw
-    } else {
-        errors.push(ConfigError {
-            file: path.to_owned(),
-            key: String::new(),
-            message: "configuration file not found (pass --config FILE or set PRECERT_CONFIG)".into(),
-        });
-        None
-    };
-    let daemon = raw
-        .as_ref()
-        .map(|r| compile_daemon(r, path, &base, secrets, &mut errors));
-    let practices_dir = match &daemon {
-        Some(d) => d.practices_dir.clone(),
-        None => base.join("practices"),
-    };
-    let mut practice_errors = Vec::new();
-    let practices = load_practices(&practices_dir, secrets, &mut practice_errors);
+    let Parts {
+        daemon,
+        mut errors,
+        practices_dir,
+        practices,
+        practice_errors,
+    } = read_all(path, secrets);
     let mut disabled: Vec<DisabledPractice> = Vec::new();
     for e in practice_errors {
         if e.file == practices_dir {

@@ -138,29 +138,9 @@ impl Engine {
         }
         match report {
             Err(EngineError::Store(e)) if e.is_stale_lease() => {
-                self.ledger
-                    .append_event(
-                        case.id,
-                        EventKind::Run,
-                        actor,
-                        &json!({ "action": action.as_str(), "result": "stale", "channel": "pas", "message": e.to_string() }),
-                    )
-                    .await?;
-                Ok(RunReport {
-                    action,
-                    case_id: case.id,
-                    status: self.ledger.get(case.id).await?.status,
-                    failure: Some(StepFailure {
-                        kind: FailureKind::Fatal,
-                        at: Loc::default(),
-                        keyword: "lease",
-                        message: e.to_string(),
-                    }),
-                    artifacts: None,
-                    observations: Vec::new(),
-                    letters: 0,
-                    not_before: None,
-                })
+                let detail =
+                    json!({ "action": action.as_str(), "result": "stale", "channel": "pas", "message": e.to_string() });
+                self.stale(action, case, actor, &e, detail).await
             }
             other => other,
         }

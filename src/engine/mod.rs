@@ -550,37 +550,52 @@ impl Engine {
             .await
         {
             Err(EngineError::Store(e)) if e.is_stale_lease() => {
-                self.ledger
-                    .append_event(
-                        case.id,
-                        EventKind::Run,
-                        actor,
-                        &json!({ "action": action.as_str(), "result": "stale", "message": e.to_string(), "seen": seen }),
-                    )
-                    .await?;
-                tracing::warn!(
-                    case_id = case.id,
-                    action = action.as_str(),
-                    "A superseded submission's result was recorded as an event only."
-                );
-                Ok(RunReport {
+                self.stale(
                     action,
-                    case_id: case.id,
-                    status: self.ledger.get(case.id).await?.status,
-                    failure: Some(StepFailure {
-                        kind: FailureKind::Fatal,
-                        at: Loc::default(),
-                        keyword: "lease",
-                        message: e.to_string(),
-                    }),
-                    artifacts: None,
-                    observations: Vec::new(),
-                    letters: 0,
-                    not_before: None,
-                })
+                    case,
+                    actor,
+                    &e,
+                    json!({ "action": action.as_str(), "result": "stale", "message": e.to_string(), "seen": seen }),
+                )
+                .await
             }
             other => other,
         }
+    }
+
+    /// A run whose submission lease was superseded: what it saw becomes
+    /// an event of the case (`detail`) and changes nothing else.
+    async fn stale(
+        &self,
+        action: Action,
+        case: &CaseRecord,
+        actor: &Actor,
+        e: &StoreError,
+        detail: Value,
+    ) -> Result<RunReport, EngineError> {
+        self.ledger
+            .append_event(case.id, EventKind::Run, actor, &detail)
+            .await?;
+        tracing::warn!(
+            case_id = case.id,
+            action = action.as_str(),
+            "A superseded submission's result was recorded as an event only."
+        );
+        Ok(RunReport {
+            action,
+            case_id: case.id,
+            status: self.ledger.get(case.id).await?.status,
+            failure: Some(StepFailure {
+                kind: FailureKind::Fatal,
+                at: Loc::default(),
+                keyword: "lease",
+                message: e.to_string(),
+            }),
+            artifacts: None,
+            observations: Vec::new(),
+            letters: 0,
+            not_before: None,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
