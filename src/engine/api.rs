@@ -112,15 +112,13 @@ impl Engine {
                 case.key()
             )));
         }
-        let lease = match action {
-            Action::Submit => Some(self.ledger.claim_submission(case.id, actor).await?),
-            _ => None,
-        };
-        let _renewing = lease.as_ref().map(|l| self.keep_renewing(l));
-        let (ledger, case) = match &lease {
-            Some(l) => (self.ledger.fenced(l), &self.ledger.get(case.id).await?),
-            None => (self.ledger.clone(), case),
-        };
+        let super::Owned {
+            lease,
+            ledger,
+            case,
+            _renewing,
+        } = self.own(action, case.clone(), actor).await?;
+        let case = &case;
         let report = self
             .run_pas_owned(
                 action,

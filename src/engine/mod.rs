@@ -380,22 +380,12 @@ impl Engine {
             }
             _ => {}
         }
-        // Whoever submits owns the case until the submission ends: the
-        // lease comes with `ready → submitting` (or takes over a stopped
-        // one), and every write of this run is fenced by it.
-        let lease = match action {
-            Action::Submit => Some(self.ledger.claim_submission(case.id, actor).await?),
-            _ => None,
-        };
-        let _renewing = lease.as_ref().map(|l| self.keep_renewing(l));
-        let ledger = match &lease {
-            Some(l) => self.ledger.fenced(l),
-            None => self.ledger.clone(),
-        };
-        let case = match &lease {
-            Some(_) => self.ledger.get(case.id).await?,
-            None => case,
-        };
+        let Owned {
+            lease,
+            ledger,
+            case,
+            _renewing,
+        } = self.own(action, case, actor).await?;
         let report = if playbook.channel == Channel::Api {
             self.run_api(
                 action,
@@ -428,6 +418,28 @@ impl Engine {
             let _ = self.ledger.release_submission(l).await;
         }
         report
+    }
+
+    /// Whoever submits owns the case until the submission ends: the lease
+    /// comes with `ready → submitting` (or takes over a stopped one), is
+    /// renewed while the run goes on, and every write of the run goes
+    /// through the ledger it fences. Other actions own nothing.
+    async fn own(&self, action: Action, case: CaseRecord, actor: &Actor) -> Result<Owned, EngineError> {
+        if action != Action::Submit {
+            return Ok(Owned {
+                lease: None,
+                ledger: self.ledger.clone(),
+                case,
+                _renewing: None,
+            });
+        }
+        let lease = self.ledger.claim_submission(case.id, actor).await?;
+        Ok(Owned {
+            ledger: self.ledger.fenced(&lease),
+            case: self.ledger.get(case.id).await?,
+            _renewing: Some(self.keep_renewing(&lease)),
+            lease: Some(lease),
+        })
     }
 
     /// Renews a submission lease in the background while its run goes on;
@@ -1277,6 +1289,16 @@ impl Engine {
         }
         ok.then_some(dir)
     }
+}
+
+/// A run's hold on its case (see `Engine::own`).
+struct Owned {
+    lease: Option<SubmitLease>,
+    /// Fenced by the lease, when there is one.
+    ledger: Ledger,
+    /// As it is once owned (`submitting` for a submission).
+    case: CaseRecord,
+    _renewing: Option<AbortOnDrop>,
 }
 
 /// Stops a background task when dropped.
