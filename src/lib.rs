@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod engine;
 pub mod escalate;
 pub mod files;
+pub mod ids;
 pub mod intake;
 pub mod limits;
 pub mod logging;

@@ -5,13 +5,19 @@
 //! Pure logic over an injected `now`: the daemon keeps one [`PayerLimits`]
 //! behind a mutex, asks [`PayerLimits::try_start`] before it runs a job for a
 //! payer, and reports how the run ended with [`PayerLimits::finish`]. Payers
-//! it may not start now go into the queue's `LeaseFilter::skip_payers`.
+//! it may not start now go into the queue's `LeaseFilter::skip`.
+//!
+//! Limits are keyed by [`PlaybookId`]: the portal behind a playbook is one,
+//! whichever practices bind it and under whatever [`crate::ids::PayerKey`].
+//! The daemon maps a job's binding to its playbook before it asks.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+
+use crate::ids::PlaybookId;
 
 /// The limits of one payer.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -110,7 +116,8 @@ pub enum BreakerState {
 /// to the practice's `contacts.operations`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Alert {
-    pub payer: String,
+    /// The playbook whose portal the alert is about.
+    pub playbook: PlaybookId,
     pub kind: AlertKind,
     pub at: DateTime<Utc>,
 }
@@ -138,10 +145,11 @@ impl fmt::Display for Alert {
                 retry_at,
             } => write!(
                 f,
-                "automation against payer {} stopped after {failures} failures in a row (last: {last_error}); it tries again at {retry_at}",
-                self.payer
+                "automation against payer {} stopped after {failures} failures in a row (last: {last_error}); it tries again at {}",
+                self.playbook,
+                retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ),
-            AlertKind::Recovered => write!(f, "automation against payer {} works again", self.payer),
+            AlertKind::Recovered => write!(f, "automation against payer {} works again", self.playbook),
         }
     }
 }
@@ -197,12 +205,12 @@ impl CircuitBreaker {
         Ok(())
     }
 
-    pub fn record_success(&mut self, payer: &str, now: DateTime<Utc>) -> Option<Alert> {
+    pub fn record_success(&mut self, playbook: &PlaybookId, now: DateTime<Utc>) -> Option<Alert> {
         self.state = BreakerState::Closed { failures: 0 };
         if std::mem::take(&mut self.alerted) {
-            tracing::info!(payer, "Circuit breaker closed: the trial run succeeded.");
+            tracing::info!(playbook = %playbook, "Circuit breaker closed: the trial run succeeded.");
             return Some(Alert {
-                payer: payer.to_owned(),
+                playbook: playbook.clone(),
                 kind: AlertKind::Recovered,
                 at: now,
             });
@@ -213,7 +221,7 @@ impl CircuitBreaker {
     /// A portal failure (not a data error: those say nothing about the
     /// portal's health). Returns the alert when this failure opens the
     /// breaker for the first time.
-    pub fn record_failure(&mut self, payer: &str, error: &str, now: DateTime<Utc>) -> Option<Alert> {
+    pub fn record_failure(&mut self, playbook: &PlaybookId, error: &str, now: DateTime<Utc>) -> Option<Alert> {
         let failures = match self.state(now) {
             BreakerState::Closed { failures } => failures + 1,
             // The trial failed (or a run that started before the breaker
@@ -226,12 +234,17 @@ impl CircuitBreaker {
         }
         let retry_at = now + self.cool_down;
         self.state = BreakerState::Open { until: retry_at };
-        tracing::warn!(payer, failures, %retry_at, "Circuit breaker open: automation against this payer pauses.");
+        tracing::warn!(
+            playbook = %playbook,
+            failures,
+            retry_at = %retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "Circuit breaker open: automation against this payer pauses."
+        );
         if std::mem::replace(&mut self.alerted, true) {
             return None;
         }
         Some(Alert {
-            payer: payer.to_owned(),
+            playbook: playbook.clone(),
             kind: AlertKind::BreakerOpened {
                 failures,
                 last_error: error.to_owned(),
@@ -308,20 +321,20 @@ impl PayerState {
 #[derive(Clone, Debug, Default)]
 pub struct PayerLimits {
     defaults: LimitSettings,
-    overrides: HashMap<String, LimitSettings>,
-    payers: HashMap<String, PayerState>,
+    overrides: HashMap<PlaybookId, LimitSettings>,
+    payers: HashMap<PlaybookId, PayerState>,
 }
 
 /// Proof that a run was admitted; hand it back to `finish`.
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a started run must be finished, or the payer's slot stays taken"]
 pub struct Started {
-    payer: String,
+    playbook: PlaybookId,
 }
 
 impl Started {
-    pub fn payer(&self) -> &str {
-        &self.payer
+    pub fn playbook(&self) -> &PlaybookId {
+        &self.playbook
     }
 }
 
@@ -339,7 +352,7 @@ impl PayerLimits {
     pub fn reconfigure(&mut self, new: PayerLimits) {
         self.defaults = new.defaults;
         self.overrides = new.overrides;
-        let ids: Vec<String> = self.payers.keys().cloned().collect();
+        let ids: Vec<PlaybookId> = self.payers.keys().cloned().collect();
         for id in ids {
             let settings = self.overrides.get(&id).copied().unwrap_or(self.defaults);
             if let Some(p) = self.payers.get_mut(&id) {
@@ -350,25 +363,25 @@ impl PayerLimits {
     }
 
     /// The settings a payer runs under now.
-    pub fn settings(&self, payer: &str) -> LimitSettings {
-        self.overrides.get(payer).copied().unwrap_or(self.defaults)
+    pub fn settings(&self, playbook: &PlaybookId) -> LimitSettings {
+        self.overrides.get(playbook).copied().unwrap_or(self.defaults)
     }
 
-    /// Limits for one payer instead of the defaults.
-    pub fn set(&mut self, payer: &str, settings: LimitSettings) {
-        self.overrides.insert(payer.to_owned(), settings);
-        self.payers.remove(payer);
+    /// Limits for one playbook instead of the defaults.
+    pub fn set(&mut self, playbook: &PlaybookId, settings: LimitSettings) {
+        self.overrides.insert(playbook.clone(), settings);
+        self.payers.remove(playbook);
     }
 
-    fn payer(&mut self, payer: &str) -> &mut PayerState {
-        let settings = self.overrides.get(payer).copied().unwrap_or(self.defaults);
+    fn payer(&mut self, playbook: &PlaybookId) -> &mut PayerState {
+        let settings = self.overrides.get(playbook).copied().unwrap_or(self.defaults);
         self.payers
-            .entry(payer.to_owned())
+            .entry(playbook.clone())
             .or_insert_with(|| PayerState::new(settings))
     }
 
     /// Whether a run could start now, without taking anything.
-    pub fn check(&mut self, payer: &str, now: DateTime<Utc>) -> Result<(), Blocked> {
+    pub fn check(&mut self, payer: &PlaybookId, now: DateTime<Utc>) -> Result<(), Blocked> {
         let p = self.payer(payer);
         p.breaker.check(now)?;
         if p.running >= p.settings.max_concurrent {
@@ -382,7 +395,7 @@ impl PayerLimits {
 
     /// Admits a run: a concurrency slot, a rate token, and (half-open) the
     /// breaker's trial.
-    pub fn try_start(&mut self, payer: &str, now: DateTime<Utc>) -> Result<Started, Blocked> {
+    pub fn try_start(&mut self, payer: &PlaybookId, now: DateTime<Utc>) -> Result<Started, Blocked> {
         self.check(payer, now)?;
         let p = self.payer(payer);
         p.breaker.start(now)?;
@@ -391,13 +404,13 @@ impl PayerLimits {
             .map_err(|retry_in| Blocked::RateLimited { retry_in })?;
         p.running += 1;
         Ok(Started {
-            payer: payer.to_owned(),
+            playbook: payer.clone(),
         })
     }
 
     /// Releases the run's slot and tells the breaker how it went.
     pub fn finish(&mut self, started: Started, end: &RunEnd, now: DateTime<Utc>) -> Option<Alert> {
-        let payer = started.payer;
+        let payer = started.playbook;
         let p = self.payer(&payer);
         p.running = p.running.saturating_sub(1);
         match end {
@@ -414,21 +427,26 @@ impl PayerLimits {
         }
     }
 
-    /// Payers among `payers` that cannot start a run now: the queue's
-    /// `skip_payers`.
-    pub fn blocked<'a>(&mut self, payers: impl IntoIterator<Item = &'a str>, now: DateTime<Utc>) -> Vec<String> {
-        payers
+    /// Playbooks among `playbooks` that cannot start a run now (the daemon
+    /// turns them into the queue's `skip` through each practice's
+    /// bindings).
+    pub fn blocked<'a>(
+        &mut self,
+        playbooks: impl IntoIterator<Item = &'a PlaybookId>,
+        now: DateTime<Utc>,
+    ) -> Vec<PlaybookId> {
+        playbooks
             .into_iter()
             .filter(|p| self.check(p, now).is_err())
-            .map(str::to_owned)
+            .cloned()
             .collect()
     }
 
-    pub fn running(&self, payer: &str) -> u32 {
-        self.payers.get(payer).map_or(0, |p| p.running)
+    pub fn running(&self, playbook: &PlaybookId) -> u32 {
+        self.payers.get(playbook).map_or(0, |p| p.running)
     }
 
-    pub fn breaker_state(&mut self, payer: &str, now: DateTime<Utc>) -> BreakerState {
+    pub fn breaker_state(&mut self, payer: &PlaybookId, now: DateTime<Utc>) -> BreakerState {
         self.payer(payer).breaker.state(now)
     }
 }

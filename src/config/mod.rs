@@ -117,6 +117,9 @@ pub enum MailTransport {
 pub struct MailSettings {
     pub from: String,
     pub transport: MailTransport,
+    /// `[mail] operations`: the daemon's fallback operations addresses (a
+    /// disabled practice whose own contacts cannot be read).
+    pub operations: Vec<String>,
 }
 
 impl MailSettings {
@@ -737,7 +740,16 @@ fn compile_mail(raw: &RawDaemon, base: &Path, data_dir: &Path, secrets: Secrets,
             }
         }
     };
-    MailSettings { from, transport }
+    for (i, a) in raw.mail.operations.iter().enumerate() {
+        if let Err(e) = check_email(a) {
+            p.add(format!("mail.operations[{i}]"), e);
+        }
+    }
+    MailSettings {
+        from,
+        transport,
+        operations: raw.mail.operations.clone(),
+    }
 }
 
 fn compile_secret(
@@ -1092,6 +1104,41 @@ pub struct DisabledPractice {
     pub id: String,
     pub file: PathBuf,
     pub problems: Vec<ConfigError>,
+    /// The practice's `contacts.operations` as far as its file can be read
+    /// (valid addresses only); empty when it cannot, and the daemon's
+    /// `[mail] operations` hear of it instead.
+    pub operations: Vec<String>,
+}
+
+/// A disabled practice's operations addresses, read as leniently as its
+/// file allows: TOML that parses, a `contacts.operations` list, each entry
+/// a valid address.
+fn readable_operations(file: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Vec::new();
+    };
+    use toml::de::{DeTable, DeValue};
+    let Ok(doc) = DeTable::parse(&text) else {
+        return Vec::new();
+    };
+    let doc = doc.into_inner();
+    fn field<'a>(t: &DeTable<'a>, name: &str) -> Option<DeValue<'a>> {
+        t.iter()
+            .find(|(k, _)| k.get_ref().as_ref() as &str == name)
+            .map(|(_, v)| v.get_ref().clone())
+    }
+    let Some(DeValue::Table(contacts)) = field(&doc, "contacts") else {
+        return Vec::new();
+    };
+    let Some(DeValue::Array(list)) = field(&contacts, "operations") else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|v| match v.get_ref() {
+            DeValue::String(a) if check_email(a).is_ok() => Some(a.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The configuration as the daemon takes it: a practice whose file, secrets
@@ -1121,6 +1168,7 @@ pub fn load_isolated(path: &Path, secrets: Secrets) -> Result<(Settings, Vec<Dis
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default(),
+                operations: readable_operations(&e.file),
                 file: e.file.clone(),
                 problems: vec![e],
             }),

@@ -155,6 +155,11 @@ pub struct RawMail {
     pub from: Option<String>,
     /// For `file`: where `.eml` files go (default `mail` in the data dir).
     pub dir: Option<String>,
+    /// Who hears of problems that belong to no readable practice: a
+    /// practice whose file cannot be read is reported here (a practice whose
+    /// `contacts.operations` can be read is reported there).
+    #[serde(default)]
+    pub operations: Vec<String>,
     pub smtp: Option<RawSmtp>,
 }
 

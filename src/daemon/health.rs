@@ -13,6 +13,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
+use crate::ids::PayerKey;
+
+/// (practice, job kind, payer key for per-payer jobs).
+pub type SuccessKey = (String, String, Option<PayerKey>);
+
 /// The scheduler ticks at least every second; this much silence means its
 /// loop is stuck (a tick blocked on the ledger, a deadlock).
 pub const SCHEDULER_STALL: Duration = Duration::from_secs(30);
@@ -41,7 +46,7 @@ pub struct Health {
     workers: Mutex<BTreeMap<u32, WorkerState>>,
     browser: Mutex<Option<BrowserReport>>,
     /// (practice, job kind, payer or "") → when it last succeeded.
-    last_success: Mutex<BTreeMap<(String, String, String), DateTime<Utc>>>,
+    last_success: Mutex<BTreeMap<SuccessKey, DateTime<Utc>>>,
 }
 
 impl Default for Health {
@@ -103,15 +108,15 @@ impl Health {
     }
 
     /// A job finished well; `payer` is empty for practice-wide jobs.
-    pub fn job_succeeded(&self, practice: &str, kind: &str, payer: &str, at: DateTime<Utc>) {
+    pub fn job_succeeded(&self, practice: &str, kind: &str, payer: Option<&PayerKey>, at: DateTime<Utc>) {
         let mut m = self.last_success.lock().expect("health lock");
         let e = m
-            .entry((practice.to_owned(), kind.to_owned(), payer.to_owned()))
+            .entry((practice.to_owned(), kind.to_owned(), payer.cloned()))
             .or_insert(at);
         *e = (*e).max(at);
     }
 
-    pub fn last_success(&self) -> BTreeMap<(String, String, String), DateTime<Utc>> {
+    pub fn last_success(&self) -> BTreeMap<SuccessKey, DateTime<Utc>> {
         self.last_success.lock().expect("health lock").clone()
     }
 
@@ -244,8 +249,9 @@ mod tests {
     fn the_last_success_is_the_latest() {
         let h = Health::default();
         let t = Utc::now();
-        h.job_succeeded("p", "poll", "sandbox", t);
-        h.job_succeeded("p", "poll", "sandbox", t - chrono::Duration::hours(1));
-        assert_eq!(h.last_success()[&("p".into(), "poll".into(), "sandbox".into())], t);
+        let key = PayerKey::new("sandbox");
+        h.job_succeeded("p", "poll", Some(&key), t);
+        h.job_succeeded("p", "poll", Some(&key), t - chrono::Duration::hours(1));
+        assert_eq!(h.last_success()[&("p".into(), "poll".into(), Some(key))], t);
     }
 }

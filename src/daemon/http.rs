@@ -19,6 +19,7 @@ use chrono::Utc;
 use chrono_tz::Tz;
 
 use crate::case::{CaseRecord, CaseStatus};
+use crate::ids::{PayerKey, PlaybookId};
 use crate::limits::BreakerState;
 use crate::store::{CaseFilter, Escalation};
 
@@ -51,29 +52,32 @@ impl RunTimes {
     }
 }
 
+/// (kind, payer key if per payer, result).
+type JobKey = (String, Option<PayerKey>, String);
+
 /// Counters the workers keep for `/metrics`, and what the loops report
 /// about themselves (`health`).
 #[derive(Default)]
 pub struct Metrics {
-    /// (kind, payer, result) → count.
-    pub jobs: Mutex<BTreeMap<(String, String, String), u64>>,
-    /// (payer, action) → run times.
-    pub runs: Mutex<BTreeMap<(String, String), RunTimes>>,
+    /// (kind, payer key if the job is per payer, result) → count.
+    pub jobs: Mutex<BTreeMap<JobKey, u64>>,
+    /// (payer key, action) → run times.
+    pub runs: Mutex<BTreeMap<(PayerKey, String), RunTimes>>,
     /// Mail delivery attempts by result (sent, failed).
     pub mail: Mutex<BTreeMap<String, u64>>,
     pub health: Health,
 }
 
 impl Metrics {
-    pub fn job(&self, kind: &str, payer: &str, result: &str) {
+    pub fn job(&self, kind: &str, payer: Option<&PayerKey>, result: &str) {
         let mut m = self.jobs.lock().expect("metrics lock");
-        *m.entry((kind.to_owned(), payer.to_owned(), result.to_owned()))
+        *m.entry((kind.to_owned(), payer.cloned(), result.to_owned()))
             .or_default() += 1;
     }
 
     /// A job ended with `result`; `done` (or `ok`) also records the
     /// practice's last success for this job kind and payer.
-    pub fn job_finished(&self, practice: &str, kind: &str, payer: &str, result: &str) {
+    pub fn job_finished(&self, practice: &str, kind: &str, payer: Option<&PayerKey>, result: &str) {
         self.job(kind, payer, result);
         if matches!(result, "done" | "ok") {
             self.health.job_succeeded(practice, kind, payer, Utc::now());
@@ -89,9 +93,9 @@ impl Metrics {
             .or_default() += n as u64;
     }
 
-    pub fn run(&self, payer: &str, action: &str, seconds: f64) {
+    pub fn run(&self, payer: &PayerKey, action: &str, seconds: f64) {
         let mut m = self.runs.lock().expect("metrics lock");
-        m.entry((payer.to_owned(), action.to_owned()))
+        m.entry((payer.clone(), action.to_owned()))
             .or_default()
             .observe(seconds);
     }
@@ -102,14 +106,14 @@ impl Metrics {
             out,
             "precert_jobs_total",
             "counter",
-            "Jobs run, by kind, payer and result.",
+            "Jobs run, by kind, payer (absent for practice-wide jobs) and result.",
         );
         for ((kind, payer, result), n) in self.jobs.lock().expect("metrics lock").iter() {
             let _ = writeln!(
                 out,
-                "precert_jobs_total{{kind=\"{}\",payer=\"{}\",result=\"{}\"}} {n}",
+                "precert_jobs_total{{kind=\"{}\"{},result=\"{}\"}} {n}",
                 label(kind),
-                label(payer),
+                payer_label(payer.as_ref()),
                 label(result)
             );
         }
@@ -117,15 +121,15 @@ impl Metrics {
             out,
             "precert_job_last_success_timestamp_seconds",
             "gauge",
-            "When a practice's job (per payer; payer=\"\" for practice-wide jobs) last succeeded, in Unix seconds, since this daemon started.",
+            "When a practice's job (per payer; no payer label for practice-wide jobs) last succeeded, in Unix seconds, since this daemon started.",
         );
         for ((practice, kind, payer), at) in self.health.last_success() {
             let _ = writeln!(
                 out,
-                "precert_job_last_success_timestamp_seconds{{practice=\"{}\",job=\"{}\",payer=\"{}\"}} {:.3}",
+                "precert_job_last_success_timestamp_seconds{{practice=\"{}\",job=\"{}\"{}}} {:.3}",
                 label(&practice),
                 label(&kind),
-                label(&payer),
+                payer_label(payer.as_ref()),
                 at.timestamp_millis() as f64 / 1000.0
             );
         }
@@ -137,7 +141,7 @@ impl Metrics {
             "Playbook action run time, by payer and action.",
         );
         for ((payer, action), h) in self.runs.lock().expect("metrics lock").iter() {
-            let (payer, action) = (label(payer), label(action));
+            let (payer, action) = (label(payer.as_str()), label(action));
             let mut cumulative = 0;
             for (le, n) in RUN_BUCKETS.iter().zip(h.buckets) {
                 cumulative += n;
@@ -273,6 +277,12 @@ async fn readyz(State(s): State<HttpState>) -> Response {
 }
 
 /// Label values escaped as the text format wants.
+/// `,payer="KEY"` for a per-payer series; nothing for a practice-wide one
+/// (an absent label, never an empty or placeholder value).
+fn payer_label(payer: Option<&PayerKey>) -> String {
+    payer.map_or_else(String::new, |p| format!(",payer=\"{}\"", label(p.as_str())))
+}
+
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
@@ -385,7 +395,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     {
         let mut limits = s.limits.lock().expect("limits lock");
         for pb in playbooks {
-            let current = match limits.breaker_state(pb, now) {
+            let current = match limits.breaker_state(&PlaybookId::from(pb), now) {
                 BreakerState::Closed { .. } => "closed",
                 BreakerState::Open { .. } => "open",
                 BreakerState::HalfOpen { .. } => "half_open",
@@ -568,12 +578,13 @@ mod tests {
     #[test]
     fn counted_metrics_pass_promtool_with_last_success_and_histogram() {
         let m = Metrics::default();
-        m.job_finished("lakeside-ortho", "poll", "sandbox", "done");
-        m.job_finished("lakeside-ortho", "escalations", "", "done");
-        m.job_finished("valley-imaging", "submit", "sandbox", "retry");
-        m.run("sandbox", "poll_status", 0.4);
-        m.run("sandbox", "poll_status", 3.0);
-        m.run("sandbox", "submit", 400.0);
+        let sandbox = PayerKey::new("sandbox");
+        m.job_finished("lakeside-ortho", "poll", Some(&sandbox), "done");
+        m.job_finished("lakeside-ortho", "escalations", None, "done");
+        m.job_finished("valley-imaging", "submit", Some(&sandbox), "retry");
+        m.run(&sandbox, "poll_status", 0.4);
+        m.run(&sandbox, "poll_status", 3.0);
+        m.run(&sandbox, "submit", 400.0);
         m.mail("sent", 2);
         m.health.worker_idle(0);
         m.health.worker_busy(1, "submit#3");
@@ -603,10 +614,10 @@ mod tests {
         .unwrap_or_else(|| panic!("{out}"));
         let at: f64 = poll.rsplit(' ').next().unwrap().parse().unwrap();
         assert!((Utc::now().timestamp() as f64 - at).abs() < 60.0, "{poll}");
-        assert!(line(
-            "precert_job_last_success_timestamp_seconds{practice=\"lakeside-ortho\",job=\"escalations\",payer=\"\"} "
-        )
-        .is_some());
+        assert!(
+            line("precert_job_last_success_timestamp_seconds{practice=\"lakeside-ortho\",job=\"escalations\"} ")
+                .is_some()
+        );
         assert!(
             line("precert_job_last_success_timestamp_seconds{practice=\"valley-imaging\"").is_none(),
             "a retry is no success"

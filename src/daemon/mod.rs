@@ -12,6 +12,7 @@ mod http;
 pub mod sd;
 mod worker;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use crate::case::{CaseRecord, CaseStatus};
 use crate::config::{self, Job, Secrets, Settings};
 use crate::engine::Engine;
 use crate::escalate::Escalator;
+use crate::ids::{PayerKey, PlaybookId};
 use crate::limits::{LimitSettings, PayerLimits};
 use crate::mail::Mailer;
 use crate::playbook::{self, Action, Playbook};
@@ -86,6 +88,7 @@ pub fn load_all(path: &Path) -> Result<(Settings, Vec<Playbook>, Vec<config::Dis
             id: practice.id.clone(),
             file: e.file.clone(),
             problems: vec![e],
+            operations: practice.contacts.operations.clone(),
         });
     }
     if settings.practices.is_empty() {
@@ -112,12 +115,36 @@ fn report_disabled(ctx_disabled: &Mutex<Vec<String>>, disabled: &[config::Disabl
     *ctx_disabled.lock().expect("disabled lock") = disabled.iter().map(|d| d.id.clone()).collect();
 }
 
+/// Tells operations of each disabled practice (one escalation each) and
+/// resolves the escalation of each practice that runs again.
+async fn escalate_disabled(ctx: &Ctx, disabled: &[config::DisabledPractice]) {
+    let loaded = ctx.loaded.read().await.clone();
+    for d in disabled {
+        match loaded.escalator.practice_disabled(&ctx.ledger, d).await {
+            Ok(Some(id)) => {
+                tracing::info!(practice = %d.id, escalation = id, "Operations told of the disabled practice.")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(practice = %d.id, error = %e, "Cannot record the disabled practice as an escalation.")
+            }
+        }
+    }
+    for p in &loaded.settings.practices {
+        match loaded.escalator.practice_enabled(&ctx.ledger, &p.id).await {
+            Ok(true) => tracing::info!(practice = %p.id, "Practice enabled again: its configuration checks."),
+            Ok(false) => {}
+            Err(e) => tracing::error!(practice = %p.id, error = %e, "Cannot resolve the disabled-practice escalation."),
+        }
+    }
+}
+
 /// Each payer's limits: the configured pacing, its playbook's session cap.
 fn payer_limits(settings: &Settings, playbooks: &[Playbook]) -> PayerLimits {
     let mut limits = PayerLimits::new(settings.limits);
     for p in playbooks {
         limits.set(
-            &p.id,
+            &PlaybookId::from(p.id.as_str()),
             LimitSettings {
                 max_concurrent: p.max_sessions,
                 ..settings.limits
@@ -132,7 +159,7 @@ struct Loaded {
     settings: Arc<Settings>,
     engine: Arc<Engine>,
     scheduler: Scheduler,
-    payers: Vec<String>,
+    payers: Vec<PlaybookId>,
     escalator: Arc<Escalator>,
     mailer: Arc<Mailer>,
 }
@@ -148,7 +175,7 @@ impl Loaded {
         mail_wake: &Arc<Notify>,
     ) -> Result<Loaded, String> {
         let scheduler = Scheduler::new(queue.clone(), &settings.practices).map_err(|e| e.to_string())?;
-        let payers = playbooks.iter().map(|p| p.id.clone()).collect();
+        let payers = playbooks.iter().map(|p| PlaybookId::from(p.id.as_str())).collect();
         let mailer = Arc::new(Mailer::new(&settings.mail).map_err(|e| format!("mail: {e}"))?);
         let settings = Arc::new(settings);
         let escalator = Arc::new(Escalator::new(settings.clone(), &playbooks, mail_wake.clone()));
@@ -186,6 +213,10 @@ struct Ctx {
     tracker: TaskTracker,
     /// Practices left out because their configuration does not check.
     pub(crate) disabled: Mutex<Vec<String>>,
+    /// Serves the payers' PAS notifications.
+    notify: Arc<crate::pas::notify::Receiver>,
+    /// PAS subscriptions held, by notification route.
+    subscriptions: tokio::sync::Mutex<HashMap<String, Subscription>>,
 }
 
 fn hostname() -> String {
@@ -227,14 +258,17 @@ pub async fn run(
         workers: std::sync::atomic::AtomicU32::new(workers),
         tracker: TaskTracker::new(),
         disabled: Mutex::new(Vec::new()),
+        notify: Arc::new(crate::pas::notify::Receiver::new(ledger.clone())),
+        subscriptions: tokio::sync::Mutex::new(HashMap::new()),
     });
     report_disabled(&ctx.disabled, &disabled);
+    escalate_disabled(&ctx, &disabled).await;
 
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| DaemonError::Listen { addr: listen, source })?;
-    let (receiver, subscriptions) = subscribe(&ctx).await;
-    let app = http::router(http::HttpState { ctx: ctx.clone() }).merge(crate::pas::notify::router(Arc::new(receiver)));
+    sync_subscriptions(&ctx).await;
+    let app = http::router(http::HttpState { ctx: ctx.clone() }).merge(crate::pas::notify::router(ctx.notify.clone()));
     let tracker = ctx.tracker.clone();
     let http_stop = stop.clone();
     tracker.spawn(async move {
@@ -290,7 +324,10 @@ pub async fn run(
         ctx.abandon.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     }
-    unsubscribe(subscriptions).await;
+    let held: Vec<Subscription> = ctx.subscriptions.lock().await.drain().map(|(_, s)| s).collect();
+    for s in held {
+        delete_subscription(s).await;
+    }
     let loaded = ctx.loaded.read().await.clone();
     loaded.engine.shutdown().await;
     ledger.close().await;
@@ -298,15 +335,33 @@ pub async fn run(
     Ok(())
 }
 
-/// Registers a PAS subscription with every payer bound to a PAS playbook,
-/// so decisions on pended requests arrive by notification on this listener
-/// (`$inquire` on the poll schedule stays as reconciliation). A payer that
-/// refuses is logged; its cases are still polled.
-async fn subscribe(ctx: &Ctx) -> (crate::pas::notify::Receiver, Vec<Subscription>) {
-    let mut receiver = crate::pas::notify::Receiver::new(ctx.ledger.clone());
-    let mut subscriptions = Vec::new();
+/// A payer subscription this daemon holds, deleted when it stops or when
+/// its practice or payer binding changes.
+struct Subscription {
+    client: Arc<crate::pas::PasClient>,
+    id: String,
+    /// What it was registered from (practice, binding, endpoint): a reload
+    /// that changes any of it re-registers.
+    fingerprint: String,
+}
+
+/// The notification route of a practice's PAS binding.
+fn notify_route(practice: &str, key: &str) -> String {
+    format!("{practice}/{key}")
+}
+
+/// Brings the PAS subscriptions in line with the running configuration: one
+/// per enabled practice's binding to a PAS playbook, so decisions on pended
+/// requests arrive by notification on this listener (`$inquire` on the poll
+/// schedule stays as reconciliation). At start and after each reload:
+/// subscriptions whose practice or binding changed or went away are deleted
+/// at the payer and their routes closed; new ones are registered. A payer
+/// that refuses is logged (its cases are still polled) and asked again at the
+/// next reload.
+async fn sync_subscriptions(ctx: &Ctx) {
     let loaded = ctx.loaded.read().await.clone();
     let settings = &loaded.settings;
+    let mut wanted = std::collections::BTreeMap::new();
     for practice in settings.practices.iter().filter(|p| p.enabled) {
         for (key, binding) in &practice.payers {
             let Some(pb) = loaded.engine.playbook(&binding.playbook) else {
@@ -315,50 +370,78 @@ async fn subscribe(ctx: &Ctx) -> (crate::pas::notify::Receiver, Vec<Subscription
             if pb.api != Some(crate::playbook::ApiKind::Pas) {
                 continue;
             }
-            let client = match loaded.engine.pas_client(practice, binding, pb, key).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(practice = %practice.id, payer = %key, error = %e, "No PAS client; no subscription.");
-                    continue;
-                }
-            };
-            let endpoint = format!("{}/pas/notify/{}", settings.http_public_url, practice.id);
-            let insurer = binding.account.get("payer_name").cloned();
-            match crate::pas::notify::register(
-                client.clone(),
-                practice.clone(),
-                &endpoint,
-                settings.data_dir.clone(),
-                insurer,
-            )
-            .await
-            {
-                Ok((id, hook)) => {
-                    receiver.add(hook);
-                    subscriptions.push(Subscription { client, id });
-                }
-                Err(e) => tracing::warn!(
-                    practice = %practice.id, payer = %key, error = %e,
-                    "The payer refused the PAS subscription; its cases are polled instead."
-                ),
-            }
+            let route = notify_route(&practice.id, key);
+            let endpoint = format!("{}/pas/notify/{route}", settings.http_public_url);
+            // Secrets print redacted: a rotated secret alone keeps the
+            // subscription (the client is rebuilt by the new engine).
+            let fingerprint = crate::files::sha256_hex(
+                format!(
+                    "{practice:?}|{binding:?}|{}|{endpoint}|{}",
+                    pb.base_url,
+                    settings.data_dir.display()
+                )
+                .as_bytes(),
+            );
+            wanted.insert(route, (fingerprint, practice, key, binding, pb, endpoint));
         }
     }
-    (receiver, subscriptions)
-}
-
-/// A payer subscription this daemon registered, deleted when it stops.
-struct Subscription {
-    client: Arc<crate::pas::PasClient>,
-    id: String,
-}
-
-async fn unsubscribe(subscriptions: Vec<Subscription>) {
-    for s in subscriptions {
-        match s.client.unsubscribe(&s.id).await {
-            Ok(()) => tracing::info!(subscription = %s.id, "PAS subscription deleted."),
-            Err(e) => tracing::warn!(subscription = %s.id, error = %e, "Cannot delete the PAS subscription."),
+    let mut held = ctx.subscriptions.lock().await;
+    let stale: Vec<String> = held
+        .iter()
+        .filter(|(route, s)| wanted.get(*route).is_none_or(|w| w.0 != s.fingerprint))
+        .map(|(route, _)| route.clone())
+        .collect();
+    for route in stale {
+        ctx.notify.remove(&route);
+        if let Some(s) = held.remove(&route) {
+            tracing::info!(route = %route, "The practice or its payer binding changed: its PAS subscription is replaced.");
+            delete_subscription(s).await;
         }
+    }
+    for (route, (fingerprint, practice, key, binding, pb, endpoint)) in wanted {
+        if held.contains_key(&route) {
+            continue;
+        }
+        let client = match loaded.engine.pas_client(practice, binding, pb, key).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(practice = %practice.id, payer = %key, error = %e, "No PAS client; no subscription.");
+                continue;
+            }
+        };
+        let insurer = binding.account.get("payer_name").cloned();
+        match crate::pas::notify::register(
+            client.clone(),
+            practice.clone(),
+            &endpoint,
+            settings.data_dir.clone(),
+            insurer,
+        )
+        .await
+        {
+            Ok((id, hook)) => {
+                ctx.notify.add(&route, hook);
+                held.insert(
+                    route,
+                    Subscription {
+                        client,
+                        id,
+                        fingerprint,
+                    },
+                );
+            }
+            Err(e) => tracing::warn!(
+                practice = %practice.id, payer = %key, error = %e,
+                "The payer refused the PAS subscription; its cases are polled instead."
+            ),
+        }
+    }
+}
+
+async fn delete_subscription(s: Subscription) {
+    match s.client.unsubscribe(&s.id).await {
+        Ok(()) => tracing::info!(subscription = %s.id, "PAS subscription deleted."),
+        Err(e) => tracing::warn!(subscription = %s.id, error = %e, "Cannot delete the PAS subscription."),
     }
 }
 
@@ -384,6 +467,8 @@ async fn reload_config(ctx: &Arc<Ctx>, path: &Path) {
             }
             ctx.ledger.set_escalation_hook(new.escalator.clone());
             let old = std::mem::replace(&mut *ctx.loaded.write().await, Arc::new(new));
+            sync_subscriptions(ctx).await;
+            escalate_disabled(ctx, &disabled).await;
             tracing::info!("Configuration reloaded.");
             // The old engine's browsers close once its last job is done.
             tokio::spawn(async move {
@@ -461,23 +546,18 @@ async fn worker_loop(ctx: Arc<Ctx>, n: u32) {
         ctx.metrics.health.worker_idle(n);
         let loaded = ctx.loaded.read().await.clone();
         let now = Utc::now();
-        // Limits are the playbook's; jobs name the practice's payer key.
-        let blocked = ctx
-            .limits
-            .lock()
-            .expect("limits lock")
-            .blocked(loaded.payers.iter().map(String::as_str), now);
-        let mut skip_payers: Vec<String> = loaded
+        // Limits are the playbook's; jobs name a practice's binding (its
+        // payer key), which the queue skips in that practice only.
+        let blocked = ctx.limits.lock().expect("limits lock").blocked(&loaded.payers, now);
+        let skip: Vec<(String, PayerKey)> = loaded
             .settings
             .practices
             .iter()
-            .flat_map(|p| p.payers.iter())
-            .filter(|(_, b)| blocked.contains(&b.playbook))
-            .map(|(key, _)| key.clone())
+            .flat_map(|p| p.payers.iter().map(move |(key, b)| (p, key, b)))
+            .filter(|(_, _, b)| blocked.iter().any(|pb| pb.as_str() == b.playbook))
+            .map(|(p, key, _)| (p.id.clone(), PayerKey::from(key.as_str())))
             .collect();
-        skip_payers.sort();
-        skip_payers.dedup();
-        let leased = ctx.queue.lease(&owner, LEASE, &LeaseFilter { skip_payers }, now).await;
+        let leased = ctx.queue.lease(&owner, LEASE, &LeaseFilter { skip }, now).await;
         match leased {
             Ok(Some(job)) => {
                 ctx.metrics

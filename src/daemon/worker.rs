@@ -18,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use super::{action_of, applies, escalation_job, Ctx, Loaded, LEASE};
 use crate::case::CaseStatus;
 use crate::engine::{Disposition, Engine, FailureKind};
+use crate::ids::{PayerKey, PlaybookId};
 use crate::limits::{AlertKind, Blocked, RunEnd};
 use crate::playbook::Action;
-use crate::queue::{Failure, LeasedJob};
+use crate::queue::{FailOutcome, Failure, LeasedJob};
 use crate::store::{Actor, CaseFilter};
 
 /// What a job's runs added up to.
@@ -63,13 +64,13 @@ impl Fold {
 }
 
 /// The playbook a job's payer key is bound to in its practice.
-fn playbook_of(loaded: &Loaded, job: &LeasedJob) -> Option<String> {
+fn playbook_of(loaded: &Loaded, job: &LeasedJob) -> Option<PlaybookId> {
     let payer = job.payer.as_deref()?;
     loaded
         .settings
         .practice(&job.practice)
         .and_then(|p| p.payers.get(payer))
-        .map(|b| b.playbook.clone())
+        .map(|b| PlaybookId::from(b.playbook.as_str()))
 }
 
 /// How long a job of a disabled practice waits before it is looked at
@@ -77,7 +78,9 @@ fn playbook_of(loaded: &Loaded, job: &LeasedJob) -> Option<String> {
 const DISABLED_WAIT: chrono::Duration = chrono::Duration::minutes(5);
 
 pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
-    let payer = job.payer.clone().unwrap_or_default();
+    // Absent (not empty) in logs and metrics for practice-wide jobs.
+    let payer: Option<&PayerKey> = job.payer.as_ref();
+    let payer_field = payer.map(PayerKey::as_str);
     if ctx.disabled.lock().expect("disabled lock").contains(&job.practice) {
         // Its configuration does not check: the job waits, no attempt used.
         let now = Utc::now();
@@ -91,7 +94,7 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
         // Nothing to do for this payer: no start of its limits is spent.
         let now = Utc::now();
         ctx.metrics
-            .job(job.kind.as_str(), &payer, metric_result(&Disposition::Done));
+            .job(job.kind.as_str(), payer, metric_result(&Disposition::Done));
         if let Err(e) = ctx.queue.complete(&job.lease, now).await {
             tracing::warn!(job_id = job.id, error = %e, "Cannot record the job's end.");
         }
@@ -112,7 +115,7 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
                         _ => chrono::Duration::seconds(5),
                     }
                     .min(chrono::Duration::seconds(30));
-                    tracing::info!(job_id = job.id, payer, playbook = %pb, blocked = %blocked, "Payer limit reached; job given back.");
+                    tracing::info!(job_id = job.id, payer = payer_field, playbook = %pb, blocked = %blocked, "Payer limit reached; job given back.");
                     let now = Utc::now();
                     if let Err(e) = ctx.queue.release(&job.lease, now + wait, now).await {
                         tracing::warn!(job_id = job.id, error = %e, "Cannot give the job back.");
@@ -165,7 +168,7 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
         };
         let alert = ctx.limits.lock().expect("limits lock").finish(s, &end, now);
         if let Some(alert) = alert {
-            tracing::warn!(payer, playbook = %pb, alert = %alert, "Automation alert.");
+            tracing::warn!(payer = payer_field, playbook = %pb, alert = %alert, "Automation alert.");
             let opened = match &alert.kind {
                 AlertKind::Recovered => None,
                 _ => Some(alert.to_string()),
@@ -177,18 +180,25 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
     }
 
     ctx.metrics
-        .job_finished(&job.practice, kind, &payer, metric_result(&fold.disposition));
+        .job_finished(&job.practice, kind, payer, metric_result(&fold.disposition));
     let practice = job.practice.as_str();
     let done = match &fold.disposition {
         Disposition::Done => {
-            tracing::info!(job_id = job.id, kind, payer, practice, runs = fold.runs, "Job done.");
+            tracing::info!(
+                job_id = job.id,
+                kind,
+                payer = payer_field,
+                practice,
+                runs = fold.runs,
+                "Job done."
+            );
             ctx.queue.complete(&lease, now).await.map(|_| ())
         }
         Disposition::Release => {
             tracing::info!(
                 job_id = job.id,
                 kind,
-                payer,
+                payer = payer_field,
                 practice,
                 "Job cut by shutdown; released unrun for the next start."
             );
@@ -200,8 +210,27 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
                 not_before: *not_before,
             };
             let outcome = ctx.queue.fail(&lease, &failure, now).await;
-            if let Ok(o) = &outcome {
-                tracing::warn!(job_id = job.id, kind, payer, practice, reason, outcome = ?o, "Job failed; it will be retried.");
+            match &outcome {
+                Ok(FailOutcome::Retrying { attempt, run_at }) => tracing::warn!(
+                    job_id = job.id,
+                    kind,
+                    payer = payer_field,
+                    practice,
+                    reason,
+                    attempt,
+                    next_try = %run_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    "Job failed; it will be retried."
+                ),
+                Ok(FailOutcome::Dead { attempts, .. }) => tracing::error!(
+                    job_id = job.id,
+                    kind,
+                    payer = payer_field,
+                    practice,
+                    reason,
+                    attempts,
+                    "Job failed on its last attempt; it will not be retried."
+                ),
+                Err(_) => {}
             }
             outcome.map(|_| ())
         }
@@ -209,7 +238,7 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
             tracing::error!(
                 job_id = job.id,
                 kind,
-                payer,
+                payer = payer_field,
                 practice,
                 reason,
                 "Job failed for good; the configuration must change."
@@ -244,7 +273,7 @@ async fn has_work(ctx: &Ctx, job: &LeasedJob) -> bool {
     };
     let filter = CaseFilter {
         practice: Some(job.practice.clone()),
-        payer: Some(payer),
+        payer: Some(payer.to_string()),
         status: None,
     };
     let Ok(all) = ctx.ledger.list(&filter).await else {
@@ -290,7 +319,7 @@ async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Fold {
     };
     let filter = CaseFilter {
         practice: Some(job.practice.clone()),
-        payer: Some(payer.clone()),
+        payer: Some(payer.to_string()),
         status: None,
     };
     let mut cases = Vec::new();
@@ -378,7 +407,7 @@ async fn run_one(
     engine: &Engine,
     action: Action,
     case_id: i64,
-    payer: &str,
+    payer: &PayerKey,
     actor: &Actor,
     fold: &mut Fold,
 ) {

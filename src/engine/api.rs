@@ -272,7 +272,9 @@ impl Engine {
         playbook: &Playbook,
         payer_key: &str,
     ) -> Result<std::sync::Arc<PasClient>, EngineError> {
-        let key = (playbook.id.clone(), practice.id.clone());
+        // One client per binding: a practice may bind one playbook under
+        // two keys with different endpoints or credentials.
+        let key = (practice.id.clone(), payer_key.to_owned());
         let mut clients = self.pas_clients.lock().await;
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());

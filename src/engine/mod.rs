@@ -216,7 +216,7 @@ pub struct Engine {
     api_http: reqwest::Client,
     /// OAuth2 tokens of `http` steps, per payer account, across runs.
     tokens: Arc<http::TokenCaches>,
-    /// PAS clients (and so their tokens) per (playbook, practice).
+    /// PAS clients (and so their tokens) per binding (practice, payer key).
     pas_clients: Mutex<HashMap<(String, String), Arc<PasClient>>>,
     pub echo: bool,
     /// How patient API calls are (`http` steps and PAS): 429 and 5xx

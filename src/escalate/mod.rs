@@ -62,6 +62,7 @@ reasons! {
     PendedForInfo = "pended_for_info", "More information requested", 70, Supervisors;
     NeedsAttention = "needs_attention", "Automation needs a person", 60, Operations;
     PayerPaused = "payer_paused", "Payer paused after repeated failures", 60, Operations;
+    PracticeDisabled = "practice_disabled", "Practice disabled: its configuration does not check", 65, Operations;
     PartiallyApproved = "partially_approved", "Partially approved", 50, Supervisors;
     StallWarning = "stall_warning", "Nearing the payer's deadline", 40, Supervisors;
     LetterMissing = "letter_missing", "Decision without its letter", 30, Supervisors;
@@ -292,11 +293,16 @@ impl Escalator {
 
     /// A payer's circuit opened (or closed again): tells (or stops
     /// reminding) the operations contacts of every practice using it.
-    pub async fn payer_alert(&self, ledger: &Ledger, playbook: &str, opened: Option<&str>) -> Result<(), StoreError> {
+    pub async fn payer_alert(
+        &self,
+        ledger: &Ledger,
+        playbook: &crate::ids::PlaybookId,
+        opened: Option<&str>,
+    ) -> Result<(), StoreError> {
         let now = ledger.now();
         for practice in &self.settings.practices {
             for (key, b) in &practice.payers {
-                if b.playbook != playbook {
+                if b.playbook != playbook.as_str() {
                     continue;
                 }
                 let rules = self.rules(
@@ -329,6 +335,57 @@ impl Escalator {
             }
         }
         Ok(())
+    }
+
+    /// Tells operations that a practice is left out because its
+    /// configuration does not check (its own `contacts.operations` when its
+    /// file can be read that far, else `[mail] operations`). One open
+    /// escalation per practice; nobody to tell leaves it in the log and
+    /// `/metrics` only.
+    pub async fn practice_disabled(
+        &self,
+        ledger: &Ledger,
+        disabled: &crate::config::DisabledPractice,
+    ) -> Result<Option<i64>, StoreError> {
+        let recipients = if disabled.operations.is_empty() {
+            self.settings.mail.operations.clone()
+        } else {
+            disabled.operations.clone()
+        };
+        let problems: Vec<String> = disabled.problems.iter().map(ToString::to_string).collect();
+        let n = problems.len();
+        let now = ledger.now();
+        let new = NewEscalation {
+            practice_id: disabled.id.clone(),
+            case_id: None,
+            payer: None,
+            reason: Reason::PracticeDisabled,
+            audience: Audience::Operations,
+            severity: Reason::PracticeDisabled.severity(),
+            due_at: None,
+            summary: format!(
+                "practice {} disabled: {n} configuration problem{} (its cases wait)",
+                disabled.id,
+                if n == 1 { "" } else { "s" }
+            ),
+            detail: serde_json::json!({
+                "file": disabled.file.display().to_string(),
+                "problems": problems,
+                "recipients": recipients,
+            }),
+            next_action_at: Some(now + Duration::hours(24)),
+            repeat_window: Duration::zero(),
+        };
+        ledger.open_escalation(&new).await
+    }
+
+    /// A practice runs again (a reload fixed it): its `practice_disabled`
+    /// escalation, if any, is resolved.
+    pub async fn practice_enabled(&self, ledger: &Ledger, practice_id: &str) -> Result<bool, StoreError> {
+        let key = format!("payer:{practice_id}:-:{}", Reason::PracticeDisabled.as_str());
+        ledger
+            .resolve_escalation_key(&key, "the configuration checks again; the practice runs")
+            .await
     }
 
     fn link(&self, practice: &Practice, case: &CaseRecord) -> Option<String> {
@@ -375,6 +432,11 @@ impl EscalationHook for Escalator {
         step: Step,
         now: DateTime<Utc>,
     ) -> Option<OutgoingMail> {
+        if esc.reason == Reason::PracticeDisabled {
+            // The practice is not in the running configuration: its mail
+            // names what it can without it.
+            return render::practice_disabled_mail(esc, step, self.domain(), now);
+        }
         let practice = self.practice(&esc.practice_id)?;
         let levels = levels(practice, esc.audience);
         let (to, cc) = levels.get(esc.level as usize).or(levels.last())?.clone();

@@ -198,7 +198,69 @@ pub fn next_step(reason: Reason, detail: &Value) -> String {
         Reason::PayerPaused => {
             "Check the payer's portal (outage, changed layout, locked account); automation resumes by itself once a trial run succeeds.".into()
         }
+        Reason::PracticeDisabled => "Fix the problems listed (`precert check` shows them with their lines), then reload the daemon (systemctl reload precert); the practice runs again and this escalation resolves.".into(),
     }
+}
+
+/// The mail for a practice left out because its configuration does not
+/// check. Its recipients were fixed when it opened (the practice's own
+/// operations contacts, or the daemon's `[mail] operations`); it carries
+/// the file and the problems, which name keys and lines, never values.
+pub fn practice_disabled_mail(esc: &Escalation, step: Step, domain: &str, now: DateTime<Utc>) -> Option<OutgoingMail> {
+    let d = &esc.detail;
+    let to: Vec<String> = d
+        .get("recipients")
+        .and_then(Value::as_array)
+        .map(|l| l.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .unwrap_or_default();
+    if to.is_empty() {
+        return None;
+    }
+    let prefix = match step {
+        Step::First => String::new(),
+        Step::Reminder(n) => format!("Reminder {n}: "),
+        Step::NextLevel(_) => "Escalated (not acknowledged): ".to_owned(),
+    };
+    let subject = format!("{prefix}[precert] {}: {}", esc.reason.title(), esc.practice_id);
+    let problems: Vec<&str> = d
+        .get("problems")
+        .and_then(Value::as_array)
+        .map(|l| l.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut facts = Facts(Vec::new());
+    facts.push("Practice", esc.practice_id.clone());
+    if let Some(f) = s(d, "file") {
+        facts.push("File", f.to_owned());
+    }
+    facts.push("Problems", problems.join("; "));
+    facts.push("Next step", next_step(esc.reason, d));
+    let opened = esc.opened_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let text = format!(
+        "{}\n\n{}\nEscalation #{} ({}), opened {opened}. The other practices run.\n\n-- \nprecert. Sent {}.\n",
+        esc.summary,
+        facts.text(),
+        esc.id,
+        esc.reason.as_str(),
+        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    let html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title></head>\n<body style=\"font-family:sans-serif\">\n<p><strong>{h}</strong></p>\n{table}<p>Escalation #{id} ({r}), opened {opened}. The other practices run.</p>\n</body></html>\n",
+        t = escape(&subject),
+        h = escape(&esc.summary),
+        table = facts.html(),
+        id = esc.id,
+        r = escape(esc.reason.as_str()),
+    );
+    let send = esc.sends;
+    Some(OutgoingMail {
+        message_id: message_id(esc.id, send, &esc.practice_id, domain),
+        in_reply_to: (send > 0).then(|| message_id(esc.id, 0, &esc.practice_id, domain)),
+        to,
+        cc: Vec::new(),
+        subject,
+        text,
+        html,
+    })
 }
 
 /// One escalation step's mail.

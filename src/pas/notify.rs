@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -112,9 +112,14 @@ pub struct Handled {
     pub status: CaseStatus,
 }
 
+/// Serves `POST /pas/notify/{route}`: each registered subscription has its
+/// own route (the daemon uses `PRACTICE/PAYER_KEY`, so two PAS payers of one
+/// practice never share a token) and its hook. Hooks come and go while it
+/// serves: a reload re-registers the subscriptions whose practice or payer
+/// binding changed.
 pub struct Receiver {
     ledger: Ledger,
-    hooks: HashMap<String, Hook>,
+    hooks: RwLock<HashMap<String, Arc<Hook>>>,
     handled: broadcast::Sender<Handled>,
 }
 
@@ -122,13 +127,26 @@ impl Receiver {
     pub fn new(ledger: Ledger) -> Receiver {
         Receiver {
             ledger,
-            hooks: HashMap::new(),
+            hooks: RwLock::new(HashMap::new()),
             handled: broadcast::channel(64).0,
         }
     }
 
-    pub fn add(&mut self, hook: Hook) {
-        self.hooks.insert(hook.practice.id.clone(), hook);
+    /// Serves `hook` at `/pas/notify/{route}` (replacing one there).
+    pub fn add(&self, route: &str, hook: Hook) {
+        self.hooks
+            .write()
+            .expect("hooks lock")
+            .insert(route.to_owned(), Arc::new(hook));
+    }
+
+    /// Stops serving `route`: its notifications are refused with 404.
+    pub fn remove(&self, route: &str) -> bool {
+        self.hooks.write().expect("hooks lock").remove(route).is_some()
+    }
+
+    fn hook(&self, route: &str) -> Option<Arc<Hook>> {
+        self.hooks.read().expect("hooks lock").get(route).cloned()
     }
 
     /// Every handled notification, for whoever wants to wait on one.
@@ -137,10 +155,10 @@ impl Receiver {
     }
 }
 
-/// `POST /pas/notify/{practice}`: precert's HTTP listener mounts this.
+/// `POST /pas/notify/{route}`: precert's HTTP listener mounts this.
 pub fn router(receiver: Arc<Receiver>) -> Router {
     Router::new()
-        .route("/pas/notify/{practice}", post(receive))
+        .route("/pas/notify/{*route}", post(receive))
         .with_state(receiver)
 }
 
@@ -155,13 +173,14 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 async fn receive(
     State(rx): State<Arc<Receiver>>,
-    Path(practice): Path<String>,
+    Path(route): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(hook) = rx.hooks.get(&practice) else {
+    let Some(hook) = rx.hook(&route) else {
         return answer(StatusCode::NOT_FOUND, "no subscription here");
     };
+    let practice = hook.practice.id.clone();
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

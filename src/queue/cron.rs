@@ -24,6 +24,7 @@ use sqlx::Row;
 
 use super::{insert_job, NewJob, Queue, QueueError};
 use crate::config::{Job, Practice};
+use crate::ids::PayerKey;
 use crate::schedule::{practice_schedules, Schedule, ScheduleError};
 use crate::store::{parse_time, ts};
 
@@ -202,15 +203,15 @@ impl Scheduler {
             .await?
             .try_get::<i64, _>("n")?;
             if active > 0 {
-                tracing::info!(practice = %e.practice, job = %e.job, payer = payer.unwrap_or("-"), slot = %due.slot,
+                tracing::info!(practice = %e.practice, job = %e.job, payer, slot = %due.slot,
                     "Slot skipped: the previous run of this job is still queued or running.");
                 skipped.push(payer.map(str::to_owned));
                 continue;
             }
             let mut job = NewJob::new(e.job, &e.practice, now);
-            job.payer = payer.map(str::to_owned);
+            job.payer = payer.map(PayerKey::from);
             let id = insert_job(&mut tx, &job, now).await?;
-            tracing::info!(practice = %e.practice, job = %e.job, payer = payer.unwrap_or("-"), slot = %due.slot, job_id = id,
+            tracing::info!(practice = %e.practice, job = %e.job, payer, slot = %due.slot, job_id = id,
                 "Scheduled job queued.");
             enqueued.push(id);
         }

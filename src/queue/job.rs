@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 
 use crate::case::CaseStatus;
 use crate::config::Job;
+use crate::ids::PayerKey;
 
 /// Attempts a job gets unless its creator says otherwise.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
@@ -59,7 +60,7 @@ pub struct NewJob {
     pub kind: Job,
     pub practice: String,
     /// `None` for practice-wide work (escalations, digest).
-    pub payer: Option<String>,
+    pub payer: Option<PayerKey>,
     pub case_id: Option<i64>,
     pub run_at: DateTime<Utc>,
     pub max_attempts: u32,
@@ -77,8 +78,8 @@ impl NewJob {
         }
     }
 
-    pub fn payer(mut self, payer: &str) -> NewJob {
-        self.payer = Some(payer.to_owned());
+    pub fn payer(mut self, payer: impl Into<PayerKey>) -> NewJob {
+        self.payer = Some(payer.into());
         self
     }
 
@@ -109,7 +110,8 @@ pub struct LeasedJob {
     pub id: i64,
     pub kind: Job,
     pub practice: String,
-    pub payer: Option<String>,
+    /// The practice's key for the payer; `None` for practice-wide work.
+    pub payer: Option<PayerKey>,
     pub case_id: Option<i64>,
     /// This run's number, from 1.
     pub attempt: u32,
@@ -123,7 +125,8 @@ pub struct JobRecord {
     pub id: i64,
     pub kind: Job,
     pub practice: String,
-    pub payer: Option<String>,
+    /// The practice's key for the payer; `None` for practice-wide work.
+    pub payer: Option<PayerKey>,
     pub case_id: Option<i64>,
     pub state: JobState,
     pub run_at: DateTime<Utc>,
@@ -219,7 +222,10 @@ pub enum ExpiredOutcome {
 /// Which jobs a worker will take now.
 #[derive(Clone, Debug, Default)]
 pub struct LeaseFilter {
-    /// Payers at their concurrency cap or rate limit, or with an open
-    /// circuit breaker (see `crate::limits`); practice-wide jobs still run.
-    pub skip_payers: Vec<String>,
+    /// Payer bindings — a practice and its key — whose playbook is at its
+    /// concurrency cap or rate limit, or has an open circuit breaker (see
+    /// `crate::limits`); practice-wide jobs still run. A key is skipped only
+    /// in its own practice: the same key may name another playbook
+    /// elsewhere.
+    pub skip: Vec<(String, crate::ids::PayerKey)>,
 }

@@ -33,6 +33,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::case::CaseStatus;
 use crate::config::Job;
+use crate::ids::PayerKey;
 // Times are stored as the ledger stores them, so they compare as text.
 use crate::store::{parse_time, ts, Actor, EventKind, Ledger, StoreError};
 
@@ -100,7 +101,7 @@ fn record_from_row(r: &AnyRow) -> Result<JobRecord, QueueError> {
         id,
         kind: parse_job(id, &r.try_get::<String, _>("kind")?)?,
         practice: r.try_get("practice_id")?,
-        payer: r.try_get("payer")?,
+        payer: r.try_get::<Option<String>, _>("payer")?.map(PayerKey::from),
         case_id: r.try_get("case_id")?,
         state: r
             .try_get::<String, _>("state")?
@@ -195,9 +196,11 @@ impl Queue {
     ) -> Result<Option<LeasedJob>, QueueError> {
         let expires_at = now + chrono_duration(ttl);
         let mut payer_clause = String::new();
-        if !filter.skip_payers.is_empty() {
-            let params: Vec<String> = (0..filter.skip_payers.len()).map(|i| format!("${}", i + 4)).collect();
-            payer_clause = format!(" AND (payer IS NULL OR payer NOT IN ({}))", params.join(", "));
+        if !filter.skip.is_empty() {
+            let pairs: Vec<String> = (0..filter.skip.len())
+                .map(|i| format!("(practice_id = ${} AND payer = ${})", 2 * i + 4, 2 * i + 5))
+                .collect();
+            payer_clause = format!(" AND (payer IS NULL OR NOT ({}))", pairs.join(" OR "));
         }
         let skip = self.ledger.backend().skip_locked();
         let sql = format!(
@@ -209,8 +212,8 @@ impl Queue {
              RETURNING id, kind, practice_id, payer, case_id, attempts, max_attempts, lease_token"
         );
         let mut query = sqlx::query(&sql).bind(owner).bind(ts(expires_at)).bind(ts(now));
-        for p in &filter.skip_payers {
-            query = query.bind(p);
+        for (practice, key) in &filter.skip {
+            query = query.bind(practice).bind(key.as_str());
         }
         let Some(r) = query.fetch_optional(self.pool()).await? else {
             return Ok(None);
@@ -220,7 +223,7 @@ impl Queue {
             id,
             kind: parse_job(id, &r.try_get::<String, _>("kind")?)?,
             practice: r.try_get("practice_id")?,
-            payer: r.try_get("payer")?,
+            payer: r.try_get::<Option<String>, _>("payer")?.map(PayerKey::from),
             case_id: r.try_get("case_id")?,
             attempt: r.try_get::<i64, _>("attempts")? as u32,
             max_attempts: r.try_get::<i64, _>("max_attempts")? as u32,

@@ -323,7 +323,7 @@ fn still_holds(reason: Reason, status: CaseStatus) -> bool {
         ),
         Reason::NeedsAttention => status == NeedsAttention,
         Reason::LetterMissing => matches!(status, Approved | PartiallyApproved | Denied),
-        Reason::PayerPaused => true,
+        Reason::PayerPaused | Reason::PracticeDisabled => true,
     }
 }
 

@@ -399,6 +399,40 @@ async fn a_pended_pas_request_is_decided_by_the_payers_notification() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let subscription_calls = |method: &'static str| {
+        sandbox
+            .request_log()
+            .iter()
+            .filter(|e| e.method == method && e.path.starts_with("/fhir/Subscription"))
+            .count()
+    };
+    assert_eq!(subscription_calls("POST"), 1);
+    let reloads = |d: &Daemon| d.log().matches("Configuration reloaded.").count();
+    // A reload that changes nothing keeps the subscription.
+    daemon.signal(libc::SIGHUP);
+    until(&daemon, Duration::from_secs(30), "the first reload", || async {
+        reloads(&daemon) == 1
+    })
+    .await;
+    assert_eq!((subscription_calls("POST"), subscription_calls("DELETE")), (1, 0));
+    // One that changes lakeside's PAS binding replaces it: the old one is
+    // deleted at the payer, a new one registered, and the notification
+    // below arrives through the new one.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            "account = { client_id = \"lakeside-pas\" }",
+            "account = { client_id = \"lakeside-pas\", payer_name = \"Sandbox Health Plan\" }",
+        ),
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    until(&daemon, Duration::from_secs(30), "the second reload", || async {
+        reloads(&daemon) == 2
+    })
+    .await;
+    assert_eq!((subscription_calls("POST"), subscription_calls("DELETE")), (2, 1));
     // The payer's reviewer decides; the sandbox notifies the daemon.
     sandbox.advance_clock(Duration::from_secs(30));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -780,6 +814,19 @@ async fn a_practice_with_an_unreadable_secret_is_disabled_while_the_others_run()
         "a disabled practice submits nothing"
     );
     assert!(sandbox.submissions().iter().all(|s| s.provider_npi != "1679576722"));
+    // Operations of the disabled practice were told, once.
+    let told = ledger.escalations(Some("valley-imaging"), false).await.unwrap();
+    assert_eq!(
+        told.iter().filter(|e| e.reason.as_str() == "practice_disabled").count(),
+        1,
+        "{told:?}"
+    );
+    let mail = ledger.outbox(true).await.unwrap();
+    assert!(
+        mail.iter()
+            .any(|m| m.recipients == ["it.ops@valley-imaging.example"] && m.subject.contains("valley-imaging")),
+        "{mail:?}"
+    );
     d.signal(libc::SIGTERM);
     assert!(d.exit(Duration::from_secs(40)).await.success());
 }
@@ -892,12 +939,41 @@ async fn a_payer_key_bound_to_another_playbook_id_shares_its_breaker_and_escalat
     let out = p.precert(&["cases", "import", "samples/cases-sbx.csv"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ledger = Ledger::open(&p.settings().database_url).await.unwrap();
+
+    // First the cap: the sandbox playbook allows one session at once, and
+    // the daemon has two workers. lakeside's `sandbox` jobs and valley's
+    // `sbx` jobs share that one slot, so no two submit jobs ever run at
+    // once: their spans on the timeline never overlap.
+    let d = start(&p, free_port(), false, "cap");
+    until(
+        &d,
+        Duration::from_secs(180),
+        "every case of both practices submitted",
+        || async { all_submitted(&ledger).await },
+    )
+    .await;
+    d.signal(libc::SIGTERM);
+    assert!(d.exit(Duration::from_secs(60)).await.success());
+    let spans = submit_job_spans(&ledger).await;
+    let practices: std::collections::BTreeSet<&str> = spans.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(practices.len(), 2, "both practices submitted: {spans:?}");
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            assert!(
+                a.2 < b.1 || b.2 < a.1,
+                "two jobs of one playbook ran at once despite max_sessions = 1: {a:?} and {b:?}"
+            );
+        }
+    }
+
+    // Then the breaker, shared by both keys.
     sandbox
         .set_hazards(precert_sandbox::HazardsPatch {
             maintenance: Some(true),
             ..Default::default()
         })
         .unwrap();
+    // The poll jobs of both keys now meet the maintenance page.
     let d = start_with(
         &p,
         free_port(),
@@ -940,4 +1016,39 @@ async fn a_payer_key_bound_to_another_playbook_id_shares_its_breaker_and_escalat
     d.signal(libc::SIGTERM);
     assert!(d.exit(Duration::from_secs(60)).await.success());
     sandbox.shutdown().await;
+}
+
+/// Whether every case that can be submitted has been.
+async fn all_submitted(ledger: &Ledger) -> bool {
+    let cases = ledger.list(&CaseFilter::default()).await.unwrap();
+    !cases.is_empty()
+        && cases
+            .iter()
+            .filter(|c| matches!(c.status, CaseStatus::Ready | CaseStatus::Submitting))
+            .count()
+            == 0
+}
+
+/// Each submit job's span on the timeline: (practice, first event, last
+/// event), from the events its runs wrote.
+async fn submit_job_spans(
+    ledger: &Ledger,
+) -> Vec<(String, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+    let mut spans: std::collections::BTreeMap<
+        String,
+        (String, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+    > = std::collections::BTreeMap::new();
+    for c in ledger.list(&CaseFilter::default()).await.unwrap() {
+        for e in ledger.events(c.id).await.unwrap() {
+            if !e.actor.starts_with("job:submit#") {
+                continue;
+            }
+            let span = spans
+                .entry(e.actor.clone())
+                .or_insert((c.data.practice_id.clone(), e.at, e.at));
+            span.1 = span.1.min(e.at);
+            span.2 = span.2.max(e.at);
+        }
+    }
+    spans.into_values().collect()
 }

@@ -744,7 +744,7 @@ async fn a_paused_payer_reaches_every_practices_operations_and_ends_when_it_work
     w.esc
         .payer_alert(
             &w.ledger,
-            "sandbox",
+            &"sandbox".into(),
             Some("payer sandbox paused after 5 portal failures"),
         )
         .await
@@ -773,11 +773,11 @@ async fn a_paused_payer_reaches_every_practices_operations_and_ends_when_it_work
     );
     // A second alert while paused adds nothing.
     w.esc
-        .payer_alert(&w.ledger, "sandbox", Some("still failing"))
+        .payer_alert(&w.ledger, &"sandbox".into(), Some("still failing"))
         .await
         .unwrap();
     assert_eq!(w.ledger.outbox(true).await.unwrap().len(), 2);
-    w.esc.payer_alert(&w.ledger, "sandbox", None).await.unwrap();
+    w.esc.payer_alert(&w.ledger, &"sandbox".into(), None).await.unwrap();
     assert!(w.ledger.escalations(None, false).await.unwrap().is_empty());
     let mails = w.deliver_to_files().await;
     assert_eq!(mails.len(), 2);
@@ -934,5 +934,78 @@ fn outbox_test_sends_a_message_without_patient_data_and_says_why_when_it_cannot(
     assert!(
         err.contains("not sent") && err.contains(&server.port().to_string()),
         "{err}"
+    );
+}
+
+// ---- a practice left out ---------------------------------------------------
+
+/// Issue 11: a practice whose configuration does not check is disabled
+/// alone, and operations hear of it — its own operations contacts when its
+/// file can be read that far, the daemon's `[mail] operations` when not —
+/// until a reload finds it fixed.
+#[tokio::test]
+async fn a_disabled_practice_reaches_its_own_operations_or_the_daemons_and_resolves_when_it_runs_again() {
+    let w = world(|p| {
+        let path = p.config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("[mail]\n"));
+        std::fs::write(
+            &path,
+            text.replacen(
+                "[mail]\n",
+                "[mail]\noperations = [\"night.ops@precert-team.example\"]\n",
+                1,
+            ),
+        )
+        .unwrap();
+    })
+    .await;
+    // valley's time zone is wrong (its contacts read fine); hill-clinic's
+    // file is not even TOML.
+    let valley = w.p.path("config/practices/valley-imaging.toml");
+    let text = std::fs::read_to_string(&valley).unwrap();
+    std::fs::write(&valley, text.replace("America/Los_Angeles", "Mars/Olympus_Mons")).unwrap();
+    std::fs::write(
+        w.p.path("config/practices/hill-clinic.toml"),
+        "name = \"Hill Clinic\nnpi = [\n",
+    )
+    .unwrap();
+    let (_, disabled) = precert::config::load_isolated(&w.p.config_path(), precert::config::Secrets::Skip).unwrap();
+    let mut ids: Vec<&str> = disabled.iter().map(|d| d.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["hill-clinic", "valley-imaging"]);
+    for d in &disabled {
+        assert!(w.esc.practice_disabled(&w.ledger, d).await.unwrap().is_some());
+        // Told once: a reload that finds it still broken adds nothing.
+        assert!(w.esc.practice_disabled(&w.ledger, d).await.unwrap().is_none());
+    }
+    let open = w.ledger.escalations(None, false).await.unwrap();
+    assert_eq!(open.len(), 2);
+    assert!(open
+        .iter()
+        .all(|e| e.reason == Reason::PracticeDisabled && e.case_id.is_none()));
+    let mails = w.deliver_to_files().await;
+    assert_eq!(mails.len(), 2);
+    let to = |practice: &str| {
+        mails
+            .iter()
+            .find(|m| m.subject.contains(practice))
+            .unwrap_or_else(|| panic!("no mail for {practice}"))
+    };
+    let valley_mail = to("valley-imaging");
+    assert_eq!(valley_mail.to, ["it.ops@valley-imaging.example"]);
+    let text = valley_mail.text.as_ref().unwrap();
+    assert!(text.contains("timezone"), "the problem is named:\n{text}");
+    assert!(text.contains("valley-imaging.toml"), "{text}");
+    assert!(text.contains("reload"), "the next step says what to do:\n{text}");
+    assert_eq!(to("hill-clinic").to, ["night.ops@precert-team.example"]);
+
+    // valley fixed and reloaded: its escalation resolves; hill's stays.
+    assert!(w.esc.practice_enabled(&w.ledger, "valley-imaging").await.unwrap());
+    assert!(!w.esc.practice_enabled(&w.ledger, "valley-imaging").await.unwrap());
+    let open = w.ledger.escalations(None, false).await.unwrap();
+    assert_eq!(
+        open.iter().map(|e| e.practice_id.as_str()).collect::<Vec<_>>(),
+        ["hill-clinic"]
     );
 }

@@ -33,6 +33,7 @@ fn mail(step: &str) -> OutgoingMail {
 
 fn smtp_settings(port: u16) -> MailSettings {
     MailSettings {
+        operations: Vec::new(),
         from: FROM.into(),
         transport: MailTransport::Smtp {
             host: "127.0.0.1".into(),
@@ -65,6 +66,7 @@ fn tls_settings(server: &SmtpServer, tls: ServerTls, password: &str, ca_file: Op
         secrecy::SecretString::from(password.to_owned()),
     );
     MailSettings {
+        operations: Vec::new(),
         from: FROM.into(),
         transport: MailTransport::Smtp {
             // A DNS name for STARTTLS, an IP address for implicit TLS: both are in the certificate.
@@ -130,6 +132,7 @@ async fn file_transport_writes_one_private_eml_per_message_id() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("outbox");
     let mailer = Mailer::new(&MailSettings {
+        operations: Vec::new(),
         from: FROM.into(),
         transport: MailTransport::File { dir: dir.clone() },
     })
@@ -163,6 +166,7 @@ async fn file_transport_writes_one_private_eml_per_message_id() {
 async fn bad_address_is_a_permanent_error_naming_the_field() {
     let tmp = tempfile::tempdir().unwrap();
     let mailer = Mailer::new(&MailSettings {
+        operations: Vec::new(),
         from: FROM.into(),
         transport: MailTransport::File {
             dir: tmp.path().join("outbox"),

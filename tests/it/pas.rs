@@ -624,8 +624,8 @@ async fn listen(payer: &Payer, practice: &str) -> (Arc<Receiver>, String, Secret
     .unwrap();
     assert!(!id.is_empty());
     let token = hook.token.clone();
-    let mut receiver = Receiver::new(payer.ledger.clone());
-    receiver.add(hook);
+    let receiver = Receiver::new(payer.ledger.clone());
+    receiver.add(practice, hook);
     let receiver = Arc::new(receiver);
     let app = notify::router(receiver.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });

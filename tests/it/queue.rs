@@ -228,14 +228,24 @@ async fn jobs_wait_for_their_time_and_for_their_payer(backend: Backend) {
         .enqueue(&NewJob::new(Job::Digest, "lakeside-ortho", t0()), t0())
         .await
         .unwrap();
+    // Another practice's binding under the same key (it may run another
+    // playbook) is not held back by lakeside's.
+    let elsewhere = q
+        .enqueue(
+            &NewJob::new(Job::Poll, "valley-imaging", t0()).payer("sandbox-pas"),
+            t0(),
+        )
+        .await
+        .unwrap();
 
-    // sandbox-pas is at its limit: its job waits; the practice-wide digest
-    // does not.
+    // lakeside's sandbox-pas is at its limit: its job waits; the
+    // practice-wide digest does not.
     let skip = LeaseFilter {
-        skip_payers: vec!["sandbox-pas".into()],
+        skip: vec![("lakeside-ortho".into(), "sandbox-pas".into())],
     };
     let first = q.lease("w", TTL, &skip, t0()).await.unwrap().unwrap();
     assert_eq!(first.id, digest);
+    assert_eq!(q.lease("w", TTL, &skip, t0()).await.unwrap().unwrap().id, elsewhere);
     assert!(
         q.lease("w", TTL, &skip, t0()).await.unwrap().is_none(),
         "the later job is not due yet"

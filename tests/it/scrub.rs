@@ -149,7 +149,7 @@ async fn a_denial_quoting_birth_date_member_id_and_name_reaches_mail_and_digest_
     .await;
     partially_approve(&w).await;
     w.esc
-        .payer_alert(&w.ledger, "sandbox", Some(PORTAL_ERROR))
+        .payer_alert(&w.ledger, &"sandbox".into(), Some(PORTAL_ERROR))
         .await
         .unwrap();
 
