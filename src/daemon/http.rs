@@ -21,7 +21,7 @@ use chrono_tz::Tz;
 use crate::case::{CaseRecord, CaseStatus};
 use crate::ids::{PayerKey, PlaybookId};
 use crate::limits::BreakerState;
-use crate::store::{CaseFilter, Escalation};
+use crate::store::Escalation;
 
 // The daemon's loops report to it; it lives beside them (see its docs).
 #[path = "health.rs"]
@@ -126,7 +126,7 @@ impl Metrics {
         for ((practice, kind, payer), at) in self.health.last_success() {
             let _ = writeln!(
                 out,
-                "precert_job_last_success_timestamp_seconds{{practice=\"{}\",job=\"{}\"{}}} {:.3}",
+                "precert_job_last_success_timestamp_seconds{{practice=\"{}\",kind=\"{}\"{}}} {:.3}",
                 label(&practice),
                 label(&kind),
                 payer_label(payer.as_ref()),
@@ -181,6 +181,35 @@ impl Metrics {
                 .count();
             let _ = writeln!(out, "precert_workers{{state=\"{state}\"}} {n}");
         }
+        // A job held far longer than any run takes: a browser session
+        // stuck on a page no timeout covers, or a payer that never answers.
+        let now = Instant::now();
+        let longest = workers
+            .values()
+            .filter_map(|w| match w {
+                WorkerState::Busy { since, .. } => Some(now.saturating_duration_since(*since).as_secs_f64()),
+                WorkerState::Idle { .. } => None,
+            })
+            .fold(0.0, f64::max);
+        family(
+            out,
+            "precert_worker_longest_busy_seconds",
+            "gauge",
+            "How long the longest-running job has been running (0 when every worker is idle).",
+        );
+        let _ = writeln!(out, "precert_worker_longest_busy_seconds {longest:.3}");
+        family(
+            out,
+            "precert_start_time_seconds",
+            "gauge",
+            "When this daemon started, in Unix seconds (last-success times count from here).",
+        );
+        let started = Utc::now() - chrono::Duration::from_std(self.health.uptime(now)).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "precert_start_time_seconds {:.3}",
+            started.timestamp_millis() as f64 / 1000.0
+        );
 
         family(
             out,
@@ -338,11 +367,8 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         let n = cases.iter().find(|(st, _)| *st == status).map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "precert_cases{{status=\"{status}\"}} {n}");
     }
-    if let Ok(all) = s.ledger.list(&CaseFilter::default()).await {
-        let mut by: BTreeMap<(&str, CaseStatus), u64> = BTreeMap::new();
-        for c in &all {
-            *by.entry((c.data.practice_id.as_str(), c.status)).or_default() += 1;
-        }
+    if let Ok(counts) = s.ledger.count_by_practice_status().await {
+        let by: BTreeMap<(&str, CaseStatus), i64> = counts.iter().map(|(p, st, n)| ((p.as_str(), *st), *n)).collect();
         let known: BTreeSet<&str> = practices.iter().copied().chain(by.keys().map(|(p, _)| *p)).collect();
         family(
             &mut out,
@@ -359,6 +385,40 @@ async fn metrics(State(s): State<HttpState>) -> Response {
                     label(practice)
                 );
             }
+        }
+    }
+    if let Ok(oldest) = s.ledger.oldest_pending().await {
+        family(
+            &mut out,
+            "precert_pending_oldest_age_seconds",
+            "gauge",
+            "Age of the oldest request a payer has not decided (pending or pended), by practice, payer key and urgency; compare with the legal window (72 h urgent, 7 days standard).",
+        );
+        for o in &oldest {
+            let _ = writeln!(
+                out,
+                "precert_pending_oldest_age_seconds{{practice=\"{}\",payer=\"{}\",urgency=\"{}\"}} {}",
+                label(&o.practice_id),
+                label(&o.payer),
+                label(&o.urgency),
+                (now - o.since).num_seconds().max(0)
+            );
+        }
+        family(
+            &mut out,
+            "precert_pending_requests",
+            "gauge",
+            "Requests the payer has not decided (pending or pended), by practice, payer key and urgency.",
+        );
+        for o in &oldest {
+            let _ = writeln!(
+                out,
+                "precert_pending_requests{{practice=\"{}\",payer=\"{}\",urgency=\"{}\"}} {}",
+                label(&o.practice_id),
+                label(&o.payer),
+                label(&o.urgency),
+                o.open
+            );
         }
     }
 
@@ -443,10 +503,10 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         );
         let _ = writeln!(out, "precert_escalations_active {active}");
     }
-    if let Ok(active) = s.ledger.escalations(None, false).await {
-        let mut by: BTreeMap<&str, u64> = practices.iter().map(|p| (*p, 0)).collect();
-        for e in &active {
-            *by.entry(e.practice_id.as_str()).or_default() += 1;
+    if let Ok(active) = s.ledger.count_active_escalations().await {
+        let mut by: BTreeMap<&str, i64> = practices.iter().map(|p| (*p, 0)).collect();
+        for (practice, _, n) in &active {
+            *by.entry(practice.as_str()).or_default() += n;
         }
         family(
             &mut out,
@@ -460,6 +520,35 @@ async fn metrics(State(s): State<HttpState>) -> Response {
                 "precert_practice_escalations_active{{practice=\"{}\"}} {n}",
                 label(practice)
             );
+        }
+        // Every reason appears for every practice, 0 when none is open, so
+        // an alert on `stalled` (a request past its legal window) never
+        // sees its series vanish.
+        family(
+            &mut out,
+            "precert_escalations_active_by_reason",
+            "gauge",
+            "Open or acknowledged escalations, by practice and reason (stalled: a request past its legal decision window).",
+        );
+        let known: BTreeSet<&str> = practices
+            .iter()
+            .copied()
+            .chain(active.iter().map(|(p, _, _)| p.as_str()))
+            .collect();
+        for practice in known {
+            for reason in crate::escalate::Reason::ALL.iter().copied() {
+                let n: i64 = active
+                    .iter()
+                    .filter(|(p, r, _)| p == practice && r == reason.as_str())
+                    .map(|(_, _, n)| n)
+                    .sum();
+                let _ = writeln!(
+                    out,
+                    "precert_escalations_active_by_reason{{practice=\"{}\",reason=\"{}\"}} {n}",
+                    label(practice),
+                    reason.as_str()
+                );
+            }
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
@@ -609,13 +698,13 @@ mod tests {
 
         let line = |prefix: &str| out.lines().find(|l| l.starts_with(prefix)).map(str::to_owned);
         let poll = line(
-            "precert_job_last_success_timestamp_seconds{practice=\"lakeside-ortho\",job=\"poll\",payer=\"sandbox\"} ",
+            "precert_job_last_success_timestamp_seconds{practice=\"lakeside-ortho\",kind=\"poll\",payer=\"sandbox\"} ",
         )
         .unwrap_or_else(|| panic!("{out}"));
         let at: f64 = poll.rsplit(' ').next().unwrap().parse().unwrap();
         assert!((Utc::now().timestamp() as f64 - at).abs() < 60.0, "{poll}");
         assert!(
-            line("precert_job_last_success_timestamp_seconds{practice=\"lakeside-ortho\",job=\"escalations\"} ")
+            line("precert_job_last_success_timestamp_seconds{practice=\"lakeside-ortho\",kind=\"escalations\"} ")
                 .is_some()
         );
         assert!(

@@ -37,6 +37,8 @@ macro_rules! reasons {
         pub enum Reason { $($v),* }
 
         impl Reason {
+            /// Every reason, in declaration order.
+            pub const ALL: &'static [Reason] = &[$(Reason::$v),*];
             pub fn as_str(self) -> &'static str { match self { $(Reason::$v => $s),* } }
             /// A heading for subjects and digests.
             pub fn title(self) -> &'static str { match self { $(Reason::$v => $title),* } }

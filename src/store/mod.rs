@@ -24,6 +24,7 @@ use crate::case::{CaseData, CaseRecord, CaseStatus, Decision};
 mod backend;
 mod console;
 mod escalations;
+mod metrics;
 mod owner;
 mod schema;
 pub use backend::{Backend, SCHEMES};
@@ -32,6 +33,7 @@ pub use escalations::{
     Advance, CaseForRules, ClaimedMail, Escalation, EscalationHook, EscalationState, NewEscalation, OutboxEntry,
     OutboxState, SendOutcome, Step,
 };
+pub use metrics::OldestPending;
 pub use owner::{Owner, SubmitLease, SUBMIT_LEASE, SUBMIT_LEASE_RENEW};
 pub use schema::{migrate, redact_url, schema_status, AppliedMigration, SchemaStatus};
 

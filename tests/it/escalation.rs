@@ -1009,3 +1009,49 @@ async fn a_disabled_practice_reaches_its_own_operations_or_the_daemons_and_resol
         ["hill-clinic"]
     );
 }
+
+// ---- what /metrics reads -----------------------------------------------------
+
+/// The grouped reads behind `precert_pending_oldest_age_seconds` and
+/// `precert_escalations_active_by_reason`: the oldest undecided request per
+/// practice, payer and urgency is the first to go pending (polls and pends
+/// after that do not make it younger), and escalations count by reason.
+#[tokio::test]
+async fn metrics_read_the_oldest_undecided_request_and_escalations_by_reason() {
+    let w = world(|_| {}).await;
+    let t0 = w.at();
+    let (a, b) = (
+        w.case_id("lakeside-ortho", "LO-2026-1001").await,
+        w.case_id("lakeside-ortho", "LO-2026-1002").await,
+    );
+    w.submit(a).await;
+    w.advance(Duration::hours(5));
+    w.submit(b).await;
+    let c = w.case_id("valley-imaging", "VI-88120").await;
+    w.submit(c).await;
+    w.deny(c).await;
+    let oldest = w.ledger.oldest_pending().await.unwrap();
+    let lakeside: Vec<_> = oldest.iter().filter(|o| o.practice_id == "lakeside-ortho").collect();
+    let total: i64 = lakeside.iter().map(|o| o.open).sum();
+    assert_eq!(total, 2, "{oldest:?}");
+    assert_eq!(lakeside.iter().map(|o| o.since).min(), Some(t0), "{oldest:?}");
+    assert!(
+        oldest.iter().all(|o| o.practice_id != "valley-imaging"),
+        "a decided request is not undecided: {oldest:?}"
+    );
+    let by_reason = w.ledger.count_active_escalations().await.unwrap();
+    assert_eq!(
+        by_reason,
+        [("valley-imaging".to_owned(), "denied".to_owned(), 1)],
+        "{by_reason:?}"
+    );
+    let counts = w.ledger.count_by_practice_status().await.unwrap();
+    assert!(
+        counts.contains(&("lakeside-ortho".to_owned(), CaseStatus::Pending, 2)),
+        "{counts:?}"
+    );
+    assert!(
+        counts.contains(&("valley-imaging".to_owned(), CaseStatus::Denied, 1)),
+        "{counts:?}"
+    );
+}

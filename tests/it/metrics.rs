@@ -156,6 +156,13 @@ async fn metrics_from_a_running_daemon_pass_promtool_and_carry_what_alerts_need(
         Some(0.0),
         "{text}"
     );
+    // Every metric the shipped alert rules and dashboard use is served.
+    for name in deployed_metric_names() {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} (used by deploy/) is not in /metrics:\n{text}"
+        );
+    }
     for family in [
         "# TYPE precert_run_seconds histogram",
         "# TYPE precert_job_last_success_timestamp_seconds gauge",
@@ -164,4 +171,69 @@ async fn metrics_from_a_running_daemon_pass_promtool_and_carry_what_alerts_need(
     ] {
         assert!(text.contains(family), "{family} in\n{text}");
     }
+}
+
+fn deploy_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The metric families `deploy/prometheus/alerts.yml` and
+/// `deploy/grafana/precert.json` name (histogram series by their family).
+fn deployed_metric_names() -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for file in ["deploy/prometheus/alerts.yml", "deploy/grafana/precert.json"] {
+        let text = std::fs::read_to_string(deploy_file(file)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("precert_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            let name = &tail[..end];
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| *f == "precert_run_seconds"))
+                .unwrap_or(name);
+            names.insert(family.to_owned());
+            rest = &tail[end..];
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    names
+}
+
+/// The shipped alert rules load in Prometheus's own checker, and each alert
+/// fires on the synthetic history in `alerts.test.yml` (and not before).
+#[test]
+fn shipped_alert_rules_pass_promtool_and_each_alert_fires_when_it_should() {
+    for args in [["check", "rules", "alerts.yml"], ["test", "rules", "alerts.test.yml"]] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(deploy_file("deploy/prometheus"))
+            .output()
+            .expect("promtool runs (scripts/test installs Debian's prometheus package)");
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(deploy_file("deploy/prometheus/alerts.yml")).unwrap();
+    let tests = std::fs::read_to_string(deploy_file("deploy/prometheus/alerts.test.yml")).unwrap();
+    for alert in rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")) {
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n")),
+            "{alert} has no test in alerts.test.yml"
+        );
+    }
+    // The dashboard is JSON Grafana imports: panels with queries.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy_file("deploy/grafana/precert.json")).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    assert!(panels
+        .iter()
+        .all(|p| p["targets"].as_array().is_some_and(|t| !t.is_empty())));
 }
