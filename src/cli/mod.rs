@@ -239,10 +239,14 @@ fn check(path: &std::path::Path) -> anyhow::Result<Outcome> {
         for pb in &playbooks {
             let actions: Vec<&str> = pb.actions.keys().map(|a| a.as_str()).collect();
             let how = match (pb.api, actions.is_empty()) {
-                (Some(api), true) => format!("{api:?} API, built in"),
+                (Some(crate::playbook::ApiKind::Pas), true) => "Da Vinci PAS, built in".to_owned(),
                 _ => format!("actions: {}", actions.join(", ")),
             };
-            println!("  playbook {:<20} {} ({:?}; {how})", pb.id, pb.name, pb.channel);
+            let channel = match pb.channel {
+                crate::playbook::Channel::Web => "web",
+                crate::playbook::Channel::Api => "api",
+            };
+            println!("  playbook {:<20} {} ({channel}; {how})", pb.id, pb.name);
         }
     }
     if problems == 0 {
