@@ -22,12 +22,12 @@ fn fast_schedules(p: &Project) {
     }
 }
 
-struct Daemon {
+pub(super) struct Daemon {
     child: Child,
     log: std::path::PathBuf,
 }
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -40,7 +40,14 @@ fn start(p: &Project, port: u16, fault: bool, name: &str) -> Daemon {
 }
 
 /// `start`, with extra environment variables and some removed.
-fn start_with(p: &Project, port: u16, fault: bool, name: &str, env: &[(&str, &str)], remove: &[&str]) -> Daemon {
+pub(super) fn start_with(
+    p: &Project,
+    port: u16,
+    fault: bool,
+    name: &str,
+    env: &[(&str, &str)],
+    remove: &[&str],
+) -> Daemon {
     let log = p.path(&format!("{name}.log"));
     let file = std::fs::File::create(&log).unwrap();
     let mut cmd = p.command(&["daemon"]);
@@ -69,19 +76,23 @@ fn start_with(p: &Project, port: u16, fault: bool, name: &str, env: &[(&str, &st
 }
 
 impl Daemon {
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         let mut s = String::new();
         std::fs::File::open(&self.log).unwrap().read_to_string(&mut s).unwrap();
         s
     }
 
-    fn signal(&self, sig: i32) {
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(super) fn signal(&self, sig: i32) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
     /// Waits (bounded) for the process to end; its exit status.
-    async fn exit(mut self, limit: Duration) -> std::process::ExitStatus {
+    pub(super) async fn exit(mut self, limit: Duration) -> std::process::ExitStatus {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -635,7 +646,7 @@ async fn with_the_smtp_server_down_the_daemon_keeps_mail_in_the_outbox_and_deliv
 
 /// Waits (bounded) until `check` holds, polling the ledger; the daemon's
 /// log on failure.
-async fn until<F, Fut>(daemon: &Daemon, limit: Duration, what: &str, mut check: F)
+pub(super) async fn until<F, Fut>(daemon: &Daemon, limit: Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

@@ -1,0 +1,192 @@
+//! Issue 12: several daemons on one PostgreSQL do each thing once — with one
+//! of them SIGKILLed mid-run and restarted.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use precert::case::CaseStatus;
+use precert::store::Ledger;
+use precert_sandbox::{Sandbox, SandboxConfig};
+use sqlx::Row;
+
+use super::daemon::{free_port, start_with, until, Daemon};
+use super::postgres::PgDatabase;
+use super::smtp::SmtpServer;
+use super::support::Project;
+
+const CASES: usize = 300;
+
+/// `CASES` ready lakeside cases, each a distinct request (its own service
+/// date); every tenth a lumbar MRI the sandbox denies (a supervisor's mail),
+/// the others a knee MRI it approves after 20 s of its clock.
+fn cases_csv(p: &Project) -> String {
+    let sample = std::fs::read_to_string(p.path("samples/cases.csv")).unwrap();
+    let mut lines = sample.lines();
+    let header = lines.next().unwrap();
+    let first = lines.next().unwrap();
+    let base = chrono::NaiveDate::from_ymd_opt(2026, 12, 10).unwrap();
+    let mut out = format!("{header}\n");
+    for i in 0..CASES {
+        let day = (base + chrono::Duration::days(i as i64)).to_string();
+        let mut row = first
+            .replacen("LO-2026-1001", &format!("LO-CL-{i:04}"), 1)
+            .replace("2026-12-08", &day);
+        if i % 10 == 0 {
+            row = row.replacen("73721-RT*1", "72148*1", 1);
+        }
+        out.push_str(&row);
+        out.push('\n');
+    }
+    out
+}
+
+fn start(p: &Project, db: &str, n: usize) -> Daemon {
+    let port = free_port();
+    start_with(
+        p,
+        port,
+        false,
+        &format!("daemon-{n}"),
+        &[
+            ("PRECERT__DATABASE_URL", db),
+            ("PRECERT__HTTP__PUBLIC_URL", &format!("http://127.0.0.1:{port}")),
+        ],
+        &[],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_daemons_on_one_postgresql_submit_and_mail_each_thing_once_though_one_is_killed() {
+    let db = PgDatabase::new().await;
+    let sandbox = Sandbox::start(SandboxConfig::default_demo(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let smtp = SmtpServer::start();
+    let p = Project::new();
+    p.use_sandbox(&sandbox.base_url());
+    p.use_smtp(smtp.port());
+    // lakeside's sandbox cases go through the PAS API (no browser: the
+    // test is about the cluster, not the portal); valley has no cases.
+    let path = p.path("config/practices/lakeside-ortho.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let from = text.find("[payers.sandbox]\n").unwrap();
+    let to = text.find("[payers.sandbox-pas]").unwrap();
+    let head = format!(
+        "{}[payers.sandbox]\nplaybook = \"sandbox-pas\"\nbase_url = \"{}\"\naccount = {{ client_id = \"lakeside-pas\" }}\n\
+         secrets.client_secret = {{ env = \"LAKESIDE_SANDBOX_CLIENT_SECRET\" }}\n\n{}",
+        &text[..from],
+        sandbox.base_url(),
+        &text[to..]
+    );
+    let head = head.split("[schedules]").next().unwrap().to_owned();
+    std::fs::write(
+        &path,
+        format!(
+            "{head}[schedules]\nsubmit = \"*/2 * * * * *\"\npoll = \"*/2 * * * * *\"\nletters = \"0 0 1 1 *\"\nescalations = \"*/2 * * * * *\"\n"
+        ),
+    )
+    .unwrap();
+    p.write("samples/cluster.csv", &cases_csv(&p));
+    let out = p
+        .command(&["cases", "import", "samples/cluster.csv"])
+        .env("PRECERT__DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ledger = Ledger::open(&db.url).await.unwrap();
+    assert_eq!(
+        ledger.count_by_status().await.unwrap(),
+        [(CaseStatus::Ready, CASES as i64)]
+    );
+
+    let mut daemons: Vec<Daemon> = (0..3).map(|n| start(&p, &db.url, n)).collect();
+    // Kill one while submissions are under way, then start it again.
+    until(
+        &daemons[0],
+        Duration::from_secs(120),
+        "submissions under way",
+        || async { sandbox.submissions().len() >= CASES / 5 },
+    )
+    .await;
+    let killed = daemons.remove(0);
+    let killed_pid = killed_pid(&killed);
+    killed.signal(libc::SIGKILL);
+    let _ = killed.exit(Duration::from_secs(10)).await;
+    daemons.push(start(&p, &db.url, 3));
+
+    // Everything is decided (the sandbox's reviewers work on its clock) and
+    // every mail is out.
+    let done = || async {
+        sandbox.advance_clock(Duration::from_secs(30));
+        let counts = ledger.count_by_status().await.unwrap();
+        let settled = counts
+            .iter()
+            .all(|(s, _)| matches!(s, CaseStatus::Approved | CaseStatus::Denied));
+        let outbox = ledger.outbox(false).await.unwrap();
+        settled && outbox.is_empty()
+    };
+    until(
+        &daemons[0],
+        Duration::from_secs(420),
+        "every case decided and its mail sent",
+        done,
+    )
+    .await;
+    for d in daemons {
+        d.signal(libc::SIGTERM);
+        assert!(d.exit(Duration::from_secs(60)).await.success());
+    }
+
+    // Each case reached the payer once: as many submissions as cases, each
+    // case holding its own reference.
+    let submissions = sandbox.submissions();
+    assert_eq!(submissions.len(), CASES, "requests the payer received");
+    let cases = ledger.list(&Default::default()).await.unwrap();
+    let refs: BTreeSet<String> = cases.iter().filter_map(|c| c.payer_ref.clone()).collect();
+    let sent: BTreeSet<String> = submissions.iter().map(|s| s.reference.clone()).collect();
+    assert_eq!(refs, sent, "each case holds the reference of its one request");
+    let denied = cases.iter().filter(|c| c.status == CaseStatus::Denied).count();
+    assert_eq!(denied, CASES / 10);
+
+    // Each mail once: the SMTP server received every mail the outbox sent,
+    // no Message-ID twice, and every denial's mail is among them.
+    let received = smtp.messages();
+    let ids: BTreeSet<&str> = received.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(ids.len(), received.len(), "a mail arrived twice");
+    let outbox = ledger.outbox(true).await.unwrap();
+    assert_eq!(received.len(), outbox.len(), "every queued mail arrived once");
+    let denial_mails = received.iter().filter(|m| m.subject.contains("Denied")).count();
+    assert_eq!(denial_mails, CASES / 10);
+
+    // Each cron slot fired once, and nothing is left held by the dead
+    // daemon.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let twice: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM (SELECT practice_id, job, scheduled_at FROM cron_fires \
+         GROUP BY practice_id, job, scheduled_at HAVING COUNT(*) > 1) t",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .get("n");
+    assert_eq!(twice, 0, "a cron slot fired twice");
+    let fired: i64 = sqlx::query("SELECT COUNT(*) AS n FROM cron_fires WHERE outcome = 'fired'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("n");
+    assert!(fired > 0);
+    let held: i64 = sqlx::query("SELECT COUNT(*) AS n FROM jobs WHERE state = 'leased' AND lease_owner LIKE $1")
+        .bind(format!("%-{killed_pid}-%"))
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(held, 0, "jobs still leased by the killed daemon");
+    pool.close().await;
+    sandbox.shutdown().await;
+}
+
+fn killed_pid(d: &Daemon) -> u32 {
+    d.pid()
+}
