@@ -408,6 +408,17 @@ impl PayerLimits {
         })
     }
 
+    /// Gives back a run that was admitted but did not start after all (the
+    /// cluster had no session slot free): its slot, and a half-open trial
+    /// back to the next run. The breaker hears nothing.
+    pub fn cancel(&mut self, started: Started, now: DateTime<Utc>) {
+        let p = self.payer(&started.playbook);
+        p.running = p.running.saturating_sub(1);
+        if let BreakerState::HalfOpen { .. } = p.breaker.state(now) {
+            p.breaker.state = BreakerState::HalfOpen { trial_running: false };
+        }
+    }
+
     /// Releases the run's slot and tells the breaker how it went.
     pub fn finish(&mut self, started: Started, end: &RunEnd, now: DateTime<Utc>) -> Option<Alert> {
         let payer = started.playbook;

@@ -63,6 +63,10 @@ impl Fold {
     }
 }
 
+/// How long a payer session slot is held without renewal (renewed with the
+/// job's lease, every `LEASE / 3`).
+const SLOT_TTL: chrono::Duration = chrono::Duration::seconds(120);
+
 /// The playbook a job's payer key is bound to in its practice.
 fn playbook_of(loaded: &Loaded, job: &LeasedJob) -> Option<PlaybookId> {
     let payer = job.payer.as_deref()?;
@@ -125,15 +129,56 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
             }
         }
     };
+    // The cluster-wide half of the session cap: a slot in the ledger, so
+    // daemons sharing a database never exceed the playbook's sessions.
+    let slot = match (&started, &playbook) {
+        (Some(_), Some(pb)) => {
+            let cap = ctx.limits.lock().expect("limits lock").settings(pb).max_concurrent;
+            let now = Utc::now();
+            match ctx.ledger.claim_payer_slot(pb, cap, &ctx.owner, SLOT_TTL, now).await {
+                Ok(Some(s)) => Some(s),
+                other => {
+                    if let Err(e) = &other {
+                        tracing::warn!(job_id = job.id, playbook = %pb, error = %e, "Cannot claim a payer session slot.");
+                    } else {
+                        tracing::info!(job_id = job.id, payer = payer_field, playbook = %pb, cap,
+                            "Every session slot of the payer is in use across the cluster; job given back.");
+                    }
+                    if let Some(s) = started {
+                        ctx.limits.lock().expect("limits lock").cancel(s, now);
+                    }
+                    if let Err(e) = ctx
+                        .queue
+                        .release(&job.lease, now + chrono::Duration::seconds(5), now)
+                        .await
+                    {
+                        tracing::warn!(job_id = job.id, error = %e, "Cannot give the job back.");
+                    }
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
     let lease = Arc::new(tokio::sync::Mutex::new(job.lease.clone()));
     let renewing = CancellationToken::new();
     let renewer = {
         let (queue, lease, renewing) = (ctx.queue.clone(), lease.clone(), renewing.clone());
+        let (ledger, slot) = (ctx.ledger.clone(), slot.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = renewing.cancelled() => return,
                     () = tokio::time::sleep(LEASE / 3) => {}
+                }
+                if let Some(s) = &slot {
+                    match ledger.renew_payer_slot(s, SLOT_TTL, Utc::now()).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(playbook = %s.playbook, "The payer session slot was lost (it ran out).")
+                        }
+                        Err(e) => tracing::warn!(playbook = %s.playbook, error = %e, "Payer slot renewal failed."),
+                    }
                 }
                 let current = lease.lock().await.clone();
                 match queue.renew(&current, LEASE, Utc::now()).await {
@@ -156,6 +201,11 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
     };
     renewing.cancel();
     let _ = renewer.await;
+    if let Some(s) = &slot {
+        if let Err(e) = ctx.ledger.release_payer_slot(s).await {
+            tracing::warn!(playbook = %s.playbook, error = %e, "Cannot give the payer session slot back; it frees itself when it runs out.");
+        }
+    }
     let lease = lease.lock().await.clone();
     let now = Utc::now();
     let kind = job.kind.as_str();

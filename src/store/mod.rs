@@ -27,6 +27,7 @@ mod escalations;
 mod metrics;
 mod owner;
 mod schema;
+mod slots;
 pub use backend::{Backend, SCHEMES};
 pub use console::{AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser};
 pub use escalations::{
@@ -36,6 +37,7 @@ pub use escalations::{
 pub use metrics::OldestPending;
 pub use owner::{Owner, SubmitLease, SUBMIT_LEASE, SUBMIT_LEASE_RENEW};
 pub use schema::{migrate, redact_url, schema_status, AppliedMigration, SchemaStatus};
+pub use slots::SlotLease;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -86,6 +86,10 @@ async fn three_daemons_on_one_postgresql_submit_and_mail_each_thing_once_though_
         ),
     )
     .unwrap();
+    // The PAS payer allows one session at once — across the cluster.
+    let pb = p.path("playbooks/sandbox-pas.yaml");
+    let text = std::fs::read_to_string(&pb).unwrap();
+    std::fs::write(&pb, text.replacen("  api: pas\n", "  api: pas\n  max_sessions: 1\n", 1)).unwrap();
     p.write("samples/cluster.csv", &cases_csv(&p));
     let out = p
         .command(&["cases", "import", "samples/cluster.csv"])
@@ -157,6 +161,30 @@ async fn three_daemons_on_one_postgresql_submit_and_mail_each_thing_once_though_
     assert_eq!(received.len(), outbox.len(), "every queued mail arrived once");
     let denial_mails = received.iter().filter(|m| m.subject.contains("Denied")).count();
     assert_eq!(denial_mails, CASES / 10);
+
+    // One session at once across the three daemons: no two jobs' runs
+    // against the payer overlap on the timeline.
+    let mut spans: std::collections::BTreeMap<String, (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
+        std::collections::BTreeMap::new();
+    for c in &cases {
+        for e in ledger.events(c.id).await.unwrap() {
+            if e.actor.starts_with("job:submit#") || e.actor.starts_with("job:poll#") {
+                let s = spans.entry(e.actor.clone()).or_insert((e.at, e.at));
+                s.0 = s.0.min(e.at);
+                s.1 = s.1.max(e.at);
+            }
+        }
+    }
+    let spans: Vec<_> = spans.into_iter().collect();
+    assert!(spans.len() > 1, "{spans:?}");
+    for (i, (a, (a0, a1))) in spans.iter().enumerate() {
+        for (b, (b0, b1)) in &spans[i + 1..] {
+            // The killed daemon's job ended without a last event: its span
+            // ends at its last write, which is still before the next job's
+            // first (that job waited for the dead holder's slot).
+            assert!(a1 < b0 || b1 < a0, "{a} ({a0}..{a1}) and {b} ({b0}..{b1}) ran at once");
+        }
+    }
 
     // Each cron slot fired once, and nothing is left held by the dead
     // daemon.

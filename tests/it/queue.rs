@@ -751,3 +751,69 @@ async fn the_scheduler_wakes_for_the_next_slot_of_any_practice(backend: Backend)
     // anyone's midnight escalations run in Chicago (00:00 CST).
     assert_eq!(s.next_wake(chicago(1, 23, 10)), Some(chicago(2, 0, 0)));
 }
+
+both_backends!(
+    #[tokio::test]
+    a_payers_session_slots_are_shared_by_every_daemon_on_the_ledger
+);
+/// The cluster-wide half of `max_sessions`: slots in the ledger, taken by
+/// whichever daemon asks first, fenced by a token, free again when given
+/// back or run out.
+async fn a_payers_session_slots_are_shared_by_every_daemon_on_the_ledger(backend: Backend) {
+    let p = TestDb::new(backend).await;
+    let (one, two) = (p.ledger().await, p.ledger().await);
+    let ttl = chrono::Duration::seconds(120);
+    let a = one
+        .claim_payer_slot("sandbox", 2, "host-a-1", ttl, t0())
+        .await
+        .unwrap()
+        .unwrap();
+    let b = two
+        .claim_payer_slot("sandbox", 2, "host-b-1", ttl, t0())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(a.slot, b.slot);
+    assert!(
+        one.claim_payer_slot("sandbox", 2, "host-a-1", ttl, t0())
+            .await
+            .unwrap()
+            .is_none(),
+        "both slots are held"
+    );
+    // Another playbook's slots are its own.
+    assert!(one
+        .claim_payer_slot("sandbox-pas", 1, "host-a-1", ttl, t0())
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(one.payer_slots_held("sandbox", t0()).await.unwrap(), 2);
+
+    // Given back: the next claim gets it with a new token; the old grant can
+    // neither renew nor free it.
+    one.release_payer_slot(&a).await.unwrap();
+    let c = two
+        .claim_payer_slot("sandbox", 2, "host-b-1", ttl, t0())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((c.slot, c.token), (a.slot, a.token + 1));
+    assert!(!one.renew_payer_slot(&a, ttl, t0()).await.unwrap());
+    one.release_payer_slot(&a).await.unwrap();
+    assert_eq!(
+        one.payer_slots_held("sandbox", t0()).await.unwrap(),
+        2,
+        "a stale release frees nothing"
+    );
+
+    // A holder that stops renewing loses its slot when it runs out.
+    assert!(two.renew_payer_slot(&b, ttl, t0() + mins(1)).await.unwrap());
+    let later = t0() + mins(4);
+    let d = one
+        .claim_payer_slot("sandbox", 2, "host-a-1", ttl, later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.slot, 0, "the first slot is free again");
+    assert_eq!(one.payer_slots_held("sandbox", later).await.unwrap(), 1);
+}
