@@ -505,7 +505,9 @@ fn compile_daemon(
         Some(u) => {
             p.add(
                 "database_url",
-                format!("`{u}` is not a database URL precert knows; use sqlite://PATH or postgres://USER@HOST/DATABASE"),
+                format!(
+                    "`{u}` is not a database URL precert knows; use sqlite://PATH or postgres://USER@HOST/DATABASE"
+                ),
             );
             u.clone()
         }
