@@ -146,12 +146,14 @@ impl Loaded {
         ledger: &Ledger,
         queue: &Queue,
         mail_wake: &Arc<Notify>,
+        link_key: &crate::console::links::LinkKey,
     ) -> Result<Loaded, String> {
         let scheduler = Scheduler::new(queue.clone(), &settings.practices).map_err(|e| e.to_string())?;
         let payers = playbooks.iter().map(|p| p.id.clone()).collect();
         let mailer = Arc::new(Mailer::new(&settings.mail).map_err(|e| format!("mail: {e}"))?);
         let settings = Arc::new(settings);
-        let escalator = Arc::new(Escalator::new(settings.clone(), &playbooks, mail_wake.clone()));
+        let escalator =
+            Arc::new(Escalator::new(settings.clone(), &playbooks, mail_wake.clone()).with_link_key(link_key.clone()));
         let engine = Arc::new(Engine::new(settings.clone(), ledger.clone(), playbooks));
         Ok(Loaded {
             settings,
@@ -186,6 +188,8 @@ struct Ctx {
     tracker: TaskTracker,
     /// Practices left out because their configuration does not check.
     pub(crate) disabled: Mutex<Vec<String>>,
+    /// Signs acknowledgement links in mail (the ledger's key).
+    link_key: crate::console::links::LinkKey,
 }
 
 fn hostname() -> String {
@@ -211,7 +215,10 @@ pub async fn run(
     let workers = settings.webdriver.max_sessions.max(1);
     let limits = payer_limits(&settings, &playbooks);
     let mail_wake = Arc::new(Notify::new());
-    let loaded = Loaded::new(settings, playbooks, &ledger, &queue, &mail_wake).map_err(DaemonError::Config)?;
+    // Signs the acknowledgement links in escalation mail.
+    let link_key = crate::console::links::LinkKey::of(&ledger).await?;
+    let loaded =
+        Loaded::new(settings, playbooks, &ledger, &queue, &mail_wake, &link_key).map_err(DaemonError::Config)?;
     ledger.set_escalation_hook(loaded.escalator.clone());
     let ctx = Arc::new(Ctx {
         ledger: ledger.clone(),
@@ -227,6 +234,7 @@ pub async fn run(
         workers: std::sync::atomic::AtomicU32::new(workers),
         tracker: TaskTracker::new(),
         disabled: Mutex::new(Vec::new()),
+        link_key,
     });
     report_disabled(&ctx.disabled, &disabled);
 
@@ -367,7 +375,8 @@ async fn reload_config(ctx: &Arc<Ctx>, path: &Path) {
     let result = load_all(path).and_then(|(s, p, disabled)| {
         let limits = payer_limits(&s, &p);
         let workers = s.webdriver.max_sessions.max(1);
-        Loaded::new(s, p, &ctx.ledger, &ctx.queue, &ctx.mail_wake).map(|l| (l, limits, workers, disabled))
+        Loaded::new(s, p, &ctx.ledger, &ctx.queue, &ctx.mail_wake, &ctx.link_key)
+            .map(|l| (l, limits, workers, disabled))
     });
     match result {
         Ok((new, limits, workers, disabled)) => {

@@ -50,7 +50,10 @@ pub async fn world_with(p: Project) -> World {
         Arc::new(move || Utc::now() + *ahead.lock().unwrap())
     };
     let ledger = Ledger::open(&settings.database_url).await.unwrap().with_clock(clock);
-    ledger.set_escalation_hook(Arc::new(Escalator::new(settings.clone(), &[], Arc::default())));
+    let key = console::links::LinkKey::of(&ledger).await.unwrap();
+    ledger.set_escalation_hook(Arc::new(
+        Escalator::new(settings.clone(), &[], Arc::default()).with_link_key(key),
+    ));
     for (name, role, practices) in [
         ("ada", Role::Admin, vec![]),
         (
@@ -140,7 +143,7 @@ impl Answer {
         String::from_utf8_lossy(&self.body).replace("&#x2f;", "/")
     }
 
-    fn location(&self) -> String {
+    pub fn location(&self) -> String {
         self.headers
             .get(LOCATION)
             .map(|v| v.to_str().unwrap().to_owned())
@@ -148,7 +151,7 @@ impl Answer {
     }
 
     /// The first form's CSRF token on the page.
-    fn csrf(&self) -> String {
+    pub fn csrf(&self) -> String {
         let text = self.text();
         let at = text.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + 19;
         text[at..].split('"').next().unwrap().to_owned()
@@ -333,7 +336,7 @@ async fn console_locks_an_account_after_five_bad_passwords_until_the_lockout_end
     assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
     assert!(locked
         .text()
-        .contains("Wrong name or password, or the account is locked"));
+        .contains("Wrong name, password or one-time code, or the account is locked"));
     assert_eq!(
         locked
             .text()
@@ -1232,5 +1235,206 @@ async fn console_cookies_are_secure_when_people_reach_it_over_https() {
         console::case_url(&w.settings, "valley-imaging", "VI-88120"),
         "https://precert.example.org/cases/valley-imaging/VI-88120"
     );
+    w.finish().await;
+}
+
+/// The escalation mail of a case sent to needs_attention, as queued: the
+/// escalation's number and the mail's text.
+async fn attention_mail(w: &World, case_ref: &str) -> (i64, String) {
+    let id = w.id(case_ref).await;
+    w.ledger
+        .transition(
+            id,
+            CaseStatus::NeedsAttention,
+            &Actor::job("submit", 3),
+            Some("portal changed: no element #member-id"),
+        )
+        .await
+        .unwrap();
+    let claimed = w
+        .ledger
+        .claim_mail(Duration::minutes(5))
+        .await
+        .unwrap()
+        .expect("the escalation's mail");
+    (claimed.escalation_id.unwrap(), claimed.mail.text)
+}
+
+/// The acknowledgement link in a mail's text.
+fn ack_link_in(text: &str) -> String {
+    let at = text.find("/ack/").expect("an acknowledgement link");
+    let start = text[..at].rfind("http").unwrap();
+    text[start..].split_whitespace().next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn console_mail_links_to_the_case_page_and_a_signed_link_acknowledges_once() {
+    let w = world().await;
+    let (esc, text) = attention_mail(&w, "VI-88120").await;
+    let public = &w.settings.console.public_url;
+    assert!(
+        text.contains(&format!("{public}/cases/valley-imaging/VI-88120")),
+        "the console's case page: {text}"
+    );
+    assert!(text.contains(&format!("{public}/escalations")), "{text}");
+    assert!(!text.contains("precert escalations ack"), "no shell command: {text}");
+    let link = ack_link_in(&text);
+    assert!(link.starts_with(&format!("{public}/ack/{esc}.")), "{link}");
+    let path = link.strip_prefix(public.as_str()).unwrap().to_owned();
+    let case = w.ledger.get(w.id("VI-88120").await).await.unwrap();
+    let member = case.data.patient.member_id.expose().to_owned();
+    assert!(
+        !link.contains(&member) && !link.contains(&member[member.len() - 4..]),
+        "{link}"
+    );
+
+    // Not signed in: the link leads through the sign-in page and back.
+    let mut c = w.client();
+    let first = c.get(&path).await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER);
+    let login_page = first.location();
+    assert!(login_page.starts_with("/login?next=%2Fack%2F"), "{login_page}");
+    let form = c.get(&login_page).await;
+    let back = c
+        .post(
+            "/login",
+            &[
+                ("name", "sam"),
+                ("password", PASSWORD),
+                ("csrf", &form.csrf()),
+                ("next", &path),
+            ],
+        )
+        .await;
+    assert_eq!(back.location(), path);
+    let confirm = c.get(&path).await;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text());
+    assert!(confirm.text().contains(&format!("Acknowledge escalation #{esc}")));
+    assert_eq!(
+        w.ledger.escalation(esc).await.unwrap().state,
+        precert::store::EscalationState::Open,
+        "opening the link changes nothing"
+    );
+    // The confirmation is a form with the session's CSRF token.
+    let forged = c.post(&path, &[("csrf", "nope"), ("note", "x")]).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let done = c
+        .post(
+            &path,
+            &[("csrf", &confirm.csrf()), ("note", "calling the portal's help desk")],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text());
+    assert_eq!(done.location(), "/cases/valley-imaging/VI-88120?done=acknowledged");
+    let e = w.ledger.escalation(esc).await.unwrap();
+    assert_eq!(e.state, precert::store::EscalationState::Acknowledged);
+    assert_eq!(e.acknowledged_by.as_deref(), Some("user:sam"));
+    assert_eq!(e.note.as_deref(), Some("calling the portal's help desk"));
+    assert_eq!(e.next_action_at, None, "its reminders stop");
+
+    // Used: refused, saying when and by whom.
+    let again = c.get(&path).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(again.text().contains("was used at") && again.text().contains("by sam"));
+    assert_eq!(
+        c.post(&path, &[("csrf", &confirm.csrf())]).await.status,
+        StatusCode::CONFLICT
+    );
+
+    // Altered: another escalation's number under this signature.
+    let forged_path = path.replacen(&format!("/ack/{esc}."), &format!("/ack/{}.", esc + 1), 1);
+    let forged = c.get(&forged_path).await;
+    assert_eq!(forged.status, StatusCode::BAD_REQUEST);
+    assert!(forged.text().contains("not one this console made"));
+
+    // Expired.
+    let (esc2, _) = attention_mail(&w, "LO-2026-1002").await;
+    let key = console::links::LinkKey::of(&w.ledger).await.unwrap();
+    let old = key.ack_token(esc2, Utc::now() - Duration::minutes(1));
+    let expired = c.get(&format!("/ack/{old}")).await;
+    assert_eq!(expired.status, StatusCode::GONE);
+    assert!(expired.text().contains("Link expired"));
+    assert_eq!(
+        w.ledger.escalation(esc2).await.unwrap().state,
+        precert::store::EscalationState::Open
+    );
+
+    // Another practice's escalation is not there at all for olive.
+    let mut olive = w.client();
+    olive.signed_in("olive").await;
+    let fresh = key.ack_token(esc, Utc::now() + Duration::hours(1));
+    assert_eq!(olive.get(&format!("/ack/{fresh}")).await.status, StatusCode::NOT_FOUND);
+
+    let log = w.audit_actions().await;
+    for line in ["acknowledge:sam", "ack_link_refused:sam", "ack_link_refused:olive"] {
+        assert!(log.iter().any(|l| l == line), "{line} in {log:?}");
+    }
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_chromium_a_supervisor_acknowledges_from_the_mail_once() {
+    use fantoccini::Locator;
+    let w = world().await;
+    let (esc, text) = attention_mail(&w, "VI-88120").await;
+    let link = ack_link_in(&text);
+    // The console listens on a port of the test's; the mail's host is the
+    // configured public address.
+    let url = link.replacen(&w.settings.console.public_url, &w.base, 1);
+    let settings = w.p.settings_with_secrets();
+    let driver = precert::browser::Driver::start(&settings.webdriver, &settings.data_dir)
+        .await
+        .unwrap();
+    let b = driver.session().await.unwrap();
+    b.goto(&url).await.unwrap();
+    let form = b
+        .wait()
+        .for_element(Locator::Css("form[action='/login']"))
+        .await
+        .expect("the sign-in page first");
+    for (field, value) in [("name", "sam"), ("password", PASSWORD)] {
+        form.find(Locator::Css(&format!("input[name={field}]")))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let heading = text_of(&b, "h1").await;
+    assert_eq!(heading, format!("Acknowledge escalation #{esc}"));
+    keep_shot(&w, "ack-link", &b.screenshot().await.unwrap());
+    let confirm = b.find(Locator::Css("form.ack-link")).await.unwrap();
+    confirm
+        .find(Locator::Css("input[name=note]"))
+        .await
+        .unwrap()
+        .send_keys("on it")
+        .await
+        .unwrap();
+    confirm
+        .find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(text_of(&b, ".flash.ok").await, "Acknowledged: reminders for it stop.");
+    let e = w.ledger.escalation(esc).await.unwrap();
+    assert_eq!(e.acknowledged_by.as_deref(), Some("user:sam"));
+    assert_eq!(e.next_action_at, None);
+    // The same link again is refused.
+    b.goto(&url).await.unwrap();
+    b.wait()
+        .for_element(Locator::XPath("//h1[normalize-space()='Link used already']"))
+        .await
+        .expect("a used link is refused");
+    b.close().await.unwrap();
+    driver.shutdown().await;
     w.finish().await;
 }
