@@ -36,9 +36,18 @@ pub struct World {
 }
 
 pub async fn world_with(p: Project) -> World {
+    world_with_console(p, "").await
+}
+
+/// `world_with`, with more lines in `[console]`.
+pub async fn world_with_console(p: Project, console: &str) -> World {
     let config = p.config_path();
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{text}\n[console]\nlisten = \"127.0.0.1:0\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[console]\nlisten = \"127.0.0.1:0\"\n{console}\n"),
+    )
+    .unwrap();
     for file in ["samples/cases.csv", "samples/cases.json"] {
         let out = p.precert(&["cases", "import", file]);
         assert!(out.status.success(), "{}", super::support::stderr(&out));
@@ -112,6 +121,7 @@ impl World {
                 .unwrap(),
             base: self.base.clone(),
             cookies: HashMap::new(),
+            forwarded_for: None,
         }
     }
 
@@ -128,6 +138,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     cookies: HashMap<String, String>,
+    /// An `X-Forwarded-For` header on every request.
+    pub forwarded_for: Option<String>,
 }
 
 pub struct Answer {
@@ -185,6 +197,7 @@ impl Client {
             .http
             .get(format!("{}{path}", self.base))
             .header("cookie", self.cookie_header())
+            .header("x-forwarded-for", self.forwarded_for.clone().unwrap_or_default())
             .send()
             .await
             .unwrap();
@@ -196,6 +209,7 @@ impl Client {
             .http
             .post(format!("{}{path}", self.base))
             .header("cookie", self.cookie_header())
+            .header("x-forwarded-for", self.forwarded_for.clone().unwrap_or_default())
             .form(form)
             .send()
             .await
@@ -1197,6 +1211,7 @@ async fn precert_users_and_precert_console_from_the_command_line() {
             .unwrap(),
         base: url,
         cookies: HashMap::new(),
+        forwarded_for: None,
     };
     let list = c.signed_in("sam").await;
     assert!(list.text().contains("VI-88120") || list.text().contains("0 cases"));
@@ -1436,5 +1451,390 @@ async fn console_in_chromium_a_supervisor_acknowledges_from_the_mail_once() {
         .expect("a used link is refused");
     b.close().await.unwrap();
     driver.shutdown().await;
+    w.finish().await;
+}
+
+/// The value of a hidden field on a page.
+fn hidden(a: &Answer, name: &str) -> String {
+    let text = a.text();
+    let needle = format!("name=\"{name}\" value=\"");
+    let at = text.find(&needle).unwrap_or_else(|| panic!("no {name} in {text}")) + needle.len();
+    text[at..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn console_an_admin_manages_users_and_a_reset_signs_the_user_out_everywhere() {
+    let w = world().await;
+    let mut ada = w.client();
+    ada.signed_in("ada").await;
+    let mut sam = w.client();
+    sam.signed_in("sam").await;
+    assert_eq!(sam.get("/users").await.status, StatusCode::NOT_FOUND, "only an admin");
+    let page = ada.get("/users").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text().contains("olive") && page.text().contains("every practice"));
+    let csrf = page.csrf();
+    let new_password = "a new long password";
+
+    // Add: checked as `precert users add` checks.
+    let short = ada
+        .post(
+            "/users",
+            &[
+                ("csrf", &csrf),
+                ("name", "pat"),
+                ("role", "operator"),
+                ("practice", "valley-imaging"),
+                ("password", "short"),
+                ("password2", "short"),
+            ],
+        )
+        .await;
+    assert_eq!(short.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(short.text().contains("too short"), "{}", short.text());
+    assert_eq!(
+        ada.post(
+            "/users",
+            &[
+                ("name", "pat"),
+                ("role", "operator"),
+                ("password", PASSWORD),
+                ("password2", PASSWORD)
+            ]
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN,
+        "no CSRF token"
+    );
+    let added = ada
+        .post(
+            "/users",
+            &[
+                ("csrf", &csrf),
+                ("name", "pat"),
+                ("role", "operator"),
+                ("practice", "valley-imaging"),
+                ("password", PASSWORD),
+                ("password2", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(added.location(), "/users?done=added", "{}", added.text());
+    let pat = w.ledger.console_user("pat").await.unwrap().unwrap();
+    assert_eq!(
+        (pat.role.as_str(), pat.practices.clone()),
+        ("operator", vec!["valley-imaging".to_owned()])
+    );
+    let mut pc = w.client();
+    pc.signed_in("pat").await;
+
+    // Reset olive's password: every session of hers ends.
+    let mut olive = w.client();
+    olive.signed_in("olive").await;
+    let reset = ada
+        .post(
+            "/users/olive",
+            &[
+                ("csrf", &csrf),
+                ("do", "reset"),
+                ("password", new_password),
+                ("password2", new_password),
+            ],
+        )
+        .await;
+    assert_eq!(reset.location(), "/users?done=reset");
+    assert_eq!(
+        olive.get("/cases").await.status,
+        StatusCode::SEE_OTHER,
+        "signed out everywhere"
+    );
+    assert_eq!(olive.sign_in("olive", PASSWORD).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(olive.sign_in("olive", new_password).await.status, StatusCode::SEE_OTHER);
+
+    // Role and practices: olive becomes a supervisor of valley-imaging.
+    let access = ada
+        .post(
+            "/users/olive",
+            &[
+                ("csrf", &csrf),
+                ("do", "access"),
+                ("role", "supervisor"),
+                ("practice", "valley-imaging"),
+            ],
+        )
+        .await;
+    assert_eq!(access.location(), "/users?done=access");
+    let u = w.ledger.console_user("olive").await.unwrap().unwrap();
+    assert_eq!(
+        (u.role.as_str(), u.practices.clone()),
+        ("supervisor", vec!["valley-imaging".to_owned()])
+    );
+    assert_eq!(
+        olive.get("/cases").await.status,
+        StatusCode::SEE_OTHER,
+        "she signs in again"
+    );
+
+    // Disable and enable pat; an admin cannot disable themselves.
+    assert_eq!(
+        ada.post("/users/pat", &[("csrf", &csrf), ("do", "disable")])
+            .await
+            .location(),
+        "/users?done=disabled"
+    );
+    assert_eq!(pc.get("/cases").await.status, StatusCode::SEE_OTHER);
+    assert_eq!(pc.sign_in("pat", PASSWORD).await.status, StatusCode::UNAUTHORIZED);
+    ada.post("/users/pat", &[("csrf", &csrf), ("do", "enable")]).await;
+    assert_eq!(pc.sign_in("pat", PASSWORD).await.status, StatusCode::SEE_OTHER);
+    let me = ada.post("/users/ada", &[("csrf", &csrf), ("do", "disable")]).await;
+    assert_eq!(me.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(!w.ledger.console_user("ada").await.unwrap().unwrap().disabled);
+
+    let log = w.audit_actions().await;
+    for line in [
+        "user_add:ada",
+        "user_reset_password:ada",
+        "user_access:ada",
+        "user_disable:ada",
+        "user_enable:ada",
+    ] {
+        assert!(log.iter().any(|l| l == line), "{line} in {log:?}");
+    }
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_totp_enrolment_then_sign_in_needs_a_code_each_used_once() {
+    let w = world().await;
+    let now_code = |seed: &str, ahead: i64| {
+        let t = (Utc::now().timestamp() + ahead) as u64;
+        precert::totp::code(seed, t).unwrap()
+    };
+    let mut sam = w.client();
+    sam.signed_in("sam").await;
+    let account = sam.get("/account").await;
+    assert!(account.text().contains("Set up two-step sign-in"));
+    let start = sam
+        .post("/account/totp", &[("csrf", &account.csrf()), ("do", "start")])
+        .await;
+    let seed = hidden(&start, "seed");
+    assert_eq!(seed.len(), 32);
+    let wrong = sam
+        .post(
+            "/account/totp",
+            &[
+                ("csrf", &account.csrf()),
+                ("do", "confirm"),
+                ("seed", &seed),
+                ("code", "000000"),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(w
+        .ledger
+        .console_user("sam")
+        .await
+        .unwrap()
+        .unwrap()
+        .totp_secret
+        .is_none());
+    let on = sam
+        .post(
+            "/account/totp",
+            &[
+                ("csrf", &account.csrf()),
+                ("do", "confirm"),
+                ("seed", &seed),
+                ("code", &now_code(&seed, 0)),
+            ],
+        )
+        .await;
+    assert_eq!(on.location(), "/account?done=totp_on", "{}", on.text());
+
+    // Sign-in now needs the code; each code signs in once.
+    let sign_in = |code: String| {
+        let mut c = w.client();
+        async move {
+            let form = c.get("/login").await;
+            let a = c
+                .post(
+                    "/login",
+                    &[
+                        ("name", "sam"),
+                        ("password", PASSWORD),
+                        ("code", &code),
+                        ("csrf", &form.csrf()),
+                    ],
+                )
+                .await;
+            a.status
+        }
+    };
+    assert_eq!(
+        sign_in(String::new()).await,
+        StatusCode::UNAUTHORIZED,
+        "a password alone"
+    );
+    assert_eq!(sign_in("123456".into()).await, StatusCode::UNAUTHORIZED);
+    let next = now_code(&seed, 30);
+    assert_eq!(sign_in(next.clone()).await, StatusCode::SEE_OTHER);
+    assert_eq!(sign_in(next).await, StatusCode::UNAUTHORIZED, "a code works once");
+    let log = w.audit_actions().await;
+    assert!(log.iter().any(|l| l == "totp_enrol:sam"), "{log:?}");
+
+    // Lost phone: an admin removes it, and the password alone works again.
+    let mut ada = w.client();
+    let page = ada.signed_in("ada").await;
+    let off = ada
+        .post("/users/sam", &[("csrf", &page.csrf()), ("do", "totp_off")])
+        .await;
+    assert_eq!(off.location(), "/users?done=totp_off");
+    assert_eq!(sign_in(String::new()).await, StatusCode::SEE_OTHER);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_payers_page_shows_a_paused_payer_and_its_work_for_the_users_practices_only() {
+    use precert::config::Job;
+    use precert::queue::{NewJob, Queue};
+    let w = world().await;
+    let esc = Escalator::new(w.settings.clone(), &[], Arc::default());
+    esc.payer_alert(&w.ledger, "sandbox", Some("portal down: HTTP 503 at login"))
+        .await
+        .unwrap();
+    let now = w.ledger.now();
+    Queue::new(w.ledger.clone())
+        .enqueue(&NewJob::new(Job::Poll, "lakeside-ortho", now).payer("sandbox"), now)
+        .await
+        .unwrap();
+    let id = w.id("LO-2026-1001").await;
+    let a = Actor::user("test");
+    w.ledger.transition(id, CaseStatus::Submitting, &a, None).await.unwrap();
+    w.ledger.transition(id, CaseStatus::Pending, &a, None).await.unwrap();
+    w.advance(Duration::hours(5));
+
+    let mut olive = w.client();
+    olive.signed_in("olive").await;
+    let page = olive.get("/payers").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let text = page.text();
+    assert!(text.contains("id=\"p-lakeside-ortho-sandbox\""), "{text}");
+    assert!(text.contains("id=\"p-lakeside-ortho-sandbox-pas\""), "{text}");
+    assert!(!text.contains("valley-imaging"), "not olive's practice: {text}");
+    let row = &text[text.find("id=\"p-lakeside-ortho-sandbox\"").unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("class=\"paused\"") && row.contains("HTTP 503"), "{row}");
+    assert!(row.contains("<td>1 / 0</td>"), "one poll waiting: {row}");
+    assert!(
+        row.contains("5 h 0 min") || row.contains("5 h 1 min"),
+        "the oldest undecided: {row}"
+    );
+    let pas = &text[text.find("id=\"p-lakeside-ortho-sandbox-pas\"").unwrap()..];
+    let pas = &pas[..pas.find("</tr>").unwrap()];
+    assert!(pas.contains("running"), "{pas}");
+    let mut sam = w.client();
+    sam.signed_in("sam").await;
+    assert!(sam.get("/payers").await.text().contains("p-valley-imaging-sandbox"));
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_worklist_filters_by_deadline_and_age_and_exports_csv_without_member_ids() {
+    let w = world().await;
+    let id = w.id("LO-2026-1001").await;
+    let a = Actor::user("test");
+    w.ledger.transition(id, CaseStatus::Submitting, &a, None).await.unwrap();
+    w.ledger.transition(id, CaseStatus::Pending, &a, None).await.unwrap();
+    let mut olive = w.client();
+    olive.signed_in("olive").await;
+    let listed = |page: &Answer| page.text().contains(">LO-2026-1001</a>");
+
+    // Standard: 7 calendar days. Six and a half days on, it is due within
+    // 24 hours and not overdue; a day later it is overdue.
+    assert!(!listed(&olive.get("/cases?due=24").await));
+    w.advance(Duration::hours(6 * 24 + 12));
+    // (Days later: a new session.)
+    let mut olive = w.client();
+    olive.signed_in("olive").await;
+    let due = olive.get("/cases?due=24").await;
+    assert!(listed(&due), "{}", due.text());
+    assert!(due.text().contains("in 1"), "the deadline is shown: {}", due.text());
+    assert!(!listed(&olive.get("/cases?due=overdue").await));
+    w.advance(Duration::days(1));
+    let mut olive = w.client();
+    olive.signed_in("olive").await;
+    let overdue = olive.get("/cases?due=overdue").await;
+    assert!(
+        listed(&overdue) && overdue.text().contains("overdue by"),
+        "{}",
+        overdue.text()
+    );
+    assert!(
+        !overdue.text().contains(">LO-2026-1002</a>"),
+        "not submitted: no deadline"
+    );
+    // Age: every sample case is older than 7 days now, none older than 30.
+    assert!(listed(&olive.get("/cases?age=7").await));
+    assert!(!listed(&olive.get("/cases?age=30").await));
+
+    // The export: the same filters, CSV, member IDs masked, audited.
+    let csv = olive.get("/cases.csv?practice=valley-imaging").await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert_eq!(header(&csv, "content-type"), "text/csv; charset=utf-8");
+    assert!(header(&csv, "content-disposition").starts_with("attachment; filename=\"precert-cases-"));
+    let body = String::from_utf8(csv.body.clone()).unwrap();
+    assert!(body.starts_with("practice,case_id,payer,"), "{body}");
+    assert!(!body.contains("VI-"), "not olive's practice: {body}");
+    assert!(body.contains("LO-2026-1001"));
+    let mut reader = csv_reader(&body);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let lo = rows.iter().find(|r| &r[1] == "LO-2026-1001").unwrap();
+    assert_eq!(&lo[4], "pending");
+    assert_eq!(&lo[6], "A. M.");
+    assert!(lo[7].ends_with("0301") && lo[7].starts_with('*'), "masked: {}", &lo[7]);
+    assert!(!lo[13].is_empty(), "the decision deadline");
+    assert!(!body.contains("SBX100200301") && !body.contains("Marsh"), "{body}");
+    let overdue_csv = olive.get("/cases.csv?due=overdue").await;
+    let body = String::from_utf8(overdue_csv.body.clone()).unwrap();
+    assert_eq!(body.lines().count(), 2, "the header and LO-2026-1001: {body}");
+    let log = w.ledger.console_audit_log(None, 5).await.unwrap();
+    assert!(log
+        .iter()
+        .any(|l| l.action == "case_export" && l.user == "olive" && l.detail["shown"] == 1));
+    w.finish().await;
+}
+
+fn csv_reader(body: &str) -> csv::Reader<&[u8]> {
+    csv::Reader::from_reader(body.as_bytes())
+}
+
+#[tokio::test]
+async fn console_believes_x_forwarded_for_only_from_a_trusted_proxy() {
+    // Untrusted (the default): the peer's address, whatever the header says.
+    let w = world().await;
+    let mut c = w.client();
+    c.forwarded_for = Some("198.51.100.7".into());
+    c.signed_in("sam").await;
+    let log = w.ledger.console_audit_log(None, 10).await.unwrap();
+    let login = log.iter().find(|l| l.action == "login").unwrap();
+    assert_eq!(login.remote.as_deref(), Some("127.0.0.1"));
+    w.finish().await;
+
+    // Behind a trusted proxy: the client it forwarded for.
+    let w = world_with_console(Project::new(), "trusted_proxies = [\"127.0.0.1/32\"]").await;
+    let mut c = w.client();
+    c.forwarded_for = Some("203.0.113.9, 198.51.100.7".into());
+    c.signed_in("sam").await;
+    let log = w.ledger.console_audit_log(None, 10).await.unwrap();
+    let login = log.iter().find(|l| l.action == "login").unwrap();
+    assert_eq!(
+        login.remote.as_deref(),
+        Some("198.51.100.7"),
+        "the right-most untrusted hop"
+    );
+    let listed = log.iter().find(|l| l.action == "case_list").unwrap();
+    assert_eq!(listed.remote.as_deref(), Some("198.51.100.7"));
     w.finish().await;
 }
