@@ -1108,6 +1108,72 @@ async fn console_store_on(backend: super::postgres::Backend) {
     })
     .await;
     assert_eq!(literal.total, 0, "`%` is searched for, not a wildcard");
+
+    // Keys, links used once, TOTP steps, access changes.
+    let key = ledger.console_key("ack_link", "first").await.unwrap();
+    assert_eq!(key, "first");
+    assert_eq!(
+        ledger.console_key("ack_link", "second").await.unwrap(),
+        "first",
+        "made once"
+    );
+    assert_eq!(ledger.use_console_link("n-1", 7, "olive").await.unwrap(), None);
+    let (_, by) = ledger
+        .use_console_link("n-1", 7, "sam")
+        .await
+        .unwrap()
+        .expect("used before");
+    assert_eq!(by, "olive");
+    assert!(ledger.set_console_totp("olive", Some("SEED")).await.unwrap());
+    assert!(ledger.use_console_totp_step("olive", 100).await.unwrap());
+    assert!(!ledger.use_console_totp_step("olive", 100).await.unwrap(), "once");
+    assert!(
+        !ledger.use_console_totp_step("olive", 99).await.unwrap(),
+        "nor an older one"
+    );
+    let user = ledger.console_user("olive").await.unwrap().unwrap();
+    assert_eq!((user.totp_secret.as_deref(), user.totp_last_step), (Some("SEED"), 100));
+    let both = vec!["lakeside-ortho".to_owned(), "valley-imaging".to_owned()];
+    assert!(ledger
+        .set_console_user_access("olive", "supervisor", &both)
+        .await
+        .unwrap());
+    assert_eq!(ledger.console_user("olive").await.unwrap().unwrap().practices, both);
+
+    // The worklist's deadline and export reads, and the payers page's.
+    let lo = ledger.find("lakeside-ortho", "LO-2026-1001").await.unwrap().unwrap();
+    let a = Actor::user("test");
+    ledger
+        .transition(lo.id, CaseStatus::Submitting, &a, None)
+        .await
+        .unwrap();
+    ledger.transition(lo.id, CaseStatus::Pending, &a, None).await.unwrap();
+    let awaiting = ledger
+        .cases_matching(
+            &CaseQuery {
+                awaiting_only: true,
+                created_before: Some(Utc::now() + Duration::minutes(1)),
+                oldest_first: true,
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(awaiting.len(), 1);
+    assert!(awaiting[0].1.is_some(), "with its submission time");
+    let activity = ledger
+        .payer_activity(Some(&practices), Utc::now() - Duration::hours(24))
+        .await
+        .unwrap();
+    assert!(activity.iter().all(|p| p.practice_id == "lakeside-ortho"));
+    let sandbox = activity.iter().find(|p| p.payer == "sandbox").unwrap();
+    assert!(sandbox.oldest_pending_since.is_some());
+    assert!(
+        sandbox.statuses.contains(&(CaseStatus::Pending, 1)),
+        "{:?}",
+        sandbox.statuses
+    );
     ledger.close().await;
 }
 
