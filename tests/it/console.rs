@@ -1515,6 +1515,20 @@ async fn console_in_chromium_a_supervisor_acknowledges_from_the_mail_once() {
         .for_element(Locator::XPath("//h1[normalize-space()='Link used already']"))
         .await
         .expect("a used link is refused");
+    // The payers page shows a paused payer and the work per payer.
+    Escalator::new(w.settings.clone(), &[], Arc::default())
+        .payer_alert(
+            &w.ledger,
+            "sandbox-pas",
+            Some("HTTP 503 from the PAS endpoint, 5 times in a row"),
+        )
+        .await
+        .unwrap();
+    b.goto(&format!("{}/payers", w.base)).await.unwrap();
+    assert!(text_of(&b, "tr#p-lakeside-ortho-sandbox-pas .automation")
+        .await
+        .starts_with("paused since"));
+    keep_shot(&w, "payers", &b.screenshot().await.unwrap());
     b.close().await.unwrap();
     driver.shutdown().await;
     w.finish().await;
