@@ -897,7 +897,12 @@ async fn the_cli_raises_escalations_for_its_own_changes_and_delivers_and_lists_t
     );
     assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
     let mail = parse_eml(&std::fs::read(&files[0]).unwrap());
-    assert!(mail.text.unwrap().contains("wrong location on the request"));
+    let text = mail.text.unwrap();
+    assert!(text.contains("wrong location on the request"));
+    // The command line signs acknowledgement links with the ledger's key,
+    // as the daemon does: one in the text, one in the HTML.
+    assert!(text.contains("http://127.0.0.1:8623/ack/"), "{text}");
+    assert!(mail.html.unwrap().contains("href=\"http://127.0.0.1:8623/ack/"));
 
     // `scan` evaluates the time rules now; nothing new is due today for
     // this case, and a second scan opens nothing.
