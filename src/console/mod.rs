@@ -88,7 +88,14 @@ pub struct Inner {
     pub throttle: auth::AddressThrottle,
     /// The ledger's key for acknowledgement links, read on first use.
     link_key: tokio::sync::OnceCell<links::LinkKey>,
+    /// The daemon's payer limits, when the daemon serves the console: the
+    /// payers page shows each circuit breaker's live state from them.
+    pub live: Option<LiveLimits>,
 }
+
+/// The daemon's payer limits (circuit breakers, runs in flight), shared
+/// with the console it serves.
+pub type LiveLimits = Arc<std::sync::Mutex<crate::limits::PayerLimits>>;
 
 impl std::ops::Deref for App {
     type Target = Inner;
@@ -98,8 +105,9 @@ impl std::ops::Deref for App {
 }
 
 impl App {
-    pub fn new(settings: Arc<Settings>, ledger: Ledger) -> App {
+    pub fn new(settings: Arc<Settings>, ledger: Ledger, live: Option<LiveLimits>) -> App {
         App(Arc::new(Inner {
+            live,
             secure_cookies: settings.console.public_url.starts_with("https://"),
             queue: Queue::new(ledger.clone()),
             ledger,
@@ -131,6 +139,16 @@ pub async fn serve(
     ledger: Ledger,
     shutdown: CancellationToken,
 ) -> Result<Console, ConsoleError> {
+    serve_with(settings, ledger, shutdown, None).await
+}
+
+/// `serve`, with the daemon's payer limits for the payers page.
+pub async fn serve_with(
+    settings: Arc<Settings>,
+    ledger: Ledger,
+    shutdown: CancellationToken,
+    live: Option<LiveLimits>,
+) -> Result<Console, ConsoleError> {
     let addr = settings.console.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -138,7 +156,7 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|source| ConsoleError::Listen { addr, source })?;
-    let app = router(App::new(settings, ledger));
+    let app = router(App::new(settings, ledger, live));
     let task = tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, service)

@@ -20,6 +20,7 @@ use super::pages::html;
 use super::view::{self, Frame};
 use super::App;
 use crate::case::CaseStatus;
+use crate::limits::BreakerState;
 use crate::store::{AuditEntry, PayerActivity};
 
 #[derive(Serialize)]
@@ -29,6 +30,9 @@ struct Row {
     playbook: Option<String>,
     paused: Option<String>,
     paused_since: Option<String>,
+    /// The daemon's circuit breaker now, when the daemon serves the page.
+    breaker: Option<String>,
+    running_now: Option<u32>,
     open: i64,
     awaiting: i64,
     needs_attention: i64,
@@ -92,6 +96,24 @@ pub async fn page(State(app): State<App>, viewer: Viewer) -> Response {
         }
     }
     keys.sort();
+    // The breakers' live state (keyed by playbook), read under one lock.
+    let live: std::collections::BTreeMap<String, (BreakerState, u32)> = match &app.live {
+        Some(limits) => {
+            let mut limits = limits.lock().expect("limits lock");
+            let wall = chrono::Utc::now();
+            let mut playbooks: Vec<&str> = keys
+                .iter()
+                .filter_map(|(p, k)| app.settings.practice(p)?.payers.get(k).map(|b| b.playbook.as_str()))
+                .collect();
+            playbooks.sort();
+            playbooks.dedup();
+            playbooks
+                .into_iter()
+                .map(|pb| (pb.to_owned(), (limits.breaker_state(pb, wall), limits.running(pb))))
+                .collect()
+        }
+        None => Default::default(),
+    };
     let empty = PayerActivity::default();
     let rows: Vec<Row> = keys
         .into_iter()
@@ -120,14 +142,30 @@ pub async fn page(State(app): State<App>, viewer: Viewer) -> Response {
                 view::encode_component(&practice),
                 view::encode_component(&payer)
             );
+            let playbook = app
+                .settings
+                .practice(&practice)
+                .and_then(|p| p.payers.get(&payer))
+                .map(|b| b.playbook.clone());
+            let now_live = playbook.as_ref().and_then(|pb| live.get(pb));
+            let breaker = now_live.map(|(state, _)| match state {
+                BreakerState::Closed { failures: 0 } => "closed".to_owned(),
+                BreakerState::Closed { failures } => format!("closed ({failures} failures in a row)"),
+                BreakerState::Open { until } => format!("open until {}", view::when(*until, tz)),
+                BreakerState::HalfOpen { trial_running: true } => "half-open: a trial run is deciding".to_owned(),
+                BreakerState::HalfOpen { trial_running: false } => "half-open: the next run is a trial".to_owned(),
+            });
+            let open_now = now_live.is_some_and(|(s, _)| matches!(s, BreakerState::Open { .. }));
             Row {
-                playbook: app
-                    .settings
-                    .practice(&practice)
-                    .and_then(|p| p.payers.get(&payer))
-                    .map(|b| b.playbook.clone()),
-                paused: a.paused.as_ref().map(|(_, why)| crate::scrub::scrub(why)),
+                playbook,
+                paused: match &a.paused {
+                    Some((_, why)) => Some(crate::scrub::scrub(why)),
+                    None if open_now => Some("the circuit breaker is open".to_owned()),
+                    None => None,
+                },
                 paused_since: a.paused.as_ref().map(|(at, _)| view::when(*at, tz)),
+                breaker,
+                running_now: now_live.map(|(_, n)| *n),
                 open: count(&|s| {
                     use CaseStatus::*;
                     matches!(

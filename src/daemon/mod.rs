@@ -170,7 +170,8 @@ struct Ctx {
     ledger: Ledger,
     queue: Arc<Queue>,
     loaded: RwLock<Arc<Loaded>>,
-    limits: Mutex<PayerLimits>,
+    /// Shared with the console, whose payers page shows the breakers.
+    limits: Arc<Mutex<PayerLimits>>,
     metrics: Arc<Metrics>,
     /// Signalled when the scheduler queued work.
     wake: Notify,
@@ -224,7 +225,7 @@ pub async fn run(
         ledger: ledger.clone(),
         queue: queue.clone(),
         loaded: RwLock::new(Arc::new(loaded)),
-        limits: Mutex::new(limits),
+        limits: Arc::new(Mutex::new(limits)),
         metrics: Arc::new(Metrics::default()),
         wake: Notify::new(),
         mail_wake,
@@ -254,7 +255,7 @@ pub async fn run(
     // The console, on its own listener. It keeps the settings it started
     // with (a reload does not reach it).
     let console_settings = ctx.loaded.read().await.settings.clone();
-    let console = crate::console::serve(console_settings, ledger.clone(), stop.clone())
+    let console = crate::console::serve_with(console_settings, ledger.clone(), stop.clone(), Some(ctx.limits.clone()))
         .await
         .map_err(|crate::console::ConsoleError::Listen { addr, source }| DaemonError::Listen { addr, source })?;
     tracing::info!(console = %console.addr, "Console listening.");

@@ -1918,3 +1918,52 @@ async fn console_believes_x_forwarded_for_only_from_a_trusted_proxy() {
     assert_eq!(listed.remote.as_deref(), Some("198.51.100.7"));
     w.finish().await;
 }
+
+#[tokio::test]
+async fn console_served_by_the_daemon_shows_each_circuit_breakers_live_state() {
+    use precert::limits::{LimitSettings, PayerLimits, RunEnd};
+    let w = world().await;
+    // The daemon's limits: the sandbox portal failed three times in a row
+    // (its threshold), one PAS run is going on.
+    let mut limits = PayerLimits::new(LimitSettings {
+        failure_threshold: 3,
+        starts_per_minute: 600.0,
+        burst: 10,
+        max_concurrent: 2,
+        ..LimitSettings::default()
+    });
+    let now = Utc::now();
+    for _ in 0..3 {
+        let s = limits.try_start("sandbox", now).unwrap();
+        limits.finish(s, &RunEnd::PortalFailure("HTTP 503".into()), now);
+    }
+    let _running = limits.try_start("sandbox-pas", now).unwrap();
+    let live = Arc::new(std::sync::Mutex::new(limits));
+    let stop = CancellationToken::new();
+    let daemons = console::serve_with(w.settings.clone(), w.ledger.clone(), stop.clone(), Some(live))
+        .await
+        .unwrap();
+    let mut c = w.client();
+    c.base = format!("http://{}", daemons.addr);
+    c.signed_in("olive").await;
+    let text = c.get("/payers").await.text();
+    let row = |id: &str| {
+        let at = text
+            .find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("{id} in {text}"));
+        let r = &text[at..];
+        r[..r.find("</tr>").unwrap()].to_owned()
+    };
+    let portal = row("p-lakeside-ortho-sandbox");
+    assert!(portal.contains("class=\"paused\""), "{portal}");
+    assert!(portal.contains("circuit breaker open until"), "{portal}");
+    let pas = row("p-lakeside-ortho-sandbox-pas");
+    assert!(pas.contains("circuit breaker closed; 1 run now"), "{pas}");
+    // `precert console` alone has no breakers to show: the ledger's word only.
+    let mut alone = w.client();
+    alone.signed_in("olive").await;
+    assert!(!alone.get("/payers").await.text().contains("class=\"breaker\""));
+    stop.cancel();
+    daemons.task.await.unwrap();
+    w.finish().await;
+}
