@@ -1256,6 +1256,11 @@ async fn precert_users_and_precert_console_from_the_command_line() {
         "{listed}"
     );
     assert!(!listed.contains("argon2"), "no hash is printed");
+    assert!(listed.contains("password"), "sign-in without two-step: {listed}");
+    let out = p.precert(&["users", "remove-totp", "nobody"]);
+    assert!(!out.status.success());
+    assert!(super::support::stderr(&out).contains("no user named `nobody`"));
+    assert!(p.precert(&["users", "remove-totp", "sam"]).status.success());
 
     let mut console = p.command(&["console"]).stderr(Stdio::piped()).spawn().unwrap();
     let stderr = console.stderr.take().unwrap();
