@@ -124,9 +124,9 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (6, "console", include_str!("migrations/sqlite/0006_console.sql")),
     (
-        7,
+        8,
         "console links and totp",
-        include_str!("migrations/sqlite/0007_console_links_totp.sql"),
+        include_str!("migrations/sqlite/0008_console_links_totp.sql"),
     ),
 ];
 
@@ -150,9 +150,9 @@ static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (6, "console", include_str!("migrations/postgres/0006_console.sql")),
     (
-        7,
+        8,
         "console links and totp",
-        include_str!("migrations/postgres/0007_console_links_totp.sql"),
+        include_str!("migrations/postgres/0008_console_links_totp.sql"),
     ),
 ];
 

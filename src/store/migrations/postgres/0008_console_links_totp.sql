@@ -1,7 +1,7 @@
 -- The console, continued (issue 13): the key that signs acknowledgement
 -- links in mail, the record that each link is used once, and optional
 -- TOTP for console users (PostgreSQL; the same schema as
--- migrations/sqlite/0007_console_links_totp.sql).
+-- migrations/sqlite/0008_console_links_totp.sql).
 
 -- Keys the console generates for itself on first use (`ack_link`: 32
 -- random bytes, base64), shared by every daemon and console on this ledger
