@@ -45,6 +45,9 @@ pub enum UsersCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Remove a user's two-step sign-in (a lost phone): they sign in with
+    /// the password alone until they set it up again at /account.
+    RemoveTotp { name: String },
 }
 
 /// `precert console`: serves until SIGTERM or SIGINT.
@@ -160,11 +163,18 @@ pub async fn users(cmd: UsersCommand, settings: &Settings) -> anyhow::Result<Out
                     .last_login_at
                     .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
                     .unwrap_or_else(|| "never".into());
+                let two_step = if u.has_totp() { "totp" } else { "password" };
                 println!(
-                    "{:<20} {:<10} {:<8} last sign-in {last}  {practices}",
+                    "{:<20} {:<10} {:<8} {two_step:<8} last sign-in {last}  {practices}",
                     u.name, u.role, state
                 );
             }
+        }
+        UsersCommand::RemoveTotp { name } => {
+            if let Err(e) = console::users::clear_totp(&ledger, &name).await {
+                return problem(e);
+            }
+            println!("User {name} signs in with the password alone until they set up two-step sign-in again.");
         }
         UsersCommand::Disable { name } => {
             if let Err(e) = console::users::set_disabled(&ledger, &name, true).await {

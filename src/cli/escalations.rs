@@ -69,7 +69,8 @@ async fn open_with_rules(
     private_dir(&settings.data_dir)
         .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
     let ledger = Ledger::open(&settings.database_url).await?;
-    let escalator = Arc::new(Escalator::new(Arc::new(settings.clone()), playbooks, Arc::default()));
+    let key = crate::console::links::LinkKey::of(&ledger).await?;
+    let escalator = Arc::new(Escalator::new(Arc::new(settings.clone()), playbooks, Arc::default()).with_link_key(key));
     ledger.set_escalation_hook(escalator.clone());
     Ok((ledger, escalator))
 }

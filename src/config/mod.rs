@@ -162,6 +162,16 @@ pub struct Settings {
 #[derive(Clone, Debug)]
 pub struct ConsoleSettings {
     pub listen: SocketAddr,
+    /// Where people reach the console, for links in mail: `http.public_url`
+    /// when it is set (the TLS proxy in front of the console), else
+    /// `http://LISTEN`. No trailing slash.
+    pub public_url: String,
+    /// How long an acknowledgement link in mail stays usable.
+    pub ack_link_valid: std::time::Duration,
+    /// Proxies whose `X-Forwarded-For` is believed: the client's address
+    /// (audit, sign-in throttling) is the first address in the chain, from
+    /// the right, that is not one of them.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub session_idle: std::time::Duration,
     pub session_max: std::time::Duration,
     pub lockout_failures: u32,
@@ -595,7 +605,11 @@ fn compile_daemon(
     };
     let mail = compile_mail(raw, base, &data_dir, secrets, &mut p);
     let escalations = compile_escalations(&raw.escalations, &mut p);
-    let console = compile_console(&raw.console, &mut p);
+    let console = compile_console(
+        &raw.console,
+        raw.http.public_url.is_some().then_some(&*http_public_url),
+        &mut p,
+    );
     Settings {
         source: path.to_owned(),
         practices_dir: raw
@@ -623,7 +637,7 @@ fn compile_daemon(
     }
 }
 
-fn compile_console(raw: &raw::RawConsole, p: &mut Problems<'_>) -> ConsoleSettings {
+fn compile_console(raw: &raw::RawConsole, public_url: Option<&str>, p: &mut Problems<'_>) -> ConsoleSettings {
     let listen = raw.listen.as_deref().unwrap_or("127.0.0.1:8623");
     let listen = listen.parse::<SocketAddr>().unwrap_or_else(|_| {
         p.add(
@@ -641,16 +655,37 @@ fn compile_console(raw: &raw::RawConsole, p: &mut Problems<'_>) -> ConsoleSettin
         None => default,
     };
     let minutes = |m: u32| std::time::Duration::from_secs(u64::from(m) * 60);
+    let ack_hours = at_least_one("console.ack_link_hours", raw.ack_link_hours, 72);
+    let session_idle = minutes(at_least_one(
+        "console.session_idle_minutes",
+        raw.session_idle_minutes,
+        30,
+    ));
+    let session_max = minutes(60 * at_least_one("console.session_max_hours", raw.session_max_hours, 12));
+    let lockout_failures = at_least_one("console.lockout_failures", raw.lockout_failures, 5);
+    let lockout = minutes(at_least_one("console.lockout_minutes", raw.lockout_minutes, 15));
+    let mut trusted_proxies = Vec::new();
+    for (i, proxy) in raw.trusted_proxies.iter().enumerate() {
+        let parsed = proxy
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| proxy.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net),
+            Err(_) => p.add(
+                format!("console.trusted_proxies[{i}]"),
+                format!("`{proxy}` is not an IP address or network such as 10.0.0.0/8"),
+            ),
+        }
+    }
     ConsoleSettings {
         listen,
-        session_idle: minutes(at_least_one(
-            "console.session_idle_minutes",
-            raw.session_idle_minutes,
-            30,
-        )),
-        session_max: minutes(60 * at_least_one("console.session_max_hours", raw.session_max_hours, 12)),
-        lockout_failures: at_least_one("console.lockout_failures", raw.lockout_failures, 5),
-        lockout: minutes(at_least_one("console.lockout_minutes", raw.lockout_minutes, 15)),
+        public_url: public_url.map_or_else(|| format!("http://{listen}"), str::to_owned),
+        ack_link_valid: minutes(60 * ack_hours),
+        trusted_proxies,
+        session_idle,
+        session_max,
+        lockout_failures,
+        lockout,
     }
 }
 

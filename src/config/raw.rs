@@ -65,6 +65,14 @@ pub struct RawConsole {
     pub lockout_failures: Option<u32>,
     /// How long a locked account stays locked (default 15).
     pub lockout_minutes: Option<u32>,
+    /// How long an acknowledgement link in escalation mail can be used
+    /// (default 72). Each link works once.
+    pub ack_link_hours: Option<u32>,
+    /// Reverse proxies (addresses or networks, `10.0.0.0/8`) whose
+    /// `X-Forwarded-For` header is believed for the client's address in the
+    /// audit and the sign-in throttle. Default none: the listener's peer.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[escalations]`: when a case reaches a person, and what mail shows.
@@ -75,7 +83,7 @@ pub struct RawEscalations {
     /// the default), `none`, or `full`.
     pub patient_details: Option<String>,
     /// A link to the case in mail, with `{practice}`, `{case_ref}` and
-    /// `{case_id}` filled in. Default: the daemon's own case page.
+    /// `{case_id}` filled in. Default: the case's page in the console.
     pub case_link: Option<String>,
     /// The rules (see `escalate::rules::RuleLayer` for the keys).
     #[serde(default)]
@@ -125,8 +133,11 @@ pub struct RawHttp {
     /// Address of the HTTP listener (health, metrics, PAS notifications).
     /// Default `127.0.0.1:8622`.
     pub listen: Option<String>,
-    /// The address payers post PAS subscription notifications to, when it
-    /// differs from `http://LISTEN` (a reverse proxy with TLS in front).
+    /// Where people and payers reach precert from outside, through a
+    /// reverse proxy with TLS: payers post PAS subscription notifications to
+    /// `PUBLIC_URL/pas/notify/…` (the HTTP listener), and mail links to the
+    /// console's pages under it (the console's listener). Unset, PAS uses
+    /// `http://LISTEN` and mail links `http://CONSOLE_LISTEN`.
     pub public_url: Option<String>,
 }
 

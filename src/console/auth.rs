@@ -63,6 +63,30 @@ pub fn verify_nobody(password: &str) {
     let _ = verify_password(&DUMMY_HASH, password);
 }
 
+/// A new TOTP seed: 20 random bytes (RFC 4226's recommended length), as
+/// the base32 authenticator apps take.
+pub fn new_totp_seed() -> String {
+    let mut bytes = [0u8; 20];
+    getrandom::getrandom(&mut bytes).expect("the OS has randomness");
+    data_encoding::BASE32_NOPAD.encode(&bytes)
+}
+
+/// The time step (30 s) a six-digit `code` is good for at `now` with this
+/// seed, allowing one step of clock drift either way.
+pub fn totp_step(seed: &str, code: &str, now: DateTime<Utc>) -> Option<i64> {
+    let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let step = now.timestamp().div_euclid(30);
+    [step, step - 1, step + 1].into_iter().find(|s| {
+        u64::try_from(*s)
+            .ok()
+            .and_then(|s| crate::totp::code(seed, s * 30).ok())
+            .is_some_and(|expected| same_secret(&expected, &code))
+    })
+}
+
 /// 32 random bytes, URL-safe base64.
 pub fn random_token() -> String {
     let mut bytes = [0u8; 32];
@@ -105,12 +129,55 @@ pub fn set_cookie(name: &str, value: &str, path: &str, secure: bool, max_age: Op
     HeaderValue::from_str(&c).expect("cookie values are URL-safe base64")
 }
 
-/// The client's address, as the listener saw it.
-pub fn remote(parts: &Parts) -> Option<SocketAddr> {
-    parts
+/// The client's address: the listener's peer, unless that peer is a
+/// trusted proxy (`console.trusted_proxies`); then the last address in
+/// `X-Forwarded-For` that is not a trusted proxy (proxies append the
+/// address they saw, so everything left of the first untrusted one may
+/// have been written by the client and is not believed).
+pub fn remote(parts: &Parts, trusted: &[ipnet::IpNet]) -> Option<IpAddr> {
+    let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(a)| *a)
+        .map(|ConnectInfo(a)| a.ip())?;
+    Some(client_ip(peer, &parts.headers, trusted))
+}
+
+/// `remote`'s rule, apart from the request.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(&canonical(*ip)));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    // Every X-Forwarded-For header, in order, as one list.
+    let chain: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    for hop in chain.iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) => {
+                client = canonical(ip);
+                if !is_trusted(&client) {
+                    break;
+                }
+            }
+            // A value that is not an address ends what can be believed.
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// An IPv4 address mapped into IPv6 (`::ffff:10.0.0.1`) as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 /// Failed sign-ins per client address, in memory.
@@ -233,7 +300,80 @@ impl FromRequestParts<App> for Viewer {
             role,
             csrf: session.csrf,
             token_hash: hash,
-            remote: remote(parts).map(|a| a.ip().to_string()),
+            remote: remote(parts, &app.settings.console.trusted_proxies).map(|a| a.to_string()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_totp_code_is_good_for_its_step_and_one_either_side() {
+        use chrono::TimeZone;
+        let seed = new_totp_seed();
+        let now = Utc.timestamp_opt(1_800_000_015, 0).unwrap();
+        let step = 1_800_000_015 / 30;
+        let code_at = |s: i64| crate::totp::code(&seed, (s * 30) as u64).unwrap();
+        assert_eq!(totp_step(&seed, &code_at(step), now), Some(step));
+        assert_eq!(totp_step(&seed, &code_at(step - 1), now), Some(step - 1));
+        assert_eq!(totp_step(&seed, &code_at(step + 1), now), Some(step + 1));
+        assert_eq!(totp_step(&seed, &code_at(step - 2), now), None);
+        let spaced = format!("{} {}", &code_at(step)[..3], &code_at(step)[3..]);
+        assert_eq!(totp_step(&seed, &spaced, now), Some(step));
+        assert_eq!(totp_step(&seed, "12345", now), None);
+        assert_eq!(totp_step(&seed, "abcdef", now), None);
+    }
+
+    #[test]
+    fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.1/32".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Untrusted peer: its header is the client's own word, ignored.
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &headers(&["198.51.100.1"]), &trusted),
+            ip("203.0.113.9")
+        );
+        // Through one trusted proxy.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers(&["198.51.100.7"]), &trusted),
+            ip("198.51.100.7")
+        );
+        // Two proxies, and a client that wrote its own X-Forwarded-For first:
+        // the right-most untrusted address is the client.
+        assert_eq!(
+            client_ip(
+                ip("10.1.2.3"),
+                &headers(&["1.2.3.4, 198.51.100.7", "10.9.9.9"]),
+                &trusted
+            ),
+            ip("198.51.100.7")
+        );
+        // Garbage stops the walk at the last good hop.
+        assert_eq!(
+            client_ip(ip("10.1.2.3"), &headers(&["nonsense, 10.0.0.5"]), &trusted),
+            ip("10.0.0.5")
+        );
+        // No header: the proxy itself.
+        assert_eq!(client_ip(ip("10.1.2.3"), &HeaderMap::new(), &trusted), ip("10.1.2.3"));
+        // Nothing trusted: the peer, whatever the header says.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &headers(&["198.51.100.7"]), &[]),
+            ip("127.0.0.1")
+        );
+        // IPv4-mapped IPv6 peers count as their IPv4 address.
+        assert_eq!(
+            client_ip(ip("::ffff:127.0.0.1"), &headers(&["198.51.100.7"]), &trusted),
+            ip("198.51.100.7")
+        );
     }
 }

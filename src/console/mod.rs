@@ -23,11 +23,16 @@
 //! default); the daemon starts it with [`serve`], and `precert console`
 //! runs it alone.
 
+mod account;
+mod ack;
 mod actions;
+mod admin;
 mod auth;
 mod case_page;
 mod files;
+pub mod links;
 mod pages;
+mod payers;
 pub mod users;
 mod view;
 
@@ -43,6 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{hash_password, verify_password};
 pub use users::{Role, UserError};
+pub use view::encode_component;
 
 use crate::config::Settings;
 use crate::queue::Queue;
@@ -80,7 +86,16 @@ pub struct Inner {
     /// (`http.public_url`).
     pub secure_cookies: bool,
     pub throttle: auth::AddressThrottle,
+    /// The ledger's key for acknowledgement links, read on first use.
+    link_key: tokio::sync::OnceCell<links::LinkKey>,
+    /// The daemon's payer limits, when the daemon serves the console: the
+    /// payers page shows each circuit breaker's live state from them.
+    pub live: Option<LiveLimits>,
 }
+
+/// The daemon's payer limits (circuit breakers, runs in flight), shared
+/// with the console it serves.
+pub type LiveLimits = Arc<std::sync::Mutex<crate::limits::PayerLimits>>;
 
 impl std::ops::Deref for App {
     type Target = Inner;
@@ -90,15 +105,22 @@ impl std::ops::Deref for App {
 }
 
 impl App {
-    pub fn new(settings: Arc<Settings>, ledger: Ledger) -> App {
+    pub fn new(settings: Arc<Settings>, ledger: Ledger, live: Option<LiveLimits>) -> App {
         App(Arc::new(Inner {
-            secure_cookies: settings.http_public_url.starts_with("https://"),
+            live,
+            secure_cookies: settings.console.public_url.starts_with("https://"),
             queue: Queue::new(ledger.clone()),
             ledger,
             settings,
             templates: view::environment(),
             throttle: auth::AddressThrottle::default(),
+            link_key: tokio::sync::OnceCell::new(),
         }))
+    }
+
+    /// The key that signs acknowledgement links (`links::LinkKey::of`).
+    pub async fn link_key(&self) -> Result<&links::LinkKey, StoreError> {
+        self.link_key.get_or_try_init(|| links::LinkKey::of(&self.ledger)).await
     }
 
     /// Records a line of the console's audit. A failure to record is
@@ -117,6 +139,16 @@ pub async fn serve(
     ledger: Ledger,
     shutdown: CancellationToken,
 ) -> Result<Console, ConsoleError> {
+    serve_with(settings, ledger, shutdown, None).await
+}
+
+/// `serve`, with the daemon's payer limits for the payers page.
+pub async fn serve_with(
+    settings: Arc<Settings>,
+    ledger: Ledger,
+    shutdown: CancellationToken,
+    live: Option<LiveLimits>,
+) -> Result<Console, ConsoleError> {
     let addr = settings.console.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -124,7 +156,7 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|source| ConsoleError::Listen { addr, source })?;
-    let app = router(App::new(settings, ledger));
+    let app = router(App::new(settings, ledger, live));
     let task = tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, service)
@@ -139,15 +171,15 @@ pub async fn serve(
 }
 
 /// The console's address of a case for mail and other places outside it:
-/// `http.public_url` (where people reach the console, through its proxy)
-/// and the case's path.
+/// `console.public_url` (`http.public_url`, where people reach the console
+/// through its proxy, or the console's own listener) and the case's path.
 pub fn case_url(settings: &Settings, practice: &str, case_ref: &str) -> String {
-    format!("{}{}", settings.http_public_url, view::case_path(practice, case_ref))
+    format!("{}{}", settings.console.public_url, view::case_path(practice, case_ref))
 }
 
 /// The console's address of an escalation in the inbox.
 pub fn escalation_url(settings: &Settings, id: i64) -> String {
-    format!("{}/escalations#e{id}", settings.http_public_url)
+    format!("{}/escalations#e{id}", settings.console.public_url)
 }
 
 /// Every route of the console.
@@ -157,6 +189,7 @@ pub fn router(app: App) -> Router {
         .route("/login", get(pages::login_form).post(pages::login))
         .route("/logout", post(pages::logout))
         .route("/cases", get(pages::cases))
+        .route("/cases.csv", get(pages::cases_csv))
         .route("/cases/{practice}/{case_ref}", get(pages::case))
         .route("/cases/{practice}/{case_ref}/reveal", post(pages::reveal))
         .route("/cases/{practice}/{case_ref}/status", post(actions::set_status))
@@ -167,6 +200,12 @@ pub fn router(app: App) -> Router {
         .route("/cases/{practice}/{case_ref}/runs/{event}/{file}", get(files::artifact))
         .route("/escalations", get(pages::escalations))
         .route("/escalations/ack", post(actions::acknowledge))
+        .route("/ack/{token}", get(ack::confirm).post(ack::acknowledge))
+        .route("/users", get(admin::list).post(admin::add))
+        .route("/users/{name}", post(admin::change))
+        .route("/account", get(account::show))
+        .route("/account/totp", post(account::totp))
+        .route("/payers", get(payers::page))
         .route("/static/console.css", get(stylesheet))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))

@@ -2,7 +2,7 @@
 //! case page's routes (the page itself is built in `case_page`).
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -22,13 +22,14 @@ use crate::store::{AuditEntry, CaseQuery, Escalation};
 /// Cases on one page of the worklist.
 pub const PAGE_SIZE: u32 = 50;
 
-/// The client's address, when the listener knows it.
-pub struct Remote(pub Option<SocketAddr>);
+/// The client's address, when the listener knows it (through trusted
+/// proxies: `auth::remote`).
+pub struct Remote(pub Option<IpAddr>);
 
-impl<S: Send + Sync> FromRequestParts<S> for Remote {
+impl FromRequestParts<App> for Remote {
     type Rejection = Infallible;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        Ok(Remote(auth::remote(parts)))
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Infallible> {
+        Ok(Remote(auth::remote(parts, &app.settings.console.trusted_proxies)))
     }
 }
 
@@ -149,13 +150,16 @@ pub async fn login_form(State(app): State<App>, Query(q): Query<LoginQuery>) -> 
 pub struct LoginForm {
     name: String,
     password: String,
+    /// The six-digit code, for a user who enrolled TOTP.
+    #[serde(default)]
+    code: String,
     #[serde(default)]
     csrf: String,
     #[serde(default)]
     next: String,
 }
 
-const REFUSED: &str = "Wrong name or password, or the account is locked after repeated failures. \
+const REFUSED: &str = "Wrong name, password or one-time code, or the account is locked after repeated failures. \
                        Try again later, or ask an admin.";
 
 pub async fn login(
@@ -170,7 +174,7 @@ pub async fn login(
     }
     let ledger = &app.ledger;
     let now = ledger.now();
-    let ip = remote.map(|a| a.ip());
+    let ip = remote;
     let from = ip.map(|i| i.to_string());
     let name: String = form.name.trim().chars().take(64).collect();
     let audit = |action: &'static str, detail: serde_json::Value| AuditEntry {
@@ -228,7 +232,21 @@ pub async fn login(
     if user.locked_until.is_some_and(|t| t > now) {
         return refused("locked").await;
     }
-    if !good {
+    // A user with TOTP needs a good code too, each code once; a wrong or
+    // reused code counts as a failed sign-in, as a wrong password does.
+    let second = if !good || !user.has_totp() {
+        true
+    } else {
+        let seed = user.totp_secret.as_deref().unwrap_or_default();
+        match auth::totp_step(seed, &form.code, now) {
+            Some(step) => match ledger.use_console_totp_step(&user.name, step).await {
+                Ok(fresh) => fresh,
+                Err(e) => return super::unavailable(&e),
+            },
+            None => false,
+        }
+    };
+    if !good || !second {
         let lockout = chrono::Duration::from_std(app.settings.console.lockout).unwrap_or_default();
         let threshold = app.settings.console.lockout_failures;
         return match ledger.console_login_failed(&user.name, threshold, now + lockout).await {
@@ -239,8 +257,9 @@ pub async fn login(
                         ..audit("account_locked", json!({ "failures": n }))
                     })
                     .await;
-                refused("wrong password; account locked").await
+                refused("wrong password or code; account locked").await
             }
+            Ok(_) if good => refused("wrong or reused one-time code").await,
             Ok(_) => refused("wrong password").await,
             Err(e) => super::unavailable(&e),
         };
@@ -325,6 +344,17 @@ pub struct ListQuery {
     urgency: String,
     #[serde(default)]
     q: String,
+    /// Older than this many days (since the case was imported).
+    #[serde(default)]
+    age: String,
+    /// `overdue` (past the payer's decision deadline: the CMS window unless
+    /// the rules say otherwise) or a number of hours: due within them.
+    #[serde(default)]
+    due: String,
+    /// `oldest`: oldest first; else the newest change first (or, with a
+    /// deadline filter, the soonest deadline first).
+    #[serde(default)]
+    sort: String,
     page: Option<u64>,
 }
 
@@ -353,26 +383,278 @@ struct Row {
     service: String,
     dates: String,
     updated: String,
+    deadline: Option<String>,
+    overdue: bool,
+}
+
+/// A deadline filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Due {
+    /// Past the payer's decision deadline.
+    Overdue,
+    /// Due within this many hours (and not past).
+    Within(u32),
+}
+
+/// Most cases a deadline filter or an export reads (the page says so when
+/// more match).
+const MATCH_MAX: u32 = 50_000;
+
+/// The worklist's filters, read from the address.
+struct Filters {
+    query: CaseQuery,
+    status: Option<CaseStatus>,
+    due: Option<Due>,
+    age_days: Option<u32>,
+    oldest: bool,
+    page: u64,
+}
+
+impl Filters {
+    fn of(q: &ListQuery, viewer: &Viewer, now: chrono::DateTime<chrono::Utc>) -> Filters {
+        let practice = some(&q.practice).filter(|p| viewer.sees(p));
+        let status = some(&q.status).and_then(|s| s.parse::<CaseStatus>().ok());
+        let age_days = q.age.trim().parse::<u32>().ok().filter(|d| (1..=3650).contains(d));
+        let due = match q.due.trim() {
+            "overdue" => Some(Due::Overdue),
+            h => h
+                .parse::<u32>()
+                .ok()
+                .filter(|h| (1..=24 * 60).contains(h))
+                .map(Due::Within),
+        };
+        let oldest = q.sort == "oldest";
+        Filters {
+            query: CaseQuery {
+                allowed: viewer.allowed(),
+                practice,
+                payer: some(&q.payer),
+                status,
+                urgency: some(&q.urgency).filter(|u| u == "urgent" || u == "standard"),
+                search: some(&q.q),
+                created_before: age_days.map(|d| now - chrono::Duration::days(d.into())),
+                awaiting_only: due.is_some(),
+                oldest_first: oldest,
+                limit: PAGE_SIZE,
+                offset: 0,
+            },
+            status,
+            due,
+            age_days,
+            oldest,
+            page: q.page.unwrap_or(1).max(1),
+        }
+    }
+
+    /// The address of this list with another status and page.
+    fn link(&self, path: &str, status: Option<CaseStatus>, page: u64) -> String {
+        let q = &self.query;
+        let mut parts = Vec::new();
+        for (k, v) in [
+            ("practice", q.practice.clone()),
+            ("payer", q.payer.clone()),
+            ("status", status.map(|s| s.as_str().to_owned())),
+            ("urgency", q.urgency.clone()),
+            ("q", q.search.clone()),
+            ("age", self.age_days.map(|d| d.to_string())),
+            (
+                "due",
+                self.due.map(|d| match d {
+                    Due::Overdue => "overdue".to_owned(),
+                    Due::Within(h) => h.to_string(),
+                }),
+            ),
+            ("sort", self.oldest.then(|| "oldest".to_owned())),
+        ] {
+            if let Some(v) = v {
+                parts.push(format!("{k}={}", view::encode_component(&v)));
+            }
+        }
+        if page > 1 {
+            parts.push(format!("page={page}"));
+        }
+        if parts.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{}", parts.join("&"))
+        }
+    }
+
+    fn audit_detail(&self, shown: usize) -> serde_json::Value {
+        json!({
+            "status": self.status.map(|s| s.as_str()),
+            "payer": self.query.payer,
+            "urgency": self.query.urgency,
+            "age_days": self.age_days,
+            "due": self.due.map(|d| match d { Due::Overdue => "overdue".to_owned(), Due::Within(h) => format!("{h}h") }),
+            "page": self.page,
+            "shown": shown,
+        })
+    }
+}
+
+/// When the payer must decide a case it has and has not decided: the
+/// escalation rules' deadline (CMS-0057-F's 72 hours / 7 days unless the
+/// configuration says otherwise).
+pub fn deadline(
+    settings: &crate::config::Settings,
+    case: &CaseRecord,
+    submitted: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    use crate::escalate::rules;
+    if !case.status.is_awaiting_payer() {
+        return None;
+    }
+    let practice = settings.practice(&case.data.practice_id)?;
+    let cov = &case.data.coverage;
+    let set = rules::rules_for(
+        &settings.escalations,
+        &practice.escalations,
+        &rules::RuleKey {
+            payer: &cov.payer,
+            state: cov.state.as_str(),
+            plan_type: cov.plan_type.as_str(),
+        },
+    );
+    Some(rules::decision_deadline(
+        submitted?,
+        case.data.urgency,
+        &set,
+        practice.timezone,
+    ))
+}
+
+/// A deadline as the worklist says it: `in 5 h 10 min`, `overdue by 2 d 3 h`.
+fn due_text(deadline: chrono::DateTime<chrono::Utc>, now: chrono::DateTime<chrono::Utc>) -> String {
+    let d = deadline - now;
+    let span = |d: chrono::Duration| {
+        let mins = d.num_minutes().abs();
+        let (days, hours, m) = (mins / 1440, mins / 60 % 24, mins % 60);
+        match (days, hours) {
+            (0, 0) => format!("{m} min"),
+            (0, h) => format!("{h} h {m} min"),
+            (d, h) => format!("{d} d {h} h"),
+        }
+    };
+    if d < chrono::Duration::zero() {
+        format!("overdue by {}", span(d))
+    } else {
+        format!("in {}", span(d))
+    }
+}
+
+/// What a list shows: its cases (with their deadlines), the count of all
+/// matching, and the counts per status.
+struct Listed {
+    cases: Vec<(CaseRecord, Option<chrono::DateTime<chrono::Utc>>)>,
+    total: i64,
+    counts: Vec<(CaseStatus, i64)>,
+    /// More cases matched than a deadline filter reads.
+    cut: bool,
+}
+
+/// The cases a filter selects: one page (`all` false) or every one (for
+/// the export). A deadline filter is computed per case from the rules, so
+/// it reads the undecided cases (at most `MATCH_MAX`) and pages here.
+async fn select(app: &App, f: &Filters, all: bool) -> Result<Listed, crate::store::StoreError> {
+    let now = app.ledger.now();
+    let settings = &app.settings;
+    let Some(due) = f.due else {
+        if all {
+            let mut q = f.query.clone();
+            q.status = f.status;
+            let found = app.ledger.cases_matching(&q, MATCH_MAX + 1).await?;
+            let cut = found.len() > MATCH_MAX as usize;
+            let cases: Vec<_> = found
+                .into_iter()
+                .take(MATCH_MAX as usize)
+                .map(|(c, s)| {
+                    let d = deadline(settings, &c, s);
+                    (c, d)
+                })
+                .collect();
+            return Ok(Listed {
+                total: cases.len() as i64,
+                cases,
+                counts: Vec::new(),
+                cut,
+            });
+        }
+        let mut q = f.query.clone();
+        q.offset = (f.page - 1) * u64::from(PAGE_SIZE);
+        let page = app.ledger.case_page(&q).await?;
+        let cases = page
+            .cases
+            .into_iter()
+            .zip(page.submitted_at)
+            .map(|(c, s)| {
+                let d = deadline(settings, &c, s);
+                (c, d)
+            })
+            .collect();
+        return Ok(Listed {
+            cases,
+            total: page.total,
+            counts: page.counts,
+            cut: false,
+        });
+    };
+    let mut q = f.query.clone();
+    q.status = None;
+    let found = app.ledger.cases_matching(&q, MATCH_MAX + 1).await?;
+    let cut = found.len() > MATCH_MAX as usize;
+    let mut matching: Vec<_> = found
+        .into_iter()
+        .take(MATCH_MAX as usize)
+        .filter_map(|(c, s)| {
+            let d = deadline(settings, &c, s)?;
+            let keep = match due {
+                Due::Overdue => d <= now,
+                Due::Within(h) => d > now && d <= now + chrono::Duration::hours(h.into()),
+            };
+            keep.then_some((c, Some(d)))
+        })
+        .collect();
+    let mut counts: Vec<(CaseStatus, i64)> = Vec::new();
+    for (c, _) in &matching {
+        match counts.iter_mut().find(|(s, _)| *s == c.status) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((c.status, 1)),
+        }
+    }
+    counts.sort();
+    matching.retain(|(c, _)| f.status.is_none_or(|s| s == c.status));
+    if f.oldest {
+        matching.sort_by_key(|(c, _)| (c.created_at, c.id));
+    } else {
+        matching.sort_by_key(|(c, d)| (*d, c.id));
+    }
+    let total = matching.len() as i64;
+    let cases = if all {
+        matching
+    } else {
+        matching
+            .into_iter()
+            .skip(((f.page - 1) * u64::from(PAGE_SIZE)) as usize)
+            .take(PAGE_SIZE as usize)
+            .collect()
+    };
+    Ok(Listed {
+        cases,
+        total,
+        counts,
+        cut,
+    })
 }
 
 /// The worklist: a page of the viewer's cases, filtered, newest change
-/// first, with counts per status.
+/// first (or as sorted), with counts per status.
 pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQuery>) -> Response {
     let settings = &app.settings;
-    let practice = some(&q.practice).filter(|p| viewer.sees(p));
-    let status = some(&q.status).and_then(|s| s.parse::<CaseStatus>().ok());
-    let page = q.page.unwrap_or(1).max(1);
-    let query = CaseQuery {
-        allowed: viewer.allowed(),
-        practice: practice.clone(),
-        payer: some(&q.payer),
-        status,
-        urgency: some(&q.urgency).filter(|u| u == "urgent" || u == "standard"),
-        search: some(&q.q),
-        limit: PAGE_SIZE,
-        offset: (page - 1) * u64::from(PAGE_SIZE),
-    };
-    let result = match app.ledger.case_page(&query).await {
+    let now = app.ledger.now();
+    let f = Filters::of(&q, &viewer, now);
+    let (status, page) = (f.status, f.page);
+    let result = match select(&app, &f, false).await {
         Ok(r) => r,
         Err(e) => return super::unavailable(&e),
     };
@@ -380,10 +662,10 @@ pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQ
         .audit(AuditEntry {
             user: viewer.name(),
             action: "case_list",
-            practice: practice.as_deref(),
+            practice: f.query.practice.as_deref(),
             case_id: None,
             remote: viewer.remote.as_deref(),
-            detail: json!({ "status": status.map(|s| s.as_str()), "payer": query.payer, "page": page, "shown": result.cases.len() }),
+            detail: f.audit_detail(result.cases.len()),
         })
         .await
     {
@@ -395,7 +677,7 @@ pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQ
         .map(|p| Choice {
             value: p.id.clone(),
             label: p.name.clone(),
-            selected: practice.as_deref() == Some(&p.id),
+            selected: f.query.practice.as_deref() == Some(&p.id),
         })
         .collect();
     let mut payer_ids: Vec<&String> = visible.iter().flat_map(|p| p.payers.keys()).collect();
@@ -406,36 +688,15 @@ pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQ
         .map(|p| Choice {
             value: p.clone(),
             label: p.clone(),
-            selected: query.payer.as_deref() == Some(p),
+            selected: f.query.payer.as_deref() == Some(p),
         })
         .collect();
-    let link = |status: Option<CaseStatus>, page: u64| {
-        let mut parts = Vec::new();
-        for (k, v) in [
-            ("practice", practice.clone()),
-            ("payer", query.payer.clone()),
-            ("status", status.map(|s| s.as_str().to_owned())),
-            ("urgency", query.urgency.clone()),
-            ("q", query.search.clone()),
-        ] {
-            if let Some(v) = v {
-                parts.push(format!("{k}={}", view::encode_component(&v)));
-            }
-        }
-        if page > 1 {
-            parts.push(format!("page={page}"));
-        }
-        if parts.is_empty() {
-            "/cases".to_owned()
-        } else {
-            format!("/cases?{}", parts.join("&"))
-        }
-    };
     let all: i64 = result.counts.iter().map(|(_, n)| n).sum();
-    let mut counts =
-        vec![json!({ "label": "all", "n": all, "href": link(None, 1), "selected": status.is_none(), "status": "all" })];
+    let mut counts = vec![
+        json!({ "label": "all", "n": all, "href": f.link("/cases", None, 1), "selected": status.is_none(), "status": "all" }),
+    ];
     for (s, n) in &result.counts {
-        counts.push(json!({ "label": view::status_label(*s), "n": n, "href": link(Some(*s), 1), "selected": status == Some(*s), "status": s.as_str() }));
+        counts.push(json!({ "label": view::status_label(*s), "n": n, "href": f.link("/cases", Some(*s), 1), "selected": status == Some(*s), "status": s.as_str() }));
     }
     let statuses: Vec<Choice> = CaseStatus::ALL
         .iter()
@@ -445,10 +706,35 @@ pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQ
             selected: status == Some(*s),
         })
         .collect();
+    let due_value = match f.due {
+        Some(Due::Overdue) => "overdue".to_owned(),
+        Some(Due::Within(h)) => h.to_string(),
+        None => String::new(),
+    };
+    let mut dues: Vec<Choice> = [
+        ("overdue", "past the deadline"),
+        ("24", "due within 24 h"),
+        ("48", "due within 48 h"),
+        ("72", "due within 72 h"),
+    ]
+    .iter()
+    .map(|(v, l)| Choice {
+        value: (*v).to_owned(),
+        label: (*l).to_owned(),
+        selected: due_value == *v,
+    })
+    .collect();
+    if !due_value.is_empty() && !dues.iter().any(|d| d.selected) {
+        dues.push(Choice {
+            label: format!("due within {due_value} h"),
+            value: due_value.clone(),
+            selected: true,
+        });
+    }
     let rows: Vec<Row> = result
         .cases
         .iter()
-        .map(|c| {
+        .map(|(c, d)| {
             let tz = settings
                 .practice(&c.data.practice_id)
                 .map_or(chrono_tz::UTC, |p| p.timezone);
@@ -470,6 +756,8 @@ pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQ
                     .join(", "),
                 dates: format!("{} – {}", c.data.service_dates.start, c.data.service_dates.end),
                 updated: view::when(c.updated_at, tz),
+                deadline: d.map(|d| due_text(d, now)),
+                overdue: d.is_some_and(|d| d <= now),
             }
         })
         .collect();
@@ -481,22 +769,147 @@ pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQ
     };
     let last = if shown == 0 { 0 } else { first + shown - 1 };
     let more = (last as i64) < result.total;
-    let frame = Frame::new("Cases", "cases", Some(&viewer));
+    let mut frame = Frame::new("Cases", "cases", Some(&viewer));
+    if result.cut {
+        frame.notice = Some(format!(
+            "More than {MATCH_MAX} undecided cases match: only the first {MATCH_MAX} were checked for their deadline. Narrow the filters."
+        ));
+    }
     let ctx = json!({
         "practices": practices,
         "payers": payers,
         "statuses": statuses,
+        "dues": dues,
         "counts": counts,
         "rows": rows,
-        "q": query.search.clone().unwrap_or_default(),
-        "urgency": query.urgency.clone().unwrap_or_default(),
+        "q": f.query.search.clone().unwrap_or_default(),
+        "urgency": f.query.urgency.clone().unwrap_or_default(),
+        "age": f.age_days.map(|d| d.to_string()).unwrap_or_default(),
+        "oldest": f.oldest,
         "total": result.total,
         "first": first,
         "last": last,
-        "prev": (page > 1).then(|| link(status, page - 1)),
-        "next": more.then(|| link(status, page + 1)),
+        "prev": (page > 1).then(|| f.link("/cases", status, page - 1)),
+        "next": more.then(|| f.link("/cases", status, page + 1)),
+        "export": f.link("/cases.csv", status, 1),
     });
     html(StatusCode::OK, view::page(&app.templates, "cases.html", &frame, ctx))
+}
+
+/// A CSV cell that a spreadsheet will not run as a formula.
+fn cell(s: &str) -> String {
+    match s.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{s}"),
+        _ => s.to_owned(),
+    }
+}
+
+/// The worklist's filters as CSV: every matching case (at most
+/// `MATCH_MAX`), the patient as initials and the member ID masked to its
+/// last four, nothing more. Each export is a line in the audit.
+pub async fn cases_csv(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQuery>) -> Response {
+    let now = app.ledger.now();
+    let f = Filters::of(&q, &viewer, now);
+    let result = match select(&app, &f, true).await {
+        Ok(r) => r,
+        Err(e) => return super::unavailable(&e),
+    };
+    if result.cut {
+        return message(
+            &app,
+            Some(&viewer),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Too many cases to export",
+            &format!("More than {MATCH_MAX} cases match these filters. Narrow them (a practice, a payer, a status) and export again."),
+        );
+    }
+    if let Err(e) = app
+        .audit(AuditEntry {
+            user: viewer.name(),
+            action: "case_export",
+            practice: f.query.practice.as_deref(),
+            case_id: None,
+            remote: viewer.remote.as_deref(),
+            detail: f.audit_detail(result.cases.len()),
+        })
+        .await
+    {
+        return super::unavailable(&e);
+    }
+    let mut out = csv::Writer::from_writer(Vec::new());
+    let header = [
+        "practice",
+        "case_id",
+        "payer",
+        "payer_ref",
+        "status",
+        "urgency",
+        "patient_initials",
+        "member_id_masked",
+        "procedure_codes",
+        "service_start",
+        "service_end",
+        "created_at",
+        "updated_at",
+        "decision_deadline",
+        "auth_number",
+    ];
+    let mut rows = vec![header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()];
+    for (c, d) in &result.cases {
+        rows.push(
+            [
+                c.data.practice_id.clone(),
+                c.data.case_ref.clone(),
+                c.data.coverage.payer.clone(),
+                c.payer_ref.clone().unwrap_or_default(),
+                c.status.as_str().to_owned(),
+                c.data.urgency.as_str().to_owned(),
+                c.data.patient.name.initials(),
+                c.data.patient.member_id.masked(),
+                c.data
+                    .service_lines
+                    .iter()
+                    .map(|l| l.code.as_str().to_owned())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                c.data.service_dates.start.to_string(),
+                c.data.service_dates.end.to_string(),
+                c.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                c.updated_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                d.map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default(),
+                c.decision
+                    .as_ref()
+                    .and_then(|d| d.auth_number.clone())
+                    .unwrap_or_default(),
+            ]
+            .iter()
+            .map(|v| cell(v))
+            .collect(),
+        );
+    }
+    for r in rows {
+        if let Err(e) = out.write_record(&r) {
+            tracing::error!(error = %e, "Console: CSV not written.");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "The export could not be written.\n").into_response();
+        }
+    }
+    let body = match out.into_inner() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "Console: CSV not written.");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "The export could not be written.\n").into_response();
+        }
+    };
+    let name = format!("precert-cases-{}.csv", now.format("%Y%m%d-%H%M"));
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

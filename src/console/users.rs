@@ -106,6 +106,15 @@ pub async fn add(
 ) -> Result<(), UserError> {
     check_name(name)?;
     check_password(password)?;
+    check_access(settings, role, practices)?;
+    let hash = auth::hash_password(password).map_err(UserError::Hash)?;
+    if !ledger.add_console_user(name, role.as_str(), practices, &hash).await? {
+        return Err(UserError::Exists(name.to_owned()));
+    }
+    Ok(())
+}
+
+fn check_access(settings: &Settings, role: Role, practices: &[String]) -> Result<(), UserError> {
     match role {
         Role::Admin if !practices.is_empty() => return Err(UserError::AdminPractice),
         Role::Supervisor | Role::Operator if practices.is_empty() => return Err(UserError::NoPractice(role)),
@@ -116,9 +125,30 @@ pub async fn add(
             return Err(UserError::Practice(p.clone()));
         }
     }
-    let hash = auth::hash_password(password).map_err(UserError::Hash)?;
-    if !ledger.add_console_user(name, role.as_str(), practices, &hash).await? {
-        return Err(UserError::Exists(name.to_owned()));
+    Ok(())
+}
+
+/// Gives a user another role or other practices; their sessions end, so
+/// the change holds at once.
+pub async fn set_access(
+    ledger: &Ledger,
+    settings: &Settings,
+    name: &str,
+    role: Role,
+    practices: &[String],
+) -> Result<(), UserError> {
+    check_access(settings, role, practices)?;
+    if !ledger.set_console_user_access(name, role.as_str(), practices).await? {
+        return Err(UserError::NoSuchUser(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// Removes a user's TOTP (a lost phone): they sign in with the password
+/// alone until they enrol again.
+pub async fn clear_totp(ledger: &Ledger, name: &str) -> Result<(), UserError> {
+    if !ledger.set_console_totp(name, None).await? {
+        return Err(UserError::NoSuchUser(name.to_owned()));
     }
     Ok(())
 }

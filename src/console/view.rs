@@ -22,6 +22,10 @@ pub fn environment() -> Environment<'static> {
         ("case.html", include_str!("templates/case.html")),
         ("escalations.html", include_str!("templates/escalations.html")),
         ("message.html", include_str!("templates/message.html")),
+        ("ack.html", include_str!("templates/ack.html")),
+        ("users.html", include_str!("templates/users.html")),
+        ("account.html", include_str!("templates/account.html")),
+        ("payers.html", include_str!("templates/payers.html")),
     ] {
         env.add_template(name, text).expect("the console's templates parse");
     }

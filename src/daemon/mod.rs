@@ -173,12 +173,14 @@ impl Loaded {
         ledger: &Ledger,
         queue: &Queue,
         mail_wake: &Arc<Notify>,
+        link_key: &crate::console::links::LinkKey,
     ) -> Result<Loaded, String> {
         let scheduler = Scheduler::new(queue.clone(), &settings.practices).map_err(|e| e.to_string())?;
         let payers = playbooks.iter().map(|p| PlaybookId::from(p.id.as_str())).collect();
         let mailer = Arc::new(Mailer::new(&settings.mail).map_err(|e| format!("mail: {e}"))?);
         let settings = Arc::new(settings);
-        let escalator = Arc::new(Escalator::new(settings.clone(), &playbooks, mail_wake.clone()));
+        let escalator =
+            Arc::new(Escalator::new(settings.clone(), &playbooks, mail_wake.clone()).with_link_key(link_key.clone()));
         let engine = Arc::new(Engine::new(settings.clone(), ledger.clone(), playbooks));
         Ok(Loaded {
             settings,
@@ -195,7 +197,8 @@ struct Ctx {
     ledger: Ledger,
     queue: Arc<Queue>,
     loaded: RwLock<Arc<Loaded>>,
-    limits: Mutex<PayerLimits>,
+    /// Shared with the console, whose payers page shows the breakers.
+    limits: Arc<Mutex<PayerLimits>>,
     metrics: Arc<Metrics>,
     /// Signalled when the scheduler queued work.
     wake: Notify,
@@ -217,6 +220,8 @@ struct Ctx {
     notify: Arc<crate::pas::notify::Receiver>,
     /// PAS subscriptions held, by notification route.
     subscriptions: tokio::sync::Mutex<HashMap<String, Subscription>>,
+    /// Signs acknowledgement links in mail (the ledger's key).
+    link_key: crate::console::links::LinkKey,
 }
 
 fn hostname() -> String {
@@ -242,13 +247,16 @@ pub async fn run(
     let workers = settings.webdriver.max_sessions.max(1);
     let limits = payer_limits(&settings, &playbooks);
     let mail_wake = Arc::new(Notify::new());
-    let loaded = Loaded::new(settings, playbooks, &ledger, &queue, &mail_wake).map_err(DaemonError::Config)?;
+    // Signs the acknowledgement links in escalation mail.
+    let link_key = crate::console::links::LinkKey::of(&ledger).await?;
+    let loaded =
+        Loaded::new(settings, playbooks, &ledger, &queue, &mail_wake, &link_key).map_err(DaemonError::Config)?;
     ledger.set_escalation_hook(loaded.escalator.clone());
     let ctx = Arc::new(Ctx {
         ledger: ledger.clone(),
         queue: queue.clone(),
         loaded: RwLock::new(Arc::new(loaded)),
-        limits: Mutex::new(limits),
+        limits: Arc::new(Mutex::new(limits)),
         metrics: Arc::new(Metrics::default()),
         wake: Notify::new(),
         mail_wake,
@@ -260,6 +268,7 @@ pub async fn run(
         disabled: Mutex::new(Vec::new()),
         notify: Arc::new(crate::pas::notify::Receiver::new(ledger.clone())),
         subscriptions: tokio::sync::Mutex::new(HashMap::new()),
+        link_key,
     });
     report_disabled(&ctx.disabled, &disabled);
     escalate_disabled(&ctx, &disabled).await;
@@ -280,7 +289,7 @@ pub async fn run(
     // The console, on its own listener. It keeps the settings it started
     // with (a reload does not reach it).
     let console_settings = ctx.loaded.read().await.settings.clone();
-    let console = crate::console::serve(console_settings, ledger.clone(), stop.clone())
+    let console = crate::console::serve_with(console_settings, ledger.clone(), stop.clone(), Some(ctx.limits.clone()))
         .await
         .map_err(|crate::console::ConsoleError::Listen { addr, source }| DaemonError::Listen { addr, source })?;
     tracing::info!(console = %console.addr, "Console listening.");
@@ -450,7 +459,8 @@ async fn reload_config(ctx: &Arc<Ctx>, path: &Path) {
     let result = load_all(path).and_then(|(s, p, disabled)| {
         let limits = payer_limits(&s, &p);
         let workers = s.webdriver.max_sessions.max(1);
-        Loaded::new(s, p, &ctx.ledger, &ctx.queue, &ctx.mail_wake).map(|l| (l, limits, workers, disabled))
+        Loaded::new(s, p, &ctx.ledger, &ctx.queue, &ctx.mail_wake, &ctx.link_key)
+            .map(|l| (l, limits, workers, disabled))
     });
     match result {
         Ok((new, limits, workers, disabled)) => {

@@ -127,6 +127,9 @@ pub struct Escalator {
     /// `practice/payer` pairs whose playbook downloads letters.
     letters: BTreeSet<String>,
     wake: Arc<Notify>,
+    /// Signs the acknowledgement links in mail (`console::links`); without
+    /// it mail points at the console's inbox instead.
+    link_key: Option<crate::console::links::LinkKey>,
 }
 
 impl Escalator {
@@ -147,7 +150,15 @@ impl Escalator {
             settings,
             letters,
             wake,
+            link_key: None,
         }
+    }
+
+    /// Mail carries signed, single-use acknowledgement links made with this
+    /// key (the ledger's: `LinkKey::of`).
+    pub fn with_link_key(mut self, key: crate::console::links::LinkKey) -> Escalator {
+        self.link_key = Some(key);
+        self
     }
 
     fn practice(&self, id: &str) -> Option<&Practice> {
@@ -284,7 +295,8 @@ impl Escalator {
         let active = ledger.escalations(Some(practice_id), false).await?;
         let mut queued = 0;
         for to in &practice.contacts.supervisors {
-            if let Some(mail) = render::digest_mail(practice, &active, to, slot, ledger.now(), self.domain()) {
+            let console = &self.settings.console.public_url;
+            if let Some(mail) = render::digest_mail(practice, &active, to, slot, ledger.now(), self.domain(), console) {
                 if ledger.queue_mail(practice_id, "digest", &mail).await? {
                     queued += 1;
                 }
@@ -396,11 +408,12 @@ impl Escalator {
             .case_link
             .clone()
             .or_else(|| self.settings.escalations.case_link.clone())
-            .unwrap_or_else(|| format!("{}/cases/{{practice}}/{{case_ref}}", self.settings.http_public_url));
+            .unwrap_or_else(|| format!("{}/cases/{{practice}}/{{case_ref}}", self.settings.console.public_url));
+        let encode = crate::console::encode_component;
         Some(
             template
-                .replace("{practice}", &practice.id)
-                .replace("{case_ref}", &case.data.case_ref)
+                .replace("{practice}", &encode(&practice.id))
+                .replace("{case_ref}", &encode(&case.data.case_ref))
                 .replace("{case_id}", &case.id.to_string()),
         )
     }
@@ -450,10 +463,18 @@ impl EscalationHook for Escalator {
             .patient_details
             .or(self.settings.escalations.patient_details)
             .unwrap_or(PatientDetails::Minimum);
+        let console = &self.settings.console.public_url;
+        let ack = self.link_key.as_ref().map(|key| {
+            let until = now + Duration::from_std(self.settings.console.ack_link_valid).unwrap_or(Duration::hours(72));
+            let token = key.ack_token(esc.id, until);
+            (crate::console::links::ack_url(console, &token), until)
+        });
         let ctx = MailContext {
             practice,
             patient_details: details,
             link: case.and_then(|c| self.link(practice, c)),
+            console,
+            ack,
             domain: self.domain(),
             to,
             cc,

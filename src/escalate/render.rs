@@ -22,6 +22,11 @@ pub struct MailContext<'a> {
     pub patient_details: PatientDetails,
     /// The case link (template filled in), if any.
     pub link: Option<String>,
+    /// Where people reach the console (`settings.console.public_url`).
+    pub console: &'a str,
+    /// The signed, single-use acknowledgement link and when it ends; none
+    /// when the escalator has no link key.
+    pub ack: Option<(String, DateTime<Utc>)>,
     /// The From address's domain, for Message-IDs.
     pub domain: &'a str,
     pub to: Vec<String>,
@@ -190,7 +195,7 @@ pub fn next_step(reason: Reason, detail: &Value) -> String {
             "Call the payer to expedite the decision, or reschedule the service; do not perform it without approval.".into()
         }
         Reason::NeedsAttention => {
-            "Look at the case and its failure evidence (`precert cases show CASE`), fix what stopped automation, and move the case back.".into()
+            "Open the case in the console (the link below): the portal's own message and a screenshot of the page are there. Fix what stopped automation, then submit the case again or set its status.".into()
         }
         Reason::LetterMissing => {
             "Download the letter from the payer's portal by hand, or check why the letters job did not fetch it.".into()
@@ -354,16 +359,37 @@ pub fn escalation_mail(
     if let Some(sd) = s(d, "service_date") {
         facts.push("Service date", sd.to_owned());
     }
-    let mut step_text = next_step(esc.reason, d);
-    if let Some(c) = case {
-        step_text = step_text.replace("precert cases show CASE", &format!("precert cases show {}", c.key()));
-    }
-    facts.push("Next step", step_text);
+    facts.push("Next step", next_step(esc.reason, d));
     if let Some(link) = &ctx.link {
         facts.push("Link", link.clone());
     }
     let opened = esc.opened_at.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z");
-    let ack = format!("precert escalations ack {}", esc.id);
+    let inbox = format!("{}/escalations", ctx.console);
+    // How to acknowledge: the signed link (one click and a confirmation
+    // after signing in), or the console's inbox.
+    let (ack_text, ack_html) = match &ctx.ack {
+        Some((url, until)) => {
+            let until = until.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z");
+            (
+                format!(
+                    "Acknowledge it to stop reminders (sign in, then confirm; the link works once, until {until}):\n    {url}\nor in the console's inbox: {inbox}"
+                ),
+                format!(
+                    "<a href=\"{u}\">Acknowledge it</a> to stop reminders (sign in, then confirm; the link works once, until {until}), or in the console's <a href=\"{i}\">inbox</a>.",
+                    u = escape(url),
+                    i = escape(&inbox),
+                    until = escape(&until.to_string()),
+                ),
+            )
+        }
+        None => (
+            format!("Acknowledge it in the console's inbox to stop reminders:\n    {inbox}"),
+            format!(
+                "Acknowledge it in the console's <a href=\"{i}\">inbox</a> to stop reminders.",
+                i = escape(&inbox)
+            ),
+        ),
+    };
     let level_note = match step {
         Step::NextLevel(_) => {
             format!("Nobody acknowledged this escalation since {opened}; it now comes to you as the next level.\n")
@@ -373,7 +399,7 @@ pub fn escalation_mail(
     };
     let head = summary(esc);
     let text = format!(
-        "{head}\n\n{level_note}{}\nEscalation #{} ({}), opened {opened}. Acknowledge it to stop reminders:\n    {ack}\n\n-- \nprecert, for {}. Sent {}.\n",
+        "{head}\n\n{level_note}{}\nEscalation #{} ({}), opened {opened}. {ack_text}\n\n-- \nprecert, for {}. Sent {}.\n",
         facts.text(),
         esc.id,
         esc.reason.as_str(),
@@ -381,7 +407,7 @@ pub fn escalation_mail(
         now.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z"),
     );
     let html = format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title></head>\n<body style=\"font-family:sans-serif\">\n<p><strong>{h}</strong></p>\n{l}{table}<p>Escalation #{id} ({r}), opened {opened}. Acknowledge it to stop reminders: <code>{ack}</code></p>\n<p style=\"color:#666\">precert, for {p}.</p>\n</body></html>\n",
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title></head>\n<body style=\"font-family:sans-serif\">\n<p><strong>{h}</strong></p>\n{l}{table}<p>Escalation #{id} ({r}), opened {opened}. {ack_html}</p>\n<p style=\"color:#666\">precert, for {p}.</p>\n</body></html>\n",
         t = escape(&subject),
         h = escape(&head),
         l = if level_note.is_empty() {
@@ -392,7 +418,6 @@ pub fn escalation_mail(
         table = facts.html(),
         id = esc.id,
         r = escape(esc.reason.as_str()),
-        ack = escape(&ack),
         p = escape(&ctx.practice.name),
     );
     let send = esc.sends;
@@ -416,6 +441,7 @@ pub fn digest_mail(
     slot: &str,
     now: DateTime<Utc>,
     domain: &str,
+    console: &str,
 ) -> Option<OutgoingMail> {
     // Acknowledged ones have an owner: counted, not listed again each day.
     let acknowledged = escalations
@@ -481,13 +507,16 @@ pub fn digest_mail(
         html.push_str("</ul>\n");
     }
     if acknowledged > 0 {
-        let line =
-            format!("{acknowledged} acknowledged escalation(s) are still open; `precert escalations list` shows them.");
+        let line = format!("{acknowledged} acknowledged escalation(s) are still open; the console's inbox shows them.");
         text.push_str(&format!("\n{line}\n"));
         html.push_str(&format!("<p>{}</p>\n", escape(&line)));
     }
-    text.push_str("\nAcknowledge one with: precert escalations ack ID\n");
-    html.push_str("<p>Acknowledge one with <code>precert escalations ack ID</code>.</p>\n</body></html>\n");
+    let inbox = format!("{console}/escalations");
+    text.push_str(&format!("\nAcknowledge them in the console's inbox: {inbox}\n"));
+    html.push_str(&format!(
+        "<p>Acknowledge them in the console's <a href=\"{0}\">inbox</a>: {0}</p>\n</body></html>\n",
+        escape(&inbox)
+    ));
     Some(OutgoingMail {
         message_id: format!(
             "digest-{}-{}-{}@{domain}",

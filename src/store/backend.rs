@@ -124,6 +124,11 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (6, "console", include_str!("migrations/sqlite/0006_console.sql")),
     (7, "payer slots", include_str!("migrations/sqlite/0007_payer_slots.sql")),
+    (
+        8,
+        "console links and totp",
+        include_str!("migrations/sqlite/0008_console_links_totp.sql"),
+    ),
 ];
 
 static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -149,6 +154,11 @@ static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         7,
         "payer slots",
         include_str!("migrations/postgres/0007_payer_slots.sql"),
+    ),
+    (
+        8,
+        "console links and totp",
+        include_str!("migrations/postgres/0008_console_links_totp.sql"),
     ),
 ];
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{case_from_row, parse_status, parse_ts, ts, Ledger, StoreError, SELECT_CASE};
+use super::{case_from_row, parse_status, parse_ts, ts, Ledger, StoreError};
 use crate::case::{CaseRecord, CaseStatus};
 
 /// A console user as stored. `Debug` leaves the password hash out.
@@ -30,6 +30,16 @@ pub struct ConsoleUser {
     pub created_at: DateTime<Utc>,
     pub password_changed_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
+    /// The TOTP seed (base32) once the user enrolled.
+    pub totp_secret: Option<String>,
+    /// The last time step a TOTP code was accepted for.
+    pub totp_last_step: i64,
+}
+
+impl ConsoleUser {
+    pub fn has_totp(&self) -> bool {
+        self.totp_secret.is_some()
+    }
 }
 
 impl std::fmt::Debug for ConsoleUser {
@@ -41,6 +51,7 @@ impl std::fmt::Debug for ConsoleUser {
             .field("disabled", &self.disabled)
             .field("failed_logins", &self.failed_logins)
             .field("locked_until", &self.locked_until)
+            .field("totp", &self.has_totp())
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +103,13 @@ pub struct CaseQuery {
     pub urgency: Option<String>,
     /// A case reference or payer reference, or the start of a case reference.
     pub search: Option<String>,
+    /// Only cases created (imported) before this time: older than an age.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Only cases the payer has and has not decided (pending, pended for
+    /// information) with a submission time: the ones with a deadline.
+    pub awaiting_only: bool,
+    /// Oldest first (by creation) instead of the newest change first.
+    pub oldest_first: bool,
     pub limit: u32,
     pub offset: u64,
 }
@@ -104,7 +122,13 @@ pub struct CasePage {
     pub total: i64,
     /// Cases per status for the query without its status filter.
     pub counts: Vec<(CaseStatus, i64)>,
+    /// When each case of `cases` was submitted, if it was.
+    pub submitted_at: Vec<Option<DateTime<Utc>>>,
 }
+
+/// The worklist's columns: a case and its submission time.
+const SELECT_LISTED: &str =
+    "SELECT id, status, data, decision, payer_ref, created_at, updated_at, submitted_at FROM cases";
 
 fn opt_ts(row: &AnyRow, col: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
     row.try_get::<Option<String>, _>(col)?
@@ -128,11 +152,22 @@ fn user_from_row(r: &AnyRow) -> Result<ConsoleUser, StoreError> {
         created_at: parse_ts(0, &r.try_get::<String, _>("created_at")?)?,
         password_changed_at: parse_ts(0, &r.try_get::<String, _>("password_changed_at")?)?,
         last_login_at: opt_ts(r, "last_login_at")?,
+        totp_secret: r.try_get("totp_secret")?,
+        totp_last_step: r.try_get("totp_last_step")?,
     })
 }
 
 const SELECT_USER: &str = "SELECT name, role, practices, password_hash, disabled, failed_logins, locked_until, \
-     created_at, password_changed_at, last_login_at FROM console_users";
+     created_at, password_changed_at, last_login_at, totp_secret, totp_last_step FROM console_users";
+
+/// The worklist's order.
+fn order(q: &CaseQuery) -> &'static str {
+    if q.oldest_first {
+        "created_at ASC, id ASC"
+    } else {
+        "updated_at DESC, id DESC"
+    }
+}
 
 /// The WHERE clause (without the status filter) and its arguments.
 fn where_clause(q: &CaseQuery) -> (String, Vec<String>) {
@@ -149,6 +184,13 @@ fn where_clause(q: &CaseQuery) -> (String, Vec<String>) {
             }
             sql.push_str(&format!(" AND practice_id IN ({})", marks.join(", ")));
         }
+    }
+    if let Some(t) = q.created_before {
+        args.push(ts(t));
+        sql.push_str(&format!(" AND created_at < ${}", args.len()));
+    }
+    if q.awaiting_only {
+        sql.push_str(" AND status IN ('pending', 'pended_for_info') AND submitted_at IS NOT NULL");
     }
     for (column, value) in [
         ("practice_id", &q.practice),
@@ -257,6 +299,105 @@ impl Ledger {
             .await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Changes a user's role and practices. False when there is no such
+    /// user. Their sessions end, so the change holds at once.
+    pub async fn set_console_user_access(
+        &self,
+        name: &str,
+        role: &str,
+        practices: &[String],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let done = sqlx::query("UPDATE console_users SET role = $1, practices = $2 WHERE name = $3")
+            .bind(role)
+            .bind(serde_json::to_string(practices).expect("a list of strings serialises"))
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM console_sessions WHERE user_name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sets (enrols) or clears a user's TOTP seed. False when there is no
+    /// such user.
+    pub async fn set_console_totp(&self, name: &str, secret: Option<&str>) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE console_users SET totp_secret = $1, totp_last_step = 0 WHERE name = $2")
+            .bind(secret)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Accepts a TOTP code's time step for a user once: false when a code
+    /// of this step (or a later one) was accepted already, so a code seen
+    /// over someone's shoulder does not sign in twice.
+    pub async fn use_console_totp_step(&self, name: &str, step: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE console_users SET totp_last_step = $1 WHERE name = $2 AND totp_last_step < $1")
+            .bind(step)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The console's key `name`, stored as `candidate` if there is none yet
+    /// (whoever asks first makes it; everyone reads the same).
+    pub async fn console_key(&self, name: &str, candidate: &str) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO console_keys (name, value, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(candidate)
+        .bind(ts(self.now()))
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM console_keys WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("value")?)
+    }
+
+    /// When and by whom a link (by its nonce) was used, if it was.
+    pub async fn console_link_use(&self, nonce: &str) -> Result<Option<(DateTime<Utc>, String)>, StoreError> {
+        let row = sqlx::query("SELECT used_at, used_by FROM console_used_links WHERE nonce = $1")
+            .bind(nonce)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((parse_ts(0, &r.try_get::<String, _>("used_at")?)?, r.try_get("used_by")?)))
+            .transpose()
+    }
+
+    /// Records that a link (by its nonce) is used now by `user`. `None`
+    /// the first time; the first use's time and user when it was used
+    /// already.
+    pub async fn use_console_link(
+        &self,
+        nonce: &str,
+        escalation_id: i64,
+        user: &str,
+    ) -> Result<Option<(DateTime<Utc>, String)>, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO console_used_links (nonce, escalation_id, used_at, used_by) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (nonce) DO NOTHING",
+        )
+        .bind(nonce)
+        .bind(escalation_id)
+        .bind(ts(self.now()))
+        .bind(user)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(None);
+        }
+        self.console_link_use(nonce).await
     }
 
     /// Counts a failed sign-in; at `threshold` in a row the account locks
@@ -446,14 +587,15 @@ impl Ledger {
             .filter(|(s, _)| q.status.is_none_or(|want| want == *s))
             .map(|(_, n)| n)
             .sum();
-        let mut sql = format!("{SELECT_CASE}{base}");
+        let mut sql = format!("{SELECT_LISTED}{base}");
         let mut args = args;
         if let Some(s) = q.status {
             args.push(s.as_str().to_owned());
             sql.push_str(&format!(" AND status = ${}", args.len()));
         }
         sql.push_str(&format!(
-            " ORDER BY updated_at DESC, id DESC LIMIT ${} OFFSET ${}",
+            " ORDER BY {} LIMIT ${} OFFSET ${}",
+            order(q),
             args.len() + 1,
             args.len() + 2
         ));
@@ -467,6 +609,186 @@ impl Ledger {
             .fetch_all(&self.pool)
             .await?;
         let cases = rows.iter().map(case_from_row).collect::<Result<_, _>>()?;
-        Ok(CasePage { cases, total, counts })
+        let submitted_at = rows
+            .iter()
+            .map(|r| opt_ts(r, "submitted_at"))
+            .collect::<Result<_, _>>()?;
+        Ok(CasePage {
+            cases,
+            total,
+            counts,
+            submitted_at,
+        })
+    }
+
+    /// Every case matching the query (its status filter too), in its
+    /// order, at most `max`: for the worklist's CSV export and its deadline
+    /// filters, which are computed per case from the escalation rules.
+    pub async fn cases_matching(
+        &self,
+        q: &CaseQuery,
+        max: u32,
+    ) -> Result<Vec<(CaseRecord, Option<DateTime<Utc>>)>, StoreError> {
+        let (base, mut args) = where_clause(q);
+        let mut sql = format!("{SELECT_LISTED}{base}");
+        if let Some(s) = q.status {
+            args.push(s.as_str().to_owned());
+            sql.push_str(&format!(" AND status = ${}", args.len()));
+        }
+        sql.push_str(&format!(" ORDER BY {} LIMIT ${}", order(q), args.len() + 1));
+        let mut query = sqlx::query(&sql);
+        for a in &args {
+            query = query.bind(a);
+        }
+        let rows = query.bind(i64::from(max)).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((case_from_row(r)?, opt_ts(r, "submitted_at")?)))
+            .collect()
+    }
+}
+
+/// One payer of one practice, for the console's payers page.
+#[derive(Clone, Debug, Default)]
+pub struct PayerActivity {
+    pub practice_id: String,
+    pub payer: String,
+    /// Cases per status.
+    pub statuses: Vec<(CaseStatus, i64)>,
+    /// The earliest submission among cases the payer has not decided.
+    pub oldest_pending_since: Option<DateTime<Utc>>,
+    /// Jobs queued (waiting for a worker or their time) and running.
+    pub jobs_queued: i64,
+    pub jobs_running: i64,
+    /// Jobs that failed (an attempt, or for good) in the window asked for.
+    pub jobs_failed: i64,
+    /// Per job kind, the last time one finished well.
+    pub last_success: Vec<(String, DateTime<Utc>)>,
+    /// An active `payer_paused` escalation: the circuit breaker opened
+    /// (when, and its summary).
+    pub paused: Option<(DateTime<Utc>, String)>,
+}
+
+/// ` AND practice_id IN ($n, …)` for the practices a viewer may see.
+fn practice_filter(allowed: Option<&[String]>, args: &mut Vec<String>) -> String {
+    match allowed {
+        None => String::new(),
+        Some([]) => " AND 1 = 0".to_owned(),
+        Some(list) => {
+            let mut marks = Vec::new();
+            for p in list {
+                args.push(p.clone());
+                marks.push(format!("${}", args.len()));
+            }
+            format!(" AND practice_id IN ({})", marks.join(", "))
+        }
+    }
+}
+
+impl Ledger {
+    /// What each (practice, payer) has going on: cases per status, the
+    /// oldest undecided submission, the jobs waiting and running, failures
+    /// since `failures_since`, the last success per job kind, and whether
+    /// the payer is paused. Only `allowed` practices (`None`: all).
+    pub async fn payer_activity(
+        &self,
+        allowed: Option<&[String]>,
+        failures_since: DateTime<Utc>,
+    ) -> Result<Vec<PayerActivity>, StoreError> {
+        use std::collections::BTreeMap;
+        let mut rows: BTreeMap<(String, String), PayerActivity> = BTreeMap::new();
+        fn entry<'m>(
+            m: &'m mut BTreeMap<(String, String), PayerActivity>,
+            r: &AnyRow,
+        ) -> Result<&'m mut PayerActivity, StoreError> {
+            let practice: String = r.try_get("practice_id")?;
+            let payer: String = r.try_get("payer")?;
+            Ok(m.entry((practice.clone(), payer.clone()))
+                .or_insert_with(|| PayerActivity {
+                    practice_id: practice,
+                    payer,
+                    ..Default::default()
+                }))
+        }
+        let fetch = |sql: String, args: Vec<String>| async move {
+            let mut q = sqlx::query(&sql);
+            for a in &args {
+                q = q.bind(a.clone());
+            }
+            q.fetch_all(&self.pool).await
+        };
+
+        let mut args = Vec::new();
+        let filter = practice_filter(allowed, &mut args);
+        let sql = format!(
+            "SELECT practice_id, payer, status, COUNT(*) AS n, \
+             MIN(CASE WHEN status IN ('pending', 'pended_for_info') THEN submitted_at END) AS oldest \
+             FROM cases WHERE 1 = 1{filter} GROUP BY practice_id, payer, status"
+        );
+        for r in fetch(sql, args).await? {
+            let status = parse_status(0, &r.try_get::<String, _>("status")?)?;
+            let n: i64 = r.try_get("n")?;
+            let oldest = opt_ts(&r, "oldest")?;
+            let e = entry(&mut rows, &r)?;
+            e.statuses.push((status, n));
+            if let Some(t) = oldest {
+                e.oldest_pending_since = Some(e.oldest_pending_since.map_or(t, |o| o.min(t)));
+            }
+        }
+
+        let mut args = Vec::new();
+        let filter = practice_filter(allowed, &mut args);
+        let sql = format!(
+            "SELECT practice_id, payer, state, COUNT(*) AS n FROM jobs \
+             WHERE payer IS NOT NULL AND state IN ('queued', 'leased'){filter} GROUP BY practice_id, payer, state"
+        );
+        for r in fetch(sql, args).await? {
+            let state: String = r.try_get("state")?;
+            let n: i64 = r.try_get("n")?;
+            let e = entry(&mut rows, &r)?;
+            if state == "queued" {
+                e.jobs_queued = n;
+            } else {
+                e.jobs_running = n;
+            }
+        }
+
+        let mut args = vec![ts(failures_since)];
+        let filter = practice_filter(allowed, &mut args);
+        let sql = format!(
+            "SELECT practice_id, payer, COUNT(*) AS n FROM jobs \
+             WHERE payer IS NOT NULL AND last_error IS NOT NULL AND updated_at >= $1{filter} \
+             GROUP BY practice_id, payer"
+        );
+        for r in fetch(sql, args).await? {
+            let n: i64 = r.try_get("n")?;
+            entry(&mut rows, &r)?.jobs_failed = n;
+        }
+
+        let mut args = Vec::new();
+        let filter = practice_filter(allowed, &mut args);
+        let sql = format!(
+            "SELECT practice_id, payer, kind, MAX(finished_at) AS at FROM jobs \
+             WHERE payer IS NOT NULL AND state = 'done'{filter} GROUP BY practice_id, payer, kind"
+        );
+        for r in fetch(sql, args).await? {
+            let kind: String = r.try_get("kind")?;
+            let at = opt_ts(&r, "at")?;
+            if let Some(at) = at {
+                entry(&mut rows, &r)?.last_success.push((kind, at));
+            }
+        }
+
+        let mut args = Vec::new();
+        let filter = practice_filter(allowed, &mut args);
+        let sql = format!(
+            "SELECT practice_id, payer, opened_at, summary FROM escalations \
+             WHERE reason = 'payer_paused' AND state IN ('open', 'acknowledged') AND payer IS NOT NULL{filter}"
+        );
+        for r in fetch(sql, args).await? {
+            let opened = parse_ts(0, &r.try_get::<String, _>("opened_at")?)?;
+            let summary: String = r.try_get("summary")?;
+            entry(&mut rows, &r)?.paused = Some((opened, summary));
+        }
+        Ok(rows.into_values().collect())
     }
 }

@@ -29,7 +29,7 @@ mod owner;
 mod schema;
 mod slots;
 pub use backend::{Backend, SCHEMES};
-pub use console::{AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser};
+pub use console::{AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser, PayerActivity};
 pub use escalations::{
     Advance, CaseForRules, ClaimedMail, Escalation, EscalationHook, EscalationState, NewEscalation, OutboxEntry,
     OutboxState, SendOutcome, Step,

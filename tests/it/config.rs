@@ -341,3 +341,39 @@ fn environment_variables_override_the_file() {
         "{err}"
     );
 }
+
+#[test]
+fn console_keys_are_checked_and_mail_links_follow_the_public_url() {
+    let p = Project::new();
+    let text = std::fs::read_to_string(p.config_path()).unwrap();
+    p.write(
+        "config/precert.toml",
+        &format!("{text}\n[console]\nack_link_hours = 0\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.internal\"]\n"),
+    );
+    let errors = errors_of(&p, Secrets::Skip);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("console.ack_link_hours") && e.contains("at least 1")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("console.trusted_proxies[1]") && e.contains("`proxy.internal` is not an IP address")),
+        "{errors:?}"
+    );
+    // Without http.public_url, mail links reach the console's own listener;
+    // with it, the proxy in front.
+    let p = Project::new();
+    assert_eq!(p.settings().console.public_url, "http://127.0.0.1:8623");
+    let text = std::fs::read_to_string(p.config_path()).unwrap().replacen(
+        "[http]\n",
+        "[http]\npublic_url = \"https://precert.example.org/\"\n",
+        1,
+    );
+    p.write("config/precert.toml", &text);
+    let s = p.settings();
+    assert_eq!(s.console.public_url, "https://precert.example.org");
+    assert_eq!(s.console.ack_link_valid, std::time::Duration::from_secs(72 * 3600));
+}

@@ -36,9 +36,18 @@ pub struct World {
 }
 
 pub async fn world_with(p: Project) -> World {
+    world_with_console(p, "").await
+}
+
+/// `world_with`, with more lines in `[console]`.
+pub async fn world_with_console(p: Project, console: &str) -> World {
     let config = p.config_path();
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, format!("{text}\n[console]\nlisten = \"127.0.0.1:0\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\n[console]\nlisten = \"127.0.0.1:0\"\n{console}\n"),
+    )
+    .unwrap();
     for file in ["samples/cases.csv", "samples/cases.json"] {
         let out = p.precert(&["cases", "import", file]);
         assert!(out.status.success(), "{}", super::support::stderr(&out));
@@ -50,7 +59,10 @@ pub async fn world_with(p: Project) -> World {
         Arc::new(move || Utc::now() + *ahead.lock().unwrap())
     };
     let ledger = Ledger::open(&settings.database_url).await.unwrap().with_clock(clock);
-    ledger.set_escalation_hook(Arc::new(Escalator::new(settings.clone(), &[], Arc::default())));
+    let key = console::links::LinkKey::of(&ledger).await.unwrap();
+    ledger.set_escalation_hook(Arc::new(
+        Escalator::new(settings.clone(), &[], Arc::default()).with_link_key(key),
+    ));
     for (name, role, practices) in [
         ("ada", Role::Admin, vec![]),
         (
@@ -109,6 +121,7 @@ impl World {
                 .unwrap(),
             base: self.base.clone(),
             cookies: HashMap::new(),
+            forwarded_for: None,
         }
     }
 
@@ -125,6 +138,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     cookies: HashMap<String, String>,
+    /// An `X-Forwarded-For` header on every request.
+    pub forwarded_for: Option<String>,
 }
 
 pub struct Answer {
@@ -140,7 +155,7 @@ impl Answer {
         String::from_utf8_lossy(&self.body).replace("&#x2f;", "/")
     }
 
-    fn location(&self) -> String {
+    pub fn location(&self) -> String {
         self.headers
             .get(LOCATION)
             .map(|v| v.to_str().unwrap().to_owned())
@@ -148,7 +163,7 @@ impl Answer {
     }
 
     /// The first form's CSRF token on the page.
-    fn csrf(&self) -> String {
+    pub fn csrf(&self) -> String {
         let text = self.text();
         let at = text.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + 19;
         text[at..].split('"').next().unwrap().to_owned()
@@ -182,6 +197,7 @@ impl Client {
             .http
             .get(format!("{}{path}", self.base))
             .header("cookie", self.cookie_header())
+            .header("x-forwarded-for", self.forwarded_for.clone().unwrap_or_default())
             .send()
             .await
             .unwrap();
@@ -193,6 +209,7 @@ impl Client {
             .http
             .post(format!("{}{path}", self.base))
             .header("cookie", self.cookie_header())
+            .header("x-forwarded-for", self.forwarded_for.clone().unwrap_or_default())
             .form(form)
             .send()
             .await
@@ -333,7 +350,7 @@ async fn console_locks_an_account_after_five_bad_passwords_until_the_lockout_end
     assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
     assert!(locked
         .text()
-        .contains("Wrong name or password, or the account is locked"));
+        .contains("Wrong name, password or one-time code, or the account is locked"));
     assert_eq!(
         locked
             .text()
@@ -1091,6 +1108,72 @@ async fn console_store_on(backend: super::postgres::Backend) {
     })
     .await;
     assert_eq!(literal.total, 0, "`%` is searched for, not a wildcard");
+
+    // Keys, links used once, TOTP steps, access changes.
+    let key = ledger.console_key("ack_link", "first").await.unwrap();
+    assert_eq!(key, "first");
+    assert_eq!(
+        ledger.console_key("ack_link", "second").await.unwrap(),
+        "first",
+        "made once"
+    );
+    assert_eq!(ledger.use_console_link("n-1", 7, "olive").await.unwrap(), None);
+    let (_, by) = ledger
+        .use_console_link("n-1", 7, "sam")
+        .await
+        .unwrap()
+        .expect("used before");
+    assert_eq!(by, "olive");
+    assert!(ledger.set_console_totp("olive", Some("SEED")).await.unwrap());
+    assert!(ledger.use_console_totp_step("olive", 100).await.unwrap());
+    assert!(!ledger.use_console_totp_step("olive", 100).await.unwrap(), "once");
+    assert!(
+        !ledger.use_console_totp_step("olive", 99).await.unwrap(),
+        "nor an older one"
+    );
+    let user = ledger.console_user("olive").await.unwrap().unwrap();
+    assert_eq!((user.totp_secret.as_deref(), user.totp_last_step), (Some("SEED"), 100));
+    let both = vec!["lakeside-ortho".to_owned(), "valley-imaging".to_owned()];
+    assert!(ledger
+        .set_console_user_access("olive", "supervisor", &both)
+        .await
+        .unwrap());
+    assert_eq!(ledger.console_user("olive").await.unwrap().unwrap().practices, both);
+
+    // The worklist's deadline and export reads, and the payers page's.
+    let lo = ledger.find("lakeside-ortho", "LO-2026-1001").await.unwrap().unwrap();
+    let a = Actor::user("test");
+    ledger
+        .transition(lo.id, CaseStatus::Submitting, &a, None)
+        .await
+        .unwrap();
+    ledger.transition(lo.id, CaseStatus::Pending, &a, None).await.unwrap();
+    let awaiting = ledger
+        .cases_matching(
+            &CaseQuery {
+                awaiting_only: true,
+                created_before: Some(Utc::now() + Duration::minutes(1)),
+                oldest_first: true,
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(awaiting.len(), 1);
+    assert!(awaiting[0].1.is_some(), "with its submission time");
+    let activity = ledger
+        .payer_activity(Some(&practices), Utc::now() - Duration::hours(24))
+        .await
+        .unwrap();
+    assert!(activity.iter().all(|p| p.practice_id == "lakeside-ortho"));
+    let sandbox = activity.iter().find(|p| p.payer == "sandbox").unwrap();
+    assert!(sandbox.oldest_pending_since.is_some());
+    assert!(
+        sandbox.statuses.contains(&(CaseStatus::Pending, 1)),
+        "{:?}",
+        sandbox.statuses
+    );
     ledger.close().await;
 }
 
@@ -1173,6 +1256,11 @@ async fn precert_users_and_precert_console_from_the_command_line() {
         "{listed}"
     );
     assert!(!listed.contains("argon2"), "no hash is printed");
+    assert!(listed.contains("password"), "sign-in without two-step: {listed}");
+    let out = p.precert(&["users", "remove-totp", "nobody"]);
+    assert!(!out.status.success());
+    assert!(super::support::stderr(&out).contains("no user named `nobody`"));
+    assert!(p.precert(&["users", "remove-totp", "sam"]).status.success());
 
     let mut console = p.command(&["console"]).stderr(Stdio::piped()).spawn().unwrap();
     let stderr = console.stderr.take().unwrap();
@@ -1194,6 +1282,7 @@ async fn precert_users_and_precert_console_from_the_command_line() {
             .unwrap(),
         base: url,
         cookies: HashMap::new(),
+        forwarded_for: None,
     };
     let list = c.signed_in("sam").await;
     assert!(list.text().contains("VI-88120") || list.text().contains("0 cases"));
@@ -1232,5 +1321,654 @@ async fn console_cookies_are_secure_when_people_reach_it_over_https() {
         console::case_url(&w.settings, "valley-imaging", "VI-88120"),
         "https://precert.example.org/cases/valley-imaging/VI-88120"
     );
+    w.finish().await;
+}
+
+/// The escalation mail of a case sent to needs_attention, as queued: the
+/// escalation's number and the mail's text.
+async fn attention_mail(w: &World, case_ref: &str) -> (i64, String) {
+    let id = w.id(case_ref).await;
+    w.ledger
+        .transition(
+            id,
+            CaseStatus::NeedsAttention,
+            &Actor::job("submit", 3),
+            Some("portal changed: no element #member-id"),
+        )
+        .await
+        .unwrap();
+    let claimed = w
+        .ledger
+        .claim_mail(Duration::minutes(5))
+        .await
+        .unwrap()
+        .expect("the escalation's mail");
+    (claimed.escalation_id.unwrap(), claimed.mail.text)
+}
+
+/// The acknowledgement link in a mail's text.
+fn ack_link_in(text: &str) -> String {
+    let at = text.find("/ack/").expect("an acknowledgement link");
+    let start = text[..at].rfind("http").unwrap();
+    text[start..].split_whitespace().next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn console_mail_links_to_the_case_page_and_a_signed_link_acknowledges_once() {
+    let w = world().await;
+    let (esc, text) = attention_mail(&w, "VI-88120").await;
+    let public = &w.settings.console.public_url;
+    assert!(
+        text.contains(&format!("{public}/cases/valley-imaging/VI-88120")),
+        "the console's case page: {text}"
+    );
+    assert!(text.contains(&format!("{public}/escalations")), "{text}");
+    assert!(!text.contains("precert escalations ack"), "no shell command: {text}");
+    let link = ack_link_in(&text);
+    assert!(link.starts_with(&format!("{public}/ack/{esc}.")), "{link}");
+    let path = link.strip_prefix(public.as_str()).unwrap().to_owned();
+    let case = w.ledger.get(w.id("VI-88120").await).await.unwrap();
+    let member = case.data.patient.member_id.expose().to_owned();
+    assert!(
+        !link.contains(&member) && !link.contains(&member[member.len() - 4..]),
+        "{link}"
+    );
+
+    // Not signed in: the link leads through the sign-in page and back.
+    let mut c = w.client();
+    let first = c.get(&path).await;
+    assert_eq!(first.status, StatusCode::SEE_OTHER);
+    let login_page = first.location();
+    assert!(login_page.starts_with("/login?next=%2Fack%2F"), "{login_page}");
+    let form = c.get(&login_page).await;
+    let back = c
+        .post(
+            "/login",
+            &[
+                ("name", "sam"),
+                ("password", PASSWORD),
+                ("csrf", &form.csrf()),
+                ("next", &path),
+            ],
+        )
+        .await;
+    assert_eq!(back.location(), path);
+    let confirm = c.get(&path).await;
+    assert_eq!(confirm.status, StatusCode::OK, "{}", confirm.text());
+    assert!(confirm.text().contains(&format!("Acknowledge escalation #{esc}")));
+    assert_eq!(
+        w.ledger.escalation(esc).await.unwrap().state,
+        precert::store::EscalationState::Open,
+        "opening the link changes nothing"
+    );
+    // The confirmation is a form with the session's CSRF token.
+    let forged = c.post(&path, &[("csrf", "nope"), ("note", "x")]).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    let done = c
+        .post(
+            &path,
+            &[("csrf", &confirm.csrf()), ("note", "calling the portal's help desk")],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text());
+    assert_eq!(done.location(), "/cases/valley-imaging/VI-88120?done=acknowledged");
+    let e = w.ledger.escalation(esc).await.unwrap();
+    assert_eq!(e.state, precert::store::EscalationState::Acknowledged);
+    assert_eq!(e.acknowledged_by.as_deref(), Some("user:sam"));
+    assert_eq!(e.note.as_deref(), Some("calling the portal's help desk"));
+    assert_eq!(e.next_action_at, None, "its reminders stop");
+
+    // Used: refused, saying when and by whom.
+    let again = c.get(&path).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    assert!(again.text().contains("was used at") && again.text().contains("by sam"));
+    assert_eq!(
+        c.post(&path, &[("csrf", &confirm.csrf())]).await.status,
+        StatusCode::CONFLICT
+    );
+
+    // Altered: another escalation's number under this signature.
+    let forged_path = path.replacen(&format!("/ack/{esc}."), &format!("/ack/{}.", esc + 1), 1);
+    let forged = c.get(&forged_path).await;
+    assert_eq!(forged.status, StatusCode::BAD_REQUEST);
+    assert!(forged.text().contains("not one this console made"));
+
+    // Expired.
+    let (esc2, _) = attention_mail(&w, "LO-2026-1002").await;
+    let key = console::links::LinkKey::of(&w.ledger).await.unwrap();
+    let old = key.ack_token(esc2, Utc::now() - Duration::minutes(1));
+    let expired = c.get(&format!("/ack/{old}")).await;
+    assert_eq!(expired.status, StatusCode::GONE);
+    assert!(expired.text().contains("Link expired"));
+    assert_eq!(
+        w.ledger.escalation(esc2).await.unwrap().state,
+        precert::store::EscalationState::Open
+    );
+
+    // Another practice's escalation is not there at all for olive.
+    let mut olive = w.client();
+    olive.signed_in("olive").await;
+    let fresh = key.ack_token(esc, Utc::now() + Duration::hours(1));
+    assert_eq!(olive.get(&format!("/ack/{fresh}")).await.status, StatusCode::NOT_FOUND);
+
+    let log = w.audit_actions().await;
+    for line in ["acknowledge:sam", "ack_link_refused:sam", "ack_link_refused:olive"] {
+        assert!(log.iter().any(|l| l == line), "{line} in {log:?}");
+    }
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_chromium_a_supervisor_acknowledges_from_the_mail_once() {
+    use fantoccini::Locator;
+    let w = world().await;
+    let (esc, text) = attention_mail(&w, "VI-88120").await;
+    let link = ack_link_in(&text);
+    // The console listens on a port of the test's; the mail's host is the
+    // configured public address.
+    let url = link.replacen(&w.settings.console.public_url, &w.base, 1);
+    let settings = w.p.settings_with_secrets();
+    let driver = precert::browser::Driver::start(&settings.webdriver, &settings.data_dir)
+        .await
+        .unwrap();
+    let b = driver.session().await.unwrap();
+    b.goto(&url).await.unwrap();
+    let form = b
+        .wait()
+        .for_element(Locator::Css("form[action='/login']"))
+        .await
+        .expect("the sign-in page first");
+    for (field, value) in [("name", "sam"), ("password", PASSWORD)] {
+        form.find(Locator::Css(&format!("input[name={field}]")))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let heading = text_of(&b, "h1").await;
+    assert_eq!(heading, format!("Acknowledge escalation #{esc}"));
+    keep_shot(&w, "ack-link", &b.screenshot().await.unwrap());
+    let confirm = b.find(Locator::Css("form.ack-link")).await.unwrap();
+    confirm
+        .find(Locator::Css("input[name=note]"))
+        .await
+        .unwrap()
+        .send_keys("on it")
+        .await
+        .unwrap();
+    confirm
+        .find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(text_of(&b, ".flash.ok").await, "Acknowledged: reminders for it stop.");
+    let e = w.ledger.escalation(esc).await.unwrap();
+    assert_eq!(e.acknowledged_by.as_deref(), Some("user:sam"));
+    assert_eq!(e.next_action_at, None);
+    // The same link again is refused.
+    b.goto(&url).await.unwrap();
+    b.wait()
+        .for_element(Locator::XPath("//h1[normalize-space()='Link used already']"))
+        .await
+        .expect("a used link is refused");
+    // The payers page shows a paused payer and the work per payer.
+    Escalator::new(w.settings.clone(), &[], Arc::default())
+        .payer_alert(
+            &w.ledger,
+            &"sandbox-pas".into(),
+            Some("HTTP 503 from the PAS endpoint, 5 times in a row"),
+        )
+        .await
+        .unwrap();
+    b.goto(&format!("{}/payers", w.base)).await.unwrap();
+    assert!(text_of(&b, "tr#p-lakeside-ortho-sandbox-pas .automation")
+        .await
+        .starts_with("paused since"));
+    keep_shot(&w, "payers", &b.screenshot().await.unwrap());
+    b.close().await.unwrap();
+    driver.shutdown().await;
+    w.finish().await;
+}
+
+/// The value of a hidden field on a page.
+fn hidden(a: &Answer, name: &str) -> String {
+    let text = a.text();
+    let needle = format!("name=\"{name}\" value=\"");
+    let at = text.find(&needle).unwrap_or_else(|| panic!("no {name} in {text}")) + needle.len();
+    text[at..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn console_an_admin_manages_users_and_a_reset_signs_the_user_out_everywhere() {
+    let w = world().await;
+    let mut ada = w.client();
+    ada.signed_in("ada").await;
+    let mut sam = w.client();
+    sam.signed_in("sam").await;
+    assert_eq!(sam.get("/users").await.status, StatusCode::NOT_FOUND, "only an admin");
+    let page = ada.get("/users").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text().contains("olive") && page.text().contains("every practice"));
+    let csrf = page.csrf();
+    let new_password = "a new long password";
+
+    // Add: checked as `precert users add` checks.
+    let short = ada
+        .post(
+            "/users",
+            &[
+                ("csrf", &csrf),
+                ("name", "pat"),
+                ("role", "operator"),
+                ("practice", "valley-imaging"),
+                ("password", "short"),
+                ("password2", "short"),
+            ],
+        )
+        .await;
+    assert_eq!(short.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(short.text().contains("too short"), "{}", short.text());
+    assert_eq!(
+        ada.post(
+            "/users",
+            &[
+                ("name", "pat"),
+                ("role", "operator"),
+                ("password", PASSWORD),
+                ("password2", PASSWORD)
+            ]
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN,
+        "no CSRF token"
+    );
+    let added = ada
+        .post(
+            "/users",
+            &[
+                ("csrf", &csrf),
+                ("name", "pat"),
+                ("role", "operator"),
+                ("practice", "valley-imaging"),
+                ("password", PASSWORD),
+                ("password2", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(added.location(), "/users?done=added", "{}", added.text());
+    let pat = w.ledger.console_user("pat").await.unwrap().unwrap();
+    assert_eq!(
+        (pat.role.as_str(), pat.practices.clone()),
+        ("operator", vec!["valley-imaging".to_owned()])
+    );
+    let mut pc = w.client();
+    pc.signed_in("pat").await;
+
+    // Reset olive's password: every session of hers ends.
+    let mut olive = w.client();
+    olive.signed_in("olive").await;
+    let reset = ada
+        .post(
+            "/users/olive",
+            &[
+                ("csrf", &csrf),
+                ("do", "reset"),
+                ("password", new_password),
+                ("password2", new_password),
+            ],
+        )
+        .await;
+    assert_eq!(reset.location(), "/users?done=reset");
+    assert_eq!(
+        olive.get("/cases").await.status,
+        StatusCode::SEE_OTHER,
+        "signed out everywhere"
+    );
+    assert_eq!(olive.sign_in("olive", PASSWORD).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(olive.sign_in("olive", new_password).await.status, StatusCode::SEE_OTHER);
+
+    // Role and practices: olive becomes a supervisor of valley-imaging.
+    let access = ada
+        .post(
+            "/users/olive",
+            &[
+                ("csrf", &csrf),
+                ("do", "access"),
+                ("role", "supervisor"),
+                ("practice", "valley-imaging"),
+            ],
+        )
+        .await;
+    assert_eq!(access.location(), "/users?done=access");
+    let u = w.ledger.console_user("olive").await.unwrap().unwrap();
+    assert_eq!(
+        (u.role.as_str(), u.practices.clone()),
+        ("supervisor", vec!["valley-imaging".to_owned()])
+    );
+    assert_eq!(
+        olive.get("/cases").await.status,
+        StatusCode::SEE_OTHER,
+        "she signs in again"
+    );
+
+    // Disable and enable pat; an admin cannot disable themselves.
+    assert_eq!(
+        ada.post("/users/pat", &[("csrf", &csrf), ("do", "disable")])
+            .await
+            .location(),
+        "/users?done=disabled"
+    );
+    assert_eq!(pc.get("/cases").await.status, StatusCode::SEE_OTHER);
+    assert_eq!(pc.sign_in("pat", PASSWORD).await.status, StatusCode::UNAUTHORIZED);
+    ada.post("/users/pat", &[("csrf", &csrf), ("do", "enable")]).await;
+    assert_eq!(pc.sign_in("pat", PASSWORD).await.status, StatusCode::SEE_OTHER);
+    let me = ada.post("/users/ada", &[("csrf", &csrf), ("do", "disable")]).await;
+    assert_eq!(me.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(!w.ledger.console_user("ada").await.unwrap().unwrap().disabled);
+
+    let log = w.audit_actions().await;
+    for line in [
+        "user_add:ada",
+        "user_reset_password:ada",
+        "user_access:ada",
+        "user_disable:ada",
+        "user_enable:ada",
+    ] {
+        assert!(log.iter().any(|l| l == line), "{line} in {log:?}");
+    }
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_totp_enrolment_then_sign_in_needs_a_code_each_used_once() {
+    let w = world().await;
+    let now_code = |seed: &str, ahead: i64| {
+        let t = (Utc::now().timestamp() + ahead) as u64;
+        precert::totp::code(seed, t).unwrap()
+    };
+    let mut sam = w.client();
+    sam.signed_in("sam").await;
+    let account = sam.get("/account").await;
+    assert!(account.text().contains("Set up two-step sign-in"));
+    let start = sam
+        .post("/account/totp", &[("csrf", &account.csrf()), ("do", "start")])
+        .await;
+    let seed = hidden(&start, "seed");
+    assert_eq!(seed.len(), 32);
+    let wrong = sam
+        .post(
+            "/account/totp",
+            &[
+                ("csrf", &account.csrf()),
+                ("do", "confirm"),
+                ("seed", &seed),
+                ("code", "000000"),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(w
+        .ledger
+        .console_user("sam")
+        .await
+        .unwrap()
+        .unwrap()
+        .totp_secret
+        .is_none());
+    let on = sam
+        .post(
+            "/account/totp",
+            &[
+                ("csrf", &account.csrf()),
+                ("do", "confirm"),
+                ("seed", &seed),
+                ("code", &now_code(&seed, 0)),
+            ],
+        )
+        .await;
+    assert_eq!(on.location(), "/account?done=totp_on", "{}", on.text());
+
+    // Sign-in now needs the code; each code signs in once.
+    let sign_in = |code: String| {
+        let mut c = w.client();
+        async move {
+            let form = c.get("/login").await;
+            let a = c
+                .post(
+                    "/login",
+                    &[
+                        ("name", "sam"),
+                        ("password", PASSWORD),
+                        ("code", &code),
+                        ("csrf", &form.csrf()),
+                    ],
+                )
+                .await;
+            a.status
+        }
+    };
+    assert_eq!(
+        sign_in(String::new()).await,
+        StatusCode::UNAUTHORIZED,
+        "a password alone"
+    );
+    assert_eq!(sign_in("123456".into()).await, StatusCode::UNAUTHORIZED);
+    let next = now_code(&seed, 30);
+    assert_eq!(sign_in(next.clone()).await, StatusCode::SEE_OTHER);
+    assert_eq!(sign_in(next).await, StatusCode::UNAUTHORIZED, "a code works once");
+    let log = w.audit_actions().await;
+    assert!(log.iter().any(|l| l == "totp_enrol:sam"), "{log:?}");
+
+    // Lost phone: an admin removes it, and the password alone works again.
+    let mut ada = w.client();
+    let page = ada.signed_in("ada").await;
+    let off = ada
+        .post("/users/sam", &[("csrf", &page.csrf()), ("do", "totp_off")])
+        .await;
+    assert_eq!(off.location(), "/users?done=totp_off");
+    assert_eq!(sign_in(String::new()).await, StatusCode::SEE_OTHER);
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_payers_page_shows_a_paused_payer_and_its_work_for_the_users_practices_only() {
+    use precert::config::Job;
+    use precert::queue::{NewJob, Queue};
+    let w = world().await;
+    let esc = Escalator::new(w.settings.clone(), &[], Arc::default());
+    esc.payer_alert(&w.ledger, &"sandbox".into(), Some("portal down: HTTP 503 at login"))
+        .await
+        .unwrap();
+    let now = w.ledger.now();
+    Queue::new(w.ledger.clone())
+        .enqueue(&NewJob::new(Job::Poll, "lakeside-ortho", now).payer("sandbox"), now)
+        .await
+        .unwrap();
+    let id = w.id("LO-2026-1001").await;
+    let a = Actor::user("test");
+    w.ledger.transition(id, CaseStatus::Submitting, &a, None).await.unwrap();
+    w.ledger.transition(id, CaseStatus::Pending, &a, None).await.unwrap();
+    w.advance(Duration::hours(5));
+
+    let mut olive = w.client();
+    olive.signed_in("olive").await;
+    let page = olive.get("/payers").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let text = page.text();
+    assert!(text.contains("id=\"p-lakeside-ortho-sandbox\""), "{text}");
+    assert!(text.contains("id=\"p-lakeside-ortho-sandbox-pas\""), "{text}");
+    assert!(!text.contains("valley-imaging"), "not olive's practice: {text}");
+    let row = &text[text.find("id=\"p-lakeside-ortho-sandbox\"").unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains("class=\"paused\"") && row.contains("HTTP 503"), "{row}");
+    assert!(row.contains("<td>1 / 0</td>"), "one poll waiting: {row}");
+    assert!(
+        row.contains("5 h 0 min") || row.contains("5 h 1 min"),
+        "the oldest undecided: {row}"
+    );
+    let pas = &text[text.find("id=\"p-lakeside-ortho-sandbox-pas\"").unwrap()..];
+    let pas = &pas[..pas.find("</tr>").unwrap()];
+    assert!(pas.contains("running"), "{pas}");
+    let mut sam = w.client();
+    sam.signed_in("sam").await;
+    assert!(sam.get("/payers").await.text().contains("p-valley-imaging-sandbox"));
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_worklist_filters_by_deadline_and_age_and_exports_csv_without_member_ids() {
+    let w = world().await;
+    let id = w.id("LO-2026-1001").await;
+    let a = Actor::user("test");
+    w.ledger.transition(id, CaseStatus::Submitting, &a, None).await.unwrap();
+    w.ledger.transition(id, CaseStatus::Pending, &a, None).await.unwrap();
+    let mut olive = w.client();
+    olive.signed_in("olive").await;
+    let listed = |page: &Answer| page.text().contains(">LO-2026-1001</a>");
+
+    // Standard: 7 calendar days. Six and a half days on, it is due within
+    // 24 hours and not overdue; a day later it is overdue.
+    assert!(!listed(&olive.get("/cases?due=24").await));
+    w.advance(Duration::hours(6 * 24 + 12));
+    // (Days later: a new session.)
+    let mut olive = w.client();
+    olive.signed_in("olive").await;
+    let due = olive.get("/cases?due=24").await;
+    assert!(listed(&due), "{}", due.text());
+    assert!(due.text().contains("in 1"), "the deadline is shown: {}", due.text());
+    assert!(!listed(&olive.get("/cases?due=overdue").await));
+    w.advance(Duration::days(1));
+    let mut olive = w.client();
+    olive.signed_in("olive").await;
+    let overdue = olive.get("/cases?due=overdue").await;
+    assert!(
+        listed(&overdue) && overdue.text().contains("overdue by"),
+        "{}",
+        overdue.text()
+    );
+    assert!(
+        !overdue.text().contains(">LO-2026-1002</a>"),
+        "not submitted: no deadline"
+    );
+    // Age: every sample case is older than 7 days now, none older than 30.
+    assert!(listed(&olive.get("/cases?age=7").await));
+    assert!(!listed(&olive.get("/cases?age=30").await));
+
+    // The export: the same filters, CSV, member IDs masked, audited.
+    let csv = olive.get("/cases.csv?practice=valley-imaging").await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert_eq!(header(&csv, "content-type"), "text/csv; charset=utf-8");
+    assert!(header(&csv, "content-disposition").starts_with("attachment; filename=\"precert-cases-"));
+    let body = String::from_utf8(csv.body.clone()).unwrap();
+    assert!(body.starts_with("practice,case_id,payer,"), "{body}");
+    assert!(!body.contains("VI-"), "not olive's practice: {body}");
+    assert!(body.contains("LO-2026-1001"));
+    let mut reader = csv_reader(&body);
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let lo = rows.iter().find(|r| &r[1] == "LO-2026-1001").unwrap();
+    assert_eq!(&lo[4], "pending");
+    assert_eq!(&lo[6], "A. M.");
+    assert!(lo[7].ends_with("0301") && lo[7].starts_with('*'), "masked: {}", &lo[7]);
+    assert!(!lo[13].is_empty(), "the decision deadline");
+    assert!(!body.contains("SBX100200301") && !body.contains("Marsh"), "{body}");
+    let overdue_csv = olive.get("/cases.csv?due=overdue").await;
+    let body = String::from_utf8(overdue_csv.body.clone()).unwrap();
+    assert_eq!(body.lines().count(), 2, "the header and LO-2026-1001: {body}");
+    let log = w.ledger.console_audit_log(None, 5).await.unwrap();
+    assert!(log
+        .iter()
+        .any(|l| l.action == "case_export" && l.user == "olive" && l.detail["shown"] == 1));
+    w.finish().await;
+}
+
+fn csv_reader(body: &str) -> csv::Reader<&[u8]> {
+    csv::Reader::from_reader(body.as_bytes())
+}
+
+#[tokio::test]
+async fn console_believes_x_forwarded_for_only_from_a_trusted_proxy() {
+    // Untrusted (the default): the peer's address, whatever the header says.
+    let w = world().await;
+    let mut c = w.client();
+    c.forwarded_for = Some("198.51.100.7".into());
+    c.signed_in("sam").await;
+    let log = w.ledger.console_audit_log(None, 10).await.unwrap();
+    let login = log.iter().find(|l| l.action == "login").unwrap();
+    assert_eq!(login.remote.as_deref(), Some("127.0.0.1"));
+    w.finish().await;
+
+    // Behind a trusted proxy: the client it forwarded for.
+    let w = world_with_console(Project::new(), "trusted_proxies = [\"127.0.0.1/32\"]").await;
+    let mut c = w.client();
+    c.forwarded_for = Some("203.0.113.9, 198.51.100.7".into());
+    c.signed_in("sam").await;
+    let log = w.ledger.console_audit_log(None, 10).await.unwrap();
+    let login = log.iter().find(|l| l.action == "login").unwrap();
+    assert_eq!(
+        login.remote.as_deref(),
+        Some("198.51.100.7"),
+        "the right-most untrusted hop"
+    );
+    let listed = log.iter().find(|l| l.action == "case_list").unwrap();
+    assert_eq!(listed.remote.as_deref(), Some("198.51.100.7"));
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_served_by_the_daemon_shows_each_circuit_breakers_live_state() {
+    use precert::limits::{LimitSettings, PayerLimits, RunEnd};
+    let w = world().await;
+    // The daemon's limits: the sandbox portal failed three times in a row
+    // (its threshold), one PAS run is going on.
+    let mut limits = PayerLimits::new(LimitSettings {
+        failure_threshold: 3,
+        starts_per_minute: 600.0,
+        burst: 10,
+        max_concurrent: 2,
+        ..LimitSettings::default()
+    });
+    let now = Utc::now();
+    for _ in 0..3 {
+        let s = limits.try_start(&"sandbox".into(), now).unwrap();
+        limits.finish(s, &RunEnd::PortalFailure("HTTP 503".into()), now);
+    }
+    let _running = limits.try_start(&"sandbox-pas".into(), now).unwrap();
+    let live = Arc::new(std::sync::Mutex::new(limits));
+    let stop = CancellationToken::new();
+    let daemons = console::serve_with(w.settings.clone(), w.ledger.clone(), stop.clone(), Some(live))
+        .await
+        .unwrap();
+    let mut c = w.client();
+    c.base = format!("http://{}", daemons.addr);
+    c.signed_in("olive").await;
+    let text = c.get("/payers").await.text();
+    let row = |id: &str| {
+        let at = text
+            .find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("{id} in {text}"));
+        let r = &text[at..];
+        r[..r.find("</tr>").unwrap()].to_owned()
+    };
+    let portal = row("p-lakeside-ortho-sandbox");
+    assert!(portal.contains("class=\"paused\""), "{portal}");
+    assert!(portal.contains("circuit breaker open until"), "{portal}");
+    let pas = row("p-lakeside-ortho-sandbox-pas");
+    assert!(pas.contains("circuit breaker closed; 1 run now"), "{pas}");
+    // `precert console` alone has no breakers to show: the ledger's word only.
+    let mut alone = w.client();
+    alone.signed_in("olive").await;
+    assert!(!alone.get("/payers").await.text().contains("class=\"breaker\""));
+    stop.cancel();
+    daemons.task.await.unwrap();
     w.finish().await;
 }

@@ -526,6 +526,12 @@ async fn a_denial_from_the_payer_reaches_the_supervisors_inbox_through_the_daemo
         "{text}"
     );
     assert!(!mail.raw.contains("Kowalski"));
+    // It leads to the console: the case's page and a signed link to
+    // acknowledge (the daemon signs with the ledger's key).
+    assert!(
+        text.contains("/cases/valley-imaging/VI-88120") && text.contains("/ack/"),
+        "{text}"
+    );
     // Sent once, recorded as sent.
     let sent: Vec<_> = ledger.outbox(true).await.unwrap();
     let entry = sent
@@ -559,7 +565,8 @@ async fn a_denial_from_the_payer_reaches_the_supervisors_inbox_through_the_daemo
         "{metrics}"
     );
     assert!(metrics.contains("precert_escalations_active "), "{metrics}");
-    // The case page the mail links to answers, without patient identifiers.
+    // The daemon's own case page (no sign-in) answers, without patient
+    // identifiers.
     let page = reqwest::get(format!("http://127.0.0.1:{port}/cases/valley-imaging/VI-88120"))
         .await
         .unwrap()

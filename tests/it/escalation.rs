@@ -250,7 +250,7 @@ async fn a_denial_queues_its_mail_in_the_same_transaction_and_a_real_smtp_server
     }
     assert!(html.contains("CLIN-06") && html.contains("<table"), "{html}");
     assert!(
-        html.contains("<a href=\"http://127.0.0.1:8622/cases/lakeside-ortho/LO-2026-1001\">"),
+        html.contains("<a href=\"http://127.0.0.1:8623/cases/lakeside-ortho/LO-2026-1001\">"),
         "{html}"
     );
     assert!(text.contains("A. M."), "initials: {text}");
@@ -703,9 +703,15 @@ async fn a_case_automation_gives_up_on_goes_to_operations_and_a_service_date_nea
     let m = w.deliver_to_files().await.remove(0);
     let text = m.text.as_deref().unwrap();
     assert!(text.contains("member ********0302 (B. O.) not found"), "{text}");
+    // It leads to the console's case page (the screenshot and the portal's
+    // message are there), not to a shell command.
     assert!(
-        text.contains("precert cases show lakeside-ortho/LO-2026-1002"),
+        text.contains("http://127.0.0.1:8623/cases/lakeside-ortho/LO-2026-1002") && text.contains("screenshot"),
         "{text}"
+    );
+    assert!(
+        !text.contains("precert cases") && !text.contains("precert escalations"),
+        "no command to run: {text}"
     );
     assert_minimum_phi(&m, "SBX100200302", "Okafor");
 
@@ -891,7 +897,12 @@ async fn the_cli_raises_escalations_for_its_own_changes_and_delivers_and_lists_t
     );
     assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
     let mail = parse_eml(&std::fs::read(&files[0]).unwrap());
-    assert!(mail.text.unwrap().contains("wrong location on the request"));
+    let text = mail.text.unwrap();
+    assert!(text.contains("wrong location on the request"));
+    // The command line signs acknowledgement links with the ledger's key,
+    // as the daemon does: one in the text, one in the HTML.
+    assert!(text.contains("http://127.0.0.1:8623/ack/"), "{text}");
+    assert!(mail.html.unwrap().contains("href=\"http://127.0.0.1:8623/ack/"));
 
     // `scan` evaluates the time rules now; nothing new is due today for
     // this case, and a second scan opens nothing.
