@@ -23,3 +23,4 @@ mod scrub;
 pub mod smtp;
 pub mod support;
 mod systemd;
+mod worklist;
