@@ -169,3 +169,51 @@ fn a_practice_bound_to_a_missing_playbook_or_credential_is_reported() {
     );
     assert!(err.contains("valley-imaging.toml: payers.sandbox: playbook sandbox needs credential `pin`: set account.pin or secrets.pin"), "{err}");
 }
+
+#[test]
+fn templates_inside_selectors_are_checked_as_they_render_and_loops_take_expressions() {
+    let p = Project::new();
+    let text = GOOD.replace(
+        r##"    - click: "#go""##,
+        r##"    - click: "#go"
+    - set: { code: "123456", codes: "a,b" }
+    - for_each:
+        list: vars.code
+        as: digit
+        steps:
+          - fill: { selector: "#otp input:nth-of-type({{ index }})", value: "{{ digit }}" }
+    - for_each:
+        list: "vars.codes | split(',')"
+        steps:
+          - click: "li[data-code={{ item }}] > button, [value='{{ item }}']"
+    - click: "{% if vars.code %}#with{% else %}#without{% endif %}""##,
+    );
+    let (ok, err) = check_with(&p, "acme.yaml", &text);
+    assert!(ok, "{err}");
+
+    let bad = GOOD.replace(
+        r##"    - click: "#go""##,
+        r##"    - click: "li:nth-of-type({{ case.id }}) [value=two words]"
+    - for_each:
+        list: vars.nothing
+        steps:
+          - click: "#x""##,
+    );
+    let (ok, err) = check_with(&p, "acme.yaml", &bad);
+    assert!(!ok);
+    let f = p.path("playbooks/acme.yaml").display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{f}:20:14: `li:nth-of-type({{{{ case.id }}}}) [value=two words]` is not a CSS selector \
+             (with sample values: `li:nth-of-type(0) [value=two words]`): unexpected text at this point"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("report this to the developer"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{f}:22:15: undefined variable `vars.nothing` (no earlier step sets it)"
+        )),
+        "{err}"
+    );
+}

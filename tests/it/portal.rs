@@ -482,12 +482,28 @@ const BY_LABELS: &str = r##"  poll_status:
 
 "##;
 
+/// The one-time code typed one character at a time, as into a portal's
+/// six boxes: a loop over the string's characters, in order.
+const DIGIT_BY_DIGIT: &str = r##"    - fill: { selector: "#mfa-code", value: "" }
+    - for_each:
+        list: vars.mfa
+        as: digit
+        steps:
+          - script:
+              js: "document.getElementById('mfa-code').value += '{{ digit }}';"
+    - set: { typed: "{{ vars.mfa | length }}" }
+    - assert: { expr: "vars.typed == '6'" }
+"##;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn values_are_read_next_to_their_labels() {
+async fn values_are_read_next_to_their_labels_after_a_code_typed_digit_by_digit() {
     let w = world_with(|text| {
         let start = text.find("  poll_status:\n").unwrap();
         let end = text.find("  poll_worklist:\n").unwrap();
-        format!("{}{BY_LABELS}{}", &text[..start], &text[end..])
+        let text = format!("{}{BY_LABELS}{}", &text[..start], &text[end..]);
+        let fill = "    - fill: { selector: \"#mfa-code\", value: \"{{ vars.mfa }}\" }\n";
+        assert!(text.contains(fill));
+        text.replacen(fill, DIGIT_BY_DIGIT, 1)
     })
     .await;
     // 97110: the sandbox approves 8 of the 12 units at once.
@@ -506,5 +522,6 @@ async fn values_are_read_next_to_their_labels() {
         (decision.lines[0].approved_units, decision.lines[0].requested_units),
         (8, 12)
     );
+    assert_eq!(w.logins(), 1, "the code typed digit by digit was accepted");
     w.finish().await;
 }
