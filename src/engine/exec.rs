@@ -349,7 +349,9 @@ impl<'a> Interp<'a> {
                 // An assertion may wait for the page, but failing it means
                 // the portal is not what the playbook expects.
                 if let Err(f) = self.wait_until(step, c).await {
-                    if f.kind == FailureKind::Retryable {
+                    // A page the `detect` rules know keeps its own verdict
+                    // (an error page is retried, not a changed portal).
+                    if f.kind == FailureKind::Retryable && !f.message.starts_with(DETECTED) {
                         return Err(fail(
                             step,
                             FailureKind::PortalChanged,
@@ -688,7 +690,6 @@ impl<'a> Interp<'a> {
         within: Option<&Sel>,
         attribute: Option<&str>,
     ) -> Result<String, StepFailure> {
-        let wd = |e| webdriver_failure(step, e);
         let text = self.render(step, label)?;
         let within = match within {
             Some(w) => Value::String(self.css(step, w)?),
@@ -706,7 +707,7 @@ impl<'a> Interp<'a> {
                 Value::Array(stops.clone()),
                 json!(wait_ms),
             ];
-            let v = self.browser(step)?.execute_async(LABEL_JS, args).await.map_err(wd)?;
+            let v = self.page_script(step, LABEL_JS, args).await?.unwrap_or_default();
             if let Some(found) = v.get("value").and_then(Value::as_str) {
                 return Ok(found.to_owned());
             }
@@ -720,6 +721,17 @@ impl<'a> Interp<'a> {
                     format!("no value next to a label `{text}` after {:?}", step.timeout),
                 ));
             }
+        }
+    }
+
+    /// Runs one of the waiting page scripts. `None` when the page went away
+    /// under it (a navigation ends the script without an answer): the
+    /// caller looks again on the new page.
+    async fn page_script(&self, step: &Step, js: &str, args: Vec<Value>) -> Result<Option<Value>, StepFailure> {
+        match self.browser(step)?.execute_async(js, args).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_javascript_error() || e.is_script_timeout() => Ok(None),
+            Err(e) => Err(webdriver_failure(step, e)),
         }
     }
 
@@ -800,7 +812,12 @@ impl<'a> Interp<'a> {
                     json!(wait_ms),
                     next_css.clone(),
                 ];
-                let v = self.browser(step)?.execute_async(ROWS_JS, args).await.map_err(wd)?;
+                let Some(v) = self.page_script(step, ROWS_JS, args).await? else {
+                    if tokio::time::Instant::now() >= deadline {
+                        break PageRows::default();
+                    }
+                    continue;
+                };
                 let read: PageRows = serde_json::from_value(v)
                     .map_err(|e| fail(step, FailureKind::Fatal, format!("the page script answered oddly: {e}")))?;
                 if read.stop {
@@ -955,7 +972,7 @@ impl<'a> Interp<'a> {
 }
 
 /// What the page script of `read_rows` answers.
-#[derive(serde::Deserialize)]
+#[derive(Default, serde::Deserialize)]
 struct PageRows {
     /// Each row's cell texts, in the order of the step's `cells`.
     #[serde(default)]

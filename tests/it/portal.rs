@@ -367,6 +367,29 @@ async fn the_worklist_updates_many_cases_from_its_pages() {
         (8, 12),
         "{lines:?}"
     );
+    // `precert run … poll_worklist` names each row's own case …
+    let out =
+        w.p.precert(&["run", "sandbox", "poll_worklist", "--case", "LO-2026-1001"]);
+    let said = stdout(&out);
+    assert!(out.status.success(), "{said}{}", stderr(&out));
+    assert!(
+        said.contains("lakeside-ortho/LO-2026-1003: portal says Partially Approved"),
+        "{said}"
+    );
+    assert!(
+        said.contains("lakeside-ortho/LO-2026-1002: portal says Pended"),
+        "{said}"
+    );
+    // … and `poll_status --all` picks pending and pended cases only, not a
+    // decision whose details are still to be read (1001's dates).
+    let out = w.p.precert(&["run", "sandbox", "poll_status", "--all"]);
+    let said = stdout(&out);
+    assert!(out.status.success(), "{said}{}", stderr(&out));
+    assert!(said.contains("lakeside-ortho/LO-2026-1002: poll_status ok"), "{said}");
+    assert!(
+        !said.contains("LO-2026-1001") && !said.contains("LO-2026-1003"),
+        "{said}"
+    );
     w.finish().await;
 }
 
