@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 
 use super::Outcome;
-use crate::case::CaseRecord;
+use crate::case::{CaseRecord, CaseStatus};
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::playbook::{self, Action};
@@ -63,7 +63,11 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
         cases = ledger.list(&CaseFilter::default()).await?;
         let mut keep = Vec::new();
         for c in cases {
-            if crate::daemon::applies(&ledger, action, &c).await? {
+            // Polls: what the help says, pending and pended only (the
+            // daemon also re-reads decisions whose details are missing).
+            let polls = matches!(action, Action::PollStatus | Action::PollWorklist);
+            let open = matches!(c.status, CaseStatus::Pending | CaseStatus::PendedForInfo);
+            if (!polls || open) && crate::daemon::applies(&ledger, action, &c).await? {
                 keep.push(c);
             }
         }
@@ -118,10 +122,22 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
                 continue;
             }
         };
+        if let Some(p) = &report.partial {
+            println!("{}: {action} read only part: {p}", case.key());
+        }
         for o in &report.observations {
+            // A worklist's rows are other cases': each is named by its own.
+            let key = match (action, &o.reference) {
+                (Action::PollWorklist, Some(r)) => {
+                    match ledger.find_by_payer_ref(&case.data.coverage.payer, r).await? {
+                        Some(c) => c.key(),
+                        None => "(no case of ours)".to_owned(),
+                    }
+                }
+                _ => case.key(),
+            };
             println!(
-                "{}: portal says {} → {}{}",
-                case.key(),
+                "{key}: portal says {} → {}{}",
                 o.wording,
                 o.status,
                 o.reference

@@ -409,8 +409,11 @@ async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Fold {
             .is_some_and(|p| p.actions.contains_key(&Action::PollWorklist));
     if worklist {
         // One pass over the worklist reads every case's status; decided
-        // cases are then read one by one for their details (dates, reason).
-        run_one(
+        // cases are then read one by one for their details (dates, reason),
+        // and so is every case the worklist did not show (a worklist cut
+        // short at its page cap, a request the list leaves out): every
+        // case is polled.
+        let report = run_one(
             ctx,
             engine,
             Action::PollWorklist,
@@ -420,7 +423,14 @@ async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Fold {
             &mut fold,
         )
         .await;
-        let mut decided = Vec::new();
+        let seen: Option<std::collections::HashSet<String>> = report
+            .as_ref()
+            .filter(|r| r.failure.is_none())
+            .map(|r| r.observations.iter().filter_map(|o| o.reference.clone()).collect());
+        if let Some(why) = report.as_ref().and_then(|r| r.partial.as_deref()) {
+            tracing::warn!(job_id = job.id, %payer, partial = why, "The worklist was cut short: the cases it did not show are polled one by one.");
+        }
+        let mut next = Vec::new();
         for c in &cases {
             match ctx.ledger.get(c.id).await {
                 Ok(now)
@@ -429,16 +439,23 @@ async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Fold {
                         CaseStatus::Approved | CaseStatus::PartiallyApproved | CaseStatus::Denied
                     ) =>
                 {
-                    decided.push(now)
+                    next.push(now)
                 }
-                Ok(_) => {}
+                Ok(now) => {
+                    let unseen = seen
+                        .as_ref()
+                        .is_some_and(|s| now.payer_ref.as_ref().is_some_and(|r| !s.contains(r)));
+                    if unseen && matches!(now.status, CaseStatus::Pending | CaseStatus::PendedForInfo) {
+                        next.push(now);
+                    }
+                }
                 Err(e) => {
                     fold.add(store_retry(e));
                     return fold;
                 }
             }
         }
-        cases = decided;
+        cases = next;
     }
     for c in cases {
         if ctx.stop.is_cancelled() {
@@ -460,7 +477,7 @@ async fn run_one(
     payer: &PayerKey,
     actor: &Actor,
     fold: &mut Fold,
-) {
+) -> Option<crate::engine::RunReport> {
     let t0 = Instant::now();
     let report = engine.run(action, case_id, actor).await;
     ctx.metrics.run(payer, action.as_str(), t0.elapsed().as_secs_f64());
@@ -489,4 +506,5 @@ async fn run_one(
         }
     };
     fold.add(d);
+    report.ok()
 }

@@ -211,6 +211,7 @@ impl Engine {
                     observations: vec![observation(&applied)],
                     letters: 0,
                     not_before: None,
+                    partial: None,
                 })
             }
             Err(PasError::Store(e)) => Err(e.into()),
@@ -258,6 +259,7 @@ impl Engine {
                     observations: Vec::new(),
                     letters: 0,
                     not_before,
+                    partial: None,
                 })
             }
         }
@@ -314,6 +316,8 @@ fn observation(a: &Applied) -> Observation {
         approved_units: None,
         decision_date: None,
         denial_reason: None,
+        request: None,
+        reason: None,
     }
 }
 

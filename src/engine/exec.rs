@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::{FailureKind, Observation, StepFailure, Trace};
 use crate::playbook::{
-    template, Action, Condition, DownloadFrom, FailKind, Playbook, Sel, SelectBy, Step, StepKind, Tpl,
+    template, Action, Condition, DownloadFrom, ExtractOn, FailKind, Playbook, Sel, SelectBy, Step, StepKind, Tpl,
 };
 
 /// How failures recognised by the playbook's `detect` rules begin.
@@ -61,6 +61,9 @@ pub struct Interp<'a> {
     /// Counting the finished steps of `submit` (for fault injection).
     pub count_steps: bool,
     pub steps_done: u32,
+    /// Set when the run read less than there was (a `rows` step stopped
+    /// at its page cap): what it left out, for the run report.
+    pub partial: Option<String>,
 }
 
 type StepResult = Result<(), StepFailure>;
@@ -346,7 +349,9 @@ impl<'a> Interp<'a> {
                 // An assertion may wait for the page, but failing it means
                 // the portal is not what the playbook expects.
                 if let Err(f) = self.wait_until(step, c).await {
-                    if f.kind == FailureKind::Retryable {
+                    // A page the `detect` rules know keeps its own verdict
+                    // (an error page is retried, not a changed portal).
+                    if f.kind == FailureKind::Retryable && !f.message.starts_with(DETECTED) {
                         return Err(fail(
                             step,
                             FailureKind::PortalChanged,
@@ -357,19 +362,30 @@ impl<'a> Interp<'a> {
                 }
             }
             StepKind::Extract {
-                selector,
+                from,
                 attribute,
                 regex,
                 into,
                 optional,
             } => {
-                let value = match self.find(step, selector).await {
-                    Err(f) if *optional && f.kind == FailureKind::PortalChanged => String::new(),
-                    Err(f) => return Err(f),
-                    Ok(el) => match attribute {
-                        Some(a) => el.attr(a).await.map_err(wd)?.unwrap_or_default(),
-                        None => el.text().await.map_err(wd)?,
+                let value = match from {
+                    ExtractOn::Selector(selector) => match self.find(step, selector).await {
+                        Err(f) if *optional && f.kind == FailureKind::PortalChanged => String::new(),
+                        Err(f) => return Err(f),
+                        Ok(el) => match attribute {
+                            Some(a) => el.attr(a).await.map_err(wd)?.unwrap_or_default(),
+                            None => el.text().await.map_err(wd)?,
+                        },
                     },
+                    ExtractOn::Label { label, within } => {
+                        match self
+                            .read_label(step, label, within.as_ref(), attribute.as_deref())
+                            .await
+                        {
+                            Err(f) if *optional && f.kind == FailureKind::PortalChanged => String::new(),
+                            other => other?,
+                        }
+                    }
                 };
                 let value = match regex {
                     None => value.trim().to_owned(),
@@ -447,10 +463,7 @@ impl<'a> Interp<'a> {
                 self.set_var(into, Value::Array(rows));
             }
             StepKind::ForEach { list, item, steps } => {
-                let items = lookup(&self.ctx, list)
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
+                let items = self.list_items(step, list)?;
                 for (i, v) in items.into_iter().enumerate() {
                     if let Value::Object(m) = &mut self.ctx {
                         m.insert(item.clone(), v);
@@ -540,6 +553,7 @@ impl<'a> Interp<'a> {
                     FailKind::PortalChanged => FailureKind::PortalChanged,
                     FailKind::Fatal => FailureKind::Fatal,
                 };
+                let message = self.render(step, message)?;
                 return Err(fail(step, kind, format!("playbook: {message}")));
             }
             StepKind::Outcome(o) => {
@@ -578,11 +592,46 @@ impl<'a> Interp<'a> {
                     approved_units: field(&o.approved_units)?,
                     decision_date: field(&o.decision_date)?,
                     denial_reason: field(&o.denial_reason)?,
+                    request: field(&o.request)?,
+                    reason: field(&o.reason)?,
                 };
                 self.observations.push(obs);
             }
         }
         Ok(())
+    }
+
+    /// What a `for_each` loops over: a list's items, or a string's
+    /// characters (a code typed into one box each). Anything else, or a
+    /// name that is not there, is an error, never zero rounds.
+    fn list_items(&self, step: &Step, list: &Tpl) -> Result<Vec<Value>, StepFailure> {
+        let bad = |e: String| {
+            fail(
+                step,
+                FailureKind::Fatal,
+                format!("for_each list at line {}: {e}", list.at.line),
+            )
+        };
+        let v = template::eval(&self.env, &list.source, &self.ctx).map_err(bad)?;
+        if v.is_undefined() {
+            return Err(bad(format!("`{}` is undefined", list.source)));
+        }
+        if let Some(s) = v.as_str() {
+            return Ok(s.chars().map(|c| Value::String(c.to_string())).collect());
+        }
+        match serde_json::to_value(&v).map_err(|e| bad(e.to_string()))? {
+            Value::Array(items) => Ok(items),
+            other => Err(bad(format!(
+                "`{}` is {}, not a list or a string",
+                list.source,
+                match other {
+                    Value::Null => "none",
+                    Value::Bool(_) => "a boolean",
+                    Value::Number(_) => "a number",
+                    _ => "a map",
+                }
+            ))),
+        }
     }
 
     fn call<'s>(&'s mut self, step: &'s Step, action: Action) -> Pin<Box<dyn Future<Output = StepResult> + Send + 's>>
@@ -631,10 +680,96 @@ impl<'a> Interp<'a> {
         }
     }
 
-    /// Reads table rows from the page source (one WebDriver call a page,
-    /// not one per cell), following "next page" links.
-    async fn read_rows(
+    /// The value next to a label, read in the page by one script call
+    /// that waits (without polling) until the label is there, a `detect`
+    /// page shows, or the step's timeout.
+    async fn read_label(
         &self,
+        step: &Step,
+        label: &Tpl,
+        within: Option<&Sel>,
+        attribute: Option<&str>,
+    ) -> Result<String, StepFailure> {
+        let text = self.render(step, label)?;
+        let within = match within {
+            Some(w) => Value::String(self.css(step, w)?),
+            None => Value::Null,
+        };
+        let stops = self.js_stops(step)?;
+        let deadline = tokio::time::Instant::now() + step.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let wait_ms = left.min(Duration::from_secs(20)).as_millis() as u64;
+            let args = vec![
+                Value::String(text.clone()),
+                within.clone(),
+                attribute.map_or(Value::Null, |a| Value::String(a.to_owned())),
+                Value::Array(stops.clone()),
+                json!(wait_ms),
+            ];
+            let v = self.page_script(step, LABEL_JS, args).await?.unwrap_or_default();
+            if let Some(found) = v.get("value").and_then(Value::as_str) {
+                return Ok(found.to_owned());
+            }
+            if v.get("stop").and_then(Value::as_bool) == Some(true) {
+                self.page_says_stop(step).await?;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(fail(
+                    step,
+                    FailureKind::PortalChanged,
+                    format!("no value next to a label `{text}` after {:?}", step.timeout),
+                ));
+            }
+        }
+    }
+
+    /// Runs one of the waiting page scripts. `None` when the page went away
+    /// under it (a navigation ends the script without an answer): the
+    /// caller looks again on the new page.
+    async fn page_script(&self, step: &Step, js: &str, args: Vec<Value>) -> Result<Option<Value>, StepFailure> {
+        match self.browser(step)?.execute_async(js, args).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.is_javascript_error() || e.is_script_timeout() => Ok(None),
+            Err(e) => Err(webdriver_failure(step, e)),
+        }
+    }
+
+    /// A condition as the page script checks it while it waits (see
+    /// `ROWS_JS`): templates rendered here; an `expr` is decided now.
+    fn js_condition(&self, step: &Step, c: &Condition) -> Result<Value, StepFailure> {
+        Ok(match c {
+            Condition::Present(s) => json!({ "present": self.css(step, s)? }),
+            Condition::Absent(s) => json!({ "absent": self.css(step, s)? }),
+            Condition::Text(t) => json!({ "text": self.render(step, t)? }),
+            Condition::Url(t) => json!({ "url": self.render(step, t)? }),
+            Condition::Expr(t) => json!({ "always": self.render(step, t)? == "true" }),
+        })
+    }
+
+    /// The `detect` rules that end a wait at once, for the page script.
+    fn js_stops(&self, step: &Step) -> Result<Vec<Value>, StepFailure> {
+        let d = &self.playbook.detect;
+        let logged_out: &[Condition] = if self.in_login { &[] } else { &d.logged_out };
+        d.needs_human
+            .iter()
+            .chain(logged_out)
+            .chain(&d.unavailable)
+            .map(|c| self.js_condition(step, c))
+            .collect()
+    }
+
+    /// Reads table rows, following "next page" links: one script call a
+    /// page that waits in the page (a `MutationObserver`, no polling) until
+    /// the rows are there, the page's "nothing found" shows or a `detect`
+    /// page appears, and returns every cell's text as compact JSON; then
+    /// one navigation to the next page's address. A "next" control that is
+    /// not a link is clicked, and the next read waits until the rows change.
+    ///
+    /// Stopping at `max_pages` while the portal offers a next page is said
+    /// (a warning, the trace and the run report's `partial`), never silent.
+    async fn read_rows(
+        &mut self,
         step: &Step,
         selector: &Sel,
         cells: &[(String, Sel)],
@@ -644,47 +779,56 @@ impl<'a> Interp<'a> {
     ) -> Result<Vec<Value>, StepFailure> {
         let wd = |e| webdriver_failure(step, e);
         let row_css = self.css(step, selector)?;
-        let row_sel = scraper::Selector::parse(&row_css).map_err(|e| fail(step, FailureKind::Fatal, e.to_string()))?;
-        let mut cell_sels = Vec::new();
-        for (name, s) in cells {
-            let css = self.css(step, s)?;
-            cell_sels.push((
-                name.clone(),
-                scraper::Selector::parse(&css).map_err(|e| fail(step, FailureKind::Fatal, e.to_string()))?,
-            ));
+        let mut cell_css = Vec::new();
+        for (_, s) in cells {
+            cell_css.push(Value::String(self.css(step, s)?));
         }
+        let next_css = match next {
+            Some(n) => Value::String(self.css(step, n)?),
+            None => Value::Null,
+        };
+        let empties: Vec<Value> = match empty {
+            Some(c) => vec![self.js_condition(step, c)?],
+            None => Vec::new(),
+        };
+        let stops = self.js_stops(step)?;
         let mut out = Vec::new();
-        for page in 0..max_pages {
-            // The table may render after an XHR: wait for a row, the page's
-            // "nothing found" (when the playbook says what it looks like),
-            // a page the `detect` rules know, or the timeout.
+        // The first row of the page before an in-page "next" click.
+        let mut previous: Option<String> = None;
+        let mut last_href: Option<String> = None;
+        let mut page = 0;
+        loop {
             let deadline = tokio::time::Instant::now() + step.timeout;
-            let mut shows_empty = false;
-            loop {
-                if !self
-                    .browser(step)?
-                    .find_all(Locator::Css(&row_css))
-                    .await
-                    .map_err(wd)?
-                    .is_empty()
-                {
-                    break;
-                }
-                if let Some(c) = empty {
-                    if self.holds(step, c).await? {
-                        shows_empty = true;
-                        break;
+            let read = loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                // Under WebDriver's script limit (30 s); longer waits loop.
+                let wait_ms = left.min(Duration::from_secs(20)).as_millis() as u64;
+                let args = vec![
+                    Value::String(row_css.clone()),
+                    Value::Array(cell_css.clone()),
+                    Value::Array(stops.clone()),
+                    Value::Array(empties.clone()),
+                    previous.clone().map_or(Value::Null, Value::String),
+                    json!(wait_ms),
+                    next_css.clone(),
+                ];
+                let Some(v) = self.page_script(step, ROWS_JS, args).await? else {
+                    if tokio::time::Instant::now() >= deadline {
+                        break PageRows::default();
                     }
+                    continue;
+                };
+                let read: PageRows = serde_json::from_value(v)
+                    .map_err(|e| fail(step, FailureKind::Fatal, format!("the page script answered oddly: {e}")))?;
+                if read.stop {
+                    // A `detect` page: classified (and named) as usual.
+                    self.page_says_stop(step).await?;
                 }
-                self.page_says_stop(step).await?;
-                if tokio::time::Instant::now() >= deadline {
-                    break;
+                if !read.waiting || tokio::time::Instant::now() >= deadline {
+                    break read;
                 }
-                tokio::time::sleep(POLL).await;
-            }
-            let html = self.browser(step)?.source().await.map_err(wd)?;
-            let found = parse_rows(&html, &row_sel, &cell_sels);
-            if found.is_empty() && page == 0 && !shows_empty {
+            };
+            if read.rows.is_empty() && page == 0 && !read.empty {
                 if let Some(c) = empty {
                     // Neither rows nor the page's "nothing found": a failed
                     // or half-loaded search, never "there is none".
@@ -698,23 +842,51 @@ impl<'a> Interp<'a> {
                     ));
                 }
             }
-            out.extend(found);
-            let Some(next) = next else { break };
-            let css = self.css(step, next)?;
-            let links = self.browser(step)?.find_all(Locator::Css(&css)).await.map_err(wd)?;
-            let Some(link) = links.into_iter().next() else { break };
-            let before = self.browser(step)?.current_url().await.map_err(wd)?;
-            link.click().await.map_err(wd)?;
-            let deadline = tokio::time::Instant::now() + step.timeout;
-            while self.browser(step)?.current_url().await.map_err(wd)? == before {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(fail(
-                        step,
-                        FailureKind::Retryable,
-                        format!("page {} did not load", page + 2),
-                    ));
+            for row in read.rows {
+                let mut m = Map::new();
+                for ((name, _), text) in cells.iter().zip(row) {
+                    m.insert(name.clone(), Value::String(text));
                 }
-                tokio::time::sleep(POLL).await;
+                out.push(Value::Object(m));
+            }
+            page += 1;
+            let Some(link) = read.next else { break };
+            if page >= max_pages {
+                let note = format!(
+                    "`rows` stopped at max_pages ({max_pages}, {} rows) while the portal offers another page: \
+                     the rows after it were not read",
+                    out.len()
+                );
+                tracing::warn!(
+                    playbook = %self.playbook.id,
+                    line = step.at.line,
+                    max_pages,
+                    rows = out.len(),
+                    "A `rows` step stopped at its page cap before the last page."
+                );
+                self.trace.note(format!("   {note}"));
+                self.partial.get_or_insert(note);
+                break;
+            }
+            match link.href {
+                Some(href) => {
+                    if last_href.as_deref() == Some(href.as_str()) {
+                        return Err(fail(
+                            step,
+                            FailureKind::PortalChanged,
+                            format!("page {} links to itself as the next page", page + 1),
+                        ));
+                    }
+                    self.browser(step)?.goto(&href).await.map_err(wd)?;
+                    last_href = Some(href);
+                    previous = None;
+                }
+                None => {
+                    let css = next_css.as_str().unwrap_or_default();
+                    let el = self.browser(step)?.find(Locator::Css(css)).await.map_err(wd)?;
+                    el.click().await.map_err(wd)?;
+                    previous = Some(read.first);
+                }
             }
         }
         Ok(out)
@@ -799,32 +971,178 @@ impl<'a> Interp<'a> {
     }
 }
 
-/// Rows of a page as objects of cell texts. Synchronous: the parsed
-/// document is not `Send` and must not live across an await.
-fn parse_rows(html: &str, rows: &scraper::Selector, cells: &[(String, scraper::Selector)]) -> Vec<Value> {
-    let doc = scraper::Html::parse_document(html);
-    doc.select(rows)
-        .map(|row| {
-            let mut m = Map::new();
-            for (name, sel) in cells {
-                let text = row
-                    .select(sel)
-                    .next()
-                    .map(|c| c.text().collect::<String>())
-                    .unwrap_or_default();
-                m.insert(
-                    name.clone(),
-                    Value::String(text.split_whitespace().collect::<Vec<_>>().join(" ")),
-                );
-            }
-            Value::Object(m)
-        })
-        .collect()
+/// What the page script of `read_rows` answers.
+#[derive(Default, serde::Deserialize)]
+struct PageRows {
+    /// Each row's cell texts, in the order of the step's `cells`.
+    #[serde(default)]
+    rows: Vec<Vec<String>>,
+    /// The first row's text (to tell a re-rendered table from the old one).
+    #[serde(default)]
+    first: String,
+    /// The page shows the step's `empty` condition.
+    #[serde(default)]
+    empty: bool,
+    /// A page the `detect` rules know.
+    #[serde(default)]
+    stop: bool,
+    /// Nothing yet when the script's wait ended.
+    #[serde(default)]
+    waiting: bool,
+    next: Option<NextPage>,
 }
 
-fn lookup<'v>(ctx: &'v Value, path: &str) -> Option<&'v Value> {
-    path.split('.').try_fold(ctx, |node, part| node.get(part))
+#[derive(serde::Deserialize)]
+struct NextPage {
+    /// The link's absolute address; `None` for a button or a `#` link.
+    href: Option<String>,
 }
+
+/// Finds the value next to a label (see `Interp::read_label`). Arguments:
+/// the label, the `within` selector (or null), the attribute to read (or
+/// null), stop conditions, the wait in ms; then WebDriver's callback.
+const LABEL_JS: &str = r#"
+const [label, within, attribute, stops, waitMs, done] = arguments;
+const norm = (s) => s.replace(/\s+/g, ' ').trim().replace(/\s*:$/, '').toLowerCase();
+const want = norm(label);
+const text = (el) => el.textContent.replace(/\s+/g, ' ').trim();
+const holds = (c) => {
+  if ('present' in c) return document.querySelector(c.present) !== null;
+  if ('absent' in c) return document.querySelector(c.absent) === null;
+  if ('text' in c) return (document.body ? document.body.innerText : '').includes(c.text);
+  if ('url' in c) return location.href.includes(c.url);
+  return c.always === true;
+};
+const valueOf = (el) => {
+  if (attribute !== null) return el.getAttribute(attribute) || '';
+  if ('value' in el && ['INPUT', 'SELECT', 'TEXTAREA'].includes(el.tagName)) return el.value;
+  return text(el);
+};
+const nextElement = (el, tags) => {
+  for (let n = el.nextElementSibling; n !== null; n = n.nextElementSibling) {
+    if (tags === null || tags.includes(n.tagName)) return n;
+  }
+  return null;
+};
+// The value a label stands for, or null.
+const beside = (el) => {
+  switch (el.tagName) {
+    case 'DT':
+      return nextElement(el, ['DD']);
+    case 'TH': {
+      const row = el.parentElement;
+      const cell = nextElement(el, ['TD']);
+      if (cell !== null) return cell;
+      // A column header: the cell below it in the first row with data.
+      const table = el.closest('table');
+      if (table === null || row === null) return null;
+      const col = Array.from(row.children).indexOf(el);
+      for (const r of table.rows) {
+        if (r === row || r.querySelector('td') === null) continue;
+        return r.children[col] || null;
+      }
+      return null;
+    }
+    case 'LABEL': {
+      const id = el.getAttribute('for');
+      if (id) return document.getElementById(id);
+      return el.querySelector('input, select, textarea') || nextElement(el, null);
+    }
+    default:
+      return nextElement(el, null);
+  }
+};
+const find = () => {
+  const root = within === null ? document : document.querySelector(within);
+  if (root === null) return null;
+  // Labels first, then any element whose own text is the label.
+  const all = Array.from(root.querySelectorAll('dt, th, label'))
+    .concat(Array.from(root.querySelectorAll('body *')).filter((e) => e.children.length === 0));
+  for (const el of all) {
+    if (norm(el.textContent) !== want) continue;
+    const v = beside(el);
+    if (v !== null) return { value: valueOf(v) };
+  }
+  return null;
+};
+const read = () => find() || (stops.some(holds) ? { stop: true } : null);
+const now = read();
+if (now !== null) {
+  done(now);
+} else {
+  let timer = null;
+  const observer = new MutationObserver(() => {
+    const r = read();
+    if (r !== null) {
+      observer.disconnect();
+      clearTimeout(timer);
+      done(r);
+    }
+  });
+  observer.observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+  timer = setTimeout(() => {
+    observer.disconnect();
+    done(read() || { waiting: true });
+  }, waitMs);
+}
+"#;
+
+/// Reads a table in the page and waits for it without polling (see
+/// `Interp::read_rows`). Arguments: row selector, cell selectors, stop
+/// conditions, empty conditions, the previous first row (or null), the
+/// wait in ms, the next-page selector (or null); the last is WebDriver's
+/// callback.
+const ROWS_JS: &str = r#"
+const [rowCss, cellCss, stops, empties, previous, waitMs, nextCss, done] = arguments;
+const text = (el) => (el ? el.textContent.replace(/\s+/g, ' ').trim() : '');
+const holds = (c) => {
+  if ('present' in c) return document.querySelector(c.present) !== null;
+  if ('absent' in c) return document.querySelector(c.absent) === null;
+  if ('text' in c) return (document.body ? document.body.innerText : '').includes(c.text);
+  if ('url' in c) return location.href.includes(c.url);
+  return c.always === true;
+};
+const nextOf = () => {
+  if (nextCss === null) return null;
+  const n = document.querySelector(nextCss);
+  if (n === null) return null;
+  const raw = n.getAttribute('href');
+  const link = raw && !raw.startsWith('#') && !raw.toLowerCase().startsWith('javascript:');
+  return { href: link ? n.href : null };
+};
+const read = () => {
+  const rows = Array.from(document.querySelectorAll(rowCss));
+  if (rows.length > 0 && (previous === null || text(rows[0]) !== previous)) {
+    return {
+      rows: rows.map((r) => cellCss.map((c) => text(r.querySelector(c)))),
+      first: text(rows[0]),
+      next: nextOf(),
+    };
+  }
+  if (empties.some(holds)) return { empty: true, next: nextOf() };
+  if (stops.some(holds)) return { stop: true };
+  return null;
+};
+const now = read();
+if (now !== null) {
+  done(now);
+} else {
+  let timer = null;
+  const observer = new MutationObserver(() => {
+    const r = read();
+    if (r !== null) {
+      observer.disconnect();
+      clearTimeout(timer);
+      done(r);
+    }
+  });
+  observer.observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+  timer = setTimeout(() => {
+    observer.disconnect();
+    done(read() || { waiting: true });
+  }, waitMs);
+}
+"#;
 
 fn describe(c: &Condition) -> String {
     match c {

@@ -22,7 +22,7 @@ use super::exec::{fail, Interp};
 use super::{FailureKind, StepFailure};
 use crate::pas::client::{send_with_policy, TokenCache, TokenRequest};
 use crate::pas::{ClientError, RetryPolicy};
-use crate::playbook::{single_expression, ExtractFrom, HttpAuth, HttpBody, HttpStep, JsonTpl, Step};
+use crate::playbook::{single_expression, template, ExtractFrom, HttpAuth, HttpBody, HttpStep, JsonTpl, Step};
 
 /// Token caches by payer account and token endpoint: (payer, practice,
 /// token URL, client id).
@@ -301,11 +301,7 @@ impl Interp<'_> {
             JsonTpl::Expr(t) => {
                 let expr = single_expression(&t.source).unwrap_or_default();
                 let bad = |e: String| fail(step, FailureKind::Fatal, format!("template at line {}: {e}", t.at.line));
-                let v = self
-                    .env
-                    .compile_expression(expr)
-                    .and_then(|x| x.eval(minijinja::Value::from(minijinja::value::Serde(&self.ctx))))
-                    .map_err(|e| bad(e.to_string()))?;
+                let v = template::eval(&self.env, expr, &self.ctx).map_err(bad)?;
                 if v.is_undefined() {
                     return Err(bad(format!("`{expr}` is undefined")));
                 }

@@ -96,6 +96,8 @@ pub struct Trace {
     pub screenshots: Vec<(String, Vec<u8>)>,
     /// Print each line as it happens (`precert run`).
     pub echo: bool,
+    /// The run read less than there was (see `RunReport::partial`).
+    pub partial: Option<String>,
 }
 
 impl Trace {
@@ -158,6 +160,10 @@ pub struct Observation {
     pub approved_units: Option<String>,
     pub decision_date: Option<String>,
     pub denial_reason: Option<String>,
+    /// What the payer asks for (a pend).
+    pub request: Option<String>,
+    /// The payer's reason in words.
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +194,10 @@ pub struct RunReport {
     /// The payer asked for this wait before the next request (a 429's
     /// `Retry-After`).
     pub not_before: Option<Duration>,
+    /// The run read less than the portal had: a `rows` step stopped at its
+    /// `max_pages` with another page offered. Cases on the pages not read
+    /// were not seen (the daemon polls them one by one).
+    pub partial: Option<String>,
 }
 
 impl RunReport {
@@ -524,9 +534,10 @@ impl Engine {
         if result.as_ref().is_err_and(|f| f.kind == FailureKind::Fatal) {
             session.logged_in = false;
         }
-        let report = self
+        let mut report = self
             .conclude(action, case, playbook, result, artifacts, actor, ledger)
             .await?;
+        report.partial = trace.partial.take();
         if report.failure.as_ref().is_some_and(|f| f.kind == FailureKind::Fatal) {
             let _ = session.client.close().await;
         } else {
@@ -607,6 +618,7 @@ impl Engine {
             observations: Vec::new(),
             letters: 0,
             not_before: None,
+            partial: None,
         })
     }
 
@@ -642,6 +654,7 @@ impl Engine {
                     observations,
                     letters,
                     not_before: None,
+                    partial: None,
                 }
             }
             Err(failure) => {
@@ -657,6 +670,7 @@ impl Engine {
                     observations: Vec::new(),
                     letters: 0,
                     not_before: None,
+                    partial: None,
                 }
             }
         })
@@ -965,6 +979,7 @@ impl Engine {
         }
         .await;
         *trace = std::mem::take(&mut interp.trace);
+        trace.partial = interp.partial.take();
         if let Err(f) = &result {
             if f.kind == FailureKind::SessionLost {
                 session.logged_in = false;
@@ -1011,6 +1026,7 @@ impl Engine {
             throttled: None,
             count_steps: false,
             steps_done: 0,
+            partial: None,
         }
     }
 
@@ -1117,20 +1133,31 @@ impl Engine {
             CaseStatus::Approved | CaseStatus::PartiallyApproved | CaseStatus::Denied
         );
         if decided {
-            let requested: Vec<_> = case.data.service_lines.iter().collect();
+            // Units are recorded only as read: a denial approves none and an
+            // approval all that was asked (what the words mean); a partial
+            // approval's units are the portal's number, on the one line it
+            // can be for — never guessed. Not read: no lines, "not known".
             let approved = obs.approved_units.as_deref().and_then(first_number);
-            let lines = requested
+            let one_line = case.data.service_lines.len() == 1;
+            let lines = case
+                .data
+                .service_lines
                 .iter()
-                .map(|l| LineDecision {
-                    code: l.code.clone(),
-                    requested_units: l.units,
-                    approved_units: match to {
-                        CaseStatus::Denied => 0,
-                        _ if requested.len() == 1 => approved.unwrap_or(l.units),
-                        _ => l.units,
-                    },
+                .map(|l| {
+                    let units = match (to, approved) {
+                        (CaseStatus::Denied, _) => Some(0),
+                        (_, Some(n)) if one_line => Some(n),
+                        (CaseStatus::Approved, _) => Some(l.units),
+                        _ => None,
+                    };
+                    units.map(|approved_units| LineDecision {
+                        code: l.code.clone(),
+                        requested_units: l.units,
+                        approved_units,
+                    })
                 })
-                .collect();
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default();
             let valid = match (
                 obs.valid_from.as_deref().and_then(parse_date),
                 obs.valid_to.as_deref().and_then(parse_date),
@@ -1141,6 +1168,7 @@ impl Engine {
             let denial = obs
                 .denial_reason
                 .as_ref()
+                .or(obs.reason.as_ref().filter(|_| to == CaseStatus::Denied))
                 .map(|r| match r.split_once(" - ").or_else(|| r.split_once(": ")) {
                     Some((code, text)) if !code.contains(' ') => DenialReason {
                         code: Some(code.trim().into()),
@@ -1162,7 +1190,7 @@ impl Engine {
                 auth_number: obs.auth_number.clone(),
                 valid,
                 lines,
-                conditions: None,
+                conditions: obs.reason.clone().filter(|_| to != CaseStatus::Denied),
                 denial,
                 decided_at,
                 source: match playbook.channel {
@@ -1194,9 +1222,13 @@ impl Engine {
             }
         } else if case.status != to {
             if case.status.can_move_to(to) {
-                ledger
-                    .transition(case.id, to, actor, Some(&format!("portal says \"{}\"", obs.wording)))
-                    .await?;
+                // The payer's own request (a pend's "please send …") is the
+                // note the timeline and the supervisors' mail quote.
+                let note = match obs.request.as_deref().or(obs.reason.as_deref()) {
+                    Some(asks) => format!("{asks} (portal says \"{}\")", obs.wording),
+                    None => format!("portal says \"{}\"", obs.wording),
+                };
+                ledger.transition(case.id, to, actor, Some(&note)).await?;
             } else {
                 self.ledger
                     .append_event(

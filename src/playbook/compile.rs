@@ -52,6 +52,9 @@ struct Compiler<'a> {
     errors: Vec<PlaybookError>,
     env: minijinja::Environment<'static>,
     sample: Value,
+    /// For checking selectors with template parts: undefined renders `x`.
+    probe_env: minijinja::Environment<'static>,
+    probe_ctx: Value,
     credentials: HashSet<String>,
     /// Variables each action sets, for `call`.
     sets: BTreeMap<String, HashSet<String>>,
@@ -98,6 +101,12 @@ pub fn compile(file: &Path, text: &str) -> Result<Playbook, Vec<PlaybookError>> 
         errors,
         env: template::environment(),
         sample: template::sample_context(),
+        probe_env: probe_environment(),
+        probe_ctx: {
+            let mut ctx = template::sample_context();
+            ctx["index"] = Value::from(1);
+            ctx
+        },
         credentials: raw.credentials.iter().map(|s| s.value.clone()).collect(),
         sets: raw
             .actions
@@ -449,20 +458,8 @@ impl Compiler<'_> {
                 Err(e) => self.err(&status.referenced, e.to_string()),
             }
         }
-        let missing: Vec<&str> = OUTCOME_STATUSES
-            .iter()
-            .filter(|s| !out.values().any(|v| v == *s))
-            .map(|s| s.as_str())
-            .collect();
-        // An API's codes (X12 306) have no word for some portal statuses
-        // (expired, pended for information): only a portal's map must be
-        // complete.
-        if !missing.is_empty() && self.channel == Channel::Web {
-            self.err(
-                &map.referenced,
-                format!("the outcome map has no portal wording for: {}", missing.join(", ")),
-            );
-        }
+        // A status the portal never shows needs no entry: it is simply
+        // never matched (wording not in the map is never guessed at).
         out
     }
 
@@ -636,17 +633,35 @@ impl Compiler<'_> {
         if let Some(x) = &r.assert_ {
             return Some(StepKind::Assert(self.condition(x, scope)));
         }
-        if let Some(x) = &r.extract {
-            let x = &x.value;
-            let selector = self.sel(&x.selector, scope);
+        if let Some(spanned) = &r.extract {
+            let x = &spanned.value;
+            let into = self.var_name(&x.into, scope);
+            let from = match (&x.selector, &x.label) {
+                (Some(sel), None) => {
+                    if let Some(w) = &x.within {
+                        self.err(&w.referenced, "`within` goes with `label`, not `selector`");
+                    }
+                    ExtractOn::Selector(self.sel(sel, scope))
+                }
+                (None, Some(label)) => ExtractOn::Label {
+                    label: self.tpl(label, scope),
+                    within: x.within.as_ref().map(|w| self.sel(w, scope)),
+                },
+                _ => {
+                    self.err(
+                        &spanned.referenced,
+                        "extract needs exactly one of `selector` (an element) or `label` (the value next to a label)",
+                    );
+                    return None;
+                }
+            };
             if let Some(re) = &x.regex {
                 if let Err(e) = regex::Regex::new(&re.value) {
                     self.err(&re.referenced, format!("not a regular expression: {e}"));
                 }
             }
-            let into = self.var_name(&x.into, scope);
             return Some(StepKind::Extract {
-                selector,
+                from,
                 attribute: x.attribute.as_ref().map(|a| a.value.clone()),
                 regex: x.regex.as_ref().map(|a| a.value.clone()),
                 into,
@@ -719,10 +734,32 @@ impl Compiler<'_> {
         }
         if let Some(x) = &r.for_each {
             let x = &x.value;
-            let list = x.list.value.clone();
-            if !(self.known(&list, scope) || list.starts_with("vars.") && scope.vars.contains(&list[5..])) {
-                self.err(&x.list.referenced, format!("`{list}` is not a list this step can see"));
-            }
+            // The expression's variables are checked as a template's are.
+            let expr = x.list.value.trim();
+            let list = if expr.contains("{{") || expr.contains("{%") || expr.is_empty() {
+                self.err(
+                    &x.list.referenced,
+                    format!("`{expr}` is not an expression (write `vars.rows` or `vars.codes | split(',')`, without braces)"),
+                );
+                Tpl {
+                    source: String::new(),
+                    at: Loc::of(&x.list.referenced),
+                    secret: false,
+                }
+            } else {
+                let wrapped = self.tpl(
+                    &Spanned {
+                        value: format!("{{{{ {expr} }}}}"),
+                        referenced: x.list.referenced,
+                        defined: x.list.defined,
+                    },
+                    scope,
+                );
+                Tpl {
+                    source: expr.to_owned(),
+                    ..wrapped
+                }
+            };
             let item = x.as_.as_ref().map(|a| a.value.clone()).unwrap_or_else(|| "item".into());
             let mut inner = scope.clone();
             inner.items.push(item.clone());
@@ -798,7 +835,7 @@ impl Compiler<'_> {
             };
             return Some(StepKind::Fail {
                 kind,
-                message: x.value.message.value.clone(),
+                message: self.tpl(&x.value.message, scope),
             });
         }
         if let Some(x) = &r.outcome {
@@ -828,6 +865,8 @@ impl Compiler<'_> {
                 approved_units: opt(&o.approved_units),
                 decision_date: opt(&o.decision_date),
                 denial_reason: opt(&o.denial_reason),
+                request: opt(&o.request),
+                reason: opt(&o.reason),
                 matches,
             };
             let status = self.tpl(&o.status, scope);
@@ -1091,12 +1130,28 @@ impl Compiler<'_> {
 
     fn sel(&mut self, s: &S, scope: &Scope) -> Sel {
         let css = self.tpl(s, scope);
-        // Template parts are replaced by a plain word to check the rest.
-        let probe = regex::Regex::new(r"\{\{.*?\}\}")
-            .expect("a valid regex")
-            .replace_all(&css.source, "x");
+        // A selector with template parts is checked as it renders against
+        // the sample context (a loop's `index` as 1; what only a run knows,
+        // such as `vars.…` or a loop item, as the word `x`).
+        let probe = if css.source.contains("{{") || css.source.contains("{%") {
+            match template::render(&self.probe_env, &css.source, &self.probe_ctx) {
+                Ok(p) => p,
+                // The template's own problem is reported by `tpl`.
+                Err(_) => return Sel { css },
+            }
+        } else {
+            css.source.clone()
+        };
         if let Err(e) = scraper::Selector::parse(&probe) {
-            self.err(&s.referenced, format!("`{}` is not a CSS selector: {e}", css.source));
+            let rendered = if probe == css.source {
+                String::new()
+            } else {
+                format!(" (with sample values: `{probe}`)")
+            };
+            self.err(
+                &s.referenced,
+                format!("`{}` is not a CSS selector{rendered}: {}", css.source, css_problem(&e)),
+            );
         }
         Sel { css }
     }
@@ -1141,6 +1196,56 @@ impl Compiler<'_> {
                 secret: false,
             })
         }
+    }
+}
+
+/// Renders what a run would know as the word `x`, for checking the shape
+/// of a selector before any run.
+fn probe_environment() -> minijinja::Environment<'static> {
+    let mut env = template::environment();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+    env.set_formatter(|out, state, value| {
+        if value.is_undefined() {
+            out.write_str("x")
+                .map_err(|e| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, e.to_string()))
+        } else {
+            minijinja::escape_formatter(out, state, value)
+        }
+    });
+    env
+}
+
+/// What is wrong with a selector, in words (the CSS parser's own names for
+/// its errors mean nothing to a playbook author).
+fn css_problem(e: &scraper::error::SelectorErrorKind) -> String {
+    use scraper::error::SelectorErrorKind as K;
+    match e {
+        K::EndOfLine => "it ends where more was expected (an unclosed `[`, `(` or quote?)".into(),
+        K::UnexpectedToken => "unexpected text at this point".into(),
+        K::UnexpectedSelectorParseError(kind) => {
+            // The selectors crate's error names, by their Debug form.
+            let debug = format!("{kind:?}");
+            let name = debug.split(['(', ' ', '{']).next().unwrap_or_default();
+            match name {
+                "BadValueInAttr" => "an attribute value must be one word or quoted (`[value='two words']`)".into(),
+                "EmptySelector" => "it is empty".into(),
+                "DanglingCombinator" => "it ends with a combinator (`>`, `+`, `~`)".into(),
+                "UnsupportedPseudoClassOrElement" | "UnexpectedIdent" => {
+                    "a pseudo-class it does not know, or one without its argument".into()
+                }
+                "ExpectedBarInAttr" | "InvalidQualNameInAttr" | "NoQualifiedNameInAttributeSelector" => {
+                    "an attribute selector is malformed (`[name]`, `[name='value']`)".into()
+                }
+                other => other.chars().fold(String::new(), |mut acc, c| {
+                    if c.is_uppercase() && !acc.is_empty() {
+                        acc.push(' ');
+                    }
+                    acc.push(c.to_ascii_lowercase());
+                    acc
+                }),
+            }
+        }
+        other => other.to_string().to_lowercase(),
     }
 }
 

@@ -233,6 +233,16 @@ pub enum DownloadFrom {
     Link(Sel),
 }
 
+/// Where an `extract` step reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExtractOn {
+    /// The first element matching a selector.
+    Selector(Sel),
+    /// The value next to a label (`dt`→`dd`, `th`→`td`, `label`→field),
+    /// optionally inside one element.
+    Label { label: Tpl, within: Option<Sel> },
+}
+
 /// What the portal says about a case, read by an `outcome` step.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutcomeFields {
@@ -244,6 +254,10 @@ pub struct OutcomeFields {
     pub approved_units: Option<Tpl>,
     pub decision_date: Option<Tpl>,
     pub denial_reason: Option<Tpl>,
+    /// A pend's request for information, in the payer's words.
+    pub request: Option<Tpl>,
+    /// The payer's reason in words (denial text, partial approval's terms).
+    pub reason: Option<Tpl>,
     /// `find_existing`: what identifies the payer's record (see `MatchFields`).
     pub matches: Option<MatchFields>,
 }
@@ -293,7 +307,7 @@ pub enum StepKind {
     },
     WaitFor(Condition),
     Extract {
-        selector: Sel,
+        from: ExtractOn,
         attribute: Option<String>,
         regex: Option<String>,
         into: String,
@@ -326,7 +340,8 @@ pub enum StepKind {
         empty: Option<Condition>,
     },
     ForEach {
-        list: String,
+        /// An expression giving a list, or a string (its characters).
+        list: Tpl,
         item: String,
         steps: Vec<Step>,
     },
@@ -350,7 +365,9 @@ pub enum StepKind {
     Call(Action),
     Fail {
         kind: FailKind,
-        message: String,
+        /// A template: the portal's own words (`{{ vars.error }}`) reach the
+        /// timeline and the mail.
+        message: Tpl,
     },
     Outcome(Box<OutcomeFields>),
     Http(Box<HttpStep>),
@@ -455,7 +472,7 @@ pub fn normalize_wording(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase()
 }
 
-/// The statuses every outcome map must be able to report.
+/// The statuses a payer reports (an outcome map may name any of them).
 pub const OUTCOME_STATUSES: [CaseStatus; 7] = [
     CaseStatus::Pending,
     CaseStatus::PendedForInfo,

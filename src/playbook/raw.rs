@@ -188,7 +188,15 @@ pub struct RawUpload {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawExtract {
-    pub selector: S,
+    /// The element to read (or `label`).
+    pub selector: Option<S>,
+    /// Read the value next to this label, as a person does: the `dd` after
+    /// a `dt`, the cell beside (or below) a `th`, the field a `label` is
+    /// for, or the element after any other element with exactly this text.
+    /// Case and a trailing `:` do not matter.
+    pub label: Option<S>,
+    /// With `label`: look only inside the first element matching this.
+    pub within: Option<S>,
     /// Read this attribute instead of the text.
     pub attribute: Option<S>,
     /// Keep the first capture group (or the whole match) of this regex.
@@ -238,7 +246,9 @@ pub struct RawRows {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawForEach {
-    /// A list variable (`vars.rows`, `case.attachments`).
+    /// What to loop over, an expression: a list (`vars.rows`,
+    /// `case.attachments`), a string's characters (`vars.mfa`), or a list
+    /// made by a filter (`vars.codes | split(",")`).
     pub list: S,
     /// Name of the item variable in the steps (default `item`).
     #[serde(rename = "as")]
@@ -297,6 +307,12 @@ pub struct RawOutcome {
     pub approved_units: Option<S>,
     pub decision_date: Option<S>,
     pub denial_reason: Option<S>,
+    /// What the payer asks for (a pend's request: "Please send the MRI
+    /// report"): the timeline and the supervisors' mail quote it.
+    pub request: Option<S>,
+    /// The payer's reason in words: a denial's reason text (when there is
+    /// no `denial_reason` with its code), a partial approval's conditions.
+    pub reason: Option<S>,
     /// In `find_existing`: what the payer's record says, compared by precert
     /// with the case (not by the playbook).
     #[serde(rename = "match")]

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use minijinja::{Environment, UndefinedBehavior};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::case::CaseRecord;
 
@@ -28,32 +28,84 @@ pub fn environment() -> Environment<'static> {
 }
 
 /// Renders `source` against `ctx`. The error names the problem, not values.
+///
+/// Only the parts of the context the template reads are handed to
+/// minijinja (see `scope`): a step inside a loop over a 1 000-row worklist
+/// costs what its own row costs, not the whole worklist again.
 pub fn render(env: &Environment<'_>, source: &str, ctx: &Value) -> Result<String, String> {
     if !source.contains("{{") && !source.contains("{%") {
         return Ok(source.to_owned());
     }
-    env.render_str(source, minijinja::Value::from(minijinja::value::Serde(ctx)))
-        .map_err(|e| {
-            let mut msg = e.kind().to_string();
-            if let Some(detail) = e.detail() {
-                msg.push_str(": ");
-                msg.push_str(detail);
+    let t = env.template_from_str(source).map_err(|e| describe(&e))?;
+    let scope = scope(ctx, &t.undeclared_variables(true));
+    t.render(minijinja::Value::from(minijinja::value::Serde(&scope)))
+        .map_err(|e| describe(&e))
+}
+
+/// Evaluates one expression (`vars.items | length`) against `ctx`, reading
+/// only what it names, as `render` does.
+pub fn eval(env: &Environment<'_>, expr: &str, ctx: &Value) -> Result<minijinja::Value, String> {
+    let x = env.compile_expression(expr).map_err(|e| describe(&e))?;
+    let scope = scope(ctx, &x.undeclared_variables(true));
+    x.eval(minijinja::Value::from(minijinja::value::Serde(&scope)))
+        .map_err(|e| describe(&e))
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    let mut msg = e.kind().to_string();
+    if let Some(detail) = e.detail() {
+        msg.push_str(": ");
+        msg.push_str(detail);
+    }
+    msg
+}
+
+/// The part of `ctx` that a template reading `paths` (dotted, as
+/// `undeclared_variables(true)` gives them: `row.status`, `case.patient`)
+/// can see: each path's deepest existing node, copied. A path that is not
+/// in the context is left out, so strict undefined still reports it.
+pub fn scope(ctx: &Value, paths: &HashSet<String>) -> Value {
+    let mut out = Map::new();
+    for path in paths {
+        let mut src = ctx;
+        let mut dst = &mut out;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let Some(next) = src.as_object().and_then(|m| m.get(*part)) else {
+                break;
+            };
+            if i + 1 == parts.len() || !next.is_object() {
+                dst.insert((*part).to_owned(), next.clone());
+                break;
             }
-            msg
-        })
+            let slot = dst
+                .entry((*part).to_owned())
+                .or_insert_with(|| Value::Object(Map::new()));
+            match slot {
+                Value::Object(m) => dst = m,
+                // Cannot happen (the source is an object here); nothing to add.
+                _ => break,
+            }
+            src = next;
+        }
+    }
+    Value::Object(out)
+}
+
+/// How many JSON values (objects, arrays and leaves) a context holds: the
+/// work of handing it to a template.
+pub fn size(v: &Value) -> usize {
+    1 + match v {
+        Value::Object(m) => m.values().map(size).sum(),
+        Value::Array(a) => a.iter().map(size).sum(),
+        _ => 0,
+    }
 }
 
 /// The variables a template reads, as dotted paths (`case.patient.member_id`),
 /// or why it does not parse.
 pub fn variables(env: &Environment<'_>, source: &str) -> Result<HashSet<String>, String> {
-    let t = env.template_from_str(source).map_err(|e| {
-        let mut msg = e.kind().to_string();
-        if let Some(detail) = e.detail() {
-            msg.push_str(": ");
-            msg.push_str(detail);
-        }
-        msg
-    })?;
+    let t = env.template_from_str(source).map_err(|e| describe(&e))?;
     Ok(t.undeclared_variables(true))
 }
 
@@ -188,4 +240,74 @@ pub fn path_exists(ctx: &Value, path: &str) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worklist_ctx(rows: usize) -> Value {
+        let worklist: Vec<Value> = (0..rows)
+            .map(|i| json!({ "reference": format!("SBX-{i}"), "status": "In Review", "auth_number": "" }))
+            .collect();
+        let mut ctx = sample_context();
+        ctx["vars"] = json!({ "worklist": worklist, "portal_status": "Approved" });
+        ctx["row"] = json!({ "reference": "SBX-7", "status": "Approved", "auth_number": "A1" });
+        ctx["index"] = json!(8);
+        ctx
+    }
+
+    /// What a step inside the worklist's loop hands the template does not
+    /// grow with the worklist: rendering every row is linear in rows.
+    #[test]
+    fn a_step_in_a_row_loop_sees_only_its_row_whatever_the_worklist_size() {
+        let env = environment();
+        let t = env
+            .template_from_str("{{ row.status }} {{ row.reference }} {{ index }}")
+            .unwrap();
+        let paths = t.undeclared_variables(true);
+        let small = scope(&worklist_ctx(10), &paths);
+        let big = scope(&worklist_ctx(1000), &paths);
+        assert_eq!(size(&small), size(&big));
+        assert!(size(&big) <= 6, "{big}");
+        assert!(size(&worklist_ctx(1000)) > 4000);
+        assert_eq!(
+            render(
+                &env,
+                "{{ row.status }} {{ row.reference }} {{ index }}",
+                &worklist_ctx(1000)
+            )
+            .unwrap(),
+            "Approved SBX-7 8"
+        );
+    }
+
+    #[test]
+    fn narrowing_keeps_what_templates_read_and_strictness() {
+        let env = environment();
+        let ctx = worklist_ctx(3);
+        // A whole subtree, a list's length, a loop over it, `set` locals.
+        assert_eq!(render(&env, "{{ vars.worklist | length }}", &ctx).unwrap(), "3");
+        assert_eq!(
+            render(&env, "{% for r in vars.worklist %}{{ r.reference }};{% endfor %}", &ctx).unwrap(),
+            "SBX-0;SBX-1;SBX-2;"
+        );
+        assert_eq!(
+            render(
+                &env,
+                "{% set c = case.patient %}{{ c.first_name }}/{{ case.patient.last_name }}",
+                &ctx
+            )
+            .unwrap(),
+            "x/x"
+        );
+        assert_eq!(render(&env, "{{ case['id'] }}", &ctx).unwrap(), "0");
+        assert_eq!(eval(&env, "vars.worklist | length", &ctx).unwrap().to_string(), "3");
+        // A typo is still an error, never an empty string.
+        assert!(render(&env, "{{ row.statuss }}", &ctx).is_err());
+        assert!(render(&env, "{{ vars.nothing }}", &ctx).is_err());
+        assert!(render(&env, "{{ nothing }}", &ctx).is_err());
+        // Globals and filters are not context.
+        assert_eq!(render(&env, "{{ range(3) | join(',') }}", &ctx).unwrap(), "0,1,2");
+    }
 }

@@ -24,3 +24,4 @@ mod scrub;
 pub mod smtp;
 pub mod support;
 mod systemd;
+mod worklist;

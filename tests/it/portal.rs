@@ -27,11 +27,19 @@ fn actor() -> Actor {
 }
 
 async fn world() -> World {
+    world_with(str::to_owned).await
+}
+
+/// A world whose `playbooks/sandbox.yaml` is edited first.
+async fn world_with(edit: impl FnOnce(&str) -> String) -> World {
     let sandbox = Sandbox::start(SandboxConfig::default_demo(), "127.0.0.1:0")
         .await
         .unwrap();
     let p = Project::new();
     p.use_sandbox(&sandbox.base_url());
+    let path = p.path("playbooks/sandbox.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, edit(&text)).unwrap();
     assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
     let settings = p.settings_with_secrets();
     let (playbooks, errors) = playbook::load_dir(&settings.playbooks_dir);
@@ -202,6 +210,41 @@ async fn a_request_pended_for_information_is_recorded_as_such() {
     let r = w.run(Action::PollStatus, "LO-2026-1002").await;
     assert!(r.failure.is_none(), "{:?}", r.failure);
     assert_eq!(r.status, CaseStatus::PendedForInfo);
+    // The payer's own request is on the timeline (and so in the mail).
+    let events = w.ledger.events(r.case_id).await.unwrap();
+    let pend = events
+        .iter()
+        .rfind(|e| e.to_status == Some(CaseStatus::PendedForInfo))
+        .expect("the move to pended_for_info");
+    assert!(
+        pend.detail
+            .to_string()
+            .contains("Clinical notes documenting failed conservative treatment and recent weight-bearing X-rays."),
+        "{}",
+        pend.detail
+    );
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portals_own_refusal_text_is_the_failure_message() {
+    let w = world().await;
+    let r = w.run(Action::Submit, "VI-88122").await;
+    let f = r.failure.expect("the portal refuses an inactive member");
+    assert_eq!(f.kind, FailureKind::NeedsHuman);
+    assert!(
+        f.message
+            .contains("the portal refused the member: Coverage for this member is not active"),
+        "{f:?}"
+    );
+    assert_eq!(r.status, CaseStatus::NeedsAttention);
+    let events = w.ledger.events(r.case_id).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.detail.to_string().contains("Coverage for this member is not active")),
+        "{events:?}"
+    );
     w.finish().await;
 }
 
@@ -311,7 +354,42 @@ async fn the_worklist_updates_many_cases_from_its_pages() {
     assert_eq!(approved.status, CaseStatus::Approved);
     assert!(approved.decision.unwrap().auth_number.is_some());
     assert_eq!(status("LO-2026-1002").await.status, CaseStatus::PendedForInfo);
-    assert_eq!(status("LO-2026-1003").await.status, CaseStatus::PartiallyApproved);
+    let partial = status("LO-2026-1003").await;
+    assert_eq!(partial.status, CaseStatus::PartiallyApproved);
+    // The worklist shows no units: none are recorded, none made up.
+    assert!(partial.decision.unwrap().lines.is_empty());
+    // The status page shows them: 8 of the 12 requested.
+    let r = w.run(Action::PollStatus, "LO-2026-1003").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    let lines = status("LO-2026-1003").await.decision.unwrap().lines;
+    assert_eq!(
+        (lines[0].approved_units, lines[0].requested_units),
+        (8, 12),
+        "{lines:?}"
+    );
+    // `precert run … poll_worklist` names each row's own case …
+    let out =
+        w.p.precert(&["run", "sandbox", "poll_worklist", "--case", "LO-2026-1001"]);
+    let said = stdout(&out);
+    assert!(out.status.success(), "{said}{}", stderr(&out));
+    assert!(
+        said.contains("lakeside-ortho/LO-2026-1003: portal says Partially Approved"),
+        "{said}"
+    );
+    assert!(
+        said.contains("lakeside-ortho/LO-2026-1002: portal says Pended"),
+        "{said}"
+    );
+    // … and `poll_status --all` picks pending and pended cases only, not a
+    // decision whose details are still to be read (1001's dates).
+    let out = w.p.precert(&["run", "sandbox", "poll_status", "--all"]);
+    let said = stdout(&out);
+    assert!(out.status.success(), "{said}{}", stderr(&out));
+    assert!(said.contains("lakeside-ortho/LO-2026-1002: poll_status ok"), "{said}");
+    assert!(
+        !said.contains("LO-2026-1001") && !said.contains("LO-2026-1003"),
+        "{said}"
+    );
     w.finish().await;
 }
 
@@ -401,5 +479,72 @@ async fn a_crash_between_the_final_click_and_recording_the_reference_submits_onl
     let case = w.ledger.get(case.id).await.unwrap();
     assert_eq!(case.status, CaseStatus::Pending);
     assert_eq!(case.payer_ref.as_deref(), Some(submissions[0].reference.as_str()));
+    w.finish().await;
+}
+
+/// `poll_status` reading the request's page by its labels alone, as a
+/// person does: a `dt`/`dd` list (any case, a trailing colon), row headers
+/// and a column header — no element IDs, no positions.
+const BY_LABELS: &str = r##"  poll_status:
+    - navigate: "{{ payer.base_url }}/portal/requests/{{ case.payer_reference }}"
+    - extract: { label: "decision", into: status }
+    - extract: { label: "Authorization #", into: auth }
+    - extract: { label: "Valid", into: valid_from, regex: "^(\\S+)" }
+    - extract: { label: "Valid", into: valid_to, regex: "(\\S+)$" }
+    - extract: { label: "Approved units", within: "#detail-lines", into: units }
+    - extract: { label: "Prior auth no.", into: missing, optional: true }
+      timeout: 1s
+    - outcome:
+        status: "{{ vars.status }}"
+        reference: "{{ case.payer_reference }}"
+        auth_number: "{{ vars.auth }}"
+        valid_from: "{{ vars.valid_from }}"
+        valid_to: "{{ vars.valid_to }}"
+        approved_units: "{{ vars.units }}"
+        decision_date: "{{ vars.missing }}"
+
+"##;
+
+/// The one-time code typed one character at a time, as into a portal's
+/// six boxes: a loop over the string's characters, in order.
+const DIGIT_BY_DIGIT: &str = r##"    - fill: { selector: "#mfa-code", value: "" }
+    - for_each:
+        list: vars.mfa
+        as: digit
+        steps:
+          - script:
+              js: "document.getElementById('mfa-code').value += '{{ digit }}';"
+    - set: { typed: "{{ vars.mfa | length }}" }
+    - assert: { expr: "vars.typed == '6'" }
+"##;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_are_read_next_to_their_labels_after_a_code_typed_digit_by_digit() {
+    let w = world_with(|text| {
+        let start = text.find("  poll_status:\n").unwrap();
+        let end = text.find("  poll_worklist:\n").unwrap();
+        let text = format!("{}{BY_LABELS}{}", &text[..start], &text[end..]);
+        let fill = "    - fill: { selector: \"#mfa-code\", value: \"{{ vars.mfa }}\" }\n";
+        assert!(text.contains(fill));
+        text.replacen(fill, DIGIT_BY_DIGIT, 1)
+    })
+    .await;
+    // 97110: the sandbox approves 8 of the 12 units at once.
+    assert!(w.run(Action::Submit, "LO-2026-1003").await.failure.is_none());
+    let r = w.run(Action::PollStatus, "LO-2026-1003").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.status, CaseStatus::PartiallyApproved);
+    let case = w.ledger.get(r.case_id).await.unwrap();
+    let sent = w.sandbox.submission(case.payer_ref.as_deref().unwrap()).unwrap();
+    let decision = case.decision.unwrap();
+    assert_eq!(decision.auth_number, sent.auth_number);
+    assert!(decision.auth_number.is_some());
+    let valid = decision.valid.expect("both dates read beside `Valid`");
+    assert_eq!((Some(valid.start), Some(valid.end)), (sent.valid_from, sent.valid_to));
+    assert_eq!(
+        (decision.lines[0].approved_units, decision.lines[0].requested_units),
+        (8, 12)
+    );
+    assert_eq!(w.logins(), 1, "the code typed digit by digit was accepted");
     w.finish().await;
 }

@@ -43,10 +43,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => SandboxConfig::from_toml_file(path).with_context(|| format!("loading {}", path.display()))?,
         None => SandboxConfig::default_demo(),
     };
+    if let Some(path) = args.request_log {
+        config.request_log_path = Some(path);
+    }
     if args.check {
         println!("configuration is valid");
         return Ok(());

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::SandboxConfig;
 use crate::state::{AppState, HazardsPatch, LogEntry, Notification, Shared};
-use crate::store::{AuthRequest, Decision, StoreError};
+use crate::store::{AuthRequest, Decision, NewRequest, StoreError};
 use crate::{admin, fhir, portal};
 
 /// How often the ticker looks for timed decisions that came due.
@@ -265,6 +265,21 @@ impl SandboxHandle {
 
     pub fn submission(&self, reference: &str) -> Option<AuthRequest> {
         self.state.lock().store.by_reference(reference).cloned()
+    }
+
+    /// Files a request as the portal's last wizard step does (scenario rules
+    /// apply), without the wizard: for tests and benchmarks that need many
+    /// requests at once. Returns the payer's reference.
+    pub fn file_request(&self, new: NewRequest) -> String {
+        let (reference, t) = {
+            let mut inner = self.state.lock();
+            let now = Utc::now() + inner.clock_offset;
+            let (id, t) = inner.store.submit(new, now, &self.state.scenarios);
+            let reference = inner.store.get(id).map(|r| r.reference.clone()).unwrap_or_default();
+            (reference, t)
+        };
+        self.state.notify(&t);
+        reference
     }
 
     /// Decides a request now, notifying subscribers as the admin API would.

@@ -105,6 +105,7 @@ pub async fn details(State(state): State<Shared>, headers: HeaderMap, Path(refer
 <tr><th>Valid</th><td id="detail-valid">{vf} - {vt}</td></tr>
 <tr><th>Denial reason</th><td id="detail-denial-reason">{denial}</td></tr>
 </table>
+<dl class="summary"><dt>Authorization #</dt><dd>{auth}</dd><dt>Decision:</dt><dd>{status}</dd><dt>Decided</dt><dd>{decided}</dd></dl>
 <table id="detail-lines"><tr><th>Procedure</th><th>Requested units</th><th>Approved units</th></tr>{lines}</table>
 {letter}{info}
 <h2>History</h2><table id="detail-history"><tr><th>When</th><th>Status</th><th>Note</th></tr>{history}</table>"#,
@@ -115,6 +116,7 @@ pub async fn details(State(state): State<Shared>, headers: HeaderMap, Path(refer
             start = date_us(Some(r.service_start)),
             end = date_us(Some(r.service_end)),
             auth = esc(r.auth_number.as_deref().unwrap_or("")),
+            decided = date_us(r.decided_at.map(|t| t.date_naive())),
             vf = date_us(r.valid_from),
             vt = date_us(r.valid_to),
             denial = esc(&r
@@ -184,8 +186,8 @@ const STATUS_JS: &str = r#"
 (function () {
   var box = document.getElementById('status-results-container');
   if (!box || !box.dataset.query) { return; }
-  var COLS = ['reference','member','member_id','codes','service_start','service_end','status','decision_date','auth_number','approved_units','valid_from','valid_to','denial_reason'];
-  var HEADS = ['Reference','Member','Member ID','Codes','Service Start','Service End','Status','Decision Date','Auth Number','Approved Units','Valid From','Valid To','Denial Reason'];
+  var COLS = ['reference','member','member_id','codes','service_start','service_end','status','decision_date','auth_number','approved_units','valid_from','valid_to','denial_reason','information_requested'];
+  var HEADS = ['Reference','Member','Member ID','Codes','Service Start','Service End','Status','Decision Date','Auth Number','Approved Units','Valid From','Valid To','Denial Reason','Information Requested'];
   fetch('/portal/api/status?' + box.dataset.query, {credentials: 'same-origin', headers: {'Accept': 'application/json'}})
     .then(function (r) { if (!r.ok) { throw new Error('HTTP ' + r.status); } return r.json(); })
     .then(function (data) {
@@ -307,6 +309,8 @@ pub struct StatusRow {
     valid_from: Option<String>,
     valid_to: Option<String>,
     denial_reason: Option<String>,
+    /// What a pended request waits for.
+    information_requested: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -331,6 +335,7 @@ fn row(r: &AuthRequest) -> StatusRow {
         valid_from: r.valid_from.map(|d| d.format("%m/%d/%Y").to_string()),
         valid_to: r.valid_to.map(|d| d.format("%m/%d/%Y").to_string()),
         denial_reason: r.denial.as_ref().map(|d| format!("{} - {}", d.code, d.text)),
+        information_requested: r.information_requested.clone().filter(|_| r.status == Status::Pended),
     }
 }
 

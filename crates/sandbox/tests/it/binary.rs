@@ -47,9 +47,12 @@ impl Drop for Reaped {
 }
 
 #[tokio::test]
-async fn the_binary_serves_until_sigterm() {
+async fn the_binary_serves_until_sigterm_and_logs_requests_to_the_request_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
     let child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--request-log"])
+        .arg(&log)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -74,6 +77,12 @@ async fn the_binary_serves_until_sigterm() {
         .await
         .unwrap();
     assert_eq!(health["status"], "ok");
+    // The line is written before the answer goes out.
+    let lines = std::fs::read_to_string(&log).expect("--request-log creates the file");
+    let entry: serde_json::Value = serde_json::from_str(lines.lines().last().expect("one line a request")).unwrap();
+    assert_eq!(entry["method"], "GET");
+    assert_eq!(entry["path"], "/admin/health");
+    assert_eq!(entry["status"], 200);
     let pid = i32::try_from(child.0.id()).unwrap();
     // SAFETY: signals the child we spawned.
     unsafe {
