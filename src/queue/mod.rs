@@ -119,6 +119,26 @@ fn record_from_row(r: &AnyRow) -> Result<JobRecord, QueueError> {
     })
 }
 
+/// The lease's statement: `$1` the owner, `$2` the lease's end, `$3` now,
+/// then `skipped` payer keys. One statement picks and leases the job due
+/// first (`jobs_ready`).
+pub(crate) fn lease_sql(backend: crate::store::Backend, skipped: usize) -> String {
+    let mut payer_clause = String::new();
+    if skipped > 0 {
+        let params: Vec<String> = (0..skipped).map(|i| format!("${}", i + 4)).collect();
+        payer_clause = format!(" AND (payer IS NULL OR payer NOT IN ({}))", params.join(", "));
+    }
+    let skip = backend.skip_locked();
+    format!(
+        "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_expires_at = $2, \
+         lease_token = lease_token + 1, attempts = attempts + 1, updated_at = $3 \
+         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $3{payer_clause} \
+                     ORDER BY run_at, id LIMIT 1{skip}) \
+           AND state = 'queued' \
+         RETURNING id, kind, practice_id, payer, case_id, attempts, max_attempts, lease_token"
+    )
+}
+
 /// Inserts a job on any connection, so the scheduler can queue jobs in the
 /// transaction that records the cron fire.
 pub(crate) async fn insert_job(
@@ -194,20 +214,7 @@ impl Queue {
         now: DateTime<Utc>,
     ) -> Result<Option<LeasedJob>, QueueError> {
         let expires_at = now + chrono_duration(ttl);
-        let mut payer_clause = String::new();
-        if !filter.skip_payers.is_empty() {
-            let params: Vec<String> = (0..filter.skip_payers.len()).map(|i| format!("${}", i + 4)).collect();
-            payer_clause = format!(" AND (payer IS NULL OR payer NOT IN ({}))", params.join(", "));
-        }
-        let skip = self.ledger.backend().skip_locked();
-        let sql = format!(
-            "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_expires_at = $2, \
-             lease_token = lease_token + 1, attempts = attempts + 1, updated_at = $3 \
-             WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $3{payer_clause} \
-                         ORDER BY run_at, id LIMIT 1{skip}) \
-               AND state = 'queued' \
-             RETURNING id, kind, practice_id, payer, case_id, attempts, max_attempts, lease_token"
-        );
+        let sql = lease_sql(self.ledger.backend(), filter.skip_payers.len());
         let mut query = sqlx::query(&sql).bind(owner).bind(ts(expires_at)).bind(ts(now));
         for p in &filter.skip_payers {
             query = query.bind(p);

@@ -123,6 +123,11 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/sqlite/0005_submission_owner.sql"),
     ),
     (6, "console", include_str!("migrations/sqlite/0006_console.sql")),
+    (
+        7,
+        "scale next check",
+        include_str!("migrations/sqlite/0007_scale_next_check.sql"),
+    ),
 ];
 
 static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -144,6 +149,11 @@ static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/postgres/0005_submission_owner.sql"),
     ),
     (6, "console", include_str!("migrations/postgres/0006_console.sql")),
+    (
+        7,
+        "scale next check",
+        include_str!("migrations/postgres/0007_scale_next_check.sql"),
+    ),
 ];
 
 /// An exclusive hold on migrating one SQLite ledger, across processes:

@@ -25,14 +25,16 @@ mod backend;
 mod console;
 mod escalations;
 mod owner;
+mod plan;
 mod schema;
 pub use backend::{Backend, SCHEMES};
 pub use console::{AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser};
 pub use escalations::{
-    Advance, CaseForRules, ClaimedMail, Escalation, EscalationHook, EscalationState, NewEscalation, OutboxEntry,
-    OutboxState, SendOutcome, Step,
+    Advance, CaseForRules, ClaimedMail, Escalation, EscalationHook, EscalationState, NewEscalation, NextCheck,
+    OutboxEntry, OutboxState, RulesCursor, SendOutcome, Step,
 };
 pub use owner::{Owner, SubmitLease, SUBMIT_LEASE, SUBMIT_LEASE_RENEW};
+pub use plan::{hot_queries, HotQuery, PlanArg};
 pub use schema::{migrate, redact_url, schema_status, AppliedMigration, SchemaStatus};
 
 #[derive(Debug, thiserror::Error)]
@@ -370,22 +372,49 @@ impl Ledger {
         precert_required: Option<bool>,
         actor: &Actor,
     ) -> Result<ImportOutcome, StoreError> {
-        let json = serde_json::to_string(data).expect("case data serialises");
+        let mut outcomes = self.import_cases(&[(data.clone(), precert_required)], actor).await?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// [`Ledger::import_case`] for a batch, in one transaction: all of
+    /// them or (on a database error) none. One outcome per case, in order.
+    pub async fn import_cases(
+        &self,
+        cases: &[(CaseData, Option<bool>)],
+        actor: &Actor,
+    ) -> Result<Vec<ImportOutcome>, StoreError> {
         let now = ts(self.now());
         let mut tx = self.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(cases.len());
+        for (data, required) in cases {
+            outcomes.push(self.import_in_tx(&mut tx, data, *required, actor, &now).await?);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn import_in_tx(
+        &self,
+        tx: &mut Tx<'_>,
+        data: &CaseData,
+        precert_required: Option<bool>,
+        actor: &Actor,
+        now: &str,
+    ) -> Result<ImportOutcome, StoreError> {
+        let json = serde_json::to_string(data).expect("case data serialises");
         let select = format!(
             "SELECT id, status, data, version FROM cases WHERE practice_id = $1 AND case_ref = $2{}",
             self.backend.lock_row()
         );
         let find = || sqlx::query(&select).bind(&data.practice_id).bind(&data.case_ref);
-        let mut existing = find().fetch_optional(&mut *tx).await?;
+        let mut existing = find().fetch_optional(&mut **tx).await?;
         let mut created = None;
         if existing.is_none() {
             // Two importers of the same case at once (PostgreSQL; SQLite has
             // one writer): the key decides, and the later one finds the case.
             created = sqlx::query(
-                "INSERT INTO cases (practice_id, case_ref, payer, status, urgency, service_start, service_end, data, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (practice_id, case_ref) DO NOTHING RETURNING id",
+                "INSERT INTO cases (practice_id, case_ref, payer, status, urgency, service_start, service_end, data, created_at, updated_at, next_check_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9) ON CONFLICT (practice_id, case_ref) DO NOTHING RETURNING id",
             )
             .bind(&data.practice_id)
             .bind(&data.case_ref)
@@ -395,11 +424,11 @@ impl Ledger {
             .bind(data.service_dates.start.to_string())
             .bind(data.service_dates.end.to_string())
             .bind(&json)
-            .bind(&now)
-            .fetch_optional(&mut *tx)
+            .bind(now)
+            .fetch_optional(&mut **tx)
             .await?;
             if created.is_none() {
-                existing = find().fetch_optional(&mut *tx).await?;
+                existing = find().fetch_optional(&mut **tx).await?;
             }
         }
         let (id, status, version, outcome) = match existing {
@@ -408,9 +437,9 @@ impl Ledger {
                     .ok_or_else(|| StoreError::NotFound(format!("case {}", key(data))))?
                     .try_get("id")?;
                 insert_event(
-                    &mut tx,
+                    tx,
                     id,
-                    &now,
+                    now,
                     EventKind::Imported,
                     None,
                     Some(CaseStatus::New),
@@ -431,11 +460,11 @@ impl Ledger {
                     return Ok(ImportOutcome::Refused { id, status });
                 } else {
                     let changed = changed_fields(&stored, &json);
-                    update_case_data(&mut tx, id, version, data, &json, &now).await?;
+                    update_case_data(tx, id, version, data, &json, now).await?;
                     insert_event(
-                        &mut tx,
+                        tx,
                         id,
-                        &now,
+                        now,
                         EventKind::Updated,
                         None,
                         None,
@@ -458,12 +487,11 @@ impl Ledger {
             let (mut from, mut version) = (status, version);
             for &to in path {
                 let detail = json!({ "note": "set by import" });
-                set_status(&mut tx, id, &key(data), from, version, to, &now, actor, &detail).await?;
+                set_status(tx, id, &key(data), from, version, to, now, actor, &detail).await?;
                 from = to;
                 version += 1;
             }
         }
-        tx.commit().await?;
         Ok(outcome)
     }
 
@@ -518,7 +546,8 @@ impl Ledger {
         }
         let decision_json = serde_json::to_string(decision).expect("decision serialises");
         let done = sqlx::query(
-            "UPDATE cases SET status = $1, decision = $2, version = version + 1, updated_at = $3 WHERE id = $4 AND version = $5",
+            "UPDATE cases SET status = $1, decision = $2, version = version + 1, updated_at = $3, next_check_at = $3 \
+             WHERE id = $4 AND version = $5",
         )
         .bind(to.as_str())
         .bind(&decision_json)
@@ -572,6 +601,32 @@ impl Ledger {
         Ok(event)
     }
 
+    /// The payer was asked about the case and said nothing new: one
+    /// statement stamps `last_polled_at` (no event: the timeline records
+    /// changes). False when the case is no longer in `status` (it changed
+    /// meanwhile, and that change has its own event).
+    pub async fn mark_polled(&self, id: i64, status: CaseStatus) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE cases SET last_polled_at = $1 WHERE id = $2 AND status = $3")
+            .bind(ts(self.now()))
+            .bind(id)
+            .bind(status.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// When the payer was last asked about the case and said nothing new.
+    pub async fn last_polled(&self, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let row = sqlx::query("SELECT last_polled_at FROM cases WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("case {id}")))?;
+        row.try_get::<Option<String>, _>("last_polled_at")?
+            .map(|s| parse_ts(id, &s))
+            .transpose()
+    }
+
     pub async fn get(&self, id: i64) -> Result<CaseRecord, StoreError> {
         let row = sqlx::query(&format!("{SELECT_CASE} WHERE id = $1"))
             .bind(id)
@@ -622,6 +677,31 @@ impl Ledger {
         rows.iter().map(case_from_row).collect()
     }
 
+    /// One page of cases in id order after `after` (None: from the first),
+    /// at most `limit`, with how many letters each has: filters and paging
+    /// in SQL, on an index per filter (`cases_list_*`), in one query.
+    pub async fn list_page(
+        &self,
+        filter: &CaseFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ListedCase>, StoreError> {
+        let (sql, args) = list_page_sql(filter);
+        let mut query = sqlx::query(&sql).bind(after.unwrap_or(0)).bind(limit as i64);
+        for a in &args {
+            query = query.bind(a);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ListedCase {
+                    case: case_from_row(r)?,
+                    letters: r.try_get::<i64, _>("letters")? as usize,
+                })
+            })
+            .collect()
+    }
+
     /// Counts of cases per status (for reports and metrics).
     pub async fn count_by_status(&self) -> Result<Vec<(CaseStatus, i64)>, StoreError> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM cases GROUP BY status ORDER BY status")
@@ -639,12 +719,7 @@ impl Ledger {
 
     /// A case's audit trail, oldest first.
     pub async fn events(&self, id: i64) -> Result<Vec<CaseEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, case_id, at, kind, from_status, to_status, actor, detail FROM case_events WHERE case_id = $1 ORDER BY id",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(SELECT_EVENTS).bind(id).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let status = |col: &str| -> Result<Option<CaseStatus>, StoreError> {
@@ -772,12 +847,7 @@ impl Ledger {
     }
 
     pub async fn letters(&self, id: i64) -> Result<Vec<Letter>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kind, stored_path, sha256, bytes, media_type, fetched_at FROM letters WHERE case_id = $1 ORDER BY id",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(SELECT_LETTERS).bind(id).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(Letter {
@@ -822,6 +892,41 @@ async fn payer_ref_holder<'e>(
     })
     .transpose()
 }
+
+/// `list_page`'s query: `$1` the id to start after, `$2` the page size,
+/// then the filters' values.
+pub(crate) fn list_page_sql(filter: &CaseFilter) -> (String, Vec<String>) {
+    let mut sql = String::from(
+        "SELECT c.id, c.status, c.data, c.decision, c.payer_ref, c.created_at, c.updated_at, \
+         (SELECT COUNT(*) FROM letters l WHERE l.case_id = c.id) AS letters FROM cases c WHERE c.id > $1",
+    );
+    let mut args: Vec<String> = Vec::new();
+    for (column, value) in [
+        ("practice_id", filter.practice.clone()),
+        ("payer", filter.payer.clone()),
+        ("status", filter.status.map(|s| s.as_str().to_owned())),
+    ] {
+        if let Some(v) = value {
+            args.push(v);
+            sql.push_str(&format!(" AND c.{column} = ${}", args.len() + 2));
+        }
+    }
+    sql.push_str(" ORDER BY c.id LIMIT $2");
+    (sql, args)
+}
+
+/// A case in a listing, with how many letters it has.
+#[derive(Clone, Debug)]
+pub struct ListedCase {
+    pub case: CaseRecord,
+    pub letters: usize,
+}
+
+const SELECT_EVENTS: &str =
+    "SELECT id, case_id, at, kind, from_status, to_status, actor, detail FROM case_events WHERE case_id = $1 ORDER BY id";
+
+const SELECT_LETTERS: &str =
+    "SELECT kind, stored_path, sha256, bytes, media_type, fetched_at FROM letters WHERE case_id = $1 ORDER BY id";
 
 const SELECT_CASE: &str = "SELECT id, status, data, decision, payer_ref, created_at, updated_at FROM cases";
 
@@ -918,7 +1023,7 @@ async fn set_status(
         return Err(illegal(case, from, to));
     }
     let done = sqlx::query(
-        "UPDATE cases SET status = $1, version = version + 1, updated_at = $2 WHERE id = $3 AND version = $4",
+        "UPDATE cases SET status = $1, version = version + 1, updated_at = $2, next_check_at = $2 WHERE id = $3 AND version = $4",
     )
     .bind(to.as_str())
     .bind(now)
@@ -956,7 +1061,7 @@ async fn update_case_data(
 ) -> Result<(), StoreError> {
     let done = sqlx::query(
         "UPDATE cases SET data = $1, payer = $2, urgency = $3, service_start = $4, service_end = $5, \
-         version = version + 1, updated_at = $6 WHERE id = $7 AND version = $8",
+         version = version + 1, updated_at = $6, next_check_at = $6 WHERE id = $7 AND version = $8",
     )
     .bind(json)
     .bind(&data.coverage.payer)
