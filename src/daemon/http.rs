@@ -20,7 +20,7 @@ use chrono_tz::Tz;
 
 use crate::case::{CaseRecord, CaseStatus};
 use crate::limits::BreakerState;
-use crate::store::{CaseFilter, Escalation};
+use crate::store::Escalation;
 
 // The daemon's loops report to it; it lives beside them (see its docs).
 #[path = "health.rs"]
@@ -328,10 +328,10 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         let n = cases.iter().find(|(st, _)| *st == status).map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "precert_cases{{status=\"{status}\"}} {n}");
     }
-    if let Ok(all) = s.ledger.list(&CaseFilter::default()).await {
-        let mut by: BTreeMap<(&str, CaseStatus), u64> = BTreeMap::new();
-        for c in &all {
-            *by.entry((c.data.practice_id.as_str(), c.status)).or_default() += 1;
+    if let Ok(counts) = s.ledger.count_by_practice_status().await {
+        let mut by: BTreeMap<(&str, CaseStatus), i64> = BTreeMap::new();
+        for (practice, status, n) in &counts {
+            by.insert((practice.as_str(), *status), *n);
         }
         let known: BTreeSet<&str> = practices.iter().copied().chain(by.keys().map(|(p, _)| *p)).collect();
         family(

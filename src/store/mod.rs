@@ -717,6 +717,25 @@ impl Ledger {
             .collect()
     }
 
+    /// Counts of cases per practice and status (for metrics): one grouped
+    /// read on `cases_by_practice`, not the cases themselves.
+    pub async fn count_by_practice_status(&self) -> Result<Vec<(String, CaseStatus, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT practice_id, status, COUNT(*) AS n FROM cases GROUP BY practice_id, status ORDER BY practice_id, status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("practice_id")?,
+                    parse_status(0, r.try_get::<String, _>("status")?.as_str())?,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect()
+    }
+
     /// A case's audit trail, oldest first.
     pub async fn events(&self, id: i64) -> Result<Vec<CaseEvent>, StoreError> {
         let rows = sqlx::query(SELECT_EVENTS).bind(id).fetch_all(&self.pool).await?;
