@@ -409,22 +409,40 @@ impl Ledger {
         let find = || sqlx::query(&select).bind(&data.practice_id).bind(&data.case_ref);
         let mut existing = find().fetch_optional(&mut **tx).await?;
         let mut created = None;
+        // The import's verdict on whether a pre-cert is needed moves a case
+        // that nobody has triaged yet.
+        let path: &[CaseStatus] = match precert_required {
+            Some(true) => &[CaseStatus::Required, CaseStatus::Ready],
+            Some(false) => &[CaseStatus::NotRequired],
+            None => &[],
+        };
+        // A new case is written with the status its path ends at, and the
+        // path's events with its `imported` one, in two statements.
+        let mut first = CaseStatus::New;
+        for &to in path {
+            if !first.can_move_to(to) {
+                return Err(illegal(&key(data), first, to));
+            }
+            first = to;
+        }
         if existing.is_none() {
             // Two importers of the same case at once (PostgreSQL; SQLite has
             // one writer): the key decides, and the later one finds the case.
             created = sqlx::query(
-                "INSERT INTO cases (practice_id, case_ref, payer, status, urgency, service_start, service_end, data, created_at, updated_at, next_check_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9) ON CONFLICT (practice_id, case_ref) DO NOTHING RETURNING id",
+                "INSERT INTO cases (practice_id, case_ref, payer, status, urgency, service_start, service_end, data, \
+                 created_at, updated_at, next_check_at, version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10) ON CONFLICT (practice_id, case_ref) DO NOTHING RETURNING id",
             )
             .bind(&data.practice_id)
             .bind(&data.case_ref)
             .bind(&data.coverage.payer)
-            .bind(CaseStatus::New.as_str())
+            .bind(first.as_str())
             .bind(data.urgency.as_str())
             .bind(data.service_dates.start.to_string())
             .bind(data.service_dates.end.to_string())
             .bind(&json)
             .bind(now)
+            .bind(1 + path.len() as i64)
             .fetch_optional(&mut **tx)
             .await?;
             if created.is_none() {
@@ -436,18 +454,49 @@ impl Ledger {
                 let id: i64 = created
                     .ok_or_else(|| StoreError::NotFound(format!("case {}", key(data))))?
                     .try_get("id")?;
-                insert_event(
-                    tx,
-                    id,
-                    now,
-                    EventKind::Imported,
-                    None,
-                    Some(CaseStatus::New),
-                    actor,
-                    &json!({}),
-                )
-                .await?;
-                (id, CaseStatus::New, 1, ImportOutcome::Created { id })
+                let mut steps = vec![(EventKind::Imported, None, CaseStatus::New, json!({}))];
+                let mut from = CaseStatus::New;
+                for &to in path {
+                    steps.push((
+                        EventKind::StatusChanged,
+                        Some(from),
+                        to,
+                        json!({ "note": "set by import" }),
+                    ));
+                    from = to;
+                }
+                let values: Vec<String> = (0..steps.len())
+                    .map(|i| {
+                        let b = 7 * i;
+                        format!(
+                            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                            b + 1,
+                            b + 2,
+                            b + 3,
+                            b + 4,
+                            b + 5,
+                            b + 6,
+                            b + 7
+                        )
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO case_events (case_id, at, kind, from_status, to_status, actor, detail) VALUES {}",
+                    values.join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for (kind, from, to, detail) in &steps {
+                    q = q
+                        .bind(id)
+                        .bind(now)
+                        .bind(kind.as_str())
+                        .bind(from.map(|s| s.as_str()))
+                        .bind(to.as_str())
+                        .bind(actor.as_str())
+                        .bind(detail.to_string());
+                }
+                q.execute(&mut **tx).await?;
+                (id, first, 1 + path.len() as i64, ImportOutcome::Created { id })
             }
             Some(row) => {
                 let id: i64 = row.try_get("id")?;
@@ -476,14 +525,8 @@ impl Ledger {
                 }
             }
         };
-        // The import's verdict on whether a pre-cert is needed moves a case
-        // that nobody has triaged yet.
-        if status == CaseStatus::New {
-            let path: &[CaseStatus] = match precert_required {
-                Some(true) => &[CaseStatus::Required, CaseStatus::Ready],
-                Some(false) => &[CaseStatus::NotRequired],
-                None => &[],
-            };
+        // A case stored earlier and still untriaged moves on now.
+        if status == CaseStatus::New && !matches!(outcome, ImportOutcome::Created { .. }) {
             let (mut from, mut version) = (status, version);
             for &to in path {
                 let detail = json!({ "note": "set by import" });

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Duration as Days, SecondsFormat, Utc};
 use precert::case::Decision;
-use precert::escalate::Escalator;
+use precert::escalate::{Escalator, ScanCount};
 use precert::store::Ledger;
 
 use super::support::Project;
@@ -258,4 +258,73 @@ async fn the_daemons_escalation_job_over_100_000_cases_stays_under_60_mb_and_fin
         .filter(|e| e.reason == precert::escalate::Reason::Stalled)
         .count();
     assert_eq!(stalled, PLANTED as usize, "one stall escalation per planted case");
+}
+
+#[tokio::test]
+async fn the_scan_looks_at_a_case_again_only_when_it_changes_or_a_rule_can_come_due() {
+    let w = super::escalation::world(|_| {}).await;
+    let scan = || w.esc.scan_counted(&w.ledger, "lakeside-ortho");
+    let first = scan().await.unwrap();
+    assert!(first.cases > 0, "every open case is new to the rules");
+    assert_eq!(scan().await.unwrap(), ScanCount::default(), "then nothing is due");
+    // A change: that case alone is looked at again.
+    let id = w.case_id("lakeside-ortho", "LO-2026-1002").await;
+    w.submit(id).await;
+    assert_eq!(scan().await.unwrap().cases, 1);
+    assert_eq!(scan().await.unwrap().cases, 0);
+    // Its 75 % warning comes due with time alone (standard: 7 days).
+    w.advance(Days::days(6));
+    let later = scan().await.unwrap();
+    assert!(later.cases >= 1 && later.opened >= 1, "{later:?}");
+    let warned = w.ledger.case_escalations(id).await.unwrap();
+    assert!(
+        warned
+            .iter()
+            .any(|e| e.reason == precert::escalate::Reason::StallWarning),
+        "{warned:?}"
+    );
+    assert_eq!(
+        scan().await.unwrap().cases,
+        0,
+        "and is not read again until the deadline"
+    );
+}
+
+/// The case numbers of a `cases list` output, and its last line.
+fn listed(out: &std::process::Output) -> (Vec<i64>, String) {
+    let text = super::support::stdout(out);
+    assert!(out.status.success(), "{text}{}", super::support::stderr(out));
+    let lines: Vec<&str> = text.lines().collect();
+    let ids = lines[1..lines.len() - 1]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap().parse().unwrap())
+        .collect();
+    (ids, lines[lines.len() - 1].to_owned())
+}
+
+#[test]
+fn cases_list_shows_a_page_and_names_the_next_one() {
+    let p = Project::new();
+    assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
+    let (all, last) = listed(&p.precert(&["cases", "list", "--all"]));
+    assert!(all.len() > 4, "{all:?}");
+    assert_eq!(last, format!("{} case(s)", all.len()));
+    let mut seen = Vec::new();
+    let mut args = vec!["cases".to_owned(), "list".into(), "--limit".into(), "2".into()];
+    loop {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ids, last) = listed(&p.precert(&refs));
+        assert!(ids.len() <= 2, "{ids:?}");
+        seen.extend(ids.iter().copied());
+        match last.split("--after ").nth(1) {
+            Some(rest) => {
+                let next = rest.split_whitespace().next().unwrap().to_owned();
+                assert_eq!(next, ids.last().unwrap().to_string(), "{last}");
+                args.truncate(4);
+                args.extend(["--after".to_owned(), next]);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen, all, "the pages together are every case, in order, once");
 }
