@@ -22,14 +22,14 @@ use super::support::Project;
 const RSS_LIMIT_KB: u64 = 60 * 1024;
 
 /// The release daemon's own code and libraries resident (file-backed) at
-/// start, measured on this machine: 14 MB. A debug test binary maps about
+/// start, measured on this machine: 21 MB. A debug test binary maps about
 /// 45 MB of code instead, so a debug build bounds what the daemon holds
 /// besides its code — its peak `VmHWM` less the file-backed part at start,
 /// an upper bound on its heap, stacks and SQLite's caches at their peak —
 /// by the goal less the release code: what the release daemon could hold
 /// and stay under 60 MB. A release build of the tests asserts `VmHWM`
 /// itself.
-const RELEASE_CODE_KB: u64 = 14 * 1024;
+const RELEASE_CODE_KB: u64 = 21 * 1024;
 
 /// Cases generated; every thousandth is planted past its payer's deadline.
 const CASES: i64 = 100_000;
