@@ -26,7 +26,8 @@ pub enum CasesCommand {
         #[arg(long, value_enum)]
         format: Option<FormatArg>,
     },
-    /// List cases, oldest first. Patients appear as initials.
+    /// List cases, oldest first, a page at a time (100 by default; the
+    /// last line says how to get the next). Patients appear as initials.
     List {
         #[arg(long)]
         practice: Option<String>,
@@ -34,6 +35,15 @@ pub enum CasesCommand {
         payer: Option<String>,
         #[arg(long)]
         status: Option<CaseStatus>,
+        /// Cases per page.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: u32,
+        /// Start after this case number (the cursor the previous page names).
+        #[arg(long, value_name = "ID")]
+        after: Option<i64>,
+        /// Every case, page after page (streamed: memory is one page's).
+        #[arg(long, conflicts_with = "limit")]
+        all: bool,
     },
     /// Show a case: its data, decision and event timeline. ID is the number
     /// from `cases list`, `PRACTICE/CASE_ID`, or the practice's case ID.
@@ -80,19 +90,16 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
             practice,
             payer,
             status,
+            limit,
+            after,
+            all,
         } => {
-            let cases = ledger
-                .list(&CaseFilter {
-                    practice,
-                    payer,
-                    status,
-                })
-                .await?;
-            let mut letters = Vec::with_capacity(cases.len());
-            for c in &cases {
-                letters.push(ledger.letters(c.id).await?.len());
-            }
-            print!("{}", render_list(&cases, &letters));
+            let filter = CaseFilter {
+                practice,
+                payer,
+                status,
+            };
+            list(&ledger, &filter, after, limit as usize, all).await?;
             Ok(Outcome::Ok)
         }
         CasesCommand::Show { id, phi } => {
@@ -100,6 +107,12 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
             let events = ledger.events(case.id).await?;
             let letters = ledger.letters(case.id).await?;
             print!("{}", render_case(&case, &events, &letters, phi));
+            if let Some(t) = ledger.last_polled(case.id).await? {
+                println!(
+                    "  last asked   {} (the payer said nothing new)",
+                    t.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
             if let Some(o) = ledger.submission_owner(case.id).await? {
                 println!(
                     "  being submitted by {} since {} (lease {}, runs to {})",
@@ -109,12 +122,8 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
                     o.until.format("%H:%M:%S UTC")
                 );
             }
-            let escalations: Vec<_> = ledger
-                .escalations(Some(&case.data.practice_id), true)
-                .await?
-                .into_iter()
-                .filter(|e| e.case_id == Some(case.id))
-                .collect();
+            let mut escalations = ledger.case_escalations(case.id).await?;
+            escalations.reverse();
             if !escalations.is_empty() {
                 println!("  escalations");
                 for e in escalations {
@@ -160,6 +169,41 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
     };
     ledger.close().await;
     outcome
+}
+
+/// Prints a page of cases, or with `all` every page, as they are read.
+async fn list(ledger: &Ledger, filter: &CaseFilter, after: Option<i64>, limit: usize, all: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    // One more than a page says whether another follows.
+    let page = if all { 500 } else { limit };
+    let mut cursor = after;
+    let mut shown = 0usize;
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", render_header())?;
+    loop {
+        let mut cases = ledger.list_page(filter, cursor, page + 1).await?;
+        let more = cases.len() > page;
+        cases.truncate(page);
+        let mut text = String::new();
+        for c in &cases {
+            render_row(&mut text, &c.case, c.letters);
+        }
+        write!(out, "{text}")?;
+        shown += cases.len();
+        cursor = cases.last().map(|c| c.case.id).or(cursor);
+        match (more, all) {
+            (true, true) => continue,
+            (true, false) => {
+                let last = cursor.unwrap_or_default();
+                writeln!(
+                    out,
+                    "{shown} case(s) shown; more follow: --after {last} for the next page, --all for every case"
+                )?;
+            }
+            (false, _) => writeln!(out, "{shown} case(s)")?,
+        }
+        return Ok(());
+    }
 }
 
 async fn import(
@@ -264,31 +308,29 @@ fn codes(case: &CaseRecord) -> String {
         .join(",")
 }
 
-/// The case table; `letters[i]` is how many letters case `i` has.
-pub fn render_list(cases: &[CaseRecord], letters: &[usize]) -> String {
-    let mut out = String::new();
+/// The case table's heading.
+pub fn render_header() -> String {
+    format!(
+        "{:>5}  {:<32} {:<10} {:<18} {:<8} {:<10} {:<16} {:<8} PATIENT\n",
+        "ID", "CASE", "PAYER", "STATUS", "URGENCY", "SERVICE", "CODES", "LETTERS"
+    )
+}
+
+/// One case's row, with how many letters it has.
+pub fn render_row(out: &mut String, c: &CaseRecord, letters: usize) {
     let _ = writeln!(
         out,
-        "{:>5}  {:<32} {:<10} {:<18} {:<8} {:<10} {:<16} {:<8} PATIENT",
-        "ID", "CASE", "PAYER", "STATUS", "URGENCY", "SERVICE", "CODES", "LETTERS"
+        "{:>5}  {:<32} {:<10} {:<18} {:<8} {:<10} {:<16} {:<8} {}",
+        c.id,
+        c.key(),
+        c.data.coverage.payer,
+        c.status.as_str(),
+        c.data.urgency.as_str(),
+        c.data.service_dates.start,
+        codes(c),
+        letters,
+        c.data.patient.name.initials()
     );
-    for (c, n) in cases.iter().zip(letters) {
-        let _ = writeln!(
-            out,
-            "{:>5}  {:<32} {:<10} {:<18} {:<8} {:<10} {:<16} {:<8} {}",
-            c.id,
-            c.key(),
-            c.data.coverage.payer,
-            c.status.as_str(),
-            c.data.urgency.as_str(),
-            c.data.service_dates.start,
-            codes(c),
-            n,
-            c.data.patient.name.initials()
-        );
-    }
-    let _ = writeln!(out, "{} case(s)", cases.len());
-    out
 }
 
 pub fn render_case(

@@ -194,18 +194,27 @@ impl Engine {
                         ledger.set_payer_ref(case.id, reference, actor).await?;
                     }
                 }
-                self.ledger
-                    .append_event(
-                        case.id,
-                        EventKind::Run,
-                        actor,
-                        &json!({ "action": action.as_str(), "result": "ok", "channel": "pas" }),
-                    )
-                    .await?;
+                // An inquiry that found nothing new was stamped on the case
+                // (`last_polled_at`) and writes nothing else.
+                let unchanged = action != Action::Submit && !applied.recorded && applied.from == applied.to;
+                if !unchanged {
+                    self.ledger
+                        .append_event(
+                            case.id,
+                            EventKind::Run,
+                            actor,
+                            &json!({ "action": action.as_str(), "result": "ok", "channel": "pas" }),
+                        )
+                        .await?;
+                }
                 Ok(RunReport {
                     action,
                     case_id: case.id,
-                    status: self.ledger.get(case.id).await?.status,
+                    status: if unchanged {
+                        applied.to
+                    } else {
+                        self.ledger.get(case.id).await?.status
+                    },
                     failure: None,
                     artifacts: None,
                     observations: vec![observation(&applied)],

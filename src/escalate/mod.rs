@@ -25,7 +25,8 @@ use crate::config::{Practice, Settings};
 use crate::mail::{Mailer, OutgoingMail, SendErrorKind};
 use crate::playbook::{Action, Playbook};
 use crate::store::{
-    Advance, ClaimedMail, Escalation, EscalationHook, Ledger, NewEscalation, SendOutcome, Step, StoreError,
+    Advance, ClaimedMail, Escalation, EscalationHook, Ledger, NewEscalation, NextCheck, RulesCursor, SendOutcome, Step,
+    StoreError,
 };
 use render::MailContext;
 use rules::{PatientDetails, RuleSet};
@@ -118,6 +119,22 @@ fn levels(practice: &Practice, audience: Audience) -> Vec<(Vec<String>, Vec<Stri
         }
         Audience::Operations => vec![(c.operations.clone(), Vec::new())],
     }
+}
+
+/// Cases the scan reads and schedules at a time.
+const SCAN_PAGE: usize = 500;
+
+/// Bumped when what the time-based rules find (or when) changes, so that
+/// every case is looked at again by the new rules.
+const RULES_VERSION: &str = "rules-v1";
+
+/// What a scan did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanCount {
+    /// Cases that were due for a look.
+    pub cases: usize,
+    /// Escalations opened.
+    pub opened: usize,
 }
 
 /// The escalation rules over one configuration: the ledger's hook, the
@@ -216,46 +233,101 @@ impl Escalator {
         }
     }
 
-    /// Evaluates every rule on a practice's active cases and opens what is
-    /// due (an escalation already open is left alone). Returns how many
+    /// A hash of everything the time-based rules of a practice depend on
+    /// besides its cases: the rule layers, the time zone, which payers'
+    /// playbooks fetch letters, and the rules' own version. The ledger keeps
+    /// it: when it changes, every case is looked at again.
+    pub fn rules_fingerprint(&self, practice: &Practice) -> String {
+        let letters: Vec<&String> = self
+            .letters
+            .iter()
+            .filter(|l| l.split_once('/').is_some_and(|(p, _)| p == practice.id))
+            .collect();
+        let text = format!(
+            "{RULES_VERSION}|{:?}|{:?}|{}|{letters:?}",
+            self.settings.escalations, practice.escalations, practice.timezone
+        );
+        crate::files::sha256_hex(text.as_bytes())
+    }
+
+    /// Evaluates the rules on the practice's cases that are due for a look
+    /// (their `next_check_at` has come: a change, or a time a rule can start
+    /// to hold), a page at a time, and opens what is due (an escalation
+    /// already open is left alone); each case then gets its next look.
+    /// Memory is one page's, whatever the ledger's size. Returns how many
     /// opened.
     pub async fn scan(&self, ledger: &Ledger, practice_id: &str) -> Result<usize, StoreError> {
+        Ok(self.scan_counted(ledger, practice_id).await?.opened)
+    }
+
+    /// [`Escalator::scan`], with how many cases it looked at.
+    pub async fn scan_counted(&self, ledger: &Ledger, practice_id: &str) -> Result<ScanCount, StoreError> {
+        let mut count = ScanCount::default();
         let Some(practice) = self.practice(practice_id) else {
-            return Ok(0);
+            return Ok(count);
         };
+        if ledger
+            .rules_changed(practice_id, &self.rules_fingerprint(practice))
+            .await?
+        {
+            tracing::info!(practice = %practice_id, "Escalation rules new or changed: every open case is looked at again.");
+        }
         let now = ledger.now();
         let tz = practice.timezone;
-        let mut opened = 0;
-        // Most findings are already open (a denial stays denied): skip
-        // those without a write transaction each.
-        let active = ledger.active_escalation_keys(practice_id).await?;
-        for c in ledger.cases_for_rules(practice_id).await? {
-            let rules = self.case_rules(practice, &c.case);
-            let payer = c.case.data.coverage.payer.clone();
-            let letters = self.letters.contains(&format!("{practice_id}/{payer}"));
-            let mut found = rules::by_time(&c, &rules, tz, letters, now);
-            if let Some(f) = rules::on_status(&c.case, c.submitted_at, None, &rules, tz, now) {
-                found.push(f);
-            }
-            if found.iter().any(|f| f.reason == Reason::Stalled) {
-                ledger
-                    .resolve_escalation_key(
-                        &format!("case:{}:{}", c.case.id, Reason::StallWarning.as_str()),
-                        "the deadline passed: a stall escalation follows",
-                    )
-                    .await?;
-            }
-            for f in found {
-                let new = self.new_escalation(practice, Some(&c.case), Some(payer.clone()), f, &rules, now);
-                if active.contains(&new.dedupe_key()) {
-                    continue;
+        let mut cursor = RulesCursor::default();
+        loop {
+            let page = ledger.cases_due_for_rules(practice_id, now, &cursor, SCAN_PAGE).await?;
+            let Some(last) = page.last() else { break };
+            cursor = last.cursor.clone();
+            // Most findings are already open (a denial stays denied): skip
+            // those without a write transaction each.
+            let ids: Vec<i64> = page.iter().map(|c| c.case.id).collect();
+            let active = ledger.active_escalation_keys(&ids).await?;
+            let mut checks = Vec::with_capacity(page.len());
+            for c in &page {
+                count.cases += 1;
+                let rules = self.case_rules(practice, &c.case);
+                let payer = c.case.data.coverage.payer.clone();
+                let letters = self.letters.contains(&format!("{practice_id}/{payer}"));
+                let mut found = rules::by_time(c, &rules, tz, letters, now);
+                if let Some(f) = rules::on_status(&c.case, c.submitted_at, None, &rules, tz, now) {
+                    found.push(f);
                 }
-                if ledger.open_escalation(&new).await?.is_some() {
-                    opened += 1;
+                if found.iter().any(|f| f.reason == Reason::Stalled) {
+                    ledger
+                        .resolve_escalation_key(
+                            &format!("case:{}:{}", c.case.id, Reason::StallWarning.as_str()),
+                            "the deadline passed: a stall escalation follows",
+                        )
+                        .await?;
                 }
+                let mut next = rules::next_check(c, &rules, tz, letters, now);
+                for f in found {
+                    let new = self.new_escalation(practice, Some(&c.case), Some(payer.clone()), f, &rules, now);
+                    if active.contains(&new.dedupe_key()) {
+                        continue;
+                    }
+                    if ledger.open_escalation(&new).await?.is_some() {
+                        count.opened += 1;
+                    } else {
+                        // Kept quiet by a recent one's repeat window (or
+                        // opened by another daemon): look again next scan.
+                        let soon = now + Duration::microseconds(1);
+                        next = Some(next.map_or(soon, |n| n.min(soon)));
+                    }
+                }
+                checks.push(NextCheck {
+                    case_id: c.case.id,
+                    version: c.version,
+                    at: next,
+                });
+            }
+            ledger.set_next_checks(&checks).await?;
+            if page.len() < SCAN_PAGE {
+                break;
             }
         }
-        Ok(opened)
+        Ok(count)
     }
 
     /// Sends due reminders and moves unacknowledged escalations to the next

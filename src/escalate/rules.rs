@@ -482,3 +482,71 @@ pub fn by_time(c: &CaseForRules, rules: &RuleSet, tz: Tz, letters_expected: bool
     }
     found
 }
+
+/// The first local day from which the service date is `limit` business
+/// days away or fewer (`business_days_until(day, service) <= limit`).
+pub fn service_near_from(service: NaiveDate, limit: u32) -> NaiveDate {
+    let (mut day, mut n) = (service, 0);
+    loop {
+        // Stepping back over `day` adds it to the days still to go.
+        let add = u32::from(!matches!(day.weekday(), Weekday::Sat | Weekday::Sun));
+        if n + add > limit {
+            return day;
+        }
+        n += add;
+        match day.pred_opt() {
+            Some(d) => day = d,
+            None => return day,
+        }
+    }
+}
+
+/// The next instant after `now` at which `by_time` or `on_status` could
+/// find something they do not find now, for a case that does not change
+/// meanwhile (a change schedules its own look). None: nothing can come due
+/// until the case changes. The scan reads a case again only then.
+pub fn next_check(
+    c: &CaseForRules,
+    rules: &RuleSet,
+    tz: Tz,
+    letters_expected: bool,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let case = &c.case;
+    let mut times: Vec<DateTime<Utc>> = Vec::new();
+    if case.status == CaseStatus::Pending {
+        if let Some(submitted) = c.submitted_at {
+            let deadline = decision_deadline(submitted, case.data.urgency, rules, tz);
+            times.push(warning_at(submitted, deadline, rules.warn_at_percent));
+            times.push(deadline);
+        }
+    }
+    let undecided = matches!(
+        case.status,
+        CaseStatus::New
+            | CaseStatus::Required
+            | CaseStatus::Ready
+            | CaseStatus::Submitting
+            | CaseStatus::Pending
+            | CaseStatus::PendedForInfo
+            | CaseStatus::NeedsAttention
+    );
+    if undecided {
+        let from = service_near_from(case.data.service_dates.start, rules.service_date_business_days);
+        times.push(local_instant(tz, from.and_hms_opt(0, 0, 0).expect("midnight")));
+    }
+    let decided = matches!(
+        case.status,
+        CaseStatus::Approved | CaseStatus::PartiallyApproved | CaseStatus::Denied
+    );
+    if let (true, Some(d)) = (decided, &case.decision) {
+        if letters_expected && !c.has_letter {
+            times.push(d.decided_at + Duration::hours(rules.letter_missing_hours.into()));
+        }
+        // A denial without its reason waits an hour for it (`on_status`).
+        if case.status == CaseStatus::Denied && d.denial.is_none() {
+            times.push(d.decided_at + Duration::hours(1));
+        }
+    }
+    times.into_iter().filter(|t| *t > now).min()
+}

@@ -3,7 +3,10 @@
 //! `service_lines` holds `CODE[-MOD...][*UNITS]` entries (`27447-RT*1;
 //! 97110-GP*12`); `diagnoses` and `attachments` are `;`-separated lists.
 
-use super::text::LineIndex;
+use std::io::Seek as _;
+use std::path::Path;
+
+use super::stream::LineCounter;
 use super::validate::{FieldError, RawCase, RawLine};
 use super::SourceRecord;
 use crate::case::codes::quoted;
@@ -60,21 +63,117 @@ const REQUIRED: &[&str] = &[
     "setting",
 ];
 
-/// Reads every row; a row that cannot be read is a record with an error,
-/// never the end of the file. `lines` is the index of `text`.
-pub(crate) fn read(text: &str, lines: &LineIndex, have_default_practice: bool) -> Result<Vec<SourceRecord>, String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        // Rows of the wrong length are read and reported here, with the
-        // case they belong to, rather than as the reader's bare error.
-        .flexible(true)
-        .from_reader(text.as_bytes());
-    let headers: Vec<String> = reader
-        .headers()
-        .map_err(|e| format!("cannot read the header row: {e}"))?
-        .iter()
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
+/// The rows of a CSV file, read as a stream: a row that cannot be read is
+/// a record with an error, never the end of the file.
+pub(crate) struct Records {
+    reader: csv::Reader<std::io::BufReader<std::fs::File>>,
+    headers: Vec<String>,
+    lines: LineCounter,
+    record: csv::StringRecord,
+}
+
+impl Records {
+    /// Opens the file (past its byte-order mark) and checks its header row.
+    pub fn open(path: &Path, bom: bool, have_default_practice: bool) -> std::io::Result<Result<Records, String>> {
+        let skip = if bom { 3 } else { 0 };
+        let mut file = std::fs::File::open(path)?;
+        file.seek(std::io::SeekFrom::Start(skip))?;
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            // Rows of the wrong length are read and reported here, with the
+            // case they belong to, rather than as the reader's bare error.
+            .flexible(true)
+            .from_reader(std::io::BufReader::with_capacity(64 * 1024, file));
+        let headers: Vec<String> = match reader.headers() {
+            Ok(h) => h.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            Err(e) => return Ok(Err(format!("cannot read the header row: {e}"))),
+        };
+        if let Err(e) = check_headers(&headers, have_default_practice) {
+            return Ok(Err(e));
+        }
+        Ok(Ok(Records {
+            reader,
+            headers,
+            lines: LineCounter::open(path, skip)?,
+            record: csv::StringRecord::new(),
+        }))
+    }
+
+    /// The next row as a record, None at the end. The reader's own line
+    /// count falls behind on `\r\n` line endings, and its byte offset of a
+    /// row then points at the `\n` before it: the line is the one of the
+    /// row's first byte past any line ends.
+    pub fn next_record(&mut self) -> std::io::Result<Option<SourceRecord>> {
+        loop {
+            match self.reader.read_record(&mut self.record) {
+                Ok(false) => return Ok(None),
+                // With text checked as UTF-8 and flexible rows, the reader
+                // has no error left to give; should it, the row is reported.
+                Err(e) => {
+                    let line = match e.position() {
+                        Some(p) => self.lines.line_of(p.byte())?,
+                        None => 0,
+                    };
+                    if let csv::ErrorKind::Io(_) = e.kind() {
+                        return Err(std::io::Error::other(e.to_string()));
+                    }
+                    return Ok(Some(SourceRecord {
+                        line,
+                        practice_id: None,
+                        case_id: None,
+                        raw: None,
+                        errors: vec![FieldError::new("row", e.to_string())],
+                        csv: true,
+                    }));
+                }
+                Ok(true) => {
+                    let record = &self.record;
+                    let line = match record.position() {
+                        Some(p) => self.lines.line_of(p.byte())?,
+                        None => 0,
+                    };
+                    // Blank lines at the end of spreadsheets' exports.
+                    if record.iter().all(str::is_empty) {
+                        continue;
+                    }
+                    let headers = &self.headers;
+                    let get = |col: &str| -> Option<String> {
+                        headers
+                            .iter()
+                            .position(|h| h == col)
+                            .and_then(|i| record.get(i))
+                            .filter(|v| !v.is_empty())
+                            .map(str::to_owned)
+                    };
+                    let (practice_id, case_id) = (get("practice_id"), get("case_id"));
+                    if record.len() != headers.len() {
+                        let reason = format!("has {} fields; the header has {}", record.len(), headers.len());
+                        return Ok(Some(SourceRecord {
+                            line,
+                            practice_id,
+                            case_id,
+                            raw: None,
+                            errors: vec![FieldError::new("row", reason)],
+                            csv: true,
+                        }));
+                    }
+                    let (raw, errors) = row_to_raw(&get);
+                    return Ok(Some(SourceRecord {
+                        line,
+                        practice_id,
+                        case_id,
+                        raw: Some(raw),
+                        errors,
+                        csv: true,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// The header row: no unknown or repeated column, every required one.
+fn check_headers(headers: &[String], have_default_practice: bool) -> Result<(), String> {
     let unknown: Vec<String> = headers
         .iter()
         .map(String::as_str)
@@ -108,71 +207,7 @@ pub(crate) fn read(text: &str, lines: &LineIndex, have_default_practice: bool) -
     if let Some(dup) = headers.iter().find(|h| !seen.insert(h.as_str())) {
         return Err(format!("column {dup} appears twice"));
     }
-    // The reader's own line count falls behind on `\r\n` line endings, and
-    // its byte offset of a row then points at the `\n` before it: the line
-    // is the one of the row's first byte past any line ends.
-    let line_of = |p: Option<&csv::Position>| {
-        p.map_or(0, |p| {
-            let at = p.byte() as usize;
-            let skipped = text
-                .get(at..)
-                .map_or(0, |rest| rest.len() - rest.trim_start_matches(['\r', '\n']).len());
-            lines.line(at + skipped)
-        })
-    };
-    let mut out = Vec::new();
-    for result in reader.records() {
-        match result {
-            // With valid UTF-8 text in memory and flexible rows, the reader
-            // has no error left to give; should it, the row is reported.
-            Err(e) => out.push(SourceRecord {
-                line: line_of(e.position()),
-                practice_id: None,
-                case_id: None,
-                raw: None,
-                errors: vec![FieldError::new("row", e.to_string())],
-                csv: true,
-            }),
-            Ok(record) => {
-                let line = line_of(record.position());
-                // Blank lines at the end of spreadsheets' exports.
-                if record.iter().all(str::is_empty) {
-                    continue;
-                }
-                let get = |col: &str| -> Option<String> {
-                    headers
-                        .iter()
-                        .position(|h| h == col)
-                        .and_then(|i| record.get(i))
-                        .filter(|v| !v.is_empty())
-                        .map(str::to_owned)
-                };
-                let (practice_id, case_id) = (get("practice_id"), get("case_id"));
-                if record.len() != headers.len() {
-                    let reason = format!("has {} fields; the header has {}", record.len(), headers.len());
-                    out.push(SourceRecord {
-                        line,
-                        practice_id,
-                        case_id,
-                        raw: None,
-                        errors: vec![FieldError::new("row", reason)],
-                        csv: true,
-                    });
-                    continue;
-                }
-                let (raw, errors) = row_to_raw(&get);
-                out.push(SourceRecord {
-                    line,
-                    practice_id,
-                    case_id,
-                    raw: Some(raw),
-                    errors,
-                    csv: true,
-                });
-            }
-        }
-    }
-    Ok(out)
+    Ok(())
 }
 
 fn list(v: Option<String>) -> Vec<String> {

@@ -1,13 +1,14 @@
 //! Intake: case files from a practice, validated into `CaseData`.
 //!
-//! A file is read whole, every record is checked, and the valid ones are
-//! stored one transaction each; invalid ones are reported with where they
+//! A file is read as a stream (CSV) or whole (JSON), every record is
+//! checked, and the valid ones are stored a batch per transaction; invalid ones are reported with where they
 //! are (line), which field and why. Nothing half-valid gets in, and no
 //! record, however malformed, stops the others: a case appearing twice in a
 //! file is an error on the later record, and a record that makes a check
 //! panic is reported as a bug in that record alone.
 
 mod csv_rows;
+mod stream;
 mod text;
 mod validate;
 
@@ -101,8 +102,19 @@ pub struct Context<'a> {
     pub today: chrono::NaiveDate,
 }
 
+/// Records validated and stored per transaction.
+const BATCH: usize = 500;
+
 /// Imports a CSV or JSON file of cases. `progress` is called after each
-/// record with (done, total).
+/// batch with (done, total); for CSV the total is the file's line count
+/// less the header, an estimate (a quoted value may span lines).
+///
+/// A CSV file is read twice as a stream — once to check that it is UTF-8
+/// text (a file that is not is refused whole, before anything is stored),
+/// once for its records — so memory does not grow with its size, but for
+/// the (practice, case ID) of each record, kept to refuse a repeat. A JSON
+/// file is read whole. Either way records are validated and stored
+/// `BATCH` at a time, one transaction each.
 pub async fn import_file(
     path: &Path,
     format: Format,
@@ -115,25 +127,71 @@ pub async fn import_file(
         path: path.to_owned(),
         message,
     };
-    let bytes = std::fs::read(path).map_err(|source| IntakeError::Read {
+    let read_error = |source: std::io::Error| IntakeError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    let text = text::decode(&bytes).map_err(format_error)?;
-    let lines = LineIndex::new(text);
-    let records = match format {
-        Format::Csv => csv_rows::read(text, &lines, ctx.default_practice.is_some()),
-        Format::Json => read_json(text, &lines),
-    }
-    .map_err(format_error)?;
-    let mut report = ImportReport {
-        records: records.len(),
-        ..ImportReport::default()
     };
-    let total = records.len();
-    // (practice, case ID) → the line of the first record of that case.
-    let mut first_line: HashMap<(String, String), u64> = HashMap::new();
-    for (i, record) in records.into_iter().enumerate() {
+    let mut importer = Importer {
+        ctx,
+        ledger,
+        actor,
+        report: ImportReport::default(),
+        first_line: HashMap::new(),
+        batch: Vec::with_capacity(BATCH),
+    };
+    match format {
+        Format::Csv => {
+            let checked = stream::check_utf8(path).map_err(read_error)?.map_err(format_error)?;
+            let total = checked.lines.saturating_sub(1) as usize;
+            let mut records = csv_rows::Records::open(path, checked.bom, ctx.default_practice.is_some())
+                .map_err(read_error)?
+                .map_err(format_error)?;
+            while let Some(record) = records.next_record().map_err(read_error)? {
+                importer.report.records += 1;
+                if importer.push(record) {
+                    importer.flush().await?;
+                    progress(importer.report.records, total.max(importer.report.records));
+                }
+            }
+        }
+        Format::Json => {
+            let bytes = std::fs::read(path).map_err(read_error)?;
+            let text = text::decode(&bytes).map_err(format_error)?;
+            let lines = LineIndex::new(text);
+            let records = read_json(text, &lines).map_err(format_error)?;
+            let total = records.len();
+            for record in records {
+                importer.report.records += 1;
+                if importer.push(record) {
+                    importer.flush().await?;
+                    progress(importer.report.records, total);
+                }
+            }
+        }
+    }
+    importer.flush().await?;
+    let done = importer.report.records;
+    progress(done, done);
+    Ok(importer.report)
+}
+
+/// The import loop's state: the report, the cases seen in the file, and
+/// the valid records waiting for their transaction.
+struct Importer<'a, 'c> {
+    ctx: &'a Context<'c>,
+    ledger: &'a Ledger,
+    actor: &'a Actor,
+    report: ImportReport,
+    /// (practice, case ID) → the line of the first record of that case.
+    first_line: HashMap<(String, String), u64>,
+    /// (line, data, precert required) of valid records not yet stored.
+    batch: Vec<(u64, crate::case::CaseData, Option<bool>)>,
+}
+
+impl Importer<'_, '_> {
+    /// Checks one record: a problem goes in the report, a valid record in
+    /// the batch. True when the batch is full.
+    fn push(&mut self, record: SourceRecord) -> bool {
         let line = record.line;
         let case_ref = record
             .case_id
@@ -144,9 +202,9 @@ pub async fn import_file(
             .as_deref()
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .or(ctx.default_practice);
+            .or(self.ctx.default_practice);
         let repeats = match (practice, &case_ref) {
-            (Some(practice), Some(case_ref)) => match first_line.entry((practice.to_owned(), case_ref.clone())) {
+            (Some(practice), Some(case_ref)) => match self.first_line.entry((practice.to_owned(), case_ref.clone())) {
                 Entry::Occupied(first) => Some(*first.get()),
                 Entry::Vacant(slot) => {
                     slot.insert(line);
@@ -163,45 +221,64 @@ pub async fn import_file(
                 format!("repeats the case at line {first} (same practice and case ID); this record was not imported"),
             )]),
             (None, None) => Err(record.errors),
-            (None, Some(raw)) => checked(raw, record.errors, ctx),
+            (None, Some(raw)) => checked(raw, record.errors, self.ctx),
         };
         match validated {
             Err(mut errors) => {
                 if record.csv {
                     errors.iter_mut().for_each(FieldError::to_csv_column);
                 }
-                report.invalid.push(RecordProblem { line, case_ref, errors });
+                self.report.invalid.push(RecordProblem { line, case_ref, errors });
             }
             Ok((data, required)) => {
                 tracing::debug!(line, ?data, "Record validated.");
-                let outcome = ledger.import_case(&data, required, actor).await?;
-                match outcome {
-                    ImportOutcome::Created { id } => {
-                        tracing::info!(case_id = id, practice = %data.practice_id, case_ref = %data.case_ref, member = %data.patient.member_id, "Case imported.");
-                        report.created += 1;
-                    }
-                    ImportOutcome::Updated { id } => {
-                        tracing::info!(case_id = id, practice = %data.practice_id, case_ref = %data.case_ref, "Case updated by re-import.");
-                        report.updated += 1;
-                    }
-                    ImportOutcome::Unchanged { .. } => report.unchanged += 1,
-                    ImportOutcome::Refused { id, status } => report.invalid.push(RecordProblem {
-                        line,
-                        case_ref: Some(data.case_ref.clone()),
-                        errors: vec![FieldError::new(
-                            "case_id",
-                            format!(
-                                "case {id} ({}/{}) is already {status} with the payer; its data differs from this file but can no longer change by import",
-                                data.practice_id, data.case_ref
-                            ),
-                        )],
-                    }),
-                }
+                self.batch.push((line, data, required));
             }
         }
-        progress(i + 1, total);
+        self.batch.len() >= BATCH
     }
-    Ok(report)
+
+    /// Stores the batch in one transaction and counts what it did.
+    async fn flush(&mut self) -> Result<(), IntakeError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let (lines, cases): (Vec<u64>, Vec<_>) = batch.into_iter().map(|(l, d, r)| (l, (d, r))).unzip();
+        let outcomes = self.ledger.import_cases(&cases, self.actor).await?;
+        // Problems are listed in file order: a refused case among the
+        // others of its batch.
+        let mut refused = Vec::new();
+        for ((line, (data, _)), outcome) in lines.into_iter().zip(&cases).zip(outcomes) {
+            match outcome {
+                ImportOutcome::Created { id } => {
+                    tracing::info!(case_id = id, practice = %data.practice_id, case_ref = %data.case_ref, member = %data.patient.member_id, "Case imported.");
+                    self.report.created += 1;
+                }
+                ImportOutcome::Updated { id } => {
+                    tracing::info!(case_id = id, practice = %data.practice_id, case_ref = %data.case_ref, "Case updated by re-import.");
+                    self.report.updated += 1;
+                }
+                ImportOutcome::Unchanged { .. } => self.report.unchanged += 1,
+                ImportOutcome::Refused { id, status } => refused.push(RecordProblem {
+                    line,
+                    case_ref: Some(data.case_ref.clone()),
+                    errors: vec![FieldError::new(
+                        "case_id",
+                        format!(
+                            "case {id} ({}/{}) is already {status} with the payer; its data differs from this file but can no longer change by import",
+                            data.practice_id, data.case_ref
+                        ),
+                    )],
+                }),
+            }
+        }
+        if !refused.is_empty() {
+            self.report.invalid.extend(refused);
+            self.report.invalid.sort_by_key(|p| p.line);
+        }
+        Ok(())
+    }
 }
 
 /// `validate`, with a panic in it turned into an error on this record: the

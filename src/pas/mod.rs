@@ -228,9 +228,9 @@ pub async fn apply(
     }
     let note = note(&outcome);
     if from == to {
-        // Nothing new (still pending): the exchange goes in the timeline.
-        let detail = json!({ "channel": "pas", "status": to.as_str(), "note": note });
-        ledger.append_event(case.id, EventKind::Run, actor, &detail).await?;
+        // Nothing new (still pending): a timestamp on the case, no event
+        // (the timeline records changes).
+        ledger.mark_polled(case.id, to).await?;
         return Ok(done(to, false, outcome));
     }
     if from.can_move_to(to) {

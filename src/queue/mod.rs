@@ -120,6 +120,29 @@ fn record_from_row(r: &AnyRow) -> Result<JobRecord, QueueError> {
     })
 }
 
+/// The lease's statement: `$1` the owner, `$2` the lease's end, `$3` now,
+/// then `skipped` payer keys. One statement picks and leases the job due
+/// first (`jobs_ready`).
+pub(crate) fn lease_sql(backend: crate::store::Backend, skipped: usize) -> String {
+    // `skipped` bindings, each a practice and its payer key ($4/$5, …).
+    let mut payer_clause = String::new();
+    if skipped > 0 {
+        let pairs: Vec<String> = (0..skipped)
+            .map(|i| format!("(practice_id = ${} AND payer = ${})", 2 * i + 4, 2 * i + 5))
+            .collect();
+        payer_clause = format!(" AND (payer IS NULL OR NOT ({}))", pairs.join(" OR "));
+    }
+    let skip = backend.skip_locked();
+    format!(
+        "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_expires_at = $2, \
+         lease_token = lease_token + 1, attempts = attempts + 1, updated_at = $3 \
+         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $3{payer_clause} \
+                     ORDER BY run_at, id LIMIT 1{skip}) \
+           AND state = 'queued' \
+         RETURNING id, kind, practice_id, payer, case_id, attempts, max_attempts, lease_token"
+    )
+}
+
 /// Inserts a job on any connection, so the scheduler can queue jobs in the
 /// transaction that records the cron fire.
 pub(crate) async fn insert_job(
@@ -195,22 +218,7 @@ impl Queue {
         now: DateTime<Utc>,
     ) -> Result<Option<LeasedJob>, QueueError> {
         let expires_at = now + chrono_duration(ttl);
-        let mut payer_clause = String::new();
-        if !filter.skip.is_empty() {
-            let pairs: Vec<String> = (0..filter.skip.len())
-                .map(|i| format!("(practice_id = ${} AND payer = ${})", 2 * i + 4, 2 * i + 5))
-                .collect();
-            payer_clause = format!(" AND (payer IS NULL OR NOT ({}))", pairs.join(" OR "));
-        }
-        let skip = self.ledger.backend().skip_locked();
-        let sql = format!(
-            "UPDATE jobs SET state = 'leased', lease_owner = $1, lease_expires_at = $2, \
-             lease_token = lease_token + 1, attempts = attempts + 1, updated_at = $3 \
-             WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND run_at <= $3{payer_clause} \
-                         ORDER BY run_at, id LIMIT 1{skip}) \
-               AND state = 'queued' \
-             RETURNING id, kind, practice_id, payer, case_id, attempts, max_attempts, lease_token"
-        );
+        let sql = lease_sql(self.ledger.backend(), filter.skip.len());
         let mut query = sqlx::query(&sql).bind(owner).bind(ts(expires_at)).bind(ts(now));
         for (practice, key) in &filter.skip {
             query = query.bind(practice).bind(key.as_str());

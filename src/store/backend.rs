@@ -129,6 +129,11 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "console links and totp",
         include_str!("migrations/sqlite/0008_console_links_totp.sql"),
     ),
+    (
+        9,
+        "scale next check",
+        include_str!("migrations/sqlite/0009_scale_next_check.sql"),
+    ),
 ];
 
 static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -159,6 +164,11 @@ static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "console links and totp",
         include_str!("migrations/postgres/0008_console_links_totp.sql"),
+    ),
+    (
+        9,
+        "scale next check",
+        include_str!("migrations/postgres/0009_scale_next_check.sql"),
     ),
 ];
 

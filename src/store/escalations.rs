@@ -233,14 +233,72 @@ pub struct CaseForRules {
     pub case: CaseRecord,
     pub submitted_at: Option<DateTime<Utc>>,
     pub has_letter: bool,
+    /// The case's version when read: a later change wins over the scan's
+    /// next check.
+    pub version: i64,
+    /// Where the scan's next page starts.
+    pub cursor: RulesCursor,
 }
+
+/// A position in the scan's order, `(next_check_at, id)`; the default is
+/// before every case.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RulesCursor {
+    at: String,
+    id: i64,
+}
+
+/// When the rules must look at a case again.
+#[derive(Clone, Copy, Debug)]
+pub struct NextCheck {
+    pub case_id: i64,
+    /// The version the scan read.
+    pub version: i64,
+    /// None: not until the case changes.
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// The cases due for the rules: a range of the `cases_next_check` index,
+/// `(next_check_at, id) > ($2, $4)` written as a range and a filter so that
+/// both databases read it from the index.
+pub(crate) const DUE_FOR_RULES: &str =
+    "SELECT c.id, c.status, c.data, c.decision, c.payer_ref, c.created_at, c.updated_at, \
+     c.submitted_at, c.version, c.next_check_at, \
+     CASE WHEN EXISTS (SELECT 1 FROM letters l WHERE l.case_id = c.id) THEN 1 ELSE 0 END AS has_letter \
+     FROM cases c WHERE c.practice_id = $1 AND c.next_check_at >= $2 AND c.next_check_at <= $3 \
+     AND (c.next_check_at > $2 OR c.id > $4) ORDER BY c.next_check_at, c.id LIMIT $5";
 
 const SELECT_ESCALATION: &str = "SELECT id, practice_id, case_id, payer, reason, audience, level, state, severity, \
      due_at, summary, detail, opened_at, sends, reminders, last_sent_at, next_action_at, acknowledged_at, \
      acknowledged_by, note, closed_at FROM escalations";
 
+pub(crate) const SELECT_CASE_ESCALATIONS: &str = "SELECT id, practice_id, case_id, payer, reason, audience, level, \
+     state, severity, due_at, summary, detail, opened_at, sends, reminders, last_sent_at, next_action_at, \
+     acknowledged_at, acknowledged_by, note, closed_at FROM escalations WHERE case_id = $1 ORDER BY id DESC";
+
+/// Due escalations the reminders read at a time.
+const ADVANCE_PAGE: usize = 500;
+
 const SELECT_OUTBOX: &str = "SELECT id, message_id, practice_id, escalation_id, kind, recipients, subject, state, \
      attempts, next_attempt_at, last_error, created_at, sent_at FROM outbox";
+
+/// The sender's two claims (`$1` now, `$2` the claim's end): mail due
+/// first, then a claim that ran out — two indexed lookups rather than one
+/// OR (which SQLite answers by sorting every due row).
+pub(crate) fn claim_mail_sql(skip: &str) -> [String; 2] {
+    [
+        ("state = 'pending' AND next_attempt_at <= $1", "next_attempt_at, id"),
+        ("state = 'sending' AND lease_until <= $1", "lease_until, id"),
+    ]
+    .map(|(due, order)| {
+        format!(
+            "UPDATE outbox SET state = 'sending', lease_until = $2, attempts = attempts + 1 \
+             WHERE id = (SELECT id FROM outbox WHERE {due} ORDER BY {order} LIMIT 1{skip}) AND {due} \
+             RETURNING id, escalation_id, attempts, mail, \
+             (SELECT e.case_id FROM escalations e WHERE e.id = outbox.escalation_id) AS case_id"
+        )
+    })
+}
 
 fn opt_ts(row: &AnyRow, col: &str, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
     row.try_get::<Option<String>, _>(col)?
@@ -629,15 +687,40 @@ impl Ledger {
             return Ok(0);
         };
         let now = self.now();
-        let due = sqlx::query(&format!(
-            "{SELECT_ESCALATION} WHERE state = 'open' AND next_action_at IS NOT NULL AND next_action_at <= $1 ORDER BY id"
-        ))
-        .bind(ts(now))
-        .fetch_all(&self.pool)
-        .await?;
         let mut taken = 0;
-        for row in due {
-            let esc = escalation_from_row(&row)?;
+        // A page at a time, in the order of the `escalations_due` index.
+        let mut after = (String::new(), 0i64);
+        loop {
+            let page = sqlx::query(&format!(
+                "{SELECT_ESCALATION} WHERE state = 'open' AND next_action_at >= $1 AND next_action_at <= $2 \
+                 AND (next_action_at > $1 OR id > $3) ORDER BY next_action_at, id LIMIT {ADVANCE_PAGE}"
+            ))
+            .bind(&after.0)
+            .bind(ts(now))
+            .bind(after.1)
+            .fetch_all(&self.pool)
+            .await?;
+            let full = page.len() == ADVANCE_PAGE;
+            let due = page.iter().map(escalation_from_row).collect::<Result<Vec<_>, _>>()?;
+            if let Some(last) = due.last() {
+                after = (last.next_action_at.map(ts).unwrap_or_default(), last.id);
+            }
+            taken += self.advance_page(&*hook, policy, due, now).await?;
+            if !full {
+                return Ok(taken);
+            }
+        }
+    }
+
+    async fn advance_page(
+        &self,
+        hook: &dyn EscalationHook,
+        policy: &(dyn Fn(&Escalation) -> Option<Advance> + Sync),
+        due: Vec<Escalation>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let mut taken = 0;
+        for esc in due {
             let Some(advance) = policy(&esc) else {
                 continue;
             };
@@ -665,7 +748,7 @@ impl Ledger {
             let updated = self.escalation_in_tx(&mut tx, esc.id).await?;
             let case = case_in_tx(&mut tx, updated.case_id).await?;
             let queued = self
-                .send_step_in_tx(&mut tx, &*hook, &updated, case.as_ref(), step, now)
+                .send_step_in_tx(&mut tx, hook, &updated, case.as_ref(), step, now)
                 .await?;
             if let Some(case_id) = updated.case_id {
                 let detail =
@@ -748,17 +831,25 @@ impl Ledger {
         q.fetch_all(&self.pool).await?.iter().map(escalation_from_row).collect()
     }
 
-    /// The cases the time-based rules look at: everything not final.
-    pub async fn cases_for_rules(&self, practice: &str) -> Result<Vec<CaseForRules>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT c.id, c.status, c.data, c.decision, c.payer_ref, c.created_at, c.updated_at, c.submitted_at, \
-             CASE WHEN EXISTS (SELECT 1 FROM letters l WHERE l.case_id = c.id) THEN 1 ELSE 0 END AS has_letter \
-             FROM cases c WHERE c.practice_id = $1 AND c.status NOT IN ('cancelled', 'expired', 'not_required') \
-             ORDER BY c.id",
-        )
-        .bind(practice)
-        .fetch_all(&self.pool)
-        .await?;
+    /// One page of the cases of a practice the time-based rules must look
+    /// at now (their `next_check_at` has come), in `(next_check_at, id)`
+    /// order after `after`. An indexed range read (`cases_next_check`),
+    /// whatever the ledger's size.
+    pub async fn cases_due_for_rules(
+        &self,
+        practice: &str,
+        now: DateTime<Utc>,
+        after: &RulesCursor,
+        limit: usize,
+    ) -> Result<Vec<CaseForRules>, StoreError> {
+        let rows = sqlx::query(DUE_FOR_RULES)
+            .bind(practice)
+            .bind(&after.at)
+            .bind(ts(now))
+            .bind(after.id)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 let case = super::case_from_row(r)?;
@@ -767,27 +858,121 @@ impl Ledger {
                 // boolean, SQLite's an integer; the CASE makes it one type).
                 let has_letter: i64 = r.try_get("has_letter")?;
                 Ok(CaseForRules {
-                    case,
                     submitted_at,
                     has_letter: has_letter != 0,
+                    version: r.try_get("version")?,
+                    cursor: RulesCursor {
+                        at: r.try_get("next_check_at")?,
+                        id: case.id,
+                    },
+                    case,
                 })
             })
             .collect()
     }
 
-    /// The dedupe keys of a practice's active (open or acknowledged)
+    /// The dedupe keys of these cases' active (open or acknowledged)
     /// escalations: what a scan need not try to open again.
-    pub async fn active_escalation_keys(
-        &self,
-        practice: &str,
-    ) -> Result<std::collections::HashSet<String>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT dedupe_key FROM escalations WHERE practice_id = $1 AND state IN ('open', 'acknowledged')",
+    pub async fn active_escalation_keys(&self, cases: &[i64]) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut keys = std::collections::HashSet::new();
+        for chunk in cases.chunks(500) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT dedupe_key FROM escalations WHERE case_id IN ({list}) AND state IN ('open', 'acknowledged')"
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                keys.insert(r.try_get("dedupe_key")?);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Records when the rules must look at each case again (None: not
+    /// until it changes), in one statement per 300 cases. A case changed
+    /// since it was read (its version moved on) keeps the time its change
+    /// set. Returns how many were recorded.
+    pub async fn set_next_checks(&self, checks: &[NextCheck]) -> Result<u64, StoreError> {
+        let mut done = 0;
+        for chunk in checks.chunks(300) {
+            let mut at = String::from("CASE id");
+            let mut version = String::from("CASE id");
+            let mut ids = Vec::with_capacity(chunk.len());
+            for i in 0..chunk.len() {
+                let (id, t, v) = (3 * i + 1, 3 * i + 2, 3 * i + 3);
+                at.push_str(&format!(" WHEN ${id} THEN ${t}"));
+                version.push_str(&format!(" WHEN ${id} THEN ${v}"));
+                ids.push(format!("${id}"));
+            }
+            let sql = format!(
+                "UPDATE cases SET next_check_at = {at} END WHERE id IN ({}) AND version = {version} END",
+                ids.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for c in chunk {
+                q = q.bind(c.case_id).bind(c.at.map(ts)).bind(c.version);
+            }
+            done += q.execute(&self.pool).await?.rows_affected();
+        }
+        Ok(done)
+    }
+
+    /// Whether the escalation rules a practice's cases were scheduled by
+    /// differ from `fingerprint` (a hash of the rules now in force). If
+    /// they do, every case not final is due for a look at `now` (one
+    /// statement), and the new fingerprint is kept.
+    pub async fn rules_changed(&self, practice: &str, fingerprint: &str) -> Result<bool, StoreError> {
+        let now = ts(self.now());
+        let mut tx = self.begin_write().await?;
+        let seen = sqlx::query(&format!(
+            "SELECT fingerprint FROM escalation_rules_seen WHERE practice_id = $1{}",
+            self.backend.lock_row()
+        ))
+        .bind(practice)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(r) = &seen {
+            if r.try_get::<String, _>("fingerprint")? == fingerprint {
+                return Ok(false);
+            }
+        }
+        sqlx::query(
+            "UPDATE cases SET next_check_at = $1 WHERE practice_id = $2 \
+             AND status NOT IN ('cancelled', 'expired', 'not_required') \
+             AND (next_check_at IS NULL OR next_check_at > $1)",
+        )
+        .bind(&now)
+        .bind(practice)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO escalation_rules_seen (practice_id, fingerprint, changed_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (practice_id) DO UPDATE SET fingerprint = $2, changed_at = $3",
         )
         .bind(practice)
-        .fetch_all(&self.pool)
+        .bind(fingerprint)
+        .bind(&now)
+        .execute(&mut *tx)
         .await?;
-        rows.iter().map(|r| Ok(r.try_get("dedupe_key")?)).collect()
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// A case's escalations, newest first (an indexed lookup).
+    pub async fn case_escalations(&self, case_id: i64) -> Result<Vec<Escalation>, StoreError> {
+        sqlx::query(SELECT_CASE_ESCALATIONS)
+            .bind(case_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(escalation_from_row)
+            .collect()
     }
 
     /// Queues a mail that belongs to no escalation (a digest). False when
@@ -812,22 +997,12 @@ impl Ledger {
     pub async fn claim_mail(&self, lease: Duration) -> Result<Option<ClaimedMail>, StoreError> {
         let now = self.now();
         let skip = self.backend.skip_locked();
-        // Two indexed lookups rather than one OR (which SQLite answers by
-        // sorting every due row): mail due first, then a claim that ran out.
-        for (due, order) in [
-            ("state = 'pending' AND next_attempt_at <= $1", "next_attempt_at, id"),
-            ("state = 'sending' AND lease_until <= $1", "lease_until, id"),
-        ] {
-            let row = sqlx::query(&format!(
-                "UPDATE outbox SET state = 'sending', lease_until = $2, attempts = attempts + 1 \
-                 WHERE id = (SELECT id FROM outbox WHERE {due} ORDER BY {order} LIMIT 1{skip}) AND {due} \
-                 RETURNING id, escalation_id, attempts, mail, \
-                 (SELECT e.case_id FROM escalations e WHERE e.id = outbox.escalation_id) AS case_id"
-            ))
-            .bind(ts(now))
-            .bind(ts(now + lease))
-            .fetch_optional(&self.pool)
-            .await?;
+        for sql in claim_mail_sql(skip) {
+            let row = sqlx::query(&sql)
+                .bind(ts(now))
+                .bind(ts(now + lease))
+                .fetch_optional(&self.pool)
+                .await?;
             let Some(row) = row else { continue };
             let id: i64 = row.try_get("id")?;
             let mail: String = row.try_get("mail")?;

@@ -1,11 +1,11 @@
 //! Grouped reads for `/metrics`: one statement each, whatever the ledger's
-//! size (a scrape never loads cases).
+//! size (a scrape never loads cases). Cases by practice and status:
+//! `Ledger::count_by_practice_status` in `store/mod.rs`.
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
 
-use super::{parse_status, parse_ts, Ledger, StoreError};
-use crate::case::CaseStatus;
+use super::{parse_ts, Ledger, StoreError};
 
 /// The oldest open request of one practice, payer key and urgency.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,24 +21,6 @@ pub struct OldestPending {
 }
 
 impl Ledger {
-    /// Cases by practice and status.
-    pub async fn count_by_practice_status(&self) -> Result<Vec<(String, CaseStatus, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT practice_id, status, COUNT(*) AS n FROM cases GROUP BY practice_id, status ORDER BY practice_id, status",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("practice_id")?,
-                    parse_status(0, r.try_get::<String, _>("status")?.as_str())?,
-                    r.try_get("n")?,
-                ))
-            })
-            .collect()
-    }
-
     /// For each practice, payer and urgency with requests the payer has not
     /// decided (pending, or pended for information): the oldest one's
     /// submission time and how many are open.

@@ -26,16 +26,18 @@ mod console;
 mod escalations;
 mod metrics;
 mod owner;
+mod plan;
 mod schema;
 mod slots;
 pub use backend::{Backend, SCHEMES};
 pub use console::{AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser, PayerActivity};
 pub use escalations::{
-    Advance, CaseForRules, ClaimedMail, Escalation, EscalationHook, EscalationState, NewEscalation, OutboxEntry,
-    OutboxState, SendOutcome, Step,
+    Advance, CaseForRules, ClaimedMail, Escalation, EscalationHook, EscalationState, NewEscalation, NextCheck,
+    OutboxEntry, OutboxState, RulesCursor, SendOutcome, Step,
 };
 pub use metrics::OldestPending;
 pub use owner::{Owner, SubmitLease, SUBMIT_LEASE, SUBMIT_LEASE_RENEW};
+pub use plan::{hot_queries, HotQuery, PlanArg};
 pub use schema::{migrate, redact_url, schema_status, AppliedMigration, SchemaStatus};
 pub use slots::SlotLease;
 
@@ -374,36 +376,81 @@ impl Ledger {
         precert_required: Option<bool>,
         actor: &Actor,
     ) -> Result<ImportOutcome, StoreError> {
-        let json = serde_json::to_string(data).expect("case data serialises");
+        let mut outcomes = self.import_cases(&[(data.clone(), precert_required)], actor).await?;
+        Ok(outcomes.remove(0))
+    }
+
+    /// [`Ledger::import_case`] for a batch, in one transaction: all of
+    /// them or (on a database error) none. One outcome per case, in order.
+    pub async fn import_cases(
+        &self,
+        cases: &[(CaseData, Option<bool>)],
+        actor: &Actor,
+    ) -> Result<Vec<ImportOutcome>, StoreError> {
         let now = ts(self.now());
         let mut tx = self.begin_write().await?;
+        let mut outcomes = Vec::with_capacity(cases.len());
+        for (data, required) in cases {
+            outcomes.push(self.import_in_tx(&mut tx, data, *required, actor, &now).await?);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn import_in_tx(
+        &self,
+        tx: &mut Tx<'_>,
+        data: &CaseData,
+        precert_required: Option<bool>,
+        actor: &Actor,
+        now: &str,
+    ) -> Result<ImportOutcome, StoreError> {
+        let json = serde_json::to_string(data).expect("case data serialises");
         let select = format!(
             "SELECT id, status, data, version FROM cases WHERE practice_id = $1 AND case_ref = $2{}",
             self.backend.lock_row()
         );
         let find = || sqlx::query(&select).bind(&data.practice_id).bind(&data.case_ref);
-        let mut existing = find().fetch_optional(&mut *tx).await?;
+        let mut existing = find().fetch_optional(&mut **tx).await?;
         let mut created = None;
+        // The import's verdict on whether a pre-cert is needed moves a case
+        // that nobody has triaged yet.
+        let path: &[CaseStatus] = match precert_required {
+            Some(true) => &[CaseStatus::Required, CaseStatus::Ready],
+            Some(false) => &[CaseStatus::NotRequired],
+            None => &[],
+        };
+        // A new case is written with the status its path ends at, and the
+        // path's events with its `imported` one, in two statements.
+        let mut first = CaseStatus::New;
+        for &to in path {
+            if !first.can_move_to(to) {
+                return Err(illegal(&key(data), first, to));
+            }
+            first = to;
+        }
         if existing.is_none() {
             // Two importers of the same case at once (PostgreSQL; SQLite has
             // one writer): the key decides, and the later one finds the case.
             created = sqlx::query(
-                "INSERT INTO cases (practice_id, case_ref, payer, status, urgency, service_start, service_end, data, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (practice_id, case_ref) DO NOTHING RETURNING id",
+                "INSERT INTO cases (practice_id, case_ref, payer, status, urgency, service_start, service_end, data, \
+                 created_at, updated_at, next_check_at, version) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10) ON CONFLICT (practice_id, case_ref) DO NOTHING RETURNING id",
             )
             .bind(&data.practice_id)
             .bind(&data.case_ref)
             .bind(&data.coverage.payer)
-            .bind(CaseStatus::New.as_str())
+            .bind(first.as_str())
             .bind(data.urgency.as_str())
             .bind(data.service_dates.start.to_string())
             .bind(data.service_dates.end.to_string())
             .bind(&json)
-            .bind(&now)
-            .fetch_optional(&mut *tx)
+            .bind(now)
+            .bind(1 + path.len() as i64)
+            .fetch_optional(&mut **tx)
             .await?;
             if created.is_none() {
-                existing = find().fetch_optional(&mut *tx).await?;
+                existing = find().fetch_optional(&mut **tx).await?;
             }
         }
         let (id, status, version, outcome) = match existing {
@@ -411,18 +458,49 @@ impl Ledger {
                 let id: i64 = created
                     .ok_or_else(|| StoreError::NotFound(format!("case {}", key(data))))?
                     .try_get("id")?;
-                insert_event(
-                    &mut tx,
-                    id,
-                    &now,
-                    EventKind::Imported,
-                    None,
-                    Some(CaseStatus::New),
-                    actor,
-                    &json!({}),
-                )
-                .await?;
-                (id, CaseStatus::New, 1, ImportOutcome::Created { id })
+                let mut steps = vec![(EventKind::Imported, None, CaseStatus::New, json!({}))];
+                let mut from = CaseStatus::New;
+                for &to in path {
+                    steps.push((
+                        EventKind::StatusChanged,
+                        Some(from),
+                        to,
+                        json!({ "note": "set by import" }),
+                    ));
+                    from = to;
+                }
+                let values: Vec<String> = (0..steps.len())
+                    .map(|i| {
+                        let b = 7 * i;
+                        format!(
+                            "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                            b + 1,
+                            b + 2,
+                            b + 3,
+                            b + 4,
+                            b + 5,
+                            b + 6,
+                            b + 7
+                        )
+                    })
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO case_events (case_id, at, kind, from_status, to_status, actor, detail) VALUES {}",
+                    values.join(", ")
+                );
+                let mut q = sqlx::query(&sql);
+                for (kind, from, to, detail) in &steps {
+                    q = q
+                        .bind(id)
+                        .bind(now)
+                        .bind(kind.as_str())
+                        .bind(from.map(|s| s.as_str()))
+                        .bind(to.as_str())
+                        .bind(actor.as_str())
+                        .bind(detail.to_string());
+                }
+                q.execute(&mut **tx).await?;
+                (id, first, 1 + path.len() as i64, ImportOutcome::Created { id })
             }
             Some(row) => {
                 let id: i64 = row.try_get("id")?;
@@ -435,11 +513,11 @@ impl Ledger {
                     return Ok(ImportOutcome::Refused { id, status });
                 } else {
                     let changed = changed_fields(&stored, &json);
-                    update_case_data(&mut tx, id, version, data, &json, &now).await?;
+                    update_case_data(tx, id, version, data, &json, now).await?;
                     insert_event(
-                        &mut tx,
+                        tx,
                         id,
-                        &now,
+                        now,
                         EventKind::Updated,
                         None,
                         None,
@@ -451,23 +529,16 @@ impl Ledger {
                 }
             }
         };
-        // The import's verdict on whether a pre-cert is needed moves a case
-        // that nobody has triaged yet.
-        if status == CaseStatus::New {
-            let path: &[CaseStatus] = match precert_required {
-                Some(true) => &[CaseStatus::Required, CaseStatus::Ready],
-                Some(false) => &[CaseStatus::NotRequired],
-                None => &[],
-            };
+        // A case stored earlier and still untriaged moves on now.
+        if status == CaseStatus::New && !matches!(outcome, ImportOutcome::Created { .. }) {
             let (mut from, mut version) = (status, version);
             for &to in path {
                 let detail = json!({ "note": "set by import" });
-                set_status(&mut tx, id, &key(data), from, version, to, &now, actor, &detail).await?;
+                set_status(tx, id, &key(data), from, version, to, now, actor, &detail).await?;
                 from = to;
                 version += 1;
             }
         }
-        tx.commit().await?;
         Ok(outcome)
     }
 
@@ -522,7 +593,8 @@ impl Ledger {
         }
         let decision_json = serde_json::to_string(decision).expect("decision serialises");
         let done = sqlx::query(
-            "UPDATE cases SET status = $1, decision = $2, version = version + 1, updated_at = $3 WHERE id = $4 AND version = $5",
+            "UPDATE cases SET status = $1, decision = $2, version = version + 1, updated_at = $3, next_check_at = $3 \
+             WHERE id = $4 AND version = $5",
         )
         .bind(to.as_str())
         .bind(&decision_json)
@@ -576,6 +648,32 @@ impl Ledger {
         Ok(event)
     }
 
+    /// The payer was asked about the case and said nothing new: one
+    /// statement stamps `last_polled_at` (no event: the timeline records
+    /// changes). False when the case is no longer in `status` (it changed
+    /// meanwhile, and that change has its own event).
+    pub async fn mark_polled(&self, id: i64, status: CaseStatus) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE cases SET last_polled_at = $1 WHERE id = $2 AND status = $3")
+            .bind(ts(self.now()))
+            .bind(id)
+            .bind(status.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// When the payer was last asked about the case and said nothing new.
+    pub async fn last_polled(&self, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let row = sqlx::query("SELECT last_polled_at FROM cases WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("case {id}")))?;
+        row.try_get::<Option<String>, _>("last_polled_at")?
+            .map(|s| parse_ts(id, &s))
+            .transpose()
+    }
+
     pub async fn get(&self, id: i64) -> Result<CaseRecord, StoreError> {
         let row = sqlx::query(&format!("{SELECT_CASE} WHERE id = $1"))
             .bind(id)
@@ -626,6 +724,31 @@ impl Ledger {
         rows.iter().map(case_from_row).collect()
     }
 
+    /// One page of cases in id order after `after` (None: from the first),
+    /// at most `limit`, with how many letters each has: filters and paging
+    /// in SQL, on an index per filter (`cases_list_*`), in one query.
+    pub async fn list_page(
+        &self,
+        filter: &CaseFilter,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<ListedCase>, StoreError> {
+        let (sql, args) = list_page_sql(filter);
+        let mut query = sqlx::query(&sql).bind(after.unwrap_or(0)).bind(limit as i64);
+        for a in &args {
+            query = query.bind(a);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ListedCase {
+                    case: case_from_row(r)?,
+                    letters: r.try_get::<i64, _>("letters")? as usize,
+                })
+            })
+            .collect()
+    }
+
     /// Counts of cases per status (for reports and metrics).
     pub async fn count_by_status(&self) -> Result<Vec<(CaseStatus, i64)>, StoreError> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM cases GROUP BY status ORDER BY status")
@@ -641,14 +764,28 @@ impl Ledger {
             .collect()
     }
 
-    /// A case's audit trail, oldest first.
-    pub async fn events(&self, id: i64) -> Result<Vec<CaseEvent>, StoreError> {
+    /// Counts of cases per practice and status (for metrics): one grouped
+    /// read on `cases_by_practice`, not the cases themselves.
+    pub async fn count_by_practice_status(&self) -> Result<Vec<(String, CaseStatus, i64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, case_id, at, kind, from_status, to_status, actor, detail FROM case_events WHERE case_id = $1 ORDER BY id",
+            "SELECT practice_id, status, COUNT(*) AS n FROM cases GROUP BY practice_id, status ORDER BY practice_id, status",
         )
-        .bind(id)
         .fetch_all(&self.pool)
         .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("practice_id")?,
+                    parse_status(0, r.try_get::<String, _>("status")?.as_str())?,
+                    r.try_get("n")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A case's audit trail, oldest first.
+    pub async fn events(&self, id: i64) -> Result<Vec<CaseEvent>, StoreError> {
+        let rows = sqlx::query(SELECT_EVENTS).bind(id).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let status = |col: &str| -> Result<Option<CaseStatus>, StoreError> {
@@ -776,12 +913,7 @@ impl Ledger {
     }
 
     pub async fn letters(&self, id: i64) -> Result<Vec<Letter>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kind, stored_path, sha256, bytes, media_type, fetched_at FROM letters WHERE case_id = $1 ORDER BY id",
-        )
-        .bind(id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(SELECT_LETTERS).bind(id).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(Letter {
@@ -826,6 +958,41 @@ async fn payer_ref_holder<'e>(
     })
     .transpose()
 }
+
+/// `list_page`'s query: `$1` the id to start after, `$2` the page size,
+/// then the filters' values.
+pub(crate) fn list_page_sql(filter: &CaseFilter) -> (String, Vec<String>) {
+    let mut sql = String::from(
+        "SELECT c.id, c.status, c.data, c.decision, c.payer_ref, c.created_at, c.updated_at, \
+         (SELECT COUNT(*) FROM letters l WHERE l.case_id = c.id) AS letters FROM cases c WHERE c.id > $1",
+    );
+    let mut args: Vec<String> = Vec::new();
+    for (column, value) in [
+        ("practice_id", filter.practice.clone()),
+        ("payer", filter.payer.clone()),
+        ("status", filter.status.map(|s| s.as_str().to_owned())),
+    ] {
+        if let Some(v) = value {
+            args.push(v);
+            sql.push_str(&format!(" AND c.{column} = ${}", args.len() + 2));
+        }
+    }
+    sql.push_str(" ORDER BY c.id LIMIT $2");
+    (sql, args)
+}
+
+/// A case in a listing, with how many letters it has.
+#[derive(Clone, Debug)]
+pub struct ListedCase {
+    pub case: CaseRecord,
+    pub letters: usize,
+}
+
+const SELECT_EVENTS: &str =
+    "SELECT id, case_id, at, kind, from_status, to_status, actor, detail FROM case_events WHERE case_id = $1 ORDER BY id";
+
+const SELECT_LETTERS: &str =
+    "SELECT kind, stored_path, sha256, bytes, media_type, fetched_at FROM letters WHERE case_id = $1 ORDER BY id";
 
 const SELECT_CASE: &str = "SELECT id, status, data, decision, payer_ref, created_at, updated_at FROM cases";
 
@@ -922,7 +1089,7 @@ async fn set_status(
         return Err(illegal(case, from, to));
     }
     let done = sqlx::query(
-        "UPDATE cases SET status = $1, version = version + 1, updated_at = $2 WHERE id = $3 AND version = $4",
+        "UPDATE cases SET status = $1, version = version + 1, updated_at = $2, next_check_at = $2 WHERE id = $3 AND version = $4",
     )
     .bind(to.as_str())
     .bind(now)
@@ -960,7 +1127,7 @@ async fn update_case_data(
 ) -> Result<(), StoreError> {
     let done = sqlx::query(
         "UPDATE cases SET data = $1, payer = $2, urgency = $3, service_start = $4, service_end = $5, \
-         version = version + 1, updated_at = $6 WHERE id = $7 AND version = $8",
+         version = version + 1, updated_at = $6, next_check_at = $6 WHERE id = $7 AND version = $8",
     )
     .bind(json)
     .bind(&data.coverage.payer)

@@ -476,10 +476,26 @@ async fn a_case_bound_to_sandbox_pas_goes_through_the_pas_client() {
 
     let r = w.ok(Action::Submit, "LO-2026-1001").await;
     assert_eq!(r.status, CaseStatus::Pending);
+    // Still in review: the inquiry is stamped on the case, and the
+    // timeline (which records changes) gets nothing.
+    let events = w.ledger.events(r.case_id).await.unwrap().len();
+    assert_eq!(w.ledger.last_polled(r.case_id).await.unwrap(), None);
+    let r = w.ok(Action::PollStatus, "LO-2026-1001").await;
+    assert_eq!(r.status, CaseStatus::Pending);
+    assert_eq!(
+        w.ledger.events(r.case_id).await.unwrap().len(),
+        events,
+        "no event for no change"
+    );
+    assert!(w.ledger.last_polled(r.case_id).await.unwrap().is_some());
     w.sandbox.advance_clock(Duration::from_secs(20));
     let r = w.ok(Action::PollStatus, "LO-2026-1001").await;
     assert_eq!(r.status, CaseStatus::Approved);
-    assert_eq!(w.answered("/fhir/Claim/$inquire", 200), 1);
+    assert!(
+        w.ledger.events(r.case_id).await.unwrap().len() > events,
+        "the change is recorded"
+    );
+    assert_eq!(w.answered("/fhir/Claim/$inquire", 200), 2);
     assert_eq!(
         w.answered("/oauth/token", 200),
         2,

@@ -1,0 +1,150 @@
+//! The queries on precert's hot paths, as the database will run them: the
+//! tests in `tests/it/query_plan.rs` ask each database for its plan and
+//! refuse a full read of a large table (or a sort of one) where an index
+//! should answer. A hot query that is added or changed belongs here.
+
+use sqlx::Row;
+
+use super::{Backend, CaseFilter, Ledger, StoreError};
+use crate::case::CaseStatus;
+
+/// A value bound to a query's placeholder for its plan.
+#[derive(Clone, Debug)]
+pub enum PlanArg {
+    Int(i64),
+    Text(String),
+}
+
+/// One hot-path query.
+#[derive(Clone, Debug)]
+pub struct HotQuery {
+    /// What it serves, for the test's message.
+    pub name: String,
+    pub sql: String,
+    pub args: Vec<PlanArg>,
+    /// It reads a page in index order: a sort of the rows it matches would
+    /// grow with the ledger.
+    pub ordered: bool,
+}
+
+fn text(s: &str) -> PlanArg {
+    PlanArg::Text(s.to_owned())
+}
+
+fn q(name: impl Into<String>, sql: impl Into<String>, args: Vec<PlanArg>, ordered: bool) -> HotQuery {
+    HotQuery {
+        name: name.into(),
+        sql: sql.into(),
+        args,
+        ordered,
+    }
+}
+
+/// Every hot-path query with plausible values.
+pub fn hot_queries(backend: Backend) -> Vec<HotQuery> {
+    let now = text("2026-12-01T12:00:00.000000Z");
+    let mut all = vec![q(
+        "escalation scan: the cases due for a look",
+        super::escalations::DUE_FOR_RULES,
+        vec![text("p"), text(""), now.clone(), PlanArg::Int(0), PlanArg::Int(500)],
+        true,
+    )];
+    for (practice, payer, status) in [
+        (None, None, None),
+        (Some("p"), None, None),
+        (None, Some("sandbox"), None),
+        (None, None, Some(CaseStatus::Pending)),
+        (Some("p"), Some("sandbox"), None),
+        (Some("p"), None, Some(CaseStatus::Pending)),
+        (None, Some("sandbox"), Some(CaseStatus::Pending)),
+        (Some("p"), Some("sandbox"), Some(CaseStatus::Pending)),
+    ] {
+        let filter = CaseFilter {
+            practice: practice.map(str::to_owned),
+            payer: payer.map(str::to_owned),
+            status,
+        };
+        let (sql, values) = super::list_page_sql(&filter);
+        let mut args = vec![PlanArg::Int(0), PlanArg::Int(101)];
+        args.extend(values.into_iter().map(PlanArg::Text));
+        all.push(q(format!("cases list, {filter:?}"), sql, args, true));
+    }
+    let case = format!("{} WHERE id = $1", super::SELECT_CASE);
+    all.extend([
+        q("cases show: by number", case, vec![PlanArg::Int(1)], false),
+        q(
+            "cases show: by practice and reference",
+            format!("{} WHERE practice_id = $1 AND case_ref = $2", super::SELECT_CASE),
+            vec![text("p"), text("R-1")],
+            false,
+        ),
+        q(
+            "cases show: by reference",
+            format!("{} WHERE case_ref = $1 ORDER BY id", super::SELECT_CASE),
+            vec![text("R-1")],
+            false,
+        ),
+        q("cases show: events", super::SELECT_EVENTS, vec![PlanArg::Int(1)], false),
+        q(
+            "cases show: letters",
+            super::SELECT_LETTERS,
+            vec![PlanArg::Int(1)],
+            false,
+        ),
+        q(
+            "cases show: escalations",
+            super::escalations::SELECT_CASE_ESCALATIONS,
+            vec![PlanArg::Int(1)],
+            false,
+        ),
+        q(
+            "job queue: lease",
+            crate::queue::lease_sql(backend, 1),
+            vec![text("w"), now.clone(), now.clone(), text("lakeside-ortho"), text("sandbox")],
+            true,
+        ),
+    ]);
+    for (i, sql) in super::escalations::claim_mail_sql(backend.skip_locked())
+        .into_iter()
+        .enumerate()
+    {
+        all.push(q(
+            format!("outbox claim {}", i + 1),
+            sql,
+            vec![now.clone(), now.clone()],
+            true,
+        ));
+    }
+    all
+}
+
+impl Ledger {
+    /// The database's plan for `query`, one line per step: SQLite's
+    /// `EXPLAIN QUERY PLAN` details; PostgreSQL's `EXPLAIN`, asked with
+    /// sequential scans discouraged (a small test table would otherwise
+    /// always be read whole), so a `Seq Scan` left means no index serves.
+    #[doc(hidden)]
+    pub async fn query_plan(&self, query: &HotQuery) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let (sql, col) = match self.backend {
+            Backend::Sqlite => (format!("EXPLAIN QUERY PLAN {}", query.sql), "detail"),
+            Backend::Postgres => {
+                sqlx::query("SET enable_seqscan = off").execute(&mut *conn).await?;
+                (format!("EXPLAIN {}", query.sql), "QUERY PLAN")
+            }
+        };
+        let mut qy = sqlx::query(&sql);
+        for a in &query.args {
+            qy = match a {
+                PlanArg::Int(i) => qy.bind(*i),
+                PlanArg::Text(t) => qy.bind(t.clone()),
+            };
+        }
+        // EXPLAIN without ANALYZE runs nothing, an UPDATE included.
+        let rows = qy.fetch_all(&mut *conn).await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("RESET enable_seqscan").execute(&mut *conn).await?;
+        }
+        rows.iter().map(|r| Ok(r.try_get::<String, _>(col)?)).collect()
+    }
+}

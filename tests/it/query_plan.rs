@@ -1,0 +1,55 @@
+//! Every query on a hot path (the escalation scan, `cases list` under each
+//! filter, `cases show`, the job lease, the outbox claim) reads through an
+//! index: the database's own plan for it (`precert::store::hot_queries`)
+//! has no full read of a table and, for a paged read, no sort of
+//! everything it matched — what would grow with the ledger.
+
+use precert::store::hot_queries;
+
+use super::postgres::{both_backends, Backend, TestDb};
+
+/// What in a plan line means the query reads or sorts more than its page.
+fn problem(backend: Backend, line: &str, ordered: bool) -> Option<&'static str> {
+    match backend {
+        Backend::Sqlite if line.starts_with("SCAN ") => Some("reads a whole table"),
+        Backend::Sqlite if ordered && line.contains("TEMP B-TREE") => Some("sorts every row it matched"),
+        Backend::Postgres if line.contains("Seq Scan") => Some("reads a whole table"),
+        _ => None,
+    }
+}
+
+async fn hot_queries_read_through_indexes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let ledger = db.ledger().await;
+    let mut bad = Vec::new();
+    for q in hot_queries(ledger.backend()) {
+        let plan = ledger
+            .query_plan(&q)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", q.name));
+        assert!(!plan.is_empty(), "{}: an empty plan", q.name);
+        let indexed = plan.iter().any(|l| {
+            l.contains("USING INDEX")
+                || l.contains("USING COVERING INDEX")
+                || l.contains("USING INTEGER PRIMARY KEY")
+                || l.contains("Index Scan")
+                || l.contains("Index Only Scan")
+                || l.contains("Bitmap Index Scan")
+        });
+        if !indexed {
+            bad.push(format!("{}: no index used:\n  {}", q.name, plan.join("\n  ")));
+        }
+        for line in &plan {
+            if let Some(why) = problem(backend, line, q.ordered) {
+                bad.push(format!("{}: {why} (`{line}`):\n  {}", q.name, plan.join("\n  ")));
+            }
+        }
+    }
+    ledger.close().await;
+    assert!(bad.is_empty(), "{}", bad.join("\n\n"));
+}
+
+both_backends!(
+    #[tokio::test]
+    hot_queries_read_through_indexes
+);
