@@ -83,6 +83,28 @@ impl Backend {
         }
     }
 
+    /// A text value inside a JSON text column, NULL when absent: `path` is
+    /// object keys and array indexes (`["service_lines", "0", "code"]`).
+    /// SQLite's `json_extract`, PostgreSQL's `#>>`; the path is precert's
+    /// own constant, never user input.
+    pub(crate) fn json_text(self, column: &str, path: &[&str]) -> String {
+        match self {
+            Backend::Sqlite => {
+                let mut p = String::from("$");
+                for seg in path {
+                    if seg.bytes().all(|b| b.is_ascii_digit()) {
+                        p.push_str(&format!("[{seg}]"));
+                    } else {
+                        p.push('.');
+                        p.push_str(seg);
+                    }
+                }
+                format!("json_extract({column}, '{p}')")
+            }
+            Backend::Postgres => format!("(({column})::json #>> '{{{}}}')", path.join(",")),
+        }
+    }
+
     /// The embedded migrations: (version, description, SQL).
     pub fn migrations(self) -> &'static [(i64, &'static str, &'static str)] {
         match self {

@@ -25,6 +25,7 @@ mod backend;
 mod console;
 mod escalations;
 mod owner;
+mod report;
 mod schema;
 pub use backend::{Backend, SCHEMES};
 pub use console::{AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser};
@@ -33,6 +34,7 @@ pub use escalations::{
     OutboxState, SendOutcome, Step,
 };
 pub use owner::{Owner, SubmitLease, SUBMIT_LEASE, SUBMIT_LEASE_RENEW};
+pub use report::{AttentionEvent, CaseFacts, PendEpisode, ReportScope};
 pub use schema::{migrate, redact_url, schema_status, AppliedMigration, SchemaStatus};
 
 #[derive(Debug, thiserror::Error)]

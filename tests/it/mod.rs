@@ -18,6 +18,7 @@ mod portal;
 mod postgres;
 mod queue;
 mod reaper;
+mod report;
 mod schedule;
 mod scrub;
 pub mod smtp;
