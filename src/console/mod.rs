@@ -28,6 +28,7 @@ mod auth;
 mod case_page;
 mod files;
 mod pages;
+mod reports;
 pub mod users;
 mod view;
 
@@ -167,6 +168,8 @@ pub fn router(app: App) -> Router {
         .route("/cases/{practice}/{case_ref}/runs/{event}/{file}", get(files::artifact))
         .route("/escalations", get(pages::escalations))
         .route("/escalations/ack", post(actions::acknowledge))
+        .route("/reports", get(reports::page))
+        .route("/reports.csv", get(reports::csv))
         .route("/static/console.css", get(stylesheet))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))

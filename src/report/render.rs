@@ -15,11 +15,11 @@ pub fn hours(secs: i64) -> String {
     format!("{:.1}", secs as f64 / 3600.0)
 }
 
-/// A duration as people read it: hours under two days, days above.
+/// A duration as people read it: hours under 100, days above.
 pub fn duration(secs: Option<i64>) -> String {
     match secs {
         None => "–".into(),
-        Some(s) if s < 48 * 3600 => format!("{} h", hours(s)),
+        Some(s) if s < 100 * 3600 => format!("{} h", hours(s)),
         Some(s) => format!("{:.1} d", s as f64 / 86_400.0),
     }
 }

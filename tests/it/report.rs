@@ -900,3 +900,213 @@ fn command_line(p: &Project, r: &report::Report) {
         stderr(&check)
     );
 }
+
+/// The console's world (its samples imported, its users) with the history
+/// written into its ledger, and one request of valley-imaging too.
+async fn console_world() -> super::console::World {
+    let w = super::console::world().await;
+    let lo = w.ledger.find("lakeside-ortho", "LO-2026-1004").await.unwrap().unwrap();
+    let vi = w.ledger.find("valley-imaging", "VI-88120").await.unwrap().unwrap();
+    let h = write_history(&w.settings.database_url, lo.data.clone(), Some(lo.id)).await;
+    h.submit(vi.id, utc(10, 6, 15, 0)).await;
+    h.decide(vi.id, utc(10, 7, 15, 0), CaseStatus::Approved, None).await;
+    h.ledger.close().await;
+    w
+}
+
+const PERIOD: &str = "from=2026-10-01&to=2026-11-30&as_of=2026-11-30";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_reports_show_a_users_practices_only_and_export_the_figures_as_csv() {
+    use reqwest::StatusCode;
+    let w = console_world().await;
+
+    // A supervisor of both practices sees both, with the charts.
+    let mut sam = w.client();
+    sam.signed_in("sam").await;
+    let page = sam.get(&format!("/reports?{PERIOD}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    let text = page.text();
+    assert!(text.contains("<td class=\"payer\">sandbox</td>"), "{text}");
+    assert!(text.contains("<td>valley-imaging</td>"), "{text}");
+    assert!(text.contains("<td class=\"num first-pass\">72.7 %</td>"), "{text}");
+    assert!(text.contains("<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart turnaround\""));
+    assert!(text.contains("class=\"chart approval\""));
+    assert!(!text.contains("<script"));
+    let csv_link = "/reports.csv?from=2026-10-01&amp;to=2026-11-30&amp;as_of=2026-11-30";
+    assert!(text.contains(csv_link), "{text}");
+
+    // The export is the page's figures.
+    let export = sam.get(&csv_link.replace("&amp;", "&")).await;
+    assert_eq!(export.status, StatusCode::OK);
+    assert!(header(&export, "content-type").starts_with("text/csv"));
+    assert!(header(&export, "content-disposition").contains("precert-report-2026-10-01-2026-11-30.csv"));
+    let rows = parse_csv(&export.text());
+    let got: Vec<(&str, &str, &str, &str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["practice"].as_str(),
+                r["payer"].as_str(),
+                r["submitted"].as_str(),
+                r["decided"].as_str(),
+                r["first_pass_rate"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("lakeside-ortho", "sandbox", "25", "22", "72.7"),
+            ("lakeside-ortho", "sandbox-pas", "15", "13", "92.3"),
+            ("valley-imaging", "sandbox", "1", "1", "100.0"),
+        ]
+    );
+    // Without the practice's override, B14's six days are inside 7.
+    assert_eq!(rows[1]["standard_share_within"], "92.3");
+
+    // An operator of lakeside-ortho sees its figures only; valley-imaging
+    // is not found, as its cases are.
+    let mut olive = w.client();
+    olive.signed_in("olive").await;
+    let page = olive.get(&format!("/reports?{PERIOD}")).await.text();
+    assert!(
+        page.contains("lakeside-ortho") && !page.contains("valley-imaging"),
+        "{page}"
+    );
+    let rows = parse_csv(&olive.get(&format!("/reports.csv?{PERIOD}")).await.text());
+    assert_eq!(rows.len(), 2);
+    for path in [
+        format!("/reports?{PERIOD}&practice=valley-imaging"),
+        format!("/reports.csv?{PERIOD}&practice=valley-imaging"),
+    ] {
+        assert_eq!(olive.get(&path).await.status, StatusCode::NOT_FOUND, "{path}");
+    }
+    assert_eq!(
+        olive.get("/reports?from=yesterday").await.status,
+        StatusCode::BAD_REQUEST
+    );
+    // Nobody signed in: to the sign-in page.
+    let anon = w.client().get("/reports").await;
+    assert_eq!(anon.status, StatusCode::SEE_OTHER);
+
+    let log = w.ledger.console_audit_log(None, 100).await.unwrap();
+    let seen: Vec<(&str, &str)> = log
+        .iter()
+        .filter(|a| a.action.starts_with("report_"))
+        .map(|a| (a.user.as_str(), a.action.as_str()))
+        .rev()
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("sam", "report_view"),
+            ("sam", "report_export"),
+            ("olive", "report_view"),
+            ("olive", "report_export"),
+        ]
+    );
+    w.finish().await;
+}
+
+fn header<'a>(a: &'a super::console::Answer, name: &str) -> &'a str {
+    a.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_in_chromium_show_the_figures_and_both_charts() {
+    use fantoccini::Locator;
+    let w = console_world().await;
+    let driver = precert::browser::Driver::start(&w.settings.webdriver, &w.settings.data_dir)
+        .await
+        .unwrap();
+    let b = driver.session().await.unwrap();
+    b.goto(&format!("{}/login", w.base)).await.unwrap();
+    let form = b
+        .wait()
+        .for_element(Locator::Css("form[action='/login']"))
+        .await
+        .unwrap();
+    form.find(Locator::Css("input[name=name]"))
+        .await
+        .unwrap()
+        .send_keys("sam")
+        .await
+        .unwrap();
+    form.find(Locator::Css("input[name=password]"))
+        .await
+        .unwrap()
+        .send_keys(super::console::PASSWORD)
+        .await
+        .unwrap();
+    form.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .for_element(Locator::XPath("//h1[normalize-space()='Cases']"))
+        .await
+        .expect("the worklist after signing in");
+    // From the menu, then the practice chosen in the form.
+    b.find(Locator::LinkText("Reports"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait()
+        .for_element(Locator::XPath("//h1[normalize-space()='Reports']"))
+        .await
+        .unwrap();
+    b.goto(&format!("{}/reports?{PERIOD}&practice=lakeside-ortho", w.base))
+        .await
+        .unwrap();
+    let table = b.wait().for_element(Locator::Css("table.figures")).await.unwrap();
+    let mut cells = Vec::new();
+    for css in ["td.payer", "td.submitted", "td.first-pass", "td.approval", "td.denial"] {
+        let mut col = Vec::new();
+        for c in table.find_all(Locator::Css(&format!("tr.group {css}"))).await.unwrap() {
+            col.push(c.text().await.unwrap());
+        }
+        cells.push(col);
+    }
+    assert_eq!(
+        cells,
+        [
+            vec!["sandbox", "sandbox-pas"],
+            vec!["25", "15"],
+            vec!["72.7 %", "92.3 %"],
+            vec!["81.8 %", "92.3 %"],
+            vec!["18.2 %", "7.7 %"],
+        ]
+    );
+    // Both charts are drawn: bars for each day slot that has decisions,
+    // a point per month with decisions, each with its figures in words.
+    let bars = b.find_all(Locator::Css("svg.turnaround rect.bar")).await.unwrap();
+    assert_eq!(bars.len(), 18, "9 day slots × 2 payers");
+    let points = b.find_all(Locator::Css("svg.approval circle.point")).await.unwrap();
+    assert_eq!(points.len(), 2, "sandbox in October, sandbox-pas in November");
+    let svg = b.find(Locator::Css("svg.turnaround")).await.unwrap();
+    let (_, _, width, height) = svg.rectangle().await.unwrap();
+    assert!(width > 300.0 && height > 100.0, "{width}×{height}");
+    let title = b
+        .find(Locator::Css("svg.approval circle.point title"))
+        .await
+        .unwrap()
+        .html(true)
+        .await
+        .unwrap();
+    assert_eq!(title, "lakeside-ortho · sandbox 2026-10: 18 of 22 approved");
+    let shot = b.screenshot().await.unwrap();
+    assert!(shot.starts_with(b"\x89PNG"));
+    std::fs::create_dir_all(w.p.path("shots")).unwrap();
+    std::fs::write(w.p.path("shots/reports.png"), &shot).unwrap();
+    if let Ok(d) = std::env::var("PRECERT_CONSOLE_SHOTS") {
+        std::fs::write(std::path::Path::new(&d).join("reports.png"), &shot).unwrap();
+    }
+    b.close().await.unwrap();
+    driver.shutdown().await;
+    w.finish().await;
+}
