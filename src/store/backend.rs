@@ -12,7 +12,8 @@
 //!   transaction holds the whole database from its first statement
 //!   (`BEGIN IMMEDIATE`), so the same SELECT needs no suffix;
 //! - the migration lock: a PostgreSQL advisory lock, an exclusive `flock` on
-//!   the SQLite file's directory (see `schema`).
+//!   the SQLite file's directory (see `schema`);
+//! - reading a field of a JSON text column (`json_text`, for reports).
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
