@@ -351,8 +351,13 @@ pub async fn build(
     let mut pended: HashMap<i64, GroupKey> = HashMap::new();
     let mut late_ids: Vec<(i64, Window)> = Vec::new();
     let mut case_groups: HashMap<i64, GroupKey> = HashMap::new();
+    // The case's details are read when grouping by one, or when a rule
+    // layer is keyed by plan type or state (the window depends on them).
+    let keyed = |c: &EscalationConfig| !c.plan_types.is_empty() || !c.states.is_empty();
+    let details =
+        q.by.is_some() || keyed(&settings.escalations) || settings.practices.iter().any(|p| keyed(&p.escalations));
     ledger
-        .report_cases(scope, |f| {
+        .report_cases(scope, details, |f| {
             let key = (f.practice_id.clone(), f.payer.clone(), q.by.map(|d| d.of(&f)));
             let window = window_for(settings, &f);
             let tz = practice_tz(settings, &f.practice_id);

@@ -127,10 +127,31 @@ impl ReportScope {
 impl Ledger {
     /// Every request first submitted in the scope's period, one at a time
     /// to `each`, in case order. Rows stream from the database; nothing is
-    /// collected here.
-    pub async fn report_cases(&self, scope: &ReportScope, mut each: impl FnMut(CaseFacts)) -> Result<(), StoreError> {
+    /// collected here. Without `details`, plan type, state, CPT code and
+    /// setting are not read (`None`).
+    pub async fn report_cases(
+        &self,
+        scope: &ReportScope,
+        details: bool,
+        mut each: impl FnMut(CaseFacts),
+    ) -> Result<(), StoreError> {
         let b = self.backend;
         let (filter, args) = scope.case_filter(4);
+        // JSON is read only where it is needed: the case's details when
+        // asked, the decision's denial for denied requests.
+        let field = |path: &[&str]| {
+            if details {
+                b.json_text("c.data", path)
+            } else {
+                "NULL".to_owned()
+            }
+        };
+        let denied = |path: &[&str]| {
+            format!(
+                "CASE WHEN s.denied_id IS NOT NULL THEN {} END",
+                b.json_text("c.decision", path)
+            )
+        };
         // `GROUP BY +e.case_id`: one pass over the events in table order and
         // a sort, not a walk of the (case, id) index, which would read each
         // case's events from wherever they were appended (a random read per
@@ -141,10 +162,9 @@ impl Ledger {
                {denial_code} AS denial_code, {denial_text} AS denial_text, \
                s.submitted_at, s.submissions, s.approved_at, s.partial_at, s.denied_at, \
                s.pend_at, s.pends, s.cancelled_at, \
-               (SELECT e2.to_status FROM case_events e2 WHERE e2.case_id = c.id AND e2.to_status IS NOT NULL \
-                  AND e2.at <= $3 ORDER BY e2.id DESC LIMIT 1) AS status, \
-               (SELECT e3.detail FROM case_events e3 WHERE e3.case_id = c.id AND e3.to_status = 'denied' \
-                  AND e3.at <= $3 ORDER BY e3.id LIMIT 1) AS denial_event, \
+               (SELECT e2.to_status FROM case_events e2 WHERE e2.id = s.last_id) AS status, \
+               CASE WHEN s.denied_id IS NOT NULL \
+                  THEN (SELECT e3.detail FROM case_events e3 WHERE e3.id = s.denied_id) END AS denial_event, \
                CASE WHEN EXISTS (SELECT 1 FROM letters l WHERE l.case_id = c.id AND l.fetched_at <= $3) \
                   THEN 1 ELSE 0 END AS has_letter, \
                (SELECT x.due_at FROM escalations x WHERE x.case_id = c.id \
@@ -159,17 +179,19 @@ impl Ledger {
                      MIN(CASE WHEN e.to_status = 'denied' THEN e.at END) AS denied_at, \
                      MIN(CASE WHEN e.to_status = 'pended_for_info' THEN e.at END) AS pend_at, \
                      SUM(CASE WHEN e.to_status = 'pended_for_info' THEN 1 ELSE 0 END) AS pends, \
-                     MIN(CASE WHEN e.to_status = 'cancelled' THEN e.at END) AS cancelled_at \
+                     MIN(CASE WHEN e.to_status = 'cancelled' THEN e.at END) AS cancelled_at, \
+                     MIN(CASE WHEN e.to_status = 'denied' THEN e.id END) AS denied_id, \
+                     MAX(e.id) AS last_id \
                    FROM case_events e WHERE e.at <= $3 AND e.to_status IS NOT NULL GROUP BY +e.case_id) s \
              JOIN cases c ON c.id = s.case_id \
              WHERE s.submitted_at >= $1 AND s.submitted_at < $2{filter} \
              ORDER BY c.id",
-            plan_type = b.json_text("c.data", &["coverage", "plan_type"]),
-            state = b.json_text("c.data", &["coverage", "state"]),
-            cpt = b.json_text("c.data", &["service_lines", "0", "code"]),
-            setting = b.json_text("c.data", &["setting"]),
-            denial_code = b.json_text("c.decision", &["denial", "code"]),
-            denial_text = b.json_text("c.decision", &["denial", "text"]),
+            plan_type = field(&["coverage", "plan_type"]),
+            state = field(&["coverage", "state"]),
+            cpt = field(&["service_lines", "0", "code"]),
+            setting = field(&["setting"]),
+            denial_code = denied(&["denial", "code"]),
+            denial_text = denied(&["denial", "text"]),
         );
         let mut query = sqlx::query(&sql)
             .bind(super::ts(scope.from))
