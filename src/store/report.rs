@@ -214,33 +214,43 @@ impl Ledger {
     pub async fn report_pends(&self, scope: &ReportScope) -> Result<Vec<PendEpisode>, StoreError> {
         let (filter, args) = scope.case_filter(2);
         let sql = format!(
-            "SELECT e.case_id, e.at, e.to_status FROM case_events e JOIN cases c ON c.id = e.case_id \
-             WHERE e.at <= $1 AND (e.to_status = 'pended_for_info' OR e.from_status = 'pended_for_info'){filter} \
-             ORDER BY e.case_id, e.id"
+            "SELECT e.id, e.case_id, e.at, e.to_status FROM case_events e JOIN cases c ON c.id = e.case_id \
+             WHERE e.at <= $1 AND (e.to_status = 'pended_for_info' OR e.from_status = 'pended_for_info'){filter}"
         );
         let mut query = sqlx::query(&sql).bind(super::ts(scope.as_of));
         for a in &args {
             query = query.bind(a);
         }
+        // Few rows (pends are rare): read in table order and sorted here,
+        // not walked in the (case, id) index's order (a random read each).
+        let mut moves: Vec<(i64, i64, DateTime<Utc>, bool)> = Vec::new();
         let mut rows = query.fetch(&self.pool);
-        let mut out: Vec<PendEpisode> = Vec::new();
         while let Some(row) = rows.try_next().await? {
             let case_id: i64 = row.try_get("case_id")?;
             let at = parse_ts(case_id, row.try_get::<String, _>("at")?.as_str())?;
             let to: Option<String> = row.try_get("to_status")?;
+            moves.push((
+                case_id,
+                row.try_get("id")?,
+                at,
+                to.as_deref() == Some("pended_for_info"),
+            ));
+        }
+        moves.sort_unstable_by_key(|m| (m.0, m.1));
+        let mut out: Vec<PendEpisode> = Vec::new();
+        for (case_id, _, at, into) in moves {
             let open = out.last_mut().filter(|p| p.case_id == case_id && p.end.is_none());
-            match (to.as_deref(), open) {
+            match (into, open) {
                 // A move into a pend (an exit recorded as a move to the same
                 // status cannot happen: the graph forbids it).
-                (Some("pended_for_info"), _) => out.push(PendEpisode {
+                (true, _) => out.push(PendEpisode {
                     case_id,
                     start: at,
                     end: None,
                 }),
-                (_, Some(p)) => p.end = Some(at),
-                // An exit without its entry (before the period's events):
-                // nothing to measure.
-                (_, None) => {}
+                (false, Some(p)) => p.end = Some(at),
+                // An exit without its entry: nothing to measure.
+                (false, None) => {}
             }
         }
         Ok(out)
