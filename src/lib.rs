@@ -22,6 +22,7 @@ pub mod pas;
 pub mod phi;
 pub mod playbook;
 pub mod queue;
+pub mod report;
 pub mod schedule;
 pub mod scrub;
 pub mod store;

@@ -12,6 +12,7 @@ mod daemon;
 mod db;
 mod escalations;
 mod pas;
+mod report;
 mod run;
 mod schedule;
 
@@ -76,6 +77,9 @@ pub enum Command {
     /// The ledger's schema: migrate, or show its status.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// How each payer and practice did over a period, beside what payers
+    /// publish; with --late, the evidence of late decisions.
+    Report(report::ReportArgs),
 }
 
 /// How a command ended, for the exit code.
@@ -155,6 +159,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let settings = load(&cli.config, Secrets::Skip)?;
             db::run(cmd, &settings).await
         }
+        Command::Report(args) => {
+            let settings = load(&cli.config, Secrets::Skip)?;
+            report::run(args, &settings, &cli.config).await
+        }
     }
 }
 
@@ -210,6 +218,11 @@ fn check(path: &std::path::Path) -> anyhow::Result<Outcome> {
         eprintln!("{e}");
     }
     problems += playbook_errors.len();
+    let (_, published_errors) = crate::report::published::load_dir(&crate::report::published::default_dir(path));
+    for e in &published_errors {
+        eprintln!("{e}");
+    }
+    problems += published_errors.len();
     if let Ok(settings) = &loaded {
         crate::logging::init(&settings.log);
         tracing::debug!(?settings, "Configuration checked.");

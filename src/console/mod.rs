@@ -33,6 +33,7 @@ mod files;
 pub mod links;
 mod pages;
 mod payers;
+mod reports;
 pub mod users;
 mod view;
 
@@ -206,6 +207,8 @@ pub fn router(app: App) -> Router {
         .route("/account", get(account::show))
         .route("/account/totp", post(account::totp))
         .route("/payers", get(payers::page))
+        .route("/reports", get(reports::page))
+        .route("/reports.csv", get(reports::csv))
         .route("/static/console.css", get(stylesheet))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))

@@ -12,7 +12,8 @@
 //!   transaction holds the whole database from its first statement
 //!   (`BEGIN IMMEDIATE`), so the same SELECT needs no suffix;
 //! - the migration lock: a PostgreSQL advisory lock, an exclusive `flock` on
-//!   the SQLite file's directory (see `schema`).
+//!   the SQLite file's directory (see `schema`);
+//! - reading a field of a JSON text column (`json_text`, for reports).
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -80,6 +81,28 @@ impl Backend {
         match self {
             Backend::Sqlite => "",
             Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// A text value inside a JSON text column, NULL when absent: `path` is
+    /// object keys and array indexes (`["service_lines", "0", "code"]`).
+    /// SQLite's `json_extract`, PostgreSQL's `#>>`; the path is precert's
+    /// own constant, never user input.
+    pub(crate) fn json_text(self, column: &str, path: &[&str]) -> String {
+        match self {
+            Backend::Sqlite => {
+                let mut p = String::from("$");
+                for seg in path {
+                    if seg.bytes().all(|b| b.is_ascii_digit()) {
+                        p.push_str(&format!("[{seg}]"));
+                    } else {
+                        p.push('.');
+                        p.push_str(seg);
+                    }
+                }
+                format!("json_extract({column}, '{p}')")
+            }
+            Backend::Postgres => format!("(({column})::json #>> '{{{}}}')", path.join(",")),
         }
     }
 

@@ -27,6 +27,7 @@ mod escalations;
 mod metrics;
 mod owner;
 mod plan;
+mod report;
 mod schema;
 mod slots;
 pub use backend::{Backend, SCHEMES};
@@ -38,6 +39,7 @@ pub use escalations::{
 pub use metrics::OldestPending;
 pub use owner::{Owner, SubmitLease, SUBMIT_LEASE, SUBMIT_LEASE_RENEW};
 pub use plan::{hot_queries, HotQuery, PlanArg};
+pub use report::{AttentionEvent, CaseFacts, PendEpisode, ReportScope};
 pub use schema::{migrate, redact_url, schema_status, AppliedMigration, SchemaStatus};
 pub use slots::SlotLease;
 

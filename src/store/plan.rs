@@ -100,7 +100,13 @@ pub fn hot_queries(backend: Backend) -> Vec<HotQuery> {
         q(
             "job queue: lease",
             crate::queue::lease_sql(backend, 1),
-            vec![text("w"), now.clone(), now.clone(), text("lakeside-ortho"), text("sandbox")],
+            vec![
+                text("w"),
+                now.clone(),
+                now.clone(),
+                text("lakeside-ortho"),
+                text("sandbox"),
+            ],
             true,
         ),
     ]);

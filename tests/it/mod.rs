@@ -20,6 +20,7 @@ mod postgres;
 mod query_plan;
 mod queue;
 mod reaper;
+mod report;
 mod scale;
 mod schedule;
 mod scrub;

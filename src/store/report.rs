@@ -1,0 +1,365 @@
+//! What reports read: each request's history folded out of the event log
+//! (`case_events`), never from counters kept on the side, so a report over
+//! any past period can be made again and says the same.
+//!
+//! One aggregate query gives one compact row per request submitted in the
+//! period (its first submission, its first decision of each kind, pends,
+//! cancellation, its status as of the report's instant); two narrow queries
+//! give pend episodes and the moves to `needs_attention`. The figures
+//! themselves (`crate::report`) are folded from these rows as they stream,
+//! so memory grows with the number of groups and durations, not with the
+//! event log.
+
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{parse_status, parse_ts, Ledger, StoreError};
+use crate::case::{CaseStatus, Urgency};
+
+/// Which requests a report is about.
+#[derive(Clone, Debug)]
+pub struct ReportScope {
+    /// Requests first submitted at or after this instant…
+    pub from: DateTime<Utc>,
+    /// …and before this one.
+    pub to: DateTime<Utc>,
+    /// What happened to them is read from the events up to this instant.
+    pub as_of: DateTime<Utc>,
+    pub practice: Option<String>,
+    pub payer: Option<String>,
+    /// Only these practices (a console user's); `None` for all.
+    pub allowed: Option<Vec<String>>,
+}
+
+/// One request's history, as the event log tells it up to `as_of`.
+#[derive(Clone, Debug)]
+pub struct CaseFacts {
+    pub id: i64,
+    pub practice_id: String,
+    pub case_ref: String,
+    pub payer: String,
+    pub urgency: Urgency,
+    pub plan_type: Option<String>,
+    pub state: Option<String>,
+    /// The first service line's procedure code.
+    pub cpt: Option<String>,
+    pub setting: Option<String>,
+    /// The first move from `submitting` to a payer state: the payer had it.
+    pub submitted_at: DateTime<Utc>,
+    /// How many times it went from `submitting` to the payer (more than one:
+    /// resubmitted).
+    pub submissions: u32,
+    /// The first decision (approved, partially approved or denied) and when
+    /// precert recorded it.
+    pub first_decision: Option<(CaseStatus, DateTime<Utc>)>,
+    pub first_pend_at: Option<DateTime<Utc>>,
+    pub pends: u32,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// The status the last status change before `as_of` left it in.
+    pub status: CaseStatus,
+    /// A decision letter was kept by `as_of`.
+    pub has_letter: bool,
+    /// The first denial's reason code (its event's), and its text while
+    /// the case's recorded decision still carries that denial (a later
+    /// decision replaces it; the event log keeps the code only).
+    pub denial_code: Option<String>,
+    pub denial_text: Option<String>,
+    /// The decision deadline a stall warning or stall escalation recorded
+    /// for this request (the rules in force when it was raised), with its
+    /// `window` wording.
+    pub recorded_deadline: Option<(DateTime<Utc>, Option<String>)>,
+}
+
+/// A time the request spent pended for information.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendEpisode {
+    pub case_id: i64,
+    pub start: DateTime<Utc>,
+    /// `None`: still pended at `as_of`.
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// A move to `needs_attention` in the period: automation gave up.
+#[derive(Clone, Debug)]
+pub struct AttentionEvent {
+    pub case_id: i64,
+    pub practice_id: String,
+    pub payer: String,
+    pub at: DateTime<Utc>,
+    /// The note the change carried (`submit portal_changed: …`), if any.
+    pub note: Option<String>,
+}
+
+const PAYER_STATES: &str = "('pending', 'pended_for_info', 'approved', 'partially_approved', 'denied')";
+
+impl ReportScope {
+    /// ` AND c.practice_id = $N …` for the scope's filters, binding from
+    /// `first`; returns the clause and its values in order.
+    fn case_filter(&self, first: usize) -> (String, Vec<String>) {
+        let mut sql = String::new();
+        let mut args = Vec::new();
+        if let Some(p) = &self.practice {
+            args.push(p.clone());
+            sql.push_str(&format!(" AND c.practice_id = ${}", first + args.len() - 1));
+        }
+        if let Some(p) = &self.payer {
+            args.push(p.clone());
+            sql.push_str(&format!(" AND c.payer = ${}", first + args.len() - 1));
+        }
+        if let Some(allowed) = &self.allowed {
+            if allowed.is_empty() {
+                sql.push_str(" AND 1 = 0");
+            } else {
+                let mut marks = Vec::new();
+                for p in allowed {
+                    args.push(p.clone());
+                    marks.push(format!("${}", first + args.len() - 1));
+                }
+                sql.push_str(&format!(" AND c.practice_id IN ({})", marks.join(", ")));
+            }
+        }
+        (sql, args)
+    }
+}
+
+impl Ledger {
+    /// Every request first submitted in the scope's period, one at a time
+    /// to `each`, in case order. Rows stream from the database; nothing is
+    /// collected here. Without `details`, plan type, state, CPT code and
+    /// setting are not read (`None`).
+    pub async fn report_cases(
+        &self,
+        scope: &ReportScope,
+        details: bool,
+        mut each: impl FnMut(CaseFacts),
+    ) -> Result<(), StoreError> {
+        let b = self.backend;
+        let (filter, args) = scope.case_filter(4);
+        // JSON is read only where it is needed: the case's details when
+        // asked, the decision's denial for denied requests.
+        let field = |path: &[&str]| {
+            if details {
+                b.json_text("c.data", path)
+            } else {
+                "NULL".to_owned()
+            }
+        };
+        let denied = |path: &[&str]| {
+            format!(
+                "CASE WHEN s.denied_id IS NOT NULL THEN {} END",
+                b.json_text("c.decision", path)
+            )
+        };
+        // `GROUP BY +e.case_id`: one pass over the events in table order and
+        // a sort, not a walk of the (case, id) index, which would read each
+        // case's events from wherever they were appended (a random read per
+        // event; measured by bench-report). PostgreSQL reads it the same.
+        let sql = format!(
+            "SELECT c.id, c.practice_id, c.case_ref, c.payer, c.urgency, \
+               {plan_type} AS plan_type, {state} AS state, {cpt} AS cpt, {setting} AS setting, \
+               {denial_code} AS denial_code, {denial_text} AS denial_text, \
+               s.submitted_at, s.submissions, s.approved_at, s.partial_at, s.denied_at, \
+               s.pend_at, s.pends, s.cancelled_at, \
+               (SELECT e2.to_status FROM case_events e2 WHERE e2.id = s.last_id) AS status, \
+               CASE WHEN s.denied_id IS NOT NULL \
+                  THEN (SELECT e3.detail FROM case_events e3 WHERE e3.id = s.denied_id) END AS denial_event, \
+               CASE WHEN EXISTS (SELECT 1 FROM letters l WHERE l.case_id = c.id AND l.fetched_at <= $3) \
+                  THEN 1 ELSE 0 END AS has_letter, \
+               (SELECT x.due_at FROM escalations x WHERE x.case_id = c.id \
+                  AND x.reason IN ('stall_warning', 'stalled') AND x.opened_at <= $3 ORDER BY x.id LIMIT 1) AS recorded_due, \
+               (SELECT x.detail FROM escalations x WHERE x.case_id = c.id \
+                  AND x.reason IN ('stall_warning', 'stalled') AND x.opened_at <= $3 ORDER BY x.id LIMIT 1) AS recorded_detail \
+             FROM (SELECT +e.case_id AS case_id, \
+                     MIN(CASE WHEN e.from_status = 'submitting' AND e.to_status IN {PAYER_STATES} THEN e.at END) AS submitted_at, \
+                     SUM(CASE WHEN e.from_status = 'submitting' AND e.to_status IN {PAYER_STATES} THEN 1 ELSE 0 END) AS submissions, \
+                     MIN(CASE WHEN e.to_status = 'approved' THEN e.at END) AS approved_at, \
+                     MIN(CASE WHEN e.to_status = 'partially_approved' THEN e.at END) AS partial_at, \
+                     MIN(CASE WHEN e.to_status = 'denied' THEN e.at END) AS denied_at, \
+                     MIN(CASE WHEN e.to_status = 'pended_for_info' THEN e.at END) AS pend_at, \
+                     SUM(CASE WHEN e.to_status = 'pended_for_info' THEN 1 ELSE 0 END) AS pends, \
+                     MIN(CASE WHEN e.to_status = 'cancelled' THEN e.at END) AS cancelled_at, \
+                     MIN(CASE WHEN e.to_status = 'denied' THEN e.id END) AS denied_id, \
+                     MAX(e.id) AS last_id \
+                   FROM case_events e WHERE e.at <= $3 AND e.to_status IS NOT NULL GROUP BY +e.case_id) s \
+             JOIN cases c ON c.id = s.case_id \
+             WHERE s.submitted_at >= $1 AND s.submitted_at < $2{filter} \
+             ORDER BY c.id",
+            plan_type = field(&["coverage", "plan_type"]),
+            state = field(&["coverage", "state"]),
+            cpt = field(&["service_lines", "0", "code"]),
+            setting = field(&["setting"]),
+            denial_code = denied(&["denial", "code"]),
+            denial_text = denied(&["denial", "text"]),
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(super::ts(scope.from))
+            .bind(super::ts(scope.to))
+            .bind(super::ts(scope.as_of));
+        for a in &args {
+            query = query.bind(a);
+        }
+        let mut rows = query.fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            each(facts_from_row(&row)?);
+        }
+        Ok(())
+    }
+
+    /// Every pend episode, up to `as_of`, of requests in the scope's
+    /// practices and payers that were pended at least once; the caller keeps
+    /// those of its requests. An episode starts with the move to
+    /// `pended_for_info` and ends with the next move from it.
+    pub async fn report_pends(&self, scope: &ReportScope) -> Result<Vec<PendEpisode>, StoreError> {
+        let (filter, args) = scope.case_filter(2);
+        let sql = format!(
+            "SELECT e.id, e.case_id, e.at, e.to_status FROM case_events e JOIN cases c ON c.id = e.case_id \
+             WHERE e.at <= $1 AND (e.to_status = 'pended_for_info' OR e.from_status = 'pended_for_info'){filter}"
+        );
+        let mut query = sqlx::query(&sql).bind(super::ts(scope.as_of));
+        for a in &args {
+            query = query.bind(a);
+        }
+        // Few rows (pends are rare): read in table order and sorted here,
+        // not walked in the (case, id) index's order (a random read each).
+        let mut moves: Vec<(i64, i64, DateTime<Utc>, bool)> = Vec::new();
+        let mut rows = query.fetch(&self.pool);
+        while let Some(row) = rows.try_next().await? {
+            let case_id: i64 = row.try_get("case_id")?;
+            let at = parse_ts(case_id, row.try_get::<String, _>("at")?.as_str())?;
+            let to: Option<String> = row.try_get("to_status")?;
+            moves.push((
+                case_id,
+                row.try_get("id")?,
+                at,
+                to.as_deref() == Some("pended_for_info"),
+            ));
+        }
+        moves.sort_unstable_by_key(|m| (m.0, m.1));
+        let mut out: Vec<PendEpisode> = Vec::new();
+        for (case_id, _, at, into) in moves {
+            let open = out.last_mut().filter(|p| p.case_id == case_id && p.end.is_none());
+            match (into, open) {
+                // A move into a pend (an exit recorded as a move to the same
+                // status cannot happen: the graph forbids it).
+                (true, _) => out.push(PendEpisode {
+                    case_id,
+                    start: at,
+                    end: None,
+                }),
+                (false, Some(p)) => p.end = Some(at),
+                // An exit without its entry: nothing to measure.
+                (false, None) => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves to `needs_attention` made in the scope's period (by when they
+    /// happened, whatever the request's submission time).
+    pub async fn report_attention(&self, scope: &ReportScope) -> Result<Vec<AttentionEvent>, StoreError> {
+        let (filter, args) = scope.case_filter(3);
+        let sql = format!(
+            "SELECT e.case_id, c.practice_id, c.payer, e.at, e.detail FROM case_events e JOIN cases c ON c.id = e.case_id \
+             WHERE e.to_status = 'needs_attention' AND e.at >= $1 AND e.at < $2{filter} ORDER BY e.id"
+        );
+        let mut query = sqlx::query(&sql).bind(super::ts(scope.from)).bind(super::ts(scope.to));
+        for a in &args {
+            query = query.bind(a);
+        }
+        let mut rows = query.fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            let case_id: i64 = row.try_get("case_id")?;
+            let detail: String = row.try_get("detail")?;
+            let note = serde_json::from_str::<serde_json::Value>(&detail)
+                .ok()
+                .and_then(|d| d.get("note").and_then(|n| n.as_str()).map(str::to_owned));
+            out.push(AttentionEvent {
+                case_id,
+                practice_id: row.try_get("practice_id")?,
+                payer: row.try_get("payer")?,
+                at: parse_ts(case_id, row.try_get::<String, _>("at")?.as_str())?,
+                note,
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn opt_time(row: &AnyRow, col: &str, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
+    row.try_get::<Option<String>, _>(col)?
+        .map(|s| parse_ts(id, &s))
+        .transpose()
+}
+
+fn facts_from_row(row: &AnyRow) -> Result<CaseFacts, StoreError> {
+    let id: i64 = row.try_get("id")?;
+    let urgency: String = row.try_get("urgency")?;
+    let urgency = urgency
+        .parse::<Urgency>()
+        .map_err(|reason| StoreError::Corrupt { id, reason })?;
+    let submitted_at = opt_time(row, "submitted_at", id)?.ok_or_else(|| StoreError::Corrupt {
+        id,
+        reason: "a reported request without its submission".into(),
+    })?;
+    let first_decision = [
+        (CaseStatus::Approved, opt_time(row, "approved_at", id)?),
+        (CaseStatus::PartiallyApproved, opt_time(row, "partial_at", id)?),
+        (CaseStatus::Denied, opt_time(row, "denied_at", id)?),
+    ]
+    .into_iter()
+    .filter_map(|(s, t)| t.map(|t| (s, t)))
+    .min_by_key(|(_, t)| *t);
+    let status: Option<String> = row.try_get("status")?;
+    let status = parse_status(id, status.as_deref().unwrap_or("pending"))?;
+    let recorded_deadline = match opt_time(row, "recorded_due", id)? {
+        Some(due) => {
+            let detail: Option<String> = row.try_get("recorded_detail")?;
+            let window = detail
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+                .and_then(|d| d.get("window").and_then(|w| w.as_str()).map(str::to_owned));
+            Some((due, window))
+        }
+        None => None,
+    };
+    let count = |col: &str| -> Result<u32, StoreError> {
+        Ok(row
+            .try_get::<Option<i64>, _>(col)?
+            .unwrap_or(0)
+            .clamp(0, u32::MAX.into()) as u32)
+    };
+    let decision_text: Option<String> = row.try_get("denial_text")?;
+    let (denial_code, denial_text) = if decision_text.is_some() {
+        (row.try_get("denial_code")?, decision_text)
+    } else {
+        let event: Option<String> = row.try_get("denial_event")?;
+        let code = event
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+            .and_then(|d| d.get("denial_code").and_then(|c| c.as_str()).map(str::to_owned));
+        (code, None)
+    };
+    Ok(CaseFacts {
+        id,
+        practice_id: row.try_get("practice_id")?,
+        case_ref: row.try_get("case_ref")?,
+        payer: row.try_get("payer")?,
+        urgency,
+        plan_type: row.try_get("plan_type")?,
+        state: row.try_get("state")?,
+        cpt: row.try_get("cpt")?,
+        setting: row.try_get("setting")?,
+        submitted_at,
+        submissions: count("submissions")?,
+        first_decision,
+        first_pend_at: opt_time(row, "pend_at", id)?,
+        pends: count("pends")?,
+        cancelled_at: opt_time(row, "cancelled_at", id)?,
+        status,
+        has_letter: row.try_get::<i64, _>("has_letter")? != 0,
+        denial_code,
+        denial_text,
+        recorded_deadline,
+    })
+}
