@@ -89,17 +89,29 @@ fn processes_of(id: &str) -> Vec<(i32, i32)> {
 pub(super) fn kill_all(id: &str, pgid: Option<i32>, limit: Duration) -> usize {
     let deadline = Instant::now() + limit;
     let mut found = None;
+    // The group, once a process of the driver was seen in it: a process
+    // that is exiting may no longer show its environment or command line
+    // (its memory is being torn down) and yet not be a zombie; its group
+    // still names it.
+    let mut group = None;
     loop {
         let procs = processes_of(id);
         found.get_or_insert(procs.len());
-        if procs.is_empty() {
+        if group.is_none() {
+            group = pgid.filter(|g| procs.iter().any(|(_, pg)| pg == g));
+        }
+        let group_left = group.is_some_and(|g| {
+            let me = std::process::id() as i32;
+            pids().any(|pid| pid != me && stat(pid).is_some_and(|s| s.pgrp == g && !ended(s.state)))
+        });
+        if procs.is_empty() && !group_left {
             break;
         }
         if Instant::now() >= deadline {
             tracing::warn!(id, left = procs.len(), "Browser processes outlived SIGKILL.");
             break;
         }
-        if let Some(g) = pgid.filter(|g| procs.iter().any(|(_, pg)| pg == g)) {
+        if let Some(g) = group {
             // SAFETY: kill(2); the group is proven to be the browser's.
             unsafe { libc::kill(-g, libc::SIGKILL) };
         }

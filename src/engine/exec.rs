@@ -220,7 +220,11 @@ impl<'a> Interp<'a> {
         ] {
             for c in conds {
                 if self.holds(step, c).await.unwrap_or(false) {
-                    return Err(fail(step, kind, format!("{DETECTED}{what} ({})", describe(c))));
+                    return Err(fail(
+                        step,
+                        kind,
+                        format!("{DETECTED}{what} ({})", describe_in(self, step, c)),
+                    ));
                 }
             }
         }
@@ -279,13 +283,21 @@ impl<'a> Interp<'a> {
             // Without a page nothing changes while we wait: an `api`
             // playbook's expression is decided at once.
             if self.client.is_none() {
-                return Err(fail(step, FailureKind::Retryable, format!("not true: {}", describe(c))));
+                return Err(fail(
+                    step,
+                    FailureKind::Retryable,
+                    format!("not true: {}", describe_in(self, step, c)),
+                ));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(fail(
                     step,
                     FailureKind::Retryable,
-                    format!("still not true after {:?}: {}", step.timeout, describe(c)),
+                    format!(
+                        "still not true after {:?}: {}",
+                        step.timeout,
+                        describe_in(self, step, c)
+                    ),
                 ));
             }
             tokio::time::sleep(POLL).await;
@@ -352,10 +364,32 @@ impl<'a> Interp<'a> {
                     // A page the `detect` rules know keeps its own verdict
                     // (an error page is retried, not a changed portal).
                     if f.kind == FailureKind::Retryable && !f.message.starts_with(DETECTED) {
+                        // Signing in, a sign-in page where the signed-in page
+                        // should be means the portal ended the session
+                        // under us (a forced logout, an expired MFA step):
+                        // the login is tried again, the portal has not
+                        // changed. (While signing in the `logged_out` rules
+                        // are not checked as the steps wait: the sign-in
+                        // page is where they are.)
+                        if self.in_login {
+                            for lo in &self.playbook.detect.logged_out {
+                                if self.holds(step, lo).await.unwrap_or(false) {
+                                    return Err(fail(
+                                        step,
+                                        FailureKind::SessionLost,
+                                        format!(
+                                            "{DETECTED}sent us back to its sign-in page ({}) instead of: {}",
+                                            describe_in(self, step, lo),
+                                            describe_in(self, step, c)
+                                        ),
+                                    ));
+                                }
+                            }
+                        }
                         return Err(fail(
                             step,
                             FailureKind::PortalChanged,
-                            format!("assertion failed: {}", describe(c)),
+                            format!("assertion failed: {}", describe_in(self, step, c)),
                         ));
                     }
                     return Err(f);
@@ -837,7 +871,7 @@ impl<'a> Interp<'a> {
                         FailureKind::Retryable,
                         format!(
                             "no rows match `{row_css}` and the page does not show an empty result ({})",
-                            describe(c)
+                            describe_in(self, step, c)
                         ),
                     ));
                 }
@@ -1144,12 +1178,21 @@ if (now !== null) {
 }
 "#;
 
-fn describe(c: &Condition) -> String {
+/// A condition in words, its templates rendered as the step saw them (a
+/// selector with `{{ index }}` names the element it looked for) — except a
+/// template that reads a secret, which is shown as written.
+fn describe_in(interp: &Interp<'_>, step: &Step, c: &Condition) -> String {
+    let shown = |t: &Tpl| {
+        if t.source.contains("secrets") {
+            return t.source.clone();
+        }
+        interp.render(step, t).unwrap_or_else(|_| t.source.clone())
+    };
     match c {
-        Condition::Present(s) => format!("an element matches `{}`", s.css.source),
-        Condition::Absent(s) => format!("no element matches `{}`", s.css.source),
-        Condition::Text(t) => format!("the page says `{}`", t.source),
-        Condition::Url(t) => format!("the URL contains `{}`", t.source),
+        Condition::Present(s) => format!("an element matches `{}`", shown(&s.css)),
+        Condition::Absent(s) => format!("no element matches `{}`", shown(&s.css)),
+        Condition::Text(t) => format!("the page says `{}`", shown(t)),
+        Condition::Url(t) => format!("the URL contains `{}`", shown(t)),
         Condition::Expr(t) => format!("`{}` holds", t.source),
     }
 }

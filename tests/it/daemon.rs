@@ -726,6 +726,13 @@ async fn a_job_that_cannot_start_a_browser_is_failed_counted_and_pauses_the_paye
             && l.contains("result=\"retry\"")),
         "{metrics}"
     );
+    // Not ready while no browser can start (alive, though: /healthz).
+    let ready = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+    let why = ready.text().await.unwrap();
+    assert!(why.contains("browser") && why.contains("chromedriver"), "{why}");
+    let alive = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.unwrap();
+    assert_eq!(alive.status().as_u16(), 200);
     let log = d.log();
     assert!(
         !log.lines()
