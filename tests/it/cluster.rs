@@ -113,7 +113,7 @@ async fn three_daemons_on_one_postgresql_submit_and_mail_each_thing_once_though_
     )
     .await;
     let killed = daemons.remove(0);
-    let killed_pid = killed_pid(&killed);
+    let killed_pid = killed.pid();
     killed.signal(libc::SIGKILL);
     let _ = killed.exit(Duration::from_secs(10)).await;
     daemons.push(start(&p, &db.url, 3));
@@ -213,8 +213,4 @@ async fn three_daemons_on_one_postgresql_submit_and_mail_each_thing_once_though_
     assert_eq!(held, 0, "jobs still leased by the killed daemon");
     pool.close().await;
     sandbox.shutdown().await;
-}
-
-fn killed_pid(d: &Daemon) -> u32 {
-    d.pid()
 }
