@@ -28,6 +28,7 @@ mod metrics;
 mod owner;
 mod plan;
 mod report;
+mod requirement;
 mod schema;
 mod slots;
 pub use backend::{Backend, SCHEMES};
@@ -40,6 +41,7 @@ pub use metrics::OldestPending;
 pub use owner::{Owner, SubmitLease, SUBMIT_LEASE, SUBMIT_LEASE_RENEW};
 pub use plan::{hot_queries, HotQuery, PlanArg};
 pub use report::{AttentionEvent, CaseFacts, PendEpisode, ReportScope};
+pub use requirement::RequirementDecision;
 pub use schema::{migrate, redact_url, schema_status, AppliedMigration, SchemaStatus};
 pub use slots::SlotLease;
 
@@ -159,6 +161,10 @@ pub enum EventKind {
     Email,
     Letter,
     Note,
+    /// Whether the payer wants a pre-cert, and who said so (rules, CRD, a person).
+    RequirementDecided,
+    /// The payer's API answered off its specification; the problems are listed.
+    PayerNonconformant,
 }
 
 impl EventKind {
@@ -172,6 +178,8 @@ impl EventKind {
             EventKind::Email => "email",
             EventKind::Letter => "letter",
             EventKind::Note => "note",
+            EventKind::RequirementDecided => "requirement_decided",
+            EventKind::PayerNonconformant => "payer_nonconformant",
         }
     }
 }

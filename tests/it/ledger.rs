@@ -242,3 +242,55 @@ async fn four_importers_of_one_file_store_each_case_once(backend: Backend) {
         assert_eq!(imported, 1, "{}", c.data.case_ref);
     }
 }
+
+both_backends!(
+    #[tokio::test]
+    a_requirement_decision_moves_a_new_case_once_and_cites_its_source
+);
+async fn a_requirement_decision_moves_a_new_case_once_and_cites_its_source(backend: Backend) {
+    use precert::store::RequirementDecision;
+    let (_db, ledger, id) = imported(backend).await;
+    let actor = Actor::system("requirements");
+    let mut data = ledger.get(id).await.unwrap().data;
+    let mut ids = Vec::new();
+    for case_ref in ["LO-2026-9001", "LO-2026-9002"] {
+        data.case_ref = case_ref.into();
+        let outcome = ledger.import_case(&data, None, &actor).await.unwrap();
+        assert!(matches!(outcome, ImportOutcome::Created { .. }), "{outcome:?}");
+        let case = ledger.find("lakeside-ortho", case_ref).await.unwrap().unwrap();
+        assert_eq!(case.status, CaseStatus::New);
+        ids.push(case.id);
+    }
+    let rule = |required| RequirementDecision {
+        required,
+        source: "rules".into(),
+        detail: serde_json::json!({ "rule": "mri-knee", "version": "2026-10-01" }),
+    };
+    let moved = ledger.decide_requirement(ids[0], &rule(true), &actor).await.unwrap();
+    assert_eq!(moved, Some(CaseStatus::Ready));
+    let moved = ledger.decide_requirement(ids[1], &rule(false), &actor).await.unwrap();
+    assert_eq!(moved, Some(CaseStatus::NotRequired));
+    // A second decision on a case already decided writes nothing.
+    let before = ledger.events(ids[0]).await.unwrap().len();
+    assert_eq!(
+        ledger.decide_requirement(ids[0], &rule(false), &actor).await.unwrap(),
+        None
+    );
+    assert_eq!(ledger.events(ids[0]).await.unwrap().len(), before);
+    assert_eq!(ledger.get(ids[0]).await.unwrap().status, CaseStatus::Ready);
+
+    let events = ledger.events(ids[0]).await.unwrap();
+    let decided = events
+        .iter()
+        .find(|e| e.kind == EventKind::RequirementDecided.as_str())
+        .expect("a requirement_decided event");
+    assert_eq!(decided.detail["source"], "rules");
+    assert_eq!(decided.detail["rule"], "mri-knee");
+    assert_eq!(decided.detail["required"], true);
+    let path: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == EventKind::StatusChanged.as_str())
+        .filter_map(|e| e.to_status)
+        .collect();
+    assert_eq!(path, [CaseStatus::Required, CaseStatus::Ready]);
+}
