@@ -218,7 +218,8 @@ struct Ctx {
     pub(crate) disabled: Mutex<Vec<String>>,
     /// Serves the payers' PAS notifications.
     notify: Arc<crate::pas::notify::Receiver>,
-    /// PAS subscriptions held, by notification route.
+    /// The PAS bindings of this daemon's configuration, by notification
+    /// route (the subscriptions themselves are the ledger's).
     subscriptions: tokio::sync::Mutex<HashMap<String, Subscription>>,
     /// Signs acknowledgement links in mail (the ledger's key).
     link_key: crate::console::links::LinkKey,
@@ -276,7 +277,7 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| DaemonError::Listen { addr: listen, source })?;
-    sync_subscriptions(&ctx).await;
+    sync_subscriptions(&ctx, SyncPass::Configured).await;
     let app = http::router(http::HttpState { ctx: ctx.clone() }).merge(crate::pas::notify::router(ctx.notify.clone()));
     let tracker = ctx.tracker.clone();
     let http_stop = stop.clone();
@@ -306,6 +307,7 @@ pub async fn run(
     requeue(&ctx).await;
     tracker.spawn(scheduler_loop(ctx.clone()));
     tracker.spawn(mail_sender(ctx.clone()));
+    tracker.spawn(subscription_keeper(ctx.clone()));
     for i in 0..workers {
         tracker.spawn(worker(ctx.clone(), i));
     }
@@ -333,10 +335,8 @@ pub async fn run(
         ctx.abandon.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
     }
-    let held: Vec<Subscription> = ctx.subscriptions.lock().await.drain().map(|(_, s)| s).collect();
-    for s in held {
-        delete_subscription(s).await;
-    }
+    // The PAS subscriptions are the cluster's: they stay registered for the
+    // other daemons, or for this one when it starts again.
     let loaded = ctx.loaded.read().await.clone();
     loaded.engine.shutdown().await;
     ledger.close().await;
@@ -344,30 +344,51 @@ pub async fn run(
     Ok(())
 }
 
-/// A payer subscription this daemon holds, deleted when it stops or when
-/// its practice or payer binding changes.
+/// A PAS binding this daemon's configuration has: its client (to delete the
+/// subscription should the binding go away) and what its subscription is
+/// registered from.
 struct Subscription {
     client: Arc<crate::pas::PasClient>,
-    id: String,
-    /// What it was registered from (practice, binding, endpoint): a reload
-    /// that changes any of it re-registers.
     fingerprint: String,
 }
+
+/// How long a daemon may take to replace one subscription before another
+/// may take the route over.
+const SUBSCRIPTION_CLAIM: chrono::Duration = chrono::Duration::seconds(60);
+
+/// How often the registrations that are missing (a payer refused, a daemon
+/// died mid-registration) are tried again.
+const SUBSCRIPTION_RETRY: Duration = Duration::from_secs(300);
 
 /// The notification route of a practice's PAS binding.
 fn notify_route(practice: &str, key: &str) -> String {
     format!("{practice}/{key}")
 }
 
+/// Why the subscriptions are brought in line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SyncPass {
+    /// At start or after a reload: this daemon's configuration is the new
+    /// one; a subscription registered from another is replaced.
+    Configured,
+    /// The periodic retry: only registrations that are missing are done (a
+    /// daemon whose reload is still to come does not undo another's).
+    Retry,
+}
+
 /// Brings the PAS subscriptions in line with the running configuration: one
-/// per enabled practice's binding to a PAS playbook, so decisions on pended
-/// requests arrive by notification on this listener (`$inquire` on the poll
-/// schedule stays as reconciliation). At start and after each reload:
-/// subscriptions whose practice or binding changed or went away are deleted
-/// at the payer and their routes closed; new ones are registered. A payer
-/// that refuses is logged (its cases are still polled) and asked again at the
-/// next reload.
-async fn sync_subscriptions(ctx: &Ctx) {
+/// per enabled practice's binding to a PAS playbook, **one for the cluster**
+/// (the ledger's `pas_subscriptions` row names it and the daemon that
+/// registers it), so decisions on pended requests arrive by notification
+/// (`$inquire` on the poll schedule stays as reconciliation). Every daemon
+/// serves every route and checks the payer's token against the row, so a
+/// notification is accepted by whichever daemon receives it. Subscriptions
+/// whose practice or binding changed are replaced, those of bindings that
+/// went away are deleted at the payer; a payer that refuses is logged (its
+/// cases are still polled) and asked again every [`SUBSCRIPTION_RETRY`].
+/// Stopping a daemon leaves the cluster's subscriptions in place (another
+/// daemon, or this one restarted, receives their notifications).
+async fn sync_subscriptions(ctx: &Ctx, pass: SyncPass) {
     let loaded = ctx.loaded.read().await.clone();
     let settings = &loaded.settings;
     let mut wanted = std::collections::BTreeMap::new();
@@ -381,36 +402,57 @@ async fn sync_subscriptions(ctx: &Ctx) {
             }
             let route = notify_route(&practice.id, key);
             let endpoint = format!("{}/pas/notify/{route}", settings.http_public_url);
-            // Secrets print redacted: a rotated secret alone keeps the
-            // subscription (the client is rebuilt by the new engine).
+            // What the payer-side subscription depends on; secrets print
+            // redacted, so a rotated secret alone keeps the subscription (the
+            // client is rebuilt by the new engine).
             let fingerprint = crate::files::sha256_hex(
                 format!(
-                    "{practice:?}|{binding:?}|{}|{endpoint}|{}",
-                    pb.base_url,
-                    settings.data_dir.display()
+                    "{}|{}|{binding:?}|{}|{endpoint}",
+                    practice.id,
+                    practice.npi.as_str(),
+                    pb.base_url
                 )
                 .as_bytes(),
             );
             wanted.insert(route, (fingerprint, practice, key, binding, pb, endpoint));
         }
     }
-    let mut held = ctx.subscriptions.lock().await;
-    let stale: Vec<String> = held
+    let mut known = ctx.subscriptions.lock().await;
+    let now = Utc::now;
+    // Bindings that went away or changed: stop serving the gone ones, and
+    // delete their subscription at the payer while it is still theirs.
+    let stale: Vec<String> = known
         .iter()
         .filter(|(route, s)| wanted.get(*route).is_none_or(|w| w.0 != s.fingerprint))
         .map(|(route, _)| route.clone())
         .collect();
     for route in stale {
+        let Some(old) = known.remove(&route) else { continue };
+        if wanted.contains_key(&route) {
+            // Replaced below (the claim finds the other fingerprint).
+            known.insert(route, old);
+            continue;
+        }
         ctx.notify.remove(&route);
-        if let Some(s) = held.remove(&route) {
-            tracing::info!(route = %route, "The practice or its payer binding changed: its PAS subscription is replaced.");
-            delete_subscription(s).await;
+        match ctx
+            .ledger
+            .claim_subscription_removal(&route, &old.fingerprint, &ctx.owner, SUBSCRIPTION_CLAIM, now())
+            .await
+        {
+            Ok(crate::store::SubscriptionClaim::Taken { old: id }) => {
+                if let Some(id) = id {
+                    delete_subscription(&old.client, &id).await;
+                }
+                if let Err(e) = ctx.ledger.forget_subscription(&route, &ctx.owner).await {
+                    tracing::error!(route = %route, error = %e, "Cannot forget the PAS subscription.");
+                }
+                tracing::info!(route = %route, "The payer binding went away: its PAS subscription is deleted.");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(route = %route, error = %e, "Cannot claim the PAS subscription to delete it."),
         }
     }
     for (route, (fingerprint, practice, key, binding, pb, endpoint)) in wanted {
-        if held.contains_key(&route) {
-            continue;
-        }
         let client = match loaded.engine.pas_client(practice, binding, pb, key).await {
             Ok(c) => c,
             Err(e) => {
@@ -418,39 +460,102 @@ async fn sync_subscriptions(ctx: &Ctx) {
                 continue;
             }
         };
-        let insurer = binding.account.get("payer_name").cloned();
-        match crate::pas::notify::register(
-            client.clone(),
-            practice.clone(),
-            &endpoint,
-            settings.data_dir.clone(),
-            insurer,
-        )
-        .await
-        {
-            Ok((id, hook)) => {
-                ctx.notify.add(&route, hook);
-                held.insert(
-                    route,
-                    Subscription {
-                        client,
-                        id,
-                        fingerprint,
-                    },
-                );
+        // Every daemon serves the route (the token is checked against the
+        // ledger's row, whoever registered it).
+        ctx.notify.add(
+            &route,
+            crate::pas::notify::Hook {
+                practice: practice.clone(),
+                client: client.clone(),
+                token: None,
+                data_dir: settings.data_dir.clone(),
+                insurer_name: binding.account.get("payer_name").cloned(),
+            },
+        );
+        let previous = known.insert(
+            route.clone(),
+            Subscription {
+                client: client.clone(),
+                fingerprint: fingerprint.clone(),
+            },
+        );
+        let claim = ctx
+            .ledger
+            .claim_subscription(
+                &route,
+                &fingerprint,
+                pass == SyncPass::Configured,
+                &ctx.owner,
+                SUBSCRIPTION_CLAIM,
+                now(),
+            )
+            .await;
+        let old = match claim {
+            Ok(crate::store::SubscriptionClaim::Taken { old }) => old,
+            Ok(crate::store::SubscriptionClaim::Busy { holder }) => {
+                tracing::debug!(route = %route, %holder, "Another daemon is registering this PAS subscription.");
+                continue;
             }
-            Err(e) => tracing::warn!(
-                practice = %practice.id, payer = %key, error = %e,
-                "The payer refused the PAS subscription; its cases are polled instead."
-            ),
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::error!(route = %route, error = %e, "Cannot claim the PAS subscription.");
+                continue;
+            }
+        };
+        if let Some(id) = old {
+            tracing::info!(route = %route, "The practice or its payer binding changed: its PAS subscription is replaced.");
+            let with = previous.as_ref().map_or(&client, |p| &p.client);
+            delete_subscription(with, &id).await;
+        }
+        match crate::pas::notify::subscribe(&client, &endpoint, practice.npi.as_str()).await {
+            Ok((id, token)) => {
+                use secrecy::ExposeSecret;
+                let sha = crate::files::sha256_hex(token.expose_secret().as_bytes());
+                match ctx
+                    .ledger
+                    .complete_subscription(&route, &ctx.owner, &fingerprint, &id, &sha, now())
+                    .await
+                {
+                    Ok(true) => {
+                        tracing::info!(practice = %practice.id, payer = %key, subscription = %id, "PAS subscription registered.")
+                    }
+                    Ok(false) => {
+                        tracing::warn!(route = %route, "Another daemon took this PAS subscription over meanwhile; the one just registered is deleted.");
+                        delete_subscription(&client, &id).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(route = %route, error = %e, "Cannot record the PAS subscription; it is deleted at the payer.");
+                        delete_subscription(&client, &id).await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    practice = %practice.id, payer = %key, error = %e,
+                    "The payer refused the PAS subscription; its cases are polled instead."
+                );
+                if let Err(e) = ctx.ledger.release_subscription(&route, &ctx.owner, now()).await {
+                    tracing::error!(route = %route, error = %e, "Cannot release the PAS subscription claim.");
+                }
+            }
         }
     }
 }
 
-async fn delete_subscription(s: Subscription) {
-    match s.client.unsubscribe(&s.id).await {
-        Ok(()) => tracing::info!(subscription = %s.id, "PAS subscription deleted."),
-        Err(e) => tracing::warn!(subscription = %s.id, error = %e, "Cannot delete the PAS subscription."),
+async fn delete_subscription(client: &crate::pas::PasClient, id: &str) {
+    match client.unsubscribe(id).await {
+        Ok(()) => tracing::info!(subscription = %id, "PAS subscription deleted."),
+        Err(e) => tracing::warn!(subscription = %id, error = %e, "Cannot delete the PAS subscription."),
+    }
+}
+
+/// Tries the missing PAS registrations again, every [`SUBSCRIPTION_RETRY`].
+async fn subscription_keeper(ctx: Arc<Ctx>) {
+    loop {
+        tokio::select! {
+            () = ctx.stop.cancelled() => return,
+            () = tokio::time::sleep(SUBSCRIPTION_RETRY) => sync_subscriptions(&ctx, SyncPass::Retry).await,
+        }
     }
 }
 
@@ -477,7 +582,7 @@ async fn reload_config(ctx: &Arc<Ctx>, path: &Path) {
             }
             ctx.ledger.set_escalation_hook(new.escalator.clone());
             let old = std::mem::replace(&mut *ctx.loaded.write().await, Arc::new(new));
-            sync_subscriptions(ctx).await;
+            sync_subscriptions(ctx, SyncPass::Configured).await;
             escalate_disabled(ctx, &disabled).await;
             tracing::info!("Configuration reloaded.");
             // The old engine's browsers close once its last job is done.

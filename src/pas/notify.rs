@@ -68,6 +68,20 @@ pub fn subscription(endpoint: &str, token: &SecretString, org_npi: &str) -> Valu
     })
 }
 
+/// Registers at the payer a subscription whose notifications go to
+/// `endpoint` carrying a new random token; the payer's Subscription id and
+/// the token.
+pub async fn subscribe(
+    client: &PasClient,
+    endpoint: &str,
+    org_npi: &str,
+) -> Result<(String, SecretString), ClientError> {
+    let token = new_token();
+    let stored = client.subscribe(&subscription(endpoint, &token, org_npi)).await?;
+    let id = stored.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    Ok((id, token))
+}
+
 /// Registers a subscription for `practice` whose notifications go to
 /// `endpoint`; returns the payer's Subscription id and the hook to serve.
 pub async fn register(
@@ -77,18 +91,14 @@ pub async fn register(
     data_dir: PathBuf,
     insurer_name: Option<String>,
 ) -> Result<(String, Hook), ClientError> {
-    let token = new_token();
-    let stored = client
-        .subscribe(&subscription(endpoint, &token, practice.npi.as_str()))
-        .await?;
-    let id = stored.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let (id, token) = subscribe(&client, endpoint, practice.npi.as_str()).await?;
     tracing::info!(practice = %practice.id, subscription = %id, "PAS subscription registered.");
     Ok((
         id,
         Hook {
             practice,
             client,
-            token,
+            token: Some(token),
             data_dir,
             insurer_name,
         },
@@ -99,8 +109,11 @@ pub async fn register(
 pub struct Hook {
     pub practice: Practice,
     pub client: Arc<PasClient>,
-    /// The token the payer must present.
-    pub token: SecretString,
+    /// The token the payer must present, when this hook registered the
+    /// subscription itself. A route with a row in the ledger's
+    /// `pas_subscriptions` (a daemon's) is checked against that row instead,
+    /// whichever daemon registered it.
+    pub token: Option<SecretString>,
     pub data_dir: PathBuf,
     pub insurer_name: Option<String>,
 }
@@ -186,7 +199,18 @@ async fn receive(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !same(presented.trim().as_bytes(), hook.token.expose_secret().as_bytes()) {
+    let accepted = match rx.ledger.subscription_token(&route).await {
+        Ok(Some(sha256)) => same(
+            crate::files::sha256_hex(presented.trim().as_bytes()).as_bytes(),
+            sha256.as_bytes(),
+        ),
+        Ok(None) => hook
+            .token
+            .as_ref()
+            .is_some_and(|t| same(presented.trim().as_bytes(), t.expose_secret().as_bytes())),
+        Err(e) => return answer(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    if !accepted {
         tracing::warn!(%practice, "PAS notification refused: bad or missing token.");
         return answer(StatusCode::UNAUTHORIZED, "not authorized");
     }

@@ -157,6 +157,11 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "scale next check",
         include_str!("migrations/sqlite/0009_scale_next_check.sql"),
     ),
+    (
+        14,
+        "pas subscriptions",
+        include_str!("migrations/sqlite/0014_pas_subscriptions.sql"),
+    ),
 ];
 
 static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -192,6 +197,11 @@ static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "scale next check",
         include_str!("migrations/postgres/0009_scale_next_check.sql"),
+    ),
+    (
+        14,
+        "pas subscriptions",
+        include_str!("migrations/postgres/0014_pas_subscriptions.sql"),
     ),
 ];
 

@@ -31,6 +31,7 @@ mod report;
 mod requirement;
 mod schema;
 mod slots;
+mod subscriptions;
 pub use backend::{Backend, SCHEMES};
 pub use console::{AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser, PayerActivity};
 pub use escalations::{
@@ -44,6 +45,7 @@ pub use report::{AttentionEvent, CaseFacts, PendEpisode, ReportScope};
 pub use requirement::RequirementDecision;
 pub use schema::{migrate, redact_url, schema_status, AppliedMigration, SchemaStatus};
 pub use slots::SlotLease;
+pub use subscriptions::{SubscriptionClaim, SubscriptionRow};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

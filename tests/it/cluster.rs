@@ -40,8 +40,47 @@ fn cases_csv(p: &Project) -> String {
     out
 }
 
-fn start(p: &Project, db: &str, n: usize) -> Daemon {
+/// The cluster's public address: a TCP balancer on loopback that hands each
+/// connection to the next daemon that accepts it, as a load balancer in front
+/// of several precert servers would. Payers reach the cluster through it.
+struct Balancer {
+    url: String,
+    backends: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+}
+
+impl Balancer {
+    async fn start() -> Balancer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let backends = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u16>::new()));
+        let pool = backends.clone();
+        tokio::spawn(async move {
+            let mut next = 0usize;
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let ports = pool.lock().unwrap().clone();
+                next += 1;
+                let first = next;
+                tokio::spawn(async move {
+                    for i in 0..ports.len() {
+                        let port = ports[(first + i) % ports.len()];
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Balancer { url, backends }
+    }
+}
+
+fn start(p: &Project, db: &str, n: usize, balancer: &Balancer) -> Daemon {
     let port = free_port();
+    balancer.backends.lock().unwrap().push(port);
     start_with(
         p,
         port,
@@ -49,7 +88,7 @@ fn start(p: &Project, db: &str, n: usize) -> Daemon {
         &format!("daemon-{n}"),
         &[
             ("PRECERT__DATABASE_URL", db),
-            ("PRECERT__HTTP__PUBLIC_URL", &format!("http://127.0.0.1:{port}")),
+            ("PRECERT__HTTP__PUBLIC_URL", &balancer.url),
         ],
         &[],
     )
@@ -103,7 +142,8 @@ async fn three_daemons_on_one_postgresql_submit_and_mail_each_thing_once_though_
         [(CaseStatus::Ready, CASES as i64)]
     );
 
-    let mut daemons: Vec<Daemon> = (0..3).map(|n| start(&p, &db.url, n)).collect();
+    let balancer = Balancer::start().await;
+    let mut daemons: Vec<Daemon> = (0..3).map(|n| start(&p, &db.url, n, &balancer)).collect();
     // Kill one while submissions are under way, then start it again.
     until(
         &daemons[0],
@@ -115,8 +155,9 @@ async fn three_daemons_on_one_postgresql_submit_and_mail_each_thing_once_though_
     let killed = daemons.remove(0);
     let killed_pid = killed.pid();
     killed.signal(libc::SIGKILL);
+    let killed_log = killed.log();
     let _ = killed.exit(Duration::from_secs(10)).await;
-    daemons.push(start(&p, &db.url, 3));
+    daemons.push(start(&p, &db.url, 3, &balancer));
 
     // Everything is decided (the sandbox's reviewers work on its clock) and
     // every mail is out.
@@ -136,10 +177,55 @@ async fn three_daemons_on_one_postgresql_submit_and_mail_each_thing_once_though_
         done,
     )
     .await;
+    let logs: Vec<String> = std::iter::once(killed_log)
+        .chain(daemons.iter().map(|d| d.log()))
+        .collect();
     for d in daemons {
         d.signal(libc::SIGTERM);
         assert!(d.exit(Duration::from_secs(60)).await.success());
     }
+
+    // One PAS subscription for the whole cluster, though four daemons
+    // started and one was killed;
+    // none deleted. Notifications came through the balancer to whichever
+    // daemon it chose, and each checked the payer's token against the
+    // ledger, so none was refused.
+    let subscription_calls = |method: &str| {
+        sandbox
+            .request_log()
+            .iter()
+            .filter(|e| e.method == method && e.path.starts_with("/fhir/Subscription"))
+            .count()
+    };
+    // (Its `sandbox-pas` binding points at no payer here: its registration
+    // is refused and left to be tried again.)
+    assert_eq!((subscription_calls("POST"), subscription_calls("DELETE")), (1, 0));
+    let rows = ledger.subscriptions().await.unwrap();
+    let registered: Vec<_> = rows.iter().filter(|r| r.subscription_id.is_some()).collect();
+    assert_eq!(registered.len(), 1, "{rows:?}");
+    assert_eq!(registered[0].route, "lakeside-ortho/sandbox");
+    // A claim is left only by the killed daemon (killed mid-registration),
+    // and only until its lease runs out.
+    assert!(
+        rows.iter().all(|r| r
+            .holder
+            .as_ref()
+            .is_none_or(|h| h.ends_with(&format!("-{killed_pid}"))
+                && r.lease_until <= r.updated_at + chrono::Duration::seconds(60))),
+        "a claim was left: {rows:?}"
+    );
+    let handled: Vec<usize> = logs
+        .iter()
+        .map(|l| l.matches("PAS notification handled.").count())
+        .collect();
+    assert!(
+        handled.iter().filter(|&&n| n > 0).count() >= 2,
+        "notifications were handled by one daemon only: {handled:?}"
+    );
+    assert!(
+        logs.iter().all(|l| !l.contains("PAS notification refused")),
+        "a daemon refused a notification"
+    );
 
     // Each case reached the payer once: as many submissions as cases, each
     // case holding its own reference.
@@ -176,7 +262,9 @@ async fn three_daemons_on_one_postgresql_submit_and_mail_each_thing_once_though_
         }
     }
     let spans: Vec<_> = spans.into_iter().collect();
-    assert!(spans.len() > 1, "{spans:?}");
+    // (With decisions arriving by notification, the polls may find nothing
+    // to write: one submit job's span can be all there is.)
+    assert!(!spans.is_empty(), "{spans:?}");
     for (i, (a, (a0, a1))) in spans.iter().enumerate() {
         for (b, (b0, b1)) in &spans[i + 1..] {
             // The killed daemon's job ended without a last event: its span

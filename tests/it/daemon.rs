@@ -9,6 +9,7 @@ use precert::case::CaseStatus;
 use precert::store::{CaseFilter, Ledger};
 use precert_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 
+use super::postgres::{both_backends, Backend};
 use super::support::Project;
 
 /// Every job every two seconds, in both sample practices.
@@ -115,11 +116,11 @@ impl Drop for Daemon {
     }
 }
 
-async fn setup() -> (Project, SandboxHandle, Ledger) {
+async fn setup(backend: Backend) -> (Project, SandboxHandle, Ledger) {
     let sandbox = Sandbox::start(SandboxConfig::default_demo(), "127.0.0.1:0")
         .await
         .unwrap();
-    let p = Project::new();
+    let p = Project::on(backend).await;
     p.use_sandbox(&sandbox.base_url());
     fast_schedules(&p);
     assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
@@ -173,9 +174,12 @@ fn each_submitted_once(sandbox: &SandboxHandle) {
     assert_eq!(keys.len(), 5, "no member's request was submitted twice");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_daemon_works_the_cases_on_its_schedules_until_they_are_decided_and_their_letters_kept() {
-    let (p, sandbox, ledger) = setup().await;
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    the_daemon_works_the_cases_on_its_schedules_until_they_are_decided_and_their_letters_kept
+);
+async fn the_daemon_works_the_cases_on_its_schedules_until_they_are_decided_and_their_letters_kept(backend: Backend) {
+    let (p, sandbox, ledger) = setup(backend).await;
     let port = free_port();
     let daemon = start(&p, port, false, "daemon");
     until_settled(&ledger, &sandbox, &daemon, Duration::from_secs(150)).await;
@@ -235,9 +239,12 @@ async fn the_daemon_works_the_cases_on_its_schedules_until_they_are_decided_and_
     sandbox.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_daemon_killed_mid_submission_resumes_after_restart_and_submits_nothing_twice() {
-    let (p, sandbox, ledger) = setup().await;
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_daemon_killed_mid_submission_resumes_after_restart_and_submits_nothing_twice
+);
+async fn a_daemon_killed_mid_submission_resumes_after_restart_and_submits_nothing_twice(backend: Backend) {
+    let (p, sandbox, ledger) = setup(backend).await;
     let port = free_port();
     // The first daemon kills itself right after its first final click.
     let first = start(&p, port, true, "first");
@@ -256,9 +263,12 @@ async fn a_daemon_killed_mid_submission_resumes_after_restart_and_submits_nothin
     sandbox.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_reloads_a_good_configuration_and_refuses_a_broken_one() {
-    let (p, sandbox, _ledger) = setup().await;
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    sighup_reloads_a_good_configuration_and_refuses_a_broken_one
+);
+async fn sighup_reloads_a_good_configuration_and_refuses_a_broken_one(backend: Backend) {
+    let (p, sandbox, _ledger) = setup(backend).await;
     let port = free_port();
     let daemon = start(&p, port, false, "daemon");
     let http = reqwest::Client::new();
@@ -322,9 +332,14 @@ async fn sighup_reloads_a_good_configuration_and_refuses_a_broken_one() {
     sandbox.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_mid_job_exits_cleanly_within_the_grace_period_and_the_work_resumes_on_the_next_start() {
-    let (p, sandbox, ledger) = setup().await;
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    sigterm_mid_job_exits_cleanly_within_the_grace_period_and_the_work_resumes_on_the_next_start
+);
+async fn sigterm_mid_job_exits_cleanly_within_the_grace_period_and_the_work_resumes_on_the_next_start(
+    backend: Backend,
+) {
+    let (p, sandbox, ledger) = setup(backend).await;
     let port = free_port();
     let first = start(&p, port, false, "first");
     // Wait until a submission is under way in the browser.
@@ -373,12 +388,15 @@ async fn sigterm_mid_job_exits_cleanly_within_the_grace_period_and_the_work_resu
     sandbox.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pended_pas_request_is_decided_by_the_payers_notification() {
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_pended_pas_request_is_decided_by_the_payers_notification
+);
+async fn a_pended_pas_request_is_decided_by_the_payers_notification(backend: Backend) {
     let sandbox = Sandbox::start(SandboxConfig::default_demo(), "127.0.0.1:0")
         .await
         .unwrap();
-    let p = Project::new();
+    let p = Project::on(backend).await;
     p.use_sandbox(&sandbox.base_url());
     // Lakeside's cases go to the sandbox payer through its PAS API; the
     // poll schedule is yearly, so only a notification can bring the answer.
@@ -398,7 +416,9 @@ async fn a_pended_pas_request_is_decided_by_the_payers_notification() {
     );
     assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
     let ledger = Ledger::open(&p.settings().database_url).await.unwrap();
-    let daemon = start(&p, free_port(), false, "daemon");
+    // Its public address (here, its listener) is part of the subscription.
+    let port = free_port();
+    let daemon = start(&p, port, false, "daemon");
 
     let case = || async { ledger.find("lakeside-ortho", "LO-2026-1001").await.unwrap().unwrap() };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -464,24 +484,42 @@ async fn a_pended_pas_request_is_decided_by_the_payers_notification() {
         log.iter().any(|e| e.path == "/fhir/Claim/$inquire"),
         "the answer was read again, not taken from the payload"
     );
+    let log = daemon.log();
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.exit(Duration::from_secs(60)).await.code(), Some(0));
-    // Stopping, the daemon deleted its subscription: no notifications into
-    // the void.
-    assert!(
-        sandbox
-            .request_log()
-            .iter()
-            .any(|e| e.method == "DELETE" && e.path.starts_with("/fhir/Subscription/")),
-        "the subscription was not deleted"
+    // Stopping, the daemon leaves the subscription to the cluster (the
+    // ledger names it); started again, it serves it without registering
+    // another.
+    assert_eq!(
+        (subscription_calls("POST"), subscription_calls("DELETE")),
+        (2, 1),
+        "{log}"
     );
+    let rows = ledger.subscriptions().await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].route, "lakeside-ortho/sandbox");
+    let daemon = start(&p, port, false, "daemon-again");
+    until(&daemon, Duration::from_secs(30), "the restarted daemon", || async {
+        daemon.log().contains("Daemon started.")
+    })
+    .await;
+    assert_eq!((subscription_calls("POST"), subscription_calls("DELETE")), (2, 1));
+    assert_eq!(
+        ledger.subscriptions().await.unwrap()[0].subscription_id,
+        rows[0].subscription_id
+    );
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.exit(Duration::from_secs(60)).await.code(), Some(0));
     sandbox.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_denial_from_the_payer_reaches_the_supervisors_inbox_through_the_daemon() {
+both_backends!(
+    #[tokio::test]
+    a_denial_from_the_payer_reaches_the_supervisors_inbox_through_the_daemon
+);
+async fn a_denial_from_the_payer_reaches_the_supervisors_inbox_through_the_daemon(backend: Backend) {
     let server = super::smtp::SmtpServer::start();
-    let (p, sandbox, ledger) = setup().await;
+    let (p, sandbox, ledger) = setup(backend).await;
     p.use_smtp(server.port());
     let port = free_port();
     let daemon = start(&p, port, false, "daemon");
@@ -580,10 +618,15 @@ async fn a_denial_from_the_payer_reaches_the_supervisors_inbox_through_the_daemo
     sandbox.shutdown().await;
 }
 
-#[tokio::test]
-async fn with_the_smtp_server_down_the_daemon_keeps_mail_in_the_outbox_and_delivers_it_once_it_returns() {
+both_backends!(
+    #[tokio::test]
+    with_the_smtp_server_down_the_daemon_keeps_mail_in_the_outbox_and_delivers_it_once_it_returns
+);
+async fn with_the_smtp_server_down_the_daemon_keeps_mail_in_the_outbox_and_delivers_it_once_it_returns(
+    backend: Backend,
+) {
     let mut server = super::smtp::SmtpServer::start();
-    let p = Project::new();
+    let p = Project::on(backend).await;
     p.use_smtp(server.port());
     // No job fires during the test: only the mail sender works.
     for practice in ["lakeside-ortho", "valley-imaging"] {
@@ -680,12 +723,15 @@ async fn submit_jobs(ledger: &Ledger, practice: &str) -> Vec<precert::queue::Job
         .collect()
 }
 
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_job_that_cannot_start_a_browser_is_failed_counted_and_pauses_the_payer
+);
 /// Issue 11: an engine that cannot start a browser fails the job (it is not
 /// "done"), counts for the payer's breaker, and the breaker's pause reaches
 /// the operations contacts as an escalation.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_that_cannot_start_a_browser_is_failed_counted_and_pauses_the_payer() {
-    let (p, _sandbox, ledger) = setup().await;
+async fn a_job_that_cannot_start_a_browser_is_failed_counted_and_pauses_the_payer(backend: Backend) {
+    let (p, _sandbox, ledger) = setup(backend).await;
     let port = free_port();
     let d = start_with(
         &p,
@@ -748,11 +794,14 @@ async fn a_job_that_cannot_start_a_browser_is_failed_counted_and_pauses_the_paye
     assert!(d.exit(Duration::from_secs(40)).await.success());
 }
 
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_throttled_submission_waits_the_payers_retry_after
+);
 /// Issue 11: a payer's 429 with `Retry-After` puts the job's next try that
 /// far out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_throttled_submission_waits_the_payers_retry_after() {
-    let (p, sandbox, ledger) = setup().await;
+async fn a_throttled_submission_waits_the_payers_retry_after(backend: Backend) {
+    let (p, sandbox, ledger) = setup(backend).await;
     // lakeside's sandbox cases go through the PAS API.
     let path = p.path("config/practices/lakeside-ortho.toml");
     let text = std::fs::read_to_string(&path).unwrap();
@@ -793,11 +842,14 @@ async fn a_throttled_submission_waits_the_payers_retry_after() {
     assert!(d.exit(Duration::from_secs(40)).await.success());
 }
 
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_practice_with_an_unreadable_secret_is_disabled_while_the_others_run
+);
 /// Issue 11: a practice whose secret cannot be read is disabled alone; the
 /// other practice's cases are submitted by the same daemon.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_practice_with_an_unreadable_secret_is_disabled_while_the_others_run() {
-    let (p, sandbox, ledger) = setup().await;
+async fn a_practice_with_an_unreadable_secret_is_disabled_while_the_others_run(backend: Backend) {
+    let (p, sandbox, ledger) = setup(backend).await;
     let port = free_port();
     let d = start_with(&p, port, false, "isolated", &[], &["VALLEY_SANDBOX_PASSWORD"]);
     until(&d, Duration::from_secs(90), "lakeside's cases submitted", || async {
@@ -856,10 +908,13 @@ async fn a_practice_with_an_unreadable_secret_is_disabled_while_the_others_run()
     assert!(d.exit(Duration::from_secs(40)).await.success());
 }
 
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_reload_applies_new_limits
+);
 /// Issue 11: SIGHUP with new `[limits]` applies them (and keeps what runs).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_applies_new_limits() {
-    let (p, _sandbox, ledger) = setup().await;
+async fn a_reload_applies_new_limits(backend: Backend) {
+    let (p, _sandbox, ledger) = setup(backend).await;
     let config = p.config_path();
     let text = std::fs::read_to_string(&config).unwrap();
     // One start per 100 minutes: one practice's submit job runs, the
@@ -928,16 +983,19 @@ async fn a_reload_applies_new_limits() {
     assert!(d.exit(Duration::from_secs(60)).await.success());
 }
 
+both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_payer_key_bound_to_another_playbook_id_shares_its_breaker_and_escalations
+);
 /// Issue 11: a practice's payer key that differs from its playbook's id.
 /// The breaker is the playbook's: failures of either practice open it, the
 /// paused-payer escalation opens for each practice under its own key, and it
 /// resolves when the portal works again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payer_key_bound_to_another_playbook_id_shares_its_breaker_and_escalations() {
+async fn a_payer_key_bound_to_another_playbook_id_shares_its_breaker_and_escalations(backend: Backend) {
     let sandbox = Sandbox::start(SandboxConfig::default_demo(), "127.0.0.1:0")
         .await
         .unwrap();
-    let p = Project::new();
+    let p = Project::on(backend).await;
     p.use_sandbox(&sandbox.base_url());
     fast_schedules(&p);
     // valley's key for the sandbox playbook is `sbx`.

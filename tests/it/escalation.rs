@@ -15,6 +15,7 @@ use precert::escalate::{self, Escalator, Reason};
 use precert::mail::Mailer;
 use precert::store::{Actor, EscalationState, EventKind, Ledger, OutboxState};
 
+use super::postgres::{both_backends, Backend};
 use super::smtp::{parse_eml, ReceivedMail, SmtpServer};
 use super::support::{stdout, Project};
 
@@ -153,7 +154,12 @@ fn practice_toml(p: &Project, practice: &str, extra: &str) {
 }
 
 pub(super) async fn world(configure: impl FnOnce(&Project)) -> World {
-    let p = Project::new();
+    world_on(Backend::Sqlite, configure).await
+}
+
+/// [`world`] with its ledger on `backend`.
+pub(super) async fn world_on(backend: Backend, configure: impl FnOnce(&Project)) -> World {
+    let p = Project::on(backend).await;
     configure(&p);
     let out = p.precert(&["cases", "import", "samples/cases.csv"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -188,11 +194,14 @@ fn assert_minimum_phi(m: &ReceivedMail, member_id: &str, last_name: &str) {
 
 // ---- immediate mail, real SMTP ---------------------------------------------
 
-#[tokio::test]
-async fn a_denial_queues_its_mail_in_the_same_transaction_and_a_real_smtp_server_receives_valid_mime() {
+both_backends!(
+    #[tokio::test]
+    a_denial_queues_its_mail_in_the_same_transaction_and_a_real_smtp_server_receives_valid_mime
+);
+async fn a_denial_queues_its_mail_in_the_same_transaction_and_a_real_smtp_server_receives_valid_mime(backend: Backend) {
     let server = SmtpServer::start();
     // The sample Lakeside practice sets `appeal_days = 60` for the sandbox payer.
-    let w = world(|p| p.use_smtp(server.port())).await;
+    let w = world_on(backend, |p| p.use_smtp(server.port())).await;
     let id = w.case_id("lakeside-ortho", "LO-2026-1001").await;
     w.submit(id).await;
     assert!(
@@ -281,10 +290,13 @@ async fn a_denial_queues_its_mail_in_the_same_transaction_and_a_real_smtp_server
     assert_eq!(escalate::send_due(&w.ledger, &w.mailer()).await.unwrap().sent, 0);
 }
 
-#[tokio::test]
-async fn with_the_smtp_server_down_mail_waits_in_the_outbox_and_arrives_exactly_once_when_it_is_back() {
+both_backends!(
+    #[tokio::test]
+    with_the_smtp_server_down_mail_waits_in_the_outbox_and_arrives_exactly_once_when_it_is_back
+);
+async fn with_the_smtp_server_down_mail_waits_in_the_outbox_and_arrives_exactly_once_when_it_is_back(backend: Backend) {
     let mut server = SmtpServer::start();
-    let w = world(|p| p.use_smtp(server.port())).await;
+    let w = world_on(backend, |p| p.use_smtp(server.port())).await;
     server.stop();
     let id = w.case_id("valley-imaging", "VI-88121").await;
     w.submit(id).await;
@@ -349,9 +361,12 @@ async fn with_the_smtp_server_down_mail_waits_in_the_outbox_and_arrives_exactly_
 
 // ---- time-based rules, reminders, next level -------------------------------
 
-#[tokio::test]
-async fn a_standard_case_warns_at_75_percent_then_stalls_at_7_days_and_an_urgent_one_at_72_hours() {
-    let w = world(|_| {}).await;
+both_backends!(
+    #[tokio::test]
+    a_standard_case_warns_at_75_percent_then_stalls_at_7_days_and_an_urgent_one_at_72_hours
+);
+async fn a_standard_case_warns_at_75_percent_then_stalls_at_7_days_and_an_urgent_one_at_72_hours(backend: Backend) {
+    let w = world_on(backend, |_| {}).await;
     let standard = w.case_id("lakeside-ortho", "LO-2026-1002").await;
     let urgent = w.case_id("valley-imaging", "VI-88120").await;
     let t0 = w.at();
@@ -445,9 +460,12 @@ async fn a_standard_case_warns_at_75_percent_then_stalls_at_7_days_and_an_urgent
     );
 }
 
-#[tokio::test]
-async fn an_unacknowledged_escalation_reminds_then_moves_to_the_managers_and_acknowledging_stops_it() {
-    let w = world(|_| {}).await;
+both_backends!(
+    #[tokio::test]
+    an_unacknowledged_escalation_reminds_then_moves_to_the_managers_and_acknowledging_stops_it
+);
+async fn an_unacknowledged_escalation_reminds_then_moves_to_the_managers_and_acknowledging_stops_it(backend: Backend) {
+    let w = world_on(backend, |_| {}).await;
     let id = w.case_id("lakeside-ortho", "LO-2026-1001").await;
     w.submit(id).await;
     w.deny(id).await;
@@ -511,9 +529,12 @@ async fn an_unacknowledged_escalation_reminds_then_moves_to_the_managers_and_ack
     );
 }
 
-#[tokio::test]
-async fn the_same_case_and_reason_is_not_raised_again_within_its_window() {
-    let w = world(|_| {}).await;
+both_backends!(
+    #[tokio::test]
+    the_same_case_and_reason_is_not_raised_again_within_its_window
+);
+async fn the_same_case_and_reason_is_not_raised_again_within_its_window(backend: Backend) {
+    let w = world_on(backend, |_| {}).await;
     let id = w.case_id("lakeside-ortho", "LO-2026-1001").await;
     let a = Actor::user("test");
     w.submit(id).await;
@@ -535,9 +556,12 @@ async fn the_same_case_and_reason_is_not_raised_again_within_its_window() {
     assert_eq!(w.ledger.outbox(true).await.unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn the_daily_digest_groups_each_supervisors_open_escalations_most_urgent_first() {
-    let w = world(|_| {}).await;
+both_backends!(
+    #[tokio::test]
+    the_daily_digest_groups_each_supervisors_open_escalations_most_urgent_first
+);
+async fn the_daily_digest_groups_each_supervisors_open_escalations_most_urgent_first(backend: Backend) {
+    let w = world_on(backend, |_| {}).await;
     let a = Actor::user("test");
     let denied = w.case_id("valley-imaging", "VI-88120").await;
     let pended = w.case_id("valley-imaging", "VI-88121").await;
@@ -612,9 +636,12 @@ async fn the_daily_digest_groups_each_supervisors_open_escalations_most_urgent_f
     assert!(last.subject.contains("2 open escalation(s)"), "{}", last.subject);
 }
 
-#[tokio::test]
-async fn rules_take_practice_state_and_payer_overrides_and_bad_values_name_their_file_and_key() {
-    let w = world(|p| {
+both_backends!(
+    #[tokio::test]
+    rules_take_practice_state_and_payer_overrides_and_bad_values_name_their_file_and_key
+);
+async fn rules_take_practice_state_and_payer_overrides_and_bad_values_name_their_file_and_key(backend: Backend) {
+    let w = world_on(backend, |p| {
         let path = p.config_path();
         let text = std::fs::read_to_string(&path).unwrap();
         let text = text.replace("standard_days = 7\n", "standard_days = 10\n")
@@ -663,7 +690,7 @@ async fn rules_take_practice_state_and_payer_overrides_and_bad_values_name_their
     let m = w.deliver_to_files().await.remove(0);
     assert!(!m.raw.contains("A. M.") && !m.raw.contains("0301"), "{}", m.raw);
 
-    let p = Project::new();
+    let p = Project::on(backend).await;
     practice_toml(
         &p,
         "valley-imaging",
@@ -685,9 +712,12 @@ async fn rules_take_practice_state_and_payer_overrides_and_bad_values_name_their
     }
 }
 
-#[tokio::test]
-async fn a_case_automation_gives_up_on_goes_to_operations_and_a_service_date_near_to_supervisors() {
-    let w = world(|_| {}).await;
+both_backends!(
+    #[tokio::test]
+    a_case_automation_gives_up_on_goes_to_operations_and_a_service_date_near_to_supervisors
+);
+async fn a_case_automation_gives_up_on_goes_to_operations_and_a_service_date_near_to_supervisors(backend: Backend) {
+    let w = world_on(backend, |_| {}).await;
     let a = Actor::user("test");
     let id = w.case_id("lakeside-ortho", "LO-2026-1002").await;
     // A failure message that echoes the patient (as portals' errors do).
@@ -744,9 +774,12 @@ async fn a_case_automation_gives_up_on_goes_to_operations_and_a_service_date_nea
     assert_eq!(m.recipients, ["precert.supervisor@lakeside-ortho.example"]);
 }
 
-#[tokio::test]
-async fn a_paused_payer_reaches_every_practices_operations_and_ends_when_it_works_again() {
-    let w = world(|_| {}).await;
+both_backends!(
+    #[tokio::test]
+    a_paused_payer_reaches_every_practices_operations_and_ends_when_it_works_again
+);
+async fn a_paused_payer_reaches_every_practices_operations_and_ends_when_it_works_again(backend: Backend) {
+    let w = world_on(backend, |_| {}).await;
     w.esc
         .payer_alert(
             &w.ledger,
@@ -792,9 +825,12 @@ async fn a_paused_payer_reaches_every_practices_operations_and_ends_when_it_work
     assert!(text.contains("paused after 5 portal failures"), "{text}");
 }
 
-#[tokio::test]
-async fn a_partial_approval_mails_at_once_and_a_missing_letter_after_48_hours_until_it_arrives() {
-    let w = world(|_| {}).await;
+both_backends!(
+    #[tokio::test]
+    a_partial_approval_mails_at_once_and_a_missing_letter_after_48_hours_until_it_arrives
+);
+async fn a_partial_approval_mails_at_once_and_a_missing_letter_after_48_hours_until_it_arrives(backend: Backend) {
+    let w = world_on(backend, |_| {}).await;
     let id = w.case_id("lakeside-ortho", "LO-2026-1003").await;
     w.submit(id).await;
     let case = w.ledger.get(id).await.unwrap();
@@ -853,9 +889,12 @@ async fn a_partial_approval_mails_at_once_and_a_missing_letter_after_48_hours_un
     assert!(!letter_missing(&w).await);
 }
 
-#[tokio::test]
-async fn the_cli_raises_escalations_for_its_own_changes_and_delivers_and_lists_the_outbox() {
-    let p = Project::new();
+both_backends!(
+    #[tokio::test]
+    the_cli_raises_escalations_for_its_own_changes_and_delivers_and_lists_the_outbox
+);
+async fn the_cli_raises_escalations_for_its_own_changes_and_delivers_and_lists_the_outbox(backend: Backend) {
+    let p = Project::on(backend).await;
     assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
     let out = p.precert(&[
         "cases",
@@ -950,13 +989,18 @@ fn outbox_test_sends_a_message_without_patient_data_and_says_why_when_it_cannot(
 
 // ---- a practice left out ---------------------------------------------------
 
+both_backends!(
+    #[tokio::test]
+    a_disabled_practice_reaches_its_own_operations_or_the_daemons_and_resolves_when_it_runs_again
+);
 /// Issue 11: a practice whose configuration does not check is disabled
 /// alone, and operations hear of it — its own operations contacts when its
 /// file can be read that far, the daemon's `[mail] operations` when not —
 /// until a reload finds it fixed.
-#[tokio::test]
-async fn a_disabled_practice_reaches_its_own_operations_or_the_daemons_and_resolves_when_it_runs_again() {
-    let w = world(|p| {
+async fn a_disabled_practice_reaches_its_own_operations_or_the_daemons_and_resolves_when_it_runs_again(
+    backend: Backend,
+) {
+    let w = world_on(backend, |p| {
         let path = p.config_path();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("[mail]\n"));
@@ -1023,13 +1067,16 @@ async fn a_disabled_practice_reaches_its_own_operations_or_the_daemons_and_resol
 
 // ---- what /metrics reads -----------------------------------------------------
 
+both_backends!(
+    #[tokio::test]
+    metrics_read_the_oldest_undecided_request_and_escalations_by_reason
+);
 /// The grouped reads behind `precert_pending_oldest_age_seconds` and
 /// `precert_escalations_active_by_reason`: the oldest undecided request per
 /// practice, payer and urgency is the first to go pending (polls and pends
 /// after that do not make it younger), and escalations count by reason.
-#[tokio::test]
-async fn metrics_read_the_oldest_undecided_request_and_escalations_by_reason() {
-    let w = world(|_| {}).await;
+async fn metrics_read_the_oldest_undecided_request_and_escalations_by_reason(backend: Backend) {
+    let w = world_on(backend, |_| {}).await;
     let t0 = w.at();
     let (a, b) = (
         w.case_id("lakeside-ortho", "LO-2026-1001").await,

@@ -294,3 +294,105 @@ async fn a_requirement_decision_moves_a_new_case_once_and_cites_its_source(backe
         .collect();
     assert_eq!(path, [CaseStatus::Required, CaseStatus::Ready]);
 }
+
+both_backends!(
+    #[tokio::test]
+    a_pas_subscription_is_claimed_by_one_daemon_replaced_once_and_removed_only_by_its_configuration
+);
+async fn a_pas_subscription_is_claimed_by_one_daemon_replaced_once_and_removed_only_by_its_configuration(
+    backend: Backend,
+) {
+    use precert::store::SubscriptionClaim::{Busy, Current, NotOurs, Taken};
+    let (_db, ledger, _) = imported(backend).await;
+    let t0 = Utc.with_ymd_and_hms(2026, 12, 1, 15, 0, 0).unwrap();
+    let ttl = chrono::Duration::seconds(60);
+    let route = "lakeside-ortho/sandbox";
+    // Two daemons start together: one registers, the other waits.
+    assert_eq!(
+        ledger
+            .claim_subscription(route, "f1", true, "a-1", ttl, t0)
+            .await
+            .unwrap(),
+        Taken { old: None }
+    );
+    assert_eq!(
+        ledger
+            .claim_subscription(route, "f1", true, "b-2", ttl, t0)
+            .await
+            .unwrap(),
+        Busy { holder: "a-1".into() }
+    );
+    assert_eq!(ledger.subscription_token(route).await.unwrap(), None);
+    assert!(ledger
+        .complete_subscription(route, "a-1", "f1", "sub-1", "hash-1", t0)
+        .await
+        .unwrap());
+    assert_eq!(
+        ledger.subscription_token(route).await.unwrap().as_deref(),
+        Some("hash-1")
+    );
+    assert_eq!(
+        ledger
+            .claim_subscription(route, "f1", true, "b-2", ttl, t0)
+            .await
+            .unwrap(),
+        Current
+    );
+    // A retry pass of a daemon on another configuration leaves it alone; a
+    // reload to it replaces it once.
+    assert_eq!(
+        ledger
+            .claim_subscription(route, "f2", false, "b-2", ttl, t0)
+            .await
+            .unwrap(),
+        NotOurs
+    );
+    assert_eq!(
+        ledger
+            .claim_subscription(route, "f2", true, "b-2", ttl, t0)
+            .await
+            .unwrap(),
+        Taken {
+            old: Some("sub-1".into())
+        }
+    );
+    // A holder whose lease ran out loses the route to the next one, and its
+    // late completion is refused.
+    let later = t0 + chrono::Duration::seconds(61);
+    assert_eq!(
+        ledger
+            .claim_subscription(route, "f2", true, "a-1", ttl, later)
+            .await
+            .unwrap(),
+        Taken {
+            old: Some("sub-1".into())
+        }
+    );
+    assert!(!ledger
+        .complete_subscription(route, "b-2", "f2", "sub-2", "hash-2", later)
+        .await
+        .unwrap());
+    assert!(ledger
+        .complete_subscription(route, "a-1", "f2", "sub-3", "hash-3", later)
+        .await
+        .unwrap());
+    // Only the configuration that registered it removes it.
+    assert_eq!(
+        ledger
+            .claim_subscription_removal(route, "f1", "b-2", ttl, later)
+            .await
+            .unwrap(),
+        NotOurs
+    );
+    assert_eq!(
+        ledger
+            .claim_subscription_removal(route, "f2", "b-2", ttl, later)
+            .await
+            .unwrap(),
+        Taken {
+            old: Some("sub-3".into())
+        }
+    );
+    ledger.forget_subscription(route, "b-2").await.unwrap();
+    assert!(ledger.subscriptions().await.unwrap().is_empty());
+}

@@ -623,7 +623,7 @@ async fn listen(payer: &Payer, practice: &str) -> (Arc<Receiver>, String, Secret
     .await
     .unwrap();
     assert!(!id.is_empty());
-    let token = hook.token.clone();
+    let token = hook.token.clone().unwrap();
     let receiver = Receiver::new(payer.ledger.clone());
     receiver.add(practice, hook);
     let receiver = Arc::new(receiver);

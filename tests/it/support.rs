@@ -20,6 +20,9 @@ pub const SECRETS: &[(&str, &str)] = &[
 
 pub struct Project {
     pub dir: tempfile::TempDir,
+    /// The project's own PostgreSQL database, when it runs on one (dropped
+    /// with the project).
+    _pg: Option<super::postgres::PgDatabase>,
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -42,7 +45,31 @@ impl Project {
         copy_dir(&Path::new(REPO).join("config"), &dir.path().join("config"));
         copy_dir(&Path::new(REPO).join("samples"), &dir.path().join("samples"));
         copy_dir(&Path::new(REPO).join("playbooks"), &dir.path().join("playbooks"));
-        Project { dir }
+        Project { dir, _pg: None }
+    }
+
+    /// [`Project::new`] with its ledger on `backend`: the project's SQLite
+    /// file, or a database of its own on the test PostgreSQL, written into
+    /// `config/precert.toml` so that the CLI and the daemon use it too.
+    pub async fn on(backend: super::postgres::Backend) -> Project {
+        let mut p = Project::new();
+        if backend == super::postgres::Backend::Postgres {
+            let db = super::postgres::PgDatabase::new().await;
+            let path = p.config_path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text = text.replacen(
+                "# database_url = \"sqlite:///var/lib/precert/precert.db\"",
+                &format!("database_url = \"{}\"", db.url),
+                1,
+            );
+            assert!(
+                text.contains(&db.url),
+                "config/precert.toml has no database_url line to replace"
+            );
+            std::fs::write(&path, text).unwrap();
+            p._pg = Some(db);
+        }
+        p
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

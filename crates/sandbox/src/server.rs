@@ -105,8 +105,11 @@ fn spawn_all(
 
 /// Posts notifications one at a time, in order; failures are logged, not retried.
 async fn send_notifications(mut rx: mpsc::UnboundedReceiver<Notification>, cancel: CancellationToken) {
+    // One connection per notification, as many payers' rest-hook senders
+    // do: behind a load balancer, notifications reach different servers.
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(10))
+        .pool_max_idle_per_host(0)
         .build()
         .unwrap_or_default();
     loop {
