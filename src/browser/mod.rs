@@ -61,6 +61,9 @@ pub struct Driver {
     root: Option<reap::ProfileRoot>,
     chromium: PathBuf,
     headless: bool,
+    /// A remote WebDriver (a grid node): the browser runs on its machine,
+    /// so its binary, profile and download folder are the node's own.
+    remote: bool,
 }
 
 /// `Name 156.0.8078.73 (…)` → `156.0.8078.73`.
@@ -123,6 +126,7 @@ impl Driver {
                 root: Some(profile_root()?),
                 chromium: settings.chromium.clone(),
                 headless: settings.headless,
+                remote: true,
             });
         }
         for (what, key, path) in [
@@ -154,6 +158,7 @@ impl Driver {
             root: Some(root),
             chromium: settings.chromium.clone(),
             headless: settings.headless,
+            remote: false,
         };
         let root = driver.root.as_ref().expect("set above");
         let group = spawn::start(&settings.chromedriver, port, root)
@@ -199,20 +204,10 @@ impl Driver {
         &self.url
     }
 
-    /// A new browser session with its own profile and download folder.
+    /// A new browser session with its own profile and download folder (on
+    /// a remote WebDriver, the node's: precert's paths mean nothing there,
+    /// and letters are fetched with the session's cookies, not downloaded).
     pub async fn session(&self) -> Result<Client, BrowserError> {
-        let root = self.root.as_ref().expect("a driver has its root until it ends");
-        let profile = tempfile::Builder::new()
-            .prefix("session-")
-            .permissions(std::fs::Permissions::from_mode(0o700))
-            .tempdir_in(root.path())
-            .map_err(|source| BrowserError::Profile {
-                path: root.path().to_owned(),
-                source,
-            })?
-            .keep();
-        let downloads = profile.join("downloads");
-        let _ = std::fs::create_dir_all(&downloads);
         let mut args = vec![
             "--no-sandbox".to_owned(),
             "--disable-gpu".into(),
@@ -228,14 +223,27 @@ impl Driver {
             // `--disable-crashpad-for-testing` hangs every renderer.)
             "--disable-crash-reporter".into(),
             "--window-size=1280,1024".into(),
-            format!("--user-data-dir={}", profile.display()),
         ];
         if self.headless {
             args.insert(0, "--headless=new".into());
         }
-        let caps = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
+        let options = if self.remote {
+            json!({ "args": args })
+        } else {
+            let root = self.root.as_ref().expect("a driver has its root until it ends");
+            let profile = tempfile::Builder::new()
+                .prefix("session-")
+                .permissions(std::fs::Permissions::from_mode(0o700))
+                .tempdir_in(root.path())
+                .map_err(|source| BrowserError::Profile {
+                    path: root.path().to_owned(),
+                    source,
+                })?
+                .keep();
+            let downloads = profile.join("downloads");
+            let _ = std::fs::create_dir_all(&downloads);
+            args.push(format!("--user-data-dir={}", profile.display()));
+            json!({
                 "binary": self.chromium.display().to_string(),
                 "args": args,
                 "prefs": {
@@ -243,7 +251,11 @@ impl Driver {
                     "download.prompt_for_download": false,
                     "plugins.always_open_pdf_externally": true,
                 },
-            },
+            })
+        };
+        let caps = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": options,
         });
         let caps = match caps {
             serde_json::Value::Object(m) => m,

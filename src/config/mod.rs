@@ -87,6 +87,9 @@ pub struct WebDriverSettings {
     pub chromium: PathBuf,
     pub remote_url: Option<String>,
     pub max_sessions: u32,
+    /// Browser sessions at once across every daemon on the ledger (the
+    /// grid's capacity), when capped.
+    pub cluster_sessions: Option<u32>,
     pub headless: bool,
 }
 
@@ -572,6 +575,16 @@ fn compile_daemon(
             }
             Some(n) => n,
             None => 2,
+        },
+        cluster_sessions: match raw.webdriver.cluster_sessions {
+            Some(0) => {
+                p.add(
+                    "webdriver.cluster_sessions",
+                    "must be at least 1 (leave it out for no cluster-wide cap)",
+                );
+                None
+            }
+            n => n,
         },
         headless: raw.webdriver.headless.unwrap_or(true),
     };

@@ -153,6 +153,10 @@ pub struct RawWebDriver {
     pub remote_url: Option<String>,
     /// Browser sessions open at once, across all payers (default 2).
     pub max_sessions: Option<u32>,
+    /// Browser sessions open at once across every daemon on this ledger
+    /// (a WebDriver grid's capacity; default: no cap beyond each daemon's
+    /// `max_sessions`).
+    pub cluster_sessions: Option<u32>,
     /// Run Chromium headless (default true).
     pub headless: Option<bool>,
 }

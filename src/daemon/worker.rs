@@ -22,7 +22,7 @@ use crate::ids::{PayerKey, PlaybookId};
 use crate::limits::{AlertKind, Blocked, RunEnd};
 use crate::playbook::Action;
 use crate::queue::{FailOutcome, Failure, LeasedJob};
-use crate::store::{Actor, CaseFilter};
+use crate::store::{Actor, CaseFilter, SlotLease};
 
 /// What a job's runs added up to.
 struct Fold {
@@ -66,6 +66,10 @@ impl Fold {
 /// How long a payer session slot is held without renewal (renewed with the
 /// job's lease, every `LEASE / 3`).
 const SLOT_TTL: chrono::Duration = chrono::Duration::seconds(120);
+
+/// The name under which the cluster's browser sessions are counted in the
+/// ledger's session slots (no playbook id starts with `@`).
+const BROWSER_SLOTS: &str = "@webdriver";
 
 /// The playbook a job's payer key is bound to in its practice.
 fn playbook_of(loaded: &Loaded, job: &LeasedJob) -> Option<PlaybookId> {
@@ -130,7 +134,12 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
         }
     };
     // The cluster-wide half of the session cap: a slot in the ledger, so
-    // daemons sharing a database never exceed the playbook's sessions.
+    // daemons sharing a database never exceed the playbook's sessions (and,
+    // for a browser playbook, the grid's `webdriver.cluster_sessions`).
+    let browser_cap = playbook
+        .as_ref()
+        .filter(|pb| loaded.engine.playbook(pb).is_some_and(|p| p.api.is_none()))
+        .and(loaded.settings.webdriver.cluster_sessions);
     let slot = match (&started, &playbook) {
         (Some(_), Some(pb)) => {
             let cap = ctx.limits.lock().expect("limits lock").settings(pb).max_concurrent;
@@ -160,18 +169,61 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
         }
         _ => None,
     };
+    let browser_slot = match (&slot, browser_cap) {
+        (Some(_), Some(cap)) => {
+            let now = Utc::now();
+            match ctx
+                .ledger
+                .claim_payer_slot(BROWSER_SLOTS, cap, &ctx.owner, SLOT_TTL, now)
+                .await
+            {
+                Ok(Some(s)) => Some(s),
+                other => {
+                    if let Err(e) = &other {
+                        tracing::warn!(job_id = job.id, error = %e, "Cannot claim a browser session slot.");
+                    } else {
+                        tracing::info!(
+                            job_id = job.id,
+                            payer = payer_field,
+                            cap,
+                            "Every browser session of the cluster is in use; job given back."
+                        );
+                    }
+                    if let Some(s) = &slot {
+                        if let Err(e) = ctx.ledger.release_payer_slot(s).await {
+                            tracing::warn!(playbook = %s.playbook, error = %e, "Cannot give the payer session slot back; it frees itself when it runs out.");
+                        }
+                    }
+                    if let Some(s) = started {
+                        ctx.limits.lock().expect("limits lock").cancel(s, now);
+                    }
+                    if let Err(e) = ctx
+                        .queue
+                        .release(&job.lease, now + chrono::Duration::seconds(5), now)
+                        .await
+                    {
+                        tracing::warn!(job_id = job.id, error = %e, "Cannot give the job back.");
+                    }
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
+    let browser_slot_held = browser_slot.clone();
+    let slots: Vec<SlotLease> = slot.into_iter().chain(browser_slot).collect();
     let lease = Arc::new(tokio::sync::Mutex::new(job.lease.clone()));
     let renewing = CancellationToken::new();
     let renewer = {
         let (queue, lease, renewing) = (ctx.queue.clone(), lease.clone(), renewing.clone());
-        let (ledger, slot) = (ctx.ledger.clone(), slot.clone());
+        let (ledger, slots) = (ctx.ledger.clone(), slots.clone());
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = renewing.cancelled() => return,
                     () = tokio::time::sleep(LEASE / 3) => {}
                 }
-                if let Some(s) = &slot {
+                for s in &slots {
                     match ledger.renew_payer_slot(s, SLOT_TTL, Utc::now()).await {
                         Ok(true) => {}
                         Ok(false) => {
@@ -201,7 +253,10 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
     };
     renewing.cancel();
     let _ = renewer.await;
-    if let Some(s) = &slot {
+    if let (Some(_), Some(pb)) = (&browser_slot_held, &playbook) {
+        loaded.engine.close_idle(pb, &job.practice).await;
+    }
+    for s in &slots {
         if let Err(e) = ctx.ledger.release_payer_slot(s).await {
             tracing::warn!(playbook = %s.playbook, error = %e, "Cannot give the payer session slot back; it frees itself when it runs out.");
         }

@@ -296,6 +296,21 @@ impl Engine {
         self.playbooks.get(id)
     }
 
+    /// Closes the idle sessions of a practice's account at a payer. With a
+    /// cluster-wide cap on browser sessions (`webdriver.cluster_sessions`)
+    /// a job does this before it gives its slot back, so that no session
+    /// stays open on the grid without a slot.
+    pub async fn close_idle(&self, playbook: &str, practice: &str) {
+        let idle = self
+            .idle
+            .lock()
+            .await
+            .remove(&(playbook.to_owned(), practice.to_owned()));
+        for s in idle.into_iter().flatten() {
+            let _ = s.client.close().await;
+        }
+    }
+
     /// Closes every session and ends chromedriver and its browsers.
     pub async fn shutdown(&self) {
         for (_, sessions) in self.idle.lock().await.drain() {

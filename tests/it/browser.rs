@@ -19,6 +19,7 @@ fn settings(chromedriver: std::path::PathBuf, chromium: std::path::PathBuf) -> W
         chromium,
         remote_url: None,
         max_sessions: 1,
+        cluster_sessions: None,
         headless: true,
     }
 }
@@ -132,4 +133,121 @@ async fn a_dropped_driver_ends_its_browsers_and_removes_their_profiles() {
         0,
         "no process of the group is left"
     );
+}
+
+/// A grid node: chromedriver started apart from precert, in a process group
+/// of its own (ended with the test), logging the commands it receives.
+pub(super) struct GridNode {
+    child: std::process::Child,
+    pub(super) url: String,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GridNode {
+    pub(super) async fn start() -> GridNode {
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("node.log");
+        let port = super::daemon::free_port();
+        let child = std::process::Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let status = format!("{url}/status");
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let ready = match http.get(&status).send().await {
+                Ok(r) => r.text().await.unwrap_or_default().contains("\"ready\":true"),
+                Err(_) => false,
+            };
+            if ready {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the grid node did not start");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        GridNode {
+            child,
+            url,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub(super) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The most sessions the node had open at once, and how many it opened,
+    /// from its log (one process, lines in order).
+    pub(super) fn sessions(&self) -> (usize, usize) {
+        let (mut open, mut most, mut opened) = (0usize, 0usize, 0usize);
+        for line in self.log().lines() {
+            if line.contains("RESPONSE InitSession") && !line.contains("ERROR") {
+                open += 1;
+                opened += 1;
+                most = most.max(open);
+            } else if line.contains("RESPONSE Quit") {
+                open = open.saturating_sub(1);
+            }
+        }
+        (most, opened)
+    }
+}
+
+impl Drop for GridNode {
+    fn drop(&mut self) {
+        // SAFETY: ending the process group this test started.
+        unsafe { libc::killpg(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 12: `webdriver.remote_url` drives a WebDriver that precert did not
+/// start — a chromedriver standing in for a grid node. precert starts no
+/// chromedriver or Chromium of its own (its own chromedriver path does not
+/// even exist here), the node opens the session and ends it, and the
+/// submission goes through it to the payer once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_webdriver_node_runs_the_session_and_precert_starts_no_browser_of_its_own() {
+    use precert::case::CaseStatus;
+    let sandbox = precert_sandbox::Sandbox::start(precert_sandbox::SandboxConfig::default_demo(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let p = super::support::Project::new();
+    p.use_sandbox(&sandbox.base_url());
+    assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
+    let node = GridNode::start().await;
+
+    let mut cmd = p.command(&["run", "sandbox", "submit", "--case", "LO-2026-1001"]);
+    cmd.env("PRECERT__WEBDRIVER__REMOTE_URL", &node.url)
+        .env("PRECERT__WEBDRIVER__CHROMEDRIVER", "/nonexistent/chromedriver");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", super::support::stderr(&out));
+
+    let ledger = p.ledger().await;
+    let case = ledger.find("lakeside-ortho", "LO-2026-1001").await.unwrap().unwrap();
+    assert_eq!(case.status, CaseStatus::Pending);
+    assert_eq!(sandbox.submissions().len(), 1);
+    let log = node.log();
+    assert_eq!(log.matches("COMMAND InitSession").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("COMMAND Quit").count(),
+        1,
+        "the session was not ended:\n{log}"
+    );
+    // Nothing precert-made was left on this machine: no profile folders.
+    let profiles = p.path("data/run/profiles");
+    let left: Vec<_> = std::fs::read_dir(&profiles)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    sandbox.shutdown().await;
 }

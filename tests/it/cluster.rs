@@ -302,3 +302,98 @@ async fn three_daemons_on_one_postgresql_submit_and_mail_each_thing_once_though_
     pool.close().await;
     sandbox.shutdown().await;
 }
+
+/// Issue 12: the cluster's cap on browser sessions. Two daemons on one
+/// PostgreSQL drive one WebDriver grid node (a chromedriver started apart);
+/// the two practices use two portal playbooks that each allow a session of
+/// their own, but `webdriver.cluster_sessions = 1` says the grid takes one:
+/// the node never has two sessions open, though both daemons submit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grid_shared_by_two_daemons_never_holds_more_sessions_than_the_cluster_cap() {
+    let db = PgDatabase::new().await;
+    let sandbox = Sandbox::start(SandboxConfig::default_demo(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let node = super::browser::GridNode::start().await;
+    let p = Project::new();
+    p.use_sandbox(&sandbox.base_url());
+    // valley's portal account goes through a second playbook of the same
+    // portal, with a session of its own.
+    let text = std::fs::read_to_string(p.path("playbooks/sandbox.yaml")).unwrap();
+    p.write(
+        "playbooks/sandbox-two.yaml",
+        &text.replacen("  id: sandbox\n", "  id: sandbox-two\n", 1),
+    );
+    for practice in ["lakeside-ortho", "valley-imaging"] {
+        let path = p.path(&format!("config/practices/{practice}.toml"));
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        if practice == "valley-imaging" {
+            text = text.replacen(
+                "[payers.sandbox]\n",
+                "[payers.sandbox]\nplaybook = \"sandbox-two\"\n",
+                1,
+            );
+        }
+        let head = text.split("[schedules]").next().unwrap().to_owned();
+        std::fs::write(
+            &path,
+            format!(
+                "{head}[schedules]\nsubmit = \"*/2 * * * * *\"\npoll = \"0 0 1 1 *\"\nletters = \"0 0 1 1 *\"\nescalations = \"0 0 1 1 *\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    let import = p
+        .command(&["cases", "import", "samples/cases.csv"])
+        .env("PRECERT__DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(import.status.success(), "{}", String::from_utf8_lossy(&import.stderr));
+    let ledger = Ledger::open(&db.url).await.unwrap();
+    // Five of the six sample cases reach the payer (one member is inactive).
+    let cases = ledger.list(&Default::default()).await.unwrap().len() - 1;
+
+    let grid = |n: usize| {
+        start_with(
+            &p,
+            free_port(),
+            false,
+            &format!("grid-daemon-{n}"),
+            &[
+                ("PRECERT__DATABASE_URL", db.url.as_str()),
+                ("PRECERT__WEBDRIVER__REMOTE_URL", node.url.as_str()),
+                ("PRECERT__WEBDRIVER__CLUSTER_SESSIONS", "1"),
+                ("PRECERT__WEBDRIVER__CHROMEDRIVER", "/nonexistent/chromedriver"),
+            ],
+            &[],
+        )
+    };
+    let daemons = [grid(0), grid(1)];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    while sandbox.submissions().len() < cases {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {cases} cases submitted; the daemons' logs:\n{}\n----\n{}",
+            sandbox.submissions().len(),
+            daemons[0].log(),
+            daemons[1].log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs: Vec<String> = daemons.iter().map(|d| d.log()).collect();
+    for d in daemons {
+        d.signal(libc::SIGTERM);
+        assert!(d.exit(Duration::from_secs(60)).await.success());
+    }
+    assert_eq!(sandbox.submissions().len(), cases, "each case once");
+    let (most, opened) = node.sessions();
+    assert_eq!(most, 1, "sessions open at once on the grid node:\n{}", node.log());
+    assert!(opened >= 2, "both practices ran: {opened} sessions");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("Every browser session of the cluster is in use")),
+        "the cap was never reached, so it proved nothing:\n{}",
+        logs.join("\n----\n")
+    );
+    sandbox.shutdown().await;
+}
