@@ -396,3 +396,22 @@ async fn wait_log(daemon: &super::daemon::Daemon, what: &str, done: impl Fn(&str
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn the_console_worklist_marks_and_filters_the_cases_that_need_a_decision() {
+    let p = Project::new();
+    write_rules(&p, RULES);
+    p.write(
+        "samples/one.json",
+        &serde_json::to_string(&vec![case(&p, "R-UNCOVERED", |c| code(c, "77001"))]).unwrap(),
+    );
+    assert!(p.precert(&["cases", "import", "samples/one.json"]).status.success());
+    let w = super::console::world_with(p).await;
+    let mut c = w.client();
+    c.signed_in("sam").await;
+    let new = c.get("/cases?status=new").await.text();
+    assert!(new.contains("R-UNCOVERED"), "{new}");
+    assert!(new.contains("new: needs a decision"), "{new}");
+    assert!(!new.contains("LO-2026-1001"), "only the new cases: {new}");
+    w.finish().await;
+}
