@@ -517,11 +517,19 @@ async fn reload_config(ctx: &Arc<Ctx>, path: &Path) {
 /// Decides `new` cases by the requirement rules: every one at start and
 /// after each reload (the rules may have changed), and every `RULES_EVERY`
 /// those numbered above the last pass's (cases that arrived since, by any
-/// route). A case no rule covers stays `new`.
+/// route). Every `RULES_FULL_EVERY`th pass reads them all again: on
+/// PostgreSQL a case numbered below the last one read can commit after it.
+/// A case no rule covers stays `new`.
 async fn requirement_rules(ctx: Arc<Ctx>) {
+    const RULES_FULL_EVERY: u32 = 10;
     let mut seen: HashMap<String, i64> = HashMap::new();
     let mut full = true;
+    let mut passes = 0u32;
     loop {
+        passes += 1;
+        if passes % RULES_FULL_EVERY == 0 {
+            full = true;
+        }
         let loaded = ctx.loaded.read().await.clone();
         if full {
             seen.clear();
