@@ -387,3 +387,34 @@ fn dates_phrase(from: Option<NaiveDate>, until: Option<NaiveDate>) -> String {
 fn join<T: std::fmt::Display>(items: &[T]) -> String {
     items.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(low: &str, high: &str) -> CodeEntry {
+        CodeEntry {
+            low: low.into(),
+            high: high.into(),
+            from: None,
+            until: None,
+            origin: None,
+        }
+    }
+
+    #[test]
+    fn a_range_holds_only_codes_of_its_own_shape() {
+        let radiology = range("70010", "76499");
+        assert!(radiology.covers("70010") && radiology.covers("73721") && radiology.covers("76499"));
+        assert!(!radiology.covers("76500") && !radiology.covers("70009"));
+        // Category II/III codes and HCPCS codes sort among them as text but
+        // are other code sets.
+        assert!(!radiology.covers("7001F") && !radiology.covers("7350T"));
+        let j = range("J0120", "J8499");
+        assert!(j.covers("J1745") && !j.covers("K1745") && !j.covers("01745"));
+        let t = range("0001T", "0999T");
+        assert!(t.covers("0042T") && !t.covers("0042F") && !t.covers("00420"));
+        assert_eq!(range("97110", "97110").label(), "97110");
+        assert_eq!(radiology.label(), "70010-76499");
+    }
+}
