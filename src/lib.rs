@@ -23,6 +23,7 @@ pub mod phi;
 pub mod playbook;
 pub mod queue;
 pub mod report;
+pub mod requirements;
 pub mod schedule;
 pub mod scrub;
 pub mod store;

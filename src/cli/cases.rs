@@ -35,6 +35,17 @@ pub enum CasesCommand {
         payer: Option<String>,
         #[arg(long)]
         status: Option<CaseStatus>,
+        /// Only the cases that need a decision on whether a pre-cert is
+        /// required: `new` cases no requirement rule covers (`precert rules
+        /// explain CASE` says why).
+        #[arg(long, conflicts_with = "status")]
+        needs_decision: bool,
+        /// `table` (default), or `csv` / `json` for a practice's own system
+        /// (auth numbers posted back): the table's fields plus the decision's
+        /// auth number, dates and payer reference; no more patient details
+        /// than the table (initials). The paging note goes to stderr.
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
         /// Cases per page.
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
@@ -64,6 +75,13 @@ pub enum CasesCommand {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Csv,
+    Json,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum FormatArg {
     Csv,
@@ -90,6 +108,8 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
             practice,
             payer,
             status,
+            needs_decision,
+            format,
             limit,
             after,
             all,
@@ -97,9 +117,9 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
             let filter = CaseFilter {
                 practice,
                 payer,
-                status,
+                status: if needs_decision { Some(CaseStatus::New) } else { status },
             };
-            list(&ledger, &filter, after, limit as usize, all).await?;
+            list(&ledger, &filter, after, limit as usize, all, format).await?;
             Ok(Outcome::Ok)
         }
         CasesCommand::Show { id, phi } => {
@@ -172,35 +192,63 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
 }
 
 /// Prints a page of cases, or with `all` every page, as they are read.
-async fn list(ledger: &Ledger, filter: &CaseFilter, after: Option<i64>, limit: usize, all: bool) -> anyhow::Result<()> {
+/// As a table the paging note is its last line; as CSV or JSON (read by
+/// programs) it goes to stderr.
+async fn list(
+    ledger: &Ledger,
+    filter: &CaseFilter,
+    after: Option<i64>,
+    limit: usize,
+    all: bool,
+    format: ListFormat,
+) -> anyhow::Result<()> {
     use std::io::Write as _;
     // One more than a page says whether another follows.
     let page = if all { 500 } else { limit };
     let mut cursor = after;
     let mut shown = 0usize;
     let mut out = std::io::stdout().lock();
-    write!(out, "{}", render_header())?;
+    match format {
+        ListFormat::Table => write!(out, "{}", render_header())?,
+        ListFormat::Csv => write!(out, "{}", super::export::csv_header())?,
+        ListFormat::Json => write!(out, "[")?,
+    }
     loop {
         let mut cases = ledger.list_page(filter, cursor, page + 1).await?;
         let more = cases.len() > page;
         cases.truncate(page);
         let mut text = String::new();
         for c in &cases {
-            render_row(&mut text, &c.case, c.letters);
+            match format {
+                ListFormat::Table => render_row(&mut text, &c.case, c.letters),
+                ListFormat::Csv => super::export::csv_row(&mut text, &c.case, c.letters),
+                ListFormat::Json => {
+                    if shown > 0 || !text.is_empty() {
+                        text.push(',');
+                    }
+                    text.push('\n');
+                    text.push_str(&super::export::json_row(&c.case, c.letters).to_string());
+                }
+            }
         }
         write!(out, "{text}")?;
         shown += cases.len();
         cursor = cases.last().map(|c| c.case.id).or(cursor);
-        match (more, all) {
-            (true, true) => continue,
-            (true, false) => {
-                let last = cursor.unwrap_or_default();
-                writeln!(
-                    out,
-                    "{shown} case(s) shown; more follow: --after {last} for the next page, --all for every case"
-                )?;
-            }
-            (false, _) => writeln!(out, "{shown} case(s)")?,
+        if more && all {
+            continue;
+        }
+        if format == ListFormat::Json {
+            writeln!(out, "{}]", if shown > 0 { "\n" } else { "" })?;
+        }
+        let note = if more {
+            let last = cursor.unwrap_or_default();
+            format!("{shown} case(s) shown; more follow: --after {last} for the next page, --all for every case")
+        } else {
+            format!("{shown} case(s)")
+        };
+        match format {
+            ListFormat::Table => writeln!(out, "{note}")?,
+            ListFormat::Csv | ListFormat::Json => eprintln!("{note}"),
         }
         return Ok(());
     }
@@ -251,6 +299,9 @@ async fn import(
     })
     .await?;
     bar.finish_and_clear();
+    for w in &report.warnings {
+        eprintln!("warning: {}: {w}", file.display());
+    }
     for problem in &report.invalid {
         let case = problem
             .case_ref
@@ -270,6 +321,21 @@ async fn import(
         report.unchanged,
         report.invalid.len()
     );
+    // Cases that arrived without saying whether a pre-cert is required:
+    // the payers' requirement rules decide them now.
+    if !report.undecided.is_empty() {
+        let book = super::rules::load_rules(settings);
+        let r = crate::requirements::decide_cases(ledger, settings, &book, &report.undecided).await?;
+        if r.looked > 0 {
+            println!(
+                "requirement rules: {} case(s) decided ({} required, {} not required); {} need a decision (precert cases list --needs-decision)",
+                r.decided(),
+                r.required,
+                r.not_required,
+                r.undecided
+            );
+        }
+    }
     Ok(if report.is_clean() {
         Outcome::Ok
     } else {

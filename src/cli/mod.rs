@@ -11,8 +11,10 @@ mod console;
 mod daemon;
 mod db;
 mod escalations;
+mod export;
 mod pas;
 mod report;
+mod rules;
 mod run;
 mod schedule;
 
@@ -80,6 +82,10 @@ pub enum Command {
     /// How each payer and practice did over a period, beside what payers
     /// publish; with --late, the evidence of late decisions.
     Report(report::ReportArgs),
+    /// The payers' requirement rules: explain a case's decision, apply them
+    /// to `new` cases now.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
 }
 
 /// How a command ended, for the exit code.
@@ -163,6 +169,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             let settings = load(&cli.config, Secrets::Skip)?;
             report::run(args, &settings, &cli.config).await
         }
+        Command::Rules(cmd) => {
+            let settings = load(&cli.config, Secrets::Skip)?;
+            rules::run(cmd, &settings).await
+        }
     }
 }
 
@@ -223,6 +233,24 @@ fn check(path: &std::path::Path) -> anyhow::Result<Outcome> {
         eprintln!("{e}");
     }
     problems += published_errors.len();
+    // Requirement rules beside the playbooks, by the playbooks' machinery.
+    let (rules, mut rule_errors) = crate::requirements::RuleBook::load_dir(&playbooks_dir);
+    for f in rules.files() {
+        if !playbooks.iter().any(|p| p.id == f.playbook) {
+            rule_errors.push(crate::playbook::PlaybookError {
+                file: f.path.clone(),
+                at: crate::playbook::Loc::default(),
+                message: format!(
+                    "no playbook `{}` for these rules (the file is named PLAYBOOK_ID.requirements.yaml)",
+                    f.playbook
+                ),
+            });
+        }
+    }
+    for e in &rule_errors {
+        eprintln!("{e}");
+    }
+    problems += rule_errors.len();
     if let Ok(settings) = &loaded {
         crate::logging::init(&settings.log);
         tracing::debug!(?settings, "Configuration checked.");
@@ -260,6 +288,16 @@ fn check(path: &std::path::Path) -> anyhow::Result<Outcome> {
                 crate::playbook::Channel::Api => "api",
             };
             println!("  playbook {:<20} {} ({channel}; {how})", pb.id, pb.name);
+        }
+        for f in rules.files() {
+            println!(
+                "  rules    {:<20} version {} ({} rule{}, {})",
+                f.playbook,
+                f.version,
+                f.rules.len(),
+                if f.rules.len() == 1 { "" } else { "s" },
+                f.path.display()
+            );
         }
     }
     if problems == 0 {

@@ -202,6 +202,26 @@ pub struct Practice {
     /// Every job with its cron expression; defaults filled in.
     pub schedules: BTreeMap<Job, String>,
     pub escalations: EscalationConfig,
+    /// How the practice's own systems write case CSV files.
+    pub csv: CsvFormat,
+}
+
+/// A practice's CSV dialect (`[csv]`): the delimiter, and their column
+/// names mapped to precert's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CsvFormat {
+    pub delimiter: u8,
+    /// Their header, lower-cased and trimmed → precert's column.
+    pub columns: BTreeMap<String, String>,
+}
+
+impl Default for CsvFormat {
+    fn default() -> Self {
+        CsvFormat {
+            delimiter: b',',
+            columns: BTreeMap::new(),
+        }
+    }
 }
 
 impl Practice {
@@ -1053,6 +1073,7 @@ fn compile_practice(raw: &RawPractice, file: &Path, secrets: Secrets, errors: &m
     }
     let mut schedules: BTreeMap<Job, String> = Job::ALL.iter().map(|j| (*j, j.default_schedule().to_owned())).collect();
     let escalations = compile_escalations(&raw.escalations, &mut p);
+    let csv = compile_csv(&raw.csv, &mut p);
     for (name, expr) in &raw.schedules {
         let key = format!("schedules.{name}");
         match Job::ALL.iter().find(|j| j.as_str() == name) {
@@ -1084,7 +1105,42 @@ fn compile_practice(raw: &RawPractice, file: &Path, secrets: Secrets, errors: &m
         payers,
         schedules,
         escalations,
+        csv,
     }
+}
+
+fn compile_csv(raw: &raw::RawCsv, p: &mut Problems<'_>) -> CsvFormat {
+    let mut out = CsvFormat::default();
+    if let Some(d) = &raw.delimiter {
+        match d.as_str() {
+            "\\t" | "\t" | "tab" => out.delimiter = b'\t',
+            s if s.len() == 1 && s.is_ascii() && !matches!(s, "\"" | "\n" | "\r") => out.delimiter = s.as_bytes()[0],
+            s => p.add(
+                "csv.delimiter",
+                format!(
+                    "`{s}` is not one character (e.g. \",\", \";\", \"|\", \"tab\"); quotes and line ends cannot be"
+                ),
+            ),
+        }
+    }
+    let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
+    for (theirs, ours) in &raw.columns {
+        let key = format!("csv.columns.{theirs}");
+        let ours = ours.trim();
+        if !crate::intake::CSV_COLUMNS.contains(&ours) {
+            let hint = crate::config::unknown::closest(ours, crate::intake::CSV_COLUMNS)
+                .map(|c| format!("did you mean `{c}`?"))
+                .unwrap_or_else(|| format!("the columns are {}", crate::intake::CSV_COLUMNS.join(", ")));
+            p.add(key, format!("`{ours}` is not a precert column; {hint}"));
+            continue;
+        }
+        if let Some(first) = targets.insert(ours, theirs) {
+            p.add(key, format!("`{ours}` is already the column `{first}` maps to"));
+            continue;
+        }
+        out.columns.insert(theirs.trim().to_ascii_lowercase(), ours.to_owned());
+    }
+    out
 }
 
 fn compile_escalations(raw: &RawEscalations, p: &mut Problems<'_>) -> EscalationConfig {

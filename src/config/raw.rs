@@ -223,6 +223,24 @@ pub struct RawPractice {
     /// Overrides precert.toml's `[escalations]` for this practice.
     #[serde(default)]
     pub escalations: RawEscalations,
+    /// How this practice's own systems write case CSV files
+    /// (`docs/csv-import.md`): used by `precert cases import --practice ID`.
+    #[serde(default)]
+    pub csv: RawCsv,
+}
+
+/// `[csv]` of a practice file: the CSV its practice management system
+/// exports, read as it is.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCsv {
+    /// One character between fields: `","` (the default), `";"`, `"|"`, or
+    /// `"\t"` / `"tab"`.
+    pub delimiter: Option<String>,
+    /// Their header → precert's column name, e.g. `"Member #" =
+    /// "patient_member_id"`. Headers compare without regard to case.
+    #[serde(default)]
+    pub columns: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

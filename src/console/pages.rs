@@ -696,13 +696,13 @@ pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQ
         json!({ "label": "all", "n": all, "href": f.link("/cases", None, 1), "selected": status.is_none(), "status": "all" }),
     ];
     for (s, n) in &result.counts {
-        counts.push(json!({ "label": view::status_label(*s), "n": n, "href": f.link("/cases", Some(*s), 1), "selected": status == Some(*s), "status": s.as_str() }));
+        counts.push(json!({ "label": view::worklist_status_label(*s), "n": n, "href": f.link("/cases", Some(*s), 1), "selected": status == Some(*s), "status": s.as_str() }));
     }
     let statuses: Vec<Choice> = CaseStatus::ALL
         .iter()
         .map(|s| Choice {
             value: s.as_str().to_owned(),
-            label: view::status_label(*s),
+            label: view::worklist_status_label(*s),
             selected: status == Some(*s),
         })
         .collect();
@@ -744,7 +744,7 @@ pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQ
                 practice: c.data.practice_id.clone(),
                 payer: c.data.coverage.payer.clone(),
                 status: c.status.as_str(),
-                status_label: view::status_label(c.status),
+                status_label: view::worklist_status_label(c.status),
                 urgency: c.data.urgency.as_str(),
                 patient: c.data.patient.name.initials(),
                 service: c

@@ -93,6 +93,15 @@ pub fn status_label(s: CaseStatus) -> String {
     s.as_str().replace('_', " ")
 }
 
+/// A status in the worklist: a `new` case is one whose requirement no rule
+/// decided (`docs/requirements.md`), waiting on a person.
+pub fn worklist_status_label(s: CaseStatus) -> String {
+    match s {
+        CaseStatus::New => "new: needs a decision".to_owned(),
+        s => status_label(s),
+    }
+}
+
 /// A time in the practice's zone.
 pub fn when(t: DateTime<Utc>, tz: Tz) -> String {
     t.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z").to_string()

@@ -47,6 +47,10 @@ const MAIL_POLL: Duration = Duration::from_secs(5);
 /// The longest a worker waits for work before looking again (jobs whose
 /// backoff ended wake nobody).
 const IDLE: Duration = Duration::from_secs(1);
+/// How often the requirement rules look for `new` cases that arrived by
+/// another route (another process's import, an API): only cases numbered
+/// above the last pass's, on the status index.
+const RULES_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -162,6 +166,8 @@ struct Loaded {
     payers: Vec<PlaybookId>,
     escalator: Arc<Escalator>,
     mailer: Arc<Mailer>,
+    /// The payers' requirement rules, read with the playbooks.
+    rules: Arc<crate::requirements::RuleBook>,
 }
 
 impl Loaded {
@@ -176,6 +182,13 @@ impl Loaded {
         link_key: &crate::console::links::LinkKey,
     ) -> Result<Loaded, String> {
         let scheduler = Scheduler::new(queue.clone(), &settings.practices).map_err(|e| e.to_string())?;
+        // A rules file that does not check refuses the configuration, as a
+        // playbook does: deciding by half a payer's list would be wrong.
+        let (rules, errors) = crate::requirements::RuleBook::load_dir(&settings.playbooks_dir);
+        if !errors.is_empty() {
+            let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(format!("requirement rules: {}", problems.join("\n  ")));
+        }
         let payers = playbooks.iter().map(|p| PlaybookId::from(p.id.as_str())).collect();
         let mailer = Arc::new(Mailer::new(&settings.mail).map_err(|e| format!("mail: {e}"))?);
         let settings = Arc::new(settings);
@@ -189,6 +202,7 @@ impl Loaded {
             payers,
             escalator,
             mailer,
+            rules: Arc::new(rules),
         })
     }
 }
@@ -223,6 +237,8 @@ struct Ctx {
     subscriptions: tokio::sync::Mutex<HashMap<String, Subscription>>,
     /// Signs acknowledgement links in mail (the ledger's key).
     link_key: crate::console::links::LinkKey,
+    /// A reload happened: the requirement rules read every `new` case again.
+    rules_reloaded: Notify,
 }
 
 fn hostname() -> String {
@@ -270,6 +286,7 @@ pub async fn run(
         notify: Arc::new(crate::pas::notify::Receiver::new(ledger.clone())),
         subscriptions: tokio::sync::Mutex::new(HashMap::new()),
         link_key,
+        rules_reloaded: Notify::new(),
     });
     report_disabled(&ctx.disabled, &disabled);
     escalate_disabled(&ctx, &disabled).await;
@@ -308,6 +325,7 @@ pub async fn run(
     tracker.spawn(scheduler_loop(ctx.clone()));
     tracker.spawn(mail_sender(ctx.clone()));
     tracker.spawn(subscription_keeper(ctx.clone()));
+    tracker.spawn(requirement_rules(ctx.clone()));
     for i in 0..workers {
         tracker.spawn(worker(ctx.clone(), i));
     }
@@ -584,6 +602,8 @@ async fn reload_config(ctx: &Arc<Ctx>, path: &Path) {
             let old = std::mem::replace(&mut *ctx.loaded.write().await, Arc::new(new));
             sync_subscriptions(ctx, SyncPass::Configured).await;
             escalate_disabled(ctx, &disabled).await;
+            // The rules may have changed: every `new` case is read again.
+            ctx.rules_reloaded.notify_one();
             tracing::info!("Configuration reloaded.");
             // The old engine's browsers close once its last job is done.
             tokio::spawn(async move {
@@ -597,6 +617,57 @@ async fn reload_config(ctx: &Arc<Ctx>, path: &Path) {
         Err(e) => tracing::error!(error = %e, "Reload refused; the running configuration stays."),
     }
     sd::notify("READY=1");
+}
+
+/// Decides `new` cases by the requirement rules: every one at start and
+/// after each reload (the rules may have changed), and every `RULES_EVERY`
+/// those numbered above the last pass's (cases that arrived since, by any
+/// route). Every `RULES_FULL_EVERY`th pass reads them all again: on
+/// PostgreSQL a case numbered below the last one read can commit after it.
+/// A case no rule covers stays `new`.
+async fn requirement_rules(ctx: Arc<Ctx>) {
+    const RULES_FULL_EVERY: u32 = 10;
+    let mut seen: HashMap<String, i64> = HashMap::new();
+    let mut full = true;
+    let mut passes = 0u32;
+    loop {
+        passes += 1;
+        if passes % RULES_FULL_EVERY == 0 {
+            full = true;
+        }
+        let loaded = ctx.loaded.read().await.clone();
+        if full {
+            seen.clear();
+        }
+        for p in loaded.settings.practices.iter().filter(|p| p.enabled) {
+            let after = seen.get(&p.id).copied();
+            match crate::requirements::decide_new_cases(&ctx.ledger, &loaded.settings, &loaded.rules, &p.id, after)
+                .await
+            {
+                Ok(r) => {
+                    if let Some(last) = r.last_id {
+                        seen.insert(p.id.clone(), last);
+                    }
+                    if r.decided() > 0 || (full && r.undecided > 0) {
+                        tracing::info!(
+                            practice = %p.id,
+                            required = r.required,
+                            not_required = r.not_required,
+                            needs_decision = r.undecided,
+                            "Requirement rules applied to new cases."
+                        );
+                    }
+                }
+                Err(e) => tracing::error!(practice = %p.id, error = %e, "Cannot apply the requirement rules."),
+            }
+        }
+        drop(loaded);
+        tokio::select! {
+            () = ctx.stop.cancelled() => return,
+            () = ctx.rules_reloaded.notified() => full = true,
+            () = tokio::time::sleep(RULES_EVERY) => full = false,
+        }
+    }
 }
 
 async fn requeue(ctx: &Ctx) {

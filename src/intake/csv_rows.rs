@@ -10,6 +10,7 @@ use super::stream::LineCounter;
 use super::validate::{FieldError, RawCase, RawLine};
 use super::SourceRecord;
 use crate::case::codes::quoted;
+use crate::config::CsvFormat;
 
 /// Every column precert reads, in the order the sample file uses.
 pub const COLUMNS: &[&str] = &[
@@ -73,30 +74,55 @@ pub(crate) struct Records {
 }
 
 impl Records {
-    /// Opens the file (past its byte-order mark) and checks its header row.
-    pub fn open(path: &Path, bom: bool, have_default_practice: bool) -> std::io::Result<Result<Records, String>> {
+    /// Opens the file (past its byte-order mark) and checks its header row,
+    /// read in the practice's dialect (`format`: delimiter, their column
+    /// names → ours). Columns that are not precert's are ignored, named in
+    /// the returned warning.
+    pub fn open(
+        path: &Path,
+        bom: bool,
+        have_default_practice: bool,
+        format: &CsvFormat,
+    ) -> std::io::Result<Result<(Records, Option<String>), String>> {
         let skip = if bom { 3 } else { 0 };
         let mut file = std::fs::File::open(path)?;
         file.seek(std::io::SeekFrom::Start(skip))?;
         let mut reader = csv::ReaderBuilder::new()
+            .delimiter(format.delimiter)
             .trim(csv::Trim::All)
             // Rows of the wrong length are read and reported here, with the
             // case they belong to, rather than as the reader's bare error.
             .flexible(true)
             .from_reader(std::io::BufReader::with_capacity(64 * 1024, file));
         let headers: Vec<String> = match reader.headers() {
-            Ok(h) => h.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            Ok(h) => h
+                .iter()
+                .map(|h| {
+                    let h = h.to_ascii_lowercase();
+                    format.columns.get(&h).cloned().unwrap_or(h)
+                })
+                .collect(),
             Err(e) => return Ok(Err(format!("cannot read the header row: {e}"))),
         };
-        if let Err(e) = check_headers(&headers, have_default_practice) {
-            return Ok(Err(e));
-        }
-        Ok(Ok(Records {
-            reader,
-            headers,
-            lines: LineCounter::open(path, skip)?,
-            record: csv::StringRecord::new(),
-        }))
+        let warning = match check_headers(&headers, have_default_practice) {
+            Err(e) => return Ok(Err(e)),
+            Ok(ignored) if ignored.is_empty() => None,
+            Ok(ignored) => Some(format!(
+                "ignored column{} {}: not precert's (map {} to a precert column in the practice's [csv.columns] to read it)",
+                if ignored.len() == 1 { "" } else { "s" },
+                ignored.join(", "),
+                if ignored.len() == 1 { "it" } else { "one" },
+            )),
+        };
+        Ok(Ok((
+            Records {
+                reader,
+                headers,
+                lines: LineCounter::open(path, skip)?,
+                record: csv::StringRecord::new(),
+            },
+            warning,
+        )))
     }
 
     /// The next row as a record, None at the end. The reader's own line
@@ -124,6 +150,7 @@ impl Records {
                         raw: None,
                         errors: vec![FieldError::new("row", e.to_string())],
                         csv: true,
+                        attachments_line: None,
                     }));
                 }
                 Ok(true) => {
@@ -155,9 +182,20 @@ impl Records {
                             raw: None,
                             errors: vec![FieldError::new("row", reason)],
                             csv: true,
+                            attachments_line: None,
                         }));
                     }
                     let (raw, errors) = row_to_raw(&get);
+                    // A quoted cell keeps its line breaks in its value: the
+                    // attachments cell is as many lines below the row's
+                    // first as the cells before it hold.
+                    let attachments_line = headers.iter().position(|h| h == "attachments").map(|i| {
+                        line + record
+                            .iter()
+                            .take(i)
+                            .map(|v| v.matches('\n').count() + v.matches('\r').count() - v.matches("\r\n").count())
+                            .sum::<usize>() as u64
+                    });
                     return Ok(Some(SourceRecord {
                         line,
                         practice_id,
@@ -165,6 +203,7 @@ impl Records {
                         raw: Some(raw),
                         errors,
                         csv: true,
+                        attachments_line,
                     }));
                 }
             }
@@ -172,19 +211,29 @@ impl Records {
     }
 }
 
-/// The header row: no unknown or repeated column, every required one.
-fn check_headers(headers: &[String], have_default_practice: bool) -> Result<(), String> {
-    let unknown: Vec<String> = headers
+/// The header row (after the practice's mapping): no repeated column,
+/// every required one, and no column one typo away from a precert column
+/// (`urgancy`: a misspelt column would silently lose its values). Returns
+/// the other columns, which are not precert's and are ignored, quoted.
+fn check_headers(headers: &[String], have_default_practice: bool) -> Result<Vec<String>, String> {
+    let extra: Vec<&str> = headers
         .iter()
         .map(String::as_str)
         .filter(|h| !COLUMNS.contains(h))
-        .map(quoted)
         .collect();
-    if !unknown.is_empty() {
+    let typos: Vec<String> = extra
+        .iter()
+        .filter_map(|h| {
+            crate::config::unknown::closest(h, COLUMNS)
+                .filter(|c| !headers.iter().any(|x| x == c))
+                .map(|c| format!("{} (did you mean {c}?)", quoted(h)))
+        })
+        .collect();
+    if !typos.is_empty() {
         return Err(format!(
             "unknown column{} {} (the columns are: {})",
-            if unknown.len() == 1 { "" } else { "s" },
-            unknown.join(", "),
+            if typos.len() == 1 { "" } else { "s" },
+            typos.join(", "),
             COLUMNS.join(", ")
         ));
     }
@@ -205,9 +254,11 @@ fn check_headers(headers: &[String], have_default_practice: bool) -> Result<(), 
     }
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = headers.iter().find(|h| !seen.insert(h.as_str())) {
-        return Err(format!("column {dup} appears twice"));
+        return Err(format!(
+            "column {dup} appears twice (written so, or mapped to it by the practice's [csv.columns])"
+        ));
     }
-    Ok(())
+    Ok(extra.into_iter().map(quoted).collect())
 }
 
 fn list(v: Option<String>) -> Vec<String> {

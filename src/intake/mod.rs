@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use csv_rows::COLUMNS as CSV_COLUMNS;
 use text::LineIndex;
 pub use validate::{validate, FieldError, RawCase};
 
@@ -53,6 +54,12 @@ pub struct ImportReport {
     pub updated: usize,
     pub unchanged: usize,
     pub invalid: Vec<RecordProblem>,
+    /// File-level notes that refused nothing (a CSV's ignored columns).
+    pub warnings: Vec<String>,
+    /// Cases of this file that say nothing of whether a pre-cert is
+    /// required (created, updated or unchanged): the requirement rules
+    /// decide those still `new` (`requirements::decide_cases`).
+    pub undecided: Vec<i64>,
 }
 
 impl ImportReport {
@@ -90,6 +97,11 @@ pub(crate) struct SourceRecord {
     pub errors: Vec<FieldError>,
     /// CSV names fields by column, JSON by path.
     pub csv: bool,
+    /// The line the record's attachments are written on, when it is not
+    /// the record's first (a CSV row with a quoted line break before its
+    /// attachments cell, a JSON object over many lines): their errors name
+    /// it.
+    pub attachments_line: Option<u64>,
 }
 
 /// What validation needs besides the record itself.
@@ -143,9 +155,17 @@ pub async fn import_file(
         Format::Csv => {
             let checked = stream::check_utf8(path).map_err(read_error)?.map_err(format_error)?;
             let total = checked.lines.saturating_sub(1) as usize;
-            let mut records = csv_rows::Records::open(path, checked.bom, ctx.default_practice.is_some())
-                .map_err(read_error)?
-                .map_err(format_error)?;
+            // The practice named for the file says how its systems write CSV.
+            let dialect = ctx
+                .default_practice
+                .and_then(|p| ctx.settings.practice(p))
+                .map(|p| p.csv.clone())
+                .unwrap_or_default();
+            let (mut records, warning) =
+                csv_rows::Records::open(path, checked.bom, ctx.default_practice.is_some(), &dialect)
+                    .map_err(read_error)?
+                    .map_err(format_error)?;
+            importer.report.warnings.extend(warning);
             while let Some(record) = records.next_record().map_err(read_error)? {
                 importer.report.records += 1;
                 if importer.push(record) {
@@ -225,6 +245,11 @@ impl Importer<'_, '_> {
         };
         match validated {
             Err(mut errors) => {
+                if let Some(at) = record.attachments_line.filter(|&at| at != line) {
+                    for e in errors.iter_mut().filter(|e| e.field.starts_with("attachments")) {
+                        e.reason = format!("(line {at}) {}", e.reason);
+                    }
+                }
                 if record.csv {
                     errors.iter_mut().for_each(FieldError::to_csv_column);
                 }
@@ -249,7 +274,15 @@ impl Importer<'_, '_> {
         // Problems are listed in file order: a refused case among the
         // others of its batch.
         let mut refused = Vec::new();
-        for ((line, (data, _)), outcome) in lines.into_iter().zip(&cases).zip(outcomes) {
+        for ((line, (data, required)), outcome) in lines.into_iter().zip(&cases).zip(outcomes) {
+            match outcome {
+                ImportOutcome::Created { id } | ImportOutcome::Updated { id } | ImportOutcome::Unchanged { id }
+                    if required.is_none() =>
+                {
+                    self.report.undecided.push(id)
+                }
+                _ => {}
+            }
             match outcome {
                 ImportOutcome::Created { id } => {
                     tracing::info!(case_id = id, practice = %data.practice_id, case_ref = %data.case_ref, member = %data.patient.member_id, "Case imported.");
@@ -342,6 +375,7 @@ fn read_json(text: &str, lines: &LineIndex) -> Result<Vec<SourceRecord>, String>
                     raw: Some(raw),
                     errors: Vec::new(),
                     csv: false,
+                    attachments_line: json_key_offset(item.get(), "attachments").map(|o| lines.line(offset + o)),
                 },
                 Err(e) => {
                     let field = json_field(&e);
@@ -364,11 +398,29 @@ fn read_json(text: &str, lines: &LineIndex) -> Result<Vec<SourceRecord>, String>
                         raw: None,
                         errors: vec![FieldError::new(field, reason)],
                         csv: false,
+                        attachments_line: None,
                     }
                 }
             }
         })
         .collect())
+}
+
+/// Where key `key` of a JSON object's text is written: its first
+/// occurrence as `"key"` followed by `:`. Only used to point a message at a
+/// line, so a look-alike inside a string value costs at most a wrong line.
+fn json_key_offset(object: &str, key: &str) -> Option<usize> {
+    let quoted = format!("\"{key}\"");
+    let mut from = 0;
+    while let Some(i) = object[from..].find(&quoted) {
+        let at = from + i;
+        let rest = object[at + quoted.len()..].trim_start();
+        if rest.starts_with(':') && !object[..at].ends_with('\\') {
+            return Some(at);
+        }
+        from = at + quoted.len();
+    }
+    None
 }
 
 /// The field a JSON record's error is about: serde's path to it

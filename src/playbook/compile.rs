@@ -280,7 +280,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Playbook, Vec<PlaybookError>> 
 
 /// serde-saphyr's message without the location it also appends (we print
 /// the location in front, as file:line:col).
-fn saphyr_message(e: &serde_saphyr::Error) -> String {
+pub(crate) fn saphyr_message(e: &serde_saphyr::Error) -> String {
     let msg = e.to_string();
     let mut msg = msg.lines().next().unwrap_or_default().trim();
     msg = msg.strip_prefix("error: ").unwrap_or(msg);

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use crate::case::CaseStatus;
 
+pub(crate) use compile::saphyr_message;
 pub use compile::{compile, single_expression};
 
 /// Where something was written: 1-based line and column.
@@ -502,6 +503,8 @@ pub fn load_dir(dir: &Path) -> (Vec<Playbook>, Vec<PlaybookError>) {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            // Requirement rules live beside the playbooks (`crate::requirements`).
+            .filter(|p| !crate::requirements::is_rules_file(p))
             .collect(),
         Err(e) => {
             return (

@@ -104,6 +104,8 @@ fn the_package_installs_and_a_practice_imports_cases_as_the_service_user() {
         "./usr/bin/precert",
         "./usr/share/precert/playbooks/sandbox.yaml",
         "./usr/share/precert/playbooks/sandbox-pas.yaml",
+        "./usr/share/precert/playbooks/sandbox.requirements.yaml",
+        "./usr/share/precert/playbooks/sandbox-imaging-codes.csv",
         "./etc/precert/precert.toml",
         "./usr/lib/systemd/system/precert.service",
         "./usr/lib/sysusers.d/precert.conf",
