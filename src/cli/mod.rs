@@ -6,6 +6,7 @@
 //! status change); 2 usage errors and failures to run at all (the
 //! configuration file cannot be read, the database is unavailable).
 
+mod api;
 mod cases;
 mod console;
 mod daemon;
@@ -80,6 +81,12 @@ pub enum Command {
     /// How each payer and practice did over a period, beside what payers
     /// publish; with --late, the evidence of late decisions.
     Report(report::ReportArgs),
+    /// The intake API's tokens: create (shown once), list, revoke.
+    #[command(subcommand)]
+    ApiTokens(api::TokensCommand),
+    /// The intake API's webhook deliveries: list (failures), retry.
+    #[command(subcommand)]
+    Webhooks(api::WebhooksCommand),
 }
 
 /// How a command ended, for the exit code.
@@ -162,6 +169,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Report(args) => {
             let settings = load(&cli.config, Secrets::Skip)?;
             report::run(args, &settings, &cli.config).await
+        }
+        Command::ApiTokens(cmd) => {
+            let settings = load(&cli.config, Secrets::Skip)?;
+            api::tokens(cmd, &settings).await
+        }
+        Command::Webhooks(cmd) => {
+            let settings = load(&cli.config, Secrets::Skip)?;
+            api::webhooks(cmd, &settings).await
         }
     }
 }

@@ -9,6 +9,7 @@
 //! `find_existing`).
 
 mod http;
+mod intake;
 pub mod sd;
 mod worker;
 
@@ -306,6 +307,9 @@ pub async fn run(
     requeue(&ctx).await;
     tracker.spawn(scheduler_loop(ctx.clone()));
     tracker.spawn(mail_sender(ctx.clone()));
+    intake::sync_webhook_targets(&ctx).await;
+    tracker.spawn(intake::webhook_sender(ctx.clone()));
+    tracker.spawn(intake::drop_folders(ctx.clone()));
     for i in 0..workers {
         tracker.spawn(worker(ctx.clone(), i));
     }
@@ -478,6 +482,7 @@ async fn reload_config(ctx: &Arc<Ctx>, path: &Path) {
             ctx.ledger.set_escalation_hook(new.escalator.clone());
             let old = std::mem::replace(&mut *ctx.loaded.write().await, Arc::new(new));
             sync_subscriptions(ctx).await;
+            intake::sync_webhook_targets(ctx).await;
             escalate_disabled(ctx, &disabled).await;
             tracing::info!("Configuration reloaded.");
             // The old engine's browsers close once its last job is done.
