@@ -7,6 +7,7 @@ mod daemon;
 mod escalation;
 mod exactly_once;
 mod intake;
+mod intake_api;
 mod ledger;
 mod limits;
 mod logging;
