@@ -286,15 +286,7 @@ impl Ledger {
     pub async fn claim_webhook(&self, lease: Duration) -> Result<Option<ClaimedWebhook>, StoreError> {
         let now = self.now();
         let skip = self.backend.skip_locked();
-        for (due, order) in [
-            ("state = 'pending' AND next_attempt_at <= $1", "next_attempt_at, id"),
-            ("state = 'sending' AND lease_until <= $1", "lease_until, id"),
-        ] {
-            let sql = format!(
-                "UPDATE webhook_outbox SET state = 'sending', lease_until = $2, attempts = attempts + 1 \
-                 WHERE id = (SELECT id FROM webhook_outbox WHERE {due} ORDER BY {order} LIMIT 1{skip}) AND {due} \
-                 RETURNING id, event_id, practice_id, payload, attempts"
-            );
+        for sql in claim_webhook_sql(skip) {
             let row = sqlx::query(&sql)
                 .bind(ts(now))
                 .bind(ts(now + lease))
@@ -414,18 +406,37 @@ impl Ledger {
             // by a cursor starting at id 0 of that instant.
             None => (ts(since), 0),
         };
-        let rows = sqlx::query(&format!(
-            "{SELECT_CASE} WHERE practice_id = $1 AND (updated_at > $2 OR (updated_at = $2 AND id > $3)) \
-             ORDER BY updated_at, id LIMIT $4"
-        ))
-        .bind(practice)
-        .bind(&at)
-        .bind(id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&sync_page_sql())
+            .bind(practice)
+            .bind(&at)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(case_from_row).collect()
     }
+}
+
+/// The sync page: `$1` practice, after (`$2` updated_at, `$3` id), `$4`
+/// rows; read through `cases_by_practice_updated`.
+pub(crate) fn sync_page_sql() -> String {
+    format!("{SELECT_CASE} WHERE practice_id = $1 AND (updated_at, id) > ($2, $3) ORDER BY updated_at, id LIMIT $4")
+}
+
+/// The two claims of a delivery: a due one, or one whose sender's claim
+/// ran out. `$1` now, `$2` the claim's end.
+pub(crate) fn claim_webhook_sql(skip: &str) -> [String; 2] {
+    [
+        ("state = 'pending' AND next_attempt_at <= $1", "next_attempt_at, id"),
+        ("state = 'sending' AND lease_until <= $1", "lease_until, id"),
+    ]
+    .map(|(due, order)| {
+        format!(
+            "UPDATE webhook_outbox SET state = 'sending', lease_until = $2, attempts = attempts + 1 \
+             WHERE id = (SELECT id FROM webhook_outbox WHERE {due} ORDER BY {order} LIMIT 1{skip}) AND {due} \
+             RETURNING id, event_id, practice_id, payload, attempts"
+        )
+    })
 }
 
 /// Queues a webhook delivery for an event, inside its transaction, when

@@ -49,4 +49,5 @@ CREATE TABLE webhook_outbox (
 );
 
 CREATE INDEX webhook_outbox_due ON webhook_outbox (state, next_attempt_at, id);
+CREATE INDEX webhook_outbox_lease ON webhook_outbox (state, lease_until, id);
 CREATE INDEX webhook_outbox_by_practice ON webhook_outbox (practice_id, id);
