@@ -85,6 +85,12 @@ pub async fn tokens(cmd: TokensCommand, settings: &Settings) -> anyhow::Result<O
             if name.is_empty() || name.chars().count() > 64 || name.chars().any(|c| c.is_control() || c == '/') {
                 anyhow::bail!("--name: give 1 to 64 characters, no `/` or control characters");
             }
+            let live = ledger.api_tokens(Some(&practice)).await?;
+            if live.iter().any(|t| t.name == name && t.revoked_at.is_none()) {
+                anyhow::bail!(
+                    "practice {practice} already has a live token named `{name}`; revoke it first or choose another name"
+                );
+            }
             let by = Actor::current_user();
             let new = crate::api::tokens::create(&ledger, &practice, name, scope, by.as_str()).await?;
             eprintln!(

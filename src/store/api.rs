@@ -193,8 +193,9 @@ impl Ledger {
         .await?;
         match row {
             Some(r) => Ok(r.try_get("id")?),
+            // Another live token of that name, made meanwhile.
             None => Err(StoreError::NotFound(format!(
-                "new token: practice {practice} already has a live token named `{name}` (revoke it first, or choose another name)"
+                "second live token named `{name}` for practice {practice}: revoke the first, or choose another name"
             ))),
         }
     }

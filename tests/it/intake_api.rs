@@ -619,14 +619,40 @@ async fn the_daemon_imports_a_dropped_file_moves_it_with_its_report_and_tells_th
     // A file still being written (by the .tmp convention) and a hidden one.
     std::fs::write(drop.join("nightly.json.tmp"), json!([case("D-9")]).to_string()).unwrap();
     std::fs::write(drop.join(".partial.json"), "[").unwrap();
+    // A token made by the CLI, for the daemon's own console listener.
+    let out = p.precert(&["api-tokens", "create", PRACTICE, "--name", "pm", "--scope", "write"]);
+    assert!(out.status.success(), "{}", super::support::stderr(&out));
+    let token = super::support::stdout(&out).trim().to_owned();
+    let console_port = super::daemon::free_port();
     let daemon = super::daemon::start_with(
         &p,
         super::daemon::free_port(),
         false,
         "daemon",
-        &[("PRECERT_TEST_WEBHOOK_SECRET", SECRET)],
+        &[
+            ("PRECERT_TEST_WEBHOOK_SECRET", SECRET),
+            ("PRECERT__CONSOLE__LISTEN", &format!("127.0.0.1:{console_port}")),
+        ],
         &[],
     );
+    // The daemon serves the API on its console listener.
+    let http = reqwest::Client::new();
+    let api = format!("http://127.0.0.1:{console_port}/api/v1/cases");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let posted = loop {
+        match http.post(&api).bearer_auth(&token).json(&case("D-0")).send().await {
+            Ok(res) => break res,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no console: {e}\n{}",
+                    daemon.log()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(posted.status().as_u16(), 201);
     let mut bad = case("D-2");
     bad["patient"]["birth_date"] = json!("not a date");
     std::fs::write(drop.join("good.json"), json!([case("D-1")]).to_string()).unwrap();
@@ -690,7 +716,69 @@ async fn the_daemon_imports_a_dropped_file_moves_it_with_its_report_and_tells_th
     assert_eq!(payload["event"], "status");
     assert_eq!(payload["case_id"], "D-1");
     assert_eq!(payload["status"], "cancelled");
-    assert!(!daemon.log().contains(SECRET));
+    let log = daemon.log();
+    assert!(!log.contains(SECRET), "no webhook secret in the log");
+    assert!(!log.contains(&token[4..]), "no API token in the log");
+    assert!(log.contains("Webhook delivered."), "{log}");
+}
+
+#[tokio::test]
+async fn api_tokens_are_shown_once_listed_without_secrets_and_revoked_by_the_cli() {
+    let p = Project::new();
+    let out = p.precert(&["api-tokens", "create", PRACTICE, "--name", "pm", "--scope", "read"]);
+    assert!(out.status.success(), "{}", super::support::stderr(&out));
+    let token = super::support::stdout(&out).trim().to_owned();
+    assert!(token.starts_with("pct_") && token.len() > 50, "{token}");
+    let (_, secret) = token[4..].split_once('_').unwrap();
+    // A second live token of the same name is refused.
+    let again = p.precert(&["api-tokens", "create", PRACTICE, "--name", "pm", "--scope", "read"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        super::support::stderr(&again).contains("already has a live token named `pm`"),
+        "{}",
+        super::support::stderr(&again)
+    );
+    let unknown = p.precert(&["api-tokens", "create", "nope", "--name", "pm", "--scope", "read"]);
+    assert!(super::support::stderr(&unknown).contains("`nope` is not a configured practice"));
+
+    let list = super::support::stdout(&p.precert(&["api-tokens", "list"]));
+    assert!(
+        list.contains("lakeside-ortho") && list.contains("pm") && list.contains("read"),
+        "{list}"
+    );
+    assert!(list.contains("live") && !list.contains(secret), "{list}");
+    assert!(p
+        .precert(&["api-tokens", "revoke", PRACTICE, "--name", "pm"])
+        .status
+        .success());
+    let list = super::support::stdout(&p.precert(&["api-tokens", "list", "--practice", PRACTICE]));
+    assert!(list.contains("revoked"), "{list}");
+    let out = p.precert(&["api-tokens", "revoke", PRACTICE, "--name", "pm"]);
+    assert!(!out.status.success());
+
+    let out = p.precert(&["webhooks", "list", "--failed"]);
+    assert!(out.status.success(), "{}", super::support::stderr(&out));
+    assert!(super::support::stdout(&out).contains("No webhook deliveries failing."));
+}
+
+#[test]
+fn check_names_a_webhook_without_https_or_secret_and_a_bad_scan_interval() {
+    let p = Project::new();
+    let path = p.path(&format!("config/practices/{PRACTICE}.toml"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("{text}\n[intake]\nscan_seconds = 0\n\n[api]\nwebhook_url = \"http://pm.example/hook\"\n"),
+    )
+    .unwrap();
+    let out = p.precert(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = super::support::stdout(&out) + &super::support::stderr(&out);
+    assert!(err.contains("intake.scan_seconds: must be at least 1"), "{err}");
+    assert!(
+        err.contains("api.webhook_secret: is required with api.webhook_url"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
