@@ -33,6 +33,9 @@ pub struct Moved {
 #[derive(Debug, Default)]
 pub struct Watch {
     seen: HashMap<PathBuf, (u64, Option<SystemTime>)>,
+    /// Folders that could not be read at the last look: said once, not at
+    /// every look, until they can be read again.
+    unreadable: HashSet<PathBuf>,
 }
 
 /// Whether a name is one the convention says not to read yet.
@@ -49,9 +52,16 @@ impl Watch {
             return Vec::new();
         };
         let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
+            Ok(e) => {
+                if self.unreadable.remove(dir) {
+                    tracing::info!(practice = %practice.id, dir = %dir.display(), "The drop folder can be read again.");
+                }
+                e
+            }
             Err(e) => {
-                tracing::error!(practice = %practice.id, dir = %dir.display(), error = %e, "Cannot read the drop folder.");
+                if self.unreadable.insert(dir.clone()) {
+                    tracing::error!(practice = %practice.id, dir = %dir.display(), error = %e, "Cannot read the drop folder; looking again at each scan.");
+                }
                 return Vec::new();
             }
         };
