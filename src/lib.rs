@@ -4,6 +4,7 @@
 //! `intake` turns practice files into validated `case`s, `store` keeps them
 //! and their audit trail, and `cli` is the thin layer over all of it.
 
+pub mod api;
 pub mod browser;
 pub mod case;
 pub mod cli;

@@ -6,6 +6,7 @@
 //! status change); 2 usage errors and failures to run at all (the
 //! configuration file cannot be read, the database is unavailable).
 
+mod api;
 mod cases;
 mod console;
 mod daemon;
@@ -86,6 +87,12 @@ pub enum Command {
     /// to `new` cases now.
     #[command(subcommand)]
     Rules(rules::RulesCommand),
+    /// The intake API's tokens: create (shown once), list, revoke.
+    #[command(subcommand)]
+    ApiTokens(api::TokensCommand),
+    /// The intake API's webhook deliveries: list (failures), retry.
+    #[command(subcommand)]
+    Webhooks(api::WebhooksCommand),
 }
 
 /// How a command ended, for the exit code.
@@ -172,6 +179,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Rules(cmd) => {
             let settings = load(&cli.config, Secrets::Skip)?;
             rules::run(cmd, &settings).await
+        }
+        Command::ApiTokens(cmd) => {
+            let settings = load(&cli.config, Secrets::Skip)?;
+            api::tokens(cmd, &settings).await
+        }
+        Command::Webhooks(cmd) => {
+            let settings = load(&cli.config, Secrets::Skip)?;
+            api::webhooks(cmd, &settings).await
         }
     }
 }

@@ -179,6 +179,8 @@ pub struct ConsoleSettings {
     pub session_max: std::time::Duration,
     pub lockout_failures: u32,
     pub lockout: std::time::Duration,
+    /// The intake API's largest request body, in bytes.
+    pub api_max_request_bytes: usize,
 }
 
 impl Settings {
@@ -204,6 +206,10 @@ pub struct Practice {
     pub escalations: EscalationConfig,
     /// How the practice's own systems write case CSV files.
     pub csv: CsvFormat,
+    /// `[intake]`: the drop folder.
+    pub intake: IntakeConfig,
+    /// `[api]`: the webhook.
+    pub api: ApiConfig,
 }
 
 /// A practice's CSV dialect (`[csv]`): the delimiter, and their column
@@ -222,6 +228,28 @@ impl Default for CsvFormat {
             columns: BTreeMap::new(),
         }
     }
+}
+
+/// A practice's drop folder, when it has one.
+#[derive(Clone, Debug, Default)]
+pub struct IntakeConfig {
+    pub dir: Option<PathBuf>,
+    pub scan: std::time::Duration,
+}
+
+/// A practice's intake API settings.
+#[derive(Clone, Debug, Default)]
+pub struct ApiConfig {
+    pub webhook: Option<Webhook>,
+}
+
+/// Where a practice's webhook deliveries go, and the key that signs them.
+#[derive(Clone, Debug)]
+pub struct Webhook {
+    pub url: String,
+    pub secret: Secret,
+    /// Before the first retry; doubled each time, at most an hour.
+    pub retry_first: std::time::Duration,
 }
 
 impl Practice {
@@ -697,6 +725,8 @@ fn compile_console(raw: &raw::RawConsole, public_url: Option<&str>, p: &mut Prob
     let session_max = minutes(60 * at_least_one("console.session_max_hours", raw.session_max_hours, 12));
     let lockout_failures = at_least_one("console.lockout_failures", raw.lockout_failures, 5);
     let lockout = minutes(at_least_one("console.lockout_minutes", raw.lockout_minutes, 15));
+    let api_max_request_bytes =
+        at_least_one("console.api_max_request_mb", raw.api_max_request_mb, 10) as usize * 1024 * 1024;
     let mut trusted_proxies = Vec::new();
     for (i, proxy) in raw.trusted_proxies.iter().enumerate() {
         let parsed = proxy
@@ -719,6 +749,7 @@ fn compile_console(raw: &raw::RawConsole, public_url: Option<&str>, p: &mut Prob
         session_max,
         lockout_failures,
         lockout,
+        api_max_request_bytes,
     }
 }
 
@@ -1092,6 +1123,8 @@ fn compile_practice(raw: &RawPractice, file: &Path, secrets: Secrets, errors: &m
             },
         }
     }
+    let intake = compile_intake(raw, base, &mut p);
+    let api = compile_api(raw, base, secrets, &mut p);
     Practice {
         source: file.to_owned(),
         id,
@@ -1106,6 +1139,8 @@ fn compile_practice(raw: &RawPractice, file: &Path, secrets: Secrets, errors: &m
         schedules,
         escalations,
         csv,
+        intake,
+        api,
     }
 }
 
@@ -1141,6 +1176,81 @@ fn compile_csv(raw: &raw::RawCsv, p: &mut Problems<'_>) -> CsvFormat {
         out.columns.insert(theirs.trim().to_ascii_lowercase(), ours.to_owned());
     }
     out
+}
+
+fn compile_intake(raw: &RawPractice, base: &Path, p: &mut Problems<'_>) -> IntakeConfig {
+    let dir = raw.intake.dir.as_deref().map(str::trim).and_then(|d| {
+        if d.is_empty() {
+            p.add("intake.dir", "is empty");
+            None
+        } else {
+            Some(base.join(d))
+        }
+    });
+    let scan = match raw.intake.scan_seconds {
+        Some(0) => {
+            p.add("intake.scan_seconds", "must be at least 1");
+            10
+        }
+        Some(n) => n,
+        None => 10,
+    };
+    IntakeConfig {
+        dir,
+        scan: std::time::Duration::from_secs(u64::from(scan)),
+    }
+}
+
+fn compile_api(raw: &RawPractice, base: &Path, secrets: Secrets, p: &mut Problems<'_>) -> ApiConfig {
+    let a = &raw.api;
+    let retry = match a.webhook_retry_seconds {
+        Some(0) => {
+            p.add("api.webhook_retry_seconds", "must be at least 1");
+            30
+        }
+        Some(n) => n,
+        None => 30,
+    };
+    let webhook = match (&a.webhook_url, &a.webhook_secret) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            p.add("api.webhook_url", "is required with api.webhook_secret");
+            None
+        }
+        (Some(_), None) => {
+            p.add(
+                "api.webhook_secret",
+                "is required with api.webhook_url: deliveries are signed (e.g. { env = \"PRECERT_WEBHOOK_SECRET\" })",
+            );
+            None
+        }
+        (Some(url), Some(secret)) => {
+            let url = url.trim();
+            let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                .iter()
+                .any(|l| {
+                    url.strip_prefix(l)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
+                });
+            let ok = url.starts_with("https://") || loopback;
+            if !ok {
+                p.add(
+                    "api.webhook_url",
+                    format!("`{url}` is not an https URL (plain http only to 127.0.0.1, localhost or [::1])"),
+                );
+            }
+            let secret = compile_secret(secret, base, secrets, "api.webhook_secret", p);
+            match (ok, secret) {
+                (true, Some(secret)) => Some(Webhook {
+                    url: url.to_owned(),
+                    secret,
+                    retry_first: std::time::Duration::from_secs(u64::from(retry)),
+                }),
+                _ => None,
+            }
+        }
+    };
+    ApiConfig { webhook }
 }
 
 fn compile_escalations(raw: &RawEscalations, p: &mut Problems<'_>) -> EscalationConfig {

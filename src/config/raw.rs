@@ -73,6 +73,9 @@ pub struct RawConsole {
     /// audit and the sign-in throttle. Default none: the listener's peer.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The intake API's (`/api/v1`) largest request body, in megabytes
+    /// (default 10). A larger one is refused (413) without being read.
+    pub api_max_request_mb: Option<u32>,
 }
 
 /// `[escalations]`: when a case reaches a person, and what mail shows.
@@ -227,6 +230,12 @@ pub struct RawPractice {
     /// (`docs/csv-import.md`): used by `precert cases import --practice ID`.
     #[serde(default)]
     pub csv: RawCsv,
+    /// The drop folder (`docs/intake.md`).
+    #[serde(default)]
+    pub intake: RawIntake,
+    /// The intake API's webhook (`docs/intake.md`).
+    #[serde(default)]
+    pub api: RawApi,
 }
 
 /// `[csv]` of a practice file: the CSV its practice management system
@@ -241,6 +250,35 @@ pub struct RawCsv {
     /// "patient_member_id"`. Headers compare without regard to case.
     #[serde(default)]
     pub columns: BTreeMap<String, String>,
+}
+
+/// `[intake]`: the practice's drop folder.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntake {
+    /// A folder the daemon watches: a `.csv` or `.json` file of this
+    /// practice's cases that appears in it is imported, then moved to
+    /// `done/` or `failed/` with a report beside it. Relative to this file.
+    pub dir: Option<String>,
+    /// How often the folder is looked at, in seconds (default 10). A file
+    /// is read once its size and modification time are the same at two
+    /// looks in a row.
+    pub scan_seconds: Option<u32>,
+}
+
+/// `[api]`: the practice's webhook, told of each decision and each move
+/// to a final status.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApi {
+    /// `https://…` (or `http://` on loopback) where deliveries are POSTed.
+    pub webhook_url: Option<String>,
+    /// The key that signs each delivery (HMAC-SHA256), from where to read
+    /// it: `{ env = "VAR" }`, `{ file = "/path" }` or `{ credential = "name" }`.
+    pub webhook_secret: Option<RawSecret>,
+    /// Seconds before the first retry of a failed delivery (default 30);
+    /// each later retry waits twice as long, at most an hour.
+    pub webhook_retry_seconds: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,7 +27,7 @@ mod account;
 mod ack;
 mod actions;
 mod admin;
-mod auth;
+pub(crate) mod auth;
 mod case_page;
 mod files;
 pub mod links;
@@ -210,6 +210,7 @@ pub fn router(app: App) -> Router {
         .route("/reports", get(reports::page))
         .route("/reports.csv", get(reports::csv))
         .route("/static/console.css", get(stylesheet))
+        .nest("/api/v1", crate::api::routes())
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers))
         .with_state(app)

@@ -9,6 +9,7 @@
 //! `find_existing`).
 
 mod http;
+mod intake;
 pub mod sd;
 mod worker;
 
@@ -326,6 +327,9 @@ pub async fn run(
     tracker.spawn(mail_sender(ctx.clone()));
     tracker.spawn(subscription_keeper(ctx.clone()));
     tracker.spawn(requirement_rules(ctx.clone()));
+    intake::sync_webhook_targets(&ctx).await;
+    tracker.spawn(intake::webhook_sender(ctx.clone()));
+    tracker.spawn(intake::drop_folders(ctx.clone()));
     for i in 0..workers {
         tracker.spawn(worker(ctx.clone(), i));
     }
@@ -601,6 +605,7 @@ async fn reload_config(ctx: &Arc<Ctx>, path: &Path) {
             ctx.ledger.set_escalation_hook(new.escalator.clone());
             let old = std::mem::replace(&mut *ctx.loaded.write().await, Arc::new(new));
             sync_subscriptions(ctx, SyncPass::Configured).await;
+            intake::sync_webhook_targets(ctx).await;
             escalate_disabled(ctx, &disabled).await;
             // The rules may have changed: every `new` case is read again.
             ctx.rules_reloaded.notify_one();

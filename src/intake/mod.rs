@@ -8,6 +8,7 @@
 //! panic is reported as a bug in that record alone.
 
 mod csv_rows;
+pub mod folder;
 mod stream;
 mod text;
 mod validate;
@@ -133,6 +134,19 @@ pub async fn import_file(
     ctx: &Context<'_>,
     ledger: &Ledger,
     actor: &Actor,
+    progress: impl FnMut(usize, usize),
+) -> Result<ImportReport, IntakeError> {
+    import_file_limited(path, format, ctx, &Limits::default(), ledger, actor, progress).await
+}
+
+/// [`import_file`] under a source's [`Limits`] (the drop folder's).
+pub async fn import_file_limited(
+    path: &Path,
+    format: Format,
+    ctx: &Context<'_>,
+    limits: &Limits<'_>,
+    ledger: &Ledger,
+    actor: &Actor,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<ImportReport, IntakeError> {
     let format_error = |message: String| IntakeError::Format {
@@ -143,14 +157,7 @@ pub async fn import_file(
         path: path.to_owned(),
         source,
     };
-    let mut importer = Importer {
-        ctx,
-        ledger,
-        actor,
-        report: ImportReport::default(),
-        first_line: HashMap::new(),
-        batch: Vec::with_capacity(BATCH),
-    };
+    let mut importer = Importer::new(ctx, limits, ledger, actor, false);
     match format {
         Format::Csv => {
             let checked = stream::check_utf8(path).map_err(read_error)?.map_err(format_error)?;
@@ -167,7 +174,6 @@ pub async fn import_file(
                     .map_err(format_error)?;
             importer.report.warnings.extend(warning);
             while let Some(record) = records.next_record().map_err(read_error)? {
-                importer.report.records += 1;
                 if importer.push(record) {
                     importer.flush().await?;
                     progress(importer.report.records, total.max(importer.report.records));
@@ -181,7 +187,6 @@ pub async fn import_file(
             let records = read_json(text, &lines).map_err(format_error)?;
             let total = records.len();
             for record in records {
-                importer.report.records += 1;
                 if importer.push(record) {
                     importer.flush().await?;
                     progress(importer.report.records, total);
@@ -199,20 +204,147 @@ pub async fn import_file(
 /// the valid records waiting for their transaction.
 struct Importer<'a, 'c> {
     ctx: &'a Context<'c>,
+    limits: &'a Limits<'c>,
     ledger: &'a Ledger,
     actor: &'a Actor,
     report: ImportReport,
     /// (practice, case ID) → the line of the first record of that case.
     first_line: HashMap<(String, String), u64>,
-    /// (line, data, precert required) of valid records not yet stored.
-    batch: Vec<(u64, crate::case::CaseData, Option<bool>)>,
+    /// (index, line, data, precert required) of valid records not yet stored.
+    batch: Vec<Valid>,
+    /// What happened to each record, in order, when the caller wants it
+    /// (the API answers per case; a file's report lists only problems).
+    each: Option<Vec<Option<RecordResult>>>,
 }
 
-impl Importer<'_, '_> {
+/// A valid record waiting for its transaction: (index, line, data,
+/// precert required).
+type Valid = (usize, u64, crate::case::CaseData, Option<bool>);
+
+/// What a source allows besides what `validate` checks.
+#[derive(Clone, Debug, Default)]
+pub struct Limits<'a> {
+    /// Only cases of this practice (a token's, a folder's): a record naming
+    /// another is refused.
+    pub practice: Option<&'a str>,
+    pub attachments: AttachmentRule,
+}
+
+/// Which attachment paths a source may name.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachmentRule {
+    /// Any readable path (a file given on the command line by its operator).
+    #[default]
+    Any,
+    /// Paths relative to the file's folder that stay inside it (the drop
+    /// folder: a practice system must not make precert copy other files).
+    Inside,
+    /// None at all (the API has no files to name).
+    Refused,
+}
+
+/// One record's fate, for a caller that answers per record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordResult {
+    /// The record's position in the source (0-based).
+    pub index: usize,
+    pub line: u64,
+    pub practice_id: Option<String>,
+    pub case_ref: Option<String>,
+    pub outcome: RecordOutcome,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordOutcome {
+    Created { id: i64 },
+    Updated { id: i64 },
+    Unchanged { id: i64 },
+    Invalid { errors: Vec<FieldError> },
+}
+
+impl<'a, 'c> Importer<'a, 'c> {
+    fn new(ctx: &'a Context<'c>, limits: &'a Limits<'c>, ledger: &'a Ledger, actor: &'a Actor, each: bool) -> Self {
+        Importer {
+            ctx,
+            limits,
+            ledger,
+            actor,
+            report: ImportReport::default(),
+            first_line: HashMap::new(),
+            batch: Vec::with_capacity(BATCH),
+            each: each.then(Vec::new),
+        }
+    }
+
+    /// Records one record's fate when the caller keeps them.
+    fn record(&mut self, (index, line): (usize, u64), ids: (Option<String>, Option<String>), outcome: RecordOutcome) {
+        let (practice_id, case_ref) = ids;
+        if let Some(each) = &mut self.each {
+            if each.len() <= index {
+                each.resize(index + 1, None);
+            }
+            each[index] = Some(RecordResult {
+                index,
+                line,
+                practice_id,
+                case_ref,
+                outcome,
+            });
+        }
+    }
+
+    /// The source's limits on a record that could be read.
+    fn limit_errors(&self, record: &SourceRecord) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let Some(raw) = &record.raw else { return errors };
+        if let (Some(only), Some(named)) = (self.limits.practice, record.practice_id.as_deref().map(str::trim)) {
+            if !named.is_empty() && named != only {
+                errors.push(FieldError::new(
+                    "practice_id",
+                    format!(
+                        "{} is not this source's practice: only cases of practice {only} are taken here",
+                        crate::case::codes::quoted(named)
+                    ),
+                ));
+            }
+        }
+        for (i, a) in raw.attachments.iter().enumerate() {
+            let field = format!("attachments[{i}]");
+            match self.limits.attachments {
+                AttachmentRule::Any => {}
+                AttachmentRule::Refused => errors.push(FieldError::new(
+                    field,
+                    "attachments are not taken through the API; send the case without them (or through the drop folder)",
+                )),
+                AttachmentRule::Inside => {
+                    let path = Path::new(a.trim());
+                    let inside = path.is_relative()
+                        && path
+                            .components()
+                            .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+                    if !inside {
+                        errors.push(FieldError::new(
+                            field,
+                            format!(
+                                "{} is not a path inside the drop folder (relative, without `..`)",
+                                crate::case::codes::quoted(a)
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        errors
+    }
+
     /// Checks one record: a problem goes in the report, a valid record in
     /// the batch. True when the batch is full.
-    fn push(&mut self, record: SourceRecord) -> bool {
+    fn push(&mut self, mut record: SourceRecord) -> bool {
+        let index = self.report.records;
+        self.report.records += 1;
         let line = record.line;
+        let limited = self.limit_errors(&record);
+        record.errors.extend(limited);
         let case_ref = record
             .case_id
             .as_deref()
@@ -253,11 +385,16 @@ impl Importer<'_, '_> {
                 if record.csv {
                     errors.iter_mut().for_each(FieldError::to_csv_column);
                 }
+                if self.each.is_some() {
+                    let practice = practice.map(str::to_owned);
+                    let outcome = RecordOutcome::Invalid { errors: errors.clone() };
+                    self.record((index, line), (practice, case_ref.clone()), outcome);
+                }
                 self.report.invalid.push(RecordProblem { line, case_ref, errors });
             }
             Ok((data, required)) => {
                 tracing::debug!(line, ?data, "Record validated.");
-                self.batch.push((line, data, required));
+                self.batch.push((index, line, data, required));
             }
         }
         self.batch.len() >= BATCH
@@ -269,12 +406,15 @@ impl Importer<'_, '_> {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
-        let (lines, cases): (Vec<u64>, Vec<_>) = batch.into_iter().map(|(l, d, r)| (l, (d, r))).unzip();
+        let (places, cases): (Vec<(usize, u64)>, Vec<_>) =
+            batch.into_iter().map(|(i, l, d, r)| ((i, l), (d, r))).unzip();
         let outcomes = self.ledger.import_cases(&cases, self.actor).await?;
         // Problems are listed in file order: a refused case among the
         // others of its batch.
         let mut refused = Vec::new();
-        for ((line, (data, required)), outcome) in lines.into_iter().zip(&cases).zip(outcomes) {
+        for ((at, (data, required)), outcome) in places.into_iter().zip(&cases).zip(outcomes) {
+            let line = at.1;
+            let ids = (Some(data.practice_id.clone()), Some(data.case_ref.clone()));
             match outcome {
                 ImportOutcome::Created { id } | ImportOutcome::Updated { id } | ImportOutcome::Unchanged { id }
                     if required.is_none() =>
@@ -287,23 +427,32 @@ impl Importer<'_, '_> {
                 ImportOutcome::Created { id } => {
                     tracing::info!(case_id = id, practice = %data.practice_id, case_ref = %data.case_ref, member = %data.patient.member_id, "Case imported.");
                     self.report.created += 1;
+                    self.record(at, ids.clone(), RecordOutcome::Created { id });
                 }
                 ImportOutcome::Updated { id } => {
                     tracing::info!(case_id = id, practice = %data.practice_id, case_ref = %data.case_ref, "Case updated by re-import.");
                     self.report.updated += 1;
+                    self.record(at, ids.clone(), RecordOutcome::Updated { id });
                 }
-                ImportOutcome::Unchanged { .. } => self.report.unchanged += 1,
-                ImportOutcome::Refused { id, status } => refused.push(RecordProblem {
-                    line,
-                    case_ref: Some(data.case_ref.clone()),
-                    errors: vec![FieldError::new(
+                ImportOutcome::Unchanged { id } => {
+                    self.report.unchanged += 1;
+                    self.record(at, ids.clone(), RecordOutcome::Unchanged { id });
+                }
+                ImportOutcome::Refused { id, status } => {
+                    let errors = vec![FieldError::new(
                         "case_id",
                         format!(
                             "case {id} ({}/{}) is already {status} with the payer; its data differs from this file but can no longer change by import",
                             data.practice_id, data.case_ref
                         ),
-                    )],
-                }),
+                    )];
+                    self.record(at, ids.clone(), RecordOutcome::Invalid { errors: errors.clone() });
+                    refused.push(RecordProblem {
+                        line,
+                        case_ref: Some(data.case_ref.clone()),
+                        errors,
+                    });
+                }
             }
         }
         if !refused.is_empty() {
@@ -332,6 +481,91 @@ fn checked(
     })
 }
 
+/// A JSON request body that is not a case, an array of cases or
+/// `{"cases": [...]}`: nothing in it was stored.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Not UTF-8, or not JSON: the message says where (line, column).
+    #[error("{0}")]
+    Malformed(String),
+    /// JSON, but not a case or a list of cases.
+    #[error("{0}")]
+    Shape(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<IntakeError> for BodyError {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::Store(e) => BodyError::Store(e),
+            other => BodyError::Malformed(other.to_string()),
+        }
+    }
+}
+
+/// What a request body's import did, case by case.
+#[derive(Debug)]
+pub struct BodyImport {
+    pub report: ImportReport,
+    /// One per case in the body, in order.
+    pub results: Vec<RecordResult>,
+    /// The body was one case object, not a list.
+    pub single: bool,
+}
+
+/// Imports the cases of a JSON request body (the intake API): one case
+/// object, an array of them, or `{"cases": [...]}`, checked and stored
+/// exactly as a JSON file is ([`import_file`]: the same reading, the same
+/// `validate`, valid cases stored in batches even when others are not),
+/// with each case's fate returned by its position in the body.
+pub async fn import_json_body(
+    bytes: &[u8],
+    ctx: &Context<'_>,
+    limits: &Limits<'_>,
+    ledger: &Ledger,
+    actor: &Actor,
+) -> Result<BodyImport, BodyError> {
+    let text = text::decode(bytes).map_err(|m| BodyError::Malformed(format!("the body {m}")))?;
+    let lines = LineIndex::new(text);
+    let top: &serde_json::value::RawValue = serde_json::from_str(text).map_err(|e| {
+        let (message, offset) = text::json_error(&e, text, 0);
+        let at = offset
+            .map(|o| format!(" ({})", lines.describe(text, o)))
+            .unwrap_or_default();
+        BodyError::Malformed(text::tidy_reason(&format!("the body is not JSON: {message}{at}")))
+    })?;
+    let single = top.get().trim_start().starts_with('{') && !has_cases_key(top.get());
+    let records = if single {
+        vec![json_record(top, text, &lines)]
+    } else {
+        read_json(text, &lines).map_err(|m| BodyError::Shape(format!("the body is {m}")))?
+    };
+    let mut importer = Importer::new(ctx, limits, ledger, actor, true);
+    for record in records {
+        if importer.push(record) {
+            importer.flush().await?;
+        }
+    }
+    importer.flush().await?;
+    let results = importer.each.take().unwrap_or_default().into_iter().flatten().collect();
+    Ok(BodyImport {
+        report: importer.report,
+        results,
+        single,
+    })
+}
+
+/// Whether a JSON object has a top-level `cases` key (the wrapped list).
+fn has_cases_key(object: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Keys<'a> {
+        #[serde(borrow)]
+        cases: Option<&'a serde_json::value::RawValue>,
+    }
+    serde_json::from_str::<Keys<'_>>(object).is_ok_and(|k| k.cases.is_some())
+}
+
 /// Reads a JSON array of cases, keeping each element's line so errors can
 /// point at it. One bad element does not spoil the others.
 fn read_json(text: &str, lines: &LineIndex) -> Result<Vec<SourceRecord>, String> {
@@ -357,53 +591,52 @@ fn read_json(text: &str, lines: &LineIndex) -> Result<Vec<SourceRecord>, String>
             }
         },
     };
-    let start = text.as_ptr() as usize;
-    Ok(items
-        .into_iter()
-        .map(|item| {
-            // Items come in file order; each line is a binary search in the
-            // index made once, so the whole file is read a constant number of
-            // times however many records it has.
-            let offset = item.get().as_ptr() as usize - start;
-            let line = lines.line(offset);
-            let mut de = serde_json::Deserializer::from_str(item.get());
-            match serde_path_to_error::deserialize::<_, RawCase>(&mut de) {
-                Ok(raw) => SourceRecord {
-                    line,
-                    practice_id: raw.practice_id.clone(),
-                    case_id: raw.case_id.clone(),
-                    raw: Some(raw),
-                    errors: Vec::new(),
-                    csv: false,
-                    attachments_line: json_key_offset(item.get(), "attachments").map(|o| lines.line(offset + o)),
-                },
-                Err(e) => {
-                    let field = json_field(&e);
-                    let (message, at) = text::json_error(e.inner(), text, offset);
-                    let reason = match at {
-                        Some(at) => format!("{message} ({})", lines.describe(text, at)),
-                        None => message,
-                    };
-                    // Name the record in the message when its IDs can be read.
-                    #[derive(Default, Deserialize)]
-                    struct Ids {
-                        practice_id: Option<String>,
-                        case_id: Option<String>,
-                    }
-                    let ids: Ids = serde_json::from_str(item.get()).unwrap_or_default();
-                    SourceRecord {
-                        line,
-                        practice_id: ids.practice_id,
-                        case_id: ids.case_id,
-                        raw: None,
-                        errors: vec![FieldError::new(field, reason)],
-                        csv: false,
-                        attachments_line: None,
-                    }
-                }
+    Ok(items.into_iter().map(|item| json_record(item, text, lines)).collect())
+}
+
+/// One JSON case, read into a `RawCase` or the error that stopped it.
+fn json_record(item: &serde_json::value::RawValue, text: &str, lines: &LineIndex) -> SourceRecord {
+    // Items come in file order; each line is a binary search in the
+    // index made once, so the whole file is read a constant number of
+    // times however many records it has.
+    let offset = item.get().as_ptr() as usize - text.as_ptr() as usize;
+    let line = lines.line(offset);
+    let mut de = serde_json::Deserializer::from_str(item.get());
+    match serde_path_to_error::deserialize::<_, RawCase>(&mut de) {
+        Ok(raw) => SourceRecord {
+            line,
+            practice_id: raw.practice_id.clone(),
+            case_id: raw.case_id.clone(),
+            raw: Some(raw),
+            errors: Vec::new(),
+            csv: false,
+            attachments_line: json_key_offset(item.get(), "attachments").map(|o| lines.line(offset + o)),
+        },
+        Err(e) => {
+            let field = json_field(&e);
+            let (message, at) = text::json_error(e.inner(), text, offset);
+            let reason = match at {
+                Some(at) => format!("{message} ({})", lines.describe(text, at)),
+                None => message,
+            };
+            // Name the record in the message when its IDs can be read.
+            #[derive(Default, Deserialize)]
+            struct Ids {
+                practice_id: Option<String>,
+                case_id: Option<String>,
             }
-        })
-        .collect())
+            let ids: Ids = serde_json::from_str(item.get()).unwrap_or_default();
+            SourceRecord {
+                line,
+                practice_id: ids.practice_id,
+                case_id: ids.case_id,
+                raw: None,
+                errors: vec![FieldError::new(field, reason)],
+                csv: false,
+                attachments_line: None,
+            }
+        }
+    }
 }
 
 /// Where key `key` of a JSON object's text is written: its first

@@ -157,6 +157,7 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "scale next check",
         include_str!("migrations/sqlite/0009_scale_next_check.sql"),
     ),
+    (10, "intake api", include_str!("migrations/sqlite/0010_intake_api.sql")),
     (
         14,
         "pas subscriptions",
@@ -197,6 +198,11 @@ static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         9,
         "scale next check",
         include_str!("migrations/postgres/0009_scale_next_check.sql"),
+    ),
+    (
+        10,
+        "intake api",
+        include_str!("migrations/postgres/0010_intake_api.sql"),
     ),
     (
         14,

@@ -21,6 +21,7 @@ use sqlx::{AnyPool, Row};
 
 use crate::case::{CaseData, CaseRecord, CaseStatus, Decision};
 
+mod api;
 mod backend;
 mod console;
 mod escalations;
@@ -32,6 +33,9 @@ mod requirement;
 mod schema;
 mod slots;
 mod subscriptions;
+pub use api::{
+    decision_json, ApiToken, ClaimedWebhook, SyncCursor, TokenScope, WebhookDelivery, WebhookOutcome, WEBHOOK_STATUSES,
+};
 pub use backend::{Backend, SCHEMES};
 pub use console::{AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser, PayerActivity};
 pub use escalations::{
@@ -140,6 +144,11 @@ impl Actor {
     /// precert itself, acting on its own rules: `system:escalations`.
     pub fn system(part: &str) -> Self {
         Actor(format!("system:{part}"))
+    }
+
+    /// A practice's system through the intake API: `api:PRACTICE/TOKEN`.
+    pub fn api(practice: &str, token: &str) -> Self {
+        Actor(format!("api:{practice}/{token}"))
     }
 
     /// A scheduled or queued job: `job:poll#42`.
@@ -912,6 +921,12 @@ impl Ledger {
         let detail =
             json!({ "kind": letter.kind, "file": letter.stored_path, "sha256": letter.sha256, "bytes": letter.bytes });
         insert_event(&mut tx, id, &now, EventKind::Letter, None, None, actor, &detail).await?;
+        // A practice system syncing by `updated_at` sees the letter.
+        sqlx::query("UPDATE cases SET updated_at = $1 WHERE id = $2")
+            .bind(&now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE escalations SET state = 'resolved', closed_at = $1, next_action_at = NULL \
              WHERE case_id = $2 AND reason = 'letter_missing' AND state IN ('open', 'acknowledged')",
@@ -1181,7 +1196,9 @@ async fn insert_event(
     .bind(detail.to_string())
     .fetch_one(&mut **tx)
     .await?;
-    Ok(row.try_get("id")?)
+    let event: i64 = row.try_get("id")?;
+    api::queue_webhook(tx, event, case_id, at, kind, from, to).await?;
+    Ok(event)
 }
 
 /// Names of the top-level case fields that differ: the event says what

@@ -121,6 +121,23 @@ pub fn hot_queries(backend: Backend) -> Vec<HotQuery> {
             true,
         ));
     }
+    all.push(q(
+        "intake API: the updated_since sync page",
+        super::api::sync_page_sql(),
+        vec![text("p"), now.clone(), PlanArg::Int(0), PlanArg::Int(101)],
+        true,
+    ));
+    for (i, sql) in super::api::claim_webhook_sql(backend.skip_locked())
+        .into_iter()
+        .enumerate()
+    {
+        all.push(q(
+            format!("webhook claim {}", i + 1),
+            sql,
+            vec![now.clone(), now.clone()],
+            true,
+        ));
+    }
     all
 }
 

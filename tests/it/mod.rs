@@ -8,6 +8,7 @@ mod daemon;
 mod escalation;
 mod exactly_once;
 mod intake;
+mod intake_api;
 mod ledger;
 mod limits;
 mod logging;
