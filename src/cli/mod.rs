@@ -8,6 +8,7 @@
 
 mod cases;
 mod console;
+mod crd;
 mod daemon;
 mod db;
 mod escalations;
@@ -60,6 +61,9 @@ pub enum Command {
     /// The Da Vinci PAS API channel: request Bundles and payer answers.
     #[command(subcommand)]
     Pas(pas::PasCommand),
+    /// The Da Vinci CRD channel: does the payer want a pre-cert for a case?
+    #[command(subcommand)]
+    Crd(crd::CrdCommand),
     /// Show when each practice's jobs fire next, in its local time and UTC.
     Schedule(schedule::ScheduleArgs),
     /// Escalations waiting on a person: list, acknowledge, scan now.
@@ -128,6 +132,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             cases::run(cmd, &settings).await
         }
         Command::Pas(cmd) => pas::run(cmd, &cli.config).await,
+        Command::Crd(cmd) => crd::run(cmd, &cli.config).await,
         Command::Daemon => daemon::run(&cli.config).await,
         Command::Console => console::serve(&cli.config).await,
         Command::Users(cmd) => {
