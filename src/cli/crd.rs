@@ -54,13 +54,21 @@ async fn request(settings: &Settings, id: &str) -> anyhow::Result<Outcome> {
     let case = super::cases::resolve(&ledger, id).await;
     ledger.close().await;
     let case = case?;
-    let practice = settings
-        .practice(&case.data.practice_id)
-        .with_context(|| format!("case {}: practice {} is not configured", case.key(), case.data.practice_id))?;
-    let binding = practice
-        .payers
-        .get(&case.data.coverage.payer)
-        .with_context(|| format!("case {}: practice {} has no payer {}", case.key(), practice.id, case.data.coverage.payer))?;
+    let practice = settings.practice(&case.data.practice_id).with_context(|| {
+        format!(
+            "case {}: practice {} is not configured",
+            case.key(),
+            case.data.practice_id
+        )
+    })?;
+    let binding = practice.payers.get(&case.data.coverage.payer).with_context(|| {
+        format!(
+            "case {}: practice {} has no payer {}",
+            case.key(),
+            practice.id,
+            case.data.coverage.payer
+        )
+    })?;
     let hook = playbooks
         .iter()
         .find(|p| p.id == binding.playbook)
@@ -95,7 +103,12 @@ async fn ask(settings: Settings, id: &str) -> anyhow::Result<Outcome> {
         Verdict::Undecided(w) | Verdict::Attention(w) => format!(" ({w})"),
         _ => String::new(),
     };
-    println!("{}: CRD says {}{why} → {}", case.key(), asked.verdict.as_str(), asked.status);
+    println!(
+        "{}: CRD says {}{why} → {}",
+        case.key(),
+        asked.verdict.as_str(),
+        asked.status
+    );
     for c in &asked.answer.coverage {
         println!(
             "  {} {}: covered {}, pa-needed {}, assertion {}",

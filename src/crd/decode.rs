@@ -82,7 +82,8 @@ pub fn read(v: &Value, orders: &[OrderRef], coverage: &str) -> Result<CrdAnswer,
             &[]
         }
         None => {
-            a.problems.push("`cards` is missing (CDS Hooks requires it, empty when there is nothing to say)".into());
+            a.problems
+                .push("`cards` is missing (CDS Hooks requires it, empty when there is nothing to say)".into());
             &[]
         }
     };
@@ -106,8 +107,20 @@ pub fn read(v: &Value, orders: &[OrderRef], coverage: &str) -> Result<CrdAnswer,
             .flatten()
             .enumerate()
         {
-            for (k, action) in s.get("actions").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                read_action(&mut a, action, &format!("{at}.suggestions[{j}].actions[{k}]"), orders, coverage);
+            for (k, action) in s
+                .get("actions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                read_action(
+                    &mut a,
+                    action,
+                    &format!("{at}.suggestions[{j}].actions[{k}]"),
+                    orders,
+                    coverage,
+                );
             }
         }
     }
@@ -168,7 +181,12 @@ fn read_action(a: &mut CrdAnswer, action: &Value, at: &str, orders: &[OrderRef],
     };
     for (n, ext) in infos.into_iter().enumerate() {
         let at = format!("{at}.resource.extension[coverage-information {n}]");
-        let subs: Vec<&Value> = ext.get("extension").and_then(Value::as_array).into_iter().flatten().collect();
+        let subs: Vec<&Value> = ext
+            .get("extension")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect();
         let sub = |url: &'static str| {
             subs.iter()
                 .copied()
@@ -180,9 +198,7 @@ fn read_action(a: &mut CrdAnswer, action: &Value, at: &str, orders: &[OrderRef],
         match cov {
             None => a.problems.push(format!("{at}: `coverage` is missing")),
             Some(r) if r != coverage && !r.ends_with(&format!("/{coverage}")) => {
-                a.untied.push(format!(
-                    "{at}: about {r}, not the case's coverage"
-                ));
+                a.untied.push(format!("{at}: about {r}, not the case's coverage"));
                 continue;
             }
             Some(_) => {}
@@ -221,7 +237,8 @@ fn read_action(a: &mut CrdAnswer, action: &Value, at: &str, orders: &[OrderRef],
             }
         }
         if info.pa_needed.as_deref() == Some("satisfied") && info.satisfied_pa_id.is_none() {
-            a.problems.push(format!("{at}: pa-needed `satisfied` without `satisfied-pa-id`"));
+            a.problems
+                .push(format!("{at}: pa-needed `satisfied` without `satisfied-pa-id`"));
         }
         a.coverage.push(info);
     }

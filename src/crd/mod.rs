@@ -121,7 +121,10 @@ pub fn verdict(answer: &CrdAnswer, orders: &[OrderRef]) -> Verdict {
 }
 
 fn reasons(infos: &[&CoverageInfo]) -> String {
-    let r: Vec<&str> = infos.iter().flat_map(|c| c.reasons.iter().map(String::as_str)).collect();
+    let r: Vec<&str> = infos
+        .iter()
+        .flat_map(|c| c.reasons.iter().map(String::as_str))
+        .collect();
     if r.is_empty() {
         String::new()
     } else {

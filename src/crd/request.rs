@@ -132,7 +132,7 @@ pub fn build(case: &CaseData, ctx: &pas::Context<'_>, hook: CrdHook) -> CrdReque
                 prefetch.insert(
                     "coverage".into(),
                     json!({ "resourceType": "Bundle", "type": "searchset", "total": 1,
-                        "entry": [{ "fullUrl": coverage, "resource": v }] }),
+                        "entry": [{ "resource": v }] }),
                 );
             }
             // The requesting practitioner comes first; a servicing
@@ -141,8 +141,7 @@ pub fn build(case: &CaseData, ctx: &pas::Context<'_>, hook: CrdHook) -> CrdReque
                 practitioner = Some(format!("Practitioner/{id}"));
                 prefetch.insert("practitioner".into(), v);
             }
-            Resource::Organization(_) => organizations.push(json!({
-                "fullUrl": format!("Organization/{id}"), "resource": v })),
+            Resource::Organization(_) => organizations.push(json!({ "resource": v })),
             _ => {}
         }
     }

@@ -71,7 +71,11 @@ fn conformance(v: &Value, answer: Option<&Value>) -> Vec<String> {
     if v.get("timestamp").and_then(Value::as_str).is_none() {
         found.push("Bundle.timestamp is missing".into());
     }
-    let entries: &[Value] = v.get("entry").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+    let entries: &[Value] = v
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     for (i, e) in entries.iter().enumerate() {
         if e.get("fullUrl").and_then(Value::as_str).is_none() {
             found.push(format!("entry[{i}].fullUrl is missing"));
@@ -104,7 +108,12 @@ fn conformance(v: &Value, answer: Option<&Value>) -> Vec<String> {
         if let Some(r) = answer.pointer(&format!("/{field}/reference")).and_then(Value::as_str) {
             // Contained (`#x`) and absolute references need no entry.
             if !r.starts_with('#') && !r.contains("://") && !resolves(r) {
-                found.push(format!("ClaimResponse.{field}: {r} is not in the Bundle"));
+                // The reference's type only: a payer may use the member ID
+                // as the Patient's id.
+                let kind = r.split('/').next().unwrap_or("resource");
+                found.push(format!(
+                    "ClaimResponse.{field}: the {kind} it references is not in the Bundle"
+                ));
             }
         }
     }
@@ -125,7 +134,10 @@ fn bundle(v: &Value) -> Result<Outcome, DecodeError> {
     let answer = if claim_response_shaped(first) {
         Some(*first)
     } else {
-        entries.iter().copied().find(|r| resource_type(r) == Some("ClaimResponse"))
+        entries
+            .iter()
+            .copied()
+            .find(|r| resource_type(r) == Some("ClaimResponse"))
     };
     let warnings = conformance(v, answer);
     if claim_response_shaped(first) {

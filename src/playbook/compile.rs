@@ -474,7 +474,11 @@ impl Compiler<'_> {
         };
         let service = raw.service.as_ref().map(|s| s.value.trim().to_owned());
         if let (Some(s), Some(raw_s)) = (&service, &raw.service) {
-            if s.is_empty() || !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            if s.is_empty()
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
                 self.err(
                     &raw_s.referenced,
                     format!("crd service `{s}` must be letters, digits, `-`, `_` or `.`"),

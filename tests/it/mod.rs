@@ -3,6 +3,7 @@ mod browser;
 mod cluster;
 mod config;
 mod console;
+mod crd;
 mod daemon;
 mod escalation;
 mod exactly_once;

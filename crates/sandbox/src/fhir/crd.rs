@@ -72,25 +72,40 @@ pub async fn service(State(state): State<Shared>, Path(id): Path<String>, header
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("The body is not valid JSON: {e}")),
     };
     if req.get("hook").and_then(Value::as_str) != Some(hook) {
-        return error(StatusCode::BAD_REQUEST, &format!("Service `{id}` answers the `{hook}` hook."));
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("Service `{id}` answers the `{hook}` hook."),
+        );
     }
     if req.get("hookInstance").and_then(Value::as_str).is_none() {
         return error(StatusCode::BAD_REQUEST, "hookInstance is required.");
     }
     let Some(orders) = req.pointer("/context/draftOrders/entry").and_then(Value::as_array) else {
-        return error(StatusCode::BAD_REQUEST, "context.draftOrders must be a Bundle with entries.");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "context.draftOrders must be a Bundle with entries.",
+        );
     };
     let coverage = req.pointer("/prefetch/coverage/entry/0/resource");
     let Some(member) = coverage.and_then(|c| c.get("subscriberId")).and_then(Value::as_str) else {
-        return error(StatusCode::BAD_REQUEST, "prefetch.coverage must hold the patient's Coverage with its subscriberId.");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "prefetch.coverage must hold the patient's Coverage with its subscriberId.",
+        );
     };
     let coverage_ref = format!(
         "Coverage/{}",
-        coverage.and_then(|c| c.get("id")).and_then(Value::as_str).unwrap_or_default()
+        coverage
+            .and_then(|c| c.get("id"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
     );
     let (how, today) = {
         let inner = state.lock();
-        (inner.hazards.off_spec, (chrono::Utc::now() + inner.clock_offset).date_naive())
+        (
+            inner.hazards.off_spec,
+            (chrono::Utc::now() + inner.clock_offset).date_naive(),
+        )
     };
     let mut cards = Vec::new();
     let mut actions = Vec::new();
@@ -102,8 +117,16 @@ pub async fn service(State(state): State<Shared>, Path(id): Path<String>, header
         };
         let crd = rule.crd.expect("crd_for finds rules with a crd answer");
         let (covered, pa, summary) = match crd {
-            CrdAnswer::AuthNeeded => ("covered", Some("auth-needed"), format!("Prior authorization required for {code}")),
-            CrdAnswer::NoAuth => ("covered", Some("no-auth"), format!("No prior authorization needed for {code}")),
+            CrdAnswer::AuthNeeded => (
+                "covered",
+                Some("auth-needed"),
+                format!("Prior authorization required for {code}"),
+            ),
+            CrdAnswer::NoAuth => (
+                "covered",
+                Some("no-auth"),
+                format!("No prior authorization needed for {code}"),
+            ),
             CrdAnswer::Conditional => (
                 "conditional",
                 Some("conditional"),
@@ -134,7 +157,9 @@ pub async fn service(State(state): State<Shared>, Path(id): Path<String>, header
         }
         if how == OffSpec::Off {
             ext.push(json!({ "url": "date", "valueDate": today.to_string() }));
-            ext.push(json!({ "url": "coverage-assertion-id", "valueString": format!("CRD-{}", &random_token()[..12]) }));
+            ext.push(
+                json!({ "url": "coverage-assertion-id", "valueString": format!("CRD-{}", &random_token()[..12]) }),
+            );
         }
         let mut resource = order.clone();
         if how == OffSpec::Untied {

@@ -168,7 +168,10 @@ fn answer_pend(state: &Shared, client: &ApiClient, bundle: &Value, identifier: O
     inner.store.information_received(&reference, documents, now).ok()?;
     let how = inner.hazards.off_spec;
     let r = inner.store.by_reference(&reference)?;
-    Some(fhir(StatusCode::OK, off_spec(response_bundle(&state.config, r, now), how)))
+    Some(fhir(
+        StatusCode::OK,
+        off_spec(response_bundle(&state.config, r, now), how),
+    ))
 }
 
 /// The DocumentReferences of a Bundle, recorded as attachments.

@@ -318,7 +318,8 @@ async fn the_ticker_applies_timed_decisions_in_real_time() {
             code: Some("70551".into()),
             member: None,
             description: "MRI brain: approved after 1 second".into(),
-            outcome: precert_sandbox::config::Outcome::Approve { after_seconds: 1 },
+            outcome: Some(precert_sandbox::config::Outcome::Approve { after_seconds: 1 }),
+            crd: None,
         },
     );
     let sbx = precert_sandbox::Sandbox::start(config, "127.0.0.1:0").await.unwrap();
