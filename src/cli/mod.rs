@@ -264,7 +264,12 @@ fn check(path: &std::path::Path) -> anyhow::Result<Outcome> {
                 crate::playbook::Channel::Web => "web",
                 crate::playbook::Channel::Api => "api",
             };
-            println!("  playbook {:<20} {} ({channel}; {how})", pb.id, pb.name);
+            let crd = pb
+                .crd
+                .as_ref()
+                .map(|c| format!("; CRD {} at {}", c.hook.as_str(), c.url))
+                .unwrap_or_default();
+            println!("  playbook {:<20} {} ({channel}; {how}{crd})", pb.id, pb.name);
         }
     }
     if problems == 0 {

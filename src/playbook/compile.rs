@@ -443,6 +443,8 @@ impl Compiler<'_> {
     /// The `crd:` declaration: an http(s) URL or a path under `base_url`,
     /// a known hook and auth.
     fn crd(&mut self, raw: &RawCrd, base_url: &str) -> Option<CrdService> {
+        // Every problem of the declaration is reported in one run.
+        let errors = self.errors.len();
         let written = raw.url.value.trim();
         let u = written.trim_end_matches('/');
         let url = if u.starts_with("http://") || u.starts_with("https://") {
@@ -454,14 +456,14 @@ impl Compiler<'_> {
                 &raw.url.referenced,
                 format!("crd url `{written}` is neither an http(s) URL nor a path under base_url (starting with /)"),
             );
-            return None;
+            String::new()
         };
         let hook = match raw.hook.as_ref().map(|h| (h.value.as_str(), &h.referenced)) {
             None | Some(("order-sign", _)) => CrdHook::OrderSign,
             Some(("order-select", _)) => CrdHook::OrderSelect,
             Some((other, at)) => {
                 self.err(at, format!("crd hook `{other}` is not `order-sign` or `order-select`"));
-                return None;
+                CrdHook::OrderSign
             }
         };
         let oauth2 = match raw.auth.as_ref().map(|a| (a.value.as_str(), &a.referenced)) {
@@ -469,7 +471,7 @@ impl Compiler<'_> {
             Some(("none", _)) => false,
             Some((other, at)) => {
                 self.err(at, format!("crd auth `{other}` is not `oauth2` or `none`"));
-                return None;
+                true
             }
         };
         let service = raw.service.as_ref().map(|s| s.value.trim().to_owned());
@@ -483,10 +485,9 @@ impl Compiler<'_> {
                     &raw_s.referenced,
                     format!("crd service `{s}` must be letters, digits, `-`, `_` or `.`"),
                 );
-                return None;
             }
         }
-        Some(CrdService {
+        (self.errors.len() == errors).then_some(CrdService {
             url,
             service,
             hook,

@@ -501,3 +501,49 @@ async fn the_daemon_asks_crd_about_new_cases_retries_a_payer_that_is_down_and_su
     assert_eq!(daemon.exit(Duration::from_secs(60)).await.code(), Some(0));
     sandbox.shutdown().await;
 }
+
+#[test]
+fn a_crd_declaration_is_checked_with_where_it_is_written() {
+    let text = std::fs::read_to_string(Path::new(REPO).join("playbooks/sandbox-pas.yaml")).unwrap();
+    let pb = precert::playbook::compile(Path::new("sandbox-pas.yaml"), &text).unwrap();
+    let crd = pb.crd.unwrap();
+    assert_eq!(crd.url, "http://127.0.0.1:8700");
+    assert_eq!((crd.hook.as_str(), crd.service, crd.oauth2), ("order-sign", None, true));
+
+    let base = text.split("\ncrd:").next().unwrap();
+    let bad = format!("{base}\ncrd:\n  url: cds\n  hook: order-review\n  auth: jwt\n  servce: x\n");
+    let errors = precert::playbook::compile(Path::new("bad.yaml"), &bad).unwrap_err();
+    let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let all = all.join("\n");
+    assert!(all.contains("unknown key `servce`"), "{all}");
+    assert!(
+        all.contains("crd url `cds` is neither an http(s) URL nor a path under base_url"),
+        "{all}"
+    );
+    assert!(
+        all.contains("crd hook `order-review` is not `order-sign` or `order-select`"),
+        "{all}"
+    );
+    assert!(all.contains("crd auth `jwt` is not `oauth2` or `none`"), "{all}");
+    let line = base.lines().count() + 2;
+    assert!(
+        all.contains(&format!("bad.yaml:{line}:")),
+        "the url's line {line}: {all}"
+    );
+
+    let bad = format!("{base}\ncrd:\n  url: https://payer.example/cds/\n  hook: order-review\n");
+    let errors = precert::playbook::compile(Path::new("bad.yaml"), &bad).unwrap_err();
+    assert!(
+        errors.iter().any(|e| e
+            .to_string()
+            .contains("crd hook `order-review` is not `order-sign` or `order-select`")),
+        "{errors:?}"
+    );
+    let ok = format!("{base}\ncrd:\n  url: https://payer.example/cds/\n  service: payer-crd\n  auth: none\n");
+    let crd = precert::playbook::compile(Path::new("ok.yaml"), &ok)
+        .unwrap()
+        .crd
+        .unwrap();
+    assert_eq!(crd.url, "https://payer.example/cds");
+    assert_eq!((crd.service.as_deref(), crd.oauth2), (Some("payer-crd"), false));
+}
