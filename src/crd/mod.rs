@@ -320,3 +320,128 @@ async fn attention(ledger: &Ledger, case: &CaseRecord, actor: &Actor, why: &str)
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn orders() -> Vec<OrderRef> {
+        ["a", "b"]
+            .iter()
+            .zip(["73721", "E0601"])
+            .map(|(id, code)| OrderRef {
+                resource_type: "ServiceRequest".into(),
+                id: (*id).into(),
+                code: code.into(),
+            })
+            .collect()
+    }
+
+    /// A CDS Hooks answer with one `update` system action per `(id,
+    /// covered, pa-needed)`, in a card suggestion when `in_card`.
+    fn answer(actions: &[(&str, &str, Option<&str>)], in_card: bool) -> Value {
+        let actions: Vec<Value> = actions
+            .iter()
+            .map(|(id, covered, pa)| {
+                let mut ext = vec![
+                    json!({"url": "coverage", "valueReference": {"reference": "Coverage/c"}}),
+                    json!({"url": "covered", "valueCode": covered}),
+                    json!({"url": "date", "valueDate": "2026-12-02"}),
+                    json!({"url": "coverage-assertion-id", "valueString": format!("A-{id}")}),
+                ];
+                if let Some(pa) = pa {
+                    ext.push(json!({"url": "pa-needed", "valueCode": pa}));
+                }
+                json!({"type": "update", "resource": {"resourceType": "ServiceRequest", "id": id,
+                    "extension": [{"url": COVERAGE_INFORMATION, "extension": ext}]}})
+            })
+            .collect();
+        if in_card {
+            json!({"cards": [{"summary": "s", "indicator": "info", "source": {"label": "P"},
+                "suggestions": [{"label": "x", "actions": actions}]}]})
+        } else {
+            json!({"cards": [], "systemActions": actions})
+        }
+    }
+
+    fn judge(v: &Value) -> Verdict {
+        let a = read(v, &orders(), "Coverage/c").unwrap();
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+        verdict(&a, &orders())
+    }
+
+    #[test]
+    fn one_line_needing_authorization_makes_the_case_required() {
+        let v = answer(
+            &[
+                ("a", "covered", Some("auth-needed")),
+                ("b", "conditional", Some("conditional")),
+            ],
+            false,
+        );
+        assert_eq!(judge(&v), Verdict::Required);
+        // Card suggestions are read as system actions are.
+        let v = answer(
+            &[("a", "covered", Some("auth-needed")), ("b", "covered", Some("no-auth"))],
+            true,
+        );
+        assert_eq!(judge(&v), Verdict::Required);
+    }
+
+    #[test]
+    fn every_line_no_auth_or_satisfied_is_not_required() {
+        let v = answer(
+            &[("a", "covered", Some("no-auth")), ("b", "covered", Some("satisfied"))],
+            false,
+        );
+        let a = read(&v, &orders(), "Coverage/c").unwrap();
+        assert_eq!(verdict(&a, &orders()), Verdict::NotRequired);
+        assert!(
+            a.problems.iter().any(|p| p.contains("satisfied-pa-id")),
+            "{:?}",
+            a.problems
+        );
+    }
+
+    #[test]
+    fn conditional_missing_and_disagreeing_lines_stay_undecided() {
+        let v = answer(
+            &[("a", "covered", Some("no-auth")), ("b", "covered", Some("performpa"))],
+            false,
+        );
+        assert!(matches!(judge(&v), Verdict::Undecided(w) if w.contains("E0601: pa-needed `performpa`")));
+        let v = answer(&[("a", "covered", Some("no-auth"))], false);
+        assert!(matches!(judge(&v), Verdict::Undecided(w) if w.contains("E0601: no coverage information")));
+        let v = answer(
+            &[
+                ("a", "covered", Some("no-auth")),
+                ("a", "covered", Some("auth-needed")),
+                ("b", "covered", Some("no-auth")),
+            ],
+            false,
+        );
+        // One order, two answers that disagree: auth-needed is not taken on
+        // half the payer's word.
+        assert!(matches!(judge(&v), Verdict::Undecided(w) if w.contains("disagree")));
+        assert!(matches!(judge(&json!({"cards": []})), Verdict::Undecided(_)));
+    }
+
+    #[test]
+    fn not_covered_or_untied_answers_need_a_person() {
+        let v = answer(&[("a", "not-covered", None), ("b", "covered", Some("no-auth"))], false);
+        assert!(matches!(judge(&v), Verdict::Attention(w) if w.contains("73721 is not covered")));
+        let v = answer(&[("zz", "covered", Some("no-auth"))], false);
+        let a = read(&v, &orders(), "Coverage/c").unwrap();
+        assert!(matches!(verdict(&a, &orders()), Verdict::Attention(w) if w.contains("cannot be tied")));
+        // About another coverage of the patient: not this request's.
+        let a = read(&v, &orders(), "Coverage/other").unwrap();
+        assert!(a.coverage.is_empty());
+    }
+
+    #[test]
+    fn a_fhir_resource_is_not_a_cds_hooks_answer() {
+        assert!(read(&json!({"resourceType": "Bundle"}), &orders(), "Coverage/c").is_err());
+        let a = read(&json!({"systemActions": []}), &orders(), "Coverage/c").unwrap();
+        assert!(a.problems[0].contains("`cards` is missing"), "{:?}", a.problems);
+    }
+}
