@@ -218,11 +218,21 @@ pub async fn apply(
         recorded,
     };
     if !outcome.warnings.is_empty() {
-        // Evidence of the payer's API obligations, whatever happens next.
+        // Evidence of the payer's API obligations, whatever happens next;
+        // a poll that meets the same problems again adds nothing (the
+        // timeline records changes).
         let detail = json!({ "channel": "pas", "problems": outcome.warnings });
-        ledger
-            .append_event(case.id, EventKind::PayerNonconformant, actor, &detail)
-            .await?;
+        let last = ledger
+            .events(case.id)
+            .await?
+            .into_iter()
+            .rfind(|e| e.kind == EventKind::PayerNonconformant.as_str() && e.detail["channel"] == "pas");
+        let repeated = from == outcome.status && last.is_some_and(|e| e.detail["problems"] == detail["problems"]);
+        if !repeated {
+            ledger
+                .append_event(case.id, EventKind::PayerNonconformant, actor, &detail)
+                .await?;
+        }
         tracing::warn!(case = %case.key(), problems = outcome.warnings.len(), "The payer's PAS answer is off-spec.");
         // An off-spec answer is believed only when it names the request.
         if !outcome.names(&case.data.case_ref, case.payer_ref.as_deref()) {

@@ -322,12 +322,14 @@ async fn an_off_spec_crd_answer_is_used_when_tied_to_the_order_and_sent_to_a_per
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_off_spec_pas_answer_is_decided_when_it_names_the_request_and_needs_attention_when_not() {
     let sandbox = start().await;
-    // CPAP (approved at once) and knee MRI, both already required.
+    // Already required: CPAP (approved at once) twice, and a knee MRI.
     let p = project(
         &sandbox,
         &[
             row("LO-OFF-1", "SBX100200301", "E0601*1", "yes"),
             row("LO-OFF-2", "SBX100200302", "E0601*1", "yes"),
+            // Knee MRI: pended, approved 20 s later.
+            row("LO-OFF-3", "SBX100200303", "73721*1", "yes"),
         ],
     );
     let ledger = p.ledger().await;
@@ -354,6 +356,28 @@ async fn an_off_spec_pas_answer_is_decided_when_it_names_the_request_and_needs_a
     ] {
         assert!(problems.contains(missing), "{missing}: {problems}");
     }
+
+    // A pended request polled while the payer stays off-spec: the same
+    // problems again on an unchanged case add nothing; the decision does.
+    let out = p.precert(&["run", "sandbox-pas", "submit", "--case", "lakeside-ortho/LO-OFF-3"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(status(&ledger, "LO-OFF-3").await, CaseStatus::Pending);
+    let nonconformant = || async {
+        let c = ledger.find("lakeside-ortho", "LO-OFF-3").await.unwrap().unwrap();
+        let events = ledger.events(c.id).await.unwrap();
+        events.iter().filter(|e| e.kind == "payer_nonconformant").count()
+    };
+    assert_eq!(nonconformant().await, 1);
+    let poll = || p.precert(&["run", "sandbox-pas", "poll_status", "--case", "lakeside-ortho/LO-OFF-3"]);
+    let out = poll();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(status(&ledger, "LO-OFF-3").await, CaseStatus::Pending);
+    assert_eq!(nonconformant().await, 1, "an unchanged poll records nothing new");
+    sandbox.advance_clock(Duration::from_secs(30));
+    let out = poll();
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(status(&ledger, "LO-OFF-3").await, CaseStatus::Approved);
+    assert_eq!(nonconformant().await, 2);
 
     off_spec(&sandbox, OffSpec::Untied);
     let out = p.precert(&["run", "sandbox-pas", "submit", "--case", "lakeside-ortho/LO-OFF-2"]);
