@@ -444,6 +444,26 @@ mod tests {
     }
 
     #[test]
+    fn crd_answers_are_checked_and_a_rule_needs_an_outcome_or_one() {
+        let text = r#"
+            [payer]
+            name = "X"
+            [[scenarios]]
+            code = "73560"
+            crd = "maybe"
+            [[scenarios]]
+            code = "73721"
+            [[scenarios]]
+            code = "72148"
+            crd = "no-auth"
+        "#;
+        let err = SandboxConfig::from_toml_str(text).unwrap_err().to_string();
+        assert!(err.contains("scenarios[0]: crd: unknown answer `maybe`"), "{err}");
+        assert!(err.contains("scenarios[1]: needs `outcome`, `crd` or both"), "{err}");
+        assert!(!err.contains("scenarios[2]"), "{err}");
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let text = r#"
             [payer]
