@@ -10,6 +10,7 @@ pub mod case;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod crd;
 pub mod daemon;
 pub mod engine;
 pub mod escalate;

@@ -12,8 +12,13 @@ R4B rather than R4: fhir.resources 7+ ships R4B (and R5) models only; the
 resources PAS uses (Claim, Coverage, Patient, ServiceRequest, DeviceRequest,
 DocumentReference, Organization, Practitioner) did not change from R4 to R4B.
 
-Usage: fhir_validate.py FILE...   Exit 0 if all are valid; 1 with every
-problem on stderr otherwise.
+With --crd, each FILE is a Da Vinci CRD request (a CDS Hooks call): the
+draft orders Bundle and every prefetched resource or Bundle are parsed with
+their models, the hook and context checked, and every reference in them
+(and context.userId / patientId) must name a resource the request carries.
+
+Usage: fhir_validate.py [--crd] FILE...   Exit 0 if all are valid; 1 with
+every problem on stderr otherwise.
 """
 
 import json
@@ -72,7 +77,59 @@ def problems(doc):
     return found
 
 
+def model_problems(where, resource):
+    kind = (resource or {}).get("resourceType")
+    try:
+        get_fhir_model_class(kind).model_validate(resource)
+    except Exception as e:
+        return [f"{where} ({kind}): {e}"]
+    return []
+
+
+def crd_problems(doc):
+    found = []
+    if doc.get("hook") not in ("order-sign", "order-select"):
+        found.append("hook: must be order-sign or order-select")
+    if not doc.get("hookInstance"):
+        found.append("hookInstance: required")
+    context = doc.get("context") or {}
+    orders = context.get("draftOrders") or {}
+    found += model_problems("context.draftOrders", orders)
+    resources = []
+    for i, e in enumerate(orders.get("entry") or []):
+        r = e.get("resource") or {}
+        found += model_problems(f"context.draftOrders.entry[{i}]", r)
+        if r.get("resourceType") not in ("ServiceRequest", "DeviceRequest", "MedicationRequest"):
+            found.append(f"context.draftOrders.entry[{i}]: not an order")
+        if r.get("status") != "draft":
+            found.append(f"context.draftOrders.entry[{i}].status: a draft order is `draft`")
+        resources.append(r)
+    if not resources:
+        found.append("context.draftOrders: no orders")
+    for key, value in (doc.get("prefetch") or {}).items():
+        found += model_problems(f"prefetch.{key}", value)
+        if value.get("resourceType") == "Bundle":
+            for i, e in enumerate(value.get("entry") or []):
+                found += model_problems(f"prefetch.{key}.entry[{i}]", e.get("resource"))
+                resources.append(e.get("resource") or {})
+        else:
+            resources.append(value)
+    typed = {f"{r.get('resourceType')}/{r.get('id')}" for r in resources}
+    for r in resources:
+        for path, ref in references(r):
+            if ref not in typed:
+                found.append(f"{r.get('resourceType')}/{r.get('id')}.{path}: `{ref}` is not in the request")
+    if context.get("userId") not in typed:
+        found.append(f"context.userId: `{context.get('userId')}` is not in the request")
+    if f"Patient/{context.get('patientId')}" not in typed:
+        found.append(f"context.patientId: `{context.get('patientId')}` is not in the request")
+    return found
+
+
 def main(paths):
+    check = problems
+    if paths and paths[0] == "--crd":
+        check, paths = crd_problems, paths[1:]
     if not paths:
         print(__doc__, file=sys.stderr)
         return 2
@@ -80,7 +137,7 @@ def main(paths):
     for path in paths:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
-        found = problems(doc)
+        found = check(doc)
         for p in found:
             print(f"{path}: {p}", file=sys.stderr)
         bad += bool(found)

@@ -9,6 +9,7 @@
 mod api;
 mod cases;
 mod console;
+mod crd;
 mod daemon;
 mod db;
 mod escalations;
@@ -63,6 +64,9 @@ pub enum Command {
     /// The Da Vinci PAS API channel: request Bundles and payer answers.
     #[command(subcommand)]
     Pas(pas::PasCommand),
+    /// The Da Vinci CRD channel: does the payer want a pre-cert for a case?
+    #[command(subcommand)]
+    Crd(crd::CrdCommand),
     /// Show when each practice's jobs fire next, in its local time and UTC.
     Schedule(schedule::ScheduleArgs),
     /// Escalations waiting on a person: list, acknowledge, scan now.
@@ -141,6 +145,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             cases::run(cmd, &settings).await
         }
         Command::Pas(cmd) => pas::run(cmd, &cli.config).await,
+        Command::Crd(cmd) => crd::run(cmd, &cli.config).await,
         Command::Daemon => daemon::run(&cli.config).await,
         Command::Console => console::serve(&cli.config).await,
         Command::Users(cmd) => {
@@ -302,7 +307,12 @@ fn check(path: &std::path::Path) -> anyhow::Result<Outcome> {
                 crate::playbook::Channel::Web => "web",
                 crate::playbook::Channel::Api => "api",
             };
-            println!("  playbook {:<20} {} ({channel}; {how})", pb.id, pb.name);
+            let crd = pb
+                .crd
+                .as_ref()
+                .map(|c| format!("; CRD {} at {}", c.hook.as_str(), c.url))
+                .unwrap_or_default();
+            println!("  playbook {:<20} {} ({channel}; {how}{crd})", pb.id, pb.name);
         }
         for f in rules.files() {
             println!(

@@ -70,6 +70,9 @@ fn decode(file: &Path) -> anyhow::Result<Outcome> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     match pas::decode_str(&text) {
         Ok(outcome) => {
+            for w in &outcome.warnings {
+                eprintln!("warning: {}: off-spec: {w}", file.display());
+            }
             println!("{}", serde_json::to_string_pretty(&outcome)?);
             Ok(Outcome::Ok)
         }

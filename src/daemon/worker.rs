@@ -98,7 +98,7 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
         return;
     }
     let playbook = playbook_of(loaded, &job);
-    if playbook.is_some() && !has_work(ctx, &job).await {
+    if playbook.is_some() && !has_work(ctx, loaded, &job).await {
         // Nothing to do for this payer: no start of its limits is spent.
         let now = Utc::now();
         ctx.metrics
@@ -372,10 +372,11 @@ fn metric_result(d: &Disposition) -> &'static str {
 
 /// Whether a per-payer job has a case to work now (an error says yes: the
 /// job then meets it and reports it).
-async fn has_work(ctx: &Ctx, job: &LeasedJob) -> bool {
+async fn has_work(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> bool {
     let (Some(action), Some(payer)) = (action_of(job.kind), job.payer.clone()) else {
         return true;
     };
+    let asks_crd = action == Action::Submit && crd_enabled(loaded, job);
     let filter = CaseFilter {
         practice: Some(job.practice.clone()),
         payer: Some(payer.to_string()),
@@ -388,8 +389,71 @@ async fn has_work(ctx: &Ctx, job: &LeasedJob) -> bool {
         if applies(&ctx.ledger, action, &c).await.unwrap_or(true) {
             return true;
         }
+        if asks_crd && crate::crd::due(&ctx.ledger, &c).await.unwrap_or(true) {
+            return true;
+        }
     }
     false
+}
+
+/// Whether a job's binding runs a playbook that declares a CRD service.
+fn crd_enabled(loaded: &Loaded, job: &LeasedJob) -> bool {
+    playbook_of(loaded, job)
+        .and_then(|pb| loaded.engine.playbook(&pb).map(|p| p.crd.is_some()))
+        .unwrap_or(false)
+}
+
+/// The CRD half of a submit job (docs/crd.md): the binding's `new` cases
+/// that no requirement rule decided and CRD has not answered yet are asked,
+/// one by one, each run's `Disposition` folded like any other; a case CRD
+/// makes ready is submitted by the same job. A service that is down or
+/// misconfigured ends the pass (the job is tried again later) rather than
+/// being asked about every case.
+async fn crd_pass(ctx: &Ctx, engine: &Engine, job: &LeasedJob, payer: &PayerKey, actor: &Actor, fold: &mut Fold) {
+    let filter = CaseFilter {
+        practice: Some(job.practice.clone()),
+        payer: Some(payer.to_string()),
+        status: Some(CaseStatus::New),
+    };
+    let store_retry = |e: crate::store::StoreError| Disposition::Retry {
+        reason: e.to_string(),
+        not_before: None,
+        portal_fault: false,
+    };
+    let cases = match ctx.ledger.list(&filter).await {
+        Ok(c) => c,
+        Err(e) => return fold.add(store_retry(e)),
+    };
+    for c in cases {
+        if ctx.stop.is_cancelled() {
+            return fold.add(Disposition::Release);
+        }
+        match crate::crd::due(&ctx.ledger, &c).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => return fold.add(store_retry(e)),
+        }
+        let t0 = Instant::now();
+        let asked = engine.ask_crd(c.id, actor).await;
+        ctx.metrics.run(payer, "crd", t0.elapsed().as_secs_f64());
+        fold.runs += 1;
+        let d = match &asked {
+            Ok(_) => Disposition::Done,
+            Err(e) => {
+                let d = Disposition::from(e);
+                tracing::warn!(case_id = c.id, %payer, error = %e, disposition = d.as_str(), "CRD could not be asked.");
+                d
+            }
+        };
+        let stop = matches!(
+            d,
+            Disposition::Retry { portal_fault: true, .. } | Disposition::Dead { .. }
+        );
+        fold.add(d);
+        if stop {
+            return;
+        }
+    }
 }
 
 async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Fold {
@@ -422,6 +486,13 @@ async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Fold {
         not_before: None,
         portal_fault: false,
     };
+    let actor = Actor::job(job.kind.as_str(), job.id);
+    if action == Action::Submit && crd_enabled(loaded, job) {
+        crd_pass(ctx, &loaded.engine, job, &payer, &actor, &mut fold).await;
+        if matches!(fold.disposition, Disposition::Release) {
+            return fold;
+        }
+    }
     let filter = CaseFilter {
         practice: Some(job.practice.clone()),
         payer: Some(payer.to_string()),
@@ -446,7 +517,6 @@ async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Fold {
             return fold;
         }
     }
-    let actor = Actor::job(job.kind.as_str(), job.id);
     let engine = &loaded.engine;
     // A payer whose playbook has no letters (an API such as PAS sends none)
     // has nothing to fetch.

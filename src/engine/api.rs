@@ -300,7 +300,7 @@ impl Engine {
         Ok(client)
     }
 
-    async fn payer_permit(&self, playbook: &Playbook) -> tokio::sync::OwnedSemaphorePermit {
+    pub(super) async fn payer_permit(&self, playbook: &Playbook) -> tokio::sync::OwnedSemaphorePermit {
         self.per_payer
             .get(&playbook.id)
             .cloned()

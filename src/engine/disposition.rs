@@ -157,6 +157,33 @@ impl From<&ClientError> for Disposition {
     }
 }
 
+impl From<&crate::crd::CrdError> for Disposition {
+    fn from(e: &crate::crd::CrdError) -> Disposition {
+        use crate::crd::CrdError;
+        match e {
+            // A binding or playbook that cannot reach a CRD service.
+            CrdError::Client(ClientError::Config(_)) => Disposition::Dead { reason: e.to_string() },
+            // Throttled, down, unreachable: asked again later, and the
+            // breaker hears of it; a refusal was noted on the case.
+            CrdError::Client(c) => Disposition::from(c),
+            CrdError::Store(StoreError::Owned { .. } | StoreError::StaleLease { .. }) => Disposition::Done,
+            CrdError::Store(_) => Disposition::Retry {
+                reason: e.to_string(),
+                not_before: None,
+                portal_fault: false,
+            },
+            // Decided meanwhile: nothing to ask.
+            CrdError::NotNew { .. } => Disposition::Done,
+            // The data directory refused the evidence: nothing was recorded.
+            CrdError::Evidence { .. } => Disposition::Retry {
+                reason: e.to_string(),
+                not_before: None,
+                portal_fault: false,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 //! intent runs `find_existing` before it may submit again.
 
 mod api;
+mod crd;
 mod disposition;
 mod exec;
 pub(crate) mod fault;
@@ -228,6 +229,8 @@ pub struct Engine {
     tokens: Arc<http::TokenCaches>,
     /// PAS clients (and so their tokens) per binding (practice, payer key).
     pas_clients: Mutex<HashMap<(String, String), Arc<PasClient>>>,
+    /// CRD clients (and their tokens, their discovered service) per binding.
+    crd_clients: Mutex<HashMap<(String, String), Arc<crate::crd::CrdClient>>>,
     pub echo: bool,
     /// How patient API calls are (`http` steps and PAS): 429 and 5xx
     /// handling. Tests shrink the delays.
@@ -274,6 +277,7 @@ impl Engine {
                 .unwrap_or_default(),
             tokens: Arc::default(),
             pas_clients: Mutex::new(HashMap::new()),
+            crd_clients: Mutex::new(HashMap::new()),
             echo: false,
             api_policy: RetryPolicy::default(),
         }

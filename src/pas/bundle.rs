@@ -63,6 +63,18 @@ pub fn inquiry_bundle(case: &CaseData, ctx: &Context<'_>) -> Bundle {
     build(case, ctx, false).expect("an inquiry reads no files")
 }
 
+/// The orders of a case (a ServiceRequest or DeviceRequest per service
+/// line) and the parties they reference (Patient, Coverage, insurer,
+/// requesting Organization and Practitioner, servicing provider), as the
+/// PAS request has them, without the Claim: what a Da Vinci CRD request
+/// sends (`crate::crd::request`). Each entry's `fullUrl` is `urn:uuid:ID`
+/// and its resource's id is ID.
+pub fn order_entries(case: &CaseData, ctx: &Context<'_>) -> Vec<BundleEntry> {
+    let mut entries = inquiry_bundle(case, ctx).entry;
+    entries.retain(|e| !matches!(e.resource, Resource::Claim(_)));
+    entries
+}
+
 fn code_system(line: &ServiceLine) -> &'static str {
     match line.code.system() {
         CodeSystem::Cpt => CPT,

@@ -54,6 +54,72 @@ fn resource_type(v: &Value) -> Option<&str> {
     v.get("resourceType").and_then(Value::as_str)
 }
 
+/// A resource without `resourceType` that is a ClaimResponse by its
+/// content: `use` preauthorization and an `outcome` (which a Claim does
+/// not have).
+fn claim_response_shaped(r: &Value) -> bool {
+    resource_type(r).is_none()
+        && r.get("use").and_then(Value::as_str) == Some("preauthorization")
+        && r.get("outcome").and_then(Value::as_str).is_some()
+}
+
+/// How a response Bundle departs from PAS: a missing timestamp, entries
+/// without `fullUrl` or `resourceType`, and references of the answer (its
+/// patient, insurer, requestor) that do not resolve within the Bundle.
+fn conformance(v: &Value, answer: Option<&Value>) -> Vec<String> {
+    let mut found = Vec::new();
+    if v.get("timestamp").and_then(Value::as_str).is_none() {
+        found.push("Bundle.timestamp is missing".into());
+    }
+    let entries: &[Value] = v
+        .get("entry")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    for (i, e) in entries.iter().enumerate() {
+        if e.get("fullUrl").and_then(Value::as_str).is_none() {
+            found.push(format!("entry[{i}].fullUrl is missing"));
+        }
+        match e.get("resource") {
+            None => found.push(format!("entry[{i}].resource is missing")),
+            Some(r) if resource_type(r).is_none() => {
+                let read = if claim_response_shaped(r) {
+                    " (read as a ClaimResponse: it has `use` preauthorization and an `outcome`)"
+                } else {
+                    ""
+                };
+                found.push(format!("entry[{i}].resource.resourceType is missing{read}"));
+            }
+            Some(_) => {}
+        }
+    }
+    let Some(answer) = answer else { return found };
+    let resolves = |r: &str| {
+        entries.iter().any(|e| {
+            let url = e.get("fullUrl").and_then(Value::as_str).unwrap_or("");
+            let res = e.get("resource");
+            let typed = res
+                .and_then(|x| Some(format!("{}/{}", resource_type(x)?, x.get("id")?.as_str()?)))
+                .unwrap_or_default();
+            url == r || typed == r || (!url.is_empty() && url.ends_with(&format!("/{r}")))
+        })
+    };
+    for field in ["patient", "insurer", "requestor"] {
+        if let Some(r) = answer.pointer(&format!("/{field}/reference")).and_then(Value::as_str) {
+            // Contained (`#x`) and absolute references need no entry.
+            if !r.starts_with('#') && !r.contains("://") && !resolves(r) {
+                // The reference's type only: a payer may use the member ID
+                // as the Patient's id.
+                let kind = r.split('/').next().unwrap_or("resource");
+                found.push(format!(
+                    "ClaimResponse.{field}: the {kind} it references is not in the Bundle"
+                ));
+            }
+        }
+    }
+    found
+}
+
 fn bundle(v: &Value) -> Result<Outcome, DecodeError> {
     let entries: Vec<&Value> = v
         .get("entry")
@@ -63,6 +129,28 @@ fn bundle(v: &Value) -> Result<Outcome, DecodeError> {
     let Some(first) = entries.first() else {
         return Err(DecodeError::NotAResponse("the Bundle has no entries".into()));
     };
+    // An answer whose ClaimResponse lost its resourceType is still read when
+    // its content says what it is; the omission is a warning.
+    let answer = if claim_response_shaped(first) {
+        Some(*first)
+    } else {
+        entries
+            .iter()
+            .copied()
+            .find(|r| resource_type(r) == Some("ClaimResponse"))
+    };
+    let warnings = conformance(v, answer);
+    if claim_response_shaped(first) {
+        let mut outcome = claim_response(first, &[])?;
+        outcome.warnings = warnings;
+        return Ok(outcome);
+    }
+    let mut outcome = bundle_answer(v, &entries, first)?;
+    outcome.warnings = warnings;
+    Ok(outcome)
+}
+
+fn bundle_answer(v: &Value, entries: &[&Value], first: &Value) -> Result<Outcome, DecodeError> {
     // Issues sent beside the ClaimResponse count as errors of the answer.
     let issues: Vec<String> = entries
         .iter()
@@ -117,6 +205,7 @@ fn operation_outcome(v: &Value) -> Outcome {
         period: None,
         items: Vec::new(),
         attention,
+        warnings: Vec::new(),
     }
 }
 
@@ -173,6 +262,7 @@ fn claim_response(v: &Value, issues: &[String]) -> Result<Outcome, DecodeError> 
         period,
         items,
         attention,
+        warnings: Vec::new(),
     })
 }
 

@@ -211,14 +211,48 @@ pub async fn apply(
     outcome: Outcome,
     actor: &Actor,
 ) -> Result<Applied, PasError> {
-    let to = outcome.status;
-    let source = source(&case.data.coverage.payer);
     let done = |to, recorded, outcome| Applied {
         from,
         to,
         outcome,
         recorded,
     };
+    if !outcome.warnings.is_empty() {
+        // Evidence of the payer's API obligations, whatever happens next;
+        // a poll that meets the same problems again adds nothing (the
+        // timeline records changes).
+        let detail = json!({ "channel": "pas", "problems": outcome.warnings });
+        let last = ledger
+            .events(case.id)
+            .await?
+            .into_iter()
+            .rfind(|e| e.kind == EventKind::PayerNonconformant.as_str() && e.detail["channel"] == "pas");
+        let repeated = from == outcome.status && last.is_some_and(|e| e.detail["problems"] == detail["problems"]);
+        if !repeated {
+            ledger
+                .append_event(case.id, EventKind::PayerNonconformant, actor, &detail)
+                .await?;
+        }
+        tracing::warn!(case = %case.key(), problems = outcome.warnings.len(), "The payer's PAS answer is off-spec.");
+        // An off-spec answer is believed only when it names the request.
+        if !outcome.names(&case.data.case_ref, case.payer_ref.as_deref()) {
+            let why = format!(
+                "the payer's answer is off-spec ({}) and names neither the case ID nor the payer's reference: it cannot be tied to this request",
+                outcome.warnings.join("; ")
+            );
+            if from.can_move_to(CaseStatus::NeedsAttention) {
+                ledger
+                    .transition(case.id, CaseStatus::NeedsAttention, actor, Some(&why))
+                    .await?;
+                return Ok(done(CaseStatus::NeedsAttention, false, outcome));
+            }
+            let detail = json!({ "channel": "pas", "note": why });
+            ledger.append_event(case.id, EventKind::Note, actor, &detail).await?;
+            return Ok(done(from, false, outcome));
+        }
+    }
+    let to = outcome.status;
+    let source = source(&case.data.coverage.payer);
     if let Some(decision) = outcome.decision(&case.data, ledger.now(), &source) {
         if from == to || from.can_move_to(to) {
             ledger.record_decision(case.id, &decision, to, actor).await?;

@@ -139,6 +139,23 @@ pub struct Outcome {
     /// Why a person must look: the payer's errors or what precert could not
     /// read. Empty unless `status` is needs_attention.
     pub attention: Vec<String>,
+    /// How the answer departs from the PAS specification (a missing Bundle
+    /// timestamp, an entry without `fullUrl` or `resourceType`, a reference
+    /// that does not resolve in the Bundle). The decision was still read;
+    /// `pas::apply` records these as a `payer_nonconformant` event and
+    /// applies the decision only if the answer names the request.
+    pub warnings: Vec<String>,
+}
+
+impl Outcome {
+    /// Whether the answer names this request: it echoes the case ID, or
+    /// the payer's own reference for it.
+    pub fn names(&self, case_ref: &str, payer_ref: Option<&str>) -> bool {
+        let ours = |v: &str| v == case_ref || payer_ref.is_some_and(|p| p == v);
+        self.case_ref.as_deref().is_some_and(ours)
+            || self.identifiers.iter().any(|i| ours(i))
+            || self.claim_response.as_deref().is_some_and(|c| payer_ref == Some(c))
+    }
 }
 
 pub(super) fn seq(i: &ItemDecision) -> String {

@@ -256,6 +256,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Playbook, Vec<PlaybookError>> 
     for (action, steps) in &actions {
         c.check_calls(*action, steps, &actions);
     }
+    let crd = raw.crd.as_ref().and_then(|r| c.crd(&r.value, &base_url));
     if c.errors.is_empty() {
         Ok(Playbook {
             file: file.to_owned(),
@@ -271,6 +272,7 @@ pub fn compile(file: &Path, text: &str) -> Result<Playbook, Vec<PlaybookError>> 
             detect,
             outcomes,
             actions,
+            crd,
         })
     } else {
         c.errors.sort_by_key(|e| (e.at.line, e.at.col));
@@ -436,6 +438,61 @@ impl Compiler<'_> {
             at: Loc::of(at),
             message: message.into(),
         });
+    }
+
+    /// The `crd:` declaration: an http(s) URL or a path under `base_url`,
+    /// a known hook and auth.
+    fn crd(&mut self, raw: &RawCrd, base_url: &str) -> Option<CrdService> {
+        // Every problem of the declaration is reported in one run.
+        let errors = self.errors.len();
+        let written = raw.url.value.trim();
+        let u = written.trim_end_matches('/');
+        let url = if u.starts_with("http://") || u.starts_with("https://") {
+            u.to_owned()
+        } else if written.starts_with('/') {
+            format!("{base_url}{u}")
+        } else {
+            self.err(
+                &raw.url.referenced,
+                format!("crd url `{written}` is neither an http(s) URL nor a path under base_url (starting with /)"),
+            );
+            String::new()
+        };
+        let hook = match raw.hook.as_ref().map(|h| (h.value.as_str(), &h.referenced)) {
+            None | Some(("order-sign", _)) => CrdHook::OrderSign,
+            Some(("order-select", _)) => CrdHook::OrderSelect,
+            Some((other, at)) => {
+                self.err(at, format!("crd hook `{other}` is not `order-sign` or `order-select`"));
+                CrdHook::OrderSign
+            }
+        };
+        let oauth2 = match raw.auth.as_ref().map(|a| (a.value.as_str(), &a.referenced)) {
+            None | Some(("oauth2", _)) => true,
+            Some(("none", _)) => false,
+            Some((other, at)) => {
+                self.err(at, format!("crd auth `{other}` is not `oauth2` or `none`"));
+                true
+            }
+        };
+        let service = raw.service.as_ref().map(|s| s.value.trim().to_owned());
+        if let (Some(s), Some(raw_s)) = (&service, &raw.service) {
+            if s.is_empty()
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            {
+                self.err(
+                    &raw_s.referenced,
+                    format!("crd service `{s}` must be letters, digits, `-`, `_` or `.`"),
+                );
+            }
+        }
+        (self.errors.len() == errors).then_some(CrdService {
+            url,
+            service,
+            hook,
+            oauth2,
+        })
     }
 
     fn outcomes(&mut self, raw: &RawPlaybook, builtin_api: bool) -> BTreeMap<String, CaseStatus> {

@@ -146,6 +146,34 @@ pub enum ApiKind {
     Pas,
 }
 
+/// A payer's Da Vinci CRD service (`crd:` in the playbook).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrdService {
+    /// The CDS Hooks base, absolute, without a trailing slash.
+    pub url: String,
+    /// The service id; `None`: found by discovery for `hook`.
+    pub service: Option<String>,
+    pub hook: CrdHook,
+    /// Send the binding's OAuth2 client-credentials token.
+    pub oauth2: bool,
+}
+
+/// The CDS Hooks hook precert calls a CRD service with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrdHook {
+    OrderSign,
+    OrderSelect,
+}
+
+impl CrdHook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrdHook::OrderSign => "order-sign",
+            CrdHook::OrderSelect => "order-select",
+        }
+    }
+}
+
 /// An `http` step: one request, its answer checked and read into variables.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpStep {
@@ -459,6 +487,8 @@ pub struct Playbook {
     /// Normalised portal wording → status.
     pub outcomes: BTreeMap<String, CaseStatus>,
     pub actions: BTreeMap<Action, Vec<Step>>,
+    /// The payer's CRD service, when the playbook declares one.
+    pub crd: Option<CrdService>,
 }
 
 impl Playbook {

@@ -26,6 +26,28 @@ pub struct RawPlaybook {
     #[serde(default)]
     pub outcomes: Option<Spanned<BTreeMap<String, S>>>,
     pub actions: Spanned<BTreeMap<String, Spanned<Vec<Spanned<RawStep>>>>>,
+    /// The payer's Da Vinci CRD service (Coverage Requirements Discovery
+    /// over CDS Hooks): precert asks it whether a `new` case needs a
+    /// pre-cert (`src/crd`, `docs/crd.md`).
+    #[serde(default)]
+    pub crd: Option<Spanned<RawCrd>>,
+}
+
+/// `crd:` — where the payer's CDS Hooks service is and how to call it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCrd {
+    /// The CDS Hooks base: an http(s) URL, or a path under `base_url`
+    /// (e.g. `/cds`). Discovery is at `URL/cds-services`.
+    pub url: S,
+    /// The service id (`URL/cds-services/ID`); when left out, the first
+    /// service that discovery lists for the hook.
+    pub service: Option<S>,
+    /// `order-sign` (default) or `order-select`.
+    pub hook: Option<S>,
+    /// `oauth2` (default: the binding's client credentials, as PAS) or
+    /// `none`.
+    pub auth: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]

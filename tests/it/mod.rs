@@ -3,6 +3,7 @@ mod browser;
 mod cluster;
 mod config;
 mod console;
+mod crd;
 mod csv_import;
 mod daemon;
 mod escalation;

@@ -104,7 +104,12 @@ struct RawScenario {
     member: Option<String>,
     #[serde(default)]
     description: Option<String>,
-    outcome: String,
+    #[serde(default)]
+    outcome: Option<String>,
+    /// What the CRD service answers for it: auth-needed, no-auth,
+    /// conditional, satisfied or not-covered.
+    #[serde(default)]
+    crd: Option<String>,
     #[serde(default)]
     after_seconds: Option<u64>,
     #[serde(default)]
@@ -178,13 +183,42 @@ pub enum Outcome {
     Partial { approved_units: u32 },
 }
 
+/// What the CRD service says about an order a rule matches (the CRD
+/// guide's `pa-needed`, or that the service is not covered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrdAnswer {
+    AuthNeeded,
+    NoAuth,
+    Conditional,
+    /// An authorization on file already covers it.
+    Satisfied,
+    NotCovered,
+}
+
+impl CrdAnswer {
+    pub fn parse(s: &str) -> Option<CrdAnswer> {
+        Some(match s {
+            "auth-needed" => CrdAnswer::AuthNeeded,
+            "no-auth" => CrdAnswer::NoAuth,
+            "conditional" => CrdAnswer::Conditional,
+            "satisfied" => CrdAnswer::Satisfied,
+            "not-covered" => CrdAnswer::NotCovered,
+            _ => return None,
+        })
+    }
+}
+
 /// A compiled scenario rule.
 #[derive(Debug, Clone)]
 pub struct Scenario {
     pub code: Option<String>,
     pub member: Option<String>,
     pub description: String,
-    pub outcome: Outcome,
+    /// What happens to a submitted request; `None`: a rule for the CRD
+    /// service only (submitted requests stay In Review).
+    pub outcome: Option<Outcome>,
+    /// What the CRD service answers; `None`: no coverage information.
+    pub crd: Option<CrdAnswer>,
 }
 
 /// A validated sandbox configuration.
@@ -335,8 +369,26 @@ fn compile_scenario(s: RawScenario) -> Result<Scenario, String> {
     if let Some(code) = &s.code {
         codes::check_procedure(code).map_err(|e| format!("code: {e}"))?;
     }
-    let missing = |field: &str| format!("outcome `{}` needs `{field}`", s.outcome);
-    let outcome = match s.outcome.as_str() {
+    let crd = match s.crd.as_deref() {
+        None => None,
+        Some(c) => Some(CrdAnswer::parse(c).ok_or_else(|| {
+            format!("crd: unknown answer `{c}` (expected auth-needed, no-auth, conditional, satisfied or not-covered)")
+        })?),
+    };
+    let Some(name) = s.outcome.clone() else {
+        if crd.is_none() {
+            return Err("needs `outcome`, `crd` or both".into());
+        }
+        return Ok(Scenario {
+            description: s.description.unwrap_or_default(),
+            code: s.code,
+            member: s.member,
+            outcome: None,
+            crd,
+        });
+    };
+    let missing = |field: &str| format!("outcome `{name}` needs `{field}`");
+    let outcome = match name.as_str() {
         "approve" => Outcome::Approve {
             after_seconds: s.after_seconds.unwrap_or(0),
         },
@@ -366,7 +418,8 @@ fn compile_scenario(s: RawScenario) -> Result<Scenario, String> {
         description: s.description.unwrap_or_default(),
         code: s.code,
         member: s.member,
-        outcome,
+        outcome: Some(outcome),
+        crd,
     })
 }
 
@@ -379,7 +432,7 @@ mod tests {
         let c = SandboxConfig::default_demo();
         assert_eq!(c.accounts.len(), 2);
         assert_eq!(c.members.len(), 6);
-        assert_eq!(c.scenarios.len(), 5);
+        assert_eq!(c.scenarios.len(), 6);
     }
 
     #[test]
@@ -388,6 +441,26 @@ mod tests {
         let from_file = SandboxConfig::from_toml_file(path).unwrap();
         let demo = SandboxConfig::default_demo();
         assert_eq!(format!("{from_file:?}"), format!("{demo:?}"));
+    }
+
+    #[test]
+    fn crd_answers_are_checked_and_a_rule_needs_an_outcome_or_one() {
+        let text = r#"
+            [payer]
+            name = "X"
+            [[scenarios]]
+            code = "73560"
+            crd = "maybe"
+            [[scenarios]]
+            code = "73721"
+            [[scenarios]]
+            code = "72148"
+            crd = "no-auth"
+        "#;
+        let err = SandboxConfig::from_toml_str(text).unwrap_err().to_string();
+        assert!(err.contains("scenarios[0]: crd: unknown answer `maybe`"), "{err}");
+        assert!(err.contains("scenarios[1]: needs `outcome`, `crd` or both"), "{err}");
+        assert!(!err.contains("scenarios[2]"), "{err}");
     }
 
     #[test]

@@ -27,9 +27,9 @@ mod state;
 pub mod store;
 pub mod totp;
 
-pub use config::{ConfigError, SandboxConfig};
+pub use config::{ConfigError, CrdAnswer, SandboxConfig};
 pub use server::{Sandbox, SandboxHandle};
-pub use state::{Hazards, HazardsPatch, LogEntry, SearchFailure};
+pub use state::{Hazards, HazardsPatch, LogEntry, OffSpec, SearchFailure};
 pub use store::{AuthRequest, Decision, Status};
 
 /// Renders a decision letter PDF; public so other crates can test their PDF handling.

@@ -47,6 +47,28 @@ pub struct Hazards {
     pub status_search_failure: SearchFailure,
     /// How long a `timeout` search hangs before it answers 504, in milliseconds.
     pub status_search_delay_ms: u64,
+    /// PAS and CRD answers that depart from their specifications.
+    pub off_spec: OffSpec,
+}
+
+/// How the PAS and CRD answers break their specifications (the `off_spec`
+/// hazard).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OffSpec {
+    /// As the specifications say.
+    #[default]
+    Off,
+    /// Required elements left out, the decision still readable and tied to
+    /// the request: PAS — no Bundle `timestamp`, the ClaimResponse entry
+    /// without `fullUrl` and `resourceType`, the Patient it references left
+    /// out; CRD — cards without `indicator` and `source`, the
+    /// coverage-information without `date` and `coverage-assertion-id`.
+    MissingElements,
+    /// As `missing_elements`, and nothing ties the answer to the request:
+    /// PAS — the ClaimResponse has no `id` and no `identifier`; CRD — the
+    /// coverage-information is on an order with another id.
+    Untied,
 }
 
 /// How a failing status search fails (the `status_search_failure` hazard).
@@ -82,6 +104,7 @@ impl Default for Hazards {
             status_search_fail_next: 0,
             status_search_failure: SearchFailure::Http500,
             status_search_delay_ms: 60_000,
+            off_spec: OffSpec::Off,
         }
     }
 }
@@ -104,6 +127,7 @@ pub struct HazardsPatch {
     pub status_search_fail_next: Option<u32>,
     pub status_search_failure: Option<SearchFailure>,
     pub status_search_delay_ms: Option<u64>,
+    pub off_spec: Option<OffSpec>,
 }
 
 /// Where a logged-in portal user is in the login sequence.
@@ -352,6 +376,9 @@ impl Inner {
         }
         if let Some(v) = p.status_search_delay_ms {
             h.status_search_delay_ms = v;
+        }
+        if let Some(v) = p.off_spec {
+            h.off_spec = v;
         }
         self.hazards = h;
         Ok(())

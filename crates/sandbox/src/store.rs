@@ -289,6 +289,20 @@ impl Scenarios {
         }
     }
 
+    /// The rule that says what the CRD service answers about one order:
+    /// the member's rule with a `crd` answer, else the first code rule
+    /// with one for the order's code.
+    pub fn crd_for(&self, member_id: &str, code: &str) -> Option<&Scenario> {
+        self.rules
+            .iter()
+            .find(|r| r.crd.is_some() && r.member.as_deref() == Some(member_id))
+            .or_else(|| {
+                self.rules
+                    .iter()
+                    .find(|r| r.crd.is_some() && r.member.is_none() && r.code.as_deref() == Some(code))
+            })
+    }
+
     /// The rule for a request, with the code it matched on (if by code).
     fn find(&self, member_id: &str, codes: &[&str]) -> Option<(&Scenario, Option<String>)> {
         if let Some(&i) = self.by_member.get(member_id) {
@@ -445,7 +459,7 @@ impl Store {
         let code_refs: Vec<&str> = codes.iter().map(String::as_str).collect();
         let rule = scenarios
             .find(&new.member_id, &code_refs)
-            .map(|(r, c)| (r.outcome.clone(), c));
+            .and_then(|(r, c)| r.outcome.clone().map(|o| (o, c)));
         match rule {
             Some((Outcome::Approve { after_seconds: 0 }, _)) => {
                 transitions.extend(self.apply(id, Decision::Approve, now));
@@ -806,10 +820,11 @@ mod tests {
             code: None,
             member: Some("SBX100200306".into()),
             description: String::new(),
-            outcome: Outcome::Deny {
+            outcome: Some(Outcome::Deny {
                 reason_code: "MEM-01".into(),
                 reason_text: "Member rule.".into(),
-            },
+            }),
+            crd: None,
         });
         let sc = Scenarios::new(rules);
         let mut s = Store::default();

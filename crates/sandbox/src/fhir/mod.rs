@@ -6,6 +6,7 @@
 //! rest-hooks; this module holds the routes and the Claim operations.
 
 mod bundle;
+mod crd;
 mod oauth;
 mod response;
 mod subscription;
@@ -13,7 +14,7 @@ mod subscription;
 use bundle::{claim_of, parse_submit, str_at};
 use oauth::{authorize, token};
 pub use response::notification_bundle;
-use response::response_bundle;
+use response::{off_spec, response_bundle};
 use subscription::{delete_subscription, get_subscription, subscribe};
 
 use axum::body::Bytes;
@@ -46,6 +47,8 @@ pub fn router() -> Router<Shared> {
             get(get_subscription).delete(delete_subscription),
         )
         .route("/fhir/metadata", get(metadata))
+        .route("/cds-services", get(crd::discovery))
+        .route("/cds-services/{id}", post(crd::service))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
 }
 
@@ -135,7 +138,8 @@ pub async fn submit(State(state): State<Shared>, headers: HeaderMap, body: Bytes
             let _ = inner.store.decide(&reference, denial, now);
         }
         let r = inner.store.get(id).cloned();
-        r.map(|r| response_bundle(&state.config, &r, now))
+        let how = inner.hazards.off_spec;
+        r.map(|r| off_spec(response_bundle(&state.config, &r, now), how))
     };
     match body {
         Some(b) => fhir(StatusCode::OK, b),
@@ -162,8 +166,12 @@ fn answer_pend(state: &Shared, client: &ApiClient, bundle: &Value, identifier: O
         .clone();
     let documents = document_attachments(bundle, now);
     inner.store.information_received(&reference, documents, now).ok()?;
+    let how = inner.hazards.off_spec;
     let r = inner.store.by_reference(&reference)?;
-    Some(fhir(StatusCode::OK, response_bundle(&state.config, r, now)))
+    Some(fhir(
+        StatusCode::OK,
+        off_spec(response_bundle(&state.config, r, now), how),
+    ))
 }
 
 /// The DocumentReferences of a Bundle, recorded as attachments.
@@ -239,7 +247,7 @@ pub async fn inquire(State(state): State<Shared>, headers: HeaderMap, body: Byte
             })
             .or_else(|| pre_auth.iter().find_map(|i| inner.store.by_reference(i)))
             .filter(|r| r.provider_npi == client.provider_npi)
-            .map(|r| response_bundle(&state.config, r, now))
+            .map(|r| off_spec(response_bundle(&state.config, r, now), inner.hazards.off_spec))
     };
     match found {
         Some(b) => fhir(StatusCode::OK, b),

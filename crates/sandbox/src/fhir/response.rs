@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::config::SandboxConfig;
-use crate::state::{random_token, Subscription};
+use crate::state::{random_token, OffSpec, Subscription};
 use crate::store::{AuthRequest, ReviewAction};
 
 use super::{FULL_URL_BASE, PAS, PAS_TOPIC};
@@ -174,6 +174,30 @@ pub fn response_bundle(config: &SandboxConfig, r: &AuthRequest, now: DateTime<Ut
         "timestamp": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "entry": entries,
     })
+}
+
+/// A response Bundle as the `off_spec` hazard breaks it (see [`OffSpec`]).
+pub fn off_spec(mut b: Value, how: OffSpec) -> Value {
+    if how == OffSpec::Off {
+        return b;
+    }
+    if let Some(o) = b.as_object_mut() {
+        o.remove("timestamp");
+    }
+    if let Some(entries) = b.get_mut("entry").and_then(Value::as_array_mut) {
+        entries.retain(|e| e["resource"]["resourceType"] != "Patient");
+        if let Some(first) = entries.first_mut().and_then(Value::as_object_mut) {
+            first.remove("fullUrl");
+            if let Some(cr) = first.get_mut("resource").and_then(Value::as_object_mut) {
+                cr.remove("resourceType");
+                if how == OffSpec::Untied {
+                    cr.remove("id");
+                    cr.remove("identifier");
+                }
+            }
+        }
+    }
+    b
 }
 
 /// A rest-hook notification (full-resource payload) about `r`.

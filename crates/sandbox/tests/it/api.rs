@@ -318,7 +318,8 @@ async fn the_ticker_applies_timed_decisions_in_real_time() {
             code: Some("70551".into()),
             member: None,
             description: "MRI brain: approved after 1 second".into(),
-            outcome: precert_sandbox::config::Outcome::Approve { after_seconds: 1 },
+            outcome: Some(precert_sandbox::config::Outcome::Approve { after_seconds: 1 }),
+            crd: None,
         },
     );
     let sbx = precert_sandbox::Sandbox::start(config, "127.0.0.1:0").await.unwrap();
@@ -404,5 +405,91 @@ async fn resubmitting_a_pended_claim_with_documents_answers_the_pend() {
     sbx.advance_clock(Duration::from_secs(20));
     let (_, b, _) = fhir_post(&base, "/fhir/Claim/$inquire", &token, &bundle).await;
     assert_eq!(review_of(&b).0, "A1");
+    sbx.shutdown().await;
+}
+
+/// A CDS Hooks `order-sign` call with one draft ServiceRequest per code.
+fn crd_request(member: &str, codes: &[&str]) -> Value {
+    let orders: Vec<Value> = codes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({"resource": {"resourceType": "ServiceRequest", "id": format!("sr{i}"), "status": "draft",
+                "intent": "order", "subject": {"reference": "Patient/p"},
+                "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": c}]}}})
+        })
+        .collect();
+    json!({"hook": "order-sign", "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"userId": "Practitioner/u", "patientId": "p",
+            "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": orders}},
+        "prefetch": {"coverage": {"resourceType": "Bundle", "type": "searchset",
+            "entry": [{"resource": {"resourceType": "Coverage", "id": "c", "subscriberId": member}}]}}})
+}
+
+#[tokio::test]
+async fn the_crd_service_answers_from_the_scenario_rules() {
+    let sbx = start().await;
+    let base = sbx.base_url();
+    let services: Value = api()
+        .get(format!("{base}/cds-services"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(services["services"][0]["hook"], "order-sign");
+    let url = format!(
+        "{base}/cds-services/{}",
+        services["services"][0]["id"].as_str().unwrap()
+    );
+
+    let post = |token: String, body: Value| {
+        let url = url.clone();
+        async move {
+            let r = api().post(&url).bearer_auth(token).json(&body).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, _) = post("not-a-token".into(), crd_request("SBX100200301", &["73721"])).await;
+    assert_eq!(status, 401);
+    let token = lakeside_token(&base).await;
+    let (status, v) = post(token.clone(), crd_request("SBX100200301", &["73721", "73560", "99213"])).await;
+    assert_eq!(status, 200, "{v}");
+    let actions = v["systemActions"].as_array().unwrap();
+    assert_eq!(
+        actions.len(),
+        2,
+        "no coverage information for a code no rule answers: {v}"
+    );
+    let pa = |i: usize| {
+        let ext = &actions[i]["resource"]["extension"][0];
+        assert_eq!(
+            ext["url"],
+            "http://hl7.org/fhir/us/davinci-crd/StructureDefinition/ext-coverage-information"
+        );
+        let sub = ext["extension"].as_array().unwrap();
+        let get = |u: &str| sub.iter().find(|e| e["url"] == u).cloned().unwrap_or(Value::Null);
+        assert_eq!(get("coverage")["valueReference"]["reference"], "Coverage/c");
+        assert!(get("coverage-assertion-id")["valueString"].is_string());
+        (
+            actions[i]["resource"]["id"].clone(),
+            get("pa-needed")["valueCode"].clone(),
+        )
+    };
+    assert_eq!(pa(0), (json!("sr0"), json!("auth-needed")));
+    assert_eq!(pa(1), (json!("sr1"), json!("no-auth")));
+    assert_eq!(v["cards"].as_array().unwrap().len(), 2);
+    assert_eq!(v["cards"][0]["source"]["label"], "Sandbox Health Plan");
+
+    let mut bad = crd_request("SBX100200301", &["73721"]);
+    bad["hook"] = json!("order-select");
+    let (status, v) = post(token.clone(), bad).await;
+    assert_eq!(status, 400, "{v}");
+    let mut bad = crd_request("SBX100200301", &["73721"]);
+    bad["prefetch"] = json!({});
+    let (status, v) = post(token, bad).await;
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap().contains("prefetch.coverage"), "{v}");
     sbx.shutdown().await;
 }
