@@ -64,6 +64,15 @@ pub struct Interp<'a> {
     /// Set when the run read less than there was (a `rows` step stopped
     /// at its page cap): what it left out, for the run report.
     pub partial: Option<String>,
+    /// Where uploads are staged under the practice's own file names
+    /// (`DATA/run/uploads`); the run's folder is made on first use and
+    /// removed with the interpreter.
+    pub upload_root: std::path::PathBuf,
+    pub uploads: Option<tempfile::TempDir>,
+    /// A dry run: stop before the first `commit: true` step.
+    pub dry_run: bool,
+    /// Where a dry run stopped.
+    pub stopped_before: Option<crate::playbook::Loc>,
 }
 
 type StepResult = Result<(), StepFailure>;
@@ -129,6 +138,21 @@ impl<'a> Interp<'a> {
     }
 
     pub(super) async fn run_step(&mut self, step: &Step) -> StepResult {
+        if self.dry_run && step.commit {
+            // Everything up to the step that sends; the run ends here.
+            self.stopped_before = Some(step.at);
+            self.trace.note(format!(
+                "{:>4}:{:<3} {:<28} dry run: stopped before the commit step; nothing was sent",
+                step.at.line,
+                step.at.col,
+                step.kind.keyword()
+            ));
+            return Err(fail(
+                step,
+                FailureKind::Fatal,
+                "dry run: stopped before the commit step",
+            ));
+        }
         let mut attempt = 0;
         loop {
             let started = std::time::Instant::now();
@@ -346,6 +370,12 @@ impl<'a> Interp<'a> {
                         "the file to upload is missing from the data directory",
                     ));
                 }
+                // A case's attachment reaches the payer under the name the
+                // practice gave it, not precert's stored name.
+                let path = match self.attachment_name(&path) {
+                    Some(name) => self.stage_upload(step, &path, &name)?,
+                    None => path,
+                };
                 self.find(step, selector).await?.send_keys(&path).await.map_err(wd)?;
             }
             StepKind::Click { selector } => {
@@ -633,6 +663,48 @@ impl<'a> Interp<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The practice's file name of a case attachment stored at `path`.
+    fn attachment_name(&self, path: &str) -> Option<String> {
+        self.ctx
+            .pointer("/case/attachments")?
+            .as_array()?
+            .iter()
+            .find(|a| a.get("path").and_then(Value::as_str) == Some(path))?
+            .get("file_name")?
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// A link (or copy) of `path` named `name`, sanitised, in a folder of
+    /// its own in this run's upload folder: the browser sends a file under
+    /// the name it has on disk.
+    fn stage_upload(&mut self, step: &Step, path: &str, name: &str) -> Result<String, StepFailure> {
+        let failed = |e: std::io::Error| {
+            fail(
+                step,
+                FailureKind::Fatal,
+                format!("cannot stage the upload under its own name: {e}"),
+            )
+        };
+        if self.uploads.is_none() {
+            crate::store::private_dir(&self.upload_root).map_err(failed)?;
+            let dir = tempfile::Builder::new()
+                .prefix("run-")
+                .tempdir_in(&self.upload_root)
+                .map_err(failed)?;
+            self.uploads = Some(dir);
+        }
+        let root = self.uploads.as_ref().expect("made above").path();
+        let n = std::fs::read_dir(root).map_err(failed)?.count();
+        let dir = root.join(n.to_string());
+        std::fs::create_dir(&dir).map_err(failed)?;
+        let staged = dir.join(template::upload_name(name));
+        if std::fs::hard_link(path, &staged).is_err() {
+            std::fs::copy(path, &staged).map_err(failed)?;
+        }
+        Ok(staged.display().to_string())
     }
 
     /// What a `for_each` loops over: a list's items, or a string's

@@ -548,3 +548,133 @@ async fn values_are_read_next_to_their_labels_after_a_code_typed_digit_by_digit(
     assert_eq!(w.logins(), 1, "the code typed digit by digit was accepted");
     w.finish().await;
 }
+
+/// Fix 7: the payer receives each document under the practice's own file
+/// name (sanitised), not precert's stored, hash-prefixed name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_reach_the_payer_under_the_practices_file_names() {
+    let w = world().await;
+    // A file name a portal's upload form would choke on.
+    let odd = "MRI report #2 (final) \u{e9}t\u{e9}.pdf";
+    std::fs::copy(
+        w.p.path("samples/documents/knee-xray-report.pdf"),
+        w.p.path(&format!("samples/documents/{odd}")),
+    )
+    .unwrap();
+    let header = std::fs::read_to_string(w.p.path("samples/cases.csv"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let row = format!(
+        "lakeside-ortho,LO-2026-1901,Avery,Marsh,1961-04-12,SBX100200301,GRP-4410,sandbox,Sandbox Advantage PPO,\
+         medicare_advantage,IL,\"Jordan Reyes, MD\",1987654328,main,Lakeside Orthopedics Imaging,1555012347,main,\
+         73721-RT*1,M25.561,2026-12-09,2026-12-09,outpatient,standard,documents/{odd};documents/ortho-consult-note.pdf,yes"
+    );
+    w.p.write("samples/odd.csv", &format!("{header}\n{row}\n"));
+    let out = w.p.precert(&["cases", "import", "samples/odd.csv"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let stored = w.ledger.get(w.id("LO-2026-1901").await).await.unwrap();
+    let stored_names: Vec<String> = stored
+        .data
+        .attachments
+        .iter()
+        .map(|a| a.stored_path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(stored_names.iter().all(|n| n.len() > 13), "{stored_names:?}");
+
+    let r = w.run(Action::Submit, "LO-2026-1901").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    let reference = w.ledger.get(r.case_id).await.unwrap().payer_ref.unwrap();
+    let received: Vec<String> = w
+        .sandbox
+        .submission(&reference)
+        .unwrap()
+        .attachments
+        .iter()
+        .map(|a| a.file_name.clone())
+        .collect();
+    assert_eq!(received, ["MRI report _2 (final) _t_.pdf", "ortho-consult-note.pdf"]);
+    for n in &stored_names {
+        assert!(!received.contains(n), "{n} is precert's stored name");
+    }
+    // The sanitising rules, on names a practice might use.
+    assert_eq!(
+        precert::playbook::template::upload_name("../x/.hidden   name?.PDF"),
+        "hidden name_.PDF"
+    );
+    assert_eq!(precert::playbook::template::upload_name("%%%.pdf"), "attachment.pdf");
+    // No staged copy outlives the run.
+    let staged = w.p.settings().data_dir.join("run/uploads");
+    assert_eq!(std::fs::read_dir(&staged).unwrap().count(), 0);
+    w.finish().await;
+}
+
+/// Fix 8: `--dry-run` runs a submission up to its commit step and records
+/// nothing (no lease, status change, event or mail); `login` needs no case
+/// and touches none, even when it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_sends_and_records_nothing_and_login_touches_no_case() {
+    let w = world().await;
+    let id = w.id("LO-2026-1001").await;
+    let events = w.ledger.events(id).await.unwrap().len();
+    let mail = w.ledger.outbox(true).await.unwrap().len();
+
+    let out =
+        w.p.precert(&["run", "sandbox", "submit", "--case", "LO-2026-1001", "--dry-run"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("dry run stopped before the commit step at line"),
+        "{text}"
+    );
+    assert!(text.contains("nothing recorded, the case is still ready"), "{text}");
+    // The form was filled up to the confirm dialog, and nothing was sent.
+    assert!(stderr(&out).contains("review shows our NPI"), "{}", stderr(&out));
+    assert_eq!(
+        w.sandbox.submission_count("SBX100200301", "73721", date("2026-12-08")),
+        0
+    );
+    let case = w.ledger.get(id).await.unwrap();
+    assert_eq!(case.status, CaseStatus::Ready);
+    assert_eq!(w.ledger.events(id).await.unwrap().len(), events);
+    assert_eq!(w.ledger.outbox(true).await.unwrap().len(), mail);
+
+    // A login on its own: every practice's account bound to the playbook.
+    let out = w.p.precert(&["run", "sandbox", "login"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("lakeside-ortho: login ok (no case touched)"), "{text}");
+    assert!(text.contains("valley-imaging: login ok (no case touched)"), "{text}");
+    // A failing login named by a case leaves that case alone: no
+    // needs_attention, no mail to operations.
+    let mut cmd = w.p.command(&["run", "sandbox", "login", "--case", "LO-2026-1001"]);
+    cmd.env("LAKESIDE_SANDBOX_PASSWORD", "not-the-password");
+    let out = cmd.output().unwrap();
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("login failed"), "{text}{}", stderr(&out));
+    assert!(text.contains("nothing recorded, the case is still ready"), "{text}");
+    let out =
+        w.p.precert(&["run", "sandbox", "poll_status", "--practice", "lakeside-ortho"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--practice goes with `login` only"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w.ledger.get(id).await.unwrap().status, CaseStatus::Ready);
+    assert_eq!(w.ledger.events(id).await.unwrap().len(), events);
+    assert_eq!(w.ledger.outbox(true).await.unwrap().len(), mail);
+
+    // The case was left clean: the real submission goes through, once.
+    let r = w.run(Action::Submit, "LO-2026-1001").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.status, CaseStatus::Pending);
+    assert_eq!(
+        w.sandbox.submission_count("SBX100200301", "73721", date("2026-12-08")),
+        1
+    );
+    w.finish().await;
+}
