@@ -14,6 +14,7 @@ mod disposition;
 mod exec;
 pub(crate) mod fault;
 mod http;
+mod page;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -231,6 +232,9 @@ impl RunReport {
 struct PortalSession {
     client: fantoccini::Client,
     logged_in: bool,
+    /// The session's cookies as `fetch` steps send them (read from the
+    /// browser once after a login).
+    cookies: Option<Vec<(String, String)>>,
 }
 
 pub struct Engine {
@@ -562,6 +566,7 @@ impl Engine {
             None => PortalSession {
                 client: self.new_client().await?,
                 logged_in: false,
+                cookies: None,
             },
         };
         let ctx = self.context(Some(case), practice, binding, playbook)?;
@@ -923,6 +928,7 @@ impl Engine {
             None => PortalSession {
                 client: self.new_client().await?,
                 logged_in: false,
+                cookies: None,
             },
         };
         let ctx = self.context(None, practice, binding, playbook)?;
@@ -961,6 +967,8 @@ impl Engine {
         let mut attempt = 0;
         loop {
             interp.trace.note("-- login".into());
+            // A new session has new cookies.
+            interp.cookies = None;
             interp.in_login = true;
             let login = interp.run_steps(&playbook.actions[&Action::Login]).await;
             interp.in_login = false;
@@ -1010,6 +1018,7 @@ impl Engine {
             ctx,
             std::mem::take(trace),
         );
+        interp.cookies = session.cookies.take();
         let result = async {
             if !session.logged_in {
                 self.login(&mut interp, playbook).await?;
@@ -1145,6 +1154,7 @@ impl Engine {
         *trace = std::mem::take(&mut interp.trace);
         trace.partial = interp.partial.take();
         trace.stopped_before = interp.stopped_before;
+        session.cookies = interp.cookies.take();
         if let Err(f) = &result {
             if f.kind == FailureKind::SessionLost {
                 session.logged_in = false;
@@ -1196,6 +1206,8 @@ impl Engine {
             uploads: None,
             dry_run: self.dry_run,
             stopped_before: None,
+            page: None,
+            cookies: None,
         }
     }
 
