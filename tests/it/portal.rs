@@ -685,7 +685,7 @@ async fn a_dry_run_sends_and_records_nothing_and_login_touches_no_case() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_presence_check_returns_once_the_page_has_settled() {
     let w = world_with(|text| {
-        let poll = "  poll_status:\n    - navigate: \"{{ payer.base_url }}/portal/status\"\n";
+        let poll = "  poll_worklist:\n    - navigate: \"{{ payer.base_url }}/portal/worklist\"\n";
         assert!(text.contains(poll));
         text.replacen(
             poll,
@@ -696,7 +696,7 @@ async fn a_failed_presence_check_returns_once_the_page_has_settled() {
     .await;
     assert!(w.run(Action::Submit, "LO-2026-1001").await.failure.is_none());
     let started = std::time::Instant::now();
-    let r = w.run(Action::PollStatus, "LO-2026-1001").await;
+    let r = w.run(Action::PollWorklist, "LO-2026-1001").await;
     let took = started.elapsed();
     let f = r.failure.expect("the assertion fails");
     assert_eq!(f.kind, FailureKind::PortalChanged, "{f:?}");
