@@ -303,13 +303,11 @@ async fn an_http_500_in_the_middle_of_a_run_is_retried_and_the_run_finishes() {
         .clone()
         .unwrap();
     w.sandbox.decide(&reference, Decision::Approve).unwrap();
-    // A third of portal requests fail, reproducibly (seeded).
-    // Seed 5 fails requests in the first attempt and lets a retry through.
-    let seed: u64 = 5;
+    // The status search answers HTTP 500 once (poll_status fetches it),
+    // then works: the fetch is tried again.
     w.sandbox
         .set_hazards(HazardsPatch {
-            error_rate: Some(0.34),
-            seed: Some(seed),
+            status_search_fail_next: Some(1),
             ..Default::default()
         })
         .unwrap();
