@@ -1,5 +1,6 @@
 //! `precert run PLAYBOOK ACTION --case ID`: one action, once, with a
-//! readable step-by-step trace on stderr.
+//! readable step-by-step trace on stderr. `--dry-run` stops before the
+//! commit step and records nothing; `login` needs no case and touches none.
 
 use std::sync::Arc;
 
@@ -21,14 +22,23 @@ pub struct RunArgs {
     /// find_existing.
     pub action: String,
     /// The case: a number, PRACTICE/CASE_ID, or a case ID. Repeat it for
-    /// several cases (one browser session serves them all).
-    #[arg(long, required_unless_present = "all")]
+    /// several cases (one browser session serves them all). `login` needs
+    /// none (it signs in with each practice's account, or `--practice`'s).
+    #[arg(long)]
     pub case: Vec<String>,
     /// Every case of this playbook's payer that the action applies to:
     /// submit → ready (and interrupted submissions), poll_status → pending
     /// or pended for information, download_letter → decided without a letter.
     #[arg(long, conflicts_with = "case")]
     pub all: bool,
+    /// `login` only: the practice whose account signs in.
+    #[arg(long, conflicts_with_all = ["case", "all"])]
+    pub practice: Option<String>,
+    /// Run the steps up to the commit step (a submission is never sent)
+    /// and record nothing: no status change, no event, no letter, no mail.
+    /// What the portal shows is printed.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
@@ -52,6 +62,15 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
             args.playbook,
             settings.playbooks_dir.display()
         );
+    }
+    if action == Action::Login && args.case.is_empty() {
+        return login(&args, settings, playbooks).await;
+    }
+    if args.practice.is_some() {
+        bail!("--practice goes with `login` only; other actions name their cases (--case, --all)");
+    }
+    if args.case.is_empty() && !args.all {
+        bail!("{action} needs --case ID (repeatable) or --all");
     }
     private_dir(&settings.data_dir).with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
     let ledger = super::escalations::open_ledger(&settings, &playbooks).await?;
@@ -104,6 +123,7 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
     }
     let mut engine = Engine::new(Arc::new(settings), ledger.clone(), playbooks);
     engine.echo = true;
+    engine.dry_run = args.dry_run;
     let mut failed = 0;
     for case in &cases {
         eprintln!(
@@ -122,6 +142,9 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
                 continue;
             }
         };
+        // A dry run's (and a login's) findings are printed, never recorded.
+        let dry = report.dry_run.is_some();
+        let unrecorded = if dry { " (not recorded)" } else { "" };
         if let Some(p) = &report.partial {
             println!("{}: {action} read only part: {p}", case.key());
         }
@@ -137,7 +160,7 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
                 _ => case.key(),
             };
             println!(
-                "{key}: portal says {} → {}{}",
+                "{key}: portal says {} → {}{}{unrecorded}",
                 o.wording,
                 o.status,
                 o.reference
@@ -149,13 +172,88 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
         if report.letters > 0 {
             println!("{}: letters stored: {}", case.key(), report.letters);
         }
+        if let Some(d) = &report.dry_run {
+            if let Some(at) = d.stopped_before {
+                println!(
+                    "{}: dry run stopped before the commit step at line {}: nothing was sent",
+                    case.key(),
+                    at.line
+                );
+            }
+            if d.downloads > 0 {
+                println!("{}: dry run fetched {} file(s), not kept", case.key(), d.downloads);
+            }
+        }
         match &report.failure {
+            None if dry => println!(
+                "{}: {action} ok; nothing recorded, the case is still {}",
+                case.key(),
+                report.status
+            ),
             None => println!("{}: {action} ok; now {}", case.key(), report.status),
             Some(f) => {
                 failed += 1;
-                println!("{}: {action} failed: {f}; now {}", case.key(), report.status);
+                println!(
+                    "{}: {action} failed: {f}; {} {}",
+                    case.key(),
+                    if dry {
+                        "nothing recorded, the case is still"
+                    } else {
+                        "now"
+                    },
+                    report.status
+                );
                 if let Some(a) = &report.artifacts {
                     println!("{}: artifacts: {}", case.key(), a.display());
+                }
+            }
+        }
+    }
+    engine.shutdown().await;
+    ledger.close().await;
+    Ok(if failed == 0 { Outcome::Ok } else { Outcome::Problems })
+}
+
+/// `precert run PAYER login` without a case: signs in with the account of
+/// `--practice`, or of each practice bound to the playbook, touching no
+/// case (the engine needs the ledger open; nothing is written to it).
+async fn login(args: &RunArgs, settings: Settings, playbooks: Vec<playbook::Playbook>) -> anyhow::Result<Outcome> {
+    let practices: Vec<String> = settings
+        .practices
+        .iter()
+        .filter(|p| args.practice.as_deref().is_none_or(|want| p.id == want))
+        .filter(|p| p.payers.values().any(|b| b.playbook == args.playbook))
+        .map(|p| p.id.clone())
+        .collect();
+    if practices.is_empty() {
+        match &args.practice {
+            Some(p) if settings.practice(p).is_none() => bail!("no practice `{p}` is configured"),
+            Some(p) => bail!("practice {p} binds no payer to playbook {}", args.playbook),
+            None => bail!("no practice binds a payer to playbook {}", args.playbook),
+        }
+    }
+    private_dir(&settings.data_dir).with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
+    let ledger = super::escalations::open_ledger(&settings, &playbooks).await?;
+    let mut engine = Engine::new(Arc::new(settings), ledger.clone(), playbooks);
+    engine.echo = true;
+    let mut failed = 0;
+    for practice in &practices {
+        eprintln!("precert run {} login --practice {practice}", args.playbook);
+        let report = match engine.login_only(&args.playbook, practice).await {
+            Ok(r) => r,
+            Err(e) => {
+                println!("{practice}: login not run: {e}");
+                failed += 1;
+                continue;
+            }
+        };
+        match &report.failure {
+            None => println!("{practice}: login ok (no case touched)"),
+            Some(f) => {
+                failed += 1;
+                println!("{practice}: login failed: {f} (no case touched)");
+                if let Some(a) = &report.artifacts {
+                    println!("{practice}: artifacts: {}", a.display());
                 }
             }
         }

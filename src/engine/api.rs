@@ -30,12 +30,12 @@ impl Engine {
         ledger: &Ledger,
     ) -> Result<RunReport, EngineError> {
         let _payer = self.payer_permit(playbook).await;
-        let ctx = self.context(case, practice, binding, playbook)?;
+        let ctx = self.context(Some(case), practice, binding, playbook)?;
         let trace = Trace {
             echo: self.echo,
             ..Trace::default()
         };
-        let mut interp = self.interp(None, playbook, case, ctx, trace);
+        let mut interp = self.interp(None, playbook, &case.data.practice_id, ctx, trace);
         let result = async {
             // An API has no session to keep: `login` (when there is one)
             // runs before every action, e.g. to fetch a token into a
@@ -59,16 +59,35 @@ impl Engine {
             interp.run_steps(&playbook.actions[&action]).await
         }
         .await;
-        let trace = std::mem::take(&mut interp.trace);
+        // A dry run that reached the commit step ended as planned.
+        let result = match result {
+            Err(_) if interp.stopped_before.is_some() => Ok(()),
+            other => other,
+        };
+        let mut trace = std::mem::take(&mut interp.trace);
+        trace.stopped_before = interp.stopped_before;
         let throttled = interp.throttled;
         let result = result.map(|()| (interp.observations, interp.downloads));
         let artifacts = match &result {
-            Err(failure) => self.save_artifacts(None, case, action, failure, &trace).await,
+            Err(failure) => {
+                self.save_artifacts(
+                    None,
+                    &case.data.practice_id,
+                    &case.data.case_ref,
+                    action,
+                    failure,
+                    &trace,
+                )
+                .await
+            }
             Ok(_) => None,
         };
-        let mut report = self
-            .conclude(action, case, playbook, result, artifacts, actor, ledger)
-            .await?;
+        let mut report = if self.dry_run {
+            super::dry_report(action, case, result, artifacts, &mut trace)
+        } else {
+            self.conclude(action, case, playbook, result, artifacts, actor, ledger)
+                .await?
+        };
         if report.failure.is_some() {
             report.not_before = throttled;
         }
@@ -221,6 +240,7 @@ impl Engine {
                     letters: 0,
                     not_before: None,
                     partial: None,
+                    dry_run: None,
                 })
             }
             Err(PasError::Store(e)) => Err(e.into()),
@@ -269,6 +289,7 @@ impl Engine {
                     letters: 0,
                     not_before,
                     partial: None,
+                    dry_run: None,
                 })
             }
         }

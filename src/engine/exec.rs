@@ -22,6 +22,10 @@ const DETECTED: &str = "the portal ";
 /// How often explicit waits look again.
 const POLL: Duration = Duration::from_millis(100);
 
+/// An `assert` is decided once the page has loaded and not changed for
+/// this long (see `PRESENCE_JS`).
+const SETTLED: Duration = Duration::from_millis(1000);
+
 /// Called right before a `commit: true` step: the engine records the intent
 /// durably before the click that sends the request.
 pub type CommitHook<'a> =
@@ -64,6 +68,22 @@ pub struct Interp<'a> {
     /// Set when the run read less than there was (a `rows` step stopped
     /// at its page cap): what it left out, for the run report.
     pub partial: Option<String>,
+    /// Where uploads are staged under the practice's own file names
+    /// (`DATA/run/uploads`); the run's folder is made on first use and
+    /// removed with the interpreter.
+    pub upload_root: std::path::PathBuf,
+    pub uploads: Option<tempfile::TempDir>,
+    /// A dry run: stop before the first `commit: true` step.
+    pub dry_run: bool,
+    /// Where a dry run stopped.
+    pub stopped_before: Option<crate::playbook::Loc>,
+    /// Inside a `fetch` step's `steps`: the fetched page, which reads and
+    /// conditions look at instead of the browser's.
+    pub page: Option<super::page::FetchedPage>,
+    /// The browser session's cookies as a `Cookie` header (name, value),
+    /// read once from the browser and kept with the session until the next
+    /// login; a fetched answer's `Set-Cookie` updates them.
+    pub cookies: Option<Vec<(String, String)>>,
 }
 
 type StepResult = Result<(), StepFailure>;
@@ -129,6 +149,21 @@ impl<'a> Interp<'a> {
     }
 
     pub(super) async fn run_step(&mut self, step: &Step) -> StepResult {
+        if self.dry_run && step.commit {
+            // Everything up to the step that sends; the run ends here.
+            self.stopped_before = Some(step.at);
+            self.trace.note(format!(
+                "{:>4}:{:<3} {:<28} dry run: stopped before the commit step; nothing was sent",
+                step.at.line,
+                step.at.col,
+                step.kind.keyword()
+            ));
+            return Err(fail(
+                step,
+                FailureKind::Fatal,
+                "dry run: stopped before the commit step",
+            ));
+        }
         let mut attempt = 0;
         loop {
             let started = std::time::Instant::now();
@@ -200,7 +235,7 @@ impl<'a> Interp<'a> {
     /// While waiting: a page the playbook's `detect` rules recognise (an
     /// error page, a logout, a CAPTCHA) ends the wait at once, classified.
     async fn page_says_stop(&self, step: &Step) -> StepResult {
-        if self.client.is_none() {
+        if self.client.is_none() && self.page.is_none() {
             return Ok(());
         }
         let d = &self.playbook.detect;
@@ -233,6 +268,16 @@ impl<'a> Interp<'a> {
 
     /// Evaluates a condition once, without waiting.
     async fn holds(&self, step: &Step, c: &Condition) -> Result<bool, StepFailure> {
+        if let Some(page) = &self.page {
+            let bad = |e: String| fail(step, FailureKind::Fatal, e);
+            return Ok(match c {
+                Condition::Present(s) => page.present(&self.css(step, s)?).map_err(bad)?,
+                Condition::Absent(s) => !page.present(&self.css(step, s)?).map_err(bad)?,
+                Condition::Text(t) => page.text().contains(&self.render(step, t)?),
+                Condition::Url(t) => page.url.contains(&self.render(step, t)?),
+                Condition::Expr(t) => self.render(step, t)? == "true",
+            });
+        }
         Ok(match c {
             Condition::Present(s) => {
                 let css = self.css(step, s)?;
@@ -281,8 +326,8 @@ impl<'a> Interp<'a> {
             }
             self.page_says_stop(step).await?;
             // Without a page nothing changes while we wait: an `api`
-            // playbook's expression is decided at once.
-            if self.client.is_none() {
+            // playbook's expression, or a fetched page, is decided at once.
+            if self.client.is_none() || self.page.is_some() {
                 return Err(fail(
                     step,
                     FailureKind::Retryable,
@@ -301,6 +346,64 @@ impl<'a> Interp<'a> {
                 ));
             }
             tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until a condition holds, or the page has loaded and then not
+    /// changed for `SETTLED` without it holding (one script call that
+    /// watches the page: `readystatechange` and a `MutationObserver`, no
+    /// polling) — not the step's whole timeout. A page the `detect` rules
+    /// know ends the wait as in `wait_until`. The failure's message says
+    /// how it ended (`on the settled page` / `after TIMEOUT`).
+    async fn settled(&self, step: &Step, c: &Condition) -> StepResult {
+        if self.client.is_none() || self.page.is_some() || matches!(c, Condition::Expr(_)) {
+            return self.wait_until(step, c).await.map_err(|f| {
+                if f.kind == FailureKind::Retryable && !f.message.starts_with(DETECTED) {
+                    // Said by the assertion's own message.
+                    StepFailure {
+                        message: String::new(),
+                        ..f
+                    }
+                } else {
+                    f
+                }
+            });
+        }
+        let cond = self.js_condition(step, c)?;
+        let stops = self.js_stops(step)?;
+        let deadline = tokio::time::Instant::now() + step.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let wait_ms = left.min(Duration::from_secs(20)).as_millis() as u64;
+            let args = vec![
+                cond.clone(),
+                Value::Array(stops.clone()),
+                json!(SETTLED.as_millis() as u64),
+                json!(wait_ms),
+            ];
+            // `None`: the page went away under the script; look at the new one.
+            let answer = self.page_script(step, PRESENCE_JS, args).await?;
+            let said = |k: &str| answer.as_ref().and_then(|v| v.get(k)).and_then(Value::as_bool) == Some(true);
+            if said("holds") {
+                return Ok(());
+            }
+            if said("stop") {
+                self.page_says_stop(step).await?;
+            }
+            if said("settled") {
+                return Err(fail(
+                    step,
+                    FailureKind::Retryable,
+                    format!(" (on the settled page: loaded, then unchanged for {SETTLED:?})"),
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(fail(
+                    step,
+                    FailureKind::Retryable,
+                    format!(" (after {:?}, the page still changing)", step.timeout),
+                ));
+            }
         }
     }
 
@@ -346,6 +449,12 @@ impl<'a> Interp<'a> {
                         "the file to upload is missing from the data directory",
                     ));
                 }
+                // A case's attachment reaches the payer under the name the
+                // practice gave it, not precert's stored name.
+                let path = match self.attachment_name(&path) {
+                    Some(name) => self.stage_upload(step, &path, &name)?,
+                    None => path,
+                };
                 self.find(step, selector).await?.send_keys(&path).await.map_err(wd)?;
             }
             StepKind::Click { selector } => {
@@ -358,9 +467,10 @@ impl<'a> Interp<'a> {
             }
             StepKind::WaitFor(c) => self.wait_until(step, c).await?,
             StepKind::Assert(c) => {
-                // An assertion may wait for the page, but failing it means
-                // the portal is not what the playbook expects.
-                if let Err(f) = self.wait_until(step, c).await {
+                // An assertion waits for the page to load and settle, no
+                // longer: failing it means the portal is not what the
+                // playbook expects.
+                if let Err(f) = self.settled(step, c).await {
                     // A page the `detect` rules know keeps its own verdict
                     // (an error page is retried, not a changed portal).
                     if f.kind == FailureKind::Retryable && !f.message.starts_with(DETECTED) {
@@ -389,7 +499,15 @@ impl<'a> Interp<'a> {
                         return Err(fail(
                             step,
                             FailureKind::PortalChanged,
-                            format!("assertion failed: {}", describe_in(self, step, c)),
+                            format!(
+                                "assertion failed: {}{}",
+                                describe_in(self, step, c),
+                                match f.message.as_str() {
+                                    "" => String::new(),
+                                    how if how.starts_with(" (") => how.to_owned(),
+                                    other => format!(" (while: {other})"),
+                                }
+                            ),
                         ));
                     }
                     return Err(f);
@@ -402,8 +520,41 @@ impl<'a> Interp<'a> {
                 into,
                 optional,
             } => {
-                let value = match from {
-                    ExtractOn::Selector(selector) => match self.find(step, selector).await {
+                let on_page = match (&self.page, from) {
+                    (None, _) => None,
+                    (Some(page), ExtractOn::Selector(selector)) => {
+                        let css = self.css(step, selector)?;
+                        let read = page
+                            .read(&css, attribute.as_deref())
+                            .map_err(|e| fail(step, FailureKind::Fatal, e))?;
+                        Some(read.ok_or_else(|| {
+                            fail(
+                                step,
+                                FailureKind::PortalChanged,
+                                format!("no element matches `{css}` in the fetched page"),
+                            )
+                        }))
+                    }
+                    (Some(page), ExtractOn::Label { label, within }) => {
+                        let text = self.render(step, label)?;
+                        let within = within.as_ref().map(|w| self.css(step, w)).transpose()?;
+                        let read = page
+                            .label(&text, within.as_deref(), attribute.as_deref())
+                            .map_err(|e| fail(step, FailureKind::Fatal, e))?;
+                        Some(read.ok_or_else(|| {
+                            fail(
+                                step,
+                                FailureKind::PortalChanged,
+                                format!("no value next to a label `{text}` in the fetched page"),
+                            )
+                        }))
+                    }
+                };
+                let value = match (on_page, from) {
+                    (Some(Ok(v)), _) => v,
+                    (Some(Err(f)), _) if *optional && f.kind == FailureKind::PortalChanged => String::new(),
+                    (Some(Err(f)), _) => return Err(f),
+                    (None, ExtractOn::Selector(selector)) => match self.find(step, selector).await {
                         Err(f) if *optional && f.kind == FailureKind::PortalChanged => String::new(),
                         Err(f) => return Err(f),
                         Ok(el) => match attribute {
@@ -411,7 +562,7 @@ impl<'a> Interp<'a> {
                             None => el.text().await.map_err(wd)?,
                         },
                     },
-                    ExtractOn::Label { label, within } => {
+                    (None, ExtractOn::Label { label, within }) => {
                         match self
                             .read_label(step, label, within.as_ref(), attribute.as_deref())
                             .await
@@ -491,9 +642,13 @@ impl<'a> Interp<'a> {
                 into,
                 empty,
             } => {
-                let rows = self
-                    .read_rows(step, selector, cells, next_page.as_ref(), *max_pages, empty.as_ref())
-                    .await?;
+                let rows = if self.page.is_some() {
+                    self.fetched_rows(step, selector, cells, next_page.as_ref(), *max_pages, empty.as_ref())
+                        .await?
+                } else {
+                    self.read_rows(step, selector, cells, next_page.as_ref(), *max_pages, empty.as_ref())
+                        .await?
+                };
                 self.set_var(into, Value::Array(rows));
             }
             StepKind::ForEach { list, item, steps } => {
@@ -580,6 +735,32 @@ impl<'a> Interp<'a> {
             }
             StepKind::Call(action) => self.call(step, *action).await?,
             StepKind::Http(h) => self.http_step(step, h).await?,
+            StepKind::Fetch { url, into, steps } => {
+                let url = self.render(step, url)?;
+                match self.fetch_page(step, &url).await? {
+                    Fetch::Json(v) => {
+                        if !steps.is_empty() {
+                            return Err(fail(
+                                step,
+                                FailureKind::PortalChanged,
+                                "the portal answered JSON, and the steps read an HTML page (read JSON with `into`)",
+                            ));
+                        }
+                        if let Some(into) = into {
+                            self.set_var(into, v);
+                        }
+                    }
+                    Fetch::Html(page) => {
+                        if let Some(into) = into {
+                            self.set_var(into, Value::String(page.text()));
+                        }
+                        let outer = self.page.replace(page);
+                        let result = self.run_steps(steps).await;
+                        self.page = outer;
+                        result?;
+                    }
+                }
+            }
             StepKind::Fail { kind, message } => {
                 let kind = match kind {
                     FailKind::Retryable => FailureKind::Retryable,
@@ -633,6 +814,283 @@ impl<'a> Interp<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The `Cookie` header for `url`: the browser session's cookies whose
+    /// domain is the URL's host (read from the browser once a session).
+    async fn cookie_header(&mut self, step: &Step, url: &reqwest::Url) -> Result<String, StepFailure> {
+        if self.cookies.is_none() {
+            let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+            let all = self
+                .browser(step)?
+                .get_all_cookies()
+                .await
+                .map_err(|e| webdriver_failure(step, e))?;
+            let mine = all
+                .iter()
+                .filter(|c| {
+                    c.domain().is_none_or(|d| {
+                        let d = d.trim_start_matches('.').to_ascii_lowercase();
+                        host == d || host.ends_with(&format!(".{d}"))
+                    })
+                })
+                .map(|c| (c.name().to_owned(), c.value().to_owned()))
+                .collect();
+            self.cookies = Some(mine);
+        }
+        Ok(self
+            .cookies
+            .iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; "))
+    }
+
+    /// A `Set-Cookie` answer updates the kept cookies (a cookie the portal
+    /// ends is dropped).
+    fn take_cookies(&mut self, headers: &reqwest::header::HeaderMap) {
+        let Some(kept) = self.cookies.as_mut() else {
+            return;
+        };
+        for v in headers.get_all(reqwest::header::SET_COOKIE) {
+            let Ok(v) = v.to_str() else { continue };
+            let mut parts = v.split(';');
+            let Some((name, value)) = parts.next().and_then(|kv| kv.trim().split_once('=')) else {
+                continue;
+            };
+            let ended = value.is_empty()
+                || parts.any(|p| {
+                    let p = p.trim().to_ascii_lowercase();
+                    p == "max-age=0" || p.starts_with("max-age=-")
+                });
+            kept.retain(|(k, _)| k != name);
+            if !ended {
+                kept.push((name.to_owned(), value.to_owned()));
+            }
+        }
+    }
+
+    /// One GET with the browser session's cookies, no rendering. The
+    /// answer is judged as a page would be: the `detect` rules look at an
+    /// HTML answer (a sign-in page is a lost session, an error page is
+    /// retried); 401/403 is a lost session, 5xx is retried, another error
+    /// status is a changed portal. A path is on the payer's base URL.
+    async fn fetch_page(&mut self, step: &Step, url: &str) -> Result<Fetch, StepFailure> {
+        let base = self
+            .ctx
+            .pointer("/payer/base_url")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let target = if url.starts_with('/') {
+            format!("{base}{url}")
+        } else {
+            url.to_owned()
+        };
+        let target = reqwest::Url::parse(&target)
+            .map_err(|e| fail(step, FailureKind::Fatal, format!("fetch: bad URL `{target}`: {e}")))?;
+        let cookie = self.cookie_header(step, &target).await?;
+        let resp = self
+            .http
+            .get(target.clone())
+            .header(reqwest::header::COOKIE, cookie)
+            .header(reqwest::header::ACCEPT, "text/html, application/json;q=0.9, */*;q=0.5")
+            .timeout(step.timeout)
+            .send()
+            .await
+            .map_err(|e| fail(step, FailureKind::Retryable, format!("fetch failed: {e}")))?;
+        let status = resp.status();
+        let final_url = resp.url().to_string();
+        self.take_cookies(resp.headers());
+        let json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.contains("json"));
+        let body = resp
+            .text()
+            .await
+            .map_err(|e| fail(step, FailureKind::Retryable, format!("fetch failed: {e}")))?;
+        let lost = |me: &mut Self, why: String| {
+            // The next fetch reads the new session's cookies.
+            me.cookies = None;
+            fail(step, FailureKind::SessionLost, why)
+        };
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(lost(
+                self,
+                format!("{DETECTED}answered HTTP {status}: the session has ended"),
+            ));
+        }
+        if !json {
+            // The `detect` rules over the answer, as over a page.
+            let page = super::page::FetchedPage { url: final_url, body };
+            let outer = self.page.replace(page);
+            let verdict = self.page_says_stop(step).await;
+            let page = std::mem::replace(&mut self.page, outer).expect("set above");
+            if let Err(f) = verdict {
+                if f.kind == FailureKind::SessionLost {
+                    return Err(lost(self, f.message));
+                }
+                return Err(f);
+            }
+            return match status {
+                s if s.is_success() => Ok(Fetch::Html(page)),
+                s if s.is_server_error() => Err(fail(step, FailureKind::Retryable, format!("fetch answered HTTP {s}"))),
+                s => Err(fail(
+                    step,
+                    FailureKind::PortalChanged,
+                    format!("fetch answered HTTP {s}"),
+                )),
+            };
+        }
+        if status.is_server_error() {
+            return Err(fail(
+                step,
+                FailureKind::Retryable,
+                format!("fetch answered HTTP {status}"),
+            ));
+        }
+        if !status.is_success() {
+            return Err(fail(
+                step,
+                FailureKind::PortalChanged,
+                format!("fetch answered HTTP {status}"),
+            ));
+        }
+        serde_json::from_str(&body).map(Fetch::Json).map_err(|e| {
+            fail(
+                step,
+                FailureKind::PortalChanged,
+                format!("the answer is not the JSON it says it is: {e}"),
+            )
+        })
+    }
+
+    /// `rows` over a fetched page, following next-page links by fetching
+    /// them (see `read_rows` for the browser).
+    async fn fetched_rows(
+        &mut self,
+        step: &Step,
+        selector: &Sel,
+        cells: &[(String, Sel)],
+        next: Option<&Sel>,
+        max_pages: u32,
+        empty: Option<&Condition>,
+    ) -> Result<Vec<Value>, StepFailure> {
+        let row_css = self.css(step, selector)?;
+        let mut cell_css = Vec::new();
+        for (_, s) in cells {
+            cell_css.push(self.css(step, s)?);
+        }
+        let next_css = next.map(|n| self.css(step, n)).transpose()?;
+        let mut page = self.page.clone().expect("called inside fetch");
+        let mut out = Vec::new();
+        let mut seen = 0;
+        loop {
+            let (rows, next_href) = page
+                .rows(&row_css, &cell_css, next_css.as_deref())
+                .map_err(|e| fail(step, FailureKind::PortalChanged, e))?;
+            if rows.is_empty() && seen == 0 {
+                if let Some(c) = empty {
+                    if !self.holds(step, c).await? {
+                        return Err(fail(
+                            step,
+                            FailureKind::Retryable,
+                            format!(
+                                "no rows match `{row_css}` and the page does not show an empty result ({})",
+                                describe_in(self, step, c)
+                            ),
+                        ));
+                    }
+                }
+            }
+            for row in rows {
+                let mut m = Map::new();
+                for ((name, _), text) in cells.iter().zip(row) {
+                    m.insert(name.clone(), Value::String(text));
+                }
+                out.push(Value::Object(m));
+            }
+            seen += 1;
+            let Some(href) = next_href else { break };
+            if seen >= max_pages {
+                let note = format!(
+                    "`rows` stopped at max_pages ({max_pages}, {} rows) while the portal offers another page: \
+                     the rows after it were not read",
+                    out.len()
+                );
+                self.trace.note(format!("   {note}"));
+                self.partial.get_or_insert(note);
+                break;
+            }
+            let url = reqwest::Url::parse(&page.url)
+                .and_then(|b| b.join(&href))
+                .map_err(|e| {
+                    fail(
+                        step,
+                        FailureKind::PortalChanged,
+                        format!("bad next-page link `{href}`: {e}"),
+                    )
+                })?;
+            if url.as_str() == page.url {
+                return Err(fail(
+                    step,
+                    FailureKind::PortalChanged,
+                    format!("page {seen} links to itself as the next page"),
+                ));
+            }
+            page = match self.fetch_page(step, url.as_str()).await? {
+                Fetch::Html(p) => p,
+                Fetch::Json(_) => {
+                    return Err(fail(step, FailureKind::PortalChanged, "the next page answered JSON"));
+                }
+            };
+        }
+        Ok(out)
+    }
+
+    /// The practice's file name of a case attachment stored at `path`.
+    fn attachment_name(&self, path: &str) -> Option<String> {
+        self.ctx
+            .pointer("/case/attachments")?
+            .as_array()?
+            .iter()
+            .find(|a| a.get("path").and_then(Value::as_str) == Some(path))?
+            .get("file_name")?
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// A link (or copy) of `path` named `name`, sanitised, in a folder of
+    /// its own in this run's upload folder: the browser sends a file under
+    /// the name it has on disk.
+    fn stage_upload(&mut self, step: &Step, path: &str, name: &str) -> Result<String, StepFailure> {
+        let failed = |e: std::io::Error| {
+            fail(
+                step,
+                FailureKind::Fatal,
+                format!("cannot stage the upload under its own name: {e}"),
+            )
+        };
+        if self.uploads.is_none() {
+            crate::store::private_dir(&self.upload_root).map_err(failed)?;
+            let dir = tempfile::Builder::new()
+                .prefix("run-")
+                .tempdir_in(&self.upload_root)
+                .map_err(failed)?;
+            self.uploads = Some(dir);
+        }
+        let root = self.uploads.as_ref().expect("made above").path();
+        let n = std::fs::read_dir(root).map_err(failed)?.count();
+        let dir = root.join(n.to_string());
+        std::fs::create_dir(&dir).map_err(failed)?;
+        let staged = dir.join(template::upload_name(name));
+        if std::fs::hard_link(path, &staged).is_err() {
+            std::fs::copy(path, &staged).map_err(failed)?;
+        }
+        Ok(staged.display().to_string())
     }
 
     /// What a `for_each` loops over: a list's items, or a string's
@@ -1005,6 +1463,12 @@ impl<'a> Interp<'a> {
     }
 }
 
+/// What a `fetch` step got.
+enum Fetch {
+    Json(Value),
+    Html(super::page::FetchedPage),
+}
+
 /// What the page script of `read_rows` answers.
 #[derive(Default, serde::Deserialize)]
 struct PageRows {
@@ -1118,6 +1582,55 @@ if (now !== null) {
     observer.disconnect();
     done(read() || { waiting: true });
   }, waitMs);
+}
+"#;
+
+/// Answers as soon as a condition holds, or once the page has loaded
+/// (`document.readyState` is `complete`) and then not changed for a quiet
+/// period without it holding (see `Interp::settled`). Arguments: the
+/// condition, stop conditions, the quiet period and the wait in ms; then
+/// WebDriver's callback. Answers `{holds}`, `{stop}`, `{settled}` or
+/// `{waiting}` (the wait ended first).
+const PRESENCE_JS: &str = r#"
+const [cond, stops, quietMs, waitMs, done] = arguments;
+const holds = (c) => {
+  if ('present' in c) return document.querySelector(c.present) !== null;
+  if ('absent' in c) return document.querySelector(c.absent) === null;
+  if ('text' in c) return (document.body ? document.body.innerText : '').includes(c.text);
+  if ('url' in c) return location.href.includes(c.url);
+  return c.always === true;
+};
+const check = () => (holds(cond) ? { holds: true } : stops.some(holds) ? { stop: true } : null);
+const now = check();
+if (now !== null) {
+  done(now);
+} else {
+  let quiet = null;
+  let timer = null;
+  let observer = null;
+  const finish = (r) => {
+    observer.disconnect();
+    clearTimeout(quiet);
+    clearTimeout(timer);
+    document.removeEventListener('readystatechange', arm);
+    done(r);
+  };
+  // (Re)starts the quiet period, once the page has loaded.
+  function arm() {
+    clearTimeout(quiet);
+    if (document.readyState === 'complete') {
+      quiet = setTimeout(() => finish(check() || { settled: true }), quietMs);
+    }
+  }
+  observer = new MutationObserver(() => {
+    const r = check();
+    if (r !== null) finish(r);
+    else arm();
+  });
+  observer.observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+  document.addEventListener('readystatechange', arm);
+  arm();
+  timer = setTimeout(() => finish(check() || { waiting: true }), waitMs);
 }
 "#;
 

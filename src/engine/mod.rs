@@ -15,6 +15,7 @@ mod disposition;
 mod exec;
 pub(crate) mod fault;
 mod http;
+mod page;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -99,6 +100,8 @@ pub struct Trace {
     pub echo: bool,
     /// The run read less than there was (see `RunReport::partial`).
     pub partial: Option<String>,
+    /// A dry run stopped before this commit step.
+    pub stopped_before: Option<Loc>,
 }
 
 impl Trace {
@@ -199,6 +202,25 @@ pub struct RunReport {
     /// `max_pages` with another page offered. Cases on the pages not read
     /// were not seen (the daemon polls them one by one).
     pub partial: Option<String>,
+    /// Set for a dry run (`Engine::dry_run`): nothing of it was recorded.
+    pub dry_run: Option<DryRun>,
+}
+
+/// What a dry run did instead of recording.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DryRun {
+    /// It stopped before this `commit: true` step: nothing was sent.
+    pub stopped_before: Option<Loc>,
+    /// Files a `download` step fetched (not kept).
+    pub downloads: usize,
+}
+
+/// How a login tried on its own went (`Engine::login_only`).
+#[derive(Debug)]
+pub struct LoginReport {
+    pub practice: String,
+    pub failure: Option<StepFailure>,
+    pub artifacts: Option<PathBuf>,
 }
 
 impl RunReport {
@@ -211,6 +233,9 @@ impl RunReport {
 struct PortalSession {
     client: fantoccini::Client,
     logged_in: bool,
+    /// The session's cookies as `fetch` steps send them (read from the
+    /// browser once after a login).
+    cookies: Option<Vec<(String, String)>>,
 }
 
 pub struct Engine {
@@ -232,6 +257,11 @@ pub struct Engine {
     /// CRD clients (and their tokens, their discovered service) per binding.
     crd_clients: Mutex<HashMap<(String, String), Arc<crate::crd::CrdClient>>>,
     pub echo: bool,
+    /// `precert run --dry-run`: a run stops before its commit step and
+    /// writes nothing to the ledger — no lease, no status change, no event,
+    /// no letter, no mail (the trace and, on failure, the artifacts are
+    /// files). What the portal showed is in the report only.
+    pub dry_run: bool,
     /// How patient API calls are (`http` steps and PAS): 429 and 5xx
     /// handling. Tests shrink the delays.
     pub api_policy: RetryPolicy,
@@ -279,6 +309,7 @@ impl Engine {
             pas_clients: Mutex::new(HashMap::new()),
             crd_clients: Mutex::new(HashMap::new()),
             echo: false,
+            dry_run: false,
             api_policy: RetryPolicy::default(),
         }
     }
@@ -358,7 +389,7 @@ impl Engine {
 
     fn context(
         &self,
-        case: &CaseRecord,
+        case: Option<&CaseRecord>,
         practice: &Practice,
         binding: &PayerBinding,
         playbook: &Playbook,
@@ -370,20 +401,50 @@ impl Engine {
             secrets.insert(k.clone(), Value::String(v.expose_secret().to_owned()));
         }
         let base_url = binding.base_url.clone().unwrap_or_else(|| playbook.base_url.clone());
-        Ok(json!({
-            "case": template::case_context(case, &self.settings.data_dir, case.payer_ref.as_deref()),
+        let mut ctx = json!({
             "practice": template::practice_context(practice),
             "payer": { "id": playbook.id, "name": playbook.name, "base_url": base_url.trim_end_matches('/') },
             "account": binding.account,
             "secrets": secrets,
             "vars": exec::empty_vars(),
-        }))
+        });
+        // A login on its own has no case: a step that reads one fails
+        // plainly (strict undefined), never with another case's values.
+        if let (Some(case), Value::Object(m)) = (case, &mut ctx) {
+            m.insert(
+                "case".into(),
+                template::case_context(case, &self.settings.data_dir, case.payer_ref.as_deref()),
+            );
+        }
+        Ok(ctx)
     }
 
     /// Runs `action` for a case, end to end: session, login, steps, ledger.
     pub async fn run(&self, action: Action, case_id: i64, actor: &Actor) -> Result<RunReport, EngineError> {
         let case = self.ledger.get(case_id).await?;
         let (practice, binding, playbook) = self.binding(&case)?;
+        if action == Action::Login && playbook.channel == Channel::Web {
+            // A login touches no case: the case only names the account.
+            let login = self.login_only(&playbook.id, &practice.id).await?;
+            return Ok(RunReport {
+                action,
+                case_id: case.id,
+                status: case.status,
+                failure: login.failure,
+                artifacts: login.artifacts,
+                observations: Vec::new(),
+                letters: 0,
+                not_before: None,
+                partial: None,
+                dry_run: Some(DryRun::default()),
+            });
+        }
+        if self.dry_run && playbook.api == Some(ApiKind::Pas) {
+            return Err(EngineError::Setup(format!(
+                "playbook {} speaks Da Vinci PAS: precert's PAS client sends at once, so it has no dry run",
+                playbook.id
+            )));
+        }
         if playbook.api == Some(ApiKind::Pas) {
             return self.run_pas(action, &case, practice, binding, playbook, actor).await;
         }
@@ -454,7 +515,8 @@ impl Engine {
     /// renewed while the run goes on, and every write of the run goes
     /// through the ledger it fences. Other actions own nothing.
     async fn own(&self, action: Action, case: CaseRecord, actor: &Actor) -> Result<Owned, EngineError> {
-        if action != Action::Submit {
+        // A dry run never sends, so it claims nothing.
+        if action != Action::Submit || self.dry_run {
             return Ok(Owned {
                 lease: None,
                 ledger: self.ledger.clone(),
@@ -523,9 +585,10 @@ impl Engine {
             None => PortalSession {
                 client: self.new_client().await?,
                 logged_in: false,
+                cookies: None,
             },
         };
-        let ctx = self.context(case, practice, binding, playbook)?;
+        let ctx = self.context(Some(case), practice, binding, playbook)?;
         let mut trace = Trace {
             echo: self.echo,
             ..Trace::default()
@@ -545,17 +608,27 @@ impl Engine {
             .await;
         let artifacts = match &result {
             Err(failure) => {
-                self.save_artifacts(Some(&session.client), case, action, failure, &trace)
-                    .await
+                self.save_artifacts(
+                    Some(&session.client),
+                    &case.data.practice_id,
+                    &case.data.case_ref,
+                    action,
+                    failure,
+                    &trace,
+                )
+                .await
             }
             Ok(_) => None,
         };
         if result.as_ref().is_err_and(|f| f.kind == FailureKind::Fatal) {
             session.logged_in = false;
         }
-        let mut report = self
-            .conclude(action, case, playbook, result, artifacts, actor, ledger)
-            .await?;
+        let mut report = if self.dry_run {
+            dry_report(action, case, result, artifacts, &mut trace)
+        } else {
+            self.conclude(action, case, playbook, result, artifacts, actor, ledger)
+                .await?
+        };
         report.partial = trace.partial.take();
         if report.failure.as_ref().is_some_and(|f| f.kind == FailureKind::Fatal) {
             let _ = session.client.close().await;
@@ -638,6 +711,7 @@ impl Engine {
             letters: 0,
             not_before: None,
             partial: None,
+            dry_run: None,
         })
     }
 
@@ -674,6 +748,7 @@ impl Engine {
                     letters,
                     not_before: None,
                     partial: None,
+                    dry_run: None,
                 }
             }
             Err(failure) => {
@@ -690,6 +765,7 @@ impl Engine {
                     letters: 0,
                     not_before: None,
                     partial: None,
+                    dry_run: None,
                 }
             }
         })
@@ -825,6 +901,84 @@ impl Engine {
         self.choose_existing(interp, case).await
     }
 
+    /// `login` on its own, for one practice's account (`precert run PAYER
+    /// login`): it touches no case and writes nothing to the ledger. A
+    /// session that signed in stays for the runs after it. Artifacts of a
+    /// failure go under `DATA/artifacts/PRACTICE/_login/`.
+    pub async fn login_only(&self, playbook_id: &str, practice_id: &str) -> Result<LoginReport, EngineError> {
+        let practice = self
+            .settings
+            .practice(practice_id)
+            .ok_or_else(|| EngineError::Setup(format!("practice {practice_id} is not configured")))?;
+        let binding = practice
+            .payers
+            .values()
+            .find(|b| b.playbook == playbook_id)
+            .ok_or_else(|| {
+                EngineError::Setup(format!(
+                    "practice {practice_id} binds no payer to playbook {playbook_id}"
+                ))
+            })?;
+        let playbook = self
+            .playbooks
+            .get(playbook_id)
+            .ok_or_else(|| EngineError::Setup(format!("no playbook `{playbook_id}`")))?;
+        if playbook.channel != Channel::Web {
+            return Err(EngineError::Setup(format!(
+                "playbook {playbook_id} is an api playbook: its login runs before each action"
+            )));
+        }
+        let key = (playbook.id.clone(), practice.id.clone());
+        let payer_permit = self
+            .per_payer
+            .get(&playbook.id)
+            .cloned()
+            .expect("a semaphore per playbook");
+        let _payer = payer_permit.acquire_owned().await.expect("semaphores are never closed");
+        let _global = self
+            .global
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphores are never closed");
+        let reused = self.idle.lock().await.get_mut(&key).and_then(Vec::pop);
+        let mut session = match reused {
+            Some(s) => s,
+            None => PortalSession {
+                client: self.new_client().await?,
+                logged_in: false,
+                cookies: None,
+            },
+        };
+        let ctx = self.context(None, practice, binding, playbook)?;
+        let trace = Trace {
+            echo: self.echo,
+            ..Trace::default()
+        };
+        let mut interp = self.interp(Some(&session.client), playbook, &practice.id, ctx, trace);
+        let result = self.login(&mut interp, playbook).await;
+        let trace = std::mem::take(&mut interp.trace);
+        drop(interp);
+        let artifacts = match &result {
+            Err(f) => {
+                self.save_artifacts(Some(&session.client), &practice.id, "_login", Action::Login, f, &trace)
+                    .await
+            }
+            Ok(()) => None,
+        };
+        session.logged_in = result.is_ok();
+        if result.as_ref().is_err_and(|f| f.kind == FailureKind::Fatal) {
+            let _ = session.client.close().await;
+        } else {
+            self.idle.lock().await.entry(key).or_default().push(session);
+        }
+        Ok(LoginReport {
+            practice: practice.id.clone(),
+            failure: result.err(),
+            artifacts,
+        })
+    }
+
     /// Logs in, retrying a login that failed for a passing reason: an error
     /// page, or a page that looked wrong (a logout or an error answered in
     /// the middle of the login looks like a changed portal to its asserts).
@@ -832,6 +986,8 @@ impl Engine {
         let mut attempt = 0;
         loop {
             interp.trace.note("-- login".into());
+            // A new session has new cookies.
+            interp.cookies = None;
             interp.in_login = true;
             let login = interp.run_steps(&playbook.actions[&Action::Login]).await;
             interp.in_login = false;
@@ -874,7 +1030,14 @@ impl Engine {
         lease: Option<&SubmitLease>,
         _ledger: &Ledger,
     ) -> Result<(Vec<Observation>, Vec<exec::Fetched>), StepFailure> {
-        let mut interp = self.interp(Some(&session.client), playbook, case, ctx, std::mem::take(trace));
+        let mut interp = self.interp(
+            Some(&session.client),
+            playbook,
+            &case.data.practice_id,
+            ctx,
+            std::mem::take(trace),
+        );
+        interp.cookies = session.cookies.take();
         let result = async {
             if !session.logged_in {
                 self.login(&mut interp, playbook).await?;
@@ -997,8 +1160,20 @@ impl Engine {
             }
         }
         .await;
+        // A dry run that reached the commit step ended as planned.
+        let result = match result {
+            Err(_) if interp.stopped_before.is_some() => {
+                // The step before it may have opened the confirm dialog
+                // the commit step would accept: it is dismissed.
+                let _ = session.client.dismiss_alert().await;
+                Ok(())
+            }
+            other => other,
+        };
         *trace = std::mem::take(&mut interp.trace);
         trace.partial = interp.partial.take();
+        trace.stopped_before = interp.stopped_before;
+        session.cookies = interp.cookies.take();
         if let Err(f) = &result {
             if f.kind == FailureKind::SessionLost {
                 session.logged_in = false;
@@ -1012,7 +1187,7 @@ impl Engine {
         &self,
         client: Option<&'a fantoccini::Client>,
         playbook: &'a Playbook,
-        case: &CaseRecord,
+        practice_id: &str,
         ctx: Value,
         trace: Trace,
     ) -> exec::Interp<'a> {
@@ -1038,7 +1213,7 @@ impl Engine {
                 http: self.api_http.clone(),
                 policy: self.api_policy.clone(),
                 tokens: self.tokens.clone(),
-                account: (playbook.id.clone(), case.data.practice_id.clone()),
+                account: (playbook.id.clone(), practice_id.to_owned()),
             },
             redact,
             in_login: false,
@@ -1046,6 +1221,12 @@ impl Engine {
             count_steps: false,
             steps_done: 0,
             partial: None,
+            upload_root: self.settings.data_dir.join("run").join("uploads"),
+            uploads: None,
+            dry_run: self.dry_run,
+            stopped_before: None,
+            page: None,
+            cookies: None,
         }
     }
 
@@ -1309,7 +1490,8 @@ impl Engine {
     async fn save_artifacts(
         &self,
         client: Option<&fantoccini::Client>,
-        case: &CaseRecord,
+        practice_id: &str,
+        case_ref: &str,
         action: Action,
         failure: &StepFailure,
         trace: &Trace,
@@ -1318,8 +1500,8 @@ impl Engine {
             .settings
             .data_dir
             .join("artifacts")
-            .join(&case.data.practice_id)
-            .join(safe_name(&case.data.case_ref))
+            .join(practice_id)
+            .join(safe_name(case_ref))
             .join(format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), action));
         let mut text = String::new();
         for l in &trace.lines {
@@ -1339,6 +1521,36 @@ impl Engine {
             let _ = write_private(&dir.join(format!("{}.png", safe_name(name))), png);
         }
         ok.then_some(dir)
+    }
+}
+
+/// A dry run's report: what the portal showed, nothing recorded; the case
+/// as it was.
+fn dry_report(
+    action: Action,
+    case: &CaseRecord,
+    result: Result<(Vec<Observation>, Vec<exec::Fetched>), StepFailure>,
+    artifacts: Option<PathBuf>,
+    trace: &mut Trace,
+) -> RunReport {
+    let (observations, downloads, failure) = match result {
+        Ok((o, d)) => (o, d.len(), None),
+        Err(f) => (Vec::new(), 0, Some(f)),
+    };
+    RunReport {
+        action,
+        case_id: case.id,
+        status: case.status,
+        failure,
+        artifacts,
+        observations,
+        letters: 0,
+        not_before: None,
+        partial: trace.partial.take(),
+        dry_run: Some(DryRun {
+            stopped_before: trace.stopped_before.take(),
+            downloads,
+        }),
     }
 }
 
@@ -1425,8 +1637,17 @@ fn store_failure(e: &StoreError) -> StepFailure {
     }
 }
 
-/// Deletes failure artifacts older than the retention.
+/// Deletes failure artifacts older than the retention, and upload folders
+/// a crashed run left behind (a run removes its own when it ends).
 fn prune_artifacts(settings: &Settings) {
+    let day = std::time::SystemTime::now() - Duration::from_secs(86_400);
+    if let Ok(runs) = std::fs::read_dir(settings.data_dir.join("run").join("uploads")) {
+        for r in runs.filter_map(Result::ok) {
+            if r.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < day) {
+                let _ = std::fs::remove_dir_all(r.path());
+            }
+        }
+    }
     let root = settings.data_dir.join("artifacts");
     let limit =
         std::time::SystemTime::now() - Duration::from_secs(u64::from(settings.artifacts_retention_days) * 86_400);

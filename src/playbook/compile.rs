@@ -37,6 +37,7 @@ const STEP_KEYS: &[&str] = &[
     "fail",
     "outcome",
     "http",
+    "fetch",
 ];
 
 /// Methods an `http` step may use.
@@ -319,7 +320,8 @@ fn count_commits(steps: &[Step]) -> usize {
                     StepKind::If { then, otherwise, .. } => count_commits(then) + count_commits(otherwise),
                     StepKind::ForEach { steps, .. }
                     | StepKind::Frame { steps, .. }
-                    | StepKind::NewTab { steps, .. } => count_commits(steps),
+                    | StepKind::NewTab { steps, .. }
+                    | StepKind::Fetch { steps, .. } => count_commits(steps),
                     _ => 0,
                 }
         })
@@ -349,6 +351,9 @@ fn collect_sets(steps: &[Spanned<RawStep>]) -> HashSet<String> {
         if let Some(x) = s.http.as_ref().and_then(|h| h.value.extract.as_ref()) {
             out.extend(x.value.keys().cloned());
         }
+        if let Some(x) = s.fetch.as_ref().and_then(|f| f.value.into.as_ref()) {
+            out.insert(x.value.clone());
+        }
         for nested in [s.then.as_deref(), s.else_.as_deref()].into_iter().flatten() {
             out.extend(collect_sets(nested));
         }
@@ -356,6 +361,7 @@ fn collect_sets(steps: &[Spanned<RawStep>]) -> HashSet<String> {
             s.for_each.as_ref().map(|f| f.value.steps.as_slice()),
             s.frame.as_ref().map(|f| f.value.steps.as_slice()),
             s.new_tab.as_ref().map(|f| f.value.steps.as_slice()),
+            s.fetch.as_ref().and_then(|f| f.value.steps.as_deref()),
         ]
         .into_iter()
         .flatten()
@@ -391,9 +397,10 @@ impl Compiler<'_> {
                     self.check_find_existing(then);
                     self.check_find_existing(otherwise);
                 }
-                StepKind::ForEach { steps, .. } | StepKind::Frame { steps, .. } | StepKind::NewTab { steps, .. } => {
-                    self.check_find_existing(steps)
-                }
+                StepKind::ForEach { steps, .. }
+                | StepKind::Frame { steps, .. }
+                | StepKind::NewTab { steps, .. }
+                | StepKind::Fetch { steps, .. } => self.check_find_existing(steps),
                 _ => {}
             }
         }
@@ -416,9 +423,10 @@ impl Compiler<'_> {
                     self.check_checkpoints(then, false);
                     self.check_checkpoints(otherwise, false);
                 }
-                StepKind::ForEach { steps, .. } | StepKind::Frame { steps, .. } | StepKind::NewTab { steps, .. } => {
-                    self.check_checkpoints(steps, false)
-                }
+                StepKind::ForEach { steps, .. }
+                | StepKind::Frame { steps, .. }
+                | StepKind::NewTab { steps, .. }
+                | StepKind::Fetch { steps, .. } => self.check_checkpoints(steps, false),
                 _ => {}
             }
         }
@@ -537,9 +545,10 @@ impl Compiler<'_> {
                     self.check_calls(from, then, actions);
                     self.check_calls(from, otherwise, actions);
                 }
-                StepKind::ForEach { steps, .. } | StepKind::Frame { steps, .. } | StepKind::NewTab { steps, .. } => {
-                    self.check_calls(from, steps, actions)
-                }
+                StepKind::ForEach { steps, .. }
+                | StepKind::Frame { steps, .. }
+                | StepKind::NewTab { steps, .. }
+                | StepKind::Fetch { steps, .. } => self.check_calls(from, steps, actions),
                 _ => {}
             }
         }
@@ -577,6 +586,7 @@ impl Compiler<'_> {
             r.fail.is_some(),
             r.outcome.is_some(),
             r.http.is_some(),
+            r.fetch.is_some(),
         ]
         .iter()
         .zip(STEP_KEYS)
@@ -932,7 +942,62 @@ impl Compiler<'_> {
         if let Some(x) = &r.http {
             return self.http(x, scope).map(|h| StepKind::Http(Box::new(h)));
         }
+        if let Some(x) = &r.fetch {
+            let f = &x.value;
+            let url = self.tpl(&f.url, scope);
+            let literal = url.source.trim_start();
+            if !(literal.starts_with("{{")
+                || literal.starts_with('/')
+                || literal.starts_with("http://")
+                || literal.starts_with("https://"))
+            {
+                self.err(
+                    &f.url.referenced,
+                    format!(
+                        "url `{}` is not an http(s) URL, a path on the payer's base URL (`/…`) or a template giving one",
+                        url.source
+                    ),
+                );
+            }
+            let into = f.into.as_ref().map(|i| self.var_name(i, scope));
+            let steps = self.steps(f.steps.as_deref().unwrap_or_default(), scope);
+            if into.is_none() && f.steps.is_none() {
+                self.err(
+                    &x.referenced,
+                    "fetch needs `into` (a JSON answer into a variable) or `steps` (reads of the fetched page), or both",
+                );
+            }
+            self.check_fetched_reads(&steps);
+            return Some(StepKind::Fetch { url, into, steps });
+        }
         None
+    }
+
+    /// Steps inside `fetch` read the fetched page: each must be a read (or
+    /// a step that needs no page), never a browser action.
+    fn check_fetched_reads(&mut self, steps: &[Step]) {
+        for s in steps {
+            if !s.kind.reads_fetched_page() {
+                self.errors.push(PlaybookError {
+                    file: self.file.to_owned(),
+                    at: s.at,
+                    message: format!(
+                        "`{}` is not a read: inside `fetch` the steps read the fetched page without a browser \
+                         (extract, rows, assert, wait_for, if, set, for_each, outcome, fail)",
+                        s.kind.keyword()
+                    ),
+                });
+                continue;
+            }
+            match &s.kind {
+                StepKind::If { then, otherwise, .. } => {
+                    self.check_fetched_reads(then);
+                    self.check_fetched_reads(otherwise);
+                }
+                StepKind::ForEach { steps, .. } => self.check_fetched_reads(steps),
+                _ => {}
+            }
+        }
     }
 
     fn http(&mut self, x: &Spanned<RawHttp>, scope: &mut Scope) -> Option<HttpStep> {

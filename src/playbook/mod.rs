@@ -400,9 +400,33 @@ pub enum StepKind {
     },
     Outcome(Box<OutcomeFields>),
     Http(Box<HttpStep>),
+    /// A page fetched with the browser session's cookies, read without
+    /// rendering: JSON `into` a variable, HTML by `steps`.
+    Fetch {
+        url: Tpl,
+        into: Option<String>,
+        steps: Vec<Step>,
+    },
 }
 
 impl StepKind {
+    /// Whether the step can read a page fetched by `fetch` (it reads, and
+    /// needs no browser of its own).
+    pub fn reads_fetched_page(&self) -> bool {
+        matches!(
+            self,
+            StepKind::Extract { .. }
+                | StepKind::Rows { .. }
+                | StepKind::Assert(_)
+                | StepKind::WaitFor(_)
+                | StepKind::If { .. }
+                | StepKind::Set(_)
+                | StepKind::ForEach { .. }
+                | StepKind::Outcome(_)
+                | StepKind::Fail { .. }
+        )
+    }
+
     /// Whether the step needs a browser page (an `api` playbook has none).
     pub fn needs_browser(&self) -> bool {
         match self {
@@ -447,6 +471,7 @@ impl StepKind {
             StepKind::Fail { .. } => "fail",
             StepKind::Outcome(_) => "outcome",
             StepKind::Http(_) => "http",
+            StepKind::Fetch { .. } => "fetch",
         }
     }
 }

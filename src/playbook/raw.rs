@@ -154,6 +154,9 @@ pub struct RawStep {
     pub outcome: Option<Spanned<RawOutcome>>,
     /// Send an HTTP request (no browser) and read its answer.
     pub http: Option<Spanned<RawHttp>>,
+    /// Fetch a page with the browser session's cookies (no rendering) and
+    /// read it: a JSON answer `into` a variable, an HTML one by `steps`.
+    pub fetch: Option<Spanned<RawFetch>>,
 
     // Common keys.
     /// Shown in the step trace.
@@ -276,6 +279,18 @@ pub struct RawForEach {
     #[serde(rename = "as")]
     pub as_: Option<S>,
     pub steps: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFetch {
+    /// The address (template): absolute, or a path on the payer's base URL.
+    pub url: S,
+    /// A JSON answer, parsed, into `vars.NAME` (an HTML answer: its text).
+    pub into: Option<S>,
+    /// Steps that read the fetched HTML page instead of the browser's:
+    /// extract, rows, assert, wait_for, if, set, for_each, outcome, fail.
+    pub steps: Option<Vec<Spanned<RawStep>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -109,6 +109,41 @@ pub fn variables(env: &Environment<'_>, source: &str) -> Result<HashSet<String>,
     Ok(t.undeclared_variables(true))
 }
 
+/// A file name as a payer's upload form takes it: no folders, ASCII
+/// letters, digits, spaces and `.-_()+,` (anything else becomes `_`),
+/// no leading dot or dash, at most 120 characters with the extension
+/// kept; `attachment` when nothing is left.
+pub fn upload_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
+    let mut out = String::new();
+    for c in base.chars() {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '(' | ')' | '+' | ',') {
+            c
+        } else if c.is_whitespace() {
+            ' '
+        } else {
+            '_'
+        };
+        // Runs of spaces or underscores are one.
+        if (c == ' ' || c == '_') && out.ends_with(c) {
+            continue;
+        }
+        out.push(c);
+    }
+    let out = out.trim_start_matches(['.', '-', ' ']).trim_end();
+    let (stem, ext) = match out.rfind('.') {
+        Some(i) if i > 0 && out.len() - i <= 10 => (&out[..i], &out[i..]),
+        _ => (out, ""),
+    };
+    let keep = 120usize.saturating_sub(ext.len());
+    let stem: String = stem.chars().take(keep).collect();
+    let stem = stem.trim_end();
+    if stem.is_empty() || stem.chars().all(|c| c == '_') {
+        return format!("attachment{ext}");
+    }
+    format!("{stem}{ext}")
+}
+
 fn us_date(d: chrono::NaiveDate) -> String {
     d.format("%m/%d/%Y").to_string()
 }
@@ -152,6 +187,8 @@ pub fn case_context(case: &CaseRecord, data_dir: &Path, payer_reference: Option<
         "urgency": d.urgency.as_str(),
         "attachments": d.attachments.iter().map(|a| json!({
             "file_name": a.file_name,
+            // The name the payer receives (the engine uploads under it).
+            "upload_name": upload_name(&a.file_name),
             "path": data_dir.join(&a.stored_path).display().to_string(),
             "media_type": a.media_type,
         })).collect::<Vec<_>>(),

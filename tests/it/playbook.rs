@@ -217,3 +217,61 @@ fn templates_inside_selectors_are_checked_as_they_render_and_loops_take_expressi
         "{err}"
     );
 }
+
+/// `fetch` is checked like every step: its URL, what it reads into, and
+/// that its steps read the fetched page (no browser action inside it).
+#[test]
+fn fetch_steps_are_checked() {
+    let p = Project::new();
+    let good = GOOD.replace(
+        r##"    - outcome: { status: "Approved" }"##,
+        r##"    - fetch:
+        url: "/api/status/{{ case.payer_reference }}"
+        into: answer
+    - fetch:
+        url: "{{ payer.base_url }}/status/{{ case.payer_reference }}"
+        steps:
+          - extract: { label: "Status", into: status }
+          - if: { present: "#pended" }
+            then:
+              - extract: { selector: "#pended", into: request }
+    - outcome: { status: "{{ vars.status }}", request: "{{ vars.answer }}" }"##,
+    );
+    let (ok, err) = check_with(&p, "acme.yaml", &good);
+    assert!(ok, "{err}");
+
+    let bad = GOOD.replace(
+        r##"    - outcome: { status: "Approved" }"##,
+        r##"    - fetch:
+        url: "status.json"
+        into: answer
+    - fetch:
+        url: "/status"
+        steps:
+          - click: "#more"
+    - fetch:
+        url: "/status"
+    - outcome: { status: "Approved" }"##,
+    );
+    let (ok, err) = check_with(&p, "acme.yaml", &bad);
+    assert!(!ok);
+    let f = p.path("playbooks/acme.yaml").display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{f}:{}: url `status.json` is not an http(s) URL, a path on the payer's base URL",
+            at(&bad, "\"status.json")
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:{}: `click` is not a read: inside `fetch`",
+            at(&bad, "click: \"#more\"")
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("fetch needs `into` (a JSON answer into a variable) or `steps`"),
+        "{err}"
+    );
+}

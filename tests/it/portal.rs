@@ -303,13 +303,11 @@ async fn an_http_500_in_the_middle_of_a_run_is_retried_and_the_run_finishes() {
         .clone()
         .unwrap();
     w.sandbox.decide(&reference, Decision::Approve).unwrap();
-    // A third of portal requests fail, reproducibly (seeded).
-    // Seed 5 fails requests in the first attempt and lets a retry through.
-    let seed: u64 = 5;
+    // The status search answers HTTP 500 once (poll_status fetches it),
+    // then works: the fetch is tried again.
     w.sandbox
         .set_hazards(HazardsPatch {
-            error_rate: Some(0.34),
-            seed: Some(seed),
+            status_search_fail_next: Some(1),
             ..Default::default()
         })
         .unwrap();
@@ -546,5 +544,395 @@ async fn values_are_read_next_to_their_labels_after_a_code_typed_digit_by_digit(
         (8, 12)
     );
     assert_eq!(w.logins(), 1, "the code typed digit by digit was accepted");
+    w.finish().await;
+}
+
+/// Fix 7: the payer receives each document under the practice's own file
+/// name (sanitised), not precert's stored, hash-prefixed name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_reach_the_payer_under_the_practices_file_names() {
+    let w = world().await;
+    // A file name a portal's upload form would choke on.
+    let odd = "MRI report #2 (final) \u{e9}t\u{e9}.pdf";
+    std::fs::copy(
+        w.p.path("samples/documents/knee-xray-report.pdf"),
+        w.p.path(&format!("samples/documents/{odd}")),
+    )
+    .unwrap();
+    let header = std::fs::read_to_string(w.p.path("samples/cases.csv"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let row = format!(
+        "lakeside-ortho,LO-2026-1901,Avery,Marsh,1961-04-12,SBX100200301,GRP-4410,sandbox,Sandbox Advantage PPO,\
+         medicare_advantage,IL,\"Jordan Reyes, MD\",1987654328,main,Lakeside Orthopedics Imaging,1555012347,main,\
+         73721-RT*1,M25.561,2026-12-09,2026-12-09,outpatient,standard,documents/{odd};documents/ortho-consult-note.pdf,yes"
+    );
+    w.p.write("samples/odd.csv", &format!("{header}\n{row}\n"));
+    let out = w.p.precert(&["cases", "import", "samples/odd.csv"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    let stored = w.ledger.get(w.id("LO-2026-1901").await).await.unwrap();
+    let stored_names: Vec<String> = stored
+        .data
+        .attachments
+        .iter()
+        .map(|a| a.stored_path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(stored_names.iter().all(|n| n.len() > 13), "{stored_names:?}");
+
+    let r = w.run(Action::Submit, "LO-2026-1901").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    let reference = w.ledger.get(r.case_id).await.unwrap().payer_ref.unwrap();
+    let received: Vec<String> = w
+        .sandbox
+        .submission(&reference)
+        .unwrap()
+        .attachments
+        .iter()
+        .map(|a| a.file_name.clone())
+        .collect();
+    assert_eq!(received, ["MRI report _2 (final) _t_.pdf", "ortho-consult-note.pdf"]);
+    for n in &stored_names {
+        assert!(!received.contains(n), "{n} is precert's stored name");
+    }
+    // The sanitising rules, on names a practice might use.
+    assert_eq!(
+        precert::playbook::template::upload_name("../x/.hidden   name?.PDF"),
+        "hidden name_.PDF"
+    );
+    assert_eq!(precert::playbook::template::upload_name("%%%.pdf"), "attachment.pdf");
+    // No staged copy outlives the run.
+    let staged = w.p.settings().data_dir.join("run/uploads");
+    assert_eq!(std::fs::read_dir(&staged).unwrap().count(), 0);
+    w.finish().await;
+}
+
+/// Fix 8: `--dry-run` runs a submission up to its commit step and records
+/// nothing (no lease, status change, event or mail); `login` needs no case
+/// and touches none, even when it fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_sends_and_records_nothing_and_login_touches_no_case() {
+    let w = world().await;
+    let id = w.id("LO-2026-1001").await;
+    let events = w.ledger.events(id).await.unwrap().len();
+    let mail = w.ledger.outbox(true).await.unwrap().len();
+
+    let out =
+        w.p.precert(&["run", "sandbox", "submit", "--case", "LO-2026-1001", "--dry-run"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(
+        text.contains("dry run stopped before the commit step at line"),
+        "{text}"
+    );
+    assert!(text.contains("nothing recorded, the case is still ready"), "{text}");
+    // The form was filled up to the confirm dialog, and nothing was sent.
+    assert!(stderr(&out).contains("review shows our NPI"), "{}", stderr(&out));
+    assert_eq!(
+        w.sandbox.submission_count("SBX100200301", "73721", date("2026-12-08")),
+        0
+    );
+    let case = w.ledger.get(id).await.unwrap();
+    assert_eq!(case.status, CaseStatus::Ready);
+    assert_eq!(w.ledger.events(id).await.unwrap().len(), events);
+    assert_eq!(w.ledger.outbox(true).await.unwrap().len(), mail);
+
+    // A login on its own: every practice's account bound to the playbook.
+    let out = w.p.precert(&["run", "sandbox", "login"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("lakeside-ortho: login ok (no case touched)"), "{text}");
+    assert!(text.contains("valley-imaging: login ok (no case touched)"), "{text}");
+    // A failing login named by a case leaves that case alone: no
+    // needs_attention, no mail to operations.
+    let mut cmd = w.p.command(&["run", "sandbox", "login", "--case", "LO-2026-1001"]);
+    cmd.env("LAKESIDE_SANDBOX_PASSWORD", "not-the-password");
+    let out = cmd.output().unwrap();
+    let text = stdout(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("login failed"), "{text}{}", stderr(&out));
+    assert!(text.contains("nothing recorded, the case is still ready"), "{text}");
+    let out =
+        w.p.precert(&["run", "sandbox", "poll_status", "--practice", "lakeside-ortho"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--practice goes with `login` only"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(w.ledger.get(id).await.unwrap().status, CaseStatus::Ready);
+    assert_eq!(w.ledger.events(id).await.unwrap().len(), events);
+    assert_eq!(w.ledger.outbox(true).await.unwrap().len(), mail);
+
+    // The case was left clean: the real submission goes through, once.
+    let r = w.run(Action::Submit, "LO-2026-1001").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.status, CaseStatus::Pending);
+    assert_eq!(
+        w.sandbox.submission_count("SBX100200301", "73721", date("2026-12-08")),
+        1
+    );
+    w.finish().await;
+}
+
+/// Fix 9: an `assert` on an element the loaded page plainly lacks fails once
+/// the page has settled (loaded, then unchanged for a moment), not after its
+/// whole timeout; the message says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_presence_check_returns_once_the_page_has_settled() {
+    let w = world_with(|text| {
+        let poll = "  poll_worklist:\n    - navigate: \"{{ payer.base_url }}/portal/worklist\"\n";
+        assert!(text.contains(poll));
+        text.replacen(
+            poll,
+            &format!("{poll}    - assert: {{ present: \"#no-such-element\" }}\n      timeout: 5m\n      name: absent on purpose\n"),
+            1,
+        )
+    })
+    .await;
+    assert!(w.run(Action::Submit, "LO-2026-1001").await.failure.is_none());
+    let started = std::time::Instant::now();
+    let r = w.run(Action::PollWorklist, "LO-2026-1001").await;
+    let took = started.elapsed();
+    let f = r.failure.expect("the assertion fails");
+    assert_eq!(f.kind, FailureKind::PortalChanged, "{f:?}");
+    assert!(
+        f.message
+            .contains("assertion failed: an element matches `#no-such-element` (on the settled page"),
+        "{f:?}"
+    );
+    // The step may wait 5 minutes, and the action is tried twice; a
+    // generous bound far below one timeout.
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    w.finish().await;
+}
+
+/// `poll_status` through the browser's status search page (the sandbox
+/// playbook itself fetches the search's JSON): both paths stay tested.
+const BROWSER_POLL: &str = r##"  poll_status:
+    - navigate: "{{ payer.base_url }}/portal/status"
+    - fill: { selector: "#search-reference", value: "{{ case.payer_reference }}" }
+    - click: "#status-search-submit"
+    # The results table is built by JavaScript after an XHR; a failed search
+    # shows #status-error (a `detect` rule: tried again, never "not found").
+    - wait_for: { present: "#status-results-container[data-loaded='true'], #status-results-container[data-loaded='error']" }
+      timeout: 20s
+    - assert: { present: "#status-results tr[data-reference='{{ case.payer_reference }}']" }
+      name: our request is listed
+    - rows:
+        selector: "#status-results tr[data-reference='{{ case.payer_reference }}']"
+        cells:
+          status: td.col-status
+          decision_date: td.col-decision-date
+          auth_number: td.col-auth-number
+          approved_units: td.col-approved-units
+          valid_from: td.col-valid-from
+          valid_to: td.col-valid-to
+          denial_reason: td.col-denial-reason
+          information_requested: td.col-information-requested
+        into: found
+    - for_each:
+        list: vars.found
+        as: row
+        steps:
+          - outcome:
+              status: "{{ row.status }}"
+              reference: "{{ case.payer_reference }}"
+              auth_number: "{{ row.auth_number }}"
+              valid_from: "{{ row.valid_from }}"
+              valid_to: "{{ row.valid_to }}"
+              approved_units: "{{ row.approved_units }}"
+              decision_date: "{{ row.decision_date }}"
+              denial_reason: "{{ row.denial_reason }}"
+              # A pend's request, in the payer's words: the timeline and
+              # the supervisors' mail quote it.
+              request: "{{ row.information_requested }}"
+
+"##;
+
+/// The sandbox's requests by path, counted.
+fn served(w: &World, method: &str, path: &str) -> usize {
+    w.sandbox
+        .request_log()
+        .iter()
+        .filter(|e| e.method == method && e.path == path)
+        .count()
+}
+
+/// Polling at the speed of the wire: `poll_status` fetches the status
+/// search's JSON with the browser session's cookies — no page rendered —
+/// and a session the portal ended between two fetches is logged into again.
+/// The browser path (the search page) gives the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_polled_by_fetching_with_the_browsers_session_and_a_logout_between_fetches_logs_in_again() {
+    let w = world().await;
+    for case in ["LO-2026-1001", "LO-2026-1003"] {
+        let r = w.run(Action::Submit, case).await;
+        assert!(r.failure.is_none(), "{:?}", r.failure);
+    }
+    let ref1 = w
+        .ledger
+        .get(w.id("LO-2026-1001").await)
+        .await
+        .unwrap()
+        .payer_ref
+        .unwrap();
+    w.sandbox.decide(&ref1, Decision::Approve).unwrap();
+    let pages_before = served(&w, "GET", "/portal/status");
+    let r = w.run(Action::PollStatus, "LO-2026-1001").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.status, CaseStatus::Approved);
+    let decision = w.ledger.get(r.case_id).await.unwrap().decision.unwrap();
+    assert_eq!(decision.auth_number, w.sandbox.submission(&ref1).unwrap().auth_number);
+    assert_eq!(served(&w, "GET", "/portal/api/status"), 1);
+    assert_eq!(
+        served(&w, "GET", "/portal/status"),
+        pages_before,
+        "no page was rendered"
+    );
+    assert_eq!(w.logins(), 1);
+
+    // The portal ends every session (idle expiry) between two fetches.
+    w.sandbox
+        .set_hazards(HazardsPatch {
+            session_idle_timeout_seconds: Some(60),
+            ..Default::default()
+        })
+        .unwrap();
+    w.sandbox.advance_clock(Duration::from_secs(600));
+    let r = w.run(Action::PollStatus, "LO-2026-1003").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    // 97110: the sandbox approves 8 of the 12 units at once.
+    assert_eq!(r.status, CaseStatus::PartiallyApproved);
+    assert_eq!(w.logins(), 2, "logged in again after the 401");
+    assert_eq!(served(&w, "GET", "/portal/api/status"), 3);
+    let case = w.ledger.get(r.case_id).await.unwrap();
+    let decision = case.decision.unwrap();
+    assert_eq!(
+        (decision.lines[0].approved_units, decision.lines[0].requested_units),
+        (8, 12)
+    );
+    let first = w.ledger.get(w.id("LO-2026-1001").await).await.unwrap();
+    w.finish().await;
+
+    // The same answers through the browser's search page.
+    let w = world_with(|text| {
+        let start = text.find("  poll_status:\n").unwrap();
+        let end = text.find("  poll_worklist:\n").unwrap();
+        format!("{}{BROWSER_POLL}{}", &text[..start], &text[end..])
+    })
+    .await;
+    assert!(w.run(Action::Submit, "LO-2026-1001").await.failure.is_none());
+    let reference = w
+        .ledger
+        .get(w.id("LO-2026-1001").await)
+        .await
+        .unwrap()
+        .payer_ref
+        .unwrap();
+    w.sandbox.decide(&reference, Decision::Approve).unwrap();
+    let r = w.run(Action::PollStatus, "LO-2026-1001").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.status, first.status);
+    assert_eq!(
+        served(&w, "GET", "/portal/api/status"),
+        1,
+        "read by the page's own script"
+    );
+    assert!(served(&w, "GET", "/portal/status") >= 1);
+    w.finish().await;
+}
+
+/// A fetched HTML page is read by the same steps as the browser's: label
+/// reads, `assert`, and `rows` over pages (next-page links fetched too).
+const FETCHED_HTML: &str = r##"  poll_status:
+    - fetch:
+        url: "{{ payer.base_url }}/portal/requests/{{ case.payer_reference }}"
+        steps:
+          - assert: { present: "#detail-reference" }
+          - extract: { label: "decision", into: status }
+          - extract: { label: "Authorization #", into: auth }
+          - extract: { label: "Approved units", within: "#detail-lines", into: units }
+          - outcome:
+              status: "{{ vars.status }}"
+              reference: "{{ case.payer_reference }}"
+              auth_number: "{{ vars.auth }}"
+              approved_units: "{{ vars.units }}"
+
+  poll_worklist:
+    - fetch:
+        url: "/portal/worklist"
+        steps:
+          - rows:
+              selector: "#worklist-table tr[data-reference]"
+              cells:
+                reference: td.col-reference
+                status: td.col-status
+                auth_number: td.col-auth-number
+              next_page: "#worklist-next"
+              max_pages: 200
+              into: worklist
+    - for_each:
+        list: vars.worklist
+        as: row
+        steps:
+          - outcome:
+              status: "{{ row.status }}"
+              reference: "{{ row.reference }}"
+              auth_number: "{{ row.auth_number }}"
+
+"##;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetched_html_pages_are_read_by_labels_and_rows_across_pages() {
+    let w = world_with(|text| {
+        let start = text.find("  poll_status:\n").unwrap();
+        let end = text.find("  download_letter:\n").unwrap();
+        format!("{}{FETCHED_HTML}{}", &text[..start], &text[end..])
+    })
+    .await;
+    assert!(w.run(Action::Submit, "LO-2026-1003").await.failure.is_none());
+    let r = w.run(Action::PollStatus, "LO-2026-1003").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.status, CaseStatus::PartiallyApproved);
+    let case = w.ledger.get(r.case_id).await.unwrap();
+    let sent = w.sandbox.submission(case.payer_ref.as_deref().unwrap()).unwrap();
+    let decision = case.decision.unwrap();
+    assert_eq!(decision.auth_number, sent.auth_number);
+    assert_eq!(decision.lines[0].approved_units, 8);
+
+    // 60 more requests: the worklist has 3 pages of 25, all fetched.
+    for i in 0..60 {
+        w.sandbox.file_request(precert_sandbox::store::NewRequest {
+            channel: precert_sandbox::store::Channel::Portal,
+            submitted_by: "lakeside.precert".into(),
+            provider_npi: sent.provider_npi.clone(),
+            provider_name: sent.provider_name.clone(),
+            member_id: "SBX100200301".into(),
+            member_name: "Avery Marsh".into(),
+            request_type: "imaging".into(),
+            urgency: "standard".into(),
+            setting: "outpatient".into(),
+            lines: vec![("73721".into(), 1)],
+            diagnoses: vec!["M25.561".into()],
+            service_start: date("2027-01-01") + chrono::Days::new(i),
+            service_end: date("2027-01-01") + chrono::Days::new(i),
+            servicing_npi: "1555012347".into(),
+            attachments: Vec::new(),
+            claim_identifier: None,
+        });
+    }
+    let pages_before = served(&w, "GET", "/portal/worklist");
+    let r = w.run(Action::PollWorklist, "LO-2026-1003").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert!(r.partial.is_none());
+    assert_eq!(r.observations.len(), 61);
+    assert!(r
+        .observations
+        .iter()
+        .any(|o| o.reference.as_deref() == case.payer_ref.as_deref()));
+    assert_eq!(served(&w, "GET", "/portal/worklist") - pages_before, 3);
     w.finish().await;
 }

@@ -92,6 +92,12 @@ pub async fn details(State(state): State<Shared>, headers: HeaderMap, Path(refer
             )
         })
         .collect();
+    // The documents as the portal received them, under their uploaded names.
+    let files: String = r
+        .attachments
+        .iter()
+        .map(|a| format!("<li>{} ({} bytes)</li>", esc(&a.file_name), a.size_bytes))
+        .collect();
     page(
         &format!("Request {}", r.reference),
         Some(&ctx),
@@ -107,6 +113,7 @@ pub async fn details(State(state): State<Shared>, headers: HeaderMap, Path(refer
 </table>
 <dl class="summary"><dt>Authorization #</dt><dd>{auth}</dd><dt>Decision:</dt><dd>{status}</dd><dt>Decided</dt><dd>{decided}</dd></dl>
 <table id="detail-lines"><tr><th>Procedure</th><th>Requested units</th><th>Approved units</th></tr>{lines}</table>
+<h2>Documents</h2><ul id="detail-attachments">{files}</ul>
 {letter}{info}
 <h2>History</h2><table id="detail-history"><tr><th>When</th><th>Status</th><th>Note</th></tr>{history}</table>"#,
             reference = esc(&r.reference),
