@@ -71,6 +71,16 @@ const SLOT_TTL: chrono::Duration = chrono::Duration::seconds(120);
 /// ledger's session slots (no playbook id starts with `@`).
 const BROWSER_SLOTS: &str = "@webdriver";
 
+/// Gives session slots back (one that cannot be frees itself when it runs
+/// out).
+async fn release_slots(ctx: &Ctx, slots: &[SlotLease]) {
+    for s in slots {
+        if let Err(e) = ctx.ledger.release_payer_slot(s).await {
+            tracing::warn!(slots = %s.playbook, error = %e, "Cannot give a session slot back; it frees itself when it runs out.");
+        }
+    }
+}
+
 /// The playbook a job's payer key is bound to in its practice.
 fn playbook_of(loaded: &Loaded, job: &LeasedJob) -> Option<PlaybookId> {
     let payer = job.payer.as_deref()?;
@@ -140,60 +150,33 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
         .as_ref()
         .filter(|pb| loaded.engine.playbook(pb).is_some_and(|p| p.api.is_none()))
         .and(loaded.settings.webdriver.cluster_sessions);
-    let slot = match (&started, &playbook) {
-        (Some(_), Some(pb)) => {
-            let cap = ctx.limits.lock().expect("limits lock").settings(pb).max_concurrent;
+    let mut slots: Vec<SlotLease> = Vec::new();
+    let mut browser_slot_held = false;
+    if let (Some(_), Some(pb)) = (&started, &playbook) {
+        let cap = ctx.limits.lock().expect("limits lock").settings(pb).max_concurrent;
+        let wanted = std::iter::once((pb.as_str(), cap)).chain(browser_cap.map(|c| (BROWSER_SLOTS, c)));
+        for (name, cap) in wanted {
             let now = Utc::now();
-            match ctx.ledger.claim_payer_slot(pb, cap, &ctx.owner, SLOT_TTL, now).await {
-                Ok(Some(s)) => Some(s),
-                other => {
-                    if let Err(e) = &other {
-                        tracing::warn!(job_id = job.id, playbook = %pb, error = %e, "Cannot claim a payer session slot.");
-                    } else {
-                        tracing::info!(job_id = job.id, payer = payer_field, playbook = %pb, cap,
-                            "Every session slot of the payer is in use across the cluster; job given back.");
-                    }
-                    if let Some(s) = started {
-                        ctx.limits.lock().expect("limits lock").cancel(s, now);
-                    }
-                    if let Err(e) = ctx
-                        .queue
-                        .release(&job.lease, now + chrono::Duration::seconds(5), now)
-                        .await
-                    {
-                        tracing::warn!(job_id = job.id, error = %e, "Cannot give the job back.");
-                    }
-                    return;
+            match ctx.ledger.claim_payer_slot(name, cap, &ctx.owner, SLOT_TTL, now).await {
+                Ok(Some(s)) => {
+                    browser_slot_held |= name == BROWSER_SLOTS;
+                    slots.push(s);
                 }
-            }
-        }
-        _ => None,
-    };
-    let browser_slot = match (&slot, browser_cap) {
-        (Some(_), Some(cap)) => {
-            let now = Utc::now();
-            match ctx
-                .ledger
-                .claim_payer_slot(BROWSER_SLOTS, cap, &ctx.owner, SLOT_TTL, now)
-                .await
-            {
-                Ok(Some(s)) => Some(s),
                 other => {
-                    if let Err(e) = &other {
-                        tracing::warn!(job_id = job.id, error = %e, "Cannot claim a browser session slot.");
-                    } else {
-                        tracing::info!(
+                    match (&other, name == BROWSER_SLOTS) {
+                        (Err(e), _) => {
+                            tracing::warn!(job_id = job.id, slots = name, error = %e, "Cannot claim a session slot.")
+                        }
+                        (Ok(_), false) => tracing::info!(job_id = job.id, payer = payer_field, playbook = %pb, cap,
+                            "Every session slot of the payer is in use across the cluster; job given back."),
+                        (Ok(_), true) => tracing::info!(
                             job_id = job.id,
                             payer = payer_field,
                             cap,
                             "Every browser session of the cluster is in use; job given back."
-                        );
+                        ),
                     }
-                    if let Some(s) = &slot {
-                        if let Err(e) = ctx.ledger.release_payer_slot(s).await {
-                            tracing::warn!(playbook = %s.playbook, error = %e, "Cannot give the payer session slot back; it frees itself when it runs out.");
-                        }
-                    }
+                    release_slots(ctx, &slots).await;
                     if let Some(s) = started {
                         ctx.limits.lock().expect("limits lock").cancel(s, now);
                     }
@@ -208,10 +191,7 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
                 }
             }
         }
-        _ => None,
-    };
-    let browser_slot_held = browser_slot.clone();
-    let slots: Vec<SlotLease> = slot.into_iter().chain(browser_slot).collect();
+    }
     let lease = Arc::new(tokio::sync::Mutex::new(job.lease.clone()));
     let renewing = CancellationToken::new();
     let renewer = {
@@ -253,14 +233,10 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
     };
     renewing.cancel();
     let _ = renewer.await;
-    if let (Some(_), Some(pb)) = (&browser_slot_held, &playbook) {
+    if let (true, Some(pb)) = (browser_slot_held, &playbook) {
         loaded.engine.close_idle(pb, &job.practice).await;
     }
-    for s in &slots {
-        if let Err(e) = ctx.ledger.release_payer_slot(s).await {
-            tracing::warn!(playbook = %s.playbook, error = %e, "Cannot give the payer session slot back; it frees itself when it runs out.");
-        }
-    }
+    release_slots(ctx, &slots).await;
     let lease = lease.lock().await.clone();
     let now = Utc::now();
     let kind = job.kind.as_str();

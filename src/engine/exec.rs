@@ -88,6 +88,21 @@ pub struct Interp<'a> {
 
 type StepResult = Result<(), StepFailure>;
 
+/// An answer of a session-sharing request (`fetch`, `download`) that is not
+/// a success: a server error passes, anything else the step did not expect
+/// means the portal changed. (401/403 are a lost session, decided before.)
+fn http_refusal(step: &Step, what: &str, status: reqwest::StatusCode) -> Option<StepFailure> {
+    if status.is_success() {
+        return None;
+    }
+    let kind = if status.is_server_error() {
+        FailureKind::Retryable
+    } else {
+        FailureKind::PortalChanged
+    };
+    Some(fail(step, kind, format!("{what} answered HTTP {status}")))
+}
+
 pub(super) fn fail(step: &Step, kind: FailureKind, message: impl Into<String>) -> StepFailure {
     StepFailure {
         kind,
@@ -935,29 +950,13 @@ impl<'a> Interp<'a> {
                 }
                 return Err(f);
             }
-            return match status {
-                s if s.is_success() => Ok(Fetch::Html(page)),
-                s if s.is_server_error() => Err(fail(step, FailureKind::Retryable, format!("fetch answered HTTP {s}"))),
-                s => Err(fail(
-                    step,
-                    FailureKind::PortalChanged,
-                    format!("fetch answered HTTP {s}"),
-                )),
+            return match http_refusal(step, "fetch", status) {
+                None => Ok(Fetch::Html(page)),
+                Some(f) => Err(f),
             };
         }
-        if status.is_server_error() {
-            return Err(fail(
-                step,
-                FailureKind::Retryable,
-                format!("fetch answered HTTP {status}"),
-            ));
-        }
-        if !status.is_success() {
-            return Err(fail(
-                step,
-                FailureKind::PortalChanged,
-                format!("fetch answered HTTP {status}"),
-            ));
+        if let Some(f) = http_refusal(step, "fetch", status) {
+            return Err(f);
         }
         serde_json::from_str(&body).map(Fetch::Json).map_err(|e| {
             fail(
@@ -1403,13 +1402,6 @@ impl<'a> Interp<'a> {
             .await
             .map_err(|e| fail(step, FailureKind::Retryable, format!("download failed: {e}")))?;
         let status = resp.status();
-        if status.is_server_error() {
-            return Err(fail(
-                step,
-                FailureKind::Retryable,
-                format!("download answered HTTP {status}"),
-            ));
-        }
         if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(fail(
                 step,
@@ -1417,12 +1409,8 @@ impl<'a> Interp<'a> {
                 format!("download answered HTTP {status}"),
             ));
         }
-        if !status.is_success() {
-            return Err(fail(
-                step,
-                FailureKind::PortalChanged,
-                format!("download answered HTTP {status}"),
-            ));
+        if let Some(f) = http_refusal(step, "download", status) {
+            return Err(f);
         }
         let media_type = resp
             .headers()

@@ -230,6 +230,14 @@ impl RunReport {
     }
 }
 
+/// A session taken for one run, with the caps' permits it holds until the
+/// run ends.
+struct CheckedOut {
+    key: (String, String),
+    session: PortalSession,
+    _permits: (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit),
+}
+
 struct PortalSession {
     client: fantoccini::Client,
     logged_in: bool,
@@ -356,6 +364,39 @@ impl Engine {
         if let Some(driver) = self.driver.lock().await.take() {
             driver.shutdown().await;
         }
+    }
+
+    /// A session on the practice's account at the payer, within the
+    /// payer's and the global caps: an idle, logged-in one when there is
+    /// one, else a new browser session.
+    async fn check_out(&self, playbook: &Playbook, practice: &Practice) -> Result<CheckedOut, EngineError> {
+        let key = (playbook.id.clone(), practice.id.clone());
+        let payer_permit = self
+            .per_payer
+            .get(&playbook.id)
+            .cloned()
+            .expect("a semaphore per playbook");
+        let payer = payer_permit.acquire_owned().await.expect("semaphores are never closed");
+        let global = self
+            .global
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphores are never closed");
+        let reused = self.idle.lock().await.get_mut(&key).and_then(Vec::pop);
+        let session = match reused {
+            Some(s) => s,
+            None => PortalSession {
+                client: self.new_client().await?,
+                logged_in: false,
+                cookies: None,
+            },
+        };
+        Ok(CheckedOut {
+            key,
+            session,
+            _permits: (payer, global),
+        })
     }
 
     async fn new_client(&self) -> Result<fantoccini::Client, EngineError> {
@@ -566,28 +607,11 @@ impl Engine {
         lease: Option<&SubmitLease>,
         ledger: &Ledger,
     ) -> Result<RunReport, EngineError> {
-        let key = (playbook.id.clone(), practice.id.clone());
-        let payer_permit = self
-            .per_payer
-            .get(&playbook.id)
-            .cloned()
-            .expect("a semaphore per playbook");
-        let _payer = payer_permit.acquire_owned().await.expect("semaphores are never closed");
-        let _global = self
-            .global
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphores are never closed");
-        let reused = self.idle.lock().await.get_mut(&key).and_then(Vec::pop);
-        let mut session = match reused {
-            Some(s) => s,
-            None => PortalSession {
-                client: self.new_client().await?,
-                logged_in: false,
-                cookies: None,
-            },
-        };
+        let CheckedOut {
+            key,
+            mut session,
+            _permits,
+        } = self.check_out(playbook, practice).await?;
         let ctx = self.context(Some(case), practice, binding, playbook)?;
         let mut trace = Trace {
             echo: self.echo,
@@ -928,28 +952,11 @@ impl Engine {
                 "playbook {playbook_id} is an api playbook: its login runs before each action"
             )));
         }
-        let key = (playbook.id.clone(), practice.id.clone());
-        let payer_permit = self
-            .per_payer
-            .get(&playbook.id)
-            .cloned()
-            .expect("a semaphore per playbook");
-        let _payer = payer_permit.acquire_owned().await.expect("semaphores are never closed");
-        let _global = self
-            .global
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphores are never closed");
-        let reused = self.idle.lock().await.get_mut(&key).and_then(Vec::pop);
-        let mut session = match reused {
-            Some(s) => s,
-            None => PortalSession {
-                client: self.new_client().await?,
-                logged_in: false,
-                cookies: None,
-            },
-        };
+        let CheckedOut {
+            key,
+            mut session,
+            _permits,
+        } = self.check_out(playbook, practice).await?;
         let ctx = self.context(None, practice, binding, playbook)?;
         let trace = Trace {
             echo: self.echo,
