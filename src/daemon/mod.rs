@@ -441,20 +441,12 @@ async fn sync_subscriptions(ctx: &Ctx, pass: SyncPass) {
     }
     let mut known = ctx.subscriptions.lock().await;
     let now = Utc::now;
-    // Bindings that went away or changed: stop serving the gone ones, and
-    // delete their subscription at the payer while it is still theirs.
-    let stale: Vec<String> = known
-        .iter()
-        .filter(|(route, s)| wanted.get(*route).is_none_or(|w| w.0 != s.fingerprint))
-        .map(|(route, _)| route.clone())
-        .collect();
-    for route in stale {
+    // Bindings that went away: stop serving them, and delete their
+    // subscription at the payer while it is still theirs. (One that changed
+    // is replaced below: its claim finds the other fingerprint.)
+    let gone: Vec<String> = known.keys().filter(|r| !wanted.contains_key(*r)).cloned().collect();
+    for route in gone {
         let Some(old) = known.remove(&route) else { continue };
-        if wanted.contains_key(&route) {
-            // Replaced below (the claim finds the other fingerprint).
-            known.insert(route, old);
-            continue;
-        }
         ctx.notify.remove(&route);
         match ctx
             .ledger

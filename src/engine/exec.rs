@@ -1484,10 +1484,41 @@ struct NextPage {
     href: Option<String>,
 }
 
+/// The end of the in-page reads that wait (`LABEL_JS`, `ROWS_JS`): answer
+/// `read()` at once when it has something, else as soon as a change of the
+/// page makes it so, else `{waiting}` after `waitMs`. The script before it
+/// defines `read`, `done` and `waitMs`.
+macro_rules! answer_when_read_js {
+    () => {
+        r#"
+const now = read();
+if (now !== null) {
+  done(now);
+} else {
+  let timer = null;
+  const observer = new MutationObserver(() => {
+    const r = read();
+    if (r !== null) {
+      observer.disconnect();
+      clearTimeout(timer);
+      done(r);
+    }
+  });
+  observer.observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
+  timer = setTimeout(() => {
+    observer.disconnect();
+    done(read() || { waiting: true });
+  }, waitMs);
+}
+"#
+    };
+}
+
 /// Finds the value next to a label (see `Interp::read_label`). Arguments:
 /// the label, the `within` selector (or null), the attribute to read (or
 /// null), stop conditions, the wait in ms; then WebDriver's callback.
-const LABEL_JS: &str = r#"
+const LABEL_JS: &str = concat!(
+    r#"
 const [label, within, attribute, stops, waitMs, done] = arguments;
 const norm = (s) => s.replace(/\s+/g, ' ').trim().replace(/\s*:$/, '').toLowerCase();
 const want = norm(label);
@@ -1552,26 +1583,9 @@ const find = () => {
   return null;
 };
 const read = () => find() || (stops.some(holds) ? { stop: true } : null);
-const now = read();
-if (now !== null) {
-  done(now);
-} else {
-  let timer = null;
-  const observer = new MutationObserver(() => {
-    const r = read();
-    if (r !== null) {
-      observer.disconnect();
-      clearTimeout(timer);
-      done(r);
-    }
-  });
-  observer.observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
-  timer = setTimeout(() => {
-    observer.disconnect();
-    done(read() || { waiting: true });
-  }, waitMs);
-}
-"#;
+"#,
+    answer_when_read_js!()
+);
 
 /// Answers as soon as a condition holds, or once the page has loaded
 /// (`document.readyState` is `complete`) and then not changed for a quiet
@@ -1627,7 +1641,8 @@ if (now !== null) {
 /// conditions, empty conditions, the previous first row (or null), the
 /// wait in ms, the next-page selector (or null); the last is WebDriver's
 /// callback.
-const ROWS_JS: &str = r#"
+const ROWS_JS: &str = concat!(
+    r#"
 const [rowCss, cellCss, stops, empties, previous, waitMs, nextCss, done] = arguments;
 const text = (el) => (el ? el.textContent.replace(/\s+/g, ' ').trim() : '');
 const holds = (c) => {
@@ -1658,26 +1673,9 @@ const read = () => {
   if (stops.some(holds)) return { stop: true };
   return null;
 };
-const now = read();
-if (now !== null) {
-  done(now);
-} else {
-  let timer = null;
-  const observer = new MutationObserver(() => {
-    const r = read();
-    if (r !== null) {
-      observer.disconnect();
-      clearTimeout(timer);
-      done(r);
-    }
-  });
-  observer.observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
-  timer = setTimeout(() => {
-    observer.disconnect();
-    done(read() || { waiting: true });
-  }, waitMs);
-}
-"#;
+"#,
+    answer_when_read_js!()
+);
 
 /// A condition in words, its templates rendered as the step saw them (a
 /// selector with `{{ index }}` names the element it looked for) — except a
