@@ -239,12 +239,33 @@ async fn three_daemons_on_one_postgresql_submit_and_mail_each_thing_once_though_
     assert_eq!(denied, CASES / 10);
 
     // Each mail once: the SMTP server received every mail the outbox sent,
-    // no Message-ID twice, and every denial's mail is among them.
+    // and every denial's mail is among them. SMTP allows one window for a
+    // second copy: the killed daemon's mail whose message the server had
+    // taken when the kill came, before the ledger recorded it as sent. Its
+    // claim ran out and another daemon sent it again — with the same
+    // Message-ID, so a mail client shows it once (ARCHITECTURE.md). Any
+    // copy must be that: a mail claimed more than once, that the killed
+    // daemon never logged as sent, at most one per mail it had in flight.
     let received = smtp.messages();
-    let ids: BTreeSet<&str> = received.iter().map(|m| m.message_id.as_str()).collect();
-    assert_eq!(ids.len(), received.len(), "a mail arrived twice");
+    let mut copies: std::collections::BTreeMap<&str, usize> = Default::default();
+    for m in &received {
+        *copies.entry(m.message_id.as_str()).or_default() += 1;
+    }
     let outbox = ledger.outbox(true).await.unwrap();
-    assert_eq!(received.len(), outbox.len(), "every queued mail arrived once");
+    assert_eq!(copies.len(), outbox.len(), "every queued mail arrived");
+    let twice: Vec<&str> = copies.iter().filter(|(_, n)| **n > 1).map(|(id, _)| *id).collect();
+    assert!(
+        twice.len() <= 4 && copies.values().all(|n| *n <= 2),
+        "mail arrived more than once: {copies:?}"
+    );
+    for id in &twice {
+        let row = outbox.iter().find(|o| o.message_id == *id).unwrap();
+        assert!(row.attempts >= 2, "{id} arrived twice but was claimed once: {row:?}");
+        assert!(
+            !logs[0].lines().any(|l| l.contains("Mail sent.") && l.contains(id)),
+            "{id} arrived twice though the killed daemon had logged it sent"
+        );
+    }
     let denial_mails = received.iter().filter(|m| m.subject.contains("Denied")).count();
     assert_eq!(denial_mails, CASES / 10);
 
