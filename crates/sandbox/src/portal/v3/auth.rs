@@ -52,7 +52,7 @@ pub struct SignInForm {
 
 pub async fn sign_in(State(state): State<Shared>, Form(f): Form<SignInForm>) -> Response {
     let login = f.login.trim();
-    if !state.config.account(login).is_some_and(|a| a.password == f.secret) {
+    if state.config.account(login).is_none_or(|a| a.password != f.secret) {
         return (
             StatusCode::UNAUTHORIZED,
             sign_in_form("", "The user name or password is not right."),
