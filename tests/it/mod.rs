@@ -19,6 +19,7 @@ mod package;
 mod pas;
 mod playbook;
 mod portal;
+mod portal_v3;
 mod postgres;
 mod query_plan;
 mod queue;

@@ -40,6 +40,28 @@ struct RawConfig {
     members: Vec<RawMember>,
     #[serde(default)]
     scenarios: Vec<RawScenario>,
+    #[serde(default)]
+    portal_v3: RawPortalV3,
+}
+
+/// The layout-v3 portal (`/v3/`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPortalV3 {
+    #[serde(default = "default_v3_idle")]
+    idle_timeout_seconds: u64,
+}
+
+impl Default for RawPortalV3 {
+    fn default() -> Self {
+        Self {
+            idle_timeout_seconds: default_v3_idle(),
+        }
+    }
+}
+
+fn default_v3_idle() -> u64 {
+    900
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +92,15 @@ struct RawAccount {
     totp_seed: String,
     provider_npi: String,
     provider_name: String,
+    #[serde(default)]
+    other_organisations: Vec<RawOrganisation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOrganisation {
+    name: String,
+    npi: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +164,29 @@ pub struct Account {
     pub totp_seed: String,
     pub provider_npi: String,
     pub provider_name: String,
+    /// Further organisations this login may act for; the layout-v3 portal
+    /// offers them beside its own in its organisation picker.
+    pub other_organisations: Vec<Organisation>,
+}
+
+/// A provider organisation a portal login may act for.
+#[derive(Debug, Clone)]
+pub struct Organisation {
+    pub name: String,
+    pub npi: String,
+}
+
+impl Account {
+    /// Every organisation the login may pick, its own first.
+    pub fn organisations(&self) -> Vec<Organisation> {
+        let own = Organisation {
+            name: self.provider_name.clone(),
+            npi: self.provider_npi.clone(),
+        };
+        std::iter::once(own)
+            .chain(self.other_organisations.iter().cloned())
+            .collect()
+    }
 }
 
 /// An OAuth2 client of the PAS API, acting for one provider organisation.
@@ -233,6 +287,9 @@ pub struct SandboxConfig {
     pub api_clients: Vec<ApiClient>,
     pub members: Vec<Member>,
     pub scenarios: Vec<Scenario>,
+    /// Layout-v3 portal sessions idle longer than this end (sandbox clock);
+    /// the next page shows the sign-in form again.
+    pub v3_idle_timeout_seconds: u64,
 }
 
 impl SandboxConfig {
@@ -284,6 +341,16 @@ impl RawConfig {
             if a.password.is_empty() {
                 errors.push(format!("{at}: password is empty"));
             }
+            for (j, o) in a.other_organisations.iter().enumerate() {
+                if let Err(e) = codes::check_npi(&o.npi) {
+                    errors.push(format!("{at}: other_organisations[{j}].npi: {e}"));
+                }
+                if o.npi == a.provider_npi {
+                    errors.push(format!(
+                        "{at}: other_organisations[{j}] is the account's own organisation"
+                    ));
+                }
+            }
         }
         for (i, c) in self.api_clients.iter().enumerate() {
             let at = format!("api_clients[{i}] ({})", c.client_id);
@@ -312,6 +379,9 @@ impl RawConfig {
                 Err(e) => errors.push(format!("{at}: {e}")),
             }
         }
+        if self.portal_v3.idle_timeout_seconds == 0 {
+            errors.push("portal_v3.idle_timeout_seconds must be at least 1".into());
+        }
         if self.payer.worklist_page_size == 0 {
             errors.push("payer.worklist_page_size must be at least 1".into());
         }
@@ -332,6 +402,14 @@ impl RawConfig {
                     totp_seed: a.totp_seed,
                     provider_npi: a.provider_npi,
                     provider_name: a.provider_name,
+                    other_organisations: a
+                        .other_organisations
+                        .into_iter()
+                        .map(|o| Organisation {
+                            name: o.name,
+                            npi: o.npi,
+                        })
+                        .collect(),
                 })
                 .collect(),
             api_clients: self
@@ -358,6 +436,7 @@ impl RawConfig {
                 })
                 .collect(),
             scenarios,
+            v3_idle_timeout_seconds: self.portal_v3.idle_timeout_seconds,
         })
     }
 }

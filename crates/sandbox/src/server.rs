@@ -174,7 +174,7 @@ async fn request_log(State(state): State<Shared>, req: Request, next: Next) -> R
 /// Applies the switched-on hazards to portal and API requests (never to `/admin`).
 async fn hazards(State(state): State<Shared>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let portal = path == "/" || path.starts_with("/portal");
+    let portal = path == "/" || path.starts_with("/portal") || path.starts_with("/v3");
     let api = path.starts_with("/fhir") || path.starts_with("/oauth") || path.starts_with("/cds-services");
     if !portal && !api {
         return next.run(req).await;

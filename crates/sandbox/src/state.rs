@@ -173,6 +173,33 @@ pub struct Session {
     pub draft: Draft,
 }
 
+/// Where a layout-v3 user is in its sign-in sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum V3Stage {
+    /// Password given; the six-box one-time code is next.
+    NeedCode,
+    /// Code given; an organisation must be picked.
+    NeedOrganisation,
+    /// Signed in, acting for one organisation.
+    Active,
+}
+
+/// A layout-v3 portal session: its own cookie and its own sign-in steps over
+/// the same payer (store, scenarios, letters) as the classic portal.
+#[derive(Debug, Clone)]
+pub struct V3Session {
+    pub username: String,
+    pub stage: V3Stage,
+    /// The organisation picked after sign-in: (NPI, name).
+    pub organisation: Option<(String, String)>,
+    pub last_seen: DateTime<Utc>,
+    /// Documents attached through the upload frame to the request form now open.
+    pub attachments: Vec<Attachment>,
+    /// The one-time token of the request form now open; a second POST of the
+    /// same form finds it gone and sends nothing.
+    pub form_token: Option<String>,
+}
+
 /// An OAuth2 bearer token.
 #[derive(Debug, Clone)]
 pub struct ApiToken {
@@ -212,6 +239,8 @@ pub const LOG_CAPACITY: usize = 100_000;
 pub struct Inner {
     pub store: Store,
     pub sessions: HashMap<String, Session>,
+    /// Sessions of the layout-v3 portal (`/v3/`), by their own cookie.
+    pub v3_sessions: HashMap<String, V3Session>,
     pub tokens: HashMap<String, ApiToken>,
     pub subscriptions: Vec<Subscription>,
     pub hazards: Hazards,
@@ -315,6 +344,7 @@ impl Inner {
         Self {
             store: Store::default(),
             sessions: HashMap::new(),
+            v3_sessions: HashMap::new(),
             tokens: HashMap::new(),
             subscriptions: Vec::new(),
             hazards: Hazards::default(),

@@ -1,11 +1,13 @@
 //! The provider web portal: server-rendered HTML with a little JavaScript.
 //!
 //! Every control has a stable `id` and a `<label for>`; automation targets those. Layout
-//! version 2 (a hazard) renders the wizard with different IDs and labels.
+//! version 2 (a hazard) renders the wizard with different IDs and labels. Layout v3
+//! (`/v3/`, module [`v3`]) is a second, differently built front end over the same payer.
 
 mod auth;
 mod layout;
 mod service;
+mod v3;
 mod views;
 mod wizard;
 
@@ -63,6 +65,7 @@ pub fn router() -> Router<Shared> {
         .route("/portal/api/status", get(views::status_json))
         .route("/portal/worklist", get(views::worklist))
         .route("/portal/letters/{reference}", get(views::letter))
+        .merge(v3::router())
 }
 
 /// The logged-in provider behind a request.
@@ -75,13 +78,18 @@ pub(crate) struct Ctx {
 }
 
 pub(crate) fn session_token(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, SESSION_COOKIE)
+}
+
+/// The value of the cookie `name` the browser sent.
+pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
 }
 

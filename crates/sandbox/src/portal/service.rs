@@ -15,7 +15,7 @@ use crate::state::{ServiceForm, Shared};
 /// How many service-line rows the form offers.
 pub const LINE_ROWS: usize = 5;
 
-const REQUEST_TYPES: &[(&str, &str)] = &[
+pub(super) const REQUEST_TYPES: &[(&str, &str)] = &[
     ("procedure", "Procedure / Surgery"),
     ("imaging", "Advanced Imaging"),
     ("dme", "Durable Medical Equipment"),
@@ -23,7 +23,7 @@ const REQUEST_TYPES: &[(&str, &str)] = &[
     ("inpatient-admission", "Inpatient Admission"),
 ];
 
-const SETTINGS: &[(&str, &str)] = &[
+pub(super) const SETTINGS: &[(&str, &str)] = &[
     ("outpatient", "Outpatient Hospital"),
     ("inpatient", "Inpatient Hospital"),
     ("office", "Office"),
@@ -264,7 +264,7 @@ pub fn validate(f: &ServiceForm, l: &Layout) -> Result<ValidService, Errors> {
     }
 }
 
-fn parse_service_form(pairs: Vec<(String, String)>) -> ServiceForm {
+pub(super) fn parse_service_form(pairs: Vec<(String, String)>) -> ServiceForm {
     let mut f = ServiceForm {
         codes: vec![String::new(); LINE_ROWS],
         units: vec![String::new(); LINE_ROWS],

@@ -5,3 +5,4 @@ mod browser;
 mod common;
 mod hazards;
 mod portal;
+mod v3;
