@@ -332,6 +332,13 @@ pub struct Started {
     playbook: PlaybookId,
 }
 
+/// A session added to an admitted job (`PayerLimits::try_widen`).
+#[derive(Debug)]
+#[must_use = "give the session back with PayerLimits::narrow"]
+pub struct Widened {
+    playbook: PlaybookId,
+}
+
 impl Started {
     pub fn playbook(&self) -> &PlaybookId {
         &self.playbook
@@ -417,6 +424,28 @@ impl PayerLimits {
         if let BreakerState::HalfOpen { .. } = p.breaker.state(now) {
             p.breaker.state = BreakerState::HalfOpen { trial_running: false };
         }
+    }
+
+    /// One more session for a job already admitted by `try_start` (the
+    /// per-case poll runs its cases over the payer's `max_sessions`): a
+    /// concurrency slot only — no rate token, no breaker trial — and only
+    /// while the breaker is closed. Given back with `narrow`.
+    pub fn try_widen(&mut self, payer: &PlaybookId, now: DateTime<Utc>) -> Option<Widened> {
+        let p = self.payer(payer);
+        if !matches!(p.breaker.state(now), BreakerState::Closed { .. }) || p.running >= p.settings.max_concurrent {
+            return None;
+        }
+        p.running += 1;
+        Some(Widened {
+            playbook: payer.clone(),
+        })
+    }
+
+    /// Gives back a session `try_widen` added (the breaker hears nothing:
+    /// the job's own `finish` speaks for its runs).
+    pub fn narrow(&mut self, widened: Widened) {
+        let p = self.payer(&widened.playbook);
+        p.running = p.running.saturating_sub(1);
     }
 
     /// Releases the run's slot and tells the breaker how it went.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use clap::Args;
+use futures_util::StreamExt;
 
 use super::Outcome;
 use crate::case::{CaseRecord, CaseStatus};
@@ -121,18 +122,54 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
         println!("no case to {action}");
         return Ok(Outcome::Ok);
     }
+    // `poll_status --all` polls over the payer's sessions at once (its
+    // playbook's `max_sessions`, within `webdriver.max_sessions`), each a
+    // session slot of the cluster's (as the daemon's runs hold): as many as
+    // are free now, and one without a slot when none is (as before).
+    let cap = playbooks
+        .iter()
+        .find(|p| p.id == args.playbook)
+        .map_or(1, |p| p.max_sessions);
+    let max = cap.min(settings.webdriver.max_sessions);
+    let slots = if args.all && action == Action::PollStatus && cases.len() > 1 && max > 1 {
+        let holder = crate::daemon::sessions::holder();
+        let grid = settings.webdriver.cluster_sessions;
+        let mut slots =
+            crate::daemon::sessions::SessionSlots::claim(&ledger, &holder, &args.playbook, cap, grid, max).await;
+        slots.keep_renewed(&ledger);
+        slots
+    } else {
+        crate::daemon::sessions::SessionSlots::default()
+    };
+    let sessions = slots.sessions().max(1);
     let mut engine = Engine::new(Arc::new(settings), ledger.clone(), playbooks);
-    engine.echo = true;
+    // Several runs at once would interleave their step traces.
+    engine.echo = sessions == 1;
     engine.dry_run = args.dry_run;
-    let mut failed = 0;
-    for case in &cases {
+    if sessions > 1 {
         eprintln!(
-            "precert run {} {action} --case {} (case {})",
+            "precert run {} {action}: {} cases, {sessions} sessions at once (step traces not shown)",
             args.playbook,
-            case.key(),
-            case.id
+            cases.len()
         );
-        let report = match engine.run(action, case.id, &Actor::current_user()).await {
+    }
+    let actor = Actor::current_user();
+    let mut runs = futures_util::stream::iter(&cases)
+        .map(|case| {
+            let (engine, actor, playbook) = (&engine, &actor, &args.playbook);
+            async move {
+                eprintln!(
+                    "precert run {playbook} {action} --case {} (case {})",
+                    case.key(),
+                    case.id
+                );
+                (case, engine.run(action, case.id, actor).await)
+            }
+        })
+        .buffer_unordered(sessions);
+    let mut failed = 0;
+    while let Some((case, ran)) = runs.next().await {
+        let report = match ran {
             Ok(r) => r,
             Err(e) => {
                 // A case that cannot run (not ready, no reference) does not
@@ -209,6 +246,8 @@ pub async fn run(args: RunArgs, settings: Settings) -> anyhow::Result<Outcome> {
             }
         }
     }
+    drop(runs);
+    slots.release(&ledger).await;
     engine.shutdown().await;
     ledger.close().await;
     Ok(if failed == 0 { Outcome::Ok } else { Outcome::Problems })

@@ -11,6 +11,7 @@
 mod http;
 mod intake;
 pub mod sd;
+pub mod sessions;
 mod worker;
 
 use std::collections::HashMap;

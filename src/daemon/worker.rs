@@ -13,8 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use super::sessions::{SessionSlots, BROWSER_SLOTS, SLOT_TTL};
 use super::{action_of, applies, escalation_job, Ctx, Loaded, LEASE};
 use crate::case::CaseStatus;
 use crate::engine::{Disposition, Engine, FailureKind};
@@ -63,22 +65,10 @@ impl Fold {
     }
 }
 
-/// How long a payer session slot is held without renewal (renewed with the
-/// job's lease, every `LEASE / 3`).
-const SLOT_TTL: chrono::Duration = chrono::Duration::seconds(120);
-
-/// The name under which the cluster's browser sessions are counted in the
-/// ledger's session slots (no playbook id starts with `@`).
-const BROWSER_SLOTS: &str = "@webdriver";
-
 /// Gives session slots back (one that cannot be frees itself when it runs
 /// out).
 async fn release_slots(ctx: &Ctx, slots: &[SlotLease]) {
-    for s in slots {
-        if let Err(e) = ctx.ledger.release_payer_slot(s).await {
-            tracing::warn!(slots = %s.playbook, error = %e, "Cannot give a session slot back; it frees itself when it runs out.");
-        }
-    }
+    super::sessions::release(&ctx.ledger, slots).await;
 }
 
 /// The playbook a job's payer key is bound to in its practice.
@@ -192,6 +182,39 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
             }
         }
     }
+    // A per-case poll runs its cases over the payer's sessions at once
+    // (the playbook's `max_sessions`): one more session for each that the
+    // payer's limits and the cluster's slots have room for now (it never
+    // waits for one; a busy payer polls with fewer).
+    let mut widened = Vec::new();
+    if let (Some(_), Some(pb), Some(Action::PollStatus)) = (&started, &playbook, action_of(job.kind)) {
+        let max = loaded.engine.playbook(pb).map_or(1, |p| p.max_sessions);
+        let cap = ctx.limits.lock().expect("limits lock").settings(pb).max_concurrent;
+        {
+            let mut limits = ctx.limits.lock().expect("limits lock");
+            for _ in 1..max.min(cap) {
+                match limits.try_widen(pb, Utc::now()) {
+                    Some(w) => widened.push(w),
+                    None => break,
+                }
+            }
+        }
+        let extra = SessionSlots::claim(
+            &ctx.ledger,
+            &ctx.owner,
+            pb.as_str(),
+            cap,
+            browser_cap,
+            widened.len() as u32,
+        )
+        .await;
+        let mut limits = ctx.limits.lock().expect("limits lock");
+        while widened.len() > extra.sessions() {
+            limits.narrow(widened.pop().expect("more than claimed"));
+        }
+        slots.extend(extra.into_leases());
+    }
+    let sessions = 1 + widened.len();
     let lease = Arc::new(tokio::sync::Mutex::new(job.lease.clone()));
     let renewing = CancellationToken::new();
     let renewer = {
@@ -203,15 +226,7 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
                     () = renewing.cancelled() => return,
                     () = tokio::time::sleep(LEASE / 3) => {}
                 }
-                for s in &slots {
-                    match ledger.renew_payer_slot(s, SLOT_TTL, Utc::now()).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!(playbook = %s.playbook, "The payer session slot was lost (it ran out).")
-                        }
-                        Err(e) => tracing::warn!(playbook = %s.playbook, error = %e, "Payer slot renewal failed."),
-                    }
-                }
+                super::sessions::renew(&ledger, &slots).await;
                 let current = lease.lock().await.clone();
                 match queue.renew(&current, LEASE, Utc::now()).await {
                     Ok(new) => *lease.lock().await = new,
@@ -224,7 +239,7 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
         })
     };
     let fold = tokio::select! {
-        f = execute(ctx, loaded, &job) => f,
+        f = execute(ctx, loaded, &job, sessions) => f,
         () = ctx.abandon.cancelled() => {
             let mut f = Fold::new();
             f.add(Disposition::Release);
@@ -237,6 +252,9 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
         loaded.engine.close_idle(pb, &job.practice).await;
     }
     release_slots(ctx, &slots).await;
+    for w in widened {
+        ctx.limits.lock().expect("limits lock").narrow(w);
+    }
     let lease = lease.lock().await.clone();
     let now = Utc::now();
     let kind = job.kind.as_str();
@@ -432,7 +450,9 @@ async fn crd_pass(ctx: &Ctx, engine: &Engine, job: &LeasedJob, payer: &PayerKey,
     }
 }
 
-async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Fold {
+/// Runs a job's action on each case it applies to; a per-case poll with
+/// `sessions` runs at once (each its own browser session, see `run_job`).
+async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob, sessions: usize) -> Fold {
     let mut fold = Fold::new();
     let Some(action) = action_of(job.kind) else {
         match escalation_job(ctx, loaded, job).await {
@@ -558,14 +578,27 @@ async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> Fold {
         }
         cases = next;
     }
-    for c in cases {
-        if ctx.stop.is_cancelled() {
-            // Shutting down: start nothing new; the rest of the job waits
-            // for the next start, with no attempt used.
-            fold.add(Disposition::Release);
-            break;
+    // Each case is its own run (its own ledger writes, its own fencing);
+    // a poll's runs go `sessions` at a time, each on a session of its own.
+    let at_once = if action == Action::PollStatus { sessions } else { 1 };
+    let mut runs = futures_util::stream::iter(cases)
+        .map(|c| {
+            let (payer, actor) = (&payer, &actor);
+            async move {
+                // Shutting down: start nothing new; the rest of the job
+                // waits for the next start, with no attempt used.
+                if ctx.stop.is_cancelled() {
+                    return None;
+                }
+                Some((c.id, run_case(ctx, engine, action, c.id, payer, actor).await))
+            }
+        })
+        .buffer_unordered(at_once);
+    while let Some(ran) = runs.next().await {
+        match ran {
+            Some((case_id, report)) => fold_in(&mut fold, action, case_id, &report),
+            None => fold.add(Disposition::Release),
         }
-        run_one(ctx, engine, action, c.id, &payer, &actor, &mut fold).await;
     }
     fold
 }
@@ -579,16 +612,40 @@ async fn run_one(
     actor: &Actor,
     fold: &mut Fold,
 ) -> Option<crate::engine::RunReport> {
+    let report = run_case(ctx, engine, action, case_id, payer, actor).await;
+    fold_in(fold, action, case_id, &report);
+    report.ok()
+}
+
+/// One run of the engine on one case, timed.
+async fn run_case(
+    ctx: &Ctx,
+    engine: &Engine,
+    action: Action,
+    case_id: i64,
+    payer: &PayerKey,
+    actor: &Actor,
+) -> Result<crate::engine::RunReport, crate::engine::EngineError> {
     let t0 = Instant::now();
     let report = engine.run(action, case_id, actor).await;
     ctx.metrics.run(payer, action.as_str(), t0.elapsed().as_secs_f64());
-    fold.runs += 1;
     match &report {
         Err(crate::engine::EngineError::Browser(e)) => ctx.metrics.health.browser_started(Err(e.to_string())),
         Ok(_) if engine.driver_process_group().await.is_some() => ctx.metrics.health.browser_started(Ok(())),
         _ => {}
     }
-    let d = match &report {
+    report
+}
+
+/// What a run means for its job.
+fn fold_in(
+    fold: &mut Fold,
+    action: Action,
+    case_id: i64,
+    report: &Result<crate::engine::RunReport, crate::engine::EngineError>,
+) {
+    fold.runs += 1;
+    let d = match report {
         Err(e) => {
             let d = Disposition::from(e);
             if d != Disposition::Done {
@@ -607,5 +664,4 @@ async fn run_one(
         }
     };
     fold.add(d);
-    report.ok()
 }

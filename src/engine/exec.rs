@@ -84,6 +84,12 @@ pub struct Interp<'a> {
     /// read once from the browser and kept with the session until the next
     /// login; a fetched answer's `Set-Cookie` updates them.
     pub cookies: Option<Vec<(String, String)>>,
+    /// The `extract` steps right after the running one in its step list,
+    /// which it reads with its own in one page script (`read_in_page`).
+    pub following: Vec<Step>,
+    /// What that script read for the steps after it: a step's place and
+    /// its value, or why there is none.
+    pub prefetched: Vec<(crate::playbook::Loc, Result<String, String>)>,
 }
 
 type StepResult = Result<(), StepFailure>;
@@ -156,7 +162,8 @@ impl<'a> Interp<'a> {
         'a: 's,
     {
         Box::pin(async move {
-            for step in steps {
+            for (i, step) in steps.iter().enumerate() {
+                self.following = following_extracts(step, &steps[i + 1..]);
                 self.run_step(step).await?;
             }
             Ok(())
@@ -185,6 +192,9 @@ impl<'a> Interp<'a> {
             let result = self.exec(step).await;
             let result = match result {
                 Err(f) => {
+                    // What a failed step's page script read for the steps
+                    // after it is not theirs on another attempt.
+                    self.prefetched.clear();
                     let f = self.classify(step, f).await;
                     Err(StepFailure {
                         message: self.scrub(&f.message),
@@ -223,6 +233,9 @@ impl<'a> Interp<'a> {
         }
     }
 
+    /// The first element matching a selector: at once when it is there,
+    /// else after a wait in the page (`wait_in_page`, no polling) until it
+    /// is, a `detect` page shows, or the step's timeout.
     async fn find(&self, step: &Step, sel: &Sel) -> Result<fantoccini::elements::Element, StepFailure> {
         let css = self.css(step, sel)?;
         let deadline = tokio::time::Instant::now() + step.timeout;
@@ -235,15 +248,53 @@ impl<'a> Interp<'a> {
             if let Some(el) = found.into_iter().next() {
                 return Ok(el);
             }
-            self.page_says_stop(step).await?;
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline
+                || !self.wait_in_page(step, json!({ "present": css }), deadline).await?
+            {
                 return Err(fail(
                     step,
                     FailureKind::PortalChanged,
                     format!("no element matches `{css}` after {:?}", step.timeout),
                 ));
             }
-            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits in the page, one script call (`PRESENCE_JS` without its quiet
+    /// period: a `MutationObserver`, no polling), until a condition (as
+    /// `js_condition` gives it) holds — `true` — or `deadline` passes —
+    /// `false`. A page the `detect` rules know ends the wait, classified.
+    async fn wait_in_page(
+        &self,
+        step: &Step,
+        cond: Value,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, StepFailure> {
+        let stops = Value::Array(self.js_stops(step)?);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // Under WebDriver's script limit (30 s); longer waits loop.
+            let wait_ms = left.min(Duration::from_secs(20)).as_millis() as u64;
+            let args = vec![cond.clone(), stops.clone(), Value::Null, json!(wait_ms)];
+            // `None`: the page went away under the script; look at the new one.
+            let answer = self.page_script(step, PRESENCE_JS, args).await?;
+            let said = |k: &str| answer.as_ref().and_then(|v| v.get(k)).and_then(Value::as_bool) == Some(true);
+            if said("holds") {
+                return Ok(true);
+            }
+            if let Some(e) = answer.as_ref().and_then(|v| v.get("error")).and_then(Value::as_str) {
+                return Err(fail(
+                    step,
+                    FailureKind::Fatal,
+                    format!("the page cannot check {cond}: {e}"),
+                ));
+            }
+            if said("stop") {
+                self.page_says_stop(step).await?;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
         }
     }
 
@@ -335,6 +386,21 @@ impl<'a> Interp<'a> {
 
     async fn wait_until(&self, step: &Step, c: &Condition) -> StepResult {
         let deadline = tokio::time::Instant::now() + step.timeout;
+        if self.client.is_some() && self.page.is_none() && !matches!(c, Condition::Expr(_)) {
+            // In the browser: one script call that waits for it.
+            if self.wait_in_page(step, self.js_condition(step, c)?, deadline).await? {
+                return Ok(());
+            }
+            return Err(fail(
+                step,
+                FailureKind::Retryable,
+                format!(
+                    "still not true after {:?}: {}",
+                    step.timeout,
+                    describe_in(self, step, c)
+                ),
+            ));
+        }
         loop {
             if self.holds(step, c).await? {
                 return Ok(());
@@ -402,6 +468,13 @@ impl<'a> Interp<'a> {
             if said("holds") {
                 return Ok(());
             }
+            if let Some(e) = answer.as_ref().and_then(|v| v.get("error")).and_then(Value::as_str) {
+                return Err(fail(
+                    step,
+                    FailureKind::Fatal,
+                    format!("the page cannot check {cond}: {e}"),
+                ));
+            }
             if said("stop") {
                 self.page_says_stop(step).await?;
             }
@@ -427,7 +500,7 @@ impl<'a> Interp<'a> {
         match &step.kind {
             StepKind::Navigate { url } => {
                 let url = self.render(step, url)?;
-                self.browser(step)?.goto(&url).await.map_err(wd)?;
+                self.goto(step, &url).await?;
             }
             StepKind::Fill { selector, value } => {
                 let value = self.render(step, value)?;
@@ -535,6 +608,7 @@ impl<'a> Interp<'a> {
                 into,
                 optional,
             } => {
+                let following = std::mem::take(&mut self.following);
                 let on_page = match (&self.page, from) {
                     (None, _) => None,
                     (Some(page), ExtractOn::Selector(selector)) => {
@@ -569,23 +643,10 @@ impl<'a> Interp<'a> {
                     (Some(Ok(v)), _) => v,
                     (Some(Err(f)), _) if *optional && f.kind == FailureKind::PortalChanged => String::new(),
                     (Some(Err(f)), _) => return Err(f),
-                    (None, ExtractOn::Selector(selector)) => match self.find(step, selector).await {
+                    (None, _) => match self.read_in_page(step, following).await {
                         Err(f) if *optional && f.kind == FailureKind::PortalChanged => String::new(),
-                        Err(f) => return Err(f),
-                        Ok(el) => match attribute {
-                            Some(a) => el.attr(a).await.map_err(wd)?.unwrap_or_default(),
-                            None => el.text().await.map_err(wd)?,
-                        },
+                        other => other?,
                     },
-                    (None, ExtractOn::Label { label, within }) => {
-                        match self
-                            .read_label(step, label, within.as_ref(), attribute.as_deref())
-                            .await
-                        {
-                            Err(f) if *optional && f.kind == FailureKind::PortalChanged => String::new(),
-                            other => other?,
-                        }
-                    }
                 };
                 let value = match regex {
                     None => value.trim().to_owned(),
@@ -1171,48 +1232,89 @@ impl<'a> Interp<'a> {
         }
     }
 
-    /// The value next to a label, read in the page by one script call
-    /// that waits (without polling) until the label is there, a `detect`
-    /// page shows, or the step's timeout.
-    async fn read_label(
-        &self,
-        step: &Step,
-        label: &Tpl,
-        within: Option<&Sel>,
-        attribute: Option<&str>,
-    ) -> Result<String, StepFailure> {
-        let text = self.render(step, label)?;
-        let within = match within {
-            Some(w) => Value::String(self.css(step, w)?),
-            None => Value::Null,
+    /// What an `extract` step reads, as `READS_JS` takes it, and what
+    /// its failure says when the page never shows it.
+    fn read_item(&self, step: &Step) -> Result<(Value, String), StepFailure> {
+        let StepKind::Extract { from, attribute, .. } = &step.kind else {
+            return Err(fail(step, FailureKind::Fatal, "not an extract step"));
         };
-        let stops = self.js_stops(step)?;
+        let attribute = attribute.as_ref().map_or(Value::Null, |a| Value::String(a.clone()));
+        Ok(match from {
+            ExtractOn::Selector(s) => {
+                let css = self.css(step, s)?;
+                let absent = format!("no element matches `{css}` after {:?}", step.timeout);
+                (json!({ "css": css, "attribute": attribute }), absent)
+            }
+            ExtractOn::Label { label, within } => {
+                let text = self.render(step, label)?;
+                let within = within.as_ref().map(|w| self.css(step, w)).transpose()?;
+                let absent = format!("no value next to a label `{text}` after {:?}", step.timeout);
+                (
+                    json!({ "label": text, "within": within, "attribute": attribute }),
+                    absent,
+                )
+            }
+        })
+    }
+
+    /// An `extract` in the browser: its value, and those of the `extract`
+    /// steps right after it (`following`), read by one script call that
+    /// waits in the page (no polling) until every one is there, a `detect`
+    /// page shows, or the step's timeout. The later steps then take what
+    /// was read (`prefetched`) without a WebDriver call; one still absent
+    /// when the wait ended fails at once as it would have after its own.
+    async fn read_in_page(&mut self, step: &Step, following: Vec<Step>) -> Result<String, StepFailure> {
+        if let Some(i) = self.prefetched.iter().position(|(at, _)| *at == step.at) {
+            let (_, read) = self.prefetched.remove(i);
+            return read.map_err(|absent| fail(step, FailureKind::PortalChanged, absent));
+        }
+        self.prefetched.clear();
+        let (first, absent) = self.read_item(step)?;
+        let mut items = vec![first];
+        let mut rest = Vec::new();
+        for s in &following {
+            // A step whose templates do not render reads (and fails) alone.
+            let Ok((item, absent)) = self.read_item(s) else { break };
+            items.push(item);
+            rest.push((s.at, absent));
+        }
+        let stops = Value::Array(self.js_stops(step)?);
+        let items = Value::Array(items);
         let deadline = tokio::time::Instant::now() + step.timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let wait_ms = left.min(Duration::from_secs(20)).as_millis() as u64;
-            let args = vec![
-                Value::String(text.clone()),
-                within.clone(),
-                attribute.map_or(Value::Null, |a| Value::String(a.to_owned())),
-                Value::Array(stops.clone()),
-                json!(wait_ms),
-            ];
-            let v = self.page_script(step, LABEL_JS, args).await?.unwrap_or_default();
-            if let Some(found) = v.get("value").and_then(Value::as_str) {
-                return Ok(found.to_owned());
+            let args = vec![items.clone(), stops.clone(), json!(wait_ms)];
+            let v = self.page_script(step, READS_JS, args).await?.unwrap_or_default();
+            let ended = tokio::time::Instant::now() >= deadline;
+            let waiting = v.get("waiting").and_then(Value::as_bool) == Some(true);
+            if let (Some(values), false) = (v.get("values").and_then(Value::as_array), waiting && !ended) {
+                let value = |i: usize| values.get(i).and_then(Value::as_str).map(str::to_owned);
+                let first = value(0).ok_or_else(|| fail(step, FailureKind::PortalChanged, absent))?;
+                for (i, (at, absent)) in rest.into_iter().enumerate() {
+                    self.prefetched.push((at, value(i + 1).ok_or(absent)));
+                }
+                return Ok(first);
             }
             if v.get("stop").and_then(Value::as_bool) == Some(true) {
                 self.page_says_stop(step).await?;
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(fail(
-                    step,
-                    FailureKind::PortalChanged,
-                    format!("no value next to a label `{text}` after {:?}", step.timeout),
-                ));
+            if ended {
+                return Err(fail(step, FailureKind::PortalChanged, absent));
             }
         }
+    }
+
+    /// Goes to a page: an absolute address by one WebDriver command
+    /// (`NavigateTo`), a relative one resolved against the current page.
+    async fn goto(&self, step: &Step, url: &str) -> StepResult {
+        let client = self.browser(step)?;
+        let done = if reqwest::Url::parse(url).is_ok() {
+            client.issue_cmd(NavigateTo(url.to_owned())).await.map(|_| ())
+        } else {
+            client.goto(url).await
+        };
+        done.map_err(|e| webdriver_failure(step, e))
     }
 
     /// Runs one of the waiting page scripts. `None` when the page went away
@@ -1368,7 +1470,7 @@ impl<'a> Interp<'a> {
                             format!("page {} links to itself as the next page", page + 1),
                         ));
                     }
-                    self.browser(step)?.goto(&href).await.map_err(wd)?;
+                    self.goto(step, &href).await?;
                     last_href = Some(href);
                     previous = None;
                 }
@@ -1451,6 +1553,26 @@ impl<'a> Interp<'a> {
     }
 }
 
+/// WebDriver's "Navigate To" an absolute address, one command (fantoccini's
+/// `goto` first asks for the current URL to resolve a relative one: a
+/// second round trip for every page).
+#[derive(Debug)]
+struct NavigateTo(String);
+
+impl fantoccini::wd::WebDriverCompatibleCommand for NavigateTo {
+    fn endpoint(
+        &self,
+        base: &reqwest::Url,
+        session: Option<&str>,
+    ) -> Result<reqwest::Url, <reqwest::Url as std::str::FromStr>::Err> {
+        base.join(&format!("session/{}/url", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &reqwest::Url) -> (axum::http::Method, Option<String>) {
+        (axum::http::Method::POST, Some(json!({ "url": self.0 }).to_string()))
+    }
+}
+
 /// What a `fetch` step got.
 enum Fetch {
     Json(Value),
@@ -1484,10 +1606,10 @@ struct NextPage {
     href: Option<String>,
 }
 
-/// The end of the in-page reads that wait (`LABEL_JS`, `ROWS_JS`): answer
+/// The end of the in-page reads that wait (`READS_JS`, `ROWS_JS`): answer
 /// `read()` at once when it has something, else as soon as a change of the
-/// page makes it so, else `{waiting}` after `waitMs`. The script before it
-/// defines `read`, `done` and `waitMs`.
+/// page makes it so, else `waited()` after `waitMs`. The script before it
+/// defines `read`, `waited`, `done` and `waitMs`.
 macro_rules! answer_when_read_js {
     () => {
         r#"
@@ -1507,21 +1629,24 @@ if (now !== null) {
   observer.observe(document, { subtree: true, childList: true, attributes: true, characterData: true });
   timer = setTimeout(() => {
     observer.disconnect();
-    done(read() || { waiting: true });
+    done(read() || waited());
   }, waitMs);
 }
 "#
     };
 }
 
-/// Finds the value next to a label (see `Interp::read_label`). Arguments:
-/// the label, the `within` selector (or null), the attribute to read (or
-/// null), stop conditions, the wait in ms; then WebDriver's callback.
-const LABEL_JS: &str = concat!(
+/// Reads the values of `extract` steps in the page (see
+/// `Interp::read_in_page`): each an element's text or attribute (`css`),
+/// or the value next to a label (`label`, in `within` or the page).
+/// Arguments: the items, stop conditions, the wait in ms; then WebDriver's
+/// callback. Answers `{values}` (one a step, `null` for one not there)
+/// once every one is there or when the wait ends (`waiting` then), or
+/// `{stop}` for a page the `detect` rules know.
+const READS_JS: &str = concat!(
     r#"
-const [label, within, attribute, stops, waitMs, done] = arguments;
+const [items, stops, waitMs, done] = arguments;
 const norm = (s) => s.replace(/\s+/g, ' ').trim().replace(/\s*:$/, '').toLowerCase();
-const want = norm(label);
 const text = (el) => el.textContent.replace(/\s+/g, ' ').trim();
 const holds = (c) => {
   if ('present' in c) return document.querySelector(c.present) !== null;
@@ -1530,7 +1655,17 @@ const holds = (c) => {
   if ('url' in c) return location.href.includes(c.url);
   return c.always === true;
 };
-const valueOf = (el) => {
+// An element's text or attribute as WebDriver's "Get Element Text" and
+// "Get Element Attribute" give them: the rendered text (none when not
+// shown); properties for value, href, src, checked and selected.
+const shown = (el) => (el.checkVisibility && !el.checkVisibility() ? '' : el.innerText);
+const attr = (el, a) => {
+  if (['value', 'href', 'src'].includes(a) && typeof el[a] === 'string') return el[a];
+  if (['checked', 'selected'].includes(a)) return el[a] ? 'true' : '';
+  return el.getAttribute(a) || '';
+};
+// The value a label stands for, read as a field's value or the text.
+const valueOf = (el, attribute) => {
   if (attribute !== null) return el.getAttribute(attribute) || '';
   if ('value' in el && ['INPUT', 'SELECT', 'TEXTAREA'].includes(el.tagName)) return el.value;
   return text(el);
@@ -1541,7 +1676,7 @@ const nextElement = (el, tags) => {
   }
   return null;
 };
-// The value a label stands for, or null.
+// The element a label stands for, or null.
 const beside = (el) => {
   switch (el.tagName) {
     case 'DT':
@@ -1569,30 +1704,44 @@ const beside = (el) => {
       return nextElement(el, null);
   }
 };
-const find = () => {
-  const root = within === null ? document : document.querySelector(within);
+const byLabel = (it) => {
+  const root = it.within === null ? document : document.querySelector(it.within);
   if (root === null) return null;
+  const want = norm(it.label);
   // Labels first, then any element whose own text is the label.
   const all = Array.from(root.querySelectorAll('dt, th, label'))
     .concat(Array.from(root.querySelectorAll('body *')).filter((e) => e.children.length === 0));
   for (const el of all) {
     if (norm(el.textContent) !== want) continue;
     const v = beside(el);
-    if (v !== null) return { value: valueOf(v) };
+    if (v !== null) return valueOf(v, it.attribute);
   }
   return null;
 };
-const read = () => find() || (stops.some(holds) ? { stop: true } : null);
+const bySelector = (it) => {
+  const el = document.querySelector(it.css);
+  if (el === null) return null;
+  return it.attribute === null ? shown(el) : attr(el, it.attribute);
+};
+const values = () => items.map((it) => ('css' in it ? bySelector(it) : byLabel(it)));
+const read = () => {
+  const v = values();
+  if (v.every((x) => x !== null)) return { values: v };
+  return stops.some(holds) ? { stop: true } : null;
+};
+const waited = () => ({ waiting: true, values: values() });
 "#,
     answer_when_read_js!()
 );
 
 /// Answers as soon as a condition holds, or once the page has loaded
 /// (`document.readyState` is `complete`) and then not changed for a quiet
-/// period without it holding (see `Interp::settled`). Arguments: the
-/// condition, stop conditions, the quiet period and the wait in ms; then
-/// WebDriver's callback. Answers `{holds}`, `{stop}`, `{settled}` or
-/// `{waiting}` (the wait ended first).
+/// period without it holding (see `Interp::settled`; without a quiet
+/// period, `null`, it waits for the condition only: `Interp::wait_in_page`).
+/// Arguments: the condition, stop conditions, the quiet period and the
+/// wait in ms; then WebDriver's callback. Answers `{holds}`, `{stop}`,
+/// `{settled}`, `{waiting}` (the wait ended first) or `{error}` (a
+/// selector the page cannot parse).
 const PRESENCE_JS: &str = r#"
 const [cond, stops, quietMs, waitMs, done] = arguments;
 const holds = (c) => {
@@ -1603,7 +1752,12 @@ const holds = (c) => {
   return c.always === true;
 };
 const check = () => (holds(cond) ? { holds: true } : stops.some(holds) ? { stop: true } : null);
-const now = check();
+let now = null;
+try {
+  now = check();
+} catch (e) {
+  now = { error: String(e.message || e) };
+}
 if (now !== null) {
   done(now);
 } else {
@@ -1620,7 +1774,7 @@ if (now !== null) {
   // (Re)starts the quiet period, once the page has loaded.
   function arm() {
     clearTimeout(quiet);
-    if (document.readyState === 'complete') {
+    if (quietMs !== null && document.readyState === 'complete') {
       quiet = setTimeout(() => finish(check() || { settled: true }), quietMs);
     }
   }
@@ -1673,6 +1827,7 @@ const read = () => {
   if (stops.some(holds)) return { stop: true };
   return null;
 };
+const waited = () => ({ waiting: true });
 "#,
     answer_when_read_js!()
 );
@@ -1712,4 +1867,32 @@ fn webdriver_failure(step: &Step, e: fantoccini::error::CmdError) -> StepFailure
 /// The variables part of a fresh context.
 pub fn empty_vars() -> Value {
     json!({})
+}
+
+/// The `extract` steps right after `step` (itself one) that its page
+/// script can read with it: consecutive, with its timeout, and reading no
+/// variable that one of them sets.
+fn following_extracts(step: &Step, rest: &[Step]) -> Vec<Step> {
+    let StepKind::Extract { into, .. } = &step.kind else {
+        return Vec::new();
+    };
+    let mut set = vec![into.as_str()];
+    let mut out = Vec::new();
+    for s in rest {
+        let StepKind::Extract { from, into, .. } = &s.kind else {
+            break;
+        };
+        let sources = match from {
+            ExtractOn::Selector(sel) => vec![&sel.css.source],
+            ExtractOn::Label { label, within } => std::iter::once(&label.source)
+                .chain(within.as_ref().map(|w| &w.css.source))
+                .collect(),
+        };
+        if s.timeout != step.timeout || sources.iter().any(|t| set.iter().any(|v| t.contains(v))) {
+            break;
+        }
+        set.push(into.as_str());
+        out.push(s.clone());
+    }
+    out
 }

@@ -1234,6 +1234,8 @@ impl Engine {
             stopped_before: None,
             page: None,
             cookies: None,
+            following: Vec::new(),
+            prefetched: Vec::new(),
         }
     }
 

@@ -16,6 +16,7 @@ mod logging;
 mod mail;
 mod metrics;
 mod package;
+mod parallel_poll;
 mod pas;
 mod playbook;
 mod portal;

@@ -1,14 +1,18 @@
 //! Polling at the speed of the wire (issue 15): N pending requests on the
 //! sandbox, each with its case in the ledger, polled three ways by the
-//! engine in real headless Chromium, one session:
+//! engine in real headless Chromium:
 //!
 //! (a) per case through the browser (the status search page, rendered),
 //! (b) per case through `fetch` (the search's JSON with the browser
 //!     session's cookies — the shipped `playbooks/sandbox.yaml`),
 //! (c) by worklist (every page of it, through the browser).
 //!
+//! (a) and (b) with one session and with two (the playbook's
+//! `max_sessions` = 2: the cases polled two at a time, as the daemon's poll
+//! job and `precert run … --all` do); (c) is one pass, one session.
+//!
 //! Each figure stands beside the physical limit: the requests the portal
-//! served during it × the page latency ÷ sessions (1), and beside Robot
+//! served during it × the page latency ÷ sessions, and beside Robot
 //! Framework 7.5 + SeleniumLibrary doing (a)'s work (`bench/robot/poll.robot`,
 //! run from a venv this program creates under `target/robot-venv` with pip
 //! from PyPI; without network the peer's row says why it is missing). Usage:
@@ -17,13 +21,14 @@
 //!
 //! Needs `/usr/bin/chromedriver` and `/usr/bin/chromium` (as the tests do).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use precert::case::CaseStatus;
+use precert::config::Settings;
 use precert::config::{self, Secrets};
 use precert::engine::Engine;
-use precert::playbook::{self, Action};
+use precert::playbook::{self, Action, Playbook};
 use precert::store::{Actor, Ledger};
 use precert_bench::{Project, Table, CSV_HEADER, REPO, SECRETS};
 use precert_sandbox::store::{Channel, NewRequest};
@@ -58,8 +63,11 @@ struct World {
     references: Vec<String>,
     sandbox: SandboxHandle,
     ledger: Ledger,
-    fetch: Engine,
-    browser: Engine,
+    settings: Arc<Settings>,
+    /// The shipped playbook (per case by `fetch`) and the same with the
+    /// browser's `poll_status`.
+    fetching: Vec<Playbook>,
+    browsing: Vec<Playbook>,
     ids: Vec<i64>,
     _p: Project,
 }
@@ -67,8 +75,20 @@ struct World {
 /// A way of polling, measured.
 struct Figure {
     what: String,
+    sessions: usize,
     wall: Duration,
     requests: usize,
+}
+
+impl World {
+    /// An engine whose sandbox playbook allows `sessions` at once.
+    fn engine(&self, playbooks: &[Playbook], sessions: u32) -> Engine {
+        let mut playbooks = playbooks.to_vec();
+        for p in &mut playbooks {
+            p.max_sessions = sessions;
+        }
+        Engine::new(self.settings.clone(), self.ledger.clone(), playbooks)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -95,8 +115,6 @@ fn main() -> anyhow::Result<()> {
                         eprintln!("{n} requests at {latency} ms: {e:#}");
                     }
                 }
-                w.fetch.shutdown().await;
-                w.browser.shutdown().await;
                 w.ledger.close().await;
                 w.sandbox.shutdown().await;
             }
@@ -139,6 +157,10 @@ async fn world(n: usize) -> anyhow::Result<World> {
     let out = p.precert()?.args(["cases", "import"]).arg(&csv_path).output()?;
     anyhow::ensure!(out.status.success(), "import: {}", String::from_utf8_lossy(&out.stderr));
     let settings = config::load(&p.config_path(), Secrets::Resolve).map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(
+        settings.webdriver.max_sessions >= 2,
+        "the configuration's webdriver.max_sessions must allow two sessions"
+    );
     let ledger = Ledger::open(&settings.database_url).await?;
     let actor = Actor::user("bench");
     let mut ids = Vec::new();
@@ -165,11 +187,11 @@ async fn world(n: usize) -> anyhow::Result<World> {
     )?;
     let (browsing, errors) = playbook::load_dir(&dir);
     anyhow::ensure!(errors.is_empty(), "playbooks: {errors:?}");
-    let settings = Arc::new(settings);
     Ok(World {
         references,
-        fetch: Engine::new(settings.clone(), ledger.clone(), fetching),
-        browser: Engine::new(settings, ledger.clone(), browsing),
+        settings: Arc::new(settings),
+        fetching,
+        browsing,
         sandbox,
         ledger,
         ids,
@@ -177,21 +199,65 @@ async fn world(n: usize) -> anyhow::Result<World> {
     })
 }
 
-async fn poll(w: &World, engine: &Engine, what: &str, ids: &[i64]) -> anyhow::Result<Figure> {
-    let actor = Actor::job("bench", 1);
+/// Polls `ids` per case with `sessions` runs at once (each on its own
+/// session, signed in before the clock starts), as the daemon does.
+async fn poll(w: &World, playbooks: &[Playbook], what: &str, ids: &[i64], sessions: usize) -> anyhow::Result<Figure> {
+    let engine = Arc::new(w.engine(playbooks, sessions as u32));
+    // Sign in first, every session at once (each login takes its own): a
+    // login is not polling.
+    let mut logins = tokio::task::JoinSet::new();
+    for _ in 0..sessions {
+        let e = engine.clone();
+        logins.spawn(async move { e.login_only("sandbox", "lakeside-ortho").await });
+    }
+    while let Some(r) = logins.join_next().await {
+        let r = r??;
+        anyhow::ensure!(r.failure.is_none(), "login: {:?}", r.failure);
+    }
     let before = w.sandbox.request_log().len();
     let t0 = Instant::now();
-    for &id in ids {
-        let r = engine.run(Action::PollStatus, id, &actor).await?;
-        if let Some(f) = r.failure {
-            anyhow::bail!("{what}: case {id}: {f}");
+    let queue = Arc::new(Mutex::new(ids.iter().rev().copied().collect::<Vec<_>>()));
+    let mut runs = tokio::task::JoinSet::new();
+    for _ in 0..sessions {
+        let (engine, queue, what) = (engine.clone(), queue.clone(), what.to_owned());
+        runs.spawn(async move {
+            let actor = Actor::job("bench", 1);
+            loop {
+                let Some(id) = queue.lock().expect("queue lock").pop() else {
+                    return anyhow::Ok(());
+                };
+                let r = engine.run(Action::PollStatus, id, &actor).await?;
+                if let Some(f) = r.failure {
+                    anyhow::bail!("{what}: case {id}: {f}");
+                }
+            }
+        });
+    }
+    let mut result = Ok(());
+    while let Some(r) = runs.join_next().await {
+        if let Err(e) = r.map_err(anyhow::Error::from).and_then(|r| r) {
+            result = Err(e);
         }
     }
+    let wall = t0.elapsed();
+    engine.shutdown().await;
+    result?;
     Ok(Figure {
         what: what.into(),
-        wall: t0.elapsed(),
+        sessions,
+        wall,
         requests: w.sandbox.request_log().len() - before,
     })
+}
+
+/// A figure measured on the first `browsed` of `n` cases, scaled to `n`.
+fn scaled(mut f: Figure, browsed: usize, n: usize) -> Figure {
+    if browsed < n {
+        f.what = format!("{} (first {browsed}, scaled ×{})", f.what, n / browsed);
+        f.wall = f.wall.mul_f64(n as f64 / browsed as f64);
+        f.requests = f.requests * n / browsed;
+    }
+    f
 }
 
 async fn measure(w: &World, latency: u64) -> anyhow::Result<()> {
@@ -202,49 +268,45 @@ async fn measure(w: &World, latency: u64) -> anyhow::Result<()> {
             ..Default::default()
         })
         .map_err(|e| anyhow::anyhow!(e))?;
-    // Sign in first (both engines): a login is not polling.
-    for e in [&w.fetch, &w.browser] {
-        let r = e.login_only("sandbox", "lakeside-ortho").await?;
-        anyhow::ensure!(r.failure.is_none(), "login: {:?}", r.failure);
-    }
-    let actor = Actor::job("bench", 1);
     let mut figures = Vec::new();
     let browsed = n.min(BROWSER_MAX);
-    let mut b = poll(w, &w.browser, "per case, browser", &w.ids[..browsed]).await?;
-    if browsed < n {
-        b.what = format!("per case, browser (first {browsed}, scaled ×{})", n / browsed);
-        b.wall = b.wall.mul_f64(n as f64 / browsed as f64);
-        b.requests = b.requests * n / browsed;
+    let mut fetch = Vec::new();
+    for sessions in [1, 2] {
+        let b = poll(w, &w.browsing, "per case, browser", &w.ids[..browsed], sessions).await?;
+        figures.push(scaled(b, browsed, n));
+        let f = poll(w, &w.fetching, "per case, fetch", &w.ids, sessions).await?;
+        fetch.push(f.wall);
+        figures.push(f);
     }
-    figures.push(b);
-    figures.push(poll(w, &w.fetch, "per case, fetch", &w.ids).await?);
     let peer = match robot(w, browsed).await {
-        Ok(mut f) => {
-            if browsed < n {
-                f.what = format!("{} (first {browsed}, scaled ×{})", f.what, n / browsed);
-                f.wall = f.wall.mul_f64(n as f64 / browsed as f64);
-                f.requests = f.requests * n / browsed;
-            }
-            Some(f)
-        }
+        Ok(f) => Some(scaled(f, browsed, n)),
         Err(e) => {
             eprintln!("Robot Framework peer not measured: {e:#}");
             None
         }
     };
+    let engine = w.engine(&w.fetching, 1);
+    let r = engine.login_only("sandbox", "lakeside-ortho").await?;
+    anyhow::ensure!(r.failure.is_none(), "login: {:?}", r.failure);
     let before = w.sandbox.request_log().len();
     let t0 = Instant::now();
-    let r = w.fetch.run(Action::PollWorklist, w.ids[0], &actor).await?;
+    let r = engine
+        .run(Action::PollWorklist, w.ids[0], &Actor::job("bench", 1))
+        .await?;
+    let wall = t0.elapsed();
+    engine.shutdown().await;
     anyhow::ensure!(r.failure.is_none(), "worklist: {:?}", r.failure);
     figures.push(Figure {
         what: format!("worklist ({} rows read)", r.observations.len()),
-        wall: t0.elapsed(),
+        sessions: 1,
+        wall,
         requests: w.sandbox.request_log().len() - before,
     });
     let mut t = Table::new(
-        &format!("{n} pending requests, {latency} ms page latency, 1 session"),
+        &format!("{n} pending requests, {latency} ms page latency"),
         &[
             "polled",
+            "sessions",
             "wall",
             "per case",
             "requests served",
@@ -252,32 +314,11 @@ async fn measure(w: &World, latency: u64) -> anyhow::Result<()> {
             "× limit",
         ],
     );
-    for f in &figures {
-        let limit = Duration::from_millis(latency) * f.requests as u32;
+    for f in figures.iter().chain(&peer) {
+        let limit = Duration::from_millis(latency) * f.requests as u32 / f.sessions as u32;
         t.row(vec![
             f.what.clone(),
-            format!("{:.2} s", f.wall.as_secs_f64()),
-            format!("{:.1} ms", f.wall.as_secs_f64() * 1000.0 / n as f64),
-            f.requests.to_string(),
-            format!("{:.2} s", limit.as_secs_f64()),
-            if latency == 0 {
-                "—".into()
-            } else {
-                format!("{:.2}", f.wall.as_secs_f64() / limit.as_secs_f64())
-            },
-        ]);
-    }
-    if let Some(f) = &peer {
-        figures.push(Figure {
-            what: f.what.clone(),
-            wall: f.wall,
-            requests: f.requests,
-        });
-    }
-    for f in &figures[figures.len() - usize::from(peer.is_some())..] {
-        let limit = Duration::from_millis(latency) * f.requests as u32;
-        t.row(vec![
-            f.what.clone(),
+            f.sessions.to_string(),
             format!("{:.2} s", f.wall.as_secs_f64()),
             format!("{:.1} ms", f.wall.as_secs_f64() * 1000.0 / n as f64),
             f.requests.to_string(),
@@ -291,24 +332,31 @@ async fn measure(w: &World, latency: u64) -> anyhow::Result<()> {
     }
     t.print();
     if let Some(f) = &peer {
-        let x = f.wall.as_secs_f64() / figures[1].wall.as_secs_f64();
-        let y = f.wall.as_secs_f64() / figures[0].wall.as_secs_f64();
+        for (i, wall) in fetch.iter().enumerate() {
+            let x = f.wall.as_secs_f64() / wall.as_secs_f64();
+            println!(
+                "per case by fetch, {} session(s), vs Robot Framework (1 session): {x:.1}× faster (goal ≥ 5×: {})",
+                i + 1,
+                if x >= 5.0 { "met" } else { "not met" }
+            );
+        }
         println!(
-            "per case vs Robot Framework: fetch {x:.1}× faster (goal ≥ 5×: {}), browser {y:.2}×",
-            if x >= 5.0 { "met" } else { "not met" }
+            "per case through the browser, 1 session, vs Robot Framework: {:.2}×",
+            f.wall.as_secs_f64() / figures[0].wall.as_secs_f64()
         );
     }
-    println!(
-        "fetch vs browser per case: {:.1}× faster; goal ≤ 2× the physical limit at 50 ms: {}\n",
-        figures[0].wall.as_secs_f64() / figures[1].wall.as_secs_f64(),
-        if latency == 0 {
-            "n/a at 0 ms".to_owned()
-        } else {
-            let x = figures[1].wall.as_secs_f64()
-                / (Duration::from_millis(latency) * figures[1].requests as u32).as_secs_f64();
-            format!("{} ({x:.2}×)", if x <= 2.0 { "met" } else { "not met" })
+    if latency > 0 {
+        for f in figures.iter().filter(|f| f.what == "per case, fetch") {
+            let limit = Duration::from_millis(latency) * f.requests as u32 / f.sessions as u32;
+            let x = f.wall.as_secs_f64() / limit.as_secs_f64();
+            println!(
+                "per case by fetch, {} session(s): goal ≤ 2× the physical limit at {latency} ms: {} ({x:.2}×)",
+                f.sessions,
+                if x <= 2.0 { "met" } else { "not met" }
+            );
         }
-    );
+    }
+    println!();
     Ok(())
 }
 
@@ -387,6 +435,7 @@ async fn robot(w: &World, count: usize) -> anyhow::Result<Figure> {
         .count();
     Ok(Figure {
         what: "per case, Robot Framework 7.5 + SeleniumLibrary (browser)".into(),
+        sessions: 1,
         wall: Duration::from_secs_f64(wall),
         requests,
     })
