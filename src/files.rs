@@ -38,3 +38,20 @@ pub fn safe_name(s: &str) -> String {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// The largest letter precert keeps, downloaded from a payer or attached by
+/// a person in the console.
+pub const MAX_LETTER_BYTES: usize = 50 * 1024 * 1024;
+
+/// The smallest file that can be a letter (a PDF's header and trailer).
+pub const MIN_LETTER_BYTES: usize = 64;
+
+/// Where a letter is kept, relative to the data directory: beside the
+/// case's other letters, named by its content, so the same letter is one
+/// file however it arrived.
+pub fn letter_path(practice: &str, case_ref: &str, sha256: &str, kind: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from("letters")
+        .join(practice)
+        .join(safe_name(case_ref))
+        .join(format!("{}-{}.pdf", &sha256[..12], safe_name(kind)))
+}

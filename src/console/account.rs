@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::auth::{self, Viewer};
 use super::pages::{bad_csrf, html};
+use super::seeds;
 use super::view::{self, Frame};
 use super::App;
 use crate::store::AuditEntry;
@@ -121,7 +122,8 @@ pub async fn totp(State(app): State<App>, viewer: Viewer, Form(form): Form<TotpF
                     Some("That code is not the one your app shows now: check the key and try the next code."),
                 );
             }
-            if let Err(e) = app.ledger.set_console_totp(viewer.name(), Some(seed)).await {
+            let sealed = app.seed_key.seal(viewer.name(), seed);
+            if let Err(e) = app.ledger.set_console_totp(viewer.name(), Some(&sealed)).await {
                 return super::unavailable(&e);
             }
             if let Some(step) = auth::totp_step(seed, &form.code, now) {
@@ -136,8 +138,12 @@ pub async fn totp(State(app): State<App>, viewer: Viewer, Form(form): Form<TotpF
             Redirect::to("/account?done=totp_on").into_response()
         }
         "off" if viewer.user.has_totp() => {
-            let seed = viewer.user.totp_secret.as_deref().unwrap_or_default();
-            if auth::totp_step(seed, &form.code, now).is_none() {
+            let stored = viewer.user.totp_secret.as_deref().unwrap_or_default();
+            let seed = match app.seed_key.open(viewer.name(), stored) {
+                Ok(s) => s,
+                Err(e) => return seeds::unusable(&app, Some(&viewer), &e),
+            };
+            if auth::totp_step(&seed, &form.code, now).is_none() {
                 return page(
                     &app,
                     &viewer,

@@ -50,7 +50,13 @@ fn refusal(e: &StoreError) -> Option<String> {
 }
 
 /// The case page again, with a refusal or a problem in the form.
-async fn again(app: &App, viewer: &Viewer, case: &CaseRecord, status: StatusCode, error: String) -> Response {
+pub(super) async fn again(
+    app: &App,
+    viewer: &Viewer,
+    case: &CaseRecord,
+    status: StatusCode,
+    error: String,
+) -> Response {
     // Read the case afresh: the refusal may be about what changed.
     let fresh = app.ledger.get(case.id).await.unwrap_or_else(|_| case.clone());
     case_page::show(app, viewer, &fresh, Reveal::default(), None, Some(error), status).await
@@ -64,7 +70,7 @@ async fn failed(app: &App, viewer: &Viewer, case: &CaseRecord, e: &StoreError) -
     }
 }
 
-fn done(case: &CaseRecord, what: &str) -> Response {
+pub(super) fn done(case: &CaseRecord, what: &str) -> Response {
     Redirect::to(&format!(
         "{}?done={what}",
         view::case_path(&case.data.practice_id, &case.data.case_ref)
@@ -72,7 +78,13 @@ fn done(case: &CaseRecord, what: &str) -> Response {
     .into_response()
 }
 
-async fn audit_action(app: &App, viewer: &Viewer, case: &CaseRecord, action: &str, detail: serde_json::Value) {
+pub(super) async fn audit_action(
+    app: &App,
+    viewer: &Viewer,
+    case: &CaseRecord,
+    action: &str,
+    detail: serde_json::Value,
+) {
     let _ = app
         .audit(AuditEntry {
             user: viewer.name(),

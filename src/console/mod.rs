@@ -11,7 +11,9 @@
 //! - `pages`: sign-in, the worklist, a case, the escalations inbox.
 //! - `actions`: what a person does to a case, each an event in its timeline
 //!   under the status graph and the submission lease.
-//! - `files`: letters and failure artifacts, each download audited.
+//! - `files`: letters and failure artifacts, each download audited;
+//!   `attach`: a letter received by fax or mail, uploaded as a PDF.
+//! - `seeds`: users' TOTP seeds sealed with a key kept outside the ledger.
 //!
 //! PHI: a page with patient data is an audited view (`console_audit` in the
 //! ledger); patient identifiers are masked and the payer's own words
@@ -27,6 +29,7 @@ mod account;
 mod ack;
 mod actions;
 mod admin;
+mod attach;
 pub(crate) mod auth;
 mod case_page;
 mod files;
@@ -34,6 +37,7 @@ pub mod links;
 mod pages;
 mod payers;
 mod reports;
+pub mod seeds;
 pub mod users;
 mod view;
 
@@ -64,6 +68,8 @@ pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; for
 pub enum ConsoleError {
     #[error("cannot listen on {addr} for the console: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    SeedKey(#[from] seeds::SeedKeyError),
 }
 
 /// A running console.
@@ -89,6 +95,9 @@ pub struct Inner {
     pub throttle: auth::AddressThrottle,
     /// The ledger's key for acknowledgement links, read on first use.
     link_key: tokio::sync::OnceCell<links::LinkKey>,
+    /// The key that seals users' TOTP seeds (`seeds`), from the data
+    /// directory, never from the ledger.
+    pub seed_key: seeds::SeedKey,
     /// The daemon's payer limits, when the daemon serves the console: the
     /// payers page shows each circuit breaker's live state from them.
     pub live: Option<LiveLimits>,
@@ -106,9 +115,10 @@ impl std::ops::Deref for App {
 }
 
 impl App {
-    pub fn new(settings: Arc<Settings>, ledger: Ledger, live: Option<LiveLimits>) -> App {
+    pub fn new(settings: Arc<Settings>, ledger: Ledger, live: Option<LiveLimits>, seed_key: seeds::SeedKey) -> App {
         App(Arc::new(Inner {
             live,
+            seed_key,
             secure_cookies: settings.console.public_url.starts_with("https://"),
             queue: Queue::new(ledger.clone()),
             ledger,
@@ -150,6 +160,9 @@ pub async fn serve_with(
     shutdown: CancellationToken,
     live: Option<LiveLimits>,
 ) -> Result<Console, ConsoleError> {
+    // Before listening: a missing or wrong key for the TOTP seeds stops the
+    // console here, with the file named, not at someone's sign-in.
+    let seed_key = seeds::prepare(&ledger, &settings.data_dir).await?;
     let addr = settings.console.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -157,7 +170,7 @@ pub async fn serve_with(
     let addr = listener
         .local_addr()
         .map_err(|source| ConsoleError::Listen { addr, source })?;
-    let app = router(App::new(settings, ledger, live));
+    let app = router(App::new(settings, ledger, live, seed_key));
     let task = tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, service)
@@ -197,6 +210,10 @@ pub fn router(app: App) -> Router {
         .route("/cases/{practice}/{case_ref}/decision", post(actions::record_decision))
         .route("/cases/{practice}/{case_ref}/resubmit", post(actions::resubmit))
         .route("/cases/{practice}/{case_ref}/poll", post(actions::poll))
+        .route(
+            "/cases/{practice}/{case_ref}/letters",
+            post(attach::attach_letter).layer(axum::extract::DefaultBodyLimit::max(attach::MAX_BODY_BYTES)),
+        )
         .route("/cases/{practice}/{case_ref}/letters/{n}", get(files::letter))
         .route("/cases/{practice}/{case_ref}/runs/{event}/{file}", get(files::artifact))
         .route("/escalations", get(pages::escalations))

@@ -107,6 +107,7 @@ pub fn notice(done: Option<&str>) -> Option<String> {
             "acknowledged" => "Acknowledged: reminders for it stop.",
             "status" => "Status changed.",
             "decision" => "Decision recorded.",
+            "letter" => "Letter attached: it is kept with the case's letters and noted in the timeline.",
             "queued" => "Queued: the daemon submits the case when a worker is free and the payer's limits allow.",
             "poll" => "Queued: the daemon asks the payer when a worker is free and the payer's limits allow.",
             _ => return None,
@@ -237,8 +238,14 @@ pub async fn login(
     let second = if !good || !user.has_totp() {
         true
     } else {
-        let seed = user.totp_secret.as_deref().unwrap_or_default();
-        match auth::totp_step(seed, &form.code, now) {
+        let stored = user.totp_secret.as_deref().unwrap_or_default();
+        // A seed the console's key does not open is the console's fault,
+        // not the user's: said as such, and not counted as a failure.
+        let seed = match app.seed_key.open(&user.name, stored) {
+            Ok(s) => s,
+            Err(e) => return super::seeds::unusable(&app, None, &e),
+        };
+        match auth::totp_step(&seed, &form.code, now) {
             Some(step) => match ledger.use_console_totp_step(&user.name, step).await {
                 Ok(fresh) => fresh,
                 Err(e) => return super::unavailable(&e),

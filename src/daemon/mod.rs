@@ -311,7 +311,10 @@ pub async fn run(
     let console_settings = ctx.loaded.read().await.settings.clone();
     let console = crate::console::serve_with(console_settings, ledger.clone(), stop.clone(), Some(ctx.limits.clone()))
         .await
-        .map_err(|crate::console::ConsoleError::Listen { addr, source }| DaemonError::Listen { addr, source })?;
+        .map_err(|e| match e {
+            crate::console::ConsoleError::Listen { addr, source } => DaemonError::Listen { addr, source },
+            other => DaemonError::Config(other.to_string()),
+        })?;
     tracing::info!(console = %console.addr, "Console listening.");
     tracker.spawn(async move {
         let _ = console.task.await;

@@ -30,7 +30,8 @@ pub struct ConsoleUser {
     pub created_at: DateTime<Utc>,
     pub password_changed_at: DateTime<Utc>,
     pub last_login_at: Option<DateTime<Utc>>,
-    /// The TOTP seed (base32) once the user enrolled.
+    /// The TOTP seed once the user enrolled, as stored: sealed with the
+    /// console's key (`console::seeds`), never the base32 seed itself.
     pub totp_secret: Option<String>,
     /// The last time step a TOTP code was accepted for.
     pub totp_last_step: i64,
@@ -324,12 +325,38 @@ impl Ledger {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Sets (enrols) or clears a user's TOTP seed. False when there is no
-    /// such user.
+    /// Sets (enrols) or clears a user's TOTP seed, as the console sealed
+    /// it. False when there is no such user.
     pub async fn set_console_totp(&self, name: &str, secret: Option<&str>) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE console_users SET totp_secret = $1, totp_last_step = 0 WHERE name = $2")
             .bind(secret)
             .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Every enrolled user's stored TOTP seed (as stored: the console seals
+    /// them, `console::seeds`), by name.
+    pub async fn console_totp_seeds(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT name, totp_secret FROM console_users WHERE totp_secret IS NOT NULL ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("totp_secret")?)))
+            .collect()
+    }
+
+    /// Replaces a user's stored seed by another form of the same seed (its
+    /// sealed form), only while it is still `old`: a user who changed or
+    /// removed their TOTP meanwhile keeps the change. The last accepted
+    /// step stays, so a used code stays used.
+    pub async fn reseal_console_totp(&self, name: &str, old: &str, new: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE console_users SET totp_secret = $1 WHERE name = $2 AND totp_secret = $3")
+            .bind(new)
+            .bind(name)
+            .bind(old)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)

@@ -217,6 +217,30 @@ impl Client {
         self.answer(res).await
     }
 
+    /// POSTs a file upload form: text fields and one file field `file`.
+    pub async fn post_file(&mut self, path: &str, fields: &[(&str, &str)], file: Vec<u8>) -> Answer {
+        let mut form = reqwest::multipart::Form::new();
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.to_string());
+        }
+        form = form.part(
+            "file",
+            reqwest::multipart::Part::bytes(file)
+                .file_name("letter.pdf")
+                .mime_str("application/pdf")
+                .unwrap(),
+        );
+        let res = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        self.answer(res).await
+    }
+
     async fn answer(&mut self, res: reqwest::Response) -> Answer {
         let status = res.status();
         let headers = res.headers().clone();
@@ -1737,6 +1761,18 @@ async fn console_totp_enrolment_then_sign_in_needs_a_code_each_used_once() {
         )
         .await;
     assert_eq!(on.location(), "/account?done=totp_on", "{}", on.text());
+    // The ledger holds the seed sealed with the console's key, not the seed.
+    let stored = w
+        .ledger
+        .console_user("sam")
+        .await
+        .unwrap()
+        .unwrap()
+        .totp_secret
+        .unwrap();
+    assert!(stored.starts_with("v1:") && !stored.contains(&seed), "{stored}");
+    let key = w.settings.data_dir.join(console::seeds::KEY_FILE);
+    assert_eq!(mode_of(&key), 0o600);
 
     // Sign-in now needs the code; each code signs in once.
     let sign_in = |code: String| {
@@ -1970,5 +2006,287 @@ async fn console_served_by_the_daemon_shows_each_circuit_breakers_live_state() {
     assert!(!alone.get("/payers").await.text().contains("class=\"breaker\""));
     stop.cancel();
     daemons.task.await.unwrap();
+    w.finish().await;
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// A TOTP seed stored before seeds were sealed (base32 in the ledger) is
+/// sealed when the console starts, and its owner still signs in with their
+/// codes; a console whose key file is gone or is another key refuses to
+/// start and names the file.
+#[tokio::test]
+async fn console_seals_plain_totp_seeds_at_start_and_refuses_a_missing_or_wrong_key() {
+    let w = world().await;
+    let seed = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP".to_owned();
+    assert!(w.ledger.set_console_totp("olive", Some(&seed)).await.unwrap());
+    assert!(w.ledger.use_console_totp_step("olive", 1).await.unwrap());
+    // The next console to start (here beside the world's, on the same
+    // ledger and data directory) seals it.
+    let settings = w.settings.clone();
+    let ledger = w.ledger.clone();
+    let stop = CancellationToken::new();
+    let running = console::serve(settings.clone(), ledger.clone(), stop.clone())
+        .await
+        .unwrap();
+    let stored = ledger.console_user("olive").await.unwrap().unwrap();
+    let sealed = stored.totp_secret.clone().unwrap();
+    assert!(sealed.starts_with("v1:") && !sealed.contains(&seed), "{sealed}");
+    assert_eq!(stored.totp_last_step, 1, "the used steps stay used");
+    let mut c = Client {
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        base: format!("http://{}", running.addr),
+        cookies: HashMap::new(),
+        forwarded_for: None,
+    };
+    let form = c.get("/login").await;
+    let code = precert::totp::code(&seed, Utc::now().timestamp() as u64).unwrap();
+    let signed = c
+        .post(
+            "/login",
+            &[
+                ("name", "olive"),
+                ("password", PASSWORD),
+                ("code", &code),
+                ("csrf", &form.csrf()),
+            ],
+        )
+        .await;
+    assert_eq!(signed.status, StatusCode::SEE_OTHER, "{}", signed.text());
+    stop.cancel();
+    running.task.await.unwrap();
+
+    // The key file gone: the console does not start, and says which file.
+    let key = settings.data_dir.join(console::seeds::KEY_FILE);
+    let kept = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let e = console::serve(settings.clone(), ledger.clone(), CancellationToken::new())
+        .await
+        .err()
+        .expect("no console without its key")
+        .to_string();
+    assert!(
+        e.contains(console::seeds::KEY_FILE) && e.contains("missing") && e.contains("olive"),
+        "{e}"
+    );
+    assert!(!key.exists(), "no new key is made over sealed seeds");
+    // Another key: refused too.
+    std::fs::write(&key, format!("{}QUE=\n", "QUFB".repeat(10))).unwrap();
+    let e = console::serve(settings.clone(), ledger.clone(), CancellationToken::new())
+        .await
+        .err()
+        .expect("no console with another key")
+        .to_string();
+    assert!(e.contains("does not open") && e.contains("olive"), "{e}");
+    std::fs::write(&key, kept).unwrap();
+    assert_eq!(
+        ledger
+            .console_user("olive")
+            .await
+            .unwrap()
+            .unwrap()
+            .totp_secret
+            .as_deref(),
+        Some(sealed.as_str()),
+        "nothing was changed by the refused starts"
+    );
+    w.finish().await;
+}
+
+/// Attaching a letter is for the case's own people: another practice's
+/// operator gets 404, a form without the token 403, and nothing is stored
+/// either way; a file too small, empty or not a PDF is refused with why.
+#[tokio::test]
+async fn console_attaches_a_letter_only_for_the_cases_practice_with_its_token() {
+    let w = world().await;
+    let mut olive = w.client();
+    let page = olive.signed_in("olive").await;
+    let csrf = page.csrf();
+    let pdf = synthetic_pdf("fax of 2 December");
+    let other = olive
+        .post_file(
+            "/cases/valley-imaging/VI-88120/letters",
+            &[("csrf", &csrf), ("received", "fax"), ("note", "fax")],
+            pdf.clone(),
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    let path = "/cases/lakeside-ortho/LO-2026-1001/letters";
+    let forged = olive
+        .post_file(path, &[("received", "fax"), ("note", "fax")], pdf.clone())
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    for (bytes, says) in [
+        (Vec::new(), "The file is empty"),
+        (b"%PDF-1.4\n%%EOF\n".to_vec(), "too small to be a letter"),
+    ] {
+        let bad = olive
+            .post_file(path, &[("csrf", &csrf), ("received", "mail"), ("note", "mail")], bytes)
+            .await;
+        assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(bad.text().contains(says), "{}", bad.text());
+    }
+    let no_note = olive
+        .post_file(
+            path,
+            &[("csrf", &csrf), ("received", "mail"), ("note", " ")],
+            pdf.clone(),
+        )
+        .await;
+    assert!(no_note.text().contains("Say what the letter is"), "{}", no_note.text());
+    for id in [w.id("VI-88120").await, w.id("LO-2026-1001").await] {
+        assert!(w.ledger.letters(id).await.unwrap().is_empty());
+    }
+    assert!(!w.settings.data_dir.join("letters").exists(), "no file was written");
+    let ok = olive
+        .post_file(
+            path,
+            &[("csrf", &csrf), ("received", "mail"), ("note", "by post")],
+            pdf.clone(),
+        )
+        .await;
+    assert_eq!(ok.location(), "/cases/lakeside-ortho/LO-2026-1001?done=letter");
+    let again = olive
+        .post_file(path, &[("csrf", &csrf), ("received", "mail"), ("note", "again")], pdf)
+        .await;
+    assert!(again.text().contains("kept for this case already"), "{}", again.text());
+    assert_eq!(w.ledger.letters(w.id("LO-2026-1001").await).await.unwrap().len(), 1);
+    w.finish().await;
+}
+
+/// A small synthetic PDF (one page of text) standing for a faxed letter.
+fn synthetic_pdf(text: &str) -> Vec<u8> {
+    format!(
+        "%PDF-1.4\n1 0 obj << /Type /Catalog /Pages 2 0 R >> endobj\n\
+         2 0 obj << /Type /Pages /Kids [3 0 R] /Count 1 >> endobj\n\
+         3 0 obj << /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] >> endobj\n\
+         % synthetic letter: {text}\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+    )
+    .into_bytes()
+}
+
+/// An operator attaches a letter received by mail in real Chromium: a
+/// file that is not a PDF is refused with why and nothing is kept; the PDF
+/// is stored 0600 under its SHA-256, listed on the case page, downloads,
+/// and the timeline says who attached it, how it came and their note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_chromium_an_operator_attaches_a_letter_received_by_mail() {
+    use fantoccini::Locator;
+    let w = world().await;
+    let driver = precert::browser::Driver::start(&w.settings.webdriver, &w.settings.data_dir)
+        .await
+        .unwrap();
+    let b = driver.session().await.unwrap();
+    sign_in_with(&b, &w.base, "olive").await;
+    let case_path = "/cases/lakeside-ortho/LO-2026-1001";
+    let id = w.id("LO-2026-1001").await;
+    let uploads = w.p.path("uploads");
+    std::fs::create_dir_all(&uploads).unwrap();
+    let not_pdf = uploads.join("scan.png");
+    std::fs::write(
+        &not_pdf,
+        b"\x89PNG\r\n\x1a\n a picture of a letter, not a PDF of it, padded to length",
+    )
+    .unwrap();
+    let letter = uploads.join("letter.pdf");
+    let pdf = synthetic_pdf("approval received by mail");
+    std::fs::write(&letter, &pdf).unwrap();
+
+    let attach = |file: std::path::PathBuf, note: &'static str| {
+        let b = b.clone();
+        let base = w.base.clone();
+        async move {
+            b.goto(&format!("{base}{case_path}")).await.unwrap();
+            let form = b.wait().for_element(Locator::Css("form.attach")).await.unwrap();
+            form.find(Locator::Css("input[type=file]"))
+                .await
+                .unwrap()
+                .send_keys(file.to_str().unwrap())
+                .await
+                .unwrap();
+            form.find(Locator::Css("select[name=received] option[value=mail]"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+            form.find(Locator::Css("input[name=note]"))
+                .await
+                .unwrap()
+                .send_keys(note)
+                .await
+                .unwrap();
+            form.find(Locator::Css("button[type=submit]"))
+                .await
+                .unwrap()
+                .click()
+                .await
+                .unwrap();
+        }
+    };
+    attach(not_pdf, "scan from the front desk").await;
+    let refused = text_of(&b, ".flash.error").await;
+    assert!(
+        refused.contains("not a PDF") && refused.contains("Nothing was stored"),
+        "{refused}"
+    );
+    assert!(w.ledger.letters(id).await.unwrap().is_empty());
+    assert!(!w.settings.data_dir.join("letters").exists());
+
+    attach(letter, "approval letter from the payer, sent by post").await;
+    let notice = text_of(&b, ".flash.ok").await;
+    assert!(notice.contains("Letter attached"), "{notice}");
+    let kept = w.ledger.letters(id).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    let sha = precert::files::sha256_hex(&pdf);
+    assert_eq!(kept[0].sha256, sha);
+    assert_eq!(kept[0].bytes, pdf.len() as u64);
+    let stored = w.settings.data_dir.join(&kept[0].stored_path);
+    assert_eq!(std::fs::read(&stored).unwrap(), pdf);
+    assert_eq!(mode_of(&stored), 0o600);
+    assert!(stored.starts_with(w.settings.data_dir.join("letters/lakeside-ortho")));
+
+    // Listed on the page, and it downloads with this session.
+    let href = b
+        .find(Locator::Css("a[href$='/letters/1']"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    let session = b
+        .get_all_cookies()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|c| c.name() == "precert_session")
+        .expect("the session cookie");
+    let got = reqwest::Client::new()
+        .get(format!("{}{href}", w.base))
+        .header("cookie", format!("precert_session={}", session.value()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.headers()[CONTENT_TYPE], "application/pdf");
+    assert_eq!(got.bytes().await.unwrap().to_vec(), pdf);
+    let timeline = text_of(&b, "table.timeline").await;
+    assert!(
+        timeline.contains("letter attached") && timeline.contains("by mail") && timeline.contains("sent by post"),
+        "{timeline}"
+    );
+    let events = w.ledger.events(id).await.unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e.kind == "letter" && e.actor == "user:olive" && e.detail["sha256"] == sha));
+    assert!(w.audit_actions().await.iter().any(|l| l == "attach_letter:olive"));
+    b.close().await.unwrap();
+    driver.shutdown().await;
     w.finish().await;
 }
