@@ -331,12 +331,12 @@ fn rule_source(settings: &Settings, practice: Option<&Practice>, key: &RuleKey<'
     source
 }
 
-/// Decision deadlines while rows stream by: the rules that apply to a
-/// practice, payer, state and plan type are worked out once (not once a
-/// request), and the window's wording and source only for late requests.
 /// Practice, payer, state, plan type.
 type RulesKey = (String, String, Option<String>, Option<String>);
 
+/// Decision deadlines while rows stream by: the rules that apply to a
+/// practice, payer, state and plan type are worked out once (not once a
+/// request), and the window's wording and source only for late requests.
 struct Deadlines<'a> {
     settings: &'a Settings,
     rules: HashMap<RulesKey, (rules::RuleSet, Tz)>,
