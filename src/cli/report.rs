@@ -138,7 +138,7 @@ pub async fn run(args: ReportArgs, settings: &Settings, config: &std::path::Path
         Format::Csv if args.late => render::late_csv(&report.late),
         Format::Csv => render::figures_csv(&report),
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",
-        Format::Html => render::late_html(&report, |p| report::practice_tz(settings, p)),
+        Format::Html => render::late_html(&report, |p| report::practice_tz(settings, p), render::Style::Inline),
     };
     print!("{out}");
     if problems.is_empty() {

@@ -226,6 +226,8 @@ pub fn router(app: App) -> Router {
         .route("/payers", get(payers::page))
         .route("/reports", get(reports::page))
         .route("/reports.csv", get(reports::csv))
+        .route("/reports/late", get(reports::late))
+        .route("/reports/late.css", get(reports::late_css))
         .route("/static/console.css", get(stylesheet))
         .nest("/api/v1", crate::api::routes())
         .fallback(not_found)

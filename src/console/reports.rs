@@ -164,6 +164,8 @@ struct Row {
     pend_median: String,
     letters_missing: u64,
     needs_attention: u64,
+    appealed: u64,
+    overturned: u64,
     reasons: Vec<String>,
     published: Option<Published>,
 }
@@ -221,6 +223,8 @@ fn row(f: &Figures) -> Row {
         pend_median: render::duration(f.pends.median_seconds),
         letters_missing: f.letters_missing,
         needs_attention: f.needs_attention.iter().map(|n| n.count).sum(),
+        appealed: f.appealed,
+        overturned: f.overturned,
         reasons: f
             .denial_reasons
             .iter()
@@ -284,6 +288,7 @@ pub async fn page(State(app): State<App>, viewer: Viewer, Query(q): Query<Report
         "rows": report.groups.iter().map(row).collect::<Vec<_>>(),
         "turnaround_svg": chart::turnaround_svg(&report.groups),
         "approval_svg": chart::approval_svg(&report.groups),
+        "late": csv.replacen("/reports.csv", "/reports/late", 1),
         "csv": csv,
         "as_of": render::local(report.as_of, chrono_tz::UTC),
         "as_of_day": some(&q.as_of),
@@ -314,6 +319,75 @@ pub async fn csv(State(app): State<App>, viewer: Viewer, Query(q): Query<Reports
         render::figures_csv(&report),
     )
         .into_response()
+}
+
+/// `GET /reports/late`: the evidence of late decisions for the form's
+/// period, practice and payer, as the printable page `precert report
+/// --format html` writes. It names requests (the case and payer
+/// references, no patient details), so it is audited as a view of them:
+/// the cases it listed are in the audit entry.
+pub async fn late(State(app): State<App>, viewer: Viewer, Query(q): Query<ReportsQuery>) -> Response {
+    let (mut query, _, _) = match scope(&app, &viewer, &q) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    query.late = true;
+    let report = match build(&app, &query).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let listed: Vec<String> = report
+        .late
+        .iter()
+        .map(|l| format!("{}/{}", l.practice, l.case_ref))
+        .collect();
+    if let Err(e) = app
+        .audit(AuditEntry {
+            user: viewer.name(),
+            action: "report_late_view",
+            practice: query.scope.practice.as_deref(),
+            case_id: None,
+            remote: viewer.remote.as_deref(),
+            detail: json!({
+                "from": query.scope.from.to_rfc3339(),
+                "to": query.scope.to.to_rfc3339(),
+                "payer": query.scope.payer,
+                "requests": listed.len(),
+                "cases": listed,
+            }),
+        })
+        .await
+    {
+        return super::unavailable(&e);
+    }
+    let mut back = String::from("/reports?");
+    for (k, v) in [
+        ("from", &q.from),
+        ("to", &q.to),
+        ("practice", &q.practice),
+        ("payer", &q.payer),
+        ("as_of", &q.as_of),
+    ] {
+        if let Some(v) = some(v) {
+            back.push_str(&format!("{k}={}&", view::encode_component(&v)));
+        }
+    }
+    let back = back.trim_end_matches(['&', '?']);
+    let page = render::late_html(
+        &report,
+        |p| report::practice_tz(&app.settings, p),
+        render::Style::Linked {
+            css: "/reports/late.css",
+            back,
+        },
+    );
+    html(StatusCode::OK, Ok(page))
+}
+
+/// `GET /reports/late.css`: the evidence page's style (the console allows
+/// no inline style).
+pub async fn late_css() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], render::LATE_CSS).into_response()
 }
 
 /// The page's template and the layout, compiled once (kept apart from the

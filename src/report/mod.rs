@@ -137,6 +137,16 @@ pub struct Figures {
     pub attention_now: u64,
     /// Submitted more than once (before `as_of`).
     pub resubmitted: u64,
+    /// Of the decided, those whose first decision was a denial or a partial
+    /// approval and that the practice took back to the payer by `as_of`
+    /// (a move from that decision to `ready`: an appeal, or a resubmission
+    /// with what was missing).
+    pub appealed: u64,
+    /// Of the appealed, those a later decision granted more: a denial then
+    /// approved in full or partly, a partial approval then approved in full.
+    pub overturned: u64,
+    /// `overturned / appealed`, percent.
+    pub overturn_rate: Option<f64>,
     /// First decision an approval in full, with no pend before it and
     /// one submission.
     pub first_pass_approved: u64,
@@ -321,6 +331,52 @@ fn rule_source(settings: &Settings, practice: Option<&Practice>, key: &RuleKey<'
     source
 }
 
+/// Practice, payer, state, plan type.
+type RulesKey = (String, String, Option<String>, Option<String>);
+
+/// Decision deadlines while rows stream by: the rules that apply to a
+/// practice, payer, state and plan type are worked out once (not once a
+/// request), and the window's wording and source only for late requests.
+struct Deadlines<'a> {
+    settings: &'a Settings,
+    rules: HashMap<RulesKey, (rules::RuleSet, Tz)>,
+}
+
+impl<'a> Deadlines<'a> {
+    fn new(settings: &'a Settings) -> Self {
+        Deadlines {
+            settings,
+            rules: HashMap::new(),
+        }
+    }
+
+    /// `window_for(…).deadline`, the same instant.
+    fn deadline(&mut self, f: &CaseFacts) -> DateTime<Utc> {
+        if let Some((deadline, _)) = &f.recorded_deadline {
+            return *deadline;
+        }
+        let key = (
+            f.practice_id.clone(),
+            f.payer.clone(),
+            f.state.clone(),
+            f.plan_type.clone(),
+        );
+        let settings = self.settings;
+        let (set, tz) = self.rules.entry(key).or_insert_with(|| {
+            let practice = settings.practice(&f.practice_id);
+            let empty = EscalationConfig::default();
+            let key = RuleKey {
+                payer: &f.payer,
+                state: f.state.as_deref().unwrap_or_default(),
+                plan_type: f.plan_type.as_deref().unwrap_or_default(),
+            };
+            let set = rules::rules_for(&settings.escalations, practice.map_or(&empty, |p| &p.escalations), &key);
+            (set, practice.map_or(chrono_tz::UTC, |p| p.timezone))
+        });
+        rules::decision_deadline(f.submitted_at, f.urgency, set, *tz)
+    }
+}
+
 /// A group's figures while rows stream by.
 #[derive(Default)]
 struct Acc {
@@ -332,7 +388,8 @@ struct Acc {
     /// count.
     reasons: HashMap<String, (Option<String>, Option<String>, u64)>,
     attention: HashMap<String, u64>,
-    months: BTreeMap<String, MonthFigures>,
+    /// By (year, month) of submission in the practice's zone.
+    months: BTreeMap<(i32, u32), MonthFigures>,
 }
 
 type GroupKey = (String, String, Option<String>);
@@ -356,11 +413,15 @@ pub async fn build(
     let keyed = |c: &EscalationConfig| !c.plan_types.is_empty() || !c.states.is_empty();
     let details =
         q.by.is_some() || keyed(&settings.escalations) || settings.practices.iter().any(|p| keyed(&p.escalations));
+    let mut deadlines = Deadlines::new(settings);
+    let mut zones: HashMap<String, Tz> = HashMap::new();
     ledger
         .report_cases(scope, details, |f| {
             let key = (f.practice_id.clone(), f.payer.clone(), q.by.map(|d| d.of(&f)));
-            let window = window_for(settings, &f);
-            let tz = practice_tz(settings, &f.practice_id);
+            let deadline = deadlines.deadline(&f);
+            let tz = *zones
+                .entry(f.practice_id.clone())
+                .or_insert_with(|| practice_tz(settings, &f.practice_id));
             if f.pends > 0 {
                 pended.insert(f.id, key.clone());
             }
@@ -370,8 +431,8 @@ pub async fn build(
                 case_groups.insert(f.id, key.clone());
             }
             let acc = groups.entry(key).or_default();
-            if add(acc, &f, &window, scope.as_of, tz) && q.late {
-                late_ids.push((f.id, window));
+            if add(acc, &f, deadline, scope.as_of, tz) && q.late {
+                late_ids.push((f.id, window_for(settings, &f)));
             }
         })
         .await?;
@@ -426,16 +487,19 @@ pub async fn build(
 
 /// Counts one request; true when it was decided late or is undecided past
 /// its deadline.
-fn add(acc: &mut Acc, f: &CaseFacts, window: &Window, as_of: DateTime<Utc>, tz: Tz) -> bool {
+fn add(acc: &mut Acc, f: &CaseFacts, deadline: DateTime<Utc>, as_of: DateTime<Utc>, tz: Tz) -> bool {
     let g = &mut acc.f;
     g.submitted += 1;
-    let month = f.submitted_at.with_timezone(&tz).format("%Y-%m").to_string();
-    let m = acc.months.entry(month.clone()).or_insert_with(|| MonthFigures {
-        month,
-        submitted: 0,
-        decided: 0,
-        approved: 0,
-    });
+    let local = f.submitted_at.with_timezone(&tz);
+    let m = acc
+        .months
+        .entry((local.year(), local.month()))
+        .or_insert_with(|| MonthFigures {
+            month: local.format("%Y-%m").to_string(),
+            submitted: 0,
+            decided: 0,
+            approved: 0,
+        });
     m.submitted += 1;
     if f.submissions > 1 {
         g.resubmitted += 1;
@@ -464,6 +528,22 @@ fn add(acc: &mut Acc, f: &CaseFacts, window: &Window, as_of: DateTime<Utc>, tz: 
             if status != CaseStatus::Denied {
                 m.approved += 1;
             }
+            // An appeal: the first decision refused something and the
+            // practice took it back to the payer; overturned when a later
+            // decision granted more.
+            if status != CaseStatus::Approved {
+                if let Some(appealed) = f.appealed_at.filter(|t| *t >= at) {
+                    g.appealed += 1;
+                    let granted = |t: Option<DateTime<Utc>>| t.is_some_and(|t| t > at && t >= appealed);
+                    let overturned = match status {
+                        CaseStatus::Denied => granted(f.approved_at) || granted(f.partially_approved_at),
+                        _ => granted(f.approved_at),
+                    };
+                    if overturned {
+                        g.overturned += 1;
+                    }
+                }
+            }
             let pended_before = f.first_pend_at.is_some_and(|p| p < at);
             if status == CaseStatus::Approved && !pended_before && f.submissions <= 1 {
                 g.first_pass_approved += 1;
@@ -488,7 +568,7 @@ fn add(acc: &mut Acc, f: &CaseFacts, window: &Window, as_of: DateTime<Utc>, tz: 
             let day = usize::try_from(secs / 86_400).unwrap_or(0).min(8);
             g.turnaround_days[day] += 1;
             win.due += 1;
-            if at <= window.deadline {
+            if at <= deadline {
                 win.within += 1;
             } else {
                 win.late += 1;
@@ -504,7 +584,7 @@ fn add(acc: &mut Acc, f: &CaseFacts, window: &Window, as_of: DateTime<Utc>, tz: 
                 CaseStatus::NeedsAttention => g.attention_now += 1,
                 _ => {}
             }
-            if as_of > window.deadline {
+            if as_of > deadline {
                 win.due += 1;
                 win.overdue_open += 1;
                 late = true;
@@ -545,6 +625,7 @@ fn finish(acc: Acc) -> Figures {
     f.first_pass_rate = percent(f.first_pass_approved, f.decided);
     f.approval_rate = percent(f.approved + f.partially_approved, f.decided);
     f.denial_rate = percent(f.denied, f.decided);
+    f.overturn_rate = percent(f.overturned, f.appealed);
     f.turnaround_urgent = stats(acc.urgent);
     f.turnaround_standard = stats(acc.standard);
     for w in [&mut f.window_urgent, &mut f.window_standard] {

@@ -197,6 +197,8 @@ pub fn text(r: &Report) -> String {
         "PEND MAX",
         "LETTERS MISSING",
         "NEEDS ATTENTION",
+        "APPEALED",
+        "OVERTURNED",
     ]);
     let rows: Vec<Vec<String>> = r
         .groups
@@ -211,6 +213,8 @@ pub fn text(r: &Report) -> String {
                 duration(f.pends.max_seconds),
                 f.letters_missing.to_string(),
                 f.needs_attention.iter().map(|n| n.count).sum::<u64>().to_string(),
+                f.appealed.to_string(),
+                f.overturned.to_string(),
             ]);
             row
         })
@@ -335,9 +339,12 @@ pub const FIGURES_COLUMNS: &[&str] = &[
     "pended_now",
     "resubmitted",
     "first_pass_approved",
+    "appealed",
+    "overturned",
     "first_pass_rate",
     "approval_rate",
     "denial_rate",
+    "overturn_rate",
     "urgent_decided",
     "urgent_median_hours",
     "urgent_p90_hours",
@@ -390,6 +397,8 @@ pub fn figures_csv(r: &Report) -> String {
                 f.pended_now,
                 f.resubmitted,
                 f.first_pass_approved,
+                f.appealed,
+                f.overturned,
             ]
             .map(|n| n.to_string()),
         );
@@ -397,6 +406,7 @@ pub fn figures_csv(r: &Report) -> String {
             pct_csv(f.first_pass_rate),
             pct_csv(f.approval_rate),
             pct_csv(f.denial_rate),
+            pct_csv(f.overturn_rate),
         ]);
         for (t, w) in [
             (&f.turnaround_urgent, &f.window_urgent),
@@ -509,18 +519,47 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The evidence as one printable HTML page (no script, its style inline in
-/// a `<style>` element), times in each practice's zone.
-pub fn late_html(r: &Report, tz_of: impl Fn(&str) -> Tz) -> String {
+/// The evidence page's style: printable on A4 or Letter, each request's
+/// proof kept on one page where it fits.
+pub const LATE_CSS: &str = "body { font: 11pt/1.4 system-ui, sans-serif; margin: 2em; color: #111; }\n\
+     h1 { font-size: 16pt; } h2 { font-size: 12pt; margin-top: 1.6em; page-break-after: avoid; }\n\
+     table { border-collapse: collapse; width: 100%; margin: .4em 0 1em; }\n\
+     th, td { border: 1px solid #999; padding: .2em .4em; text-align: left; vertical-align: top; }\n\
+     th { background: #eee; } .late { font-weight: bold; }\n\
+     section { page-break-inside: avoid; }\n\
+     @media print { .screen-only { display: none; } }\n";
+
+/// Where the evidence page takes its style from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style<'a> {
+    /// In a `<style>` element: a file that stands alone (`precert report
+    /// --format html`).
+    Inline,
+    /// From this address (the console, whose Content-Security-Policy allows
+    /// no inline style), with a link back to the Reports page that is not
+    /// printed.
+    Linked { css: &'a str, back: &'a str },
+}
+
+/// The evidence as one printable HTML page (no script), times in each
+/// practice's zone.
+pub fn late_html(r: &Report, tz_of: impl Fn(&str) -> Tz, style: Style<'_>) -> String {
     let mut out = String::from(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Late prior-authorization decisions</title>\n<style>\n\
-         body { font: 11pt/1.4 system-ui, sans-serif; margin: 2em; color: #111; }\n\
-         h1 { font-size: 16pt; } h2 { font-size: 12pt; margin-top: 1.6em; page-break-after: avoid; }\n\
-         table { border-collapse: collapse; width: 100%; margin: .4em 0 1em; }\n\
-         th, td { border: 1px solid #999; padding: .2em .4em; text-align: left; vertical-align: top; }\n\
-         th { background: #eee; } .late { font-weight: bold; }\n\
-         section { page-break-inside: avoid; }\n</style>\n</head>\n<body>\n",
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Late prior-authorization decisions</title>\n",
     );
+    match style {
+        Style::Inline => {
+            let _ = write!(out, "<style>\n{LATE_CSS}</style>\n</head>\n<body>\n");
+        }
+        Style::Linked { css, back } => {
+            let _ = write!(
+                out,
+                "<link rel=\"stylesheet\" href=\"{}\">\n</head>\n<body>\n<p class=\"screen-only\"><a href=\"{}\">← Reports</a> · print this page (or save it as PDF) to attach it to a complaint.</p>\n",
+                esc(css),
+                esc(back)
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "<h1>Prior-authorization requests decided late or still undecided past the legal window</h1>"

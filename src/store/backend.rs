@@ -163,6 +163,11 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "pas subscriptions",
         include_str!("migrations/sqlite/0014_pas_subscriptions.sql"),
     ),
+    (
+        16,
+        "report events",
+        include_str!("migrations/sqlite/0016_report_events.sql"),
+    ),
 ];
 
 static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -208,6 +213,11 @@ static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         14,
         "pas subscriptions",
         include_str!("migrations/postgres/0014_pas_subscriptions.sql"),
+    ),
+    (
+        16,
+        "report events",
+        include_str!("migrations/postgres/0016_report_events.sql"),
     ),
 ];
 

@@ -15,7 +15,7 @@ use futures_util::TryStreamExt;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{parse_status, parse_ts, Ledger, StoreError};
+use super::{parse_status, parse_ts, Backend, Ledger, StoreError};
 use crate::case::{CaseStatus, Urgency};
 
 /// Which requests a report is about.
@@ -54,9 +54,15 @@ pub struct CaseFacts {
     /// The first decision (approved, partially approved or denied) and when
     /// precert recorded it.
     pub first_decision: Option<(CaseStatus, DateTime<Utc>)>,
+    /// The first approval in full, and the first partial approval.
+    pub approved_at: Option<DateTime<Utc>>,
+    pub partially_approved_at: Option<DateTime<Utc>>,
     pub first_pend_at: Option<DateTime<Utc>>,
     pub pends: u32,
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// The first move from a denial or a partial approval back to `ready`
+    /// (the practice took the decision back to the payer: an appeal).
+    pub appealed_at: Option<DateTime<Utc>>,
     /// The status the last status change before `as_of` left it in.
     pub status: CaseStatus,
     /// A decision letter was kept by `as_of`.
@@ -124,6 +130,141 @@ impl ReportScope {
     }
 }
 
+/// The aggregate behind `Ledger::report_cases`: one row per request first
+/// submitted in the scope's period; binds `$1` from, `$2` to, `$3` as of,
+/// then the returned values.
+///
+/// It reads the event log through `case_events_report` (migration 16)
+/// alone: the status changes, with every column it needs, in (case, id)
+/// order, so the fold is one pass without a sort and never touches the
+/// events' table and its JSON details. Only the changes a figure needs are
+/// folded (a third of them); the status as of `$3` is one backward seek
+/// into the same index. `FILTER` (SQLite 3.30, PostgreSQL 9.4) is cheaper
+/// than `CASE` in every aggregate (measured by bench-report).
+pub fn report_cases_sql(b: Backend, scope: &ReportScope, details: bool) -> (String, Vec<String>) {
+    let (filter, args) = scope.case_filter(4);
+    // JSON is read only where it is needed: the case's details when
+    // asked, the decision's denial for denied requests.
+    let field = |path: &[&str]| {
+        if details {
+            b.json_text("c.data", path)
+        } else {
+            "NULL".to_owned()
+        }
+    };
+    let denied = |path: &[&str]| {
+        format!(
+            "CASE WHEN s.denied_id IS NOT NULL THEN {} END",
+            b.json_text("c.decision", path)
+        )
+    };
+    let sql = format!(
+        "SELECT c.id, c.practice_id, c.case_ref, c.payer, c.urgency, \
+           {plan_type} AS plan_type, {state} AS state, {cpt} AS cpt, {setting} AS setting, \
+           {denial_code} AS denial_code, {denial_text} AS denial_text, \
+           s.submitted_at, s.submissions, s.approved_at, s.partial_at, s.denied_at, \
+           s.pend_at, s.pends, s.cancelled_at, s.appealed_at, \
+           (SELECT e2.to_status FROM case_events e2 WHERE e2.case_id = s.case_id \
+              AND e2.to_status IS NOT NULL AND e2.at <= $3 ORDER BY e2.id DESC LIMIT 1) AS status, \
+           CASE WHEN s.denied_id IS NOT NULL \
+              THEN (SELECT e3.detail FROM case_events e3 WHERE e3.id = s.denied_id) END AS denial_event, \
+           CASE WHEN EXISTS (SELECT 1 FROM letters l WHERE l.case_id = c.id AND l.fetched_at <= $3) \
+              THEN 1 ELSE 0 END AS has_letter, \
+           (SELECT x.due_at FROM escalations x WHERE x.case_id = c.id \
+              AND x.reason IN ('stall_warning', 'stalled') AND x.opened_at <= $3 ORDER BY x.id LIMIT 1) AS recorded_due, \
+           (SELECT x.detail FROM escalations x WHERE x.case_id = c.id \
+              AND x.reason IN ('stall_warning', 'stalled') AND x.opened_at <= $3 ORDER BY x.id LIMIT 1) AS recorded_detail \
+         FROM (SELECT e.case_id AS case_id, \
+                 MIN(e.at) FILTER (WHERE e.from_status = 'submitting' AND e.to_status IN {PAYER_STATES}) AS submitted_at, \
+                 COUNT(*) FILTER (WHERE e.from_status = 'submitting' AND e.to_status IN {PAYER_STATES}) AS submissions, \
+                 MIN(e.at) FILTER (WHERE e.to_status = 'approved') AS approved_at, \
+                 MIN(e.at) FILTER (WHERE e.to_status = 'partially_approved') AS partial_at, \
+                 MIN(e.at) FILTER (WHERE e.to_status = 'denied') AS denied_at, \
+                 MIN(e.at) FILTER (WHERE e.to_status = 'pended_for_info') AS pend_at, \
+                 COUNT(*) FILTER (WHERE e.to_status = 'pended_for_info') AS pends, \
+                 MIN(e.at) FILTER (WHERE e.to_status = 'cancelled') AS cancelled_at, \
+                 MIN(e.at) FILTER (WHERE e.from_status IN ('denied', 'partially_approved') AND e.to_status = 'ready') AS appealed_at, \
+                 MIN(e.id) FILTER (WHERE e.to_status = 'denied') AS denied_id \
+               FROM case_events e WHERE e.to_status IS NOT NULL AND e.at <= $3 \
+                 AND (e.from_status IN ('submitting', 'denied', 'partially_approved') \
+                      OR e.to_status IN ('pended_for_info', 'approved', 'partially_approved', 'denied', 'cancelled')) \
+               GROUP BY e.case_id) s \
+         JOIN cases c ON c.id = s.case_id \
+         WHERE s.submitted_at >= $1 AND s.submitted_at < $2{filter} \
+         ORDER BY c.id",
+        plan_type = field(&["coverage", "plan_type"]),
+        state = field(&["coverage", "state"]),
+        cpt = field(&["service_lines", "0", "code"]),
+        setting = field(&["setting"]),
+        denial_code = denied(&["denial", "code"]),
+        denial_text = denied(&["denial", "text"]),
+    );
+    (sql, args)
+}
+
+/// The report's queries over the event log, with plausible values, for
+/// `Ledger::query_plan` (`tests/it/query_plan.rs`): the aggregate (with
+/// and without the case's details and filters) and the pend moves.
+pub fn report_queries(b: Backend) -> Vec<super::HotQuery> {
+    use super::PlanArg::Text;
+    let times = || {
+        vec![
+            Text("2026-01-01T00:00:00.000000Z".into()),
+            Text("2027-01-01T00:00:00.000000Z".into()),
+            Text("2027-01-15T00:00:00.000000Z".into()),
+        ]
+    };
+    let mut out = Vec::new();
+    for (practice, payer, details) in [(None, None, false), (Some("p"), Some("sandbox"), true)] {
+        let scope = ReportScope {
+            from: chrono::DateTime::UNIX_EPOCH,
+            to: chrono::DateTime::UNIX_EPOCH,
+            as_of: chrono::DateTime::UNIX_EPOCH,
+            practice: practice.map(str::to_owned),
+            payer: payer.map(str::to_owned),
+            allowed: None,
+        };
+        let (sql, values) = report_cases_sql(b, &scope, details);
+        let mut args = times();
+        args.extend(values.into_iter().map(Text));
+        out.push(super::HotQuery {
+            name: format!("report: each request's history (practice {practice:?}, payer {payer:?})"),
+            sql,
+            args,
+            ordered: false,
+        });
+        let (sql, values) = report_pends_sql(&scope);
+        let mut args = vec![Text("2027-01-15T00:00:00.000000Z".into())];
+        args.extend(values.into_iter().map(Text));
+        out.push(super::HotQuery {
+            name: format!("report: pend moves (practice {practice:?}, payer {payer:?})"),
+            sql,
+            args,
+            ordered: false,
+        });
+    }
+    out
+}
+
+/// The pend moves' query: binds `$1` as of, then the returned values.
+fn report_pends_sql(scope: &ReportScope) -> (String, Vec<String>) {
+    let (filter, args) = scope.case_filter(2);
+    // Through `case_events_report` alone (a move out of a pend has a
+    // `to_status`); the join only when the scope filters by practice or
+    // payer.
+    let join = if filter.is_empty() {
+        ""
+    } else {
+        " JOIN cases c ON c.id = e.case_id"
+    };
+    let sql = format!(
+        "SELECT e.id, e.case_id, e.at, e.to_status FROM case_events e{join} \
+         WHERE e.to_status IS NOT NULL AND e.at <= $1 \
+         AND (e.to_status = 'pended_for_info' OR e.from_status = 'pended_for_info'){filter}"
+    );
+    (sql, args)
+}
+
 impl Ledger {
     /// Every request first submitted in the scope's period, one at a time
     /// to `each`, in case order. Rows stream from the database; nothing is
@@ -135,64 +276,7 @@ impl Ledger {
         details: bool,
         mut each: impl FnMut(CaseFacts),
     ) -> Result<(), StoreError> {
-        let b = self.backend;
-        let (filter, args) = scope.case_filter(4);
-        // JSON is read only where it is needed: the case's details when
-        // asked, the decision's denial for denied requests.
-        let field = |path: &[&str]| {
-            if details {
-                b.json_text("c.data", path)
-            } else {
-                "NULL".to_owned()
-            }
-        };
-        let denied = |path: &[&str]| {
-            format!(
-                "CASE WHEN s.denied_id IS NOT NULL THEN {} END",
-                b.json_text("c.decision", path)
-            )
-        };
-        // `GROUP BY +e.case_id`: one pass over the events in table order and
-        // a sort, not a walk of the (case, id) index, which would read each
-        // case's events from wherever they were appended (a random read per
-        // event; measured by bench-report). PostgreSQL reads it the same.
-        let sql = format!(
-            "SELECT c.id, c.practice_id, c.case_ref, c.payer, c.urgency, \
-               {plan_type} AS plan_type, {state} AS state, {cpt} AS cpt, {setting} AS setting, \
-               {denial_code} AS denial_code, {denial_text} AS denial_text, \
-               s.submitted_at, s.submissions, s.approved_at, s.partial_at, s.denied_at, \
-               s.pend_at, s.pends, s.cancelled_at, \
-               (SELECT e2.to_status FROM case_events e2 WHERE e2.id = s.last_id) AS status, \
-               CASE WHEN s.denied_id IS NOT NULL \
-                  THEN (SELECT e3.detail FROM case_events e3 WHERE e3.id = s.denied_id) END AS denial_event, \
-               CASE WHEN EXISTS (SELECT 1 FROM letters l WHERE l.case_id = c.id AND l.fetched_at <= $3) \
-                  THEN 1 ELSE 0 END AS has_letter, \
-               (SELECT x.due_at FROM escalations x WHERE x.case_id = c.id \
-                  AND x.reason IN ('stall_warning', 'stalled') AND x.opened_at <= $3 ORDER BY x.id LIMIT 1) AS recorded_due, \
-               (SELECT x.detail FROM escalations x WHERE x.case_id = c.id \
-                  AND x.reason IN ('stall_warning', 'stalled') AND x.opened_at <= $3 ORDER BY x.id LIMIT 1) AS recorded_detail \
-             FROM (SELECT +e.case_id AS case_id, \
-                     MIN(CASE WHEN e.from_status = 'submitting' AND e.to_status IN {PAYER_STATES} THEN e.at END) AS submitted_at, \
-                     SUM(CASE WHEN e.from_status = 'submitting' AND e.to_status IN {PAYER_STATES} THEN 1 ELSE 0 END) AS submissions, \
-                     MIN(CASE WHEN e.to_status = 'approved' THEN e.at END) AS approved_at, \
-                     MIN(CASE WHEN e.to_status = 'partially_approved' THEN e.at END) AS partial_at, \
-                     MIN(CASE WHEN e.to_status = 'denied' THEN e.at END) AS denied_at, \
-                     MIN(CASE WHEN e.to_status = 'pended_for_info' THEN e.at END) AS pend_at, \
-                     SUM(CASE WHEN e.to_status = 'pended_for_info' THEN 1 ELSE 0 END) AS pends, \
-                     MIN(CASE WHEN e.to_status = 'cancelled' THEN e.at END) AS cancelled_at, \
-                     MIN(CASE WHEN e.to_status = 'denied' THEN e.id END) AS denied_id, \
-                     MAX(e.id) AS last_id \
-                   FROM case_events e WHERE e.at <= $3 AND e.to_status IS NOT NULL GROUP BY +e.case_id) s \
-             JOIN cases c ON c.id = s.case_id \
-             WHERE s.submitted_at >= $1 AND s.submitted_at < $2{filter} \
-             ORDER BY c.id",
-            plan_type = field(&["coverage", "plan_type"]),
-            state = field(&["coverage", "state"]),
-            cpt = field(&["service_lines", "0", "code"]),
-            setting = field(&["setting"]),
-            denial_code = denied(&["denial", "code"]),
-            denial_text = denied(&["denial", "text"]),
-        );
+        let (sql, args) = report_cases_sql(self.backend, scope, details);
         let mut query = sqlx::query(&sql)
             .bind(super::ts(scope.from))
             .bind(super::ts(scope.to))
@@ -212,17 +296,13 @@ impl Ledger {
     /// those of its requests. An episode starts with the move to
     /// `pended_for_info` and ends with the next move from it.
     pub async fn report_pends(&self, scope: &ReportScope) -> Result<Vec<PendEpisode>, StoreError> {
-        let (filter, args) = scope.case_filter(2);
-        let sql = format!(
-            "SELECT e.id, e.case_id, e.at, e.to_status FROM case_events e JOIN cases c ON c.id = e.case_id \
-             WHERE e.at <= $1 AND (e.to_status = 'pended_for_info' OR e.from_status = 'pended_for_info'){filter}"
-        );
+        let (sql, args) = report_pends_sql(scope);
         let mut query = sqlx::query(&sql).bind(super::ts(scope.as_of));
         for a in &args {
             query = query.bind(a);
         }
-        // Few rows (pends are rare): read in table order and sorted here,
-        // not walked in the (case, id) index's order (a random read each).
+        // Few rows (pends are rare), sorted here by (case, id) whatever
+        // order the plan reads them in.
         let mut moves: Vec<(i64, i64, DateTime<Utc>, bool)> = Vec::new();
         let mut rows = query.fetch(&self.pool);
         while let Some(row) = rows.try_next().await? {
@@ -304,9 +384,11 @@ fn facts_from_row(row: &AnyRow) -> Result<CaseFacts, StoreError> {
         id,
         reason: "a reported request without its submission".into(),
     })?;
+    let approved_at = opt_time(row, "approved_at", id)?;
+    let partially_approved_at = opt_time(row, "partial_at", id)?;
     let first_decision = [
-        (CaseStatus::Approved, opt_time(row, "approved_at", id)?),
-        (CaseStatus::PartiallyApproved, opt_time(row, "partial_at", id)?),
+        (CaseStatus::Approved, approved_at),
+        (CaseStatus::PartiallyApproved, partially_approved_at),
         (CaseStatus::Denied, opt_time(row, "denied_at", id)?),
     ]
     .into_iter()
@@ -353,9 +435,12 @@ fn facts_from_row(row: &AnyRow) -> Result<CaseFacts, StoreError> {
         submitted_at,
         submissions: count("submissions")?,
         first_decision,
+        approved_at,
+        partially_approved_at,
         first_pend_at: opt_time(row, "pend_at", id)?,
         pends: count("pends")?,
         cancelled_at: opt_time(row, "cancelled_at", id)?,
+        appealed_at: opt_time(row, "appealed_at", id)?,
         status,
         has_letter: row.try_get::<i64, _>("has_letter")? != 0,
         denial_code,

@@ -15,8 +15,11 @@
 //!   pending before, 2 h after and 23 h after the deadline.
 //! - A15/A16/A17 urgent, decided at 2 h, 71 h (approved) and 73 h (denied
 //!   CO-197; a poll at 72.5 h saw it pending).
-//! - A18 partially approved at 72 h. A19 pended for 48 h, approved at
-//!   120 h. A20 denied CO-50 at 96 h, resubmitted, approved. A21 denied
+//! - A18 partially approved at 72 h, appealed (back to ready, submitted
+//!   again) and partially approved again, recorded by hand: appealed, not
+//!   overturned. A19 pended for 48 h, approved at
+//!   120 h. A20 denied CO-50 at 96 h, resubmitted, approved (appealed and
+//!   overturned). A21 denied
 //!   without a code at 120 h, no letter. A22 cancelled. A23 pending, its
 //!   window open. A24 pending past its deadline (polls on Nov 20 and 25).
 //! - A25 standard, submitted Oct 29 12:00 CDT, approved Nov 5 11:30 CST:
@@ -241,16 +244,36 @@ pub async fn write_history(url: &str, template: CaseData, sample: Option<i64>) -
     )
     .await;
     h.letter(a17, utc(10, 25, 15, 0)).await;
-    h.decided(
-        "A18",
-        a,
-        Standard,
-        utc(10, 23, 15, 0),
-        Duration::hours(72),
-        PartiallyApproved,
-        true,
-    )
-    .await;
+    let a18 = h
+        .decided(
+            "A18",
+            a,
+            Standard,
+            utc(10, 23, 15, 0),
+            Duration::hours(72),
+            PartiallyApproved,
+            true,
+        )
+        .await;
+    // The appeal of A18's partial approval: back to the payer, whose answer
+    // came by phone and was recorded by hand (as the console does).
+    h.to(a18, utc(10, 27, 15, 0), Ready, Some("appealing the units not granted"))
+        .await;
+    h.submit(a18, utc(10, 27, 16, 0)).await;
+    h.at(utc(10, 30, 15, 0));
+    let by_hand = Decision {
+        auth_number: Some("AUTH-A18".into()),
+        valid: None,
+        lines: Vec::new(),
+        conditions: None,
+        denial: None,
+        decided_at: utc(10, 30, 15, 0),
+        source: "manual:ann".into(),
+    };
+    h.ledger
+        .record_decision(a18, &by_hand, PartiallyApproved, &Actor::user("ann"))
+        .await
+        .unwrap();
     let a19 = h.case("A19", a, Standard).await;
     h.submit(a19, utc(10, 26, 15, 0)).await;
     h.to(
@@ -421,7 +444,12 @@ fn assert_sandbox(f: &Figures) {
         ),
         (25, 22, 17, 1, 4, 1, 0, 2)
     );
-    assert_eq!((f.pended_now, f.attention_now, f.resubmitted), (0, 0, 1));
+    assert_eq!((f.pended_now, f.attention_now, f.resubmitted), (0, 0, 2), "A18, A20");
+    assert_eq!(
+        (f.appealed, f.overturned, f.overturn_rate),
+        (2, 1, Some(50.0)),
+        "A18, A20"
+    );
     assert_eq!(f.first_pass_approved, 16);
     assert_eq!(f.first_pass_rate, Some(72.7));
     assert_eq!(f.approval_rate, Some(81.8));
@@ -518,6 +546,7 @@ fn assert_sandbox_pas(f: &Figures) {
         (15, 13, 12, 0, 1, 0, 0, 2)
     );
     assert_eq!((f.pended_now, f.attention_now, f.resubmitted), (1, 1, 0));
+    assert_eq!((f.appealed, f.overturned, f.overturn_rate), (0, 0, None));
     assert_eq!(f.first_pass_approved, 12);
     assert_eq!(
         (f.first_pass_rate, f.approval_rate, f.denial_rate),
@@ -823,6 +852,10 @@ fn command_line(p: &Project, r: &report::Report) {
         ("pend_median_hours", "48.0"),
         ("letters_missing", "1"),
         ("needs_attention", "1"),
+        ("resubmitted", "2"),
+        ("appealed", "2"),
+        ("overturned", "1"),
+        ("overturn_rate", "50.0"),
         ("top_denial_reason", "CO-50 Not medically necessary"),
         ("published_approval_rate", "88"),
         ("published_median_hours_urgent", "24.5"),
@@ -989,6 +1022,38 @@ async fn console_reports_show_a_users_practices_only_and_export_the_figures_as_c
     // Nobody signed in: to the sign-in page.
     let anon = w.client().get("/reports").await;
     assert_eq!(anon.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        w.client().get(&format!("/reports/late?{PERIOD}")).await.status,
+        StatusCode::SEE_OTHER
+    );
+
+    // The printable evidence of late decisions, for one payer: the user's
+    // practices only, its style from the console (no inline style under
+    // the console's policy), each view audited with the requests it named.
+    let late = olive.get(&format!("/reports/late?{PERIOD}&payer=sandbox")).await;
+    assert_eq!(late.status, StatusCode::OK);
+    let text = late.text();
+    assert!(
+        text.contains("<link rel=\"stylesheet\" href=\"/reports/late.css\">"),
+        "{text}"
+    );
+    assert!(!text.contains("<style") && !text.contains("<script"), "{text}");
+    for case in ["A17", "A14", "A24"] {
+        assert!(
+            text.contains(&format!("<section id=\"lakeside-ortho-{case}\">")),
+            "{case}: {text}"
+        );
+    }
+    assert!(!text.contains("B13"), "another payer's request: {text}");
+    let css = olive.get("/reports/late.css").await;
+    assert!(header(&css, "content-type").starts_with("text/css"));
+    assert_eq!(
+        olive
+            .get(&format!("/reports/late?{PERIOD}&practice=valley-imaging"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
 
     let log = w.ledger.console_audit_log(None, 100).await.unwrap();
     let seen: Vec<(&str, &str)> = log
@@ -1004,8 +1069,15 @@ async fn console_reports_show_a_users_practices_only_and_export_the_figures_as_c
             ("sam", "report_export"),
             ("olive", "report_view"),
             ("olive", "report_export"),
+            ("olive", "report_late_view"),
         ]
     );
+    let late_view = log.iter().find(|a| a.action == "report_late_view").unwrap();
+    assert_eq!(
+        late_view.detail["cases"],
+        json!(["lakeside-ortho/A17", "lakeside-ortho/A14", "lakeside-ortho/A24"])
+    );
+    assert_eq!(late_view.detail["payer"], "sandbox");
     w.finish().await;
 }
 
@@ -1106,6 +1178,77 @@ async fn reports_in_chromium_show_the_figures_and_both_charts() {
     if let Ok(d) = std::env::var("PRECERT_CONSOLE_SHOTS") {
         std::fs::write(std::path::Path::new(&d).join("reports.png"), &shot).unwrap();
     }
+
+    // The printable evidence, from the page's link: every late request of
+    // the period with its times, hours late and the events that prove it.
+    b.find(Locator::Css("a.late-evidence"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let h1 = b.wait().for_element(Locator::Css("h1")).await.unwrap();
+    assert!(h1
+        .text()
+        .await
+        .unwrap()
+        .starts_with("Prior-authorization requests decided late"));
+    let mut rows = Vec::new();
+    for tr in b.find_all(Locator::Css("body > table tbody tr")).await.unwrap() {
+        let mut cells = Vec::new();
+        for td in tr.find_all(Locator::Css("td")).await.unwrap() {
+            cells.push(td.text().await.unwrap());
+        }
+        rows.push(cells);
+    }
+    let a14: Vec<&str> = rows
+        .iter()
+        .find(|r| r[2] == "A14")
+        .expect("A14 is listed")
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        a14,
+        [
+            "lakeside-ortho",
+            "sandbox",
+            "A14",
+            "SBX-A14",
+            "standard",
+            "2026-10-28 10:00 CDT",
+            "2026-11-04 10:00 CST",
+            "2026-11-05 10:00 CST (denied)",
+            "24.0",
+            "23.0",
+        ]
+    );
+    let cases: Vec<&str> = rows.iter().map(|r| r[2].as_str()).collect();
+    assert_eq!(
+        cases,
+        ["A17", "A14", "A24", "B13"],
+        "decided late or undecided past the window"
+    );
+    let proof = b
+        .find(Locator::Css("section#lakeside-ortho-A14 table"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        proof.contains("checked with the payer: still pending, 23 h past the deadline"),
+        "{proof}"
+    );
+    assert!(proof.contains("decision recorded (pending → denied)"), "{proof}");
+    // The console's stylesheet for it loaded (the policy allows no inline
+    // style): the table's header is shaded, the screen-only link shown.
+    let th = b.find(Locator::Css("th")).await.unwrap();
+    assert_eq!(
+        th.css_value("background-color").await.unwrap(),
+        "rgba(238, 238, 238, 1)"
+    );
+    assert!(b.find(Locator::Css("p.screen-only a")).await.is_ok());
     b.close().await.unwrap();
     driver.shutdown().await;
     w.finish().await;
