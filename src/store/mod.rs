@@ -404,8 +404,8 @@ impl Ledger {
     /// [`Ledger::import_case`] for a batch, in one transaction: all of
     /// them or (on a database error) none. One outcome per case, in order.
     ///
-    /// A handful of statements whatever the batch's size: one read of the
-    /// batch's cases already stored, one multi-row insert of the new ones
+    /// A few statements per 50 cases, not three per case: one read of the
+    /// batch's cases already stored, a multi-row insert of the new ones
     /// and one of their events. A case already stored whose data or status
     /// must change (a re-import), a case twice in the batch, and a case
     /// another importer inserted meanwhile go the way of one case at a time
@@ -448,9 +448,13 @@ impl Ledger {
                 Some(_) => slow.push(i),
             }
         }
-        // Bound the statements' parameters (SQLite allows 32 766, PostgreSQL
-        // 65 535): at most 9 a case and 5 an event, 3 events a case.
-        for chunk in fresh.chunks(1_000) {
+        // A statement binds a few hundred values: SQLite looks each
+        // parameter's name up in a list (`sqlite3_bind_parameter_name`, as
+        // sqlx binds), so a statement's binding grows with the square of its
+        // parameters; 50 cases (450 values, 250 of their events at most) is
+        // a fraction of the statement's own cost, and each size of
+        // statement is prepared once and reused (sqlx's statement cache).
+        for chunk in fresh.chunks(ROWS_A_STATEMENT) {
             let created = insert_cases(&mut tx, cases, chunk, &now).await?;
             let mut events = Vec::with_capacity(chunk.len() * 3);
             for (i, _, _) in chunk {
@@ -485,7 +489,7 @@ impl Ledger {
     }
 
     /// The batch's cases already in the ledger, by (practice, case ID), in
-    /// one read a practice (and a thousand cases), under the row lock.
+    /// one read a practice (and 200 cases), under the row lock.
     async fn stored_of(
         &self,
         tx: &mut Tx<'_>,
@@ -500,7 +504,7 @@ impl Ledger {
         }
         let mut stored = std::collections::HashMap::new();
         for (practice, refs) in by_practice {
-            for refs in refs.chunks(1_000) {
+            for refs in refs.chunks(4 * ROWS_A_STATEMENT) {
                 let sql = stored_sql(self.backend, refs.len());
                 let mut q = sqlx::query(&sql).bind(practice);
                 for r in refs {
@@ -1220,6 +1224,9 @@ pub(crate) fn work_page_sql(backend: Backend, work: Work) -> String {
         work_condition(backend, work)
     )
 }
+
+/// Cases a multi-row statement of the import writes.
+const ROWS_A_STATEMENT: usize = 50;
 
 /// A case already stored, as the batch import reads it.
 struct Stored {
