@@ -17,14 +17,14 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::sessions::{SessionSlots, BROWSER_SLOTS, SLOT_TTL};
-use super::{action_of, applies, escalation_job, Ctx, Loaded, LEASE};
-use crate::case::CaseStatus;
+use super::{action_of, escalation_job, Ctx, Loaded, LEASE};
+use crate::case::{CaseRecord, CaseStatus};
 use crate::engine::{Disposition, Engine, FailureKind};
 use crate::ids::{PayerKey, PlaybookId};
 use crate::limits::{AlertKind, Blocked, RunEnd};
 use crate::playbook::Action;
 use crate::queue::{FailOutcome, Failure, LeasedJob};
-use crate::store::{Actor, CaseFilter, SlotLease};
+use crate::store::{Actor, SlotLease, StoreError, Work};
 
 /// What a job's runs added up to.
 struct Fold {
@@ -365,29 +365,70 @@ fn metric_result(d: &Disposition) -> &'static str {
 }
 
 /// Whether a per-payer job has a case to work now (an error says yes: the
-/// job then meets it and reports it).
+/// job then meets it and reports it): an indexed `EXISTS`, and for CRD the
+/// practice's `new` cases of the payer, a page at a time.
 async fn has_work(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob) -> bool {
     let (Some(action), Some(payer)) = (action_of(job.kind), job.payer.clone()) else {
         return true;
     };
-    let asks_crd = action == Action::Submit && crd_enabled(loaded, job);
-    let filter = CaseFilter {
-        practice: Some(job.practice.clone()),
-        payer: Some(payer.to_string()),
-        status: None,
+    let payer = payer.to_string();
+    let Some(work) = work_of(action) else {
+        return false;
     };
-    let Ok(all) = ctx.ledger.list(&filter).await else {
+    if ctx.ledger.has_work(&job.practice, &payer, work).await.unwrap_or(true) {
         return true;
-    };
-    for c in all {
-        if applies(&ctx.ledger, action, &c).await.unwrap_or(true) {
-            return true;
-        }
-        if asks_crd && crate::crd::due(&ctx.ledger, &c).await.unwrap_or(true) {
-            return true;
+    }
+    if action == Action::Submit && crd_enabled(loaded, job) {
+        let mut after = 0;
+        loop {
+            let Ok(page) = ctx
+                .ledger
+                .work_page(&job.practice, &payer, Work::New, after, PAGE)
+                .await
+            else {
+                return true;
+            };
+            for c in &page {
+                if crate::crd::due(&ctx.ledger, c).await.unwrap_or(true) {
+                    return true;
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == PAGE => after = last.id,
+                _ => return false,
+            }
         }
     }
     false
+}
+
+/// Cases read from the ledger at a time when a job selects its work.
+const PAGE: usize = 500;
+
+/// The cases an action works on, as the ledger selects them in SQL (what
+/// `applies` says of one case).
+fn work_of(action: Action) -> Option<Work> {
+    match action {
+        Action::Submit => Some(Work::Submit),
+        Action::PollStatus | Action::PollWorklist => Some(Work::Poll),
+        Action::DownloadLetter => Some(Work::Letters),
+        Action::Login | Action::FindExisting => None,
+    }
+}
+
+/// Every case of the job's practice and payer that `work` selects, read a
+/// page at a time: what the job will work, not the practice's ledger.
+async fn work_cases(ctx: &Ctx, job: &LeasedJob, payer: &str, work: Work) -> Result<Vec<CaseRecord>, StoreError> {
+    let mut cases = Vec::new();
+    loop {
+        let after = cases.last().map_or(0, |c: &CaseRecord| c.id);
+        let page = ctx.ledger.work_page(&job.practice, payer, work, after, PAGE).await?;
+        let full = page.len() == PAGE;
+        cases.extend(page);
+        if !full {
+            return Ok(cases);
+        }
+    }
 }
 
 /// Whether a job's binding runs a playbook that declares a CRD service.
@@ -404,17 +445,12 @@ fn crd_enabled(loaded: &Loaded, job: &LeasedJob) -> bool {
 /// misconfigured ends the pass (the job is tried again later) rather than
 /// being asked about every case.
 async fn crd_pass(ctx: &Ctx, engine: &Engine, job: &LeasedJob, payer: &PayerKey, actor: &Actor, fold: &mut Fold) {
-    let filter = CaseFilter {
-        practice: Some(job.practice.clone()),
-        payer: Some(payer.to_string()),
-        status: Some(CaseStatus::New),
-    };
     let store_retry = |e: crate::store::StoreError| Disposition::Retry {
         reason: e.to_string(),
         not_before: None,
         portal_fault: false,
     };
-    let cases = match ctx.ledger.list(&filter).await {
+    let cases = match work_cases(ctx, job, payer.as_ref(), Work::New).await {
         Ok(c) => c,
         Err(e) => return fold.add(store_retry(e)),
     };
@@ -489,40 +525,27 @@ async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob, sessions: usize) -
             return fold;
         }
     }
-    let filter = CaseFilter {
-        practice: Some(job.practice.clone()),
-        payer: Some(payer.to_string()),
-        status: None,
+    let Some(work) = work_of(action) else {
+        return fold;
     };
-    let mut cases = Vec::new();
-    match ctx.ledger.list(&filter).await {
-        Ok(all) => {
-            for c in all {
-                match applies(&ctx.ledger, action, &c).await {
-                    Ok(true) => cases.push(c),
-                    Ok(false) => {}
-                    Err(e) => {
-                        fold.add(store_retry(e));
-                        return fold;
-                    }
-                }
-            }
-        }
-        Err(e) => {
-            fold.add(store_retry(e));
-            return fold;
-        }
-    }
-    let engine = &loaded.engine;
     // A payer whose playbook has no letters (an API such as PAS sends none)
     // has nothing to fetch.
     if action == Action::DownloadLetter
-        && engine
+        && loaded
+            .engine
             .playbook(&playbook_id)
             .is_some_and(|p| !p.actions.contains_key(&Action::DownloadLetter))
     {
         return fold;
     }
+    let mut cases = match work_cases(ctx, job, payer.as_ref(), work).await {
+        Ok(c) => c,
+        Err(e) => {
+            fold.add(store_retry(e));
+            return fold;
+        }
+    };
+    let engine = &loaded.engine;
     let worklist = action == Action::PollStatus
         && cases.len() > 1
         && engine

@@ -1,6 +1,6 @@
 //! Intake: case files from a practice, validated into `CaseData`.
 //!
-//! A file is read as a stream (CSV) or whole (JSON), every record is
+//! A file is read as a stream (CSV and JSON alike), every record is
 //! checked, and the valid ones are stored a batch per transaction; invalid ones are reported with where they
 //! are (line), which field and why. Nothing half-valid gets in, and no
 //! record, however malformed, stops the others: a case appearing twice in a
@@ -9,6 +9,7 @@
 
 mod csv_rows;
 pub mod folder;
+mod json_stream;
 mod stream;
 mod text;
 mod validate;
@@ -126,8 +127,10 @@ const BATCH: usize = 500;
 /// text (a file that is not is refused whole, before anything is stored),
 /// once for its records — so memory does not grow with its size, but for
 /// the (practice, case ID) of each record, kept to refuse a repeat. A JSON
-/// file is read whole. Either way records are validated and stored
-/// `BATCH` at a time, one transaction each.
+/// file likewise: once to check that it is UTF-8, once that it is JSON and
+/// a list of cases (`json_stream::check`: a file that is not is refused
+/// whole), once for its elements, one at a time. Either way records are
+/// validated and stored `BATCH` at a time, one transaction each.
 pub async fn import_file(
     path: &Path,
     format: Format,
@@ -181,13 +184,13 @@ pub async fn import_file_limited(
             }
         }
         Format::Json => {
-            let bytes = std::fs::read(path).map_err(read_error)?;
-            let text = text::decode(&bytes).map_err(format_error)?;
-            let lines = LineIndex::new(text);
-            let records = read_json(text, &lines).map_err(format_error)?;
-            let total = records.len();
-            for record in records {
-                if importer.push(record) {
+            let checked = stream::check_utf8(path).map_err(read_error)?.map_err(format_error)?;
+            let total = json_stream::check(path, checked.bom)
+                .map_err(read_error)?
+                .map_err(format_error)?;
+            let mut elements = json_stream::Elements::open(path, checked.bom).map_err(read_error)?;
+            while let Some(element) = elements.next_element().map_err(read_error)? {
+                if importer.push(streamed_json_record(&element)) {
                     importer.flush().await?;
                     progress(importer.report.records, total);
                 }
@@ -594,14 +597,40 @@ fn read_json(text: &str, lines: &LineIndex) -> Result<Vec<SourceRecord>, String>
     Ok(items.into_iter().map(|item| json_record(item, text, lines)).collect())
 }
 
-/// One JSON case, read into a `RawCase` or the error that stopped it.
+/// One JSON case of a text held whole, read into a `RawCase` or the error
+/// that stopped it.
 fn json_record(item: &serde_json::value::RawValue, text: &str, lines: &LineIndex) -> SourceRecord {
     // Items come in file order; each line is a binary search in the
     // index made once, so the whole file is read a constant number of
     // times however many records it has.
     let offset = item.get().as_ptr() as usize - text.as_ptr() as usize;
-    let line = lines.line(offset);
-    let mut de = serde_json::Deserializer::from_str(item.get());
+    read_json_record(item.get(), &|o| lines.line(offset + o), &|o| {
+        lines.describe(text, offset + o)
+    })
+}
+
+/// One element of a streamed JSON file: positions in it are counted in
+/// its own text and placed after where it starts.
+fn streamed_json_record(element: &json_stream::Element) -> SourceRecord {
+    let local = LineIndex::new(&element.text);
+    let line = |o: usize| element.line + local.line(o) - 1;
+    let describe = |o: usize| match local.position(&element.text, o) {
+        (1, column) => match element.column.zip(column) {
+            Some((start, column)) => format!("line {}, column {}", element.line, start + column as u64 - 1),
+            None => format!("line {}, offset {}", element.line, element.offset + o as u64),
+        },
+        (l, Some(column)) => format!("line {}, column {column}", element.line + l - 1),
+        (l, None) => format!("line {}, offset {}", element.line + l - 1, element.offset + o as u64),
+    };
+    read_json_record(&element.text, &line, &describe)
+}
+
+/// One JSON case (`item`, its text), read into a `RawCase` or the error
+/// that stopped it; `line` and `describe` place an offset in `item` in the
+/// file.
+fn read_json_record(item: &str, line_of: &dyn Fn(usize) -> u64, describe: &dyn Fn(usize) -> String) -> SourceRecord {
+    let line = line_of(0);
+    let mut de = serde_json::Deserializer::from_str(item);
     match serde_path_to_error::deserialize::<_, RawCase>(&mut de) {
         Ok(raw) => SourceRecord {
             line,
@@ -610,13 +639,13 @@ fn json_record(item: &serde_json::value::RawValue, text: &str, lines: &LineIndex
             raw: Some(raw),
             errors: Vec::new(),
             csv: false,
-            attachments_line: json_key_offset(item.get(), "attachments").map(|o| lines.line(offset + o)),
+            attachments_line: json_key_offset(item, "attachments").map(line_of),
         },
         Err(e) => {
             let field = json_field(&e);
-            let (message, at) = text::json_error(e.inner(), text, offset);
+            let (message, at) = text::json_error(e.inner(), item, 0);
             let reason = match at {
-                Some(at) => format!("{message} ({})", lines.describe(text, at)),
+                Some(at) => format!("{message} ({})", describe(at)),
                 None => message,
             };
             // Name the record in the message when its IDs can be read.
@@ -625,7 +654,7 @@ fn json_record(item: &serde_json::value::RawValue, text: &str, lines: &LineIndex
                 practice_id: Option<String>,
                 case_id: Option<String>,
             }
-            let ids: Ids = serde_json::from_str(item.get()).unwrap_or_default();
+            let ids: Ids = serde_json::from_str(item).unwrap_or_default();
             SourceRecord {
                 line,
                 practice_id: ids.practice_id,

@@ -403,6 +403,13 @@ impl Ledger {
 
     /// [`Ledger::import_case`] for a batch, in one transaction: all of
     /// them or (on a database error) none. One outcome per case, in order.
+    ///
+    /// A few statements per 50 cases, not three per case: one read of the
+    /// batch's cases already stored, a multi-row insert of the new ones
+    /// and one of their events. A case already stored whose data or status
+    /// must change (a re-import), a case twice in the batch, and a case
+    /// another importer inserted meanwhile go the way of one case at a time
+    /// ([`Ledger::import_case`]'s), in the same transaction.
     pub async fn import_cases(
         &self,
         cases: &[(CaseData, Option<bool>)],
@@ -410,12 +417,111 @@ impl Ledger {
     ) -> Result<Vec<ImportOutcome>, StoreError> {
         let now = ts(self.now());
         let mut tx = self.begin_write().await?;
-        let mut outcomes = Vec::with_capacity(cases.len());
-        for (data, required) in cases {
-            outcomes.push(self.import_in_tx(&mut tx, data, *required, actor, &now).await?);
+        let mut outcomes: Vec<Option<ImportOutcome>> = vec![None; cases.len()];
+        let stored = self.stored_of(&mut tx, cases).await?;
+        // The cases to insert: (index, status it starts in, its data as JSON).
+        let mut fresh: Vec<(usize, CaseStatus, String)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        // Cases that take the one-at-a-time way, in order.
+        let mut slow = Vec::new();
+        for (i, (data, required)) in cases.iter().enumerate() {
+            let path = import_path(*required);
+            let first = path_end(data, path)?;
+            let json = serde_json::to_string(data).expect("case data serialises");
+            if !seen.insert((data.practice_id.as_str(), data.case_ref.as_str())) {
+                slow.push(i);
+                continue;
+            }
+            match stored.get(&(data.practice_id.clone(), data.case_ref.clone())) {
+                None => fresh.push((i, first, json)),
+                // Already imported with the same data and nothing to move:
+                // nothing to write.
+                Some(s) if s.data == json && (s.status != CaseStatus::New || path.is_empty()) => {
+                    outcomes[i] = Some(ImportOutcome::Unchanged { id: s.id })
+                }
+                Some(s) if s.data != json && !s.status.is_before_submission() => {
+                    outcomes[i] = Some(ImportOutcome::Refused {
+                        id: s.id,
+                        status: s.status,
+                    })
+                }
+                Some(_) => slow.push(i),
+            }
+        }
+        // A statement binds a few hundred values: SQLite looks each
+        // parameter's name up in a list (`sqlite3_bind_parameter_name`, as
+        // sqlx binds), so a statement's binding grows with the square of its
+        // parameters; 50 cases (450 values, 250 of their events at most) is
+        // a fraction of the statement's own cost, and each size of
+        // statement is prepared once and reused (sqlx's statement cache).
+        for chunk in fresh.chunks(ROWS_A_STATEMENT) {
+            let created = insert_cases(&mut tx, cases, chunk, &now).await?;
+            let mut events = Vec::with_capacity(chunk.len() * 3);
+            for (i, _, _) in chunk {
+                let data = &cases[*i].0;
+                match created.get(&(data.practice_id.as_str(), data.case_ref.as_str())) {
+                    Some(&id) => {
+                        outcomes[*i] = Some(ImportOutcome::Created { id });
+                        events.push((id, EventKind::Imported, None, CaseStatus::New));
+                        let mut from = CaseStatus::New;
+                        for &to in import_path(cases[*i].1) {
+                            events.push((id, EventKind::StatusChanged, Some(from), to));
+                            from = to;
+                        }
+                    }
+                    // Another importer stored it first (PostgreSQL; SQLite
+                    // has one writer): the key decided, and the case is found.
+                    None => slow.push(*i),
+                }
+            }
+            insert_import_events(&mut tx, &events, actor, &now).await?;
+        }
+        slow.sort_unstable();
+        for i in slow {
+            let (data, required) = &cases[i];
+            outcomes[i] = Some(self.import_in_tx(&mut tx, data, *required, actor, &now).await?);
         }
         tx.commit().await?;
-        Ok(outcomes)
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.expect("every case of the batch has an outcome"))
+            .collect())
+    }
+
+    /// The batch's cases already in the ledger, by (practice, case ID), in
+    /// one read a practice (and 200 cases), under the row lock.
+    async fn stored_of(
+        &self,
+        tx: &mut Tx<'_>,
+        cases: &[(CaseData, Option<bool>)],
+    ) -> Result<std::collections::HashMap<(String, String), Stored>, StoreError> {
+        let mut by_practice: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for (data, _) in cases {
+            by_practice
+                .entry(data.practice_id.as_str())
+                .or_default()
+                .push(data.case_ref.as_str());
+        }
+        let mut stored = std::collections::HashMap::new();
+        for (practice, refs) in by_practice {
+            for refs in refs.chunks(4 * ROWS_A_STATEMENT) {
+                let sql = stored_sql(self.backend, refs.len());
+                let mut q = sqlx::query(&sql).bind(practice);
+                for r in refs {
+                    q = q.bind(*r);
+                }
+                for row in q.fetch_all(&mut **tx).await? {
+                    let id: i64 = row.try_get("id")?;
+                    let s = Stored {
+                        id,
+                        status: parse_status(id, row.try_get::<String, _>("status")?.as_str())?,
+                        data: row.try_get("data")?,
+                    };
+                    stored.insert((practice.to_owned(), row.try_get("case_ref")?), s);
+                }
+            }
+        }
+        Ok(stored)
     }
 
     async fn import_in_tx(
@@ -436,20 +542,10 @@ impl Ledger {
         let mut created = None;
         // The import's verdict on whether a pre-cert is needed moves a case
         // that nobody has triaged yet.
-        let path: &[CaseStatus] = match precert_required {
-            Some(true) => &[CaseStatus::Required, CaseStatus::Ready],
-            Some(false) => &[CaseStatus::NotRequired],
-            None => &[],
-        };
+        let path = import_path(precert_required);
         // A new case is written with the status its path ends at, and the
         // path's events with its `imported` one, in two statements.
-        let mut first = CaseStatus::New;
-        for &to in path {
-            if !first.can_move_to(to) {
-                return Err(illegal(&key(data), first, to));
-            }
-            first = to;
-        }
+        let first = path_end(data, path)?;
         if existing.is_none() {
             // Two importers of the same case at once (PostgreSQL; SQLite has
             // one writer): the key decides, and the later one finds the case.
@@ -770,6 +866,38 @@ impl Ledger {
             .collect()
     }
 
+    /// Whether a per-payer job has a case to work: one indexed read of at
+    /// most one row (`LIMIT 1`),
+    /// never a read of the practice's cases.
+    pub async fn has_work(&self, practice: &str, payer: &str, work: Work) -> Result<bool, StoreError> {
+        let row = sqlx::query(&has_work_sql(self.backend, work))
+            .bind(practice)
+            .bind(payer)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// A page of the cases a per-payer job works (the `work` condition in
+    /// SQL), in id order after `after`, at most `limit`.
+    pub async fn work_page(
+        &self,
+        practice: &str,
+        payer: &str,
+        work: Work,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<CaseRecord>, StoreError> {
+        let rows = sqlx::query(&work_page_sql(self.backend, work))
+            .bind(practice)
+            .bind(payer)
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(case_from_row).collect()
+    }
+
     /// Counts of cases per status (for reports and metrics).
     pub async fn count_by_status(&self) -> Result<Vec<(CaseStatus, i64)>, StoreError> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM cases GROUP BY status ORDER BY status")
@@ -1022,6 +1150,218 @@ const SELECT_LETTERS: &str =
     "SELECT kind, stored_path, sha256, bytes, media_type, fetched_at FROM letters WHERE case_id = $1 ORDER BY id";
 
 const SELECT_CASE: &str = "SELECT id, status, data, decision, payer_ref, created_at, updated_at FROM cases";
+
+/// The cases a per-payer job works on, as SQL conditions (what
+/// `daemon::applies` says of one case).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Ready to submit, or a submission to finish.
+    Submit,
+    /// With the payer and still undecided, or decided with details still
+    /// to read.
+    Poll,
+    /// Decided, and no letter kept yet.
+    Letters,
+    /// Still `new` (the candidates for a CRD question).
+    New,
+}
+
+/// `work`'s condition on a row of `cases`.
+fn work_condition(backend: Backend, work: Work) -> String {
+    use CaseStatus::*;
+    let status_in = |statuses: &[CaseStatus]| {
+        let list: Vec<String> = statuses.iter().map(|s| format!("'{}'", s.as_str())).collect();
+        format!("status IN ({})", list.join(", "))
+    };
+    match work {
+        Work::Submit => status_in(&[Ready, Submitting]),
+        Work::New => status_in(&[New]),
+        Work::Poll => {
+            let field = |name: &str| backend.json_text("decision", &[name]);
+            // The first `status IN` lets an index on the status serve.
+            format!(
+                "{} AND payer_ref IS NOT NULL AND ({} \
+                 OR ({} AND (decision IS NULL OR {} IS NULL OR {} IS NULL)) \
+                 OR ({} AND (decision IS NULL OR {} IS NULL)))",
+                status_in(&[Pending, PendedForInfo, Approved, PartiallyApproved, Denied]),
+                status_in(&[Pending, PendedForInfo]),
+                status_in(&[Approved, PartiallyApproved]),
+                field("auth_number"),
+                field("valid"),
+                status_in(&[Denied]),
+                field("denial"),
+            )
+        }
+        Work::Letters => format!(
+            "{} AND payer_ref IS NOT NULL AND NOT EXISTS (SELECT 1 FROM letters l WHERE l.case_id = cases.id)",
+            status_in(&[Approved, PartiallyApproved, Denied])
+        ),
+    }
+}
+
+/// Whether a job has a case: (practice, payer).
+pub(crate) fn has_work_sql(backend: Backend, work: Work) -> String {
+    format!(
+        "SELECT 1 AS any_work FROM cases WHERE practice_id = $1 AND payer = $2 AND {} LIMIT 1",
+        work_condition(backend, work)
+    )
+}
+
+/// The import's read of a batch's stored cases: (practice, `n` case IDs).
+pub(crate) fn stored_sql(backend: Backend, n: usize) -> String {
+    let marks: Vec<String> = (0..n).map(|i| format!("${}", i + 2)).collect();
+    format!(
+        "SELECT id, case_ref, status, data FROM cases WHERE practice_id = $1 AND case_ref IN ({}){}",
+        marks.join(", "),
+        backend.lock_row()
+    )
+}
+
+/// A page of a job's cases: (practice, payer, after id, limit).
+pub(crate) fn work_page_sql(backend: Backend, work: Work) -> String {
+    format!(
+        "{SELECT_CASE} WHERE practice_id = $1 AND payer = $2 AND id > $3 AND {} ORDER BY id LIMIT $4",
+        work_condition(backend, work)
+    )
+}
+
+/// Cases a multi-row statement of the import writes.
+const ROWS_A_STATEMENT: usize = 50;
+
+/// A case already stored, as the batch import reads it.
+struct Stored {
+    id: i64,
+    status: CaseStatus,
+    data: String,
+}
+
+/// The moves the import's verdict on whether a pre-cert is needed makes
+/// for a case nobody has triaged yet.
+fn import_path(precert_required: Option<bool>) -> &'static [CaseStatus] {
+    match precert_required {
+        Some(true) => &[CaseStatus::Required, CaseStatus::Ready],
+        Some(false) => &[CaseStatus::NotRequired],
+        None => &[],
+    }
+}
+
+/// The status a new case is written with: where its import path ends.
+fn path_end(data: &CaseData, path: &[CaseStatus]) -> Result<CaseStatus, StoreError> {
+    let mut at = CaseStatus::New;
+    for &to in path {
+        if !at.can_move_to(to) {
+            return Err(illegal(&key(data), at, to));
+        }
+        at = to;
+    }
+    Ok(at)
+}
+
+/// Inserts new cases in one statement; the ids of those inserted by
+/// (practice, case ID). A case another importer inserted first is left out.
+async fn insert_cases<'c>(
+    tx: &mut Tx<'_>,
+    cases: &'c [(CaseData, Option<bool>)],
+    rows: &[(usize, CaseStatus, String)],
+    now: &str,
+) -> Result<std::collections::HashMap<(&'c str, &'c str), i64>, StoreError> {
+    let mut created = std::collections::HashMap::with_capacity(rows.len());
+    if rows.is_empty() {
+        return Ok(created);
+    }
+    let values: Vec<String> = (0..rows.len())
+        .map(|r| {
+            let b = 1 + 9 * r;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, $1, $1, $1, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 9
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO cases (practice_id, case_ref, payer, status, urgency, service_start, service_end, data, \
+         created_at, updated_at, next_check_at, version) VALUES {} \
+         ON CONFLICT (practice_id, case_ref) DO NOTHING RETURNING id, practice_id, case_ref",
+        values.join(", ")
+    );
+    let mut q = sqlx::query(&sql).bind(now);
+    for (i, status, json) in rows {
+        let (data, required) = &cases[*i];
+        q = q
+            .bind(&data.practice_id)
+            .bind(&data.case_ref)
+            .bind(&data.coverage.payer)
+            .bind(status.as_str())
+            .bind(data.urgency.as_str())
+            .bind(data.service_dates.start.to_string())
+            .bind(data.service_dates.end.to_string())
+            .bind(json.as_str())
+            .bind(1 + import_path(*required).len() as i64);
+    }
+    let by_key: std::collections::HashMap<(&str, &str), &'c CaseData> = rows
+        .iter()
+        .map(|(i, _, _)| {
+            let d = &cases[*i].0;
+            ((d.practice_id.as_str(), d.case_ref.as_str()), d)
+        })
+        .collect();
+    for row in q.fetch_all(&mut **tx).await? {
+        let practice: String = row.try_get("practice_id")?;
+        let case_ref: String = row.try_get("case_ref")?;
+        if let Some(d) = by_key.get(&(practice.as_str(), case_ref.as_str())) {
+            created.insert((d.practice_id.as_str(), d.case_ref.as_str()), row.try_get("id")?);
+        }
+    }
+    Ok(created)
+}
+
+/// The events of newly imported cases, in one statement: `imported`, then
+/// each move the import made (noted as set by import).
+async fn insert_import_events(
+    tx: &mut Tx<'_>,
+    events: &[(i64, EventKind, Option<CaseStatus>, CaseStatus)],
+    actor: &Actor,
+    now: &str,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<String> = (0..events.len())
+        .map(|e| {
+            let b = 2 + 5 * e;
+            format!("(${}, $1, ${}, ${}, ${}, $2, ${})", b + 1, b + 2, b + 3, b + 4, b + 5)
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO case_events (case_id, at, kind, from_status, to_status, actor, detail) VALUES {}",
+        values.join(", ")
+    );
+    let by_import = json!({ "note": "set by import" }).to_string();
+    let mut q = sqlx::query(&sql).bind(now).bind(actor.as_str());
+    for (id, kind, from, to) in events {
+        let detail = if *kind == EventKind::Imported {
+            "{}"
+        } else {
+            by_import.as_str()
+        };
+        q = q
+            .bind(*id)
+            .bind(kind.as_str())
+            .bind(from.map(|s| s.as_str()))
+            .bind(to.as_str())
+            .bind(detail);
+    }
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 

@@ -5,7 +5,7 @@
 
 use sqlx::Row;
 
-use super::{Backend, CaseFilter, Ledger, StoreError};
+use super::{Backend, CaseFilter, Ledger, StoreError, Work};
 use crate::case::CaseStatus;
 
 /// A value bound to a query's placeholder for its plan.
@@ -136,6 +136,28 @@ pub fn hot_queries(backend: Backend) -> Vec<HotQuery> {
             sql,
             vec![now.clone(), now.clone()],
             true,
+        ));
+    }
+    all.push(q(
+        "import: the batch's cases already stored",
+        super::stored_sql(backend, 3),
+        vec![text("p"), text("R-1"), text("R-2"), text("R-3")],
+        false,
+    ));
+    for work in [Work::Submit, Work::Poll, Work::Letters, Work::New] {
+        all.push(q(
+            format!("worker: is there work? ({work:?})"),
+            super::has_work_sql(backend, work),
+            vec![text("p"), text("sandbox")],
+            false,
+        ));
+        // The page is sorted by id: what it sorts is the job's work (the
+        // cases the condition selects), not the practice's ledger.
+        all.push(q(
+            format!("worker: a page of its cases ({work:?})"),
+            super::work_page_sql(backend, work),
+            vec![text("p"), text("sandbox"), PlanArg::Int(0), PlanArg::Int(500)],
+            false,
         ));
     }
     all

@@ -242,7 +242,9 @@ async fn queue_and_import(admin: &str) -> anyhow::Result<()> {
 /// The sample practice `lakeside-ortho` as practice `id`, in UTC, with its
 /// `sandbox` payer bound to the PAS playbook at `base`, and `schedules`.
 fn pas_practice(p: &Project, id: &str, base: &str, schedules: &str) -> anyhow::Result<()> {
-    let template = std::fs::read_to_string(std::path::Path::new(precert_bench::REPO).join("config/practices/lakeside-ortho.toml"))?;
+    let template = std::fs::read_to_string(
+        std::path::Path::new(precert_bench::REPO).join("config/practices/lakeside-ortho.toml"),
+    )?;
     let head = template
         .split("[payers.sandbox]")
         .next()
@@ -346,7 +348,8 @@ where
 /// The requests are submitted first, by the four daemons, through the same
 /// API (a code no sandbox scenario decides, so they stay In Review).
 async fn pas_poll(admin: &str) -> anyhow::Result<()> {
-    let sandbox = precert_sandbox::Sandbox::start(precert_sandbox::SandboxConfig::default_demo(), "127.0.0.1:0").await?;
+    let sandbox =
+        precert_sandbox::Sandbox::start(precert_sandbox::SandboxConfig::default_demo(), "127.0.0.1:0").await?;
     let base = sandbox.base_url();
     let p = Project::new()?;
     for e in std::fs::read_dir(p.path("config/practices"))? {
@@ -362,8 +365,7 @@ async fn pas_poll(admin: &str) -> anyhow::Result<()> {
         if i == 0 {
             csv.push_str(line);
         } else {
-            let row = line
-                .replacen("lakeside-ortho,", &format!("pas-{},", i % POLL_PRACTICES), 1);
+            let row = line.replacen("lakeside-ortho,", &format!("pas-{},", i % POLL_PRACTICES), 1);
             let mut cells: Vec<String> = row.split(',').map(str::to_owned).collect();
             // service_lines, diagnoses, setting — after the quoted provider name's comma.
             let at = cells.iter().position(|c| c.contains('*')).context("a service line")?;
@@ -406,7 +408,13 @@ async fn pas_poll(admin: &str) -> anyhow::Result<()> {
 
     let mut t = Table::new(
         &format!("{POLL_CASES} open requests through the PAS API, {POLL_PRACTICES} practices, one PostgreSQL"),
-        &["work", "daemons", "requests/s", "wall", "limit: the sandbox's own time (one in flight)"],
+        &[
+            "work",
+            "daemons",
+            "requests/s",
+            "wall",
+            "limit: the sandbox's own time (one in flight)",
+        ],
     );
     let own = |path: &str, since: chrono::DateTime<Utc>| -> (usize, f64) {
         let log: Vec<_> = sandbox

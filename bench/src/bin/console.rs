@@ -67,8 +67,8 @@ async fn build(ledger: &Ledger, settings: &config::Settings, p: &Project) -> any
                  CASE WHEN i % 3 = 0 THEN '\"valley-imaging\"' ELSE '\"lakeside-ortho\"' END), \
                CASE WHEN i % 10 = 4 THEN NULL ELSE 'REF-' || i END, \
                {created}, {updated}, CASE WHEN i % 10 = 4 THEN NULL ELSE {created} END FROM n",
-            created = at(&format!("i * 300")),
-            updated = at(&format!("i * 300 + (i % 97) * 3600")),
+            created = at("i * 300"),
+            updated = at("i * 300 + (i % 97) * 3600"),
         ))
         .await?;
     for (offset, kind, from, to, actor, detail) in [
