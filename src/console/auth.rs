@@ -252,6 +252,24 @@ impl IntoResponse for SignInFirst {
     }
 }
 
+/// The path of a page opened by a link on another site (webmail, a chat):
+/// the browser sends no `SameSite=Strict` cookie with it, so a person who is
+/// signed in would be asked to sign in again. Such a request is answered
+/// with `pages::reopen`, whose second request is same-site and carries the
+/// cookie (and, without a session, goes to the sign-in page as any other).
+/// Only a top-level GET of a path of this console (never `//host`) is
+/// reopened, and the second request is same-origin: it cannot loop.
+fn cross_site_navigation(parts: &Parts) -> Option<&str> {
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let path = parts.uri.path();
+    (parts.method == axum::http::Method::GET
+        && header("sec-fetch-site") == Some("cross-site")
+        && header("sec-fetch-mode") == Some("navigate")
+        && path.starts_with('/')
+        && !path.starts_with("//"))
+    .then_some(path)
+}
+
 impl FromRequestParts<App> for Viewer {
     type Rejection = Response;
 
@@ -263,6 +281,9 @@ impl FromRequestParts<App> for Viewer {
         };
         let refuse = || SignInFirst { next: next.clone() }.into_response();
         let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+            if let Some(path) = cross_site_navigation(parts) {
+                return Err(super::pages::reopen(app, path));
+            }
             return Err(refuse());
         };
         let hash = token_hash(token);
@@ -315,6 +336,44 @@ mod tests {
             h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    fn parts(method: &str, uri: &str, site: &str, mode: &str) -> Parts {
+        axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("sec-fetch-site", site)
+            .header("sec-fetch-mode", mode)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    #[test]
+    fn only_a_cross_site_top_level_get_of_a_console_path_is_reopened() {
+        let reopened = |m, u, s, md| cross_site_navigation(&parts(m, u, s, md)).map(str::to_owned);
+        assert_eq!(
+            reopened("GET", "/ack/7.x.y", "cross-site", "navigate").as_deref(),
+            Some("/ack/7.x.y")
+        );
+        assert_eq!(
+            reopened("GET", "/cases/p/c?x=1", "cross-site", "navigate").as_deref(),
+            Some("/cases/p/c")
+        );
+        assert_eq!(
+            reopened("GET", "/ack/7", "same-origin", "navigate"),
+            None,
+            "the second request signs in"
+        );
+        assert_eq!(
+            reopened("GET", "/ack/7", "none", "navigate"),
+            None,
+            "typed or from an app: cookie sent"
+        );
+        assert_eq!(reopened("GET", "/ack/7", "cross-site", "no-cors"), None, "not a page");
+        assert_eq!(reopened("POST", "/ack/7", "cross-site", "navigate"), None);
+        assert_eq!(reopened("GET", "//elsewhere.example/x", "cross-site", "navigate"), None);
     }
 
     #[test]

@@ -58,6 +58,26 @@ pub fn message(app: &App, viewer: Option<&Viewer>, status: StatusCode, title: &s
     )
 }
 
+/// The page that opens `path` of this console again at once (a
+/// `<meta http-equiv="refresh">`, as the CSP allows no script): the second
+/// request comes from this console's own page, so the browser sends the
+/// `SameSite=Strict` session cookie it held back from a link followed on
+/// another site (`auth::Viewer`).
+pub fn reopen(app: &App, path: &str) -> Response {
+    let mut frame = Frame::new("Opening", "", None);
+    frame.reopen = Some(path.to_owned());
+    let text = "Opening the page you followed. If nothing happens, reload this page.";
+    html(
+        StatusCode::OK,
+        view::page(
+            &app.templates,
+            "message.html",
+            &frame,
+            json!({ "title": "Opening…", "text": text }),
+        ),
+    )
+}
+
 /// The answer for a form whose CSRF token is not the session's.
 pub fn bad_csrf(app: &App, viewer: Option<&Viewer>) -> Response {
     message(

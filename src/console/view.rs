@@ -44,6 +44,9 @@ pub struct Frame<'a> {
     pub csrf: Option<String>,
     /// A confirmation after an action (no PHI: fixed texts).
     pub notice: Option<String>,
+    /// A path of this console the page opens again at once (see
+    /// `auth::reopen_same_site`).
+    pub reopen: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -63,6 +66,7 @@ impl<'a> Frame<'a> {
             }),
             csrf: viewer.map(|v| v.csrf.clone()),
             notice: None,
+            reopen: None,
         }
     }
 }

@@ -1469,6 +1469,25 @@ async fn console_mail_links_to_the_case_page_and_a_signed_link_acknowledges_once
         precert::store::EscalationState::Open
     );
 
+    // A link followed on another site (webmail) comes without the
+    // SameSite=Strict cookie: the console opens it again from its own page.
+    let cross = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}{path}", w.base))
+        .header("sec-fetch-site", "cross-site")
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross.status(), StatusCode::OK);
+    let page = cross.text().await.unwrap().replace("&#x2f;", "/");
+    assert!(
+        page.contains(&format!("<meta http-equiv=\"refresh\" content=\"0; url={path}\">")),
+        "{page}"
+    );
+
     // Another practice's escalation is not there at all for olive.
     let mut olive = w.client();
     olive.signed_in("olive").await;
@@ -1544,6 +1563,16 @@ async fn console_in_chromium_a_supervisor_acknowledges_from_the_mail_once() {
         .for_element(Locator::XPath("//h1[normalize-space()='Link used already']"))
         .await
         .expect("a used link is refused");
+    // Followed from another site (a page of another origin, as webmail is),
+    // the link still finds the signed-in session, not the sign-in page.
+    b.goto(&format!("data:text/html,<a id=mail href=\"{url}\">open</a>"))
+        .await
+        .unwrap();
+    b.find(Locator::Id("mail")).await.unwrap().click().await.unwrap();
+    b.wait()
+        .for_element(Locator::XPath("//h1[normalize-space()='Link used already']"))
+        .await
+        .expect("the session, not the sign-in page, after a link from another site");
     // The payers page shows a paused payer and the work per payer.
     Escalator::new(w.settings.clone(), &[], Arc::default())
         .payer_alert(
