@@ -129,12 +129,22 @@ async fn setup(backend: Backend) -> (Project, SandboxHandle, Ledger) {
 }
 
 /// Every case has been through the payer as far as it can go: decided
-/// cases have their letter, the refused member is with a person.
+/// cases have their letter and their details (a decision first seen on a
+/// page that shows only the status, such as a confirmation, is read in full
+/// by a later poll, which may come after its letter), the refused member is
+/// with a person.
 async fn all_settled(ledger: &Ledger) -> bool {
     for c in ledger.list(&CaseFilter::default()).await.unwrap() {
+        let detailed = match (c.status, &c.decision) {
+            (CaseStatus::Denied, Some(d)) => d.denial.is_some(),
+            (CaseStatus::Approved | CaseStatus::PartiallyApproved, Some(d)) => {
+                d.auth_number.is_some() && d.valid.is_some()
+            }
+            _ => false,
+        };
         let settled = match c.status {
             CaseStatus::Approved | CaseStatus::PartiallyApproved | CaseStatus::Denied => {
-                !ledger.letters(c.id).await.unwrap().is_empty()
+                detailed && !ledger.letters(c.id).await.unwrap().is_empty()
             }
             CaseStatus::PendedForInfo | CaseStatus::NeedsAttention => true,
             _ => false,

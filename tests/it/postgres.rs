@@ -501,12 +501,22 @@ impl Race {
 
 /// Four writers in this process, each with its own ledger (its own
 /// connections); returns how many things they took.
-async fn four_writers(race: Race, url: &str) -> usize {
-    let tasks: Vec<_> = (0..4)
-        .map(|w| {
-            let url = url.to_owned();
+/// Four writers' ledgers, opened (connected, migrated) before the race
+/// starts, so neither process begins while the other is still connecting.
+async fn four_ledgers(url: &str) -> Vec<Ledger> {
+    let mut ledgers = Vec::new();
+    for _ in 0..4 {
+        ledgers.push(Ledger::open(url).await.unwrap());
+    }
+    ledgers
+}
+
+async fn four_writers(race: Race, ledgers: Vec<Ledger>) -> usize {
+    let tasks: Vec<_> = ledgers
+        .into_iter()
+        .enumerate()
+        .map(|(w, ledger)| {
             tokio::spawn(async move {
-                let ledger = Ledger::open(&url).await.unwrap();
                 let took = one_writer(race, &ledger, w).await;
                 ledger.close().await;
                 took
@@ -638,6 +648,7 @@ async fn race_two_processes(race: Race, url: &str) -> (usize, usize) {
     .await;
     // Both processes' writers are connected; open the gate (PostgreSQL: the
     // worker waits on it; SQLite: it was ready, so it is racing already).
+    let ledgers = four_ledgers(url).await;
     if let Some(mut conn) = gate {
         sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(GATE)
@@ -646,7 +657,7 @@ async fn race_two_processes(race: Race, url: &str) -> (usize, usize) {
             .unwrap();
         conn.close().await.unwrap();
     }
-    let here = four_writers(race, url).await;
+    let here = four_writers(race, ledgers).await;
     // The worker stays alive until told (a claimant on this host whose
     // process is gone counts as having let go of its leases).
     let (there, worker) = within(120, "the worker process to finish", move || {
@@ -673,6 +684,7 @@ async fn worker_process() {
         .into_iter()
         .find(|r| r.name() == race)
         .unwrap();
+    let ledgers = four_ledgers(url).await;
     if url.starts_with("postgres") {
         let mut gate = sqlx::PgConnection::connect(url).await.unwrap();
         println!("@@READY");
@@ -687,7 +699,7 @@ async fn worker_process() {
     } else {
         println!("@@READY");
     }
-    let took = four_writers(race, url).await;
+    let took = four_writers(race, ledgers).await;
     println!("@@DONE {took}");
     // Stay until the parent has checked (it closes stdin).
     tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new()))
