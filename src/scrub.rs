@@ -694,6 +694,7 @@ mod tests {
                 setting: Setting::Outpatient,
                 urgency: Urgency::Urgent,
                 attachments: Vec::new(),
+                expected_amount: None,
             },
             decision: Some(Decision {
                 auth_number: Some("SHP97110".into()),

@@ -3,6 +3,7 @@
 //! Everything here is already validated: `intake` is the only way in from
 //! outside, and the ledger stores these types as they are.
 
+pub mod amount;
 pub mod codes;
 pub mod status;
 
@@ -13,6 +14,7 @@ use std::str::FromStr;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use amount::Usd;
 pub use codes::{CodeSystem, Icd10, Modifier, Npi, ProcedureCode, TaxId, UsState};
 pub use status::CaseStatus;
 
@@ -34,6 +36,13 @@ pub struct CaseData {
     pub setting: Setting,
     pub urgency: Urgency,
     pub attachments: Vec<Attachment>,
+    /// What the practice expects the requested services to be worth (an
+    /// optional intake field); `None` is unknown, never zero. Reports sum
+    /// it over the requests at risk; it goes to no payer. Absent from the
+    /// stored JSON when unknown, so cases stored before it existed read
+    /// back, and import again, unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_amount: Option<Usd>,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]

@@ -167,6 +167,8 @@ struct Row {
     appealed: u64,
     overturned: u64,
     reasons: Vec<String>,
+    /// `$5,630.50 (3 of 4 with an amount)`, `2, none with an amount`, `–`.
+    at_risk: String,
     published: Option<Published>,
 }
 
@@ -233,6 +235,11 @@ fn row(f: &Figures) -> Row {
                 None => format!("{} × {}", d.count, d.text),
             })
             .collect(),
+        at_risk: match (f.at_risk.requests, f.at_risk.amount) {
+            (0, _) => "–".into(),
+            (n, None) => format!("{n}, none with an amount"),
+            (n, Some(a)) => format!("{} ({} of {n} with an amount)", a.dollars(), f.at_risk.with_amount),
+        },
         published: f.published.as_ref().map(|p| Published {
             year: p.year,
             source: p.source.clone(),

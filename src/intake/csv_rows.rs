@@ -41,6 +41,7 @@ pub const COLUMNS: &[&str] = &[
     "urgency",
     "attachments",
     "precert_required",
+    "expected_amount",
 ];
 
 /// Columns a file must have (values may still be missing in a row).
@@ -284,6 +285,7 @@ fn row_to_raw(get: &dyn Fn(&str) -> Option<String>) -> (RawCase, Vec<FieldError>
         setting: get("setting"),
         urgency: get("urgency"),
         attachments: list(get("attachments")),
+        expected_amount: get("expected_amount"),
         ..RawCase::default()
     };
     raw.patient.first_name = get("patient_first_name");

@@ -12,7 +12,7 @@ use super::Context;
 use crate::case::codes::quoted;
 use crate::case::{
     Attachment, CaseData, Coverage, DateRange, Icd10, Modifier, Npi, Patient, PlanType, ProcedureCode, Provider,
-    ServiceLine, Setting, TaxId, Urgency, UsState,
+    ServiceLine, Setting, TaxId, Urgency, UsState, Usd,
 };
 use crate::files::{safe_name, sha256_hex, write_private};
 use crate::phi::{MemberId, PersonName};
@@ -84,6 +84,10 @@ pub struct RawCase {
     #[serde(default)]
     pub attachments: Vec<String>,
     pub precert_required: Option<bool>,
+    /// US dollars, `"1250.00"` (a JSON number is taken too); absent, null
+    /// or empty: unknown.
+    #[serde(default, deserialize_with = "crate::case::amount::deserialize_raw")]
+    pub expected_amount: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -418,6 +422,12 @@ pub fn validate(
         None => Some(Urgency::Standard),
         Some(u) => keyword::<Urgency>(&u).map_err(|err| e.add("urgency", err)).ok(),
     };
+    // Optional: an amount that is not right is refused, never read as none.
+    let expected_amount = optional_text(&raw.expected_amount).and_then(|a| {
+        Usd::parse_expected(&a)
+            .map_err(|err| e.add("expected_amount", err))
+            .ok()
+    });
 
     // Attachments are read only when everything else is valid, so a bad row
     // copies nothing into the data directory.
@@ -494,6 +504,7 @@ pub fn validate(
                 setting,
                 urgency,
                 attachments,
+                expected_amount,
             },
             raw.precert_required,
         )),

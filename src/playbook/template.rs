@@ -234,6 +234,7 @@ pub fn sample_context() -> Value {
             setting: Setting::Outpatient,
             urgency: Urgency::Standard,
             attachments: Vec::new(),
+            expected_amount: None,
         },
         decision: None,
         payer_ref: None,

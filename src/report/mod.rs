@@ -28,7 +28,7 @@ use chrono::{DateTime, Datelike, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 
-use crate::case::{CaseStatus, Urgency};
+use crate::case::{CaseStatus, Urgency, Usd};
 use crate::config::{Practice, Settings};
 use crate::escalate::rules::{self, EscalationConfig, RuleKey, RuleLayer};
 use crate::store::{CaseFacts, Ledger, ReportScope, StoreError};
@@ -168,6 +168,9 @@ pub struct Figures {
     /// Moves to `needs_attention` in the period, by reason (the kind of
     /// failure, without its message), most frequent first.
     pub needs_attention: Vec<ReasonCount>,
+    /// The requests at risk at `as_of` and what they are expected to be
+    /// worth.
+    pub at_risk: AtRisk,
     /// Decided requests by days from submission to decision: bucket `i` is
     /// `[i, i+1)` days, the last is 8 days or more.
     pub turnaround_days: [u64; 9],
@@ -216,6 +219,46 @@ pub struct PendFigures {
     /// Closed episodes' length.
     pub median_seconds: Option<i64>,
     pub max_seconds: Option<i64>,
+}
+
+/// The value of services at risk: the requests, at `as_of`, whose first
+/// decision was a denial that no later decision granted (in full or in
+/// part), or that are undecided and pended for information or past their
+/// decision window; and the sum of the expected amounts of those that carry
+/// one (an optional intake field: a request without one is counted, never
+/// taken as zero).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AtRisk {
+    pub requests: u64,
+    pub with_amount: u64,
+    pub without_amount: u64,
+    /// The sum over the `with_amount` requests, US dollars (`"5630.50"`);
+    /// `None` (unknown, not zero) when none of them carries an amount.
+    pub amount: Option<Usd>,
+}
+
+impl AtRisk {
+    /// `$5,630.50 at risk (3 of 4 requests with an amount)`.
+    pub fn summary(&self) -> String {
+        match (self.requests, self.amount) {
+            (0, _) => "nothing at risk".into(),
+            (n, None) => format!("{n} request{} at risk, none with an amount", plural(n)),
+            (n, Some(amount)) => format!(
+                "{} at risk ({} of {n} request{} with an amount)",
+                amount.dollars(),
+                self.with_amount,
+                plural(n)
+            ),
+        }
+    }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -516,6 +559,7 @@ fn add(acc: &mut Acc, f: &CaseFacts, deadline: DateTime<Utc>, as_of: DateTime<Ut
     // answer to this submission.
     let decision = f.first_decision.filter(|(_, at)| *at >= f.submitted_at);
     let mut late = false;
+    let mut at_risk = false;
     match decision {
         Some((status, at)) => {
             g.decided += 1;
@@ -549,6 +593,9 @@ fn add(acc: &mut Acc, f: &CaseFacts, deadline: DateTime<Utc>, as_of: DateTime<Ut
                 g.first_pass_approved += 1;
             }
             if status == CaseStatus::Denied {
+                // At risk until a later decision grants it (an overturn).
+                let granted = |t: Option<DateTime<Utc>>| t.is_some_and(|t| t > at);
+                at_risk = !granted(f.approved_at) && !granted(f.partially_approved_at);
                 let code = f.denial_code.clone().filter(|c| !c.trim().is_empty());
                 let text = f.denial_text.clone().filter(|t| !t.trim().is_empty());
                 let key = match (&code, &text) {
@@ -580,7 +627,10 @@ fn add(acc: &mut Acc, f: &CaseFacts, deadline: DateTime<Utc>, as_of: DateTime<Ut
         None => {
             g.open += 1;
             match f.status {
-                CaseStatus::PendedForInfo => g.pended_now += 1,
+                CaseStatus::PendedForInfo => {
+                    g.pended_now += 1;
+                    at_risk = true;
+                }
                 CaseStatus::NeedsAttention => g.attention_now += 1,
                 _ => {}
             }
@@ -588,7 +638,19 @@ fn add(acc: &mut Acc, f: &CaseFacts, deadline: DateTime<Utc>, as_of: DateTime<Ut
                 win.due += 1;
                 win.overdue_open += 1;
                 late = true;
+                at_risk = true;
             }
+        }
+    }
+    if at_risk {
+        let r = &mut g.at_risk;
+        r.requests += 1;
+        match f.expected_amount {
+            Some(a) => {
+                r.with_amount += 1;
+                r.amount = Some(r.amount.unwrap_or(Usd::ZERO).saturating_add(a));
+            }
+            None => r.without_amount += 1,
         }
     }
     late

@@ -221,6 +221,11 @@ pub fn text(r: &Report) -> String {
         .collect();
     table(&mut out, &h, &rows, left);
 
+    out.push_str("\nValue of services at risk: denied (not granted since), pended now, or undecided past the window\n");
+    for f in &r.groups {
+        let _ = writeln!(out, "  {}: {}", who(f).join(" · "), f.at_risk.summary());
+    }
+
     let with_published: Vec<&Figures> = r.groups.iter().filter(|f| f.published.is_some()).collect();
     if !with_published.is_empty() {
         out.push_str("\nBeside what the payer published\n");
@@ -371,6 +376,10 @@ pub const FIGURES_COLUMNS: &[&str] = &[
     "letters_missing",
     "needs_attention",
     "top_denial_reason",
+    "at_risk_requests",
+    "at_risk_with_amount",
+    "at_risk_without_amount",
+    "at_risk_amount",
     "published_year",
     "published_approval_rate",
     "published_denial_rate",
@@ -439,6 +448,10 @@ pub fn figures_csv(r: &Report) -> String {
                     None => d.text.clone(),
                 })
                 .unwrap_or_default(),
+            f.at_risk.requests.to_string(),
+            f.at_risk.with_amount.to_string(),
+            f.at_risk.without_amount.to_string(),
+            f.at_risk.amount.map(|a| a.to_string()).unwrap_or_default(),
         ]);
         match &f.published {
             Some(p) => row.extend([

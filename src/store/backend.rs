@@ -168,6 +168,11 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "report events",
         include_str!("migrations/sqlite/0016_report_events.sql"),
     ),
+    (
+        17,
+        "expected amount",
+        include_str!("migrations/sqlite/0017_expected_amount.sql"),
+    ),
 ];
 
 static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -218,6 +223,11 @@ static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         16,
         "report events",
         include_str!("migrations/postgres/0016_report_events.sql"),
+    ),
+    (
+        17,
+        "expected amount",
+        include_str!("migrations/postgres/0017_expected_amount.sql"),
     ),
 ];
 

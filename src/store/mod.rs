@@ -451,7 +451,7 @@ impl Ledger {
         // A statement binds a few hundred values: SQLite looks each
         // parameter's name up in a list (`sqlite3_bind_parameter_name`, as
         // sqlx binds), so a statement's binding grows with the square of its
-        // parameters; 50 cases (450 values, 250 of their events at most) is
+        // parameters; 50 cases (500 values, 250 of their events at most) is
         // a fraction of the statement's own cost, and each size of
         // statement is prepared once and reused (sqlx's statement cache).
         for chunk in fresh.chunks(ROWS_A_STATEMENT) {
@@ -551,8 +551,8 @@ impl Ledger {
             // one writer): the key decides, and the later one finds the case.
             created = sqlx::query(
                 "INSERT INTO cases (practice_id, case_ref, payer, status, urgency, service_start, service_end, data, \
-                 created_at, updated_at, next_check_at, version) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10) ON CONFLICT (practice_id, case_ref) DO NOTHING RETURNING id",
+                 created_at, updated_at, next_check_at, version, expected_cents) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $9, $10, $11) ON CONFLICT (practice_id, case_ref) DO NOTHING RETURNING id",
             )
             .bind(&data.practice_id)
             .bind(&data.case_ref)
@@ -564,6 +564,7 @@ impl Ledger {
             .bind(&json)
             .bind(now)
             .bind(1 + path.len() as i64)
+            .bind(expected_cents(data))
             .fetch_optional(&mut **tx)
             .await?;
             if created.is_none() {
@@ -1271,9 +1272,9 @@ async fn insert_cases<'c>(
     }
     let values: Vec<String> = (0..rows.len())
         .map(|r| {
-            let b = 1 + 9 * r;
+            let b = 1 + 10 * r;
             format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, $1, $1, $1, ${})",
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, $1, $1, $1, ${}, ${})",
                 b + 1,
                 b + 2,
                 b + 3,
@@ -1282,13 +1283,14 @@ async fn insert_cases<'c>(
                 b + 6,
                 b + 7,
                 b + 8,
-                b + 9
+                b + 9,
+                b + 10
             )
         })
         .collect();
     let sql = format!(
         "INSERT INTO cases (practice_id, case_ref, payer, status, urgency, service_start, service_end, data, \
-         created_at, updated_at, next_check_at, version) VALUES {} \
+         created_at, updated_at, next_check_at, version, expected_cents) VALUES {} \
          ON CONFLICT (practice_id, case_ref) DO NOTHING RETURNING id, practice_id, case_ref",
         values.join(", ")
     );
@@ -1304,7 +1306,8 @@ async fn insert_cases<'c>(
             .bind(data.service_dates.start.to_string())
             .bind(data.service_dates.end.to_string())
             .bind(json.as_str())
-            .bind(1 + import_path(*required).len() as i64);
+            .bind(1 + import_path(*required).len() as i64)
+            .bind(expected_cents(data));
     }
     let by_key: std::collections::HashMap<(&str, &str), &'c CaseData> = rows
         .iter()
@@ -1494,7 +1497,7 @@ async fn update_case_data(
 ) -> Result<(), StoreError> {
     let done = sqlx::query(
         "UPDATE cases SET data = $1, payer = $2, urgency = $3, service_start = $4, service_end = $5, \
-         version = version + 1, updated_at = $6, next_check_at = $6 WHERE id = $7 AND version = $8",
+         version = version + 1, updated_at = $6, next_check_at = $6, expected_cents = $9 WHERE id = $7 AND version = $8",
     )
     .bind(json)
     .bind(&data.coverage.payer)
@@ -1504,6 +1507,7 @@ async fn update_case_data(
     .bind(now)
     .bind(id)
     .bind(version)
+    .bind(expected_cents(data))
     .execute(&mut **tx)
     .await?;
     if done.rows_affected() != 1 {
@@ -1542,15 +1546,24 @@ async fn insert_event(
 }
 
 /// Names of the top-level case fields that differ: the event says what
-/// changed without copying PHI into the trail twice.
+/// changed without copying PHI into the trail twice. An optional field
+/// given or dropped (`expected_amount`) is a change too.
 fn changed_fields(old: &str, new: &str) -> Vec<String> {
     let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
         (serde_json::from_str::<Value>(old), serde_json::from_str::<Value>(new))
     else {
         return vec!["data".into()];
     };
+    let dropped = a.keys().filter(|k| !b.contains_key(*k));
     b.iter()
         .filter(|(k, v)| a.get(*k) != Some(*v))
-        .map(|(k, _)| k.clone())
+        .map(|(k, _)| k)
+        .chain(dropped)
+        .cloned()
         .collect()
+}
+
+/// The `expected_cents` column: the case's expected amount, in cents.
+fn expected_cents(data: &CaseData) -> Option<i64> {
+    data.expected_amount.map(crate::case::Usd::cents)
 }

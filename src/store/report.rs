@@ -16,7 +16,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{parse_status, parse_ts, Backend, Ledger, StoreError};
-use crate::case::{CaseStatus, Urgency};
+use crate::case::{CaseStatus, Urgency, Usd};
 
 /// Which requests a report is about.
 #[derive(Clone, Debug)]
@@ -41,6 +41,10 @@ pub struct CaseFacts {
     pub case_ref: String,
     pub payer: String,
     pub urgency: Urgency,
+    /// What the practice expects the request to be worth, when it said
+    /// (`cases.expected_cents`, migration 17: a column, so no case's JSON is
+    /// read for it).
+    pub expected_amount: Option<Usd>,
     pub plan_type: Option<String>,
     pub state: Option<String>,
     /// The first service line's procedure code.
@@ -159,7 +163,7 @@ pub fn report_cases_sql(b: Backend, scope: &ReportScope, details: bool) -> (Stri
         )
     };
     let sql = format!(
-        "SELECT c.id, c.practice_id, c.case_ref, c.payer, c.urgency, \
+        "SELECT c.id, c.practice_id, c.case_ref, c.payer, c.urgency, c.expected_cents, \
            {plan_type} AS plan_type, {state} AS state, {cpt} AS cpt, {setting} AS setting, \
            {denial_code} AS denial_code, {denial_text} AS denial_text, \
            s.submitted_at, s.submissions, s.approved_at, s.partial_at, s.denied_at, \
@@ -380,6 +384,13 @@ fn facts_from_row(row: &AnyRow) -> Result<CaseFacts, StoreError> {
     let urgency = urgency
         .parse::<Urgency>()
         .map_err(|reason| StoreError::Corrupt { id, reason })?;
+    let expected_amount = match row.try_get::<Option<i64>, _>("expected_cents")? {
+        None => None,
+        Some(cents) => Some(Usd::from_cents(cents).ok_or_else(|| StoreError::Corrupt {
+            id,
+            reason: format!("a negative expected amount ({cents} cents)"),
+        })?),
+    };
     let submitted_at = opt_time(row, "submitted_at", id)?.ok_or_else(|| StoreError::Corrupt {
         id,
         reason: "a reported request without its submission".into(),
@@ -428,6 +439,7 @@ fn facts_from_row(row: &AnyRow) -> Result<CaseFacts, StoreError> {
         case_ref: row.try_get("case_ref")?,
         payer: row.try_get("payer")?,
         urgency,
+        expected_amount,
         plan_type: row.try_get("plan_type")?,
         state: row.try_get("state")?,
         cpt: row.try_get("cpt")?,

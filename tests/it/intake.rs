@@ -222,6 +222,7 @@ fn valid_row(case_id: &str) -> Vec<(&'static str, String)> {
         ("urgency", "standard"),
         ("attachments", "documents/knee-xray-report.pdf"),
         ("precert_required", "yes"),
+        ("expected_amount", "1250.00"),
     ]
     .into_iter()
     .map(|(k, v)| (k, v.to_owned()))
@@ -686,5 +687,134 @@ async fn a_json_file_of_20_000_cases_is_read_in_one_pass_with_every_line_right()
     }
     let ledger = p.ledger().await;
     assert_eq!(ledger.list(&CaseFilter::default()).await.unwrap().len(), 200);
+    ledger.close().await;
+}
+
+#[tokio::test]
+async fn an_expected_amount_is_kept_exactly_and_a_bad_one_refused_by_line_and_field() {
+    let p = Project::new();
+    let csv = |amounts: &[(&str, &str)]| {
+        let mut text = csv_line(valid_row("").iter().map(|(k, _)| *k));
+        for (case_id, amount) in amounts {
+            let mut row = valid_row(case_id);
+            row.last_mut().unwrap().1 = (*amount).into();
+            text.push_str(&csv_line(row.iter().map(|(_, v)| v.as_str())));
+        }
+        text
+    };
+    let mut amounts = [
+        ("AMT-1", "1250.00"),  // line 2
+        ("AMT-2", ""),         // line 3: unknown
+        ("AMT-3", "-5.00"),    // line 4
+        ("AMT-4", "12.345"),   // line 5
+        ("AMT-5", "twelve"),   // line 6
+        ("AMT-6", "25000000"), // line 7
+        ("AMT-7", "$980.5"),   // line 8
+    ];
+    let file = p.write("samples/amounts.csv", &csv(&amounts));
+    let out = p.precert(&["cases", "import", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let (err, f) = (stderr(&out), file.display());
+    for needle in [
+        format!("{f}:4 (case AMT-3): expected_amount: `-5.00` is negative; an expected amount is 0 or more"),
+        format!("{f}:5 (case AMT-4): expected_amount: `12.345` has more than 2 decimals"),
+        format!("{f}:6 (case AMT-5): expected_amount: `twelve` is not an amount in US dollars"),
+        format!("{f}:7 (case AMT-6): expected_amount: `25000000` is more than 10000000.00"),
+    ] {
+        assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+    }
+    assert!(
+        stdout(&out).contains("7 record(s): 3 created, 0 updated, 0 unchanged, 4 invalid"),
+        "{}",
+        stdout(&out)
+    );
+    let cents = |c: &precert::case::CaseRecord| c.data.expected_amount.map(|a| a.cents());
+    let ledger = p.ledger().await;
+    let mut stored = Vec::new();
+    for case_id in ["AMT-1", "AMT-2", "AMT-7"] {
+        let case = ledger.find("lakeside-ortho", case_id).await.unwrap().unwrap();
+        stored.push((case_id, cents(&case)));
+    }
+    assert_eq!(
+        stored,
+        [("AMT-1", Some(125_000)), ("AMT-2", None), ("AMT-7", Some(98_050))],
+        "exact cents; an empty cell is unknown, not zero"
+    );
+    ledger.close().await;
+
+    // An amount taken away, or given later, is a change the case's
+    // timeline names.
+    amounts[0].1 = "";
+    amounts[1].1 = "75.25";
+    let file = p.write("samples/amounts.csv", &csv(&amounts));
+    let out = p.precert(&["cases", "import", file.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("0 created, 2 updated, 1 unchanged, 4 invalid"),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let ledger = p.ledger().await;
+    for (case_id, want) in [("AMT-1", None), ("AMT-2", Some(7_525))] {
+        let case = ledger.find("lakeside-ortho", case_id).await.unwrap().unwrap();
+        assert_eq!(cents(&case), want, "{case_id}");
+        let last = ledger.events(case.id).await.unwrap().pop().unwrap();
+        assert_eq!(
+            last.detail["changed"],
+            serde_json::json!(["expected_amount"]),
+            "{case_id}"
+        );
+    }
+    ledger.close().await;
+
+    // JSON: a string, or a number read as the decimal it is written as.
+    let json = std::fs::read_to_string(p.path("samples/cases.json")).unwrap();
+    let base: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let record = |case_id: &str, amount: serde_json::Value| {
+        let mut r = base[0].clone();
+        r["case_id"] = case_id.into();
+        r["expected_amount"] = amount;
+        r.to_string()
+    };
+    let text = [
+        "[".to_owned(),
+        record("AMJ-1", serde_json::json!("3400.00")) + ",",
+        record("AMJ-2", serde_json::json!(1250.1)) + ",",
+        record("AMJ-3", serde_json::json!(12.345)) + ",",
+        record("AMJ-4", serde_json::json!(true)) + ",",
+        record("AMJ-5", serde_json::Value::Null),
+        "]".to_owned(),
+    ]
+    .join("\n");
+    let file = p.write("samples/amounts.json", &text);
+    let out = p.precert(&["cases", "import", file.to_str().unwrap()]);
+    let (err, f) = (stderr(&out), file.display());
+    assert!(
+        err.contains(&format!(
+            "{f}:4 (case AMJ-3): expected_amount: `12.345` has more than 2 decimals"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:5 (case AMJ-4): expected_amount: invalid type: boolean `true`, expected an amount in US dollars"
+        )),
+        "{err}"
+    );
+    assert!(
+        stdout(&out).contains("5 record(s): 3 created, 0 updated, 0 unchanged, 2 invalid"),
+        "{}",
+        stdout(&out)
+    );
+    let ledger = p.ledger().await;
+    let mut stored = Vec::new();
+    for case_id in ["AMJ-1", "AMJ-2", "AMJ-5"] {
+        let case = ledger.find("lakeside-ortho", case_id).await.unwrap().unwrap();
+        stored.push((case_id, cents(&case)));
+    }
+    assert_eq!(
+        stored,
+        [("AMJ-1", Some(340_000)), ("AMJ-2", Some(125_010)), ("AMJ-5", None)]
+    );
     ledger.close().await;
 }

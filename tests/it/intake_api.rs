@@ -257,6 +257,33 @@ async fn missing_unknown_revoked_and_read_only_tokens_are_refused() {
     );
 }
 
+/// An expected amount is checked as a file's is (422 naming its path) and
+/// kept to the cent, a JSON number read as the decimal it is written as.
+#[tokio::test]
+async fn an_expected_amount_is_checked_and_kept_to_the_cent() {
+    let api = serve(Backend::Sqlite, |_| {}).await;
+    let token = api.token(PRACTICE, "pm", TokenScope::Write).await;
+    let mut cents = case("A-1");
+    cents["expected_amount"] = json!("12.345");
+    let (status, body) = api.post(Some(&token), &cents).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let error = &body["results"][0]["errors"][0];
+    assert_eq!(error["path"], "$.expected_amount", "{body}");
+    assert!(
+        error["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`12.345` has more than 2 decimals"),
+        "{body}"
+    );
+    assert_eq!(api.count().await, 0);
+    cents["expected_amount"] = json!(1250.5);
+    let (status, body) = api.post(Some(&token), &cents).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let stored = api.ledger.find(PRACTICE, "A-1").await.unwrap().unwrap();
+    assert_eq!(stored.data.expected_amount.map(|a| a.cents()), Some(125_050));
+}
+
 #[tokio::test]
 async fn bad_bodies_are_each_a_clear_4xx_and_store_nothing() {
     let api = serve(Backend::Sqlite, |s| s.console.api_max_request_bytes = 1024 * 1024).await;

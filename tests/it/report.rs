@@ -32,11 +32,17 @@
 //!   5-day deadline. B14 approved at 6 days: late under the override (a
 //!   poll 1 h after the deadline saw it pending). B15 needs attention.
 //! - B16 was submitted in September: outside the period.
+//!
+//! Expected amounts (`AMOUNTS`): the requests at risk on Dec 1 are A14,
+//! A17, A21 (denied), A24 (past its window), B12 (denied) and B13 (pended,
+//! past its window); A21 and B12 carry no amount. A01, A20 (overturned),
+//! A23 (open in its window), B15 (needs attention, in its window) and B16
+//! carry one and are not at risk.
 
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use precert::case::{CaseData, CaseStatus, Decision, DenialReason, Urgency};
+use precert::case::{CaseData, CaseStatus, Decision, DenialReason, Urgency, Usd};
 use precert::report::{self, Figures, ReportQuery};
 use precert::store::{Actor, EventKind, ImportOutcome, Ledger, Letter, ReportScope};
 use serde_json::json;
@@ -50,6 +56,30 @@ fn utc(m: u32, d: u32, h: u32, min: u32) -> DateTime<Utc> {
 }
 
 const HOUR: i64 = 3600;
+
+/// What the practice expects requests to be worth, where it said.
+const AMOUNTS: &[(&str, &str)] = &[
+    ("A01", "100.00"),
+    ("A14", "1250.00"),
+    ("A17", "980.50"),
+    ("A20", "700.00"),
+    ("A23", "5000.00"),
+    ("A24", "3400.00"),
+    ("B13", "2750.25"),
+    ("B15", "450.00"),
+    ("B16", "999.99"),
+];
+
+/// The at-risk figures as (requests, with an amount, without, the sum).
+fn at_risk(f: &Figures) -> (u64, u64, u64, Option<String>) {
+    let r = &f.at_risk;
+    (
+        r.requests,
+        r.with_amount,
+        r.without_amount,
+        r.amount.map(|a| a.to_string()),
+    )
+}
 
 /// Writes cases' histories on a clock the test sets.
 pub struct History {
@@ -84,6 +114,10 @@ impl History {
         d.case_ref = case_ref.into();
         d.coverage.payer = payer.into();
         d.urgency = urgency;
+        d.expected_amount = AMOUNTS
+            .iter()
+            .find(|(c, _)| *c == case_ref)
+            .map(|(_, a)| Usd::parse_expected(a).unwrap());
         match self
             .ledger
             .import_case(&d, Some(true), &Actor::user("test"))
@@ -525,6 +559,15 @@ fn assert_sandbox(f: &Figures) {
         .map(|m| (m.month.as_str(), m.submitted, m.decided, m.approved))
         .collect();
     assert_eq!(months, [("2026-10", 23, 22, 18), ("2026-11", 2, 0, 0)]);
+    assert_eq!(
+        at_risk(f),
+        (4, 3, 1, Some("5630.50".into())),
+        "A14 + A17 + A24; A21 without an amount"
+    );
+    assert_eq!(
+        f.at_risk.summary(),
+        "$5,630.50 at risk (3 of 4 requests with an amount)"
+    );
 }
 
 fn assert_sandbox_pas(f: &Figures) {
@@ -600,6 +643,11 @@ fn assert_sandbox_pas(f: &Figures) {
     let attention: Vec<(&str, u64)> = f.needs_attention.iter().map(|r| (r.text.as_str(), r.count)).collect();
     assert_eq!(attention, [("poll_status portal_changed", 1)]);
     assert_eq!(f.turnaround_days, [0, 11, 1, 0, 0, 0, 1, 0, 0]);
+    assert_eq!(
+        at_risk(f),
+        (2, 1, 1, Some("2750.25".into())),
+        "B13; B12 without an amount"
+    );
 }
 
 /// The late list: who, when due, when decided, how late, proven how, by
@@ -774,6 +822,33 @@ async fn known_history(backend: Backend) {
         (24, 22, 1)
     );
     assert_eq!(e.groups[0].window_standard.overdue_open, 0);
+    assert_eq!(
+        at_risk(&e.groups[0]),
+        (3, 2, 1, Some("2230.50".into())),
+        "A14, A17 and A21 denied; A24 not yet past its window"
+    );
+    // On Nov 1 A20's denial was not yet overturned: at risk then.
+    let mut before = scope();
+    before.payer = Some("sandbox".into());
+    before.to = utc(11, 1, 6, 0);
+    before.as_of = utc(11, 1, 6, 0);
+    let b = report::build(
+        &h.ledger,
+        &settings,
+        &published,
+        &ReportQuery {
+            scope: before,
+            by: None,
+            late: false,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        at_risk(&b.groups[0]),
+        (2, 2, 0, Some("1680.50".into())),
+        "A17 and A20 denied"
+    );
     h.ledger.close().await;
 
     if backend == Backend::Sqlite {
@@ -827,6 +902,10 @@ fn command_line(p: &Project, r: &report::Report) {
     assert!(text.contains("72.7 %") && text.contains("92.3 %"), "{text}");
     assert!(text.contains("2 × CO-50 Not medically necessary"), "{text}");
     assert!(text.contains("published"), "{text}");
+    assert!(
+        text.contains("lakeside-ortho · sandbox: $5,630.50 at risk (3 of 4 requests with an amount)"),
+        "{text}"
+    );
 
     let rows = parse_csv(&run(&["--format", "csv"]));
     assert_eq!(rows.len(), 2);
@@ -859,6 +938,10 @@ fn command_line(p: &Project, r: &report::Report) {
         ("top_denial_reason", "CO-50 Not medically necessary"),
         ("published_approval_rate", "88"),
         ("published_median_hours_urgent", "24.5"),
+        ("at_risk_requests", "4"),
+        ("at_risk_with_amount", "3"),
+        ("at_risk_without_amount", "1"),
+        ("at_risk_amount", "5630.50"),
     ] {
         assert_eq!(s[k], v, "{k}");
     }
@@ -876,6 +959,10 @@ fn command_line(p: &Project, r: &report::Report) {
         168 * 3600 + 1800
     );
     assert_eq!(json["groups"][1]["window_standard"]["overdue_open"], 1);
+    assert_eq!(
+        json["groups"][1]["at_risk"],
+        json!({ "requests": 2, "with_amount": 1, "without_amount": 1, "amount": "2750.25" })
+    );
     assert_eq!(
         json["late"].as_array().unwrap().len(),
         0,
@@ -997,6 +1084,15 @@ async fn console_reports_show_a_users_practices_only_and_export_the_figures_as_c
     );
     // Without the practice's override, B14's six days are inside 7.
     assert_eq!(rows[1]["standard_share_within"], "92.3");
+    let risk: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["at_risk_requests"].as_str(), r["at_risk_amount"].as_str()))
+        .collect();
+    assert_eq!(risk, [("4", "5630.50"), ("2", "2750.25"), ("0", "")]);
+    assert!(
+        text.contains("<td class=\"num at-risk\">$5,630.50 (3 of 4 with an amount)</td>"),
+        "{text}"
+    );
 
     // An operator of lakeside-ortho sees its figures only; valley-imaging
     // is not found, as its cases are.
