@@ -101,7 +101,14 @@ impl clap::ValueEnum for CaseStatus {
 pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outcome> {
     private_dir(&settings.data_dir)
         .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
-    let ledger = super::escalations::open_ledger(settings, &[]).await?;
+    // Reading needs no escalation rules (nothing is written that could
+    // raise one) and no link key: the plain ledger, opened faster.
+    let ledger = match cmd {
+        CasesCommand::Show { .. } | CasesCommand::List { .. } => {
+            crate::store::Ledger::open(&settings.database_url).await?
+        }
+        _ => super::escalations::open_ledger(settings, &[]).await?,
+    };
     let outcome = match cmd {
         CasesCommand::Import { file, practice, format } => import(&ledger, settings, file, practice, format).await,
         CasesCommand::List {

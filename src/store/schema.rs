@@ -161,6 +161,21 @@ pub(super) async fn run_migrations(
     url: &str,
     pool: &AnyPool,
 ) -> Result<Vec<(i64, &'static str)>, StoreError> {
+    // Up to date already (every migration of this build applied, none
+    // changed since, none failed): nothing to take the lock for. Most opens
+    // are this one: every CLI command, every daemon start after the first.
+    {
+        let mut conn = pool.acquire().await?;
+        let before = applied(backend, &mut conn).await?;
+        let ours = backend.migrations();
+        if before.len() == ours.len()
+            && ours
+                .iter()
+                .all(|(v, _, _)| before.get(v).is_some_and(|m| m.checksum_matches))
+        {
+            return Ok(Vec::new());
+        }
+    }
     let migrator = backend.migrator();
     match backend {
         Backend::Sqlite => {
