@@ -208,11 +208,7 @@ impl Engine {
         };
         match result {
             Ok(applied) => {
-                if let Some(reference) = applied.outcome.claim_response.as_deref() {
-                    if case.payer_ref.as_deref() != Some(reference) {
-                        ledger.set_payer_ref(case.id, reference, actor).await?;
-                    }
-                }
+                // (`pas::apply` recorded the payer's reference.)
                 // An inquiry that found nothing new was stamped on the case
                 // (`last_polled_at`) and writes nothing else.
                 let unchanged = action != Action::Submit && !applied.recorded && applied.from == applied.to;

@@ -201,7 +201,8 @@ pub async fn inquire_case(
     apply(ledger, case, case.status, outcome, actor).await
 }
 
-/// Records an answer on a case that is now in `from`: the decision when
+/// Records an answer on a case that is now in `from`: the payer's
+/// reference when the answer names one the case lacks, the decision when
 /// there is one, the status the answer implies, or needs_attention (with
 /// why) when that status cannot follow `from`.
 pub async fn apply(
@@ -249,6 +250,14 @@ pub async fn apply(
             let detail = json!({ "channel": "pas", "note": why });
             ledger.append_event(case.id, EventKind::Note, actor, &detail).await?;
             return Ok(done(from, false, outcome));
+        }
+    }
+    // The payer's reference first, whichever path read the answer (the
+    // submission, a poll, a notification, a reconciling takeover): a case
+    // whose submitter died after the payer took the request learns it here.
+    if let Some(reference) = outcome.claim_response.as_deref() {
+        if case.payer_ref.as_deref() != Some(reference) {
+            ledger.set_payer_ref(case.id, reference, actor).await?;
         }
     }
     let to = outcome.status;

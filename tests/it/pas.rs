@@ -657,6 +657,54 @@ async fn a_pended_mri_is_approved_when_the_payer_notifies() {
     payer.sandbox.shutdown().await;
 }
 
+/// A submitter that died after the payer took the request but before the
+/// ledger learned the reference: the payer's notification of the decision
+/// gives the case its reference as well as its decision (the cluster test
+/// met this when the killed daemon's last request was decided by
+/// notification before any daemon took the case over).
+#[tokio::test]
+async fn a_notification_for_a_request_whose_submitter_died_records_its_reference() {
+    let payer = Payer::start().await;
+    let (receiver, _, _) = listen(&payer, "lakeside-ortho").await;
+    let mut handled = receiver.handled();
+    let case = payer.case("lakeside-ortho/LO-2026-1001").await;
+    let actor = Actor::user("test");
+    let lease = payer.ledger.claim_submission(case.id, &actor).await.unwrap();
+    payer
+        .ledger
+        .record_intent(&lease, &actor, &json!({ "action": "submit", "channel": "pas" }))
+        .await
+        .unwrap();
+    let ctx = payer.ctx("lakeside-ortho");
+    let bundle = pas::request_bundle(&case.data, &ctx).unwrap().to_json();
+    payer.client("lakeside-ortho", quick()).submit(&bundle).await.unwrap();
+    // ... and the submitter is gone (its lease with it): nothing of the
+    // answer was recorded.
+    payer.ledger.release_submission(&lease).await.unwrap();
+    let reference = payer.sandbox.submissions()[0].reference.clone();
+    let stranded = payer.case("lakeside-ortho/LO-2026-1001").await;
+    assert_eq!((stranded.status, stranded.payer_ref), (CaseStatus::Submitting, None));
+
+    payer.sandbox.decide(&reference, PayerDecision::Approve).unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), handled.recv())
+        .await
+        .expect("the notification arrives")
+        .unwrap();
+    assert_eq!(event.status, CaseStatus::Approved);
+    let case = payer.case("lakeside-ortho/LO-2026-1001").await;
+    assert_eq!(case.status, CaseStatus::Approved);
+    assert_eq!(case.payer_ref.as_deref(), Some(reference.as_str()));
+    assert!(payer
+        .ledger
+        .events(case.id)
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| e.detail.to_string().contains(&reference)));
+    assert_eq!(payer.sandbox.submissions().len(), 1, "sent once");
+    payer.sandbox.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_forged_or_malformed_notification_changes_nothing() {
     let payer = Payer::start().await;
