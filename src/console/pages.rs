@@ -528,27 +528,36 @@ pub fn deadline(
     case: &CaseRecord,
     submitted: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Option<chrono::DateTime<chrono::Utc>> {
-    use crate::escalate::rules;
     if !case.status.is_awaiting_payer() {
         return None;
     }
-    let practice = settings.practice(&case.data.practice_id)?;
     let cov = &case.data.coverage;
-    let set = rules::rules_for(
-        &settings.escalations,
-        &practice.escalations,
-        &rules::RuleKey {
+    deadline_of(
+        settings,
+        &case.data.practice_id,
+        &crate::escalate::rules::RuleKey {
             payer: &cov.payer,
             state: cov.state.as_str(),
             plan_type: cov.plan_type.as_str(),
         },
-    );
-    Some(rules::decision_deadline(
-        submitted?,
         case.data.urgency,
-        &set,
-        practice.timezone,
-    ))
+        submitted?,
+    )
+}
+
+/// [`deadline`] from its inputs alone (what the worklist's deadline
+/// filters read for every undecided case).
+fn deadline_of(
+    settings: &crate::config::Settings,
+    practice_id: &str,
+    key: &crate::escalate::rules::RuleKey<'_>,
+    urgency: crate::case::Urgency,
+    submitted: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    use crate::escalate::rules;
+    let practice = settings.practice(practice_id)?;
+    let set = rules::rules_for(&settings.escalations, &practice.escalations, key);
+    Some(rules::decision_deadline(submitted, urgency, &set, practice.timezone))
 }
 
 /// A deadline as the worklist says it: `in 5 h 10 min`, `overdue by 2 d 3 h`.
@@ -626,20 +635,25 @@ async fn select(app: &App, f: &Filters, all: bool) -> Result<Listed, crate::stor
             cut: false,
         });
     };
-    let mut q = f.query.clone();
-    q.status = None;
-    let found = app.ledger.cases_matching(&q, MATCH_MAX + 1).await?;
+    // Only what a deadline is computed from is read for each undecided
+    // case; whole cases only for what is shown.
+    let found = app.ledger.deadline_inputs(&f.query, MATCH_MAX + 1).await?;
     let cut = found.len() > MATCH_MAX as usize;
     let mut matching: Vec<_> = found
         .into_iter()
         .take(MATCH_MAX as usize)
-        .filter_map(|(c, s)| {
-            let d = deadline(settings, &c, s)?;
+        .filter_map(|c| {
+            let key = crate::escalate::rules::RuleKey {
+                payer: &c.payer,
+                state: &c.state,
+                plan_type: &c.plan_type,
+            };
+            let d = deadline_of(settings, &c.practice_id, &key, c.urgency, c.submitted_at)?;
             let keep = match due {
                 Due::Overdue => d <= now,
                 Due::Within(h) => d > now && d <= now + chrono::Duration::hours(h.into()),
             };
-            keep.then_some((c, Some(d)))
+            keep.then_some((c, d))
         })
         .collect();
     let mut counts: Vec<(CaseStatus, i64)> = Vec::new();
@@ -657,7 +671,7 @@ async fn select(app: &App, f: &Filters, all: bool) -> Result<Listed, crate::stor
         matching.sort_by_key(|(c, d)| (*d, c.id));
     }
     let total = matching.len() as i64;
-    let cases = if all {
+    let shown: Vec<_> = if all {
         matching
     } else {
         matching
@@ -666,6 +680,19 @@ async fn select(app: &App, f: &Filters, all: bool) -> Result<Listed, crate::stor
             .take(PAGE_SIZE as usize)
             .collect()
     };
+    let ids: Vec<i64> = shown.iter().map(|(c, _)| c.id).collect();
+    let due_at: std::collections::HashMap<i64, _> = shown.iter().map(|(c, d)| (c.id, *d)).collect();
+    // (A case deleted in between is left out.)
+    let cases = app
+        .ledger
+        .cases_by_ids(&ids)
+        .await?
+        .into_iter()
+        .map(|(case, _)| {
+            let d = due_at.get(&case.id).copied();
+            (case, d)
+        })
+        .collect();
     Ok(Listed {
         cases,
         total,

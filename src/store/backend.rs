@@ -173,6 +173,11 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "expected amount",
         include_str!("migrations/sqlite/0017_expected_amount.sql"),
     ),
+    (
+        18,
+        "worklist indexes",
+        include_str!("migrations/sqlite/0018_worklist_indexes.sql"),
+    ),
 ];
 
 static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -228,6 +233,11 @@ static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         17,
         "expected amount",
         include_str!("migrations/postgres/0017_expected_amount.sql"),
+    ),
+    (
+        18,
+        "worklist indexes",
+        include_str!("migrations/postgres/0018_worklist_indexes.sql"),
     ),
 ];
 

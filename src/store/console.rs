@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{case_from_row, parse_status, parse_ts, ts, Ledger, StoreError};
+use super::{case_from_row, parse_status, parse_ts, ts, Backend, Ledger, StoreError};
 use crate::case::{CaseRecord, CaseStatus};
 
 /// A console user as stored. `Debug` leaves the password hash out.
@@ -171,7 +171,7 @@ fn order(q: &CaseQuery) -> &'static str {
 }
 
 /// The WHERE clause (without the status filter) and its arguments.
-fn where_clause(q: &CaseQuery) -> (String, Vec<String>) {
+fn where_clause(b: Backend, q: &CaseQuery) -> (String, Vec<String>) {
     let mut sql = String::from(" WHERE 1 = 1");
     let mut args: Vec<String> = Vec::new();
     if let Some(allowed) = &q.allowed {
@@ -214,12 +214,56 @@ fn where_clause(q: &CaseQuery) -> (String, Vec<String>) {
             })
             .collect();
         args.push(format!("{escaped}%"));
-        sql.push_str(&format!(
-            " AND (payer_ref = ${exact} OR case_ref LIKE ${} ESCAPE '\\')",
-            args.len()
-        ));
+        // Case-insensitive on both, each through its own index (migration
+        // 18): SQLite's LIKE folds ASCII case and reads `case_ref COLLATE
+        // NOCASE`; PostgreSQL's is exact, so both sides are lowered and
+        // `lower(case_ref) text_pattern_ops` serves the prefix.
+        let case_ref = match b {
+            Backend::Sqlite => format!("case_ref LIKE ${}", args.len()),
+            Backend::Postgres => format!("lower(case_ref) LIKE lower(${})", args.len()),
+        };
+        sql.push_str(&format!(" AND (payer_ref = ${exact} OR {case_ref} ESCAPE '\\')"));
     }
     (sql, args)
+}
+
+/// The worklist's queries that must read through an index at any ledger
+/// size (migration 18), with plausible values, for `store::hot_queries`:
+/// the counts per status of a practice and payer, a status's page of it,
+/// and a search by case ID prefix or payer reference.
+pub(crate) fn worklist_queries(b: Backend) -> Vec<(String, String, Vec<String>, bool)> {
+    let filtered = CaseQuery {
+        practice: Some("p".into()),
+        payer: Some("sandbox".into()),
+        ..CaseQuery::default()
+    };
+    let search = CaseQuery {
+        search: Some("LO-2026".into()),
+        ..CaseQuery::default()
+    };
+    let mut out = Vec::new();
+    for (name, q) in [("practice and payer", &filtered), ("search", &search)] {
+        let (base, args) = where_clause(b, q);
+        out.push((
+            format!("worklist: counts per status ({name})"),
+            format!("SELECT status, COUNT(*) AS n FROM cases{base} GROUP BY status"),
+            args,
+            false,
+        ));
+    }
+    let (base, mut args) = where_clause(b, &filtered);
+    args.push("pending".into());
+    out.push((
+        "worklist: a status's page (practice and payer)".into(),
+        format!(
+            "{SELECT_LISTED}{base} AND status = ${} ORDER BY {} LIMIT 50",
+            args.len(),
+            order(&filtered)
+        ),
+        args,
+        true,
+    ));
+    out
 }
 
 impl Ledger {
@@ -595,7 +639,7 @@ impl Ledger {
     /// One page of the worklist, with the count of every page and the
     /// counts per status. Reads only the page's rows.
     pub async fn case_page(&self, q: &CaseQuery) -> Result<CasePage, StoreError> {
-        let (base, args) = where_clause(q);
+        let (base, args) = where_clause(self.backend, q);
         let count_sql = format!("SELECT status, COUNT(*) AS n FROM cases{base} GROUP BY status");
         let mut count = sqlx::query(&count_sql);
         for a in &args {
@@ -656,7 +700,7 @@ impl Ledger {
         q: &CaseQuery,
         max: u32,
     ) -> Result<Vec<(CaseRecord, Option<DateTime<Utc>>)>, StoreError> {
-        let (base, mut args) = where_clause(q);
+        let (base, mut args) = where_clause(self.backend, q);
         let mut sql = format!("{SELECT_LISTED}{base}");
         if let Some(s) = q.status {
             args.push(s.as_str().to_owned());
@@ -671,6 +715,83 @@ impl Ledger {
         rows.iter()
             .map(|r| Ok((case_from_row(r)?, opt_ts(r, "submitted_at")?)))
             .collect()
+    }
+}
+
+/// What a case's decision deadline is computed from (the escalation rules'
+/// key, its urgency and submission), without the rest of the case: the
+/// worklist's deadline filters read these for every undecided case and the
+/// whole case only for the page shown.
+#[derive(Clone, Debug)]
+pub struct DeadlineInputs {
+    pub id: i64,
+    pub practice_id: String,
+    pub payer: String,
+    pub status: CaseStatus,
+    pub urgency: crate::case::Urgency,
+    pub state: String,
+    pub plan_type: String,
+    pub submitted_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Ledger {
+    /// The deadline inputs of the undecided, submitted cases the query
+    /// selects (its status filter aside: the worklist counts every status),
+    /// oldest first, at most `max`.
+    pub async fn deadline_inputs(&self, q: &CaseQuery, max: u32) -> Result<Vec<DeadlineInputs>, StoreError> {
+        let mut q = q.clone();
+        q.awaiting_only = true;
+        let (base, args) = where_clause(self.backend, &q);
+        let sql = format!(
+            "SELECT id, practice_id, payer, status, urgency, {state} AS state, {plan} AS plan_type, \
+             submitted_at, created_at FROM cases{base} ORDER BY id LIMIT ${}",
+            args.len() + 1,
+            state = self.backend.json_text("data", &["coverage", "state"]),
+            plan = self.backend.json_text("data", &["coverage", "plan_type"]),
+        );
+        let mut query = sqlx::query(&sql);
+        for a in &args {
+            query = query.bind(a);
+        }
+        let rows = query.bind(i64::from(max)).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.try_get("id")?;
+                let corrupt = |reason: String| StoreError::Corrupt { id, reason };
+                let urgency: String = r.try_get("urgency")?;
+                Ok(DeadlineInputs {
+                    id,
+                    practice_id: r.try_get("practice_id")?,
+                    payer: r.try_get("payer")?,
+                    status: parse_status(id, &r.try_get::<String, _>("status")?)?,
+                    urgency: urgency.parse().map_err(|e| corrupt(format!("urgency: {e}")))?,
+                    state: r.try_get::<Option<String>, _>("state")?.unwrap_or_default(),
+                    plan_type: r.try_get::<Option<String>, _>("plan_type")?.unwrap_or_default(),
+                    submitted_at: opt_ts(r, "submitted_at")?.ok_or_else(|| corrupt("no submission time".into()))?,
+                    created_at: parse_ts(id, &r.try_get::<String, _>("created_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The cases of `ids` with their submission times, in the order given
+    /// (an id that is gone is left out).
+    pub async fn cases_by_ids(&self, ids: &[i64]) -> Result<Vec<(CaseRecord, Option<DateTime<Utc>>)>, StoreError> {
+        let mut found = std::collections::HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!("{SELECT_LISTED} WHERE id IN ({})", marks.join(", "));
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            for r in query.fetch_all(&self.pool).await? {
+                let case = case_from_row(&r)?;
+                found.insert(case.id, (case, opt_ts(&r, "submitted_at")?));
+            }
+        }
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
     }
 }
 

@@ -37,7 +37,9 @@ pub use api::{
     decision_json, ApiToken, ClaimedWebhook, SyncCursor, TokenScope, WebhookDelivery, WebhookOutcome, WEBHOOK_STATUSES,
 };
 pub use backend::{Backend, SCHEMES};
-pub use console::{AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser, PayerActivity};
+pub use console::{
+    AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser, DeadlineInputs, PayerActivity,
+};
 pub use escalations::{
     Advance, CaseForRules, ClaimedMail, Escalation, EscalationHook, EscalationState, NewEscalation, NextCheck,
     OutboxEntry, OutboxState, RulesCursor, SendOutcome, Step,

@@ -144,6 +144,9 @@ pub fn hot_queries(backend: Backend) -> Vec<HotQuery> {
         vec![text("p"), text("R-1"), text("R-2"), text("R-3")],
         false,
     ));
+    for (name, sql, values, ordered) in super::console::worklist_queries(backend) {
+        all.push(q(name, sql, values.into_iter().map(PlanArg::Text).collect(), ordered));
+    }
     for work in [Work::Submit, Work::Poll, Work::Letters, Work::New] {
         all.push(q(
             format!("worker: is there work? ({work:?})"),

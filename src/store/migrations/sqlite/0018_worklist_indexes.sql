@@ -1,0 +1,11 @@
+-- The console's worklist at 100 000 cases (bench-console):
+-- * a practice and payer with or without a status: the counts per status
+--   read this index alone, and a status's page comes in its order
+--   (newest change first) without a sort;
+CREATE INDEX cases_worklist ON cases (practice_id, payer, status, updated_at, id);
+-- * a search by case ID prefix: SQLite's LIKE is case-insensitive (ASCII),
+--   and uses an index for a prefix only when the index folds case too;
+CREATE INDEX cases_by_ref_nocase ON cases (case_ref COLLATE NOCASE);
+-- * a search by the payer's reference, whatever the payer (the unique
+--   index leads with the payer).
+CREATE INDEX cases_by_payer_ref_only ON cases (payer_ref);
