@@ -173,6 +173,7 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "expected amount",
         include_str!("migrations/sqlite/0017_expected_amount.sql"),
     ),
+    (19, "case facts", include_str!("migrations/sqlite/0019_case_facts.sql")),
 ];
 
 static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -228,6 +229,11 @@ static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         17,
         "expected amount",
         include_str!("migrations/postgres/0017_expected_amount.sql"),
+    ),
+    (
+        19,
+        "case facts",
+        include_str!("migrations/postgres/0019_case_facts.sql"),
     ),
 ];
 
