@@ -1,14 +1,16 @@
-//! What reports read: each request's history folded out of the event log
-//! (`case_events`), never from counters kept on the side, so a report over
-//! any past period can be made again and says the same.
+//! What reports read: each request's history as the event log
+//! (`case_events`) tells it, never counters kept on the side, so a report
+//! over any past period can be made again and says the same.
 //!
-//! One aggregate query gives one compact row per request submitted in the
-//! period (its first submission, its first decision of each kind, pends,
-//! cancellation, its status as of the report's instant); two narrow queries
-//! give pend episodes and the moves to `needs_attention`. The figures
-//! themselves (`crate::report`) are folded from these rows as they stream,
-//! so memory grows with the number of groups and durations, not with the
-//! event log.
+//! One query gives one compact row per request submitted in the period
+//! (its first submission, its first decision of each kind, pends,
+//! cancellation, its status as of the report's instant): from `case_facts`
+//! (`store::facts`, the same fold kept with every status change) where
+//! nothing changed after that instant, from the events' fold for the rest.
+//! Two narrow queries give pend episodes and the moves to
+//! `needs_attention`. The figures themselves (`crate::report`) are folded
+//! from these rows as they stream, so memory grows with the number of
+//! groups and durations, not with the event log.
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
