@@ -1431,6 +1431,25 @@ async fn facts_say_what_the_event_log_says(backend: Backend) {
     let (read, folded) = histories(&h.ledger, &end).await;
     assert_eq!(read, folded);
 
+    // And `precert db rebuild-facts` (the command line reads the project's
+    // SQLite ledger).
+    if backend == Backend::Sqlite {
+        h.ledger
+            .execute_raw("UPDATE case_facts SET status = 'cancelled'")
+            .await
+            .unwrap();
+        assert_ne!(histories(&h.ledger, &end).await.0, read);
+        let out = db.project.precert(&["db", "rebuild-facts"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains(&format!("the facts of {spoiled} request(s) rebuilt from the event log")),
+            "{}",
+            stdout(&out)
+        );
+        let (again, folded) = histories(&h.ledger, &end).await;
+        assert_eq!(again, folded);
+    }
+
     // So does the migration's backfill, from the same events.
     let (_, _, sql) = h
         .ledger

@@ -4,7 +4,7 @@
 --
 -- A row is derived from the case's status changes alone and rewritten, by
 -- the same fold, in the transaction that appends any status change
--- (`store::facts`); `Ledger::rebuild_facts` rewrites them all. The event
+-- (`store::facts`); `precert db rebuild-facts` rewrites them all. The event
 -- log stays the source of truth: `last_at` is the latest time among the
 -- changes folded, so a report as of an instant reads the rows with
 -- `last_at` at or before it and folds the events of the others, and says
