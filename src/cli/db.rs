@@ -1,7 +1,9 @@
-//! `precert db migrate|status`: the ledger's schema, on SQLite or
-//! PostgreSQL. Every process that opens the ledger migrates it anyway (under
-//! a lock); `migrate` does it on its own, before an upgrade's daemons start,
-//! and `status` shows where a database stands without changing it.
+//! `precert db migrate|status|rebuild-facts`: the ledger's schema, on SQLite
+//! or PostgreSQL. Every process that opens the ledger migrates it anyway
+//! (under a lock); `migrate` does it on its own, before an upgrade's daemons
+//! start, and `status` shows where a database stands without changing it.
+//! `rebuild-facts` rewrites the reports' per-request facts from the event
+//! log, the source of truth.
 
 use clap::Subcommand;
 
@@ -17,6 +19,11 @@ pub enum DbCommand {
     /// Show each migration, applied or pending; exit code 1 while anything
     /// is pending, changed, or unknown to this precert.
     Status,
+    /// Rewrite every request's report facts (`case_facts`) from the event
+    /// log, in one transaction. Not needed in operation (they are written
+    /// with every status change): for events written by other means, or
+    /// facts in doubt.
+    RebuildFacts,
 }
 
 pub async fn run(cmd: DbCommand, settings: &Settings) -> anyhow::Result<Outcome> {
@@ -36,6 +43,17 @@ pub async fn run(cmd: DbCommand, settings: &Settings) -> anyhow::Result<Outcome>
                     applied.len()
                 );
             }
+            Ok(Outcome::Ok)
+        }
+        DbCommand::RebuildFacts => {
+            let ledger = store::Ledger::open(url).await?;
+            let n = ledger.rebuild_facts().await;
+            ledger.close().await;
+            println!(
+                "{}: the facts of {} request(s) rebuilt from the event log.",
+                redact_url(url),
+                n?
+            );
             Ok(Outcome::Ok)
         }
         DbCommand::Status => {

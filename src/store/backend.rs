@@ -178,6 +178,7 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "worklist indexes",
         include_str!("migrations/sqlite/0018_worklist_indexes.sql"),
     ),
+    (19, "case facts", include_str!("migrations/sqlite/0019_case_facts.sql")),
 ];
 
 static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -238,6 +239,11 @@ static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         18,
         "worklist indexes",
         include_str!("migrations/postgres/0018_worklist_indexes.sql"),
+    ),
+    (
+        19,
+        "case facts",
+        include_str!("migrations/postgres/0019_case_facts.sql"),
     ),
 ];
 

@@ -25,6 +25,7 @@ mod api;
 mod backend;
 mod console;
 mod escalations;
+mod facts;
 mod metrics;
 mod owner;
 mod plan;
@@ -47,7 +48,7 @@ pub use escalations::{
 pub use metrics::OldestPending;
 pub use owner::{Owner, SubmitLease, SUBMIT_LEASE, SUBMIT_LEASE_RENEW};
 pub use plan::{hot_queries, HotQuery, PlanArg};
-pub use report::{report_cases_sql, report_queries, AttentionEvent, CaseFacts, PendEpisode, ReportScope};
+pub use report::{report_cases_sql, report_queries, AttentionEvent, CaseFacts, FactsSource, PendEpisode, ReportScope};
 pub use requirement::RequirementDecision;
 pub use schema::{migrate, redact_url, schema_status, AppliedMigration, SchemaStatus};
 pub use slots::SlotLease;
@@ -620,6 +621,7 @@ impl Ledger {
                         .bind(detail.to_string());
                 }
                 q.execute(&mut **tx).await?;
+                facts::refold(tx, &[id]).await?;
                 (id, first, 1 + path.len() as i64, ImportOutcome::Created { id })
             }
             Some(row) => {
@@ -1365,6 +1367,9 @@ async fn insert_import_events(
             .bind(detail);
     }
     q.execute(&mut **tx).await?;
+    let mut cases: Vec<i64> = events.iter().map(|e| e.0).collect();
+    cases.dedup();
+    facts::refold(tx, &cases).await?;
     Ok(())
 }
 
@@ -1543,6 +1548,9 @@ async fn insert_event(
     .fetch_one(&mut **tx)
     .await?;
     let event: i64 = row.try_get("id")?;
+    if to.is_some() {
+        facts::refold(tx, &[case_id]).await?;
+    }
     api::queue_webhook(tx, event, case_id, at, kind, from, to).await?;
     Ok(event)
 }

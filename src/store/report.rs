@@ -1,14 +1,16 @@
-//! What reports read: each request's history folded out of the event log
-//! (`case_events`), never from counters kept on the side, so a report over
-//! any past period can be made again and says the same.
+//! What reports read: each request's history as the event log
+//! (`case_events`) tells it, never counters kept on the side, so a report
+//! over any past period can be made again and says the same.
 //!
-//! One aggregate query gives one compact row per request submitted in the
-//! period (its first submission, its first decision of each kind, pends,
-//! cancellation, its status as of the report's instant); two narrow queries
-//! give pend episodes and the moves to `needs_attention`. The figures
-//! themselves (`crate::report`) are folded from these rows as they stream,
-//! so memory grows with the number of groups and durations, not with the
-//! event log.
+//! One query gives one compact row per request submitted in the period
+//! (its first submission, its first decision of each kind, pends,
+//! cancellation, its status as of the report's instant): from `case_facts`
+//! (`store::facts`, the same fold kept with every status change) where
+//! nothing changed after that instant, from the events' fold for the rest.
+//! Two narrow queries give pend episodes and the moves to
+//! `needs_attention`. The figures themselves (`crate::report`) are folded
+//! from these rows as they stream, so memory grows with the number of
+//! groups and durations, not with the event log.
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
@@ -102,8 +104,6 @@ pub struct AttentionEvent {
     pub note: Option<String>,
 }
 
-const PAYER_STATES: &str = "('pending', 'pended_for_info', 'approved', 'partially_approved', 'denied')";
-
 impl ReportScope {
     /// ` AND c.practice_id = $N …` for the scope's filters, binding from
     /// `first`; returns the clause and its values in order.
@@ -134,18 +134,34 @@ impl ReportScope {
     }
 }
 
-/// The aggregate behind `Ledger::report_cases`: one row per request first
-/// submitted in the scope's period; binds `$1` from, `$2` to, `$3` as of,
-/// then the returned values.
+/// Where `report_cases_sql` reads each request's history from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FactsSource {
+    /// `case_facts` (migration 19) for the requests whose latest status
+    /// change is at or before the report's instant, the fold of the event
+    /// log for the others: what `precert report` runs.
+    Facts,
+    /// The fold of the event log for every request: the reference the
+    /// facts must agree with (`Ledger::report_cases_from_events`).
+    Events,
+}
+
+/// The query behind `Ledger::report_cases`: one row per request first
+/// submitted in the scope's period, in case order; binds `$1` from, `$2`
+/// to, `$3` as of, then the returned values.
 ///
-/// It reads the event log through `case_events_report` (migration 16)
-/// alone: the status changes, with every column it needs, in (case, id)
-/// order, so the fold is one pass without a sort and never touches the
-/// events' table and its JSON details. Only the changes a figure needs are
-/// folded (a third of them); the status as of `$3` is one backward seek
-/// into the same index. `FILTER` (SQLite 3.30, PostgreSQL 9.4) is cheaper
-/// than `CASE` in every aggregate (measured by bench-report).
-pub fn report_cases_sql(b: Backend, scope: &ReportScope, details: bool) -> (String, Vec<String>) {
+/// A request's history is a fold of its status changes up to `$3`. Most
+/// requests' folds are kept, whole, in `case_facts` (`store::facts`,
+/// written with every status change): a row whose `last_at` is at or before
+/// `$3` folded exactly the changes up to `$3`, so it is read as it is. The
+/// others (changed after `$3`: few when the report is as of now) are folded
+/// from the event log here, through `case_events_report` (migration 16)
+/// alone, in (case, id) order, with the status as of `$3` by one backward
+/// seek into the same index. The two halves are merged in case order
+/// (SQLite: a merge of the facts' primary-key order with the fold's few
+/// rows, no sort of the whole). `FILTER` (SQLite 3.30, PostgreSQL 9.4) is
+/// cheaper than `CASE` in every aggregate (measured by bench-report).
+pub fn report_cases_sql(b: Backend, scope: &ReportScope, details: bool, source: FactsSource) -> (String, Vec<String>) {
     let (filter, args) = scope.case_filter(4);
     // JSON is read only where it is needed: the case's details when
     // asked, the decision's denial for denied requests.
@@ -162,47 +178,75 @@ pub fn report_cases_sql(b: Backend, scope: &ReportScope, details: bool) -> (Stri
             b.json_text("c.decision", path)
         )
     };
-    let sql = format!(
-        "SELECT c.id, c.practice_id, c.case_ref, c.payer, c.urgency, c.expected_cents, \
-           {plan_type} AS plan_type, {state} AS state, {cpt} AS cpt, {setting} AS setting, \
-           {denial_code} AS denial_code, {denial_text} AS denial_text, \
-           s.submitted_at, s.submissions, s.approved_at, s.partial_at, s.denied_at, \
-           s.pend_at, s.pends, s.cancelled_at, s.appealed_at, \
-           (SELECT e2.to_status FROM case_events e2 WHERE e2.case_id = s.case_id \
-              AND e2.to_status IS NOT NULL AND e2.at <= $3 ORDER BY e2.id DESC LIMIT 1) AS status, \
-           CASE WHEN s.denied_id IS NOT NULL \
-              THEN (SELECT e3.detail FROM case_events e3 WHERE e3.id = s.denied_id) END AS denial_event, \
-           CASE WHEN EXISTS (SELECT 1 FROM letters l WHERE l.case_id = c.id AND l.fetched_at <= $3) \
-              THEN 1 ELSE 0 END AS has_letter, \
-           (SELECT x.due_at FROM escalations x WHERE x.case_id = c.id \
-              AND x.reason IN ('stall_warning', 'stalled') AND x.opened_at <= $3 ORDER BY x.id LIMIT 1) AS recorded_due, \
-           (SELECT x.detail FROM escalations x WHERE x.case_id = c.id \
-              AND x.reason IN ('stall_warning', 'stalled') AND x.opened_at <= $3 ORDER BY x.id LIMIT 1) AS recorded_detail \
-         FROM (SELECT e.case_id AS case_id, \
-                 MIN(e.at) FILTER (WHERE e.from_status = 'submitting' AND e.to_status IN {PAYER_STATES}) AS submitted_at, \
-                 COUNT(*) FILTER (WHERE e.from_status = 'submitting' AND e.to_status IN {PAYER_STATES}) AS submissions, \
-                 MIN(e.at) FILTER (WHERE e.to_status = 'approved') AS approved_at, \
-                 MIN(e.at) FILTER (WHERE e.to_status = 'partially_approved') AS partial_at, \
-                 MIN(e.at) FILTER (WHERE e.to_status = 'denied') AS denied_at, \
-                 MIN(e.at) FILTER (WHERE e.to_status = 'pended_for_info') AS pend_at, \
-                 COUNT(*) FILTER (WHERE e.to_status = 'pended_for_info') AS pends, \
-                 MIN(e.at) FILTER (WHERE e.to_status = 'cancelled') AS cancelled_at, \
-                 MIN(e.at) FILTER (WHERE e.from_status IN ('denied', 'partially_approved') AND e.to_status = 'ready') AS appealed_at, \
-                 MIN(e.id) FILTER (WHERE e.to_status = 'denied') AS denied_id \
-               FROM case_events e WHERE e.to_status IS NOT NULL AND e.at <= $3 \
-                 AND (e.from_status IN ('submitting', 'denied', 'partially_approved') \
-                      OR e.to_status IN ('pended_for_info', 'approved', 'partially_approved', 'denied', 'cancelled')) \
-               GROUP BY e.case_id) s \
-         JOIN cases c ON c.id = s.case_id \
-         WHERE s.submitted_at >= $1 AND s.submitted_at < $2{filter} \
-         ORDER BY c.id",
-        plan_type = field(&["coverage", "plan_type"]),
-        state = field(&["coverage", "state"]),
-        cpt = field(&["service_lines", "0", "code"]),
-        setting = field(&["setting"]),
-        denial_code = denied(&["denial", "code"]),
-        denial_text = denied(&["denial", "text"]),
-    );
+    // One request: its case's columns, its history `s`, what else the
+    // report wants of it by `$3`.
+    let per_request = |history: &str| {
+        format!(
+            "SELECT s.case_id AS id, c.practice_id, c.case_ref, c.payer, c.urgency, c.expected_cents, \
+               {plan_type} AS plan_type, {state} AS state, {cpt} AS cpt, {setting} AS setting, \
+               {denial_code} AS denial_code, {denial_text} AS denial_text, \
+               s.submitted_at, s.submissions, s.approved_at, s.partial_at, s.denied_at, \
+               s.pend_at, s.pends, s.cancelled_at, s.appealed_at, s.status, \
+               CASE WHEN s.denied_id IS NOT NULL \
+                  THEN (SELECT e3.detail FROM case_events e3 WHERE e3.id = s.denied_id) END AS denial_event, \
+               CASE WHEN EXISTS (SELECT 1 FROM letters l WHERE l.case_id = c.id AND l.fetched_at <= $3) \
+                  THEN 1 ELSE 0 END AS has_letter, \
+               (SELECT x.due_at FROM escalations x WHERE x.case_id = c.id \
+                  AND x.reason IN ('stall_warning', 'stalled') AND x.opened_at <= $3 ORDER BY x.id LIMIT 1) AS recorded_due, \
+               (SELECT x.detail FROM escalations x WHERE x.case_id = c.id \
+                  AND x.reason IN ('stall_warning', 'stalled') AND x.opened_at <= $3 ORDER BY x.id LIMIT 1) AS recorded_detail \
+             FROM ({history}) s JOIN cases c ON c.id = s.case_id \
+             WHERE s.submitted_at >= $1 AND s.submitted_at < $2{filter}",
+            plan_type = field(&["coverage", "plan_type"]),
+            state = field(&["coverage", "state"]),
+            cpt = field(&["service_lines", "0", "code"]),
+            setting = field(&["setting"]),
+            denial_code = denied(&["denial", "code"]),
+            denial_text = denied(&["denial", "text"]),
+        )
+    };
+    // The fold of the status changes up to `$3` of the requests `cases`
+    // (`case_events e` and what picks them) holds; only the changes a
+    // figure needs are folded (a third of them).
+    let fold = |cases: &str| {
+        format!(
+            "SELECT e.case_id AS case_id, {aggregates}, \
+               (SELECT e2.to_status FROM case_events e2 WHERE e2.case_id = e.case_id \
+                  AND e2.to_status IS NOT NULL AND e2.at <= $3 ORDER BY e2.id DESC LIMIT 1) AS status \
+             FROM {cases}e.to_status IS NOT NULL AND e.at <= $3 \
+               AND (e.from_status IN ('submitting', 'denied', 'partially_approved') \
+                    OR e.to_status IN ('pended_for_info', 'approved', 'partially_approved', 'denied', 'cancelled')) \
+             GROUP BY e.case_id",
+            aggregates = super::facts::fold_aggregates(),
+        )
+    };
+    let sql = match source {
+        FactsSource::Facts => format!(
+            "{facts} UNION ALL {changed} ORDER BY 1",
+            facts = per_request(&format!(
+                "SELECT f.case_id, {columns} FROM case_facts f WHERE f.last_at <= $3",
+                columns = super::facts::FACT_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("f.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            // The requests changed after `$3` are found by `last_at`, and
+            // then their events by case: the database is told so, for it
+            // would rather walk every status change without statistics
+            // (SQLite: `CROSS JOIN` keeps the order written; PostgreSQL: a
+            // `LATERAL` fold per request).
+            changed = per_request(&match b {
+                Backend::Sqlite =>
+                    fold("case_facts g CROSS JOIN case_events e WHERE g.last_at > $3 AND e.case_id = g.case_id AND "),
+                Backend::Postgres => format!(
+                    "SELECT h.* FROM case_facts g CROSS JOIN LATERAL ({}) h WHERE g.last_at > $3",
+                    fold("case_events e WHERE e.case_id = g.case_id AND ")
+                ),
+            }),
+        ),
+        FactsSource::Events => format!("{} ORDER BY 1", per_request(&fold("case_events e WHERE "))),
+    };
     (sql, args)
 }
 
@@ -228,7 +272,7 @@ pub fn report_queries(b: Backend) -> Vec<super::HotQuery> {
             payer: payer.map(str::to_owned),
             allowed: None,
         };
-        let (sql, values) = report_cases_sql(b, &scope, details);
+        let (sql, values) = report_cases_sql(b, &scope, details, FactsSource::Facts);
         let mut args = times();
         args.extend(values.into_iter().map(Text));
         out.push(super::HotQuery {
@@ -278,9 +322,31 @@ impl Ledger {
         &self,
         scope: &ReportScope,
         details: bool,
+        each: impl FnMut(CaseFacts),
+    ) -> Result<(), StoreError> {
+        self.report_cases_of(scope, details, FactsSource::Facts, each).await
+    }
+
+    /// `report_cases` folded from the event log alone, `case_facts` unread:
+    /// what the facts must always agree with (the tests compare the two
+    /// over histories and instants).
+    pub async fn report_cases_from_events(
+        &self,
+        scope: &ReportScope,
+        details: bool,
+        each: impl FnMut(CaseFacts),
+    ) -> Result<(), StoreError> {
+        self.report_cases_of(scope, details, FactsSource::Events, each).await
+    }
+
+    async fn report_cases_of(
+        &self,
+        scope: &ReportScope,
+        details: bool,
+        source: FactsSource,
         mut each: impl FnMut(CaseFacts),
     ) -> Result<(), StoreError> {
-        let (sql, args) = report_cases_sql(self.backend, scope, details);
+        let (sql, args) = report_cases_sql(self.backend, scope, details, source);
         let mut query = sqlx::query(&sql)
             .bind(super::ts(scope.from))
             .bind(super::ts(scope.to))

@@ -1349,3 +1349,127 @@ async fn reports_in_chromium_show_the_figures_and_both_charts() {
     driver.shutdown().await;
     w.finish().await;
 }
+
+/// Every request's history as `Ledger::report_cases` reads it (facts
+/// where they hold, the events' fold for the rest) and as the event log
+/// alone folds it, with and without the case's details: `Debug` lines.
+async fn histories(ledger: &Ledger, scope: &ReportScope) -> (Vec<String>, Vec<String>) {
+    let (mut read, mut folded) = (Vec::new(), Vec::new());
+    for details in [false, true] {
+        ledger
+            .report_cases(scope, details, |f| read.push(format!("{f:?}")))
+            .await
+            .unwrap();
+        ledger
+            .report_cases_from_events(scope, details, |f| folded.push(format!("{f:?}")))
+            .await
+            .unwrap();
+    }
+    (read, folded)
+}
+
+/// `case_facts` (migration 19) is derived from the event log: written with
+/// every status change, rebuilt by `Ledger::rebuild_facts`, backfilled by
+/// the migration. A report as of any instant — before everything, in the
+/// middle of A14's history (after its polls, before its denial), exactly at
+/// its denial, at the report's usual instant, after everything — reads the
+/// same histories through the facts as the fold of the events says, on both
+/// databases; wrong facts would show, and a rebuild or the migration's
+/// backfill puts them right.
+async fn facts_say_what_the_event_log_says(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let setup = db.ledger().await;
+    db.import(&setup, "samples/cases.json").await;
+    let sample = setup.find("lakeside-ortho", "LO-2026-1004").await.unwrap().unwrap();
+    setup.close().await;
+    let h = write_history(&db.url, sample.data.clone(), Some(sample.id)).await;
+    let instants = [
+        utc(9, 1, 0, 0),
+        utc(10, 20, 14, 0),
+        utc(11, 5, 15, 30),
+        utc(11, 5, 16, 0),
+        utc(11, 15, 6, 0),
+        utc(12, 1, 6, 0),
+        utc(12, 31, 0, 0),
+    ];
+    let scope_at = |as_of: DateTime<Utc>, payer: Option<&str>| ReportScope {
+        from: utc(9, 1, 0, 0),
+        to: utc(12, 31, 0, 0),
+        as_of,
+        practice: None,
+        payer: payer.map(str::to_owned),
+        allowed: None,
+    };
+    let mut sizes = Vec::new();
+    for as_of in instants {
+        for payer in [None, Some("sandbox")] {
+            let (read, folded) = histories(&h.ledger, &scope_at(as_of, payer)).await;
+            assert_eq!(read, folded, "as of {as_of}, payer {payer:?}");
+            if payer.is_none() {
+                sizes.push(read.len() / 2);
+            }
+        }
+    }
+    // Nothing submitted by Sep 1; all 41 requests by the end (B16 in
+    // September included).
+    assert_eq!(sizes.first(), Some(&0));
+    assert_eq!(sizes.last(), Some(&41));
+    assert!(sizes.windows(2).all(|w| w[0] <= w[1]), "{sizes:?}");
+
+    // The facts are what is read: spoil them and the report says otherwise.
+    let end = scope_at(utc(12, 31, 0, 0), None);
+    let spoiled = h
+        .ledger
+        .execute_raw("UPDATE case_facts SET pends = pends + 7")
+        .await
+        .unwrap();
+    assert!(spoiled > 41, "{spoiled} rows of facts");
+    let (read, folded) = histories(&h.ledger, &end).await;
+    assert_ne!(read, folded);
+    // A rebuild from the events puts them right.
+    assert_eq!(h.ledger.rebuild_facts().await.unwrap(), spoiled);
+    let (read, folded) = histories(&h.ledger, &end).await;
+    assert_eq!(read, folded);
+
+    // And `precert db rebuild-facts` (the command line reads the project's
+    // SQLite ledger).
+    if backend == Backend::Sqlite {
+        h.ledger
+            .execute_raw("UPDATE case_facts SET status = 'cancelled'")
+            .await
+            .unwrap();
+        assert_ne!(histories(&h.ledger, &end).await.0, read);
+        let out = db.project.precert(&["db", "rebuild-facts"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains(&format!("the facts of {spoiled} request(s) rebuilt from the event log")),
+            "{}",
+            stdout(&out)
+        );
+        let (again, folded) = histories(&h.ledger, &end).await;
+        assert_eq!(again, folded);
+    }
+
+    // So does the migration's backfill, from the same events.
+    let (_, _, sql) = h
+        .ledger
+        .backend()
+        .migrations()
+        .iter()
+        .find(|(v, _, _)| *v == 19)
+        .copied()
+        .expect("migration 19");
+    let backfill = &sql[sql.find("INSERT INTO case_facts").expect("its backfill")..];
+    h.ledger.execute_raw("DELETE FROM case_facts").await.unwrap();
+    assert_eq!(h.ledger.execute_raw(backfill).await.unwrap(), spoiled);
+    for as_of in instants {
+        let (read, folded) = histories(&h.ledger, &scope_at(as_of, None)).await;
+        assert_eq!(read, folded, "after the backfill, as of {as_of}");
+    }
+    h.ledger.close().await;
+}
+
+both_backends!(
+    #[tokio::test]
+    facts_say_what_the_event_log_says
+);

@@ -10,9 +10,15 @@
 //! import, triage, submission, three polls, a decision (approved, partially
 //! approved, denied with a reason; one in twenty still pending; one in ten
 //! pended and back first) and a letter — spread over 2026, with
-//! submission-to-decision times from 0 to 199 hours. SQLite only (the
+//! submission-to-decision times from 0 to 199 hours; then each request's
+//! facts are folded from its events (`Ledger::rebuild_facts`, the table the
+//! ledger otherwise writes with every status change). SQLite only (the
 //! embedded default); the statements use SQLite's `strftime`. Case `id`s
 //! follow the sample's (1), so the `i`-th synthetic case is `id` `i + 1`.
+//!
+//! `bench-report --cases N` writes N requests instead; `--keep FILE` copies
+//! the ledger written to FILE and stops there (no report is run), to
+//! measure the report's SQL alone through the `sqlite3` shell.
 
 use std::os::unix::process::ExitStatusExt as _;
 use std::time::{Duration, Instant};
@@ -166,7 +172,7 @@ fn steps() -> Vec<Step> {
 }
 
 /// Writes the ledger; how long it took and how many events it holds.
-async fn build(p: &Project) -> anyhow::Result<(Duration, u64)> {
+async fn build(p: &Project, cases: i64, keep: Option<&std::path::Path>) -> anyhow::Result<(Duration, u64)> {
     let settings = config::load(&p.config_path(), Secrets::Skip).map_err(|e| anyhow::anyhow!("{e}"))?;
     let ledger = Ledger::open(&settings.database_url).await?;
     let file = p.path("samples/cases.json");
@@ -187,7 +193,7 @@ async fn build(p: &Project) -> anyhow::Result<(Duration, u64)> {
     ledger
         .execute_raw(&format!(
             "INSERT INTO cases (practice_id, case_ref, payer, status, urgency, service_start, service_end, data, decision, created_at, updated_at, submitted_at) \
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {CASES}) \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {cases}) \
              SELECT 'lakeside-ortho', 'SYN-' || i, CASE WHEN i % 2 = 0 THEN 'sandbox' ELSE 'sandbox-pas' END, \
                CASE WHEN (i + 1) % 20 = 0 THEN 'denied' WHEN (i + 1) % 20 = 1 THEN 'partially_approved' \
                  WHEN (i + 1) % 20 = 2 THEN 'pending' ELSE 'approved' END, \
@@ -228,8 +234,17 @@ async fn build(p: &Project) -> anyhow::Result<(Duration, u64)> {
             at = at(&format!("id * {SPACING} + (id % 200) * 3600 + 4200"))
         ))
         .await?;
+    // The events were written by bulk statements, not through the ledger:
+    // their facts (`case_facts`) are folded from them, as `precert report`
+    // would find them had each change been recorded one by one.
+    ledger.rebuild_facts().await?;
     ledger.execute_raw("ANALYZE").await?;
     let took = t0.elapsed();
+    if let Some(file) = keep {
+        // A copy of the whole database, the WAL's last pages included.
+        let file = file.to_str().context("a UTF-8 path for --keep")?.replace('\'', "''");
+        ledger.execute_raw(&format!("VACUUM INTO '{file}'")).await?;
+    }
     ledger.close().await;
     Ok((took, events))
 }
@@ -262,15 +277,28 @@ fn report(p: &Project, args: &[&str]) -> anyhow::Result<(Duration, f64, String)>
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let (mut cases, mut keep) = (CASES, None);
+    let mut argv = std::env::args().skip(1);
+    while let Some(a) = argv.next() {
+        match a.as_str() {
+            "--cases" => cases = argv.next().context("--cases N")?.parse().context("--cases N")?,
+            "--keep" => keep = Some(std::path::PathBuf::from(argv.next().context("--keep FILE")?)),
+            other => anyhow::bail!("unknown argument {other}; usage: bench-report [--cases N] [--keep FILE]"),
+        }
+    }
     let p = Project::new()?;
-    let (built, events) = build(&p).await?;
+    let (built, events) = build(&p, cases, keep.as_deref()).await?;
     let db = p.path("data/precert.db");
     let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
     println!(
-        "Ledger: {CASES} cases and {events} events written in {} ms ({:.0} MB SQLite file).\n",
+        "Ledger: {cases} cases and {events} events written in {} ms ({:.0} MB SQLite file).\n",
         built.as_millis(),
         size as f64 / 1e6
     );
+    if let Some(file) = keep {
+        println!("Ledger kept as {}.", file.display());
+        return Ok(());
+    }
     let year = [
         "--from",
         "2026-01-01",
@@ -279,7 +307,7 @@ async fn main() -> anyhow::Result<()> {
         "--as-of",
         "2027-01-15T00:00:00Z",
     ];
-    let cases: Vec<(&str, Vec<&str>)> = vec![
+    let reports: Vec<(&str, Vec<&str>)> = vec![
         ("the year, per payer (table)", vec![]),
         ("the year, per payer (CSV)", vec!["--format", "csv"]),
         ("the year, by CPT code (JSON)", vec!["--by", "cpt", "--format", "json"]),
@@ -299,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     ];
     let mut t = Table::new(
-        &format!("precert report over {CASES} requests ({RUNS} runs each; goals < 2 s, < 100 MB)"),
+        &format!("precert report over {cases} requests ({RUNS} runs each; goals < 2 s, < 100 MB)"),
         &[
             "report",
             "median ms",
@@ -310,7 +338,7 @@ async fn main() -> anyhow::Result<()> {
         ],
     );
     let mut shown = false;
-    for (name, extra) in cases {
+    for (name, extra) in reports {
         let mut samples = Samples::new();
         let mut rss: f64 = 0.0;
         for _ in 0..RUNS {
