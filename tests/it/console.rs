@@ -1114,6 +1114,16 @@ async fn console_store_on(backend: super::postgres::Backend) {
     })
     .await;
     assert!(!found.cases.is_empty() && found.cases.iter().all(|c| c.data.case_ref.starts_with("LO-2026-100")));
+    // Case-insensitive on both backends (each through its own index).
+    let lower = page(CaseQuery {
+        search: Some("lo-2026-100".into()),
+        status: Some(CaseStatus::Ready),
+        limit: 50,
+        ..Default::default()
+    })
+    .await;
+    let ids = |p: &precert::store::CasePage| p.cases.iter().map(|c| c.id).collect::<Vec<_>>();
+    assert_eq!((ids(&lower), lower.total), (ids(&found), found.total));
     let none = page(CaseQuery {
         allowed: Some(vec![]),
         limit: 50,
