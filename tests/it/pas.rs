@@ -632,6 +632,22 @@ async fn listen(payer: &Payer, practice: &str) -> (Arc<Receiver>, String, Secret
     (receiver, url, token)
 }
 
+/// The payer approves `reference`; the notification it sends is handled
+/// (within 10 s) and records the approval.
+async fn approve_and_hear(
+    payer: &Payer,
+    reference: &str,
+    handled: &mut tokio::sync::broadcast::Receiver<notify::Handled>,
+) -> notify::Handled {
+    payer.sandbox.decide(reference, PayerDecision::Approve).unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(10), handled.recv())
+        .await
+        .expect("the notification arrives")
+        .unwrap();
+    assert_eq!(event.status, CaseStatus::Approved);
+    event
+}
+
 #[tokio::test]
 async fn a_pended_mri_is_approved_when_the_payer_notifies() {
     let payer = Payer::start().await;
@@ -641,12 +657,7 @@ async fn a_pended_mri_is_approved_when_the_payer_notifies() {
     assert_eq!(applied.to, CaseStatus::Pending);
     let reference = applied.outcome.claim_response.unwrap();
 
-    payer.sandbox.decide(&reference, PayerDecision::Approve).unwrap();
-    let event = tokio::time::timeout(Duration::from_secs(10), handled.recv())
-        .await
-        .expect("the notification arrives")
-        .unwrap();
-    assert_eq!(event.status, CaseStatus::Approved);
+    let event = approve_and_hear(&payer, &reference, &mut handled).await;
     let case = payer.case("lakeside-ortho/LO-2026-1001").await;
     assert_eq!(event.case_id, case.id);
     assert_eq!(case.status, CaseStatus::Approved);
@@ -685,12 +696,7 @@ async fn a_notification_for_a_request_whose_submitter_died_records_its_reference
     let stranded = payer.case("lakeside-ortho/LO-2026-1001").await;
     assert_eq!((stranded.status, stranded.payer_ref), (CaseStatus::Submitting, None));
 
-    payer.sandbox.decide(&reference, PayerDecision::Approve).unwrap();
-    let event = tokio::time::timeout(Duration::from_secs(10), handled.recv())
-        .await
-        .expect("the notification arrives")
-        .unwrap();
-    assert_eq!(event.status, CaseStatus::Approved);
+    let event = approve_and_hear(&payer, &reference, &mut handled).await;
     let case = payer.case("lakeside-ortho/LO-2026-1001").await;
     assert_eq!(case.status, CaseStatus::Approved);
     assert_eq!(case.payer_ref.as_deref(), Some(reference.as_str()));
