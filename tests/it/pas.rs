@@ -698,7 +698,7 @@ async fn a_notification_for_a_request_whose_submitter_died_records_its_reference
 
     let event = approve_and_hear(&payer, &reference, &mut handled).await;
     let case = payer.case("lakeside-ortho/LO-2026-1001").await;
-    assert_eq!(case.status, CaseStatus::Approved);
+    assert_eq!((event.case_id, case.status), (case.id, CaseStatus::Approved));
     assert_eq!(case.payer_ref.as_deref(), Some(reference.as_str()));
     assert!(payer
         .ledger
