@@ -688,7 +688,7 @@ async fn select(app: &App, f: &Filters, all: bool) -> Result<Listed, crate::stor
         .cases_by_ids(&ids)
         .await?
         .into_iter()
-        .map(|(case, _)| {
+        .map(|case| {
             let d = due_at.get(&case.id).copied();
             (case, d)
         })

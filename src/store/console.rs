@@ -775,9 +775,9 @@ impl Ledger {
             .collect()
     }
 
-    /// The cases of `ids` with their submission times, in the order given
-    /// (an id that is gone is left out).
-    pub async fn cases_by_ids(&self, ids: &[i64]) -> Result<Vec<(CaseRecord, Option<DateTime<Utc>>)>, StoreError> {
+    /// The cases of `ids`, in the order given (an id that is gone is left
+    /// out).
+    pub async fn cases_by_ids(&self, ids: &[i64]) -> Result<Vec<CaseRecord>, StoreError> {
         let mut found = std::collections::HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(500) {
             let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
@@ -788,7 +788,7 @@ impl Ledger {
             }
             for r in query.fetch_all(&self.pool).await? {
                 let case = case_from_row(&r)?;
-                found.insert(case.id, (case, opt_ts(&r, "submitted_at")?));
+                found.insert(case.id, case);
             }
         }
         Ok(ids.iter().filter_map(|id| found.remove(id)).collect())

@@ -45,8 +45,8 @@ pub(crate) const FACT_COLUMNS: &str = "submitted_at, submissions, approved_at, p
 /// `filter` (SQL over `case_events e`), from all their status changes.
 fn fold_into_facts(filter: &str) -> String {
     let columns = FACT_COLUMNS;
-    let updates: Vec<String> = std::iter::once("last_id")
-        .chain(["last_at"])
+    let updates: Vec<String> = ["last_id", "last_at"]
+        .into_iter()
         .chain(FACT_COLUMNS.split(", "))
         .map(|c| format!("{c} = excluded.{c}"))
         .collect();
