@@ -413,7 +413,30 @@ impl Ledger {
     /// must change (a re-import), a case twice in the batch, and a case
     /// another importer inserted meanwhile go the way of one case at a time
     /// ([`Ledger::import_case`]'s), in the same transaction.
+    ///
+    /// Several importers of overlapping files at once (PostgreSQL) write
+    /// each batch in the order of the cases' keys, so they wait for each
+    /// other in one order. Should the database still abort a batch to
+    /// break a deadlock, the batch is tried again from the start: its
+    /// transaction wrote nothing, and the other importers' cases are found.
     pub async fn import_cases(
+        &self,
+        cases: &[(CaseData, Option<bool>)],
+        actor: &Actor,
+    ) -> Result<Vec<ImportOutcome>, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.import_cases_once(cases, actor).await {
+                Err(StoreError::Db(e)) if attempt < IMPORT_ATTEMPTS && is_deadlock(&e) => {
+                    tracing::debug!(attempt, "an import batch met another importer's rows; trying again");
+                    attempt += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn import_cases_once(
         &self,
         cases: &[(CaseData, Option<bool>)],
         actor: &Actor,
@@ -457,6 +480,12 @@ impl Ledger {
         // parameters; 50 cases (500 values, 250 of their events at most) is
         // a fraction of the statement's own cost, and each size of
         // statement is prepared once and reused (sqlx's statement cache).
+        // Every importer writes a batch's cases in the order of their keys,
+        // whatever the order of its file: two importers of overlapping
+        // files then wait for each other's rows in one order, never in a
+        // circle (a deadlock PostgreSQL would break by aborting one).
+        let by_key = |i: &usize| (cases[*i].0.practice_id.as_str(), cases[*i].0.case_ref.as_str());
+        fresh.sort_by(|a, b| by_key(&a.0).cmp(&by_key(&b.0)));
         for chunk in fresh.chunks(ROWS_A_STATEMENT) {
             let created = insert_cases(&mut tx, cases, chunk, &now).await?;
             let mut events = Vec::with_capacity(chunk.len() * 3);
@@ -479,7 +508,9 @@ impl Ledger {
             }
             insert_import_events(&mut tx, &events, actor, &now).await?;
         }
-        slow.sort_unstable();
+        // In key order too (and, for a case twice in the batch, in the
+        // file's order).
+        slow.sort_by(|a, b| by_key(a).cmp(&by_key(b)).then(a.cmp(b)));
         for i in slow {
             let (data, required) = &cases[i];
             outcomes[i] = Some(self.import_in_tx(&mut tx, data, *required, actor, &now).await?);
@@ -492,7 +523,12 @@ impl Ledger {
     }
 
     /// The batch's cases already in the ledger, by (practice, case ID), in
-    /// one read a practice (and 200 cases), under the row lock.
+    /// one read a practice (and 200 cases). Without a row lock: its
+    /// verdicts hold without one (a case's data or status past submission
+    /// does not come back), and every write goes through
+    /// [`Ledger::import_in_tx`], which locks its one row. Locking the whole
+    /// read, in the order the database scans it, made two importers of one
+    /// file deadlock against each other's one-row locks.
     async fn stored_of(
         &self,
         tx: &mut Tx<'_>,
@@ -508,7 +544,7 @@ impl Ledger {
         let mut stored = std::collections::HashMap::new();
         for (practice, refs) in by_practice {
             for refs in refs.chunks(4 * ROWS_A_STATEMENT) {
-                let sql = stored_sql(self.backend, refs.len());
+                let sql = stored_sql(refs.len());
                 let mut q = sqlx::query(&sql).bind(practice);
                 for r in refs {
                     q = q.bind(*r);
@@ -1213,13 +1249,22 @@ pub(crate) fn has_work_sql(backend: Backend, work: Work) -> String {
 }
 
 /// The import's read of a batch's stored cases: (practice, `n` case IDs).
-pub(crate) fn stored_sql(backend: Backend, n: usize) -> String {
+pub(crate) fn stored_sql(n: usize) -> String {
     let marks: Vec<String> = (0..n).map(|i| format!("${}", i + 2)).collect();
     format!(
-        "SELECT id, case_ref, status, data FROM cases WHERE practice_id = $1 AND case_ref IN ({}){}",
-        marks.join(", "),
-        backend.lock_row()
+        "SELECT id, case_ref, status, data FROM cases WHERE practice_id = $1 AND case_ref IN ({})",
+        marks.join(", ")
     )
+}
+
+/// How often a batch of the import is tried when the database chose it as
+/// a deadlock's victim.
+const IMPORT_ATTEMPTS: u32 = 5;
+
+/// PostgreSQL aborted the transaction to break a deadlock (SQLSTATE
+/// 40P01); nothing it wrote remains.
+fn is_deadlock(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("40P01"))
 }
 
 /// A page of a job's cases: (practice, payer, after id, limit).

@@ -140,7 +140,7 @@ pub fn hot_queries(backend: Backend) -> Vec<HotQuery> {
     }
     all.push(q(
         "import: the batch's cases already stored",
-        super::stored_sql(backend, 3),
+        super::stored_sql(3),
         vec![text("p"), text("R-1"), text("R-2"), text("R-3")],
         false,
     ));

@@ -244,6 +244,49 @@ async fn four_importers_of_one_file_store_each_case_once(backend: Backend) {
 }
 
 both_backends!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    importers_of_one_set_of_cases_in_opposite_orders_store_each_once
+);
+async fn importers_of_one_set_of_cases_in_opposite_orders_store_each_once(backend: Backend) {
+    // Two files with the same 300 cases, one the other reversed, imported
+    // twice each at once: on PostgreSQL each importer waits for rows the
+    // others have just written, in opposite orders, which the database
+    // breaks by aborting one of them. The aborted batch is tried again; no
+    // importer fails and every case is created once.
+    const CASES: usize = 300;
+    let db = std::sync::Arc::new(TestDb::new(backend).await);
+    let forward = super::postgres::many_cases_csv(CASES);
+    let mut lines: Vec<&str> = forward.lines().collect();
+    lines[1..].reverse();
+    db.project.write("samples/forward.csv", &forward);
+    db.project.write("samples/backward.csv", &(lines.join("\n") + "\n"));
+    let imports: Vec<_> = ["forward", "backward", "forward", "backward"]
+        .into_iter()
+        .map(|name| {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let ledger = db.ledger().await;
+                let report = db.import(&ledger, &format!("samples/{name}.csv")).await;
+                ledger.close().await;
+                report
+            })
+        })
+        .collect();
+    let mut created = 0;
+    let mut unchanged = 0;
+    for i in imports {
+        let report = i.await.unwrap();
+        assert!(report.invalid.is_empty(), "{:?}", report.invalid);
+        created += report.created;
+        unchanged += report.unchanged;
+    }
+    assert_eq!(created, CASES, "each case created once");
+    assert_eq!(unchanged, 3 * CASES, "and found by the three others");
+    let ledger = db.ledger().await;
+    assert_eq!(ledger.list(&Default::default()).await.unwrap().len(), CASES);
+}
+
+both_backends!(
     #[tokio::test]
     a_requirement_decision_moves_a_new_case_once_and_cites_its_source
 );

@@ -788,7 +788,7 @@ async fn two_processes_of_four_senders_send_each_mail_once(backend: Backend) {
 }
 
 /// `n` ready cases of the lakeside practice, from the sample's first row.
-fn many_cases_csv(n: usize) -> String {
+pub(crate) fn many_cases_csv(n: usize) -> String {
     let sample = std::fs::read_to_string(Path::new(REPO).join("samples/cases.csv")).unwrap();
     let mut lines = sample.lines();
     let header = lines.next().unwrap();
