@@ -170,6 +170,22 @@ pub async fn serve_with(
     let addr = listener
         .local_addr()
         .map_err(|source| ConsoleError::Listen { addr, source })?;
+    // The decision deadlines the worklist's deadline filters read, computed
+    // now for every undecided case that lacks one under these rules (all of
+    // them after a change of the rules), not at the first such page.
+    let (warm_ledger, warm_settings) = (ledger.clone(), settings.clone());
+    tokio::spawn(async move {
+        let t0 = std::time::Instant::now();
+        match pages::refresh_deadlines(&warm_ledger, &warm_settings).await {
+            Ok(_) => tracing::debug!(
+                took_ms = t0.elapsed().as_millis() as u64,
+                "Decision deadlines up to date."
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not bring the stored decision deadlines up to date; the worklist's deadline filters will try again.")
+            }
+        }
+    });
     let app = router(App::new(settings, ledger, live, seed_key));
     let task = tokio::spawn(async move {
         let service = app.into_make_service_with_connect_info::<SocketAddr>();

@@ -460,7 +460,8 @@ impl Filters {
                 urgency: some(&q.urgency).filter(|u| u == "urgent" || u == "standard"),
                 search: some(&q.q),
                 created_before: age_days.map(|d| now - chrono::Duration::days(d.into())),
-                awaiting_only: due.is_some(),
+                awaiting_only: false,
+                deadline: None,
                 oldest_first: oldest,
                 limit: PAGE_SIZE,
                 offset: 0,
@@ -585,119 +586,121 @@ struct Listed {
     cases: Vec<(CaseRecord, Option<chrono::DateTime<chrono::Utc>>)>,
     total: i64,
     counts: Vec<(CaseStatus, i64)>,
-    /// More cases matched than a deadline filter reads.
+    /// More cases matched than an export reads.
     cut: bool,
 }
 
+/// A digest of everything a decision deadline depends on besides the case:
+/// the escalation rules of the daemon and of every practice, and each
+/// practice's time zone. Stored deadlines name it; when a reload changes
+/// it, they are computed again.
+pub(crate) fn deadline_rules_digest(settings: &crate::config::Settings) -> String {
+    let mut text = format!("deadlines 1|{:?}", settings.escalations);
+    for p in &settings.practices {
+        text.push_str(&format!("|{}:{:?}:{}", p.id, p.escalations, p.timezone));
+    }
+    crate::files::sha256_hex(text.as_bytes())
+}
+
+/// Cases a look for outdated deadlines reads at a time.
+const DEADLINE_BATCH: u32 = 2_000;
+
+/// Computes and stores the decision deadline of every undecided case that
+/// has none under the rules in force (new submissions, cases changed since,
+/// every case after a change of the rules), a batch at a time. Returns the
+/// rules' digest the stored deadlines now name.
+pub(crate) async fn refresh_deadlines(
+    ledger: &crate::store::Ledger,
+    settings: &crate::config::Settings,
+) -> Result<String, crate::store::StoreError> {
+    let rules = deadline_rules_digest(settings);
+    let forgotten = ledger.forget_deadlines_of_other_rules(&rules).await?;
+    if forgotten > 0 {
+        tracing::info!(
+            cases = forgotten,
+            "The escalation rules changed: the undecided cases' decision deadlines are computed again."
+        );
+    }
+    loop {
+        let stale = ledger.stale_deadlines(DEADLINE_BATCH).await?;
+        let computed: Vec<_> = stale
+            .iter()
+            .map(|c| {
+                let key = crate::escalate::rules::RuleKey {
+                    payer: &c.payer,
+                    state: &c.state,
+                    plan_type: &c.plan_type,
+                };
+                let d = deadline_of(settings, &c.practice_id, &key, c.urgency, c.submitted_at);
+                (c.id, c.version, d)
+            })
+            .collect();
+        let stored = ledger.store_deadlines(&rules, &computed).await?;
+        // A short batch was the last; a batch that stored nothing changed
+        // under our feet and is left for the next look.
+        if stale.len() < DEADLINE_BATCH as usize || stored == 0 {
+            return Ok(rules);
+        }
+    }
+}
+
 /// The cases a filter selects: one page (`all` false) or every one (for
-/// the export). A deadline filter is computed per case from the rules, so
-/// it reads the undecided cases (at most `MATCH_MAX`) and pages here.
+/// the export, at most `MATCH_MAX`). A deadline filter reads the deadlines
+/// stored under the rules in force, computing the missing ones first.
 async fn select(app: &App, f: &Filters, all: bool) -> Result<Listed, crate::store::StoreError> {
     let now = app.ledger.now();
     let settings = &app.settings;
-    let Some(due) = f.due else {
-        if all {
-            let mut q = f.query.clone();
-            q.status = f.status;
-            let found = app.ledger.cases_matching(&q, MATCH_MAX + 1).await?;
-            let cut = found.len() > MATCH_MAX as usize;
-            let cases: Vec<_> = found
-                .into_iter()
-                .take(MATCH_MAX as usize)
-                .map(|(c, s)| {
-                    let d = deadline(settings, &c, s);
-                    (c, d)
-                })
-                .collect();
-            return Ok(Listed {
-                total: cases.len() as i64,
-                cases,
-                counts: Vec::new(),
-                cut,
-            });
-        }
-        let mut q = f.query.clone();
-        q.offset = (f.page - 1) * u64::from(PAGE_SIZE);
-        let page = app.ledger.case_page(&q).await?;
-        let cases = page
-            .cases
+    let mut q = f.query.clone();
+    if let Some(due) = f.due {
+        let rules = refresh_deadlines(&app.ledger, settings).await?;
+        q.deadline = Some(match due {
+            Due::Overdue => crate::store::DeadlineRange {
+                rules,
+                after: None,
+                until: now,
+            },
+            Due::Within(h) => crate::store::DeadlineRange {
+                rules,
+                after: Some(now),
+                until: now + chrono::Duration::hours(h.into()),
+            },
+        });
+    }
+    if all {
+        q.status = f.status;
+        let found = app.ledger.cases_matching(&q, MATCH_MAX + 1).await?;
+        let cut = found.len() > MATCH_MAX as usize;
+        let cases: Vec<_> = found
             .into_iter()
-            .zip(page.submitted_at)
+            .take(MATCH_MAX as usize)
             .map(|(c, s)| {
                 let d = deadline(settings, &c, s);
                 (c, d)
             })
             .collect();
         return Ok(Listed {
+            total: cases.len() as i64,
             cases,
-            total: page.total,
-            counts: page.counts,
-            cut: false,
+            counts: Vec::new(),
+            cut,
         });
-    };
-    // Only what a deadline is computed from is read for each undecided
-    // case; whole cases only for what is shown.
-    let found = app.ledger.deadline_inputs(&f.query, MATCH_MAX + 1).await?;
-    let cut = found.len() > MATCH_MAX as usize;
-    let mut matching: Vec<_> = found
-        .into_iter()
-        .take(MATCH_MAX as usize)
-        .filter_map(|c| {
-            let key = crate::escalate::rules::RuleKey {
-                payer: &c.payer,
-                state: &c.state,
-                plan_type: &c.plan_type,
-            };
-            let d = deadline_of(settings, &c.practice_id, &key, c.urgency, c.submitted_at)?;
-            let keep = match due {
-                Due::Overdue => d <= now,
-                Due::Within(h) => d > now && d <= now + chrono::Duration::hours(h.into()),
-            };
-            keep.then_some((c, d))
-        })
-        .collect();
-    let mut counts: Vec<(CaseStatus, i64)> = Vec::new();
-    for (c, _) in &matching {
-        match counts.iter_mut().find(|(s, _)| *s == c.status) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((c.status, 1)),
-        }
     }
-    counts.sort();
-    matching.retain(|(c, _)| f.status.is_none_or(|s| s == c.status));
-    if f.oldest {
-        matching.sort_by_key(|(c, _)| (c.created_at, c.id));
-    } else {
-        matching.sort_by_key(|(c, d)| (*d, c.id));
-    }
-    let total = matching.len() as i64;
-    let shown: Vec<_> = if all {
-        matching
-    } else {
-        matching
-            .into_iter()
-            .skip(((f.page - 1) * u64::from(PAGE_SIZE)) as usize)
-            .take(PAGE_SIZE as usize)
-            .collect()
-    };
-    let ids: Vec<i64> = shown.iter().map(|(c, _)| c.id).collect();
-    let due_at: std::collections::HashMap<i64, _> = shown.iter().map(|(c, d)| (c.id, *d)).collect();
-    // (A case deleted in between is left out.)
-    let cases = app
-        .ledger
-        .cases_by_ids(&ids)
-        .await?
+    q.offset = (f.page - 1) * u64::from(PAGE_SIZE);
+    let page = app.ledger.case_page(&q).await?;
+    let cases = page
+        .cases
         .into_iter()
-        .map(|case| {
-            let d = due_at.get(&case.id).copied();
-            (case, d)
+        .zip(page.submitted_at)
+        .map(|(c, s)| {
+            let d = deadline(settings, &c, s);
+            (c, d)
         })
         .collect();
     Ok(Listed {
         cases,
-        total,
-        counts,
-        cut,
+        total: page.total,
+        counts: page.counts,
+        cut: false,
     })
 }
 
@@ -823,12 +826,7 @@ pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQ
     };
     let last = if shown == 0 { 0 } else { first + shown - 1 };
     let more = (last as i64) < result.total;
-    let mut frame = Frame::new("Cases", "cases", Some(&viewer));
-    if result.cut {
-        frame.notice = Some(format!(
-            "More than {MATCH_MAX} undecided cases match: only the first {MATCH_MAX} were checked for their deadline. Narrow the filters."
-        ));
-    }
+    let frame = Frame::new("Cases", "cases", Some(&viewer));
     let ctx = json!({
         "practices": practices,
         "payers": payers,

@@ -179,6 +179,11 @@ static SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("migrations/sqlite/0018_worklist_indexes.sql"),
     ),
     (19, "case facts", include_str!("migrations/sqlite/0019_case_facts.sql")),
+    (
+        20,
+        "case deadlines",
+        include_str!("migrations/sqlite/0020_case_deadlines.sql"),
+    ),
 ];
 
 static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -244,6 +249,11 @@ static POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         19,
         "case facts",
         include_str!("migrations/postgres/0019_case_facts.sql"),
+    ),
+    (
+        20,
+        "case deadlines",
+        include_str!("migrations/postgres/0020_case_deadlines.sql"),
     ),
 ];
 

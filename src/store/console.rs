@@ -109,10 +109,24 @@ pub struct CaseQuery {
     /// Only cases the payer has and has not decided (pending, pended for
     /// information) with a submission time: the ones with a deadline.
     pub awaiting_only: bool,
+    /// Only undecided cases whose stored decision deadline (under the
+    /// rules it names) falls in a range; soonest first unless
+    /// `oldest_first`.
+    pub deadline: Option<DeadlineRange>,
     /// Oldest first (by creation) instead of the newest change first.
     pub oldest_first: bool,
     pub limit: u32,
     pub offset: u64,
+}
+
+/// A range of decision deadlines, as stored under the escalation rules
+/// whose digest is `rules` (`Ledger::store_deadlines`): after `after` (if
+/// given) and at or before `until`.
+#[derive(Clone, Debug, Default)]
+pub struct DeadlineRange {
+    pub rules: String,
+    pub after: Option<DateTime<Utc>>,
+    pub until: DateTime<Utc>,
 }
 
 /// One page of the worklist.
@@ -165,6 +179,8 @@ const SELECT_USER: &str = "SELECT name, role, practices, password_hash, disabled
 fn order(q: &CaseQuery) -> &'static str {
     if q.oldest_first {
         "created_at ASC, id ASC"
+    } else if q.deadline.is_some() {
+        "deadline_at ASC, id ASC"
     } else {
         "updated_at DESC, id DESC"
     }
@@ -192,6 +208,21 @@ fn where_clause(b: Backend, q: &CaseQuery) -> (String, Vec<String>) {
     }
     if q.awaiting_only {
         sql.push_str(" AND status IN ('pending', 'pended_for_info') AND submitted_at IS NOT NULL");
+    }
+    if let Some(d) = &q.deadline {
+        // A stored deadline is cleared by every change of status or data,
+        // so one under these rules belongs to a case still undecided since.
+        args.push(d.rules.clone());
+        sql.push_str(&format!(
+            " AND deadline_rules = ${} AND status IN ('pending', 'pended_for_info')",
+            args.len()
+        ));
+        if let Some(after) = d.after {
+            args.push(ts(after));
+            sql.push_str(&format!(" AND deadline_at > ${}", args.len()));
+        }
+        args.push(ts(d.until));
+        sql.push_str(&format!(" AND deadline_at <= ${}", args.len()));
     }
     for (column, value) in [
         ("practice_id", &q.practice),
@@ -260,6 +291,44 @@ pub(crate) fn worklist_queries(b: Backend) -> Vec<(String, String, Vec<String>, 
             args.len(),
             order(&filtered)
         ),
+        args,
+        true,
+    ));
+    // The deadline filters (migration 20): the look for deadlines to
+    // compute, the one for deadlines of other rules, and past the deadline
+    // (every undecided case, at worst) counted and paged, soonest first.
+    out.push((
+        "worklist: deadlines to compute".into(),
+        format!("SELECT id, version, data FROM cases WHERE {STALE_DEADLINE} LIMIT 2000"),
+        Vec::new(),
+        false,
+    ));
+    out.push((
+        "worklist: deadlines of other rules".into(),
+        "SELECT id FROM cases WHERE deadline_rules < $1 OR deadline_rules > $1 LIMIT 1".into(),
+        vec!["digest".into()],
+        false,
+    ));
+    let overdue = CaseQuery {
+        deadline: Some(DeadlineRange {
+            rules: "digest".into(),
+            after: None,
+            until: DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+                .expect("a time")
+                .with_timezone(&Utc),
+        }),
+        ..CaseQuery::default()
+    };
+    let (base, args) = where_clause(b, &overdue);
+    out.push((
+        "worklist: counts per status (past the deadline)".into(),
+        format!("SELECT status, COUNT(*) AS n FROM cases{base} GROUP BY status"),
+        args.clone(),
+        false,
+    ));
+    out.push((
+        "worklist: a page past the deadline, soonest first".into(),
+        format!("{SELECT_LISTED}{base} ORDER BY {} LIMIT 50", order(&overdue)),
         args,
         true,
     ));
@@ -718,43 +787,61 @@ impl Ledger {
     }
 }
 
+/// An undecided case without a stored deadline: the condition of the
+/// partial index `cases_deadline_stale` (migration 20), word for word, so
+/// the database reads that index.
+const STALE_DEADLINE: &str =
+    "status IN ('pending', 'pended_for_info') AND submitted_at IS NOT NULL AND deadline_rules IS NULL";
+
 /// What a case's decision deadline is computed from (the escalation rules'
-/// key, its urgency and submission), without the rest of the case: the
-/// worklist's deadline filters read these for every undecided case and the
-/// whole case only for the page shown.
+/// key, its urgency and submission), without the rest of the case, and
+/// the version it was read at.
 #[derive(Clone, Debug)]
 pub struct DeadlineInputs {
     pub id: i64,
+    pub version: i64,
     pub practice_id: String,
     pub payer: String,
-    pub status: CaseStatus,
     pub urgency: crate::case::Urgency,
     pub state: String,
     pub plan_type: String,
     pub submitted_at: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
 }
 
 impl Ledger {
-    /// The deadline inputs of the undecided, submitted cases the query
-    /// selects (its status filter aside: the worklist counts every status),
-    /// oldest first, at most `max`.
-    pub async fn deadline_inputs(&self, q: &CaseQuery, max: u32) -> Result<Vec<DeadlineInputs>, StoreError> {
-        let mut q = q.clone();
-        q.awaiting_only = true;
-        let (base, args) = where_clause(self.backend, &q);
+    /// Forgets the deadlines stored under other rules than those `rules`
+    /// names (the configuration's rules changed), so they are computed
+    /// again. Reads one index entry when there are none; writes only when
+    /// there are. Returns how many were forgotten.
+    pub async fn forget_deadlines_of_other_rules(&self, rules: &str) -> Result<u64, StoreError> {
+        const OTHER: &str = "deadline_rules < $1 OR deadline_rules > $1";
+        let any = sqlx::query(&format!("SELECT id FROM cases WHERE {OTHER} LIMIT 1"))
+            .bind(rules)
+            .fetch_optional(&self.pool)
+            .await?;
+        if any.is_none() {
+            return Ok(0);
+        }
+        let done = sqlx::query(&format!(
+            "UPDATE cases SET deadline_at = NULL, deadline_rules = NULL WHERE {OTHER}"
+        ))
+        .bind(rules)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Undecided, submitted cases without a stored deadline (never
+    /// computed, changed since, or forgotten with other rules), at most
+    /// `max`.
+    pub async fn stale_deadlines(&self, max: u32) -> Result<Vec<DeadlineInputs>, StoreError> {
         let sql = format!(
-            "SELECT id, practice_id, payer, status, urgency, {state} AS state, {plan} AS plan_type, \
-             submitted_at, created_at FROM cases{base} ORDER BY id LIMIT ${}",
-            args.len() + 1,
+            "SELECT id, version, practice_id, payer, urgency, {state} AS state, {plan} AS plan_type, submitted_at \
+             FROM cases WHERE {STALE_DEADLINE} LIMIT $1",
             state = self.backend.json_text("data", &["coverage", "state"]),
             plan = self.backend.json_text("data", &["coverage", "plan_type"]),
         );
-        let mut query = sqlx::query(&sql);
-        for a in &args {
-            query = query.bind(a);
-        }
-        let rows = query.bind(i64::from(max)).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql).bind(i64::from(max)).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let id: i64 = r.try_get("id")?;
@@ -762,36 +849,50 @@ impl Ledger {
                 let urgency: String = r.try_get("urgency")?;
                 Ok(DeadlineInputs {
                     id,
+                    version: r.try_get("version")?,
                     practice_id: r.try_get("practice_id")?,
                     payer: r.try_get("payer")?,
-                    status: parse_status(id, &r.try_get::<String, _>("status")?)?,
                     urgency: urgency.parse().map_err(|e| corrupt(format!("urgency: {e}")))?,
                     state: r.try_get::<Option<String>, _>("state")?.unwrap_or_default(),
                     plan_type: r.try_get::<Option<String>, _>("plan_type")?.unwrap_or_default(),
                     submitted_at: opt_ts(r, "submitted_at")?.ok_or_else(|| corrupt("no submission time".into()))?,
-                    created_at: parse_ts(id, &r.try_get::<String, _>("created_at")?)?,
                 })
             })
             .collect()
     }
 
-    /// The cases of `ids`, in the order given (an id that is gone is left
-    /// out).
-    pub async fn cases_by_ids(&self, ids: &[i64]) -> Result<Vec<CaseRecord>, StoreError> {
-        let mut found = std::collections::HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(500) {
-            let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!("{SELECT_LISTED} WHERE id IN ({})", marks.join(", "));
-            let mut query = sqlx::query(&sql);
-            for id in chunk {
-                query = query.bind(*id);
+    /// Stores each case's decision deadline (None: its practice has no
+    /// rules) as computed under the rules `rules` names, in one statement
+    /// per 300 cases. A case changed since its inputs were read (its
+    /// version moved on) is left without one, for the next look. Returns
+    /// how many were stored.
+    pub async fn store_deadlines(
+        &self,
+        rules: &str,
+        deadlines: &[(i64, i64, Option<DateTime<Utc>>)],
+    ) -> Result<u64, StoreError> {
+        let mut done = 0;
+        for chunk in deadlines.chunks(300) {
+            let mut at = String::from("CASE id");
+            let mut version = String::from("CASE id");
+            let mut ids = Vec::with_capacity(chunk.len());
+            for i in 0..chunk.len() {
+                let (id, t, v) = (3 * i + 2, 3 * i + 3, 3 * i + 4);
+                at.push_str(&format!(" WHEN ${id} THEN ${t}"));
+                version.push_str(&format!(" WHEN ${id} THEN ${v}"));
+                ids.push(format!("${id}"));
             }
-            for r in query.fetch_all(&self.pool).await? {
-                let case = case_from_row(&r)?;
-                found.insert(case.id, case);
+            let sql = format!(
+                "UPDATE cases SET deadline_at = {at} END, deadline_rules = $1 WHERE id IN ({}) AND version = {version} END",
+                ids.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(rules);
+            for (id, v, d) in chunk {
+                q = q.bind(*id).bind(d.map(ts)).bind(*v);
             }
+            done += q.execute(&self.pool).await?.rows_affected();
         }
-        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+        Ok(done)
     }
 }
 

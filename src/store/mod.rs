@@ -39,7 +39,8 @@ pub use api::{
 };
 pub use backend::{Backend, SCHEMES};
 pub use console::{
-    AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser, DeadlineInputs, PayerActivity,
+    AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser, DeadlineInputs, DeadlineRange,
+    PayerActivity,
 };
 pub use escalations::{
     Advance, CaseForRules, ClaimedMail, Escalation, EscalationHook, EscalationState, NewEscalation, NextCheck,
@@ -751,7 +752,7 @@ impl Ledger {
         }
         let decision_json = serde_json::to_string(decision).expect("decision serialises");
         let done = sqlx::query(
-            "UPDATE cases SET status = $1, decision = $2, version = version + 1, updated_at = $3, next_check_at = $3 \
+            "UPDATE cases SET status = $1, decision = $2, version = version + 1, deadline_at = NULL, deadline_rules = NULL, updated_at = $3, next_check_at = $3 \
              WHERE id = $4 AND version = $5",
         )
         .bind(to.as_str())
@@ -1511,7 +1512,7 @@ async fn set_status(
         return Err(illegal(case, from, to));
     }
     let done = sqlx::query(
-        "UPDATE cases SET status = $1, version = version + 1, updated_at = $2, next_check_at = $2 WHERE id = $3 AND version = $4",
+        "UPDATE cases SET status = $1, version = version + 1, deadline_at = NULL, deadline_rules = NULL, updated_at = $2, next_check_at = $2 WHERE id = $3 AND version = $4",
     )
     .bind(to.as_str())
     .bind(now)
@@ -1549,7 +1550,8 @@ async fn update_case_data(
 ) -> Result<(), StoreError> {
     let done = sqlx::query(
         "UPDATE cases SET data = $1, payer = $2, urgency = $3, service_start = $4, service_end = $5, \
-         version = version + 1, updated_at = $6, next_check_at = $6, expected_cents = $9 WHERE id = $7 AND version = $8",
+         version = version + 1, deadline_at = NULL, deadline_rules = NULL, updated_at = $6, next_check_at = $6, \
+         expected_cents = $9 WHERE id = $7 AND version = $8",
     )
     .bind(json)
     .bind(&data.coverage.payer)

@@ -1196,6 +1196,64 @@ async fn console_store_on(backend: super::postgres::Backend) {
         .unwrap();
     assert_eq!(awaiting.len(), 1);
     assert!(awaiting[0].1.is_some(), "with its submission time");
+
+    // Stored decision deadlines (migration 20): computed for the undecided
+    // case, read by range under the rules they name, forgotten when the
+    // rules change, cleared when the case changes.
+    let stale = ledger.stale_deadlines(100).await.unwrap();
+    assert_eq!(stale.iter().map(|c| c.id).collect::<Vec<_>>(), vec![lo.id]);
+    let (version, submitted) = (stale[0].version, stale[0].submitted_at);
+    let due = submitted + Duration::days(7);
+    let in_range = |rules: &str| precert::store::CaseQuery {
+        deadline: Some(precert::store::DeadlineRange {
+            rules: rules.into(),
+            after: Some(due - Duration::hours(1)),
+            until: due,
+        }),
+        limit: 50,
+        ..Default::default()
+    };
+    assert_eq!(
+        ledger
+            .store_deadlines("r1", &[(lo.id, version - 1, Some(due))])
+            .await
+            .unwrap(),
+        0,
+        "read at an older version: left for the next look"
+    );
+    assert_eq!(
+        ledger
+            .store_deadlines("r1", &[(lo.id, version, Some(due))])
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(ledger.stale_deadlines(100).await.unwrap().is_empty());
+    let page = ledger.case_page(&in_range("r1")).await.unwrap();
+    assert_eq!((page.total, page.cases[0].id), (1, lo.id));
+    assert_eq!(page.counts, vec![(CaseStatus::Pending, 1)]);
+    let mut later = in_range("r1");
+    later.deadline.as_mut().unwrap().until = due - Duration::minutes(1);
+    assert_eq!(ledger.case_page(&later).await.unwrap().total, 0, "the range is exact");
+    assert_eq!(ledger.case_page(&in_range("r2")).await.unwrap().total, 0);
+    assert_eq!(ledger.forget_deadlines_of_other_rules("r1").await.unwrap(), 0);
+    assert_eq!(ledger.forget_deadlines_of_other_rules("r2").await.unwrap(), 1);
+    assert_eq!(ledger.stale_deadlines(100).await.unwrap().len(), 1, "computed again");
+    ledger
+        .store_deadlines("r2", &[(lo.id, version, Some(due))])
+        .await
+        .unwrap();
+    ledger
+        .transition(lo.id, CaseStatus::PendedForInfo, &a, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.case_page(&in_range("r2")).await.unwrap().total,
+        0,
+        "changed since"
+    );
+    assert_eq!(ledger.stale_deadlines(100).await.unwrap().len(), 1);
+    ledger.transition(lo.id, CaseStatus::Pending, &a, None).await.unwrap();
     let activity = ledger
         .payer_activity(Some(&practices), Utc::now() - Duration::hours(24))
         .await
@@ -1963,6 +2021,44 @@ async fn console_worklist_filters_by_deadline_and_age_and_exports_csv_without_me
     assert!(log
         .iter()
         .any(|l| l.action == "case_export" && l.user == "olive" && l.detail["shown"] == 1));
+    w.finish().await;
+}
+
+#[tokio::test]
+async fn console_deadline_filters_follow_a_change_of_the_escalation_rules() {
+    // The deadlines the filters read are stored under the rules they were
+    // computed by: a console started with other rules (a reload with
+    // `standard_days = 3`) computes them again, and so does the first one
+    // after it. Each answers by its own rules.
+    let w = world().await;
+    let id = w.id("LO-2026-1001").await;
+    let a = Actor::user("test");
+    w.ledger.transition(id, CaseStatus::Submitting, &a, None).await.unwrap();
+    w.ledger.transition(id, CaseStatus::Pending, &a, None).await.unwrap();
+    let config = w.p.config_path();
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("standard_days = 7"));
+    std::fs::write(&config, text.replace("standard_days = 7", "standard_days = 3")).unwrap();
+    let shorter = Arc::new(w.p.settings());
+    let stop = CancellationToken::new();
+    let reloaded = console::serve(shorter, w.ledger.clone(), stop.clone()).await.unwrap();
+    // Four days on: past a 3-day window, within 4 days of a 7-day one.
+    w.advance(Duration::days(4));
+    let listed = |page: &Answer| page.text().contains(">LO-2026-1001</a>");
+    let mut seven = w.client();
+    seven.signed_in("olive").await;
+    let mut three = w.client();
+    three.base = format!("http://{}", reloaded.addr);
+    three.signed_in("olive").await;
+    for _ in 0..2 {
+        let page = three.get("/cases?due=overdue").await;
+        assert!(listed(&page), "3 days: overdue: {}", page.text());
+        assert!(!listed(&seven.get("/cases?due=overdue").await), "7 days: not yet");
+        assert!(listed(&seven.get("/cases?due=96").await), "7 days: due within 4 days");
+        assert!(!listed(&three.get("/cases?due=96").await));
+    }
+    stop.cancel();
+    reloaded.task.await.unwrap();
     w.finish().await;
 }
 
