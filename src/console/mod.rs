@@ -52,6 +52,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{hash_password, verify_password};
+pub use pages::{deadline_rules_digest, refresh_deadlines};
 pub use users::{Role, UserError};
 pub use view::encode_component;
 

@@ -594,7 +594,7 @@ struct Listed {
 /// the escalation rules of the daemon and of every practice, and each
 /// practice's time zone. Stored deadlines name it; when a reload changes
 /// it, they are computed again.
-pub(crate) fn deadline_rules_digest(settings: &crate::config::Settings) -> String {
+pub fn deadline_rules_digest(settings: &crate::config::Settings) -> String {
     let mut text = format!("deadlines 1|{:?}", settings.escalations);
     for p in &settings.practices {
         text.push_str(&format!("|{}:{:?}:{}", p.id, p.escalations, p.timezone));
@@ -609,7 +609,7 @@ const DEADLINE_BATCH: u32 = 2_000;
 /// has none under the rules in force (new submissions, cases changed since,
 /// every case after a change of the rules), a batch at a time. Returns the
 /// rules' digest the stored deadlines now name.
-pub(crate) async fn refresh_deadlines(
+pub async fn refresh_deadlines(
     ledger: &crate::store::Ledger,
     settings: &crate::config::Settings,
 ) -> Result<String, crate::store::StoreError> {

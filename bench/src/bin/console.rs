@@ -198,6 +198,17 @@ async fn main() -> anyhow::Result<()> {
     );
     let practices = vec!["lakeside-ortho".to_owned(), "valley-imaging".to_owned()];
     console::users::add(&ledger, &settings, "sam", Role::Supervisor, &practices, PASSWORD).await?;
+    // Every undecided case's decision deadline, computed and stored as the
+    // console does when it starts (then again: nothing left to compute).
+    for what in ["computed", "checked again"] {
+        let t0 = Instant::now();
+        console::refresh_deadlines(&ledger, &settings).await?;
+        println!(
+            "Decision deadlines of the undecided cases {what} in {} ms.",
+            t0.elapsed().as_millis()
+        );
+    }
+    println!();
     ledger.close().await;
     let mut child = p
         .precert()?
@@ -223,7 +234,7 @@ async fn main() -> anyhow::Result<()> {
         cookies: HashMap::new(),
     };
     b.sign_in("sam").await?;
-    let pages: [(&str, &str, Duration, &str); 5] = [
+    let pages: [(&str, &str, Duration, &str); 6] = [
         ("worklist, first page", "/cases", GOAL_WORKLIST, "SYN-"),
         (
             "worklist, filtered (practice, payer, status)",
@@ -236,6 +247,12 @@ async fn main() -> anyhow::Result<()> {
             "/cases?due=48",
             GOAL_WORKLIST,
             "Cases",
+        ),
+        (
+            "worklist, past the deadline (20 000 undecided cases)",
+            "/cases?due=overdue",
+            GOAL_WORKLIST,
+            "SYN-",
         ),
         (
             "worklist, search by case ID",
