@@ -268,6 +268,9 @@ pub struct Ledger {
     /// `(case, token)`: writes to that case hold only while its submission
     /// lease token is still this one (see [`Ledger::fenced`]).
     fence: Option<(i64, i64)>,
+    /// The URL it was opened with: a report on SQLite reads through a
+    /// connection of its own (`report::report_cases_of`).
+    url: Arc<str>,
 }
 
 /// A time as the ledger stores it on both backends: UTC RFC 3339 text with
@@ -340,6 +343,7 @@ impl Ledger {
             backend,
             hook: Arc::default(),
             fence: None,
+            url: url.into(),
         })
     }
 

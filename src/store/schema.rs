@@ -99,7 +99,18 @@ fn backend_of(url: &str) -> Result<Backend, StoreError> {
 
 fn install_drivers() {
     static DRIVERS: Once = Once::new();
-    DRIVERS.call_once(sqlx::any::install_default_drivers);
+    DRIVERS.call_once(|| {
+        // SQLite keeps memory statistics by default, under a process-wide
+        // mutex taken by every allocation (each value of each row read);
+        // precert never reads them. Possible only before SQLite is first
+        // used; if it already was (a library user opened it first), it
+        // answers SQLITE_MISUSE and the default stands.
+        // SAFETY: a documented start-up option of SQLite, with one int.
+        unsafe {
+            libsqlite3_sys::sqlite3_config(libsqlite3_sys::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int);
+        }
+        sqlx::any::install_default_drivers();
+    });
 }
 
 /// The ledger's connection pool (creating a SQLite file and its private
