@@ -118,6 +118,16 @@ fn install_drivers() {
 pub(super) async fn connect(url: &str) -> Result<(Backend, AnyPool), StoreError> {
     install_drivers();
     let backend = backend_of(url)?;
+    // A ledger file named in `database_url` is created if it does not
+    // exist yet, as the default one is: sqlx opens an existing file only
+    // unless the URL says `mode=rwc`. A URL that names its mode keeps it.
+    let creating;
+    let url = if backend == Backend::Sqlite && sqlite_path(url).is_some() && !url.contains("mode=") {
+        creating = format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' });
+        creating.as_str()
+    } else {
+        url
+    };
     let file = sqlite_path(url);
     if let Some(dir) = file
         .as_deref()

@@ -424,6 +424,33 @@ async fn db_status_and_migrate_on_the_command_line() {
     assert!(text.contains("Up to date.") && !text.contains("pending"), "{text}");
 }
 
+#[test]
+fn a_ledger_file_named_in_the_configuration_is_created_with_its_directory() {
+    // `database_url = "sqlite:///…/ledger.db"`, a file that does not exist
+    // yet (nor its directory), without `?mode=rwc`: created, private.
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = Project::new();
+    let file = p.path("elsewhere/ledger.db");
+    let config = p.config_path();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("database_url = \"sqlite://{}\"\n{text}", file.display()),
+    )
+    .unwrap();
+    let out = p.precert(&["db", "migrate"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        super::support::stdout(&out),
+        super::support::stderr(&out)
+    );
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let out = p.precert(&["db", "status"]);
+    assert!(super::support::stdout(&out).contains("Up to date."));
+}
+
 both_backends!(
     #[tokio::test]
     a_schema_newer_than_this_precert_is_refused_with_the_reason
