@@ -347,16 +347,16 @@ impl Ledger {
         mut each: impl FnMut(CaseFacts),
     ) -> Result<(), StoreError> {
         let (sql, args) = report_cases_sql(self.backend, scope, details, source);
+        // (An in-memory database is one connection's own: read through the pool.)
+        if self.backend == Backend::Sqlite && super::sqlite_path(&self.url).is_some() {
+            return self.report_cases_on_sqlite(&sql, scope, &args, each).await;
+        }
         let mut query = sqlx::query(&sql)
             .bind(super::ts(scope.from))
             .bind(super::ts(scope.to))
             .bind(super::ts(scope.as_of));
         for a in &args {
             query = query.bind(a);
-        }
-        // (An in-memory database is one connection's own: read through the pool.)
-        if self.backend == Backend::Sqlite && super::sqlite_path(&self.url).is_some() {
-            return self.report_cases_on_sqlite(&sql, scope, &args, each).await;
         }
         let mut rows = query.fetch(&self.pool);
         while let Some(row) = rows.try_next().await? {
