@@ -64,14 +64,14 @@ impl Dimension {
         }
     }
 
-    fn of(self, f: &CaseFacts) -> String {
+    fn of(self, f: &CaseFacts) -> &str {
         let v = match self {
             Dimension::PlanType => &f.plan_type,
             Dimension::Cpt => &f.cpt,
             Dimension::Setting => &f.setting,
             Dimension::State => &f.state,
         };
-        v.clone().unwrap_or_else(|| "(none)".into())
+        v.as_deref().unwrap_or("(none)")
     }
 }
 
@@ -375,21 +375,58 @@ fn rule_source(settings: &Settings, practice: Option<&Practice>, key: &RuleKey<'
 }
 
 /// Practice, payer, state, plan type.
-type RulesKey = (String, String, Option<String>, Option<String>);
+/// Values kept by a few of a row's text fields, found as rows stream by
+/// without building an owned key a row (100 000 rows, a handful of
+/// distinct keys): by the fields' hash, then compared.
+struct ByFields<V> {
+    hasher: std::hash::RandomState,
+    slots: HashMap<u64, Vec<usize>>,
+    entries: Vec<(Vec<Option<String>>, V)>,
+}
+
+impl<V> ByFields<V> {
+    fn new() -> Self {
+        ByFields {
+            hasher: std::hash::RandomState::new(),
+            slots: HashMap::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// The entry's index for `fields`, made by `make` the first time.
+    fn index(&mut self, fields: &[Option<&str>], make: impl FnOnce() -> V) -> usize {
+        use std::hash::BuildHasher as _;
+        let hash = self.hasher.hash_one(fields);
+        let slot = self.slots.entry(hash).or_default();
+        let same = |k: &Vec<Option<String>>| k.iter().map(Option::as_deref).eq(fields.iter().copied());
+        if let Some(&i) = slot.iter().find(|&&i| same(&self.entries[i].0)) {
+            return i;
+        }
+        slot.push(self.entries.len());
+        let key = fields.iter().map(|f| f.map(str::to_owned)).collect();
+        self.entries.push((key, make()));
+        self.entries.len() - 1
+    }
+
+    fn get_mut(&mut self, i: usize) -> &mut V {
+        &mut self.entries[i].1
+    }
+}
 
 /// Decision deadlines while rows stream by: the rules that apply to a
 /// practice, payer, state and plan type are worked out once (not once a
 /// request), and the window's wording and source only for late requests.
 struct Deadlines<'a> {
     settings: &'a Settings,
-    rules: HashMap<RulesKey, (rules::RuleSet, Tz)>,
+    /// By practice, payer, state and plan type.
+    rules: ByFields<(rules::RuleSet, Tz)>,
 }
 
 impl<'a> Deadlines<'a> {
     fn new(settings: &'a Settings) -> Self {
         Deadlines {
             settings,
-            rules: HashMap::new(),
+            rules: ByFields::new(),
         }
     }
 
@@ -398,14 +435,14 @@ impl<'a> Deadlines<'a> {
         if let Some((deadline, _)) = &f.recorded_deadline {
             return *deadline;
         }
-        let key = (
-            f.practice_id.clone(),
-            f.payer.clone(),
-            f.state.clone(),
-            f.plan_type.clone(),
-        );
+        let key = [
+            Some(f.practice_id.as_str()),
+            Some(f.payer.as_str()),
+            f.state.as_deref(),
+            f.plan_type.as_deref(),
+        ];
         let settings = self.settings;
-        let (set, tz) = self.rules.entry(key).or_insert_with(|| {
+        let i = self.rules.index(&key, || {
             let practice = settings.practice(&f.practice_id);
             let empty = EscalationConfig::default();
             let key = RuleKey {
@@ -416,6 +453,7 @@ impl<'a> Deadlines<'a> {
             let set = rules::rules_for(&settings.escalations, practice.map_or(&empty, |p| &p.escalations), &key);
             (set, practice.map_or(chrono_tz::UTC, |p| p.timezone))
         });
+        let (set, tz) = self.rules.get_mut(i);
         rules::decision_deadline(f.submitted_at, f.urgency, set, *tz)
     }
 }
@@ -435,8 +473,6 @@ struct Acc {
     months: BTreeMap<(i32, u32), MonthFigures>,
 }
 
-type GroupKey = (String, String, Option<String>);
-
 /// Makes the report: figures from the ledger's history, windows from
 /// `settings`, published figures beside them.
 pub async fn build(
@@ -446,11 +482,12 @@ pub async fn build(
     q: &ReportQuery,
 ) -> Result<Report, ReportError> {
     let scope = &q.scope;
-    let mut groups: BTreeMap<GroupKey, Acc> = BTreeMap::new();
+    // By practice, payer and group (`q.by`'s value).
+    let mut groups: ByFields<Acc> = ByFields::new();
     // Requests pended at least once: their group, to place pend episodes.
-    let mut pended: HashMap<i64, GroupKey> = HashMap::new();
+    let mut pended: HashMap<i64, usize> = HashMap::new();
     let mut late_ids: Vec<(i64, Window)> = Vec::new();
-    let mut case_groups: HashMap<i64, GroupKey> = HashMap::new();
+    let mut case_groups: HashMap<i64, usize> = HashMap::new();
     // The case's details are read when grouping by one, or when a rule
     // layer is keyed by plan type or state (the window depends on them).
     let keyed = |c: &EscalationConfig| !c.plan_types.is_empty() || !c.states.is_empty();
@@ -460,28 +497,33 @@ pub async fn build(
     let mut zones: HashMap<String, Tz> = HashMap::new();
     ledger
         .report_cases(scope, details, |f| {
-            let key = (f.practice_id.clone(), f.payer.clone(), q.by.map(|d| d.of(&f)));
+            let group = groups.index(
+                &[Some(&f.practice_id), Some(&f.payer), q.by.map(|d| d.of(&f))],
+                Acc::default,
+            );
             let deadline = deadlines.deadline(&f);
-            let tz = *zones
-                .entry(f.practice_id.clone())
-                .or_insert_with(|| practice_tz(settings, &f.practice_id));
+            let tz = match zones.get(f.practice_id.as_str()) {
+                Some(tz) => *tz,
+                None => *zones
+                    .entry(f.practice_id.clone())
+                    .or_insert_with(|| practice_tz(settings, &f.practice_id)),
+            };
             if f.pends > 0 {
-                pended.insert(f.id, key.clone());
+                pended.insert(f.id, group);
             }
             // Grouped, a needs-attention move is placed by its request's
             // group; ungrouped, by its practice and payer alone.
             if q.by.is_some() {
-                case_groups.insert(f.id, key.clone());
+                case_groups.insert(f.id, group);
             }
-            let acc = groups.entry(key).or_default();
-            if add(acc, &f, deadline, scope.as_of, tz) && q.late {
+            if add(groups.get_mut(group), &f, deadline, scope.as_of, tz) && q.late {
                 late_ids.push((f.id, window_for(settings, &f)));
             }
         })
         .await?;
     for p in ledger.report_pends(scope).await? {
-        let Some(key) = pended.get(&p.case_id) else { continue };
-        let acc = groups.get_mut(key).expect("a pended request's group");
+        let Some(&group) = pended.get(&p.case_id) else { continue };
+        let acc = groups.get_mut(group);
         acc.f.pends.episodes += 1;
         match p.end {
             Some(end) => acc.pends.push((end - p.start).num_seconds()),
@@ -489,24 +531,29 @@ pub async fn build(
         }
     }
     for a in ledger.report_attention(scope).await? {
-        let key = match q.by {
-            None => (a.practice_id.clone(), a.payer.clone(), None),
+        let group = match (q.by, case_groups.get(&a.case_id)) {
+            (Some(_), Some(&group)) => group,
+            (None, _) => groups.index(&[Some(&a.practice_id), Some(&a.payer), None], Acc::default),
             // Grouped: a move of a request not submitted in the period has
             // no group of its own; it is counted under "(not in period)".
-            Some(_) => case_groups
-                .get(&a.case_id)
-                .cloned()
-                .unwrap_or_else(|| (a.practice_id.clone(), a.payer.clone(), Some("(not in period)".into()))),
+            (Some(_), None) => groups.index(
+                &[Some(&a.practice_id), Some(&a.payer), Some("(not in period)")],
+                Acc::default,
+            ),
         };
-        let acc = groups.entry(key).or_default();
+        let acc = groups.get_mut(group);
         *acc.attention.entry(attention_reason(a.note.as_deref())).or_default() += 1;
     }
     let year = scope.from.year();
+    // In (practice, payer, group) order.
+    let mut groups = groups.entries;
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = Vec::with_capacity(groups.len());
-    for ((practice, payer, group), acc) in groups {
+    for (key, acc) in groups {
+        let [practice, payer, group]: [Option<String>; 3] = key.try_into().expect("three fields a group");
         let mut f = finish(acc);
-        f.practice = practice;
-        f.payer = payer;
+        f.practice = practice.expect("a practice");
+        f.payer = payer.expect("a payer");
         f.group = group;
         f.published = published::for_payer(published, &f.payer, year).cloned();
         out.push(f);

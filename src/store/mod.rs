@@ -33,6 +33,7 @@ mod report;
 mod requirement;
 mod schema;
 mod slots;
+mod sqlite_read;
 mod subscriptions;
 pub use api::{
     decision_json, ApiToken, ClaimedWebhook, SyncCursor, TokenScope, WebhookDelivery, WebhookOutcome, WEBHOOK_STATUSES,
@@ -110,6 +111,9 @@ pub enum StoreError {
     Corrupt { id: i64, reason: String },
     #[error("ledger: {0}")]
     Db(#[from] sqlx::Error),
+    /// From a read through SQLite's C API (`store::sqlite_read`).
+    #[error("ledger (SQLite error {code}): {message}")]
+    Sqlite { code: i32, message: String },
 }
 
 impl StoreError {

@@ -223,8 +223,16 @@ pub fn report_cases_sql(b: Backend, scope: &ReportScope, details: bool, source: 
     let sql = match source {
         FactsSource::Facts => format!(
             "{facts} UNION ALL {changed} ORDER BY 1",
+            // Read in case order, every row: a report as of now wants
+            // nearly all of them, and SQLite would rather go through
+            // `case_facts_last_at` and fetch each row apart (twice the time,
+            // bench-report); `+` keeps it off the index.
             facts = per_request(&format!(
-                "SELECT f.case_id, {columns} FROM case_facts f WHERE f.last_at <= $3",
+                "SELECT f.case_id, {columns} FROM case_facts f WHERE {last_at} <= $3",
+                last_at = match b {
+                    Backend::Sqlite => "+f.last_at",
+                    Backend::Postgres => "f.last_at",
+                },
                 columns = super::facts::FACT_COLUMNS
                     .split(", ")
                     .map(|c| format!("f.{c}"))
@@ -348,8 +356,10 @@ impl Ledger {
     ) -> Result<(), StoreError> {
         let (sql, args) = report_cases_sql(self.backend, scope, details, source);
         // (An in-memory database is one connection's own: read through the pool.)
-        if self.backend == Backend::Sqlite && super::sqlite_path(&self.url).is_some() {
-            return self.report_cases_on_sqlite(&sql, scope, &args, each).await;
+        if self.backend == Backend::Sqlite {
+            if let Some(path) = super::sqlite_path(&self.url) {
+                return self.report_cases_on_sqlite(path, sql, scope, args, each).await;
+            }
         }
         let mut query = sqlx::query(&sql)
             .bind(super::ts(scope.from))
@@ -365,41 +375,60 @@ impl Ledger {
         Ok(())
     }
 
-    /// [`Ledger::report_cases_of`]'s read on SQLite, through a read-only
-    /// connection of its own with sqlx's SQLite driver itself: a request
-    /// is ~25 values, and the `Any` driver copies each row into a row of
-    /// its own (every text value allocated twice, the column names looked
-    /// up again) — most of a year's report over 100 000 requests
-    /// (bench-report). Rows cross from the driver's thread in batches of
-    /// `ROWS_IN_FLIGHT`, not 50.
+    /// [`Ledger::report_cases_of`]'s read on a SQLite file: through a
+    /// read-only connection of its own, with SQLite's C API on a blocking
+    /// thread (`store::sqlite_read`: a request is ~25 values, and sqlx
+    /// copies each of them across threads — most of a year's report over
+    /// 100 000 requests, bench-report). The rows cross to this task as
+    /// `CaseFacts`, `BATCH` at a time; when `each`'s side stops, the read
+    /// stops at its next batch.
     async fn report_cases_on_sqlite(
         &self,
-        sql: &str,
+        path: std::path::PathBuf,
+        sql: String,
         scope: &ReportScope,
-        args: &[String],
+        args: Vec<String>,
         mut each: impl FnMut(CaseFacts),
     ) -> Result<(), StoreError> {
-        use sqlx::{ConnectOptions as _, Connection as _};
-        const ROWS_IN_FLIGHT: usize = 1024;
-        let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&self.url)?
-            .read_only(true)
-            .row_buffer_size(ROWS_IN_FLIGHT);
-        let mut conn = options.connect().await?;
-        {
-            let mut query = sqlx::query::<sqlx::Sqlite>(sql)
-                .bind(super::ts(scope.from))
-                .bind(super::ts(scope.to))
-                .bind(super::ts(scope.as_of));
-            for a in args {
-                query = query.bind(a.as_str());
+        const BATCH: usize = 1024;
+        let mut binds = vec![super::ts(scope.from), super::ts(scope.to), super::ts(scope.as_of)];
+        binds.extend(args);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<CaseFacts>>(2);
+        let reader = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            let started = std::time::Instant::now();
+            let db = super::sqlite_read::ReadOnly::open(&path)?;
+            let binds: Vec<&str> = binds.iter().map(String::as_str).collect();
+            let (mut batch, mut rows) = (Vec::with_capacity(BATCH), 0usize);
+            db.each_row(&sql, &binds, |row| {
+                batch.push(facts_from_row(row)?);
+                rows += 1;
+                if batch.len() < BATCH {
+                    return Ok(true);
+                }
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                Ok(tx.blocking_send(full).is_ok())
+            })?;
+            if !batch.is_empty() {
+                let _ = tx.blocking_send(batch);
             }
-            let mut rows = query.fetch(&mut conn);
-            while let Some(row) = rows.try_next().await? {
-                each(facts_from_row(&row)?);
-            }
+            tracing::debug!(
+                rows,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "report: requests read"
+            );
+            Ok(())
+        });
+        while let Some(batch) = rx.recv().await {
+            batch.into_iter().for_each(&mut each);
         }
-        conn.close().await?;
-        Ok(())
+        match reader.await {
+            Ok(read) => read,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StoreError::Sqlite {
+                code: 0,
+                message: format!("the report's read did not finish: {e}"),
+            }),
+        }
     }
 
     /// Every pend episode, up to `as_of`, of requests in the scope's
@@ -479,33 +508,41 @@ impl Ledger {
     }
 }
 
-/// A row of the report's query, from either driver: its text and integer
-/// values by column name.
+/// A row of the report's query, from sqlx (`Any`) or from SQLite's C API:
+/// its text and integer values by column name.
 trait ReportRow {
-    fn text(&self, col: &str) -> Result<Option<String>, sqlx::Error>;
-    fn int(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, col: &str) -> Result<Option<i64>, StoreError>;
+    /// A time column, parsed (RFC 3339, as the ledger writes times).
+    fn time(&self, col: &str, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.text(col)?.map(|s| parse_ts(id, &s)).transpose()
+    }
 }
 
 impl ReportRow for AnyRow {
-    fn text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
-        self.try_get(col)
+    fn text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(col)?)
     }
-    fn int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
-        self.try_get(col)
+    fn int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(col)?)
     }
 }
 
-impl ReportRow for sqlx::sqlite::SqliteRow {
-    fn text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
-        self.try_get(col)
+impl ReportRow for super::sqlite_read::Row<'_> {
+    fn text(&self, col: &str) -> Result<Option<String>, StoreError> {
+        super::sqlite_read::Row::text(self, col)
     }
-    fn int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
-        self.try_get(col)
+    fn int(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        super::sqlite_read::Row::int(self, col)
+    }
+    /// Parsed where SQLite keeps the text: no copy.
+    fn time(&self, col: &str, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.with_text(col, |s| parse_ts(id, s))?.transpose()
     }
 }
 
 fn opt_time(row: &impl ReportRow, col: &str, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
-    row.text(col)?.map(|s| parse_ts(id, &s)).transpose()
+    row.time(col, id)
 }
 
 /// A column that may not be NULL.
