@@ -81,11 +81,7 @@ impl World {
     }
 
     fn logins(&self) -> usize {
-        self.sandbox
-            .request_log()
-            .iter()
-            .filter(|e| e.method == "POST" && e.path == "/portal/login")
-            .count()
+        logins(&self.sandbox)
     }
 
     /// Chromium browser processes (one per session) in chromedriver's
@@ -212,4 +208,77 @@ fn idle_close_secs_is_checked_and_defaults_to_five_minutes() {
         .unwrap();
     let err = stderr(&out);
     assert!(err.contains("webdriver.idle_close_secs: invalid type"), "{err}");
+}
+
+/// Chromium browser processes (one per session) with their profile in the
+/// project's data directory.
+fn browsers_of(p: &Project) -> usize {
+    let profiles = p.path("data/run/profiles").display().to_string();
+    super::reaper::processes()
+        .into_iter()
+        .filter(|proc| proc.comm == "chromium")
+        .filter(|proc| {
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", proc.pid)).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains(&format!("--user-data-dir={profiles}")) && !cmdline.contains("--type=")
+        })
+        .count()
+}
+
+/// `idle_close_secs = 0` in the daemon: an account's sessions are closed
+/// when its job ends, so once the submissions are done no browser is left
+/// while the daemon runs on (with the default, each account's stays).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_idle_close_secs_0_the_daemon_keeps_no_browser_between_jobs() {
+    let sandbox = Sandbox::start(SandboxConfig::default_demo(), "127.0.0.1:0")
+        .await
+        .unwrap();
+    let p = Project::new();
+    p.use_sandbox(&sandbox.base_url());
+    for practice in ["lakeside-ortho", "valley-imaging"] {
+        let path = p.path(&format!("config/practices/{practice}.toml"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let head = text.split("[schedules]").next().unwrap();
+        std::fs::write(&path, format!("{head}[schedules]\nsubmit = \"*/2 * * * * *\"\n")).unwrap();
+    }
+    assert!(p.precert(&["cases", "import", "samples/cases.csv"]).status.success());
+    let ledger = Ledger::open(&p.settings().database_url).await.unwrap();
+    let port = super::daemon::free_port();
+    let daemon = super::daemon::start_with(
+        &p,
+        port,
+        false,
+        "daemon",
+        &[("PRECERT__WEBDRIVER__IDLE_CLOSE_SECS", "0")],
+        &[],
+    );
+    super::daemon::until(&daemon, Duration::from_secs(90), "every ready case submitted", || {
+        let ledger = ledger.clone();
+        async move {
+            let cases = ledger.list(&Default::default()).await.unwrap();
+            cases.iter().filter(|c| c.payer_ref.is_some()).count() >= 2
+                && !cases
+                    .iter()
+                    .any(|c| matches!(c.status, CaseStatus::Ready | CaseStatus::Submitting))
+        }
+    })
+    .await;
+    assert!(logins(&sandbox) >= 2, "both accounts logged in");
+    super::reaper::until(Duration::from_secs(10), "no browser left between jobs", || {
+        browsers_of(&p) == 0
+    })
+    .await;
+    daemon.signal(libc::SIGTERM);
+    assert!(daemon.exit(Duration::from_secs(40)).await.success());
+    ledger.close().await;
+    sandbox.shutdown().await;
+}
+
+/// Logins the portal received, from either account.
+fn logins(sandbox: &SandboxHandle) -> usize {
+    sandbox
+        .request_log()
+        .iter()
+        .filter(|e| e.method == "POST" && e.path == "/portal/login")
+        .count()
 }
