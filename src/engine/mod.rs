@@ -362,11 +362,18 @@ impl Engine {
         }
     }
 
-    /// Closes every session and ends chromedriver and its browsers.
-    pub async fn shutdown(&self) {
+    /// Closes every idle session (a reload does this to the engine it
+    /// replaces, whose sessions would otherwise stay beside the new one's
+    /// until its last job ends).
+    pub async fn close_all_idle(&self) {
         for s in self.sessions.take_idle(None) {
             let _ = s.client.close().await;
         }
+    }
+
+    /// Closes every session and ends chromedriver and its browsers.
+    pub async fn shutdown(&self) {
+        self.close_all_idle().await;
         if let Some(driver) = self.driver.lock().await.take() {
             driver.shutdown().await;
         }
