@@ -87,27 +87,17 @@ impl World {
     /// Chromium browser processes (one per session) in chromedriver's
     /// process group.
     async fn browsers(&self) -> usize {
-        let pgid = self.engine.driver_process_group().await.expect("chromedriver runs");
-        super::browser::chromium(pgid)
-            .iter()
-            .filter(|(cmdline, _)| !cmdline.contains("--type="))
-            .count()
+        browsers_in(self.engine.driver_process_group().await.expect("chromedriver runs"))
     }
 
     /// Waits (bounded) until the browser processes number `n`: a closed
     /// session's Chromium takes a moment to exit.
     async fn until_browsers(&self, n: usize) {
         let pgid = self.engine.driver_process_group().await.expect("chromedriver runs");
-        let count = || {
-            super::browser::chromium(pgid)
-                .iter()
-                .filter(|(cmdline, _)| !cmdline.contains("--type="))
-                .count()
-        };
         super::reaper::until(
-            Duration::from_secs(10),
+            Duration::from_secs(30),
             &format!("{n} Chromium browser processes"),
-            || count() == n,
+            || browsers_in(pgid) == n,
         )
         .await;
     }
@@ -208,6 +198,14 @@ fn idle_close_secs_is_checked_and_defaults_to_five_minutes() {
         .unwrap();
     let err = stderr(&out);
     assert!(err.contains("webdriver.idle_close_secs: invalid type"), "{err}");
+}
+
+/// Chromium browser processes (one per session) in a process group.
+fn browsers_in(pgid: i32) -> usize {
+    super::browser::chromium(pgid)
+        .iter()
+        .filter(|(cmdline, _)| !cmdline.contains("--type="))
+        .count()
 }
 
 /// Chromium browser processes (one per session) with their profile in the
