@@ -81,6 +81,14 @@ pub struct LogSettings {
     pub mask_phi: bool,
 }
 
+/// `webdriver.idle_close_secs` when left out: a payer account polled every
+/// few minutes keeps its session; one polled hourly does not hold a browser
+/// in between.
+pub const DEFAULT_IDLE_CLOSE_SECS: u64 = 300;
+
+/// The longest `webdriver.idle_close_secs` accepted (a day).
+const MAX_IDLE_CLOSE_SECS: u64 = 86_400;
+
 #[derive(Clone, Debug)]
 pub struct WebDriverSettings {
     pub chromedriver: PathBuf,
@@ -91,6 +99,9 @@ pub struct WebDriverSettings {
     /// grid's capacity), when capped.
     pub cluster_sessions: Option<u32>,
     pub headless: bool,
+    /// How long a logged-in session may stay idle before the engine closes
+    /// it; zero: the daemon closes an account's sessions when each job ends.
+    pub idle_close: std::time::Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -635,6 +646,20 @@ fn compile_daemon(
             n => n,
         },
         headless: raw.webdriver.headless.unwrap_or(true),
+        idle_close: match raw.webdriver.idle_close_secs {
+            Some(s) if s > MAX_IDLE_CLOSE_SECS => {
+                p.add(
+                    "webdriver.idle_close_secs",
+                    format!(
+                        "{s} is more than {MAX_IDLE_CLOSE_SECS} (a day): an idle browser session holds about half a \
+                         gigabyte; use 0 to close sessions after each job"
+                    ),
+                );
+                std::time::Duration::from_secs(DEFAULT_IDLE_CLOSE_SECS)
+            }
+            Some(s) => std::time::Duration::from_secs(s),
+            None => std::time::Duration::from_secs(DEFAULT_IDLE_CLOSE_SECS),
+        },
     };
     if let Some(url) = &webdriver.remote_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {

@@ -162,6 +162,11 @@ pub struct RawWebDriver {
     pub cluster_sessions: Option<u32>,
     /// Run Chromium headless (default true).
     pub headless: Option<bool>,
+    /// Seconds a logged-in browser session may stay idle before it is
+    /// closed (default 300; at most 86400). An idle session holds about
+    /// half a gigabyte; keeping it saves the next job of the same payer
+    /// account a login. 0 closes an account's sessions when each job ends.
+    pub idle_close_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

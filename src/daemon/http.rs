@@ -475,7 +475,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         &mut out,
         "precert_browser_sessions_open",
         "gauge",
-        "Browser sessions in use.",
+        "Browser sessions open (in use and idle), at most webdriver.max_sessions.",
     );
     let _ = writeln!(
         out,

@@ -606,7 +606,10 @@ async fn reload_config(ctx: &Arc<Ctx>, path: &Path) {
             // The rules may have changed: every `new` case is read again.
             ctx.rules_reloaded.notify_one();
             tracing::info!("Configuration reloaded.");
-            // The old engine's browsers close once its last job is done.
+            // The old engine's idle sessions close now (the new engine opens
+            // its own, within webdriver.max_sessions), the rest of its
+            // browsers once its last job is done.
+            old.engine.close_all_idle().await;
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
                 while Arc::strong_count(&old) > 1 && tokio::time::Instant::now() < deadline {

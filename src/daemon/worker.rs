@@ -248,7 +248,10 @@ pub(super) async fn run_job(ctx: &Ctx, loaded: &Loaded, job: LeasedJob) {
     };
     renewing.cancel();
     let _ = renewer.await;
-    if let (true, Some(pb)) = (browser_slot_held, &playbook) {
+    // A cluster-wide browser slot is given back with no session left open
+    // on the grid; `webdriver.idle_close_secs = 0` keeps none between jobs.
+    let close_sessions = browser_slot_held || loaded.settings.webdriver.idle_close.is_zero();
+    if let (true, Some(pb)) = (close_sessions, &playbook) {
         loaded.engine.close_idle(pb, &job.practice).await;
     }
     release_slots(ctx, &slots).await;

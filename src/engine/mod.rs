@@ -4,8 +4,9 @@
 //! see `api`), and turns what it saw into ledger changes.
 //!
 //! Sessions are reused: one logged-in session per payer account, capped per
-//! payer and globally; a logout is detected and answered by logging in
-//! again. A submission is exactly-once: the intent is recorded right before
+//! payer and globally (in use, and open including idle ones: `sessions`);
+//! idle ones are closed after `webdriver.idle_close_secs`; a logout is
+//! detected and answered by logging in again. A submission is exactly-once: the intent is recorded right before
 //! the click that sends it, and a case found `submitting` with a recorded
 //! intent runs `find_existing` before it may submit again.
 
@@ -16,6 +17,7 @@ mod exec;
 pub(crate) mod fault;
 mod http;
 mod page;
+mod sessions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -230,12 +232,12 @@ impl RunReport {
     }
 }
 
-/// A session taken for one run, with the caps' permits it holds until the
-/// run ends.
+/// A session taken for one run, with its place among the open sessions
+/// (and the caps' permits) until the run ends.
 struct CheckedOut {
-    key: (String, String),
+    key: sessions::Account,
     session: PortalSession,
-    _permits: (tokio::sync::OwnedSemaphorePermit, tokio::sync::OwnedSemaphorePermit),
+    slot: sessions::Slot,
 }
 
 struct PortalSession {
@@ -251,8 +253,10 @@ pub struct Engine {
     ledger: Ledger,
     playbooks: BTreeMap<String, Playbook>,
     driver: Mutex<Option<Driver>>,
-    /// Idle logged-in sessions by payer account (payer, practice).
-    idle: Mutex<HashMap<(String, String), Vec<PortalSession>>>,
+    /// Browser sessions open, idle ones by payer account (playbook,
+    /// practice), within `webdriver.max_sessions`.
+    sessions: Arc<sessions::Pool>,
+    /// Sessions in use, within `webdriver.max_sessions`.
     global: Arc<Semaphore>,
     per_payer: HashMap<String, Arc<Semaphore>>,
     http: reqwest::Client,
@@ -298,13 +302,14 @@ impl Engine {
             .map(|p| (p.id.clone(), Arc::new(Semaphore::new(p.max_sessions as usize))))
             .collect();
         let global = Arc::new(Semaphore::new(settings.webdriver.max_sessions as usize));
+        let sessions = sessions::Pool::new(settings.webdriver.max_sessions, settings.webdriver.idle_close);
         prune_artifacts(&settings);
         Engine {
             playbooks: playbooks.into_iter().map(|p| (p.id.clone(), p)).collect(),
             settings,
             ledger,
             driver: Mutex::new(None),
-            idle: Mutex::new(HashMap::new()),
+            sessions,
             global,
             per_payer,
             http: reqwest::Client::new(),
@@ -322,15 +327,20 @@ impl Engine {
         }
     }
 
-    /// chromedriver's process group, while it runs (tests prove that no
-    /// browser outlives `shutdown`).
-    /// Browser sessions open now: in use plus idle, logged in.
+    /// Browser sessions open now: in use plus idle, logged in. Never more
+    /// than `webdriver.max_sessions`.
     pub async fn sessions_open(&self) -> usize {
-        let idle: usize = self.idle.lock().await.values().map(Vec::len).sum();
-        let in_use = self.settings.webdriver.max_sessions as usize - self.global.available_permits();
-        idle + in_use
+        self.sessions.open()
     }
 
+    /// The number of browser sessions open, as it changes (to wait for a
+    /// count without polling).
+    pub fn watch_sessions_open(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.sessions.watch_open()
+    }
+
+    /// chromedriver's process group, while it runs (tests prove that no
+    /// browser outlives `shutdown`).
     pub async fn driver_process_group(&self) -> Option<i32> {
         self.driver.lock().await.as_ref().and_then(Driver::process_group)
     }
@@ -343,24 +353,27 @@ impl Engine {
     /// cluster-wide cap on browser sessions (`webdriver.cluster_sessions`)
     /// a job does this before it gives its slot back, so that no session
     /// stays open on the grid without a slot.
+    /// `webdriver.idle_close_secs = 0` has the daemon do the same after
+    /// every job.
     pub async fn close_idle(&self, playbook: &str, practice: &str) {
-        let idle = self
-            .idle
-            .lock()
-            .await
-            .remove(&(playbook.to_owned(), practice.to_owned()));
-        for s in idle.into_iter().flatten() {
+        let account = (playbook.to_owned(), practice.to_owned());
+        for s in self.sessions.take_idle(Some(&account)) {
+            let _ = s.client.close().await;
+        }
+    }
+
+    /// Closes every idle session (a reload does this to the engine it
+    /// replaces, whose sessions would otherwise stay beside the new one's
+    /// until its last job ends).
+    pub async fn close_all_idle(&self) {
+        for s in self.sessions.take_idle(None) {
             let _ = s.client.close().await;
         }
     }
 
     /// Closes every session and ends chromedriver and its browsers.
     pub async fn shutdown(&self) {
-        for (_, sessions) in self.idle.lock().await.drain() {
-            for s in sessions {
-                let _ = s.client.close().await;
-            }
-        }
+        self.close_all_idle().await;
         if let Some(driver) = self.driver.lock().await.take() {
             driver.shutdown().await;
         }
@@ -368,7 +381,9 @@ impl Engine {
 
     /// A session on the practice's account at the payer, within the
     /// payer's and the global caps: an idle, logged-in one when there is
-    /// one, else a new browser session.
+    /// one, else a new browser session — after closing the least recently
+    /// used idle sessions of other accounts that would put the sessions
+    /// open above `webdriver.max_sessions`.
     async fn check_out(&self, playbook: &Playbook, practice: &Practice) -> Result<CheckedOut, EngineError> {
         let key = (playbook.id.clone(), practice.id.clone());
         let payer_permit = self
@@ -383,8 +398,15 @@ impl Engine {
             .acquire_owned()
             .await
             .expect("semaphores are never closed");
-        let reused = self.idle.lock().await.get_mut(&key).and_then(Vec::pop);
-        let session = match reused {
+        let taken = self.sessions.take(&key, (payer, global));
+        for s in taken.evicted {
+            tracing::debug!(
+                max_sessions = self.settings.webdriver.max_sessions,
+                "Idle browser session of another account closed to make room."
+            );
+            let _ = s.client.close().await;
+        }
+        let session = match taken.reused {
             Some(s) => s,
             None => PortalSession {
                 client: self.new_client().await?,
@@ -395,7 +417,7 @@ impl Engine {
         Ok(CheckedOut {
             key,
             session,
-            _permits: (payer, global),
+            slot: taken.slot,
         })
     }
 
@@ -607,11 +629,7 @@ impl Engine {
         lease: Option<&SubmitLease>,
         ledger: &Ledger,
     ) -> Result<RunReport, EngineError> {
-        let CheckedOut {
-            key,
-            mut session,
-            _permits,
-        } = self.check_out(playbook, practice).await?;
+        let CheckedOut { key, mut session, slot } = self.check_out(playbook, practice).await?;
         let ctx = self.context(Some(case), practice, binding, playbook)?;
         let mut trace = Trace {
             echo: self.echo,
@@ -657,7 +675,7 @@ impl Engine {
         if report.failure.as_ref().is_some_and(|f| f.kind == FailureKind::Fatal) {
             let _ = session.client.close().await;
         } else {
-            self.idle.lock().await.entry(key).or_default().push(session);
+            self.sessions.give_back(slot, key, session);
         }
         Ok(report)
     }
@@ -952,11 +970,7 @@ impl Engine {
                 "playbook {playbook_id} is an api playbook: its login runs before each action"
             )));
         }
-        let CheckedOut {
-            key,
-            mut session,
-            _permits,
-        } = self.check_out(playbook, practice).await?;
+        let CheckedOut { key, mut session, slot } = self.check_out(playbook, practice).await?;
         let ctx = self.context(None, practice, binding, playbook)?;
         let trace = Trace {
             echo: self.echo,
@@ -977,7 +991,7 @@ impl Engine {
         if result.as_ref().is_err_and(|f| f.kind == FailureKind::Fatal) {
             let _ = session.client.close().await;
         } else {
-            self.idle.lock().await.entry(key).or_default().push(session);
+            self.sessions.give_back(slot, key, session);
         }
         Ok(LoginReport {
             practice: practice.id.clone(),

@@ -21,6 +21,7 @@ fn settings(chromedriver: std::path::PathBuf, chromium: std::path::PathBuf) -> W
         max_sessions: 1,
         cluster_sessions: None,
         headless: true,
+        idle_close: std::time::Duration::from_secs(300),
     }
 }
 
@@ -59,7 +60,7 @@ fn real() -> WebDriverSettings {
 
 /// The running Chromium processes of a group, with their command line and
 /// environment.
-fn chromium(pgid: i32) -> Vec<(String, String)> {
+pub(super) fn chromium(pgid: i32) -> Vec<(String, String)> {
     super::reaper::in_group(pgid)
         .into_iter()
         .filter(|p| p.comm == "chromium")

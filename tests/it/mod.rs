@@ -1,5 +1,6 @@
 mod api_playbook;
 mod browser;
+mod browser_sessions;
 mod cluster;
 mod config;
 mod console;
