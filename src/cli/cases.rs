@@ -104,9 +104,9 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
     // Reading needs no escalation rules (nothing is written that could
     // raise one) and no link key: the plain ledger, opened faster.
     let ledger = match cmd {
-        CasesCommand::Show { .. } | CasesCommand::List { .. } => {
-            crate::store::Ledger::open(&settings.database_url).await?
-        }
+        // One query after another.
+        CasesCommand::Show { .. } => crate::store::Ledger::open_single(&settings.database_url).await?,
+        CasesCommand::List { .. } => crate::store::Ledger::open(&settings.database_url).await?,
         _ => super::escalations::open_ledger(settings, &[]).await?,
     };
     let outcome = match cmd {

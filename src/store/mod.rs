@@ -336,7 +336,22 @@ impl Ledger {
     /// Opens (creating if needed) the ledger and runs pending migrations,
     /// under the migration lock (see [`migrate`]).
     pub async fn open(url: &str) -> Result<Ledger, StoreError> {
-        let (backend, pool) = schema::connect(url).await?;
+        Ledger::open_pooled(url, schema::POOL_CONNECTIONS).await
+    }
+
+    /// A ledger of one connection, for a command that asks a few questions
+    /// one after the other (`precert cases show`). A pool of more would
+    /// open a second connection for the next query while the first goes
+    /// back (sqlx returns a connection by a task of its own, after a ping):
+    /// a SQLite open and its schema read, ~5 ms of a command of ~15. Never
+    /// for a caller that reads a stream while it asks anything else: it
+    /// would wait for itself.
+    pub async fn open_single(url: &str) -> Result<Ledger, StoreError> {
+        Ledger::open_pooled(url, 1).await
+    }
+
+    async fn open_pooled(url: &str, connections: u32) -> Result<Ledger, StoreError> {
+        let (backend, pool) = schema::connect(url, connections).await?;
         if let Err(e) = schema::run_migrations(backend, url, &pool).await {
             pool.close().await;
             return Err(e);

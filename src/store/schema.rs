@@ -97,6 +97,10 @@ fn backend_of(url: &str) -> Result<Backend, StoreError> {
     Backend::from_url(url).ok_or_else(|| StoreError::UnknownUrl { url: redact_url(url) })
 }
 
+/// Connections in a ledger's pool: the daemon's workers, its HTTP
+/// listener and its schedules share them.
+pub(super) const POOL_CONNECTIONS: u32 = 4;
+
 fn install_drivers() {
     static DRIVERS: Once = Once::new();
     DRIVERS.call_once(|| {
@@ -114,8 +118,8 @@ fn install_drivers() {
 }
 
 /// The ledger's connection pool (creating a SQLite file and its private
-/// directory if needed). Does not migrate.
-pub(super) async fn connect(url: &str) -> Result<(Backend, AnyPool), StoreError> {
+/// directory if needed), of at most `connections`. Does not migrate.
+pub(super) async fn connect(url: &str, connections: u32) -> Result<(Backend, AnyPool), StoreError> {
     install_drivers();
     let backend = backend_of(url)?;
     // A ledger file named in `database_url` is created if it does not
@@ -142,7 +146,7 @@ pub(super) async fn connect(url: &str) -> Result<(Backend, AnyPool), StoreError>
         }
     }
     let pool = AnyPoolOptions::new()
-        .max_connections(4)
+        .max_connections(connections)
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 if Backend::of(conn) == Backend::Sqlite {
@@ -306,7 +310,7 @@ async fn applied(backend: Backend, conn: &mut AnyConnection) -> Result<BTreeMap<
 /// Applies pending migrations (as opening the ledger does) and returns
 /// those this call applied: `precert db migrate`.
 pub async fn migrate(url: &str) -> Result<Vec<(i64, &'static str)>, StoreError> {
-    let (backend, pool) = connect(url).await?;
+    let (backend, pool) = connect(url, POOL_CONNECTIONS).await?;
     let done = run_migrations(backend, url, &pool).await;
     pool.close().await;
     done
