@@ -495,37 +495,35 @@ pub async fn build(
         q.by.is_some() || keyed(&settings.escalations) || settings.practices.iter().any(|p| keyed(&p.escalations));
     let mut deadlines = Deadlines::new(settings);
     let mut zones: HashMap<String, Tz> = HashMap::new();
-    // The pend moves and the needs-attention moves are read beside the
-    // requests (other connections of the pool, other cores), and placed
-    // once the requests' groups are known.
-    let requests = ledger.report_cases(scope, details, |f| {
-        let group = groups.index(
-            &[Some(&f.practice_id), Some(&f.payer), q.by.map(|d| d.of(&f))],
-            Acc::default,
-        );
-        let deadline = deadlines.deadline(&f);
-        let tz = match zones.get(f.practice_id.as_str()) {
-            Some(tz) => *tz,
-            None => *zones
-                .entry(f.practice_id.clone())
-                .or_insert_with(|| practice_tz(settings, &f.practice_id)),
-        };
-        if f.pends > 0 {
-            pended.insert(f.id, group);
-        }
-        // Grouped, a needs-attention move is placed by its request's
-        // group; ungrouped, by its practice and payer alone.
-        if q.by.is_some() {
-            case_groups.insert(f.id, group);
-        }
-        if add(groups.get_mut(group), &f, deadline, scope.as_of, tz) && q.late {
-            late_ids.push((f.id, window_for(settings, &f)));
-        }
-    });
-    let (read, pend_moves, attention) =
-        tokio::join!(requests, ledger.report_pends(scope), ledger.report_attention(scope));
-    read?;
-    for p in pend_moves? {
+    ledger
+        .report_cases(scope, details, |f| {
+            let group = groups.index(
+                &[Some(&f.practice_id), Some(&f.payer), q.by.map(|d| d.of(&f))],
+                Acc::default,
+            );
+            let deadline = deadlines.deadline(&f);
+            let tz = match zones.get(f.practice_id.as_str()) {
+                Some(tz) => *tz,
+                None => *zones
+                    .entry(f.practice_id.clone())
+                    .or_insert_with(|| practice_tz(settings, &f.practice_id)),
+            };
+            if f.pends > 0 {
+                pended.insert(f.id, group);
+            }
+            // Grouped, a needs-attention move is placed by its request's
+            // group; ungrouped, by its practice and payer alone.
+            if q.by.is_some() {
+                case_groups.insert(f.id, group);
+            }
+            if add(groups.get_mut(group), &f, deadline, scope.as_of, tz) && q.late {
+                late_ids.push((f.id, window_for(settings, &f)));
+            }
+        })
+        .await?;
+    // (Read after the requests, not beside them: three SQLite readers at
+    // once on two cores took longer than one after another, bench-report.)
+    for p in ledger.report_pends(scope).await? {
         let Some(&group) = pended.get(&p.case_id) else { continue };
         let acc = groups.get_mut(group);
         acc.f.pends.episodes += 1;
@@ -534,7 +532,7 @@ pub async fn build(
             None => acc.f.pends.open += 1,
         }
     }
-    for a in attention? {
+    for a in ledger.report_attention(scope).await? {
         let group = match (q.by, case_groups.get(&a.case_id)) {
             (Some(_), Some(&group)) => group,
             (None, _) => groups.index(&[Some(&a.practice_id), Some(&a.payer), None], Acc::default),

@@ -10,7 +10,10 @@
 //!    the rules) and then with nothing due;
 //! 4. `precert daemon` running the escalation job on a one-second schedule
 //!    for a minute (its first job looks at every open case again): its
-//!    peak resident memory (`VmHWM`) and what it holds at the end.
+//!    peak resident memory (`VmHWM`) and what it holds at the end. With
+//!    `--daemon-minutes N` the job runs on a one-minute schedule for N
+//!    minutes instead (an hour: `--daemon-minutes 60`), its resident set
+//!    sampled every tenth of the run.
 //!
 //! Synthetic data only (`precert_bench::synthetic_csv`), 127.0.0.1 only.
 
@@ -26,7 +29,8 @@ use precert_bench::{ms, synthetic_csv, Project, Samples, Table};
 
 const PRACTICE: &str = "lakeside-ortho";
 
-/// How long the daemon runs its escalation job every second.
+/// How long the daemon runs its escalation job every second (without
+/// `--daemon-minutes`).
 const DAEMON_RUN: Duration = Duration::from_secs(60);
 
 fn mb(kb: u64) -> String {
@@ -83,13 +87,29 @@ fn verdict(ok: bool) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let mut cases: usize = 100_000;
+    // `None`: the job every second for `DAEMON_RUN`; `Some(n)`: every
+    // minute for n minutes.
+    let mut daemon_minutes: Option<u64> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--cases" => cases = args.next().context("--cases N")?.parse().context("--cases N")?,
-            other => anyhow::bail!("unknown argument {other}; usage: bench-scale [--cases N]"),
+            "--daemon-minutes" => {
+                let n: u64 = args
+                    .next()
+                    .context("--daemon-minutes N")?
+                    .parse()
+                    .context("--daemon-minutes N")?;
+                anyhow::ensure!(n > 0, "--daemon-minutes N: at least 1");
+                daemon_minutes = Some(n);
+            }
+            other => anyhow::bail!("unknown argument {other}; usage: bench-scale [--cases N] [--daemon-minutes N]"),
         }
     }
+    let (run, every) = match daemon_minutes {
+        Some(n) => (Duration::from_secs(60 * n), "0 * * * * *"),
+        None => (DAEMON_RUN, "* * * * * *"),
+    };
     let project = Project::new()?;
     let mut table = Table::new(
         &format!("bench-scale: {cases} cases of one practice"),
@@ -220,8 +240,10 @@ async fn main() -> anyhow::Result<()> {
             .split_once("\n[")
             .map(|(_, r)| format!("\n[{r}"))
             .unwrap_or_default();
-        let schedules = "[schedules]\nsubmit = \"0 0 1 1 *\"\npoll = \"0 0 1 1 *\"\nletters = \"0 0 1 1 *\"\n\
-                         escalations = \"* * * * * *\"\ndigest = \"0 0 1 1 *\"\n";
+        let schedules = format!(
+            "[schedules]\nsubmit = \"0 0 1 1 *\"\npoll = \"0 0 1 1 *\"\nletters = \"0 0 1 1 *\"\n\
+             escalations = \"{every}\"\ndigest = \"0 0 1 1 *\"\n"
+        );
         std::fs::write(&path, format!("{head}{schedules}{rest}"))?;
     }
     let ledger = Ledger::open(&settings.database_url).await?;
@@ -239,10 +261,15 @@ async fn main() -> anyhow::Result<()> {
     let pid = child.id();
     let t0 = Instant::now();
     let mut start_rss = None;
-    while t0.elapsed() < DAEMON_RUN {
+    // The resident set at each tenth of the run.
+    let mut along = Vec::new();
+    while t0.elapsed() < run {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if start_rss.is_none() && std::fs::read_to_string(&log)?.contains("Daemon started.") {
             start_rss = Some(status_kb(pid, "VmRSS")?);
+        }
+        if t0.elapsed() >= run.mul_f64((along.len() + 1) as f64 / 10.0) && along.len() < 10 {
+            along.push(status_kb(pid, "VmRSS")?);
         }
     }
     let peak = status_kb(pid, "VmHWM")?;
@@ -264,11 +291,17 @@ async fn main() -> anyhow::Result<()> {
     table.row(vec![
         format!(
             "daemon peak over {jobs} escalation jobs in {} s, VmHWM MB",
-            DAEMON_RUN.as_secs()
+            run.as_secs()
         ),
         mb(peak),
         "< 60".into(),
         verdict(peak < 60 * 1024),
+    ]);
+    table.row(vec![
+        "daemon along the run (each tenth), VmRSS MB".into(),
+        along.iter().map(|kb| mb(*kb)).collect::<Vec<_>>().join(" "),
+        "-".into(),
+        String::new(),
     ]);
     table.row(vec![
         "daemon at the end, VmRSS MB".into(),
