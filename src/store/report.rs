@@ -541,10 +541,6 @@ impl ReportRow for super::sqlite_read::Row<'_> {
     }
 }
 
-fn opt_time(row: &impl ReportRow, col: &str, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
-    row.time(col, id)
-}
-
 /// A column that may not be NULL.
 fn required<T>(value: Option<T>, col: &str, id: i64) -> Result<T, StoreError> {
     value.ok_or_else(|| StoreError::Corrupt {
@@ -566,23 +562,23 @@ fn facts_from_row(row: &impl ReportRow) -> Result<CaseFacts, StoreError> {
             reason: format!("a negative expected amount ({cents} cents)"),
         })?),
     };
-    let submitted_at = opt_time(row, "submitted_at", id)?.ok_or_else(|| StoreError::Corrupt {
+    let submitted_at = row.time("submitted_at", id)?.ok_or_else(|| StoreError::Corrupt {
         id,
         reason: "a reported request without its submission".into(),
     })?;
-    let approved_at = opt_time(row, "approved_at", id)?;
-    let partially_approved_at = opt_time(row, "partial_at", id)?;
+    let approved_at = row.time("approved_at", id)?;
+    let partially_approved_at = row.time("partial_at", id)?;
     let first_decision = [
         (CaseStatus::Approved, approved_at),
         (CaseStatus::PartiallyApproved, partially_approved_at),
-        (CaseStatus::Denied, opt_time(row, "denied_at", id)?),
+        (CaseStatus::Denied, row.time("denied_at", id)?),
     ]
     .into_iter()
     .filter_map(|(s, t)| t.map(|t| (s, t)))
     .min_by_key(|(_, t)| *t);
     let status = row.text("status")?;
     let status = parse_status(id, status.as_deref().unwrap_or("pending"))?;
-    let recorded_deadline = match opt_time(row, "recorded_due", id)? {
+    let recorded_deadline = match row.time("recorded_due", id)? {
         Some(due) => {
             let detail = row.text("recorded_detail")?;
             let window = detail
@@ -620,10 +616,10 @@ fn facts_from_row(row: &impl ReportRow) -> Result<CaseFacts, StoreError> {
         first_decision,
         approved_at,
         partially_approved_at,
-        first_pend_at: opt_time(row, "pend_at", id)?,
+        first_pend_at: row.time("pend_at", id)?,
         pends: count("pends")?,
-        cancelled_at: opt_time(row, "cancelled_at", id)?,
-        appealed_at: opt_time(row, "appealed_at", id)?,
+        cancelled_at: row.time("cancelled_at", id)?,
+        appealed_at: row.time("appealed_at", id)?,
         status,
         has_letter: row.int("has_letter")?.unwrap_or(0) != 0,
         denial_code,
