@@ -541,92 +541,147 @@ async fn execute(ctx: &Ctx, loaded: &Loaded, job: &LeasedJob, sessions: usize) -
     {
         return fold;
     }
-    let mut cases = match work_cases(ctx, job, payer.as_ref(), work).await {
-        Ok(c) => c,
-        Err(e) => {
-            fold.add(store_retry(e));
-            return fold;
-        }
-    };
     let engine = &loaded.engine;
+    // Each case is its own run (its own ledger writes, its own fencing);
+    // a poll's runs go `sessions` at a time, each on a session of its own.
+    let at_once = if action == Action::PollStatus { sessions } else { 1 };
     let worklist = action == Action::PollStatus
-        && cases.len() > 1
         && engine
             .playbook(&playbook_id)
             .is_some_and(|p| p.actions.contains_key(&Action::PollWorklist));
     if worklist {
-        // One pass over the worklist reads every case's status; decided
-        // cases are then read one by one for their details (dates, reason),
-        // and so is every case the worklist did not show (a worklist cut
-        // short at its page cap, a request the list leaves out): every
-        // case is polled.
-        let report = run_one(
-            ctx,
-            engine,
-            Action::PollWorklist,
-            cases[0].id,
-            &payer,
-            &actor,
-            &mut fold,
-        )
-        .await;
-        let seen: Option<std::collections::HashSet<String>> = report
-            .as_ref()
-            .filter(|r| r.failure.is_none())
-            .map(|r| r.observations.iter().filter_map(|o| o.reference.clone()).collect());
-        if let Some(why) = report.as_ref().and_then(|r| r.partial.as_deref()) {
-            tracing::warn!(job_id = job.id, %payer, partial = why, "The worklist was cut short: the cases it did not show are polled one by one.");
-        }
-        let mut next = Vec::new();
-        for c in &cases {
-            match ctx.ledger.get(c.id).await {
-                Ok(now)
-                    if matches!(
-                        now.status,
-                        CaseStatus::Approved | CaseStatus::PartiallyApproved | CaseStatus::Denied
-                    ) =>
-                {
-                    next.push(now)
-                }
-                Ok(now) => {
-                    let unseen = seen
-                        .as_ref()
-                        .is_some_and(|s| now.payer_ref.as_ref().is_some_and(|r| !s.contains(r)));
-                    if unseen && matches!(now.status, CaseStatus::Pending | CaseStatus::PendedForInfo) {
-                        next.push(now);
-                    }
-                }
+        let cases = match work_cases(ctx, job, payer.as_ref(), work).await {
+            Ok(c) => c,
+            Err(e) => {
+                fold.add(store_retry(e));
+                return fold;
+            }
+        };
+        let cases = if cases.len() > 1 {
+            match after_worklist(ctx, engine, job, &cases, &payer, &actor, &mut fold).await {
+                Ok(c) => c,
                 Err(e) => {
                     fold.add(store_retry(e));
                     return fold;
                 }
             }
-        }
-        cases = next;
+        } else {
+            cases
+        };
+        run_cases(ctx, engine, action, cases, at_once, &payer, &actor, &mut fold).await;
+        flush_stamps(engine, &mut fold).await;
+        return fold;
     }
-    // Each case is its own run (its own ledger writes, its own fencing);
-    // a poll's runs go `sessions` at a time, each on a session of its own.
-    let at_once = if action == Action::PollStatus { sessions } else { 1 };
-    let mut runs = futures_util::stream::iter(cases)
-        .map(|c| {
-            let (payer, actor) = (&payer, &actor);
-            async move {
-                // Shutting down: start nothing new; the rest of the job
-                // waits for the next start, with no attempt used.
-                if ctx.stop.is_cancelled() {
-                    return None;
-                }
-                Some((c.id, run_case(ctx, engine, action, c.id, payer, actor).await))
+    // A page of cases at a time, each run starting from the page's record
+    // (`Engine::run_read`): memory is a page's, whatever the practice's size.
+    let mut after = 0;
+    loop {
+        let page = match ctx
+            .ledger
+            .work_page(&job.practice, payer.as_ref(), work, after, PAGE)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                fold.add(store_retry(e));
+                return fold;
             }
+        };
+        let full = page.len() == PAGE;
+        after = page.last().map_or(after, |c| c.id);
+        run_cases(ctx, engine, action, page, at_once, &payer, &actor, &mut fold).await;
+        flush_stamps(engine, &mut fold).await;
+        if !full || ctx.stop.is_cancelled() {
+            return fold;
+        }
+    }
+}
+
+/// The page's "asked, nothing new" stamps, written together; a failure
+/// to write them is the job's to retry.
+async fn flush_stamps(engine: &Engine, fold: &mut Fold) {
+    if let Err(e) = engine.flush_stamps().await {
+        fold.add(Disposition::Retry {
+            reason: e.to_string(),
+            not_before: None,
+            portal_fault: false,
+        });
+    }
+}
+
+/// After one pass over the worklist, which read every case's status: the
+/// cases still to be read one by one — the decided ones, for their details
+/// (dates, reason), and every pending one the worklist did not show (a
+/// worklist cut short at its page cap, a request the list leaves out), so
+/// that every case is polled.
+async fn after_worklist(
+    ctx: &Ctx,
+    engine: &Engine,
+    job: &LeasedJob,
+    cases: &[CaseRecord],
+    payer: &PayerKey,
+    actor: &Actor,
+    fold: &mut Fold,
+) -> Result<Vec<CaseRecord>, crate::store::StoreError> {
+    let report = run_one(ctx, engine, Action::PollWorklist, cases[0].id, payer, actor, fold).await;
+    let seen: Option<std::collections::HashSet<String>> = report
+        .as_ref()
+        .filter(|r| r.failure.is_none())
+        .map(|r| r.observations.iter().filter_map(|o| o.reference.clone()).collect());
+    if let Some(why) = report.as_ref().and_then(|r| r.partial.as_deref()) {
+        tracing::warn!(job_id = job.id, %payer, partial = why, "The worklist was cut short: the cases it did not show are polled one by one.");
+    }
+    let mut next = Vec::new();
+    for c in cases {
+        let now = ctx.ledger.get(c.id).await?;
+        if matches!(
+            now.status,
+            CaseStatus::Approved | CaseStatus::PartiallyApproved | CaseStatus::Denied
+        ) {
+            next.push(now);
+            continue;
+        }
+        let unseen = seen
+            .as_ref()
+            .is_some_and(|s| now.payer_ref.as_ref().is_some_and(|r| !s.contains(r)));
+        if unseen && matches!(now.status, CaseStatus::Pending | CaseStatus::PendedForInfo) {
+            next.push(now);
+        }
+    }
+    Ok(next)
+}
+
+/// Runs `action` on each of `cases`, `at_once` at a time; a shutdown starts
+/// no more of them (the rest wait for the next start, no attempt used).
+#[allow(clippy::too_many_arguments)]
+async fn run_cases(
+    ctx: &Ctx,
+    engine: &Engine,
+    action: Action,
+    cases: Vec<CaseRecord>,
+    at_once: usize,
+    payer: &PayerKey,
+    actor: &Actor,
+    fold: &mut Fold,
+) {
+    let mut runs = futures_util::stream::iter(cases)
+        .map(|c| async move {
+            if ctx.stop.is_cancelled() {
+                return None;
+            }
+            let id = c.id;
+            Some((
+                id,
+                timed(ctx, engine, payer, action, engine.run_read(action, c, actor)).await,
+            ))
         })
         .buffer_unordered(at_once);
     while let Some(ran) = runs.next().await {
         match ran {
-            Some((case_id, report)) => fold_in(&mut fold, action, case_id, &report),
+            Some((case_id, report)) => fold_in(fold, action, case_id, &report),
             None => fold.add(Disposition::Release),
         }
     }
-    fold
 }
 
 async fn run_one(
@@ -652,8 +707,19 @@ async fn run_case(
     payer: &PayerKey,
     actor: &Actor,
 ) -> Result<crate::engine::RunReport, crate::engine::EngineError> {
+    timed(ctx, engine, payer, action, engine.run(action, case_id, actor)).await
+}
+
+/// A run, timed into the metrics, and what it says of the browser's health.
+async fn timed(
+    ctx: &Ctx,
+    engine: &Engine,
+    payer: &PayerKey,
+    action: Action,
+    run: impl std::future::Future<Output = Result<crate::engine::RunReport, crate::engine::EngineError>>,
+) -> Result<crate::engine::RunReport, crate::engine::EngineError> {
     let t0 = Instant::now();
-    let report = engine.run(action, case_id, actor).await;
+    let report = run.await;
     ctx.metrics.run(payer, action.as_str(), t0.elapsed().as_secs_f64());
     match &report {
         Err(crate::engine::EngineError::Browser(e)) => ctx.metrics.health.browser_started(Err(e.to_string())),

@@ -191,7 +191,7 @@ impl Engine {
                     // An earlier run took the case and may have sent it
                     // before it stopped: the payer is asked first, by the
                     // Claim's identifier (the case).
-                    match pas::inquire_case(ledger, &client, &ctx, case, actor).await {
+                    match pas::inquire_case(ledger, &client, &ctx, case, actor, None).await {
                         // The payer never received it: send it now.
                         Err(PasError::Client(ClientError::Rejected { status: 404, .. })) => None,
                         other => Some(other),
@@ -204,7 +204,7 @@ impl Engine {
                     None => pas::submit_owned(ledger, lease, &client, &ctx, case, actor).await,
                 }
             }
-            _ => pas::inquire_case(ledger, &client, &ctx, case, actor).await,
+            _ => pas::inquire_case(ledger, &client, &ctx, case, actor, Some(&self.stamps)).await,
         };
         match result {
             Ok(applied) => {

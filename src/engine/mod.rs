@@ -266,6 +266,9 @@ pub struct Engine {
     tokens: Arc<http::TokenCaches>,
     /// PAS clients (and so their tokens) per binding (practice, payer key).
     pas_clients: Mutex<HashMap<(String, String), Arc<PasClient>>>,
+    /// PAS inquiries that found nothing new, stamped together
+    /// (`flush_stamps`) rather than one write each.
+    stamps: crate::store::PollStamps,
     /// CRD clients (and their tokens, their discovered service) per binding.
     crd_clients: Mutex<HashMap<(String, String), Arc<crate::crd::CrdClient>>>,
     pub echo: bool,
@@ -320,6 +323,7 @@ impl Engine {
                 .unwrap_or_default(),
             tokens: Arc::default(),
             pas_clients: Mutex::new(HashMap::new()),
+            stamps: crate::store::PollStamps::default(),
             crd_clients: Mutex::new(HashMap::new()),
             echo: false,
             dry_run: false,
@@ -485,6 +489,32 @@ impl Engine {
     /// Runs `action` for a case, end to end: session, login, steps, ledger.
     pub async fn run(&self, action: Action, case_id: i64, actor: &Actor) -> Result<RunReport, EngineError> {
         let case = self.ledger.get(case_id).await?;
+        let report = self.run_read(action, case, actor).await;
+        self.flush_stamps().await?;
+        report
+    }
+
+    /// Writes the "asked, nothing new" stamps of runs since the last flush
+    /// ([`Engine::run_read`] leaves them to its caller; [`Engine::run`]
+    /// writes them before it returns).
+    pub async fn flush_stamps(&self) -> Result<u64, EngineError> {
+        Ok(self.stamps.flush(&self.ledger).await?)
+    }
+
+    /// [`Engine::run`] on a case its caller has just read (a job's page of
+    /// cases): an API run starts from that record, one read fewer per
+    /// call; a browser run reads the case again first, because a page of
+    /// browser runs takes minutes and the case may have moved meanwhile.
+    /// Either way every write checks the status it moves from in its own
+    /// transaction. A PAS inquiry that finds nothing new is stamped on the
+    /// case at the next [`Engine::flush_stamps`].
+    pub async fn run_read(&self, action: Action, case: CaseRecord, actor: &Actor) -> Result<RunReport, EngineError> {
+        let (_, _, playbook) = self.binding(&case)?;
+        let case = if playbook.channel == Channel::Web {
+            self.ledger.get(case.id).await?
+        } else {
+            case
+        };
         let (practice, binding, playbook) = self.binding(&case)?;
         if action == Action::Login && playbook.channel == Channel::Web {
             // A login touches no case: the case only names the account.

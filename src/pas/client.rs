@@ -217,7 +217,7 @@ impl PasClient {
     /// `POST Claim/$submit`: the response Bundle (first entry ClaimResponse).
     /// Sent once: a 5xx or a timeout may hide a request that arrived, so it
     /// is returned for the caller to ask (`$inquire`) before sending again.
-    pub async fn submit(&self, bundle: &Value) -> Result<Value, ClientError> {
+    pub async fn submit(&self, bundle: &impl serde::Serialize) -> Result<Value, ClientError> {
         self.post_fhir_with("Claim/$submit", bundle, false).await
     }
 
@@ -227,7 +227,7 @@ impl PasClient {
     }
 
     /// `POST Claim/$inquire`: the current answer to an earlier request.
-    pub async fn inquire(&self, bundle: &Value) -> Result<Value, ClientError> {
+    pub async fn inquire(&self, bundle: &impl serde::Serialize) -> Result<Value, ClientError> {
         self.post_fhir("Claim/$inquire", bundle).await
     }
 
@@ -254,13 +254,21 @@ impl PasClient {
         finish(&url, status, &headers, &bytes).map(|_| ())
     }
 
-    async fn post_fhir(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+    async fn post_fhir(&self, path: &str, body: &impl serde::Serialize) -> Result<Value, ClientError> {
         self.post_fhir_with(path, body, true).await
     }
 
-    async fn post_fhir_with(&self, path: &str, body: &Value, resend_on_5xx: bool) -> Result<Value, ClientError> {
+    /// `body` is written as JSON once, straight from its types (a Bundle
+    /// is not built as a `Value` first), and sent as is on every attempt.
+    async fn post_fhir_with(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        resend_on_5xx: bool,
+    ) -> Result<Value, ClientError> {
         let url = format!("{}/{path}", self.endpoint.fhir_base);
-        let text = body.to_string();
+        let text = serde_json::to_vec(body)
+            .map_err(|e| ClientError::Config(format!("the request to {url} cannot be written as JSON: {e}")))?;
         let mut renewed = false;
         loop {
             let token = self.token().await?;

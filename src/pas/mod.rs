@@ -28,7 +28,7 @@ pub use outcome::{ItemDecision, Outcome, ReviewAction};
 pub use retry::RetryPolicy;
 
 use crate::case::{CaseRecord, CaseStatus};
-use crate::store::{Actor, EventKind, Ledger, StoreError};
+use crate::store::{Actor, EventKind, Ledger, PollStamps, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -111,7 +111,7 @@ pub async fn submit_owned(
         .record_intent(lease, actor, &json!({ "action": "submit", "channel": "pas" }))
         .await?;
     crate::engine::fault::at_intent();
-    let body = bundle.to_json();
+    let body = bundle.fhir();
     let max = client.policy().max_attempts.max(1);
     let mut attempt = 1;
     let answer = loop {
@@ -125,7 +125,7 @@ pub async fn submit_owned(
             break sent;
         }
         // Did it arrive? Ask before sending again.
-        match client.inquire(&inquiry_bundle(&case.data, ctx).to_json()).await {
+        match client.inquire(&inquiry_bundle(&case.data, ctx).fhir()).await {
             Ok(v) => break Ok(v),
             Err(ClientError::Rejected { status: 404, .. }) if attempt < max => {
                 tracing::warn!(
@@ -175,7 +175,7 @@ pub async fn submit_owned(
         }
     };
     match outcome {
-        Ok(outcome) => apply(ledger, case, from, outcome, actor).await,
+        Ok(outcome) => apply(ledger, case, from, outcome, actor, None).await,
         Err(e) => {
             let note = format!("the payer's answer to $submit: {e}");
             ledger
@@ -189,28 +189,34 @@ pub async fn submit_owned(
 /// Asks the payer for the current answer (`Claim/$inquire`) and records it.
 /// The PAS guide wants this for occasional reconciliation, not as a poll
 /// loop: pended requests are followed by notification.
+///
+/// With `stamps`, an answer that says nothing new is stamped there, for
+/// its caller to write with others; without, at once.
 pub async fn inquire_case(
     ledger: &Ledger,
     client: &PasClient,
     ctx: &Context<'_>,
     case: &CaseRecord,
     actor: &Actor,
+    stamps: Option<&PollStamps>,
 ) -> Result<Applied, PasError> {
-    let answer = client.inquire(&inquiry_bundle(&case.data, ctx).to_json()).await?;
+    let answer = client.inquire(&inquiry_bundle(&case.data, ctx).fhir()).await?;
     let outcome = decode(&answer)?;
-    apply(ledger, case, case.status, outcome, actor).await
+    apply(ledger, case, case.status, outcome, actor, stamps).await
 }
 
 /// Records an answer on a case that is now in `from`: the payer's
 /// reference when the answer names one the case lacks, the decision when
 /// there is one, the status the answer implies, or needs_attention (with
-/// why) when that status cannot follow `from`.
+/// why) when that status cannot follow `from`. Nothing new is stamped on
+/// the case (`last_polled_at`), through `stamps` when given.
 pub async fn apply(
     ledger: &Ledger,
     case: &CaseRecord,
     from: CaseStatus,
     outcome: Outcome,
     actor: &Actor,
+    stamps: Option<&PollStamps>,
 ) -> Result<Applied, PasError> {
     let done = |to, recorded, outcome| Applied {
         from,
@@ -273,7 +279,12 @@ pub async fn apply(
     if from == to {
         // Nothing new (still pending): a timestamp on the case, no event
         // (the timeline records changes).
-        ledger.mark_polled(case.id, to).await?;
+        match stamps {
+            Some(s) => s.push(case.id, to, ledger.now()),
+            None => {
+                ledger.mark_polled(case.id, to).await?;
+            }
+        }
         return Ok(done(to, false, outcome));
     }
     if from.can_move_to(to) {

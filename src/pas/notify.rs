@@ -263,7 +263,7 @@ async fn receive(
         now: rx.ledger.now(),
     };
     let actor = Actor::job("pas-notify", case.id);
-    match inquire_case(&rx.ledger, &hook.client, &ctx, &case, &actor).await {
+    match inquire_case(&rx.ledger, &hook.client, &ctx, &case, &actor, None).await {
         Ok(applied) => {
             tracing::info!(case = %case.key(), to = %applied.to, "PAS notification handled.");
             let _ = rx.handled.send(Handled {

@@ -19,19 +19,25 @@ const TAX_ID_SYSTEM: &str = "urn:oid:2.16.840.1.113883.4.4";
 
 /// A UUID (version 5 layout) from the case's key and a resource's role.
 pub(super) fn uuid(case: &CaseData, role: &str) -> String {
-    let h = Sha256::digest(format!("{}/{}/{role}", case.practice_id, case.case_ref));
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut h = Sha256::new();
+    for part in [case.practice_id.as_str(), "/", case.case_ref.as_str(), "/", role] {
+        h.update(part.as_bytes());
+    }
+    let h = h.finalize();
     let mut b: [u8; 16] = h[..16].try_into().expect("16 bytes");
     b[6] = (b[6] & 0x0f) | 0x50;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+    // 8-4-4-4-12 hex digits.
+    let mut id = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            id.push('-');
+        }
+        id.push(char::from(HEX[usize::from(x >> 4)]));
+        id.push(char::from(HEX[usize::from(x & 0x0f)]));
+    }
+    id
 }
 
 /// The Bundle's entries as they are added.

@@ -40,6 +40,12 @@ struct Tagged<'a> {
 }
 
 impl Bundle {
+    /// The Bundle as FHIR JSON writes it (`resourceType` first), to
+    /// serialise straight into a request body.
+    pub fn fhir(&self) -> impl Serialize + '_ {
+        self.tagged()
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self.tagged()).expect("a bundle serialises")
     }

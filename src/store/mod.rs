@@ -281,6 +281,33 @@ pub struct Ledger {
 /// microseconds (`2026-12-01T15:00:00.000000Z`), one fixed width, so times
 /// compare and sort as text (byte order; PostgreSQL's columns are `"C"`).
 /// The queue stores its times the same way, through this function.
+/// "Asked, nothing new" stamps a poll gathers and writes together
+/// ([`Ledger::mark_polled_many`]) rather than one statement per inquiry.
+/// A stamp only says when the payer was last asked; one lost to a crash
+/// before its flush makes the case look asked earlier, and loses no
+/// decision (answers that change a case are written at once).
+#[derive(Debug, Default)]
+pub struct PollStamps {
+    pending: std::sync::Mutex<Vec<(i64, CaseStatus, DateTime<Utc>)>>,
+}
+
+impl PollStamps {
+    /// The case `id` was asked about at `at`, in `status`, and the payer
+    /// said nothing new.
+    pub fn push(&self, id: i64, status: CaseStatus, at: DateTime<Utc>) {
+        self.pending.lock().expect("stamps lock").push((id, status, at));
+    }
+
+    /// Writes every stamp gathered so far; how many cases were stamped.
+    pub async fn flush(&self, ledger: &Ledger) -> Result<u64, StoreError> {
+        let taken = std::mem::take(&mut *self.pending.lock().expect("stamps lock"));
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        ledger.mark_polled_many(&taken).await
+    }
+}
+
 pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
@@ -842,6 +869,36 @@ impl Ledger {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Many "asked, nothing new" stamps at once (a poll's page of them,
+    /// see [`PollStamps`]): one statement per 300 cases of a status, each
+    /// case stamped with its own time, and only while it is still in the
+    /// status it was asked in. How many cases were stamped.
+    pub async fn mark_polled_many(&self, stamps: &[(i64, CaseStatus, DateTime<Utc>)]) -> Result<u64, StoreError> {
+        let mut done = 0;
+        for status in CaseStatus::ALL {
+            let of_status: Vec<_> = stamps.iter().filter(|(_, s, _)| *s == status).collect();
+            for chunk in of_status.chunks(300) {
+                let mut at = String::from("CASE id");
+                let mut ids = Vec::with_capacity(chunk.len());
+                for i in 0..chunk.len() {
+                    let (id, t) = (2 * i + 2, 2 * i + 3);
+                    at.push_str(&format!(" WHEN ${id} THEN ${t}"));
+                    ids.push(format!("${id}"));
+                }
+                let sql = format!(
+                    "UPDATE cases SET last_polled_at = {at} END WHERE status = $1 AND id IN ({})",
+                    ids.join(", ")
+                );
+                let mut q = sqlx::query(&sql).bind(status.as_str());
+                for (id, _, t) in chunk {
+                    q = q.bind(*id).bind(ts(*t));
+                }
+                done += q.execute(&self.pool).await?.rows_affected();
+            }
+        }
+        Ok(done)
     }
 
     /// When the payer was last asked about the case and said nothing new.

@@ -128,7 +128,11 @@ async fn three_daemons_on_one_postgresql_submit_and_mail_each_thing_once_though_
     // The PAS payer allows one session at once — across the cluster.
     let pb = p.path("playbooks/sandbox-pas.yaml");
     let text = std::fs::read_to_string(&pb).unwrap();
-    std::fs::write(&pb, text.replacen("  api: pas\n", "  api: pas\n  max_sessions: 1\n", 1)).unwrap();
+    assert!(
+        text.contains("  max_sessions: 4\n"),
+        "the shipped PAS playbook allows 4 at once"
+    );
+    std::fs::write(&pb, text.replacen("  max_sessions: 4\n", "  max_sessions: 1\n", 1)).unwrap();
     p.write("samples/cluster.csv", &cases_csv(&p));
     let out = p
         .command(&["cases", "import", "samples/cluster.csv"])

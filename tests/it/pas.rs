@@ -583,6 +583,7 @@ async fn a_pended_knee_replacement_is_read_again_by_inquire_once_decided() {
         &payer.ctx("lakeside-ortho"),
         &case,
         &Actor::user("test"),
+        None,
     )
     .await
     .unwrap();
@@ -596,6 +597,7 @@ async fn a_pended_knee_replacement_is_read_again_by_inquire_once_decided() {
         &payer.ctx("lakeside-ortho"),
         &case,
         &Actor::user("test"),
+        None,
     )
     .await
     .unwrap();
