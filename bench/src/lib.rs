@@ -203,17 +203,58 @@ impl Project {
         self.path("config/precert.toml")
     }
 
-    /// Points every practice's `sandbox` payer at a running sandbox.
+    /// Points every practice's `sandbox` and `sandbox-pas` payers at a running
+    /// sandbox.
     pub fn use_sandbox(&self, base_url: &str) -> anyhow::Result<()> {
         for practice in ["lakeside-ortho", "valley-imaging"] {
             let path = self.path(&format!("config/practices/{practice}.toml"));
             let text = std::fs::read_to_string(&path)?;
-            let text = text.replacen(
-                "[payers.sandbox]\n",
-                &format!("[payers.sandbox]\nbase_url = \"{base_url}\"\n"),
-                1,
-            );
+            let mut text = text;
+            for table in ["[payers.sandbox]\n", "[payers.sandbox-pas]\n"] {
+                text = text.replacen(table, &format!("{table}base_url = \"{base_url}\"\n"), 1);
+            }
             std::fs::write(&path, text)?;
+        }
+        Ok(())
+    }
+
+    /// A practice `id` (the sample practice's NPI and people) whose payer
+    /// `sandbox` is bound to the PAS playbook at `base`, client `lakeside-pas`,
+    /// with `schedules` (the body of its `[schedules]` table).
+    pub fn pas_practice(&self, id: &str, base: &str, schedules: &str) -> anyhow::Result<()> {
+        let template = std::fs::read_to_string(Path::new(REPO).join("config/practices/lakeside-ortho.toml"))?;
+        let head = template
+            .split("[payers.sandbox]")
+            .next()
+            .filter(|h| h.len() < template.len())
+            .ok_or_else(|| anyhow::anyhow!("the sample practice has no [payers.sandbox]"))?
+            .replacen("id = \"lakeside-ortho\"", &format!("id = \"{id}\""), 1)
+            .replacen("timezone = \"America/Chicago\"", "timezone = \"UTC\"", 1);
+        std::fs::write(
+            self.path(&format!("config/practices/{id}.toml")),
+            format!(
+                "{head}[payers.sandbox]\nplaybook = \"sandbox-pas\"\nbase_url = \"{base}\"\n\
+                 account = {{ client_id = \"lakeside-pas\" }}\n\
+                 secrets.client_secret = {{ env = \"LAKESIDE_SANDBOX_CLIENT_SECRET\" }}\n\n[schedules]\n{schedules}"
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Every practice of the project (the samples included) with `schedules`
+    /// (the body of its `[schedules]` table), the rest of its file kept.
+    pub fn set_schedules(&self, schedules: &str) -> anyhow::Result<()> {
+        for e in std::fs::read_dir(self.path("config/practices"))? {
+            let path = e?.path();
+            let text = std::fs::read_to_string(&path)?;
+            let Some((head, tail)) = text.split_once("[schedules]") else {
+                anyhow::bail!("{}: no [schedules]", path.display());
+            };
+            let rest = tail
+                .split_once("\n[")
+                .map(|(_, r)| format!("\n[{r}"))
+                .unwrap_or_default();
+            std::fs::write(&path, format!("{head}[schedules]\n{schedules}{rest}"))?;
         }
         Ok(())
     }
@@ -299,4 +340,39 @@ pub fn synthetic_csv(n: usize) -> String {
         );
     }
     out
+}
+
+/// The body of a `[schedules]` table where only submit and poll fire
+/// (every other job on 1 January, 00:00).
+pub fn schedules(submit: &str, poll: &str) -> String {
+    let never = "0 0 1 1 *";
+    format!(
+        "submit = \"{submit}\"\npoll = \"{poll}\"\nletters = \"{never}\"\nescalations = \"{never}\"\ndigest = \"{never}\"\n"
+    )
+}
+
+/// `n` synthetic brain-MRI requests (CPT 70553, which no sandbox scenario
+/// decides, so they stay pending) spread over the practices `pas-0` ..
+/// `pas-{practices - 1}`: `synthetic_csv` with those practices and services.
+pub fn pas_csv(n: usize, practices: usize) -> anyhow::Result<String> {
+    let mut csv = String::with_capacity(n * 400);
+    for (i, line) in synthetic_csv(n).lines().enumerate() {
+        if i == 0 {
+            csv.push_str(line);
+        } else {
+            let row = line.replacen("lakeside-ortho,", &format!("pas-{},", (i - 1) % practices), 1);
+            let mut cells: Vec<String> = row.split(',').map(str::to_owned).collect();
+            // service_lines, diagnoses, setting — after the quoted provider name's comma.
+            let at = cells
+                .iter()
+                .position(|c| c.contains('*'))
+                .ok_or_else(|| anyhow::anyhow!("row {i}: no service line"))?;
+            cells[at] = "70553*1".into();
+            cells[at + 1] = "R51.9".into();
+            cells[at + 4] = "outpatient".into();
+            csv.push_str(&cells.join(","));
+        }
+        csv.push('\n');
+    }
+    Ok(csv)
 }

@@ -21,7 +21,7 @@ use chrono::{Timelike as _, Utc};
 use precert::config::Job;
 use precert::queue::{LeaseFilter, NewJob, Queue};
 use precert::store::Ledger;
-use precert_bench::{synthetic_csv, Project, Table};
+use precert_bench::{pas_csv, schedules, synthetic_csv, Project, Table};
 use sqlx::Connection as _;
 
 const JOBS: usize = 4_000;
@@ -241,38 +241,9 @@ async fn queue_and_import(admin: &str) -> anyhow::Result<()> {
 
 /// The sample practice `lakeside-ortho` as practice `id`, in UTC, with its
 /// `sandbox` payer bound to the PAS playbook at `base`, and `schedules`.
-fn pas_practice(p: &Project, id: &str, base: &str, schedules: &str) -> anyhow::Result<()> {
-    let template = std::fs::read_to_string(
-        std::path::Path::new(precert_bench::REPO).join("config/practices/lakeside-ortho.toml"),
-    )?;
-    let head = template
-        .split("[payers.sandbox]")
-        .next()
-        .context("the sample practice has no [payers.sandbox]")?
-        .replacen("id = \"lakeside-ortho\"", &format!("id = \"{id}\""), 1)
-        .replacen("timezone = \"America/Chicago\"", "timezone = \"UTC\"", 1);
-    std::fs::write(
-        p.path(&format!("config/practices/{id}.toml")),
-        format!(
-            "{head}[payers.sandbox]\nplaybook = \"sandbox-pas\"\nbase_url = \"{base}\"\n\
-             account = {{ client_id = \"lakeside-pas\" }}\n\
-             secrets.client_secret = {{ env = \"LAKESIDE_SANDBOX_CLIENT_SECRET\" }}\n\n[schedules]\n{schedules}"
-        ),
-    )?;
-    Ok(())
-}
-
-/// Every job but the named ones never fires (1 January, 00:00).
-fn schedules(submit: &str, poll: &str) -> String {
-    let never = "0 0 1 1 *";
-    format!(
-        "submit = \"{submit}\"\npoll = \"{poll}\"\nletters = \"{never}\"\nescalations = \"{never}\"\ndigest = \"{never}\"\n"
-    )
-}
-
 fn write_practices(p: &Project, base: &str, schedules: &str) -> anyhow::Result<()> {
     for k in 0..POLL_PRACTICES {
-        pas_practice(p, &format!("pas-{k}"), base, schedules)?;
+        p.pas_practice(&format!("pas-{k}"), base, schedules)?;
     }
     Ok(())
 }
@@ -360,22 +331,7 @@ async fn pas_poll(admin: &str) -> anyhow::Result<()> {
 
     // 20 000 cases over 8 practices, each a brain MRI (70553), which no
     // sandbox scenario decides.
-    let mut csv = String::new();
-    for (i, line) in synthetic_csv(POLL_CASES).lines().enumerate() {
-        if i == 0 {
-            csv.push_str(line);
-        } else {
-            let row = line.replacen("lakeside-ortho,", &format!("pas-{},", i % POLL_PRACTICES), 1);
-            let mut cells: Vec<String> = row.split(',').map(str::to_owned).collect();
-            // service_lines, diagnoses, setting — after the quoted provider name's comma.
-            let at = cells.iter().position(|c| c.contains('*')).context("a service line")?;
-            cells[at] = "70553*1".into();
-            cells[at + 1] = "R51.9".into();
-            cells[at + 4] = "outpatient".into();
-            csv.push_str(&cells.join(","));
-        }
-        csv.push('\n');
-    }
+    let csv = pas_csv(POLL_CASES, POLL_PRACTICES)?;
     let file = p.path("samples/pas-poll.csv");
     std::fs::write(&file, csv)?;
     write_practices(&p, &base, &schedules("*/2 * * * * *", "0 0 1 1 *"))?;

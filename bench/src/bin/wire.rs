@@ -96,8 +96,12 @@ fn main() -> anyhow::Result<()> {
         // SAFETY: set before the runtime starts any thread.
         unsafe { std::env::set_var(k, v) };
     }
+    // `--worklist`: only the worklist figure (the per-case ways and the
+    // peer take minutes at 1 000 requests).
+    let only_worklist = std::env::args().any(|a| a == "--worklist");
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
+        .filter(|a| a != "--worklist")
         .map(|a| a.parse())
         .collect::<Result<_, _>>()
         .map_err(|e| anyhow::anyhow!("sizes are numbers: {e}"))?;
@@ -110,7 +114,7 @@ fn main() -> anyhow::Result<()> {
             for n in sizes {
                 let w = world(n).await?;
                 for latency in [0u64, 50] {
-                    let result = measure(&w, latency).await;
+                    let result = measure(&w, latency, only_worklist).await;
                     if let Err(e) = result {
                         eprintln!("{n} requests at {latency} ms: {e:#}");
                     }
@@ -260,7 +264,7 @@ fn scaled(mut f: Figure, browsed: usize, n: usize) -> Figure {
     f
 }
 
-async fn measure(w: &World, latency: u64) -> anyhow::Result<()> {
+async fn measure(w: &World, latency: u64, only_worklist: bool) -> anyhow::Result<()> {
     let n = w.ids.len();
     w.sandbox
         .set_hazards(HazardsPatch {
@@ -271,18 +275,22 @@ async fn measure(w: &World, latency: u64) -> anyhow::Result<()> {
     let mut figures = Vec::new();
     let browsed = n.min(BROWSER_MAX);
     let mut fetch = Vec::new();
-    for sessions in [1, 2] {
+    for sessions in [1, 2].into_iter().filter(|_| !only_worklist) {
         let b = poll(w, &w.browsing, "per case, browser", &w.ids[..browsed], sessions).await?;
         figures.push(scaled(b, browsed, n));
         let f = poll(w, &w.fetching, "per case, fetch", &w.ids, sessions).await?;
         fetch.push(f.wall);
         figures.push(f);
     }
-    let peer = match robot(w, browsed).await {
-        Ok(f) => Some(scaled(f, browsed, n)),
-        Err(e) => {
-            eprintln!("Robot Framework peer not measured: {e:#}");
-            None
+    let peer = if only_worklist {
+        None
+    } else {
+        match robot(w, browsed).await {
+            Ok(f) => Some(scaled(f, browsed, n)),
+            Err(e) => {
+                eprintln!("Robot Framework peer not measured: {e:#}");
+                None
+            }
         }
     };
     let engine = w.engine(&w.fetching, 1);
