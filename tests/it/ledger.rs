@@ -439,3 +439,52 @@ async fn a_pas_subscription_is_claimed_by_one_daemon_replaced_once_and_removed_o
     ledger.forget_subscription(route, "b-2").await.unwrap();
     assert!(ledger.subscriptions().await.unwrap().is_empty());
 }
+
+both_backends!(
+    #[tokio::test]
+    stamps_written_together_mark_each_case_still_in_its_status_with_its_own_time
+);
+async fn stamps_written_together_mark_each_case_still_in_its_status_with_its_own_time(backend: Backend) {
+    let (db, ledger, _) = imported(backend).await;
+    let actor = Actor::user("test");
+    let mut ids = Vec::new();
+    for case in ["LO-2026-1001", "LO-2026-1002", "LO-2026-1003"] {
+        let id = ledger.find("lakeside-ortho", case).await.unwrap().unwrap().id;
+        ledger
+            .transition(id, CaseStatus::Submitting, &actor, None)
+            .await
+            .unwrap();
+        ledger.transition(id, CaseStatus::Pending, &actor, None).await.unwrap();
+        ids.push(id);
+    }
+    let events: Vec<usize> = futures_util::future::join_all(ids.iter().map(|id| ledger.events(*id)))
+        .await
+        .into_iter()
+        .map(|e| e.unwrap().len())
+        .collect();
+    let t = |s| Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, s).unwrap();
+    let stamps = precert::store::PollStamps::default();
+    for (i, id) in ids.iter().enumerate() {
+        stamps.push(*id, CaseStatus::Pending, t(i as u32));
+    }
+    // The third moved on before the stamps were written: it keeps none.
+    ledger
+        .transition(ids[2], CaseStatus::Approved, &actor, None)
+        .await
+        .unwrap();
+    assert_eq!(stamps.flush(&ledger).await.unwrap(), 2);
+    assert_eq!(ledger.last_polled(ids[0]).await.unwrap(), Some(t(0)));
+    assert_eq!(ledger.last_polled(ids[1]).await.unwrap(), Some(t(1)));
+    assert_eq!(ledger.last_polled(ids[2]).await.unwrap(), None);
+    // Nothing was left to write, and a stamp is no event.
+    assert_eq!(stamps.flush(&ledger).await.unwrap(), 0);
+    for (id, before) in ids[..2].iter().zip(&events) {
+        assert_eq!(ledger.events(*id).await.unwrap().len(), *before);
+    }
+    // More than one statement's worth (300 a statement): the two cases
+    // are stamped by each of the three.
+    let many: Vec<_> = (0..650).map(|k| (ids[k % 2], CaseStatus::Pending, t(10))).collect();
+    assert_eq!(ledger.mark_polled_many(&many).await.unwrap(), 6);
+    assert_eq!(ledger.last_polled(ids[1]).await.unwrap(), Some(t(10)));
+    drop(db);
+}
