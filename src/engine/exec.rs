@@ -1404,6 +1404,7 @@ impl<'a> Interp<'a> {
                     previous.clone().map_or(Value::Null, Value::String),
                     json!(wait_ms),
                     next_css.clone(),
+                    json!(max_pages.saturating_sub(page + 1)),
                 ];
                 let Some(v) = self.page_script(step, ROWS_JS, args).await? else {
                     if tokio::time::Instant::now() >= deadline {
@@ -1442,7 +1443,7 @@ impl<'a> Interp<'a> {
                 }
                 out.push(Value::Object(m));
             }
-            page += 1;
+            page += read.pages.max(1);
             let Some(link) = read.next else { break };
             if page >= max_pages {
                 let note = format!(
@@ -1598,6 +1599,9 @@ struct PageRows {
     #[serde(default)]
     waiting: bool,
     next: Option<NextPage>,
+    /// Pages whose rows are in `rows`: this one and those read ahead.
+    #[serde(default)]
+    pages: u32,
 }
 
 #[derive(serde::Deserialize)]
@@ -1793,41 +1797,82 @@ if (now !== null) {
 /// Reads a table in the page and waits for it without polling (see
 /// `Interp::read_rows`). Arguments: row selector, cell selectors, stop
 /// conditions, empty conditions, the previous first row (or null), the
-/// wait in ms, the next-page selector (or null); the last is WebDriver's
-/// callback.
+/// wait in ms, the next-page selector (or null), how many more pages it may
+/// read ahead; the last is WebDriver's callback. Answers the rows of this
+/// page and of the pages it read ahead (`pages` of them), and the next
+/// page still to open.
 const ROWS_JS: &str = concat!(
     r#"
-const [rowCss, cellCss, stops, empties, previous, waitMs, nextCss, done] = arguments;
+const [rowCss, cellCss, stops, empties, previous, waitMs, nextCss, ahead, answer] = arguments;
+const started = Date.now();
 const text = (el) => (el ? el.textContent.replace(/\s+/g, ' ').trim() : '');
-const holds = (c) => {
-  if ('present' in c) return document.querySelector(c.present) !== null;
-  if ('absent' in c) return document.querySelector(c.absent) === null;
-  if ('text' in c) return (document.body ? document.body.innerText : '').includes(c.text);
-  if ('url' in c) return location.href.includes(c.url);
+const holdsIn = (doc, url, c) => {
+  if ('present' in c) return doc.querySelector(c.present) !== null;
+  if ('absent' in c) return doc.querySelector(c.absent) === null;
+  if ('text' in c) {
+    const body = doc.body ? (doc === document ? doc.body.innerText : doc.body.textContent) : '';
+    return body.includes(c.text);
+  }
+  if ('url' in c) return url.includes(c.url);
   return c.always === true;
 };
-const nextOf = () => {
+const holds = (c) => holdsIn(document, location.href, c);
+const nextIn = (doc, base) => {
   if (nextCss === null) return null;
-  const n = document.querySelector(nextCss);
+  const n = doc.querySelector(nextCss);
   if (n === null) return null;
   const raw = n.getAttribute('href');
   const link = raw && !raw.startsWith('#') && !raw.toLowerCase().startsWith('javascript:');
-  return { href: link ? n.href : null };
+  return { href: link ? new URL(raw, base).href : null };
 };
+const nextOf = () => nextIn(document, location.href);
+const cellsOf = (r) => cellCss.map((c) => text(r.querySelector(c)));
 const read = () => {
   const rows = Array.from(document.querySelectorAll(rowCss));
   if (rows.length > 0 && (previous === null || text(rows[0]) !== previous)) {
-    return {
-      rows: rows.map((r) => cellCss.map((c) => text(r.querySelector(c)))),
-      first: text(rows[0]),
-      next: nextOf(),
-    };
+    return { rows: rows.map(cellsOf), first: text(rows[0]), next: nextOf(), pages: 1 };
   }
   if (empties.some(holds)) return { empty: true, next: nextOf() };
   if (stops.some(holds)) return { stop: true };
   return null;
 };
 const waited = () => ({ waiting: true });
+// Reading ahead: while the next page is a plain link of this site, it is
+// fetched and parsed here (the same GET the browser would send, without
+// rendering it). Anything else ends it, and precert opens that page as
+// usual: a failed, redirected or non-HTML answer, a page the `detect`
+// rules know, a page with no rows (a table built by script), a link seen
+// before, the page cap (`ahead` more pages) or half the wait used.
+const readAhead = async (r) => {
+  const seen = new Set([location.href]);
+  while (r.next && r.next.href && r.pages <= ahead && Date.now() - started < waitMs / 2) {
+    const href = r.next.href;
+    if (seen.has(href) || new URL(href).origin !== location.origin) break;
+    let res;
+    try {
+      res = await fetch(href, { credentials: 'same-origin' });
+    } catch (e) {
+      break;
+    }
+    if (!res.ok || res.redirected || !(res.headers.get('content-type') || '').includes('text/html')) break;
+    const doc = new DOMParser().parseFromString(await res.text(), 'text/html');
+    if (stops.some((c) => holdsIn(doc, res.url, c))) break;
+    const rows = Array.from(doc.querySelectorAll(rowCss));
+    if (rows.length === 0) break;
+    for (const row of rows) r.rows.push(cellsOf(row));
+    r.pages += 1;
+    seen.add(href);
+    r.next = nextIn(doc, res.url);
+  }
+  return r;
+};
+const done = (r) => {
+  if (r.rows && r.next && r.next.href && ahead > 0) {
+    readAhead(r).then(answer, () => answer(r));
+  } else {
+    answer(r);
+  }
+};
 "#,
     answer_when_read_js!()
 );

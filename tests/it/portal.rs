@@ -392,6 +392,73 @@ async fn the_worklist_updates_many_cases_from_its_pages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worklist_read_ahead_that_meets_a_signed_out_page_opens_it_signs_in_again_and_loses_no_row() {
+    let w = world().await;
+    // 80 requests of the account: worklist pages of 25, 25, 25 and 5.
+    for i in 0..80u64 {
+        let day = NaiveDate::from_ymd_opt(2026, 12, 8).unwrap() + chrono::Days::new(i);
+        w.sandbox.file_request(precert_sandbox::store::NewRequest {
+            channel: precert_sandbox::store::Channel::Portal,
+            submitted_by: "lakeside.precert".into(),
+            provider_npi: "1245319599".into(),
+            provider_name: "Lakeside Orthopedics".into(),
+            member_id: "SBX100200301".into(),
+            member_name: "Margaret Okafor".into(),
+            request_type: "imaging".into(),
+            urgency: "standard".into(),
+            setting: "outpatient".into(),
+            lines: vec![("73721".into(), 1)],
+            diagnoses: vec!["M25.561".into()],
+            service_start: day,
+            service_end: day,
+            servicing_npi: "1555012347".into(),
+            attachments: Vec::new(),
+            claim_identifier: None,
+        });
+    }
+    let on_worklist = w.sandbox.submissions().len();
+    assert_eq!(on_worklist, 80);
+    let r = w.engine.login_only("sandbox", "lakeside-ortho").await.unwrap();
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    let pages_before = worklist_pages(&w);
+    assert_eq!(w.logins(), 1);
+    // The portal serves the first worklist page, then signs everyone out:
+    // the page read ahead is a redirect to the login page.
+    w.sandbox
+        .set_hazards(HazardsPatch {
+            sign_out_after_pages: Some(1),
+            ..Default::default()
+        })
+        .unwrap();
+    let r = w.run(Action::PollWorklist, "LO-2026-1001").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.observations.len(), on_worklist, "every row, none twice");
+    let mut seen: Vec<_> = r.observations.iter().filter_map(|o| o.reference.clone()).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), on_worklist);
+    assert_eq!(w.logins(), 2, "signed in again once");
+    // Without the sign-out: one navigation, then pages 2–4 read ahead in the
+    // page — the same four pages served, none opened in the browser twice.
+    let before = worklist_pages(&w);
+    let r = w.run(Action::PollWorklist, "LO-2026-1001").await;
+    assert!(r.failure.is_none(), "{:?}", r.failure);
+    assert_eq!(r.observations.len(), on_worklist);
+    assert_eq!(worklist_pages(&w) - before, 4, "each page served once");
+    assert!(before > pages_before);
+    w.finish().await;
+}
+
+/// Worklist pages the sandbox has served so far.
+fn worklist_pages(w: &World) -> usize {
+    w.sandbox
+        .request_log()
+        .iter()
+        .filter(|e| e.method == "GET" && e.path.starts_with("/portal/worklist"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_portal_sends_the_case_to_a_person_with_evidence_and_never_guesses() {
     let w = world().await;
     w.sandbox

@@ -31,6 +31,9 @@ pub struct Hazards {
     pub maintenance: bool,
     /// Portal sessions idle longer than this are ended (sandbox clock).
     pub session_idle_timeout_seconds: Option<u64>,
+    /// After this many more pages behind the login, every portal session
+    /// ends (the next page finds itself signed out); spent then.
+    pub sign_out_after_pages: Option<u32>,
     /// After MFA, a "confirm your contact details" page must be confirmed.
     pub contact_details_interstitial: bool,
     /// After MFA, a CAPTCHA must be solved (by a human).
@@ -96,6 +99,7 @@ impl Default for Hazards {
             seed: 0,
             maintenance: false,
             session_idle_timeout_seconds: None,
+            sign_out_after_pages: None,
             contact_details_interstitial: false,
             captcha: false,
             api_throttle_next: 0,
@@ -119,6 +123,7 @@ pub struct HazardsPatch {
     pub maintenance: Option<bool>,
     /// `0` switches the idle timeout off.
     pub session_idle_timeout_seconds: Option<u64>,
+    pub sign_out_after_pages: Option<u32>,
     pub contact_details_interstitial: Option<bool>,
     pub captcha: Option<bool>,
     pub api_throttle_next: Option<u32>,
@@ -379,6 +384,9 @@ impl Inner {
         }
         if let Some(v) = p.session_idle_timeout_seconds {
             h.session_idle_timeout_seconds = (v > 0).then_some(v);
+        }
+        if let Some(v) = p.sign_out_after_pages {
+            h.sign_out_after_pages = Some(v);
         }
         if let Some(v) = p.contact_details_interstitial {
             h.contact_details_interstitial = v;

@@ -112,6 +112,20 @@ pub(crate) fn session_at(state: &Shared, headers: &HeaderMap, want: Stage) -> Re
         }
     }
     session.last_seen = now;
+    if want == Stage::Active && session.stage == Stage::Active {
+        match inner.hazards.sign_out_after_pages {
+            Some(0) => {
+                inner.hazards.sign_out_after_pages = None;
+                inner.sessions.clear();
+                return Err(Redirect::to("/portal/login?reason=signed-out").into_response());
+            }
+            Some(k) => inner.hazards.sign_out_after_pages = Some(k - 1),
+            None => {}
+        }
+    }
+    let Some(session) = inner.sessions.get_mut(&token) else {
+        return Err(Redirect::to("/portal/login?reason=signed-out").into_response());
+    };
     if session.stage != want {
         let to = match session.stage {
             Stage::NeedMfa => "/portal/mfa",
