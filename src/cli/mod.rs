@@ -115,7 +115,18 @@ pub fn main() -> ExitCode {
         libc::umask(0o077);
     }
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // A command that asks the ledger one thing after another runs on the
+    // thread it started on: no worker threads to start for it.
+    let quick = matches!(
+        cli.command,
+        Command::Cases(cases::CasesCommand::Show { .. } | cases::CasesCommand::List { .. })
+    );
+    let built = if quick {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    };
+    let runtime = match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

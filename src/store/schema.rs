@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::MigrateError;
@@ -266,6 +266,24 @@ fn migrate_error(e: MigrateError) -> StoreError {
     }
 }
 
+/// Each migration's checksum (SHA-384 of its SQL), computed once per
+/// process: every command's open compares them with the recorded ones.
+fn checksums(backend: Backend) -> &'static BTreeMap<i64, Vec<u8>> {
+    static SQLITE: OnceLock<BTreeMap<i64, Vec<u8>>> = OnceLock::new();
+    static POSTGRES: OnceLock<BTreeMap<i64, Vec<u8>>> = OnceLock::new();
+    let cell = match backend {
+        Backend::Sqlite => &SQLITE,
+        Backend::Postgres => &POSTGRES,
+    };
+    cell.get_or_init(|| {
+        backend
+            .migrator()
+            .iter()
+            .map(|m| (m.version, m.checksum.to_vec()))
+            .collect()
+    })
+}
+
 /// What `_sqlx_migrations` records (empty before the first migration).
 async fn applied(backend: Backend, conn: &mut AnyConnection) -> Result<BTreeMap<i64, AppliedMigration>, StoreError> {
     let exists = match backend {
@@ -279,11 +297,7 @@ async fn applied(backend: Backend, conn: &mut AnyConnection) -> Result<BTreeMap<
     if n == 0 {
         return Ok(BTreeMap::new());
     }
-    let ours: BTreeMap<i64, Vec<u8>> = backend
-        .migrator()
-        .iter()
-        .map(|m| (m.version, m.checksum.to_vec()))
-        .collect();
+    let ours = checksums(backend);
     let rows = sqlx::query(
         "SELECT version, description, CAST(installed_on AS TEXT) AS installed_on, checksum \
          FROM _sqlx_migrations WHERE success ORDER BY version",
