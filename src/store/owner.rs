@@ -134,12 +134,12 @@ struct LeaseRow {
     token: i64,
 }
 
-async fn lease_row(tx: &mut Tx<'_>, id: i64) -> Result<LeaseRow, StoreError> {
+async fn lease_row<'e>(ex: impl sqlx::Executor<'e, Database = sqlx::Any>, id: i64) -> Result<LeaseRow, StoreError> {
     let r = sqlx::query(
         "SELECT owner, owner_host, owner_pid, owner_start, owner_since, owner_until, owner_token FROM cases WHERE id = $1",
     )
     .bind(id)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(ex)
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("case {id}")))?;
     Ok(LeaseRow {
@@ -155,7 +155,7 @@ async fn lease_row(tx: &mut Tx<'_>, id: i64) -> Result<LeaseRow, StoreError> {
 
 /// Refuses a fenced write whose token is no longer the case's.
 pub(super) async fn check_fence(tx: &mut Tx<'_>, case: &str, id: i64, token: i64) -> Result<(), StoreError> {
-    let row = lease_row(tx, id).await?;
+    let row = lease_row(&mut **tx, id).await?;
     if row.token != token {
         return Err(StoreError::StaleLease {
             case: case.to_owned(),
@@ -171,7 +171,7 @@ pub(super) async fn check_fence(tx: &mut Tx<'_>, case: &str, id: i64, token: i64
 /// holder has live: only the submission's owner changes a case that is
 /// being submitted.
 pub(super) async fn check_unowned(tx: &mut Tx<'_>, case: &str, id: i64, at: DateTime<Utc>) -> Result<(), StoreError> {
-    let row = lease_row(tx, id).await?;
+    let row = lease_row(&mut **tx, id).await?;
     if live(&row, id, at) {
         return Err(StoreError::Owned {
             case: case.to_owned(),
@@ -206,7 +206,7 @@ impl Ledger {
         let holder = format!("{} (host {}, pid {})", actor.as_str(), me.host, me.pid);
         let mut tx = self.begin_write().await?;
         let (case_key, status, version) = current(&mut tx, id).await?;
-        let row = lease_row(&mut tx, id).await?;
+        let row = lease_row(&mut *tx, id).await?;
         let took_over = match status {
             CaseStatus::Ready => None,
             CaseStatus::Submitting => {
@@ -343,9 +343,8 @@ impl Ledger {
 
     /// Who holds the case's submission lease now, if anyone.
     pub async fn submission_owner(&self, id: i64) -> Result<Option<Owner>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let row = lease_row(&mut tx, id).await?;
-        tx.commit().await?;
+        // One statement: no transaction around it.
+        let row = lease_row(&self.pool, id).await?;
         let (Some(holder), Some(since), Some(until)) = (row.owner, row.since, row.until) else {
             return Ok(None);
         };
