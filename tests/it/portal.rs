@@ -395,26 +395,8 @@ async fn the_worklist_updates_many_cases_from_its_pages() {
 async fn a_worklist_read_ahead_that_meets_a_signed_out_page_opens_it_signs_in_again_and_loses_no_row() {
     let w = world().await;
     // 80 requests of the account: worklist pages of 25, 25, 25 and 5.
-    for i in 0..80u64 {
-        let day = NaiveDate::from_ymd_opt(2026, 12, 8).unwrap() + chrono::Days::new(i);
-        w.sandbox.file_request(precert_sandbox::store::NewRequest {
-            channel: precert_sandbox::store::Channel::Portal,
-            submitted_by: "lakeside.precert".into(),
-            provider_npi: "1245319599".into(),
-            provider_name: "Lakeside Orthopedics".into(),
-            member_id: "SBX100200301".into(),
-            member_name: "Margaret Okafor".into(),
-            request_type: "imaging".into(),
-            urgency: "standard".into(),
-            setting: "outpatient".into(),
-            lines: vec![("73721".into(), 1)],
-            diagnoses: vec!["M25.561".into()],
-            service_start: day,
-            service_end: day,
-            servicing_npi: "1555012347".into(),
-            attachments: Vec::new(),
-            claim_identifier: None,
-        });
+    for i in 0..80 {
+        w.sandbox.file_request(super::worklist::request(i));
     }
     let on_worklist = w.sandbox.submissions().len();
     assert_eq!(on_worklist, 80);

@@ -42,7 +42,9 @@ impl Drop for Daemon {
     }
 }
 
-fn request(i: usize) -> NewRequest {
+/// A pending imaging request of `lakeside.precert`, its service date `i`
+/// days after 8 December 2026 (modulo 300).
+pub(super) fn request(i: usize) -> NewRequest {
     NewRequest {
         channel: Channel::Portal,
         submitted_by: "lakeside.precert".into(),
