@@ -873,18 +873,10 @@ impl Ledger {
     ) -> Result<u64, StoreError> {
         let mut done = 0;
         for chunk in deadlines.chunks(300) {
-            let mut at = String::from("CASE id");
-            let mut version = String::from("CASE id");
-            let mut ids = Vec::with_capacity(chunk.len());
-            for i in 0..chunk.len() {
-                let (id, t, v) = (3 * i + 2, 3 * i + 3, 3 * i + 4);
-                at.push_str(&format!(" WHEN ${id} THEN ${t}"));
-                version.push_str(&format!(" WHEN ${id} THEN ${v}"));
-                ids.push(format!("${id}"));
-            }
+            let (set, ids) = super::case_when(chunk.len(), 2, 3);
             let sql = format!(
-                "UPDATE cases SET deadline_at = {at} END, deadline_rules = $1 WHERE id IN ({}) AND version = {version} END",
-                ids.join(", ")
+                "UPDATE cases SET deadline_at = {}, deadline_rules = $1 WHERE id IN ({ids}) AND version = {}",
+                set[0], set[1]
             );
             let mut q = sqlx::query(&sql).bind(rules);
             for (id, v, d) in chunk {

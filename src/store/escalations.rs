@@ -901,18 +901,10 @@ impl Ledger {
     pub async fn set_next_checks(&self, checks: &[NextCheck]) -> Result<u64, StoreError> {
         let mut done = 0;
         for chunk in checks.chunks(300) {
-            let mut at = String::from("CASE id");
-            let mut version = String::from("CASE id");
-            let mut ids = Vec::with_capacity(chunk.len());
-            for i in 0..chunk.len() {
-                let (id, t, v) = (3 * i + 1, 3 * i + 2, 3 * i + 3);
-                at.push_str(&format!(" WHEN ${id} THEN ${t}"));
-                version.push_str(&format!(" WHEN ${id} THEN ${v}"));
-                ids.push(format!("${id}"));
-            }
+            let (set, ids) = super::case_when(chunk.len(), 1, 3);
             let sql = format!(
-                "UPDATE cases SET next_check_at = {at} END WHERE id IN ({}) AND version = {version} END",
-                ids.join(", ")
+                "UPDATE cases SET next_check_at = {} WHERE id IN ({ids}) AND version = {}",
+                set[0], set[1]
             );
             let mut q = sqlx::query(&sql);
             for c in chunk {

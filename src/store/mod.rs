@@ -277,10 +277,6 @@ pub struct Ledger {
     url: Arc<str>,
 }
 
-/// A time as the ledger stores it on both backends: UTC RFC 3339 text with
-/// microseconds (`2026-12-01T15:00:00.000000Z`), one fixed width, so times
-/// compare and sort as text (byte order; PostgreSQL's columns are `"C"`).
-/// The queue stores its times the same way, through this function.
 /// "Asked, nothing new" stamps a poll gathers and writes together
 /// ([`Ledger::mark_polled_many`]) rather than one statement per inquiry.
 /// A stamp only says when the payer was last asked; one lost to a crash
@@ -308,8 +304,32 @@ impl PollStamps {
     }
 }
 
+/// A time as the ledger stores it on both backends: UTC RFC 3339 text with
+/// microseconds (`2026-12-01T15:00:00.000000Z`), one fixed width, so times
+/// compare and sort as text (byte order; PostgreSQL's columns are `"C"`).
+/// The queue stores its times the same way, through this function.
 pub(crate) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The SQL of a batched `UPDATE cases … WHERE id IN (…)` over `rows` rows,
+/// each bound as `width` parameters from `$first` on: the row's case id,
+/// then its values. One `CASE id WHEN $id THEN $value … END` per value
+/// column (`width - 1` of them), and the id list.
+pub(crate) fn case_when(rows: usize, first: usize, width: usize) -> (Vec<String>, String) {
+    let mut cases = vec![String::from("CASE id"); width - 1];
+    let mut ids = Vec::with_capacity(rows);
+    for i in 0..rows {
+        let id = first + width * i;
+        for (k, case) in cases.iter_mut().enumerate() {
+            case.push_str(&format!(" WHEN ${id} THEN ${}", id + 1 + k));
+        }
+        ids.push(format!("${id}"));
+    }
+    for case in &mut cases {
+        case.push_str(" END");
+    }
+    (cases, ids.join(", "))
 }
 
 /// A stored time back; the error says what was found.
@@ -880,16 +900,10 @@ impl Ledger {
         for status in CaseStatus::ALL {
             let of_status: Vec<_> = stamps.iter().filter(|(_, s, _)| *s == status).collect();
             for chunk in of_status.chunks(300) {
-                let mut at = String::from("CASE id");
-                let mut ids = Vec::with_capacity(chunk.len());
-                for i in 0..chunk.len() {
-                    let (id, t) = (2 * i + 2, 2 * i + 3);
-                    at.push_str(&format!(" WHEN ${id} THEN ${t}"));
-                    ids.push(format!("${id}"));
-                }
+                let (at, ids) = case_when(chunk.len(), 2, 2);
                 let sql = format!(
-                    "UPDATE cases SET last_polled_at = {at} END WHERE status = $1 AND id IN ({})",
-                    ids.join(", ")
+                    "UPDATE cases SET last_polled_at = {} WHERE status = $1 AND id IN ({ids})",
+                    at[0]
                 );
                 let mut q = sqlx::query(&sql).bind(status.as_str());
                 for (id, _, t) in chunk {
@@ -1703,4 +1717,20 @@ fn changed_fields(old: &str, new: &str) -> Vec<String> {
 /// The `expected_cents` column: the case's expected amount, in cents.
 fn expected_cents(data: &CaseData) -> Option<i64> {
     data.expected_amount.map(crate::case::Usd::cents)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn case_when_numbers_each_rows_id_then_its_values() {
+        let (cases, ids) = super::case_when(2, 2, 3);
+        assert_eq!(
+            cases,
+            [
+                "CASE id WHEN $2 THEN $3 WHEN $5 THEN $6 END",
+                "CASE id WHEN $2 THEN $4 WHEN $5 THEN $7 END"
+            ]
+        );
+        assert_eq!(ids, "$2, $5");
+    }
 }
