@@ -1,6 +1,7 @@
 //! `precert cases …`: import, list, show and move cases by hand.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
@@ -10,7 +11,7 @@ use super::Outcome;
 use crate::case::{CaseRecord, CaseStatus};
 use crate::config::Settings;
 use crate::intake::{self, Format};
-use crate::store::{private_dir, Actor, CaseFilter, Ledger};
+use crate::store::{private_dir, Actor, CaseFilter, CaseName, Ledger, Lookup};
 
 #[derive(Debug, Subcommand)]
 pub enum CasesCommand {
@@ -101,11 +102,12 @@ impl clap::ValueEnum for CaseStatus {
 pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outcome> {
     private_dir(&settings.data_dir)
         .with_context(|| format!("cannot create the data directory {}", settings.data_dir.display()))?;
+    if let CasesCommand::Show { id, phi } = &cmd {
+        return show(settings, id, *phi).await;
+    }
     // Reading needs no escalation rules (nothing is written that could
     // raise one) and no link key: the plain ledger, opened faster.
     let ledger = match cmd {
-        // One query after another.
-        CasesCommand::Show { .. } => crate::store::Ledger::open_single(&settings.database_url).await?,
         CasesCommand::List { .. } => crate::store::Ledger::open(&settings.database_url).await?,
         _ => super::escalations::open_ledger(settings, &[]).await?,
     };
@@ -129,44 +131,7 @@ pub async fn run(cmd: CasesCommand, settings: &Settings) -> anyhow::Result<Outco
             list(&ledger, &filter, after, limit as usize, all, format).await?;
             Ok(Outcome::Ok)
         }
-        CasesCommand::Show { id, phi } => {
-            let case = resolve(&ledger, &id).await?;
-            let events = ledger.events(case.id).await?;
-            let letters = ledger.letters(case.id).await?;
-            print!("{}", render_case(&case, &events, &letters, phi));
-            if let Some(t) = ledger.last_polled(case.id).await? {
-                println!(
-                    "  last asked   {} (the payer said nothing new)",
-                    t.format("%Y-%m-%d %H:%M:%S UTC")
-                );
-            }
-            if let Some(o) = ledger.submission_owner(case.id).await? {
-                println!(
-                    "  being submitted by {} since {} (lease {}, runs to {})",
-                    o.holder,
-                    o.since.format("%Y-%m-%d %H:%M:%S UTC"),
-                    o.token,
-                    o.until.format("%H:%M:%S UTC")
-                );
-            }
-            let mut escalations = ledger.case_escalations(case.id).await?;
-            escalations.reverse();
-            if !escalations.is_empty() {
-                println!("  escalations");
-                for e in escalations {
-                    println!(
-                        "    #{:<5} {:<18} {:<12} level {}  {} mail(s)  opened {}",
-                        e.id,
-                        e.reason.as_str(),
-                        e.state.as_str(),
-                        e.level,
-                        e.sends,
-                        e.opened_at.format("%Y-%m-%d %H:%M UTC")
-                    );
-                }
-            }
-            Ok(Outcome::Ok)
-        }
+        CasesCommand::Show { .. } => unreachable!("shown above"),
         CasesCommand::SetStatus { id, status, note } => {
             let case = resolve(&ledger, &id).await?;
             if status == crate::case::CaseStatus::Submitting {
@@ -352,24 +317,76 @@ async fn import(
 
 /// A case by ledger number, `PRACTICE/CASE_ID`, or bare case ID.
 pub(crate) async fn resolve(ledger: &Ledger, id: &str) -> anyhow::Result<CaseRecord> {
-    if let Ok(n) = id.parse::<i64>() {
-        return Ok(ledger.get(n).await?);
-    }
-    if let Some((practice, case_ref)) = id.split_once('/') {
-        return ledger
-            .find(practice, case_ref)
-            .await?
-            .with_context(|| format!("no case {id}"));
-    }
-    let mut found = ledger.find_by_ref(id).await?;
-    match found.len() {
-        0 => bail!("no case {id}"),
-        1 => Ok(found.remove(0)),
-        _ => bail!(
+    found(id, ledger.lookup(&CaseName::parse(id)).await?)
+}
+
+/// The case a name found, or what the name did not find.
+fn found<T>(id: &str, lookup: Lookup<T>) -> anyhow::Result<T> {
+    match lookup {
+        Lookup::Found(t) => Ok(t),
+        Lookup::Missing => bail!("no case {id}"),
+        Lookup::Ambiguous(keys) => bail!(
             "case ID {id} is used by several practices; name one of: {}",
-            found.iter().map(CaseRecord::key).collect::<Vec<_>>().join(", ")
+            keys.join(", ")
         ),
     }
+}
+
+/// `precert cases show`: on a SQLite ledger of this precert's schema, read
+/// in place (no pool, no worker thread: a command a person waits on);
+/// otherwise through the ledger, opened (and migrated) as every command
+/// opens it.
+async fn show(settings: &Settings, id: &str, phi: bool) -> anyhow::Result<Outcome> {
+    let name = CaseName::parse(id);
+    let view = match crate::store::case_view_in_place(&settings.database_url, &name).await? {
+        Some(view) => view,
+        None => {
+            let ledger = Ledger::open_single(&settings.database_url).await?;
+            let view = ledger.case_view(&name).await;
+            ledger.close().await;
+            view?
+        }
+    };
+    let v = found(id, view)?;
+    let mut out = render_case(&v.case, &v.events, &v.letters, phi);
+    if let Some(t) = v.last_polled {
+        let _ = writeln!(
+            out,
+            "  last asked   {} (the payer said nothing new)",
+            t.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    if let Some(o) = v.owner {
+        let _ = writeln!(
+            out,
+            "  being submitted by {} since {} (lease {}, runs to {})",
+            o.holder,
+            o.since.format("%Y-%m-%d %H:%M:%S UTC"),
+            o.token,
+            o.until.format("%H:%M:%S UTC")
+        );
+    }
+    if !v.escalations.is_empty() {
+        out.push_str("  escalations\n");
+        // Oldest first, as the timeline.
+        for e in v.escalations.iter().rev() {
+            let _ = writeln!(
+                out,
+                "    #{:<5} {:<18} {:<12} level {}  {} mail(s)  opened {}",
+                e.id,
+                e.reason.as_str(),
+                e.state.as_str(),
+                e.level,
+                e.sends,
+                e.opened_at.format("%Y-%m-%d %H:%M UTC")
+            );
+        }
+    }
+    // One write: the whole case or nothing.
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out.as_bytes())?;
+    stdout.flush()?;
+    Ok(Outcome::Ok)
 }
 
 fn codes(case: &CaseRecord) -> String {

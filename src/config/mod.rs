@@ -459,9 +459,14 @@ fn parse_file<T: DeserializeOwned>(path: &Path, env_prefix: Option<&str>) -> (Op
     };
     let found = RefCell::new(Vec::new());
     let parsed = serde_path_to_error::deserialize(unknown::Lenient::new(cfg, unknown::Keys::Plain, &found));
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let found = found.into_inner();
+    // The text again, for the lines of unknown keys only.
+    let text = if found.is_empty() {
+        String::new()
+    } else {
+        std::fs::read_to_string(path).unwrap_or_default()
+    };
     let mut errors: Vec<ConfigError> = found
-        .into_inner()
         .into_iter()
         .map(|u| {
             let full = u.path();

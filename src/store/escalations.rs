@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::row::{Arg, ReadRow, Source as _};
 use super::{insert_event, parse_ts, ts, Actor, Backend, EventKind, Ledger, StoreError, Tx};
 use crate::case::{CaseRecord, CaseStatus};
 use crate::escalate::{Audience, Reason};
@@ -310,38 +311,38 @@ fn corrupt(id: i64, reason: String) -> StoreError {
     StoreError::Corrupt { id, reason }
 }
 
-fn escalation_from_row(row: &AnyRow) -> Result<Escalation, StoreError> {
-    let id: i64 = row.try_get("id")?;
-    let reason: String = row.try_get("reason")?;
-    let audience: String = row.try_get("audience")?;
-    let state: String = row.try_get("state")?;
-    let detail: String = row.try_get("detail")?;
+pub(super) fn escalation_from_row(row: &(impl ReadRow + ?Sized)) -> Result<Escalation, StoreError> {
+    let id = row.req_int("id", 0)?;
+    let reason = row.req_text("reason", id)?;
+    let audience = row.req_text("audience", id)?;
+    let state = row.req_text("state", id)?;
+    let detail = row.req_text("detail", id)?;
     Ok(Escalation {
         id,
-        practice_id: row.try_get("practice_id")?,
-        case_id: row.try_get("case_id")?,
-        payer: row.try_get("payer")?,
+        practice_id: row.req_text("practice_id", id)?,
+        case_id: row.int("case_id")?,
+        payer: row.text("payer")?,
         reason: reason
             .parse()
             .map_err(|_| corrupt(id, format!("escalation reason `{reason}`")))?,
         audience: audience
             .parse()
             .map_err(|_| corrupt(id, format!("escalation audience `{audience}`")))?,
-        level: row.try_get::<i64, _>("level")? as u32,
+        level: row.req_int("level", id)? as u32,
         state: EscalationState::parse(&state).ok_or_else(|| corrupt(id, format!("escalation state `{state}`")))?,
-        severity: row.try_get("severity")?,
-        due_at: opt_ts(row, "due_at", id)?,
-        summary: row.try_get("summary")?,
+        severity: row.req_int("severity", id)?,
+        due_at: row.time("due_at", id)?,
+        summary: row.req_text("summary", id)?,
         detail: serde_json::from_str(&detail).map_err(|e| corrupt(id, format!("escalation detail: {e}")))?,
-        opened_at: parse_ts(id, &row.try_get::<String, _>("opened_at")?)?,
-        sends: row.try_get::<i64, _>("sends")? as u32,
-        reminders: row.try_get::<i64, _>("reminders")? as u32,
-        last_sent_at: opt_ts(row, "last_sent_at", id)?,
-        next_action_at: opt_ts(row, "next_action_at", id)?,
-        acknowledged_at: opt_ts(row, "acknowledged_at", id)?,
-        acknowledged_by: row.try_get("acknowledged_by")?,
-        note: row.try_get("note")?,
-        closed_at: opt_ts(row, "closed_at", id)?,
+        opened_at: row.req_time("opened_at", id)?,
+        sends: row.req_int("sends", id)? as u32,
+        reminders: row.req_int("reminders", id)? as u32,
+        last_sent_at: row.time("last_sent_at", id)?,
+        next_action_at: row.time("next_action_at", id)?,
+        acknowledged_at: row.time("acknowledged_at", id)?,
+        acknowledged_by: row.text("acknowledged_by")?,
+        note: row.text("note")?,
+        closed_at: row.time("closed_at", id)?,
     })
 }
 
@@ -958,13 +959,11 @@ impl Ledger {
 
     /// A case's escalations, newest first (an indexed lookup).
     pub async fn case_escalations(&self, case_id: i64) -> Result<Vec<Escalation>, StoreError> {
-        sqlx::query(SELECT_CASE_ESCALATIONS)
-            .bind(case_id)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(escalation_from_row)
-            .collect()
+        self.pool
+            .rows(SELECT_CASE_ESCALATIONS, &[Arg::Int(case_id)], |r| {
+                escalation_from_row(r)
+            })
+            .await
     }
 
     /// Queues a mail that belongs to no escalation (a digest). False when

@@ -16,13 +16,14 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
-use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use crate::case::{CaseData, CaseRecord, CaseStatus, Decision};
+use row::{Arg, ReadRow, Source as _};
 
 mod api;
 mod backend;
+mod case_view;
 mod console;
 mod escalations;
 mod facts;
@@ -31,6 +32,7 @@ mod owner;
 mod plan;
 mod report;
 mod requirement;
+mod row;
 mod schema;
 mod slots;
 mod sqlite_read;
@@ -39,6 +41,7 @@ pub use api::{
     decision_json, ApiToken, ClaimedWebhook, SyncCursor, TokenScope, WebhookDelivery, WebhookOutcome, WEBHOOK_STATUSES,
 };
 pub use backend::{Backend, SCHEMES};
+pub use case_view::{case_view_in_place, CaseName, CaseView, Lookup};
 pub use console::{
     AuditEntry, AuditRecord, CasePage, CaseQuery, ConsoleSession, ConsoleUser, DeadlineInputs, DeadlineRange,
     PayerActivity,
@@ -1070,30 +1073,9 @@ impl Ledger {
 
     /// A case's audit trail, oldest first.
     pub async fn events(&self, id: i64) -> Result<Vec<CaseEvent>, StoreError> {
-        let rows = sqlx::query(SELECT_EVENTS).bind(id).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                let status = |col: &str| -> Result<Option<CaseStatus>, StoreError> {
-                    r.try_get::<Option<String>, _>(col)?
-                        .map(|s| parse_status(id, &s))
-                        .transpose()
-                };
-                let detail: String = r.try_get("detail")?;
-                Ok(CaseEvent {
-                    id: r.try_get("id")?,
-                    case_id: r.try_get("case_id")?,
-                    at: parse_ts(id, r.try_get::<String, _>("at")?.as_str())?,
-                    kind: r.try_get("kind")?,
-                    from_status: status("from_status")?,
-                    to_status: status("to_status")?,
-                    actor: r.try_get("actor")?,
-                    detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt {
-                        id,
-                        reason: format!("event detail: {e}"),
-                    })?,
-                })
-            })
-            .collect()
+        self.pool
+            .rows(SELECT_EVENTS, &[Arg::Int(id)], |r| event_from_row(r, id))
+            .await
     }
 
     /// Records the payer's reference for the case's request, with its event.
@@ -1204,19 +1186,9 @@ impl Ledger {
     }
 
     pub async fn letters(&self, id: i64) -> Result<Vec<Letter>, StoreError> {
-        let rows = sqlx::query(SELECT_LETTERS).bind(id).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Letter {
-                    kind: r.try_get("kind")?,
-                    stored_path: PathBuf::from(r.try_get::<String, _>("stored_path")?),
-                    sha256: r.try_get("sha256")?,
-                    bytes: r.try_get::<i64, _>("bytes")? as u64,
-                    media_type: r.try_get("media_type")?,
-                    fetched_at: Some(parse_ts(id, r.try_get::<String, _>("fetched_at")?.as_str())?),
-                })
-            })
-            .collect()
+        self.pool
+            .rows(SELECT_LETTERS, &[Arg::Int(id)], |r| letter_from_row(r, id))
+            .await
     }
 
     /// Runs a raw statement; for tests that prove the database's own guards.
@@ -1519,13 +1491,13 @@ fn key(data: &CaseData) -> String {
     format!("{}/{}", data.practice_id, data.case_ref)
 }
 
-fn case_from_row(row: &AnyRow) -> Result<CaseRecord, StoreError> {
-    let id: i64 = row.try_get("id")?;
-    let data: String = row.try_get("data")?;
-    let decision: Option<String> = row.try_get("decision")?;
+fn case_from_row(row: &(impl ReadRow + ?Sized)) -> Result<CaseRecord, StoreError> {
+    let id = row.req_int("id", 0)?;
+    let data = row.req_text("data", id)?;
+    let decision = row.text("decision")?;
     Ok(CaseRecord {
         id,
-        status: parse_status(id, row.try_get::<String, _>("status")?.as_str())?,
+        status: parse_status(id, &row.req_text("status", id)?)?,
         data: serde_json::from_str(&data).map_err(|e| StoreError::Corrupt {
             id,
             reason: format!("case data: {e}"),
@@ -1537,9 +1509,42 @@ fn case_from_row(row: &AnyRow) -> Result<CaseRecord, StoreError> {
                 id,
                 reason: format!("decision: {e}"),
             })?,
-        payer_ref: row.try_get("payer_ref")?,
-        created_at: parse_ts(id, row.try_get::<String, _>("created_at")?.as_str())?,
-        updated_at: parse_ts(id, row.try_get::<String, _>("updated_at")?.as_str())?,
+        payer_ref: row.text("payer_ref")?,
+        created_at: row.req_time("created_at", id)?,
+        updated_at: row.req_time("updated_at", id)?,
+    })
+}
+
+/// An event of case `id` (`SELECT_EVENTS`).
+fn event_from_row(row: &(impl ReadRow + ?Sized), id: i64) -> Result<CaseEvent, StoreError> {
+    let status = |col: &str| -> Result<Option<CaseStatus>, StoreError> {
+        row.text(col)?.map(|s| parse_status(id, &s)).transpose()
+    };
+    let detail = row.req_text("detail", id)?;
+    Ok(CaseEvent {
+        id: row.req_int("id", id)?,
+        case_id: row.req_int("case_id", id)?,
+        at: row.req_time("at", id)?,
+        kind: row.req_text("kind", id)?,
+        from_status: status("from_status")?,
+        to_status: status("to_status")?,
+        actor: row.req_text("actor", id)?,
+        detail: serde_json::from_str(&detail).map_err(|e| StoreError::Corrupt {
+            id,
+            reason: format!("event detail: {e}"),
+        })?,
+    })
+}
+
+/// A letter of case `id` (`SELECT_LETTERS`).
+fn letter_from_row(row: &(impl ReadRow + ?Sized), id: i64) -> Result<Letter, StoreError> {
+    Ok(Letter {
+        kind: row.req_text("kind", id)?,
+        stored_path: PathBuf::from(row.req_text("stored_path", id)?),
+        sha256: row.req_text("sha256", id)?,
+        bytes: row.req_int("bytes", id)? as u64,
+        media_type: row.req_text("media_type", id)?,
+        fetched_at: Some(row.req_time("fetched_at", id)?),
     })
 }
 

@@ -28,8 +28,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
-use sqlx::Row;
 
+use super::row::{Arg, ReadRow, Source};
 use super::{current, illegal, insert_event, parse_ts, set_status, ts, Actor, EventKind, Ledger, StoreError, Tx};
 use crate::case::CaseStatus;
 
@@ -135,22 +135,52 @@ struct LeaseRow {
 }
 
 async fn lease_row<'e>(ex: impl sqlx::Executor<'e, Database = sqlx::Any>, id: i64) -> Result<LeaseRow, StoreError> {
-    let r = sqlx::query(
-        "SELECT owner, owner_host, owner_pid, owner_start, owner_since, owner_until, owner_token FROM cases WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(ex)
-    .await?
-    .ok_or_else(|| StoreError::NotFound(format!("case {id}")))?;
-    Ok(LeaseRow {
-        owner: r.try_get("owner")?,
-        host: r.try_get("owner_host")?,
-        pid: r.try_get("owner_pid")?,
-        start: r.try_get("owner_start")?,
-        since: r.try_get("owner_since")?,
-        until: r.try_get("owner_until")?,
-        token: r.try_get("owner_token")?,
-    })
+    let r = sqlx::query(SELECT_LEASE)
+        .bind(id)
+        .fetch_optional(ex)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("case {id}")))?;
+    LeaseRow::from_row(&r, id)
+}
+
+/// A case's lease columns.
+pub(super) const SELECT_LEASE: &str =
+    "SELECT owner, owner_host, owner_pid, owner_start, owner_since, owner_until, owner_token FROM cases WHERE id = $1";
+
+impl LeaseRow {
+    fn from_row(r: &(impl ReadRow + ?Sized), id: i64) -> Result<LeaseRow, StoreError> {
+        Ok(LeaseRow {
+            owner: r.text("owner")?,
+            host: r.text("owner_host")?,
+            pid: r.int("owner_pid")?,
+            start: r.text("owner_start")?,
+            since: r.text("owner_since")?,
+            until: r.text("owner_until")?,
+            token: r.req_int("owner_token", id)?,
+        })
+    }
+
+    /// Who holds the lease, if anyone.
+    fn owner(self, id: i64) -> Result<Option<Owner>, StoreError> {
+        let (Some(holder), Some(since), Some(until)) = (self.owner, self.since, self.until) else {
+            return Ok(None);
+        };
+        Ok(Some(Owner {
+            holder,
+            token: self.token,
+            since: parse_ts(id, &since)?,
+            until: parse_ts(id, &until)?,
+        }))
+    }
+}
+
+/// Who holds case `id`'s submission lease, read from `src`.
+pub(super) async fn owner_from(src: &impl Source, id: i64) -> Result<Option<Owner>, StoreError> {
+    src.rows(SELECT_LEASE, &[Arg::Int(id)], |r| LeaseRow::from_row(r, id))
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::NotFound(format!("case {id}")))?
+        .owner(id)
 }
 
 /// Refuses a fenced write whose token is no longer the case's.
@@ -344,16 +374,7 @@ impl Ledger {
     /// Who holds the case's submission lease now, if anyone.
     pub async fn submission_owner(&self, id: i64) -> Result<Option<Owner>, StoreError> {
         // One statement: no transaction around it.
-        let row = lease_row(&self.pool, id).await?;
-        let (Some(holder), Some(since), Some(until)) = (row.owner, row.since, row.until) else {
-            return Ok(None);
-        };
-        Ok(Some(Owner {
-            holder,
-            token: row.token,
-            since: parse_ts(id, &since)?,
-            until: parse_ts(id, &until)?,
-        }))
+        owner_from(&self.pool, id).await
     }
 
     /// A handle whose writes to the lease's case hold only while the lease's

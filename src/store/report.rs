@@ -14,9 +14,9 @@
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::row::{required, Arg, ReadRow};
 use super::{parse_status, parse_ts, Backend, Ledger, StoreError};
 use crate::case::{CaseStatus, Urgency, Usd};
 
@@ -397,7 +397,7 @@ impl Ledger {
         let reader = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             let started = std::time::Instant::now();
             let db = super::sqlite_read::ReadOnly::open(&path)?;
-            let binds: Vec<&str> = binds.iter().map(String::as_str).collect();
+            let binds: Vec<Arg<'_>> = binds.iter().map(|b| Arg::Text(b)).collect();
             let (mut batch, mut rows) = (Vec::with_capacity(BATCH), 0usize);
             db.each_row(&sql, &binds, |row| {
                 batch.push(facts_from_row(row)?);
@@ -508,48 +508,7 @@ impl Ledger {
     }
 }
 
-/// A row of the report's query, from sqlx (`Any`) or from SQLite's C API:
-/// its text and integer values by column name.
-trait ReportRow {
-    fn text(&self, col: &str) -> Result<Option<String>, StoreError>;
-    fn int(&self, col: &str) -> Result<Option<i64>, StoreError>;
-    /// A time column, parsed (RFC 3339, as the ledger writes times).
-    fn time(&self, col: &str, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.text(col)?.map(|s| parse_ts(id, &s)).transpose()
-    }
-}
-
-impl ReportRow for AnyRow {
-    fn text(&self, col: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.try_get(col)?)
-    }
-    fn int(&self, col: &str) -> Result<Option<i64>, StoreError> {
-        Ok(self.try_get(col)?)
-    }
-}
-
-impl ReportRow for super::sqlite_read::Row<'_> {
-    fn text(&self, col: &str) -> Result<Option<String>, StoreError> {
-        super::sqlite_read::Row::text(self, col)
-    }
-    fn int(&self, col: &str) -> Result<Option<i64>, StoreError> {
-        super::sqlite_read::Row::int(self, col)
-    }
-    /// Parsed where SQLite keeps the text: no copy.
-    fn time(&self, col: &str, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.with_text(col, |s| parse_ts(id, s))?.transpose()
-    }
-}
-
-/// A column that may not be NULL.
-fn required<T>(value: Option<T>, col: &str, id: i64) -> Result<T, StoreError> {
-    value.ok_or_else(|| StoreError::Corrupt {
-        id,
-        reason: format!("no {col}"),
-    })
-}
-
-fn facts_from_row(row: &impl ReportRow) -> Result<CaseFacts, StoreError> {
+fn facts_from_row(row: &(impl ReadRow + ?Sized)) -> Result<CaseFacts, StoreError> {
     let id = required(row.int("id")?, "id", 0)?;
     let urgency = required(row.text("urgency")?, "urgency", id)?;
     let urgency = urgency

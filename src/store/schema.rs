@@ -18,6 +18,7 @@ use sqlx::migrate::MigrateError;
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 use super::backend::{Backend, MigrationLock};
+use super::sqlite_read::ReadOnly;
 use super::{private_dir, restrict, sqlite_path, StoreError};
 
 /// The advisory lock key precert's migrations hold on PostgreSQL: the bytes
@@ -192,12 +193,7 @@ pub(super) async fn run_migrations(
     {
         let mut conn = pool.acquire().await?;
         let before = applied(backend, &mut conn).await?;
-        let ours = backend.migrations();
-        if before.len() == ours.len()
-            && ours
-                .iter()
-                .all(|(v, _, _)| before.get(v).is_some_and(|m| m.checksum_matches))
-        {
+        if up_to_date(backend, before.iter().map(|(v, m)| (*v, m.checksum_matches))) {
             return Ok(Vec::new());
         }
     }
@@ -249,6 +245,46 @@ pub(super) async fn run_migrations(
     }
 }
 
+/// Every migration of this build applied, unchanged, and no other: nothing
+/// to migrate. `applied`: each applied version, and whether its checksum is
+/// this build's.
+fn up_to_date(backend: Backend, applied: impl IntoIterator<Item = (i64, bool)>) -> bool {
+    let applied: BTreeMap<i64, bool> = applied.into_iter().collect();
+    let ours = backend.migrations();
+    applied.len() == ours.len() && ours.iter().all(|(v, _, _)| applied.get(v) == Some(&true))
+}
+
+/// Whether the SQLite file `db` reads has this build's schema, as
+/// `run_migrations` first asks: a command that only reads may then read it
+/// in place, without opening (and so migrating) the ledger.
+pub(super) fn current_in_place(db: &ReadOnly) -> Result<bool, StoreError> {
+    let mut tables = 0;
+    db.each_row(EXISTS_SQLITE, &[], |r| {
+        tables = r.int("n")?.unwrap_or(0);
+        Ok(false)
+    })?;
+    if tables == 0 {
+        return Ok(false);
+    }
+    let ours = checksums(Backend::Sqlite);
+    let mut applied = Vec::new();
+    db.each_row(
+        "SELECT version, checksum FROM _sqlx_migrations WHERE success",
+        &[],
+        |r| {
+            let version = super::row::required(r.int("version")?, "version", 0)?;
+            let checksum = r.blob("checksum")?.unwrap_or_default();
+            applied.push((version, ours.get(&version) == Some(&checksum)));
+            Ok(true)
+        },
+    )?;
+    Ok(up_to_date(Backend::Sqlite, applied))
+}
+
+/// Whether a SQLite database has sqlx's migrations table (`n`, 0 or 1).
+const EXISTS_SQLITE: &str =
+    "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'";
+
 fn newly_applied(backend: Backend, before: &BTreeMap<i64, AppliedMigration>) -> Vec<(i64, &'static str)> {
     backend
         .migrations()
@@ -287,7 +323,7 @@ fn checksums(backend: Backend) -> &'static BTreeMap<i64, Vec<u8>> {
 /// What `_sqlx_migrations` records (empty before the first migration).
 async fn applied(backend: Backend, conn: &mut AnyConnection) -> Result<BTreeMap<i64, AppliedMigration>, StoreError> {
     let exists = match backend {
-        Backend::Sqlite => "SELECT COUNT(*) AS n FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        Backend::Sqlite => EXISTS_SQLITE,
         Backend::Postgres => {
             "SELECT COUNT(*) AS n FROM information_schema.tables \
              WHERE table_schema = current_schema() AND table_name = '_sqlx_migrations'"

@@ -22,6 +22,7 @@ use std::ptr::NonNull;
 
 use libsqlite3_sys as ffi;
 
+use super::row::Arg;
 use super::StoreError;
 
 /// How long a read waits on a lock it cannot take (a checkpoint
@@ -110,12 +111,12 @@ impl ReadOnly {
         }
     }
 
-    /// Runs `sql`, binding `$N` to `binds[N - 1]` (as text), and hands
-    /// each row to `each` until the rows end or `each` returns `false`.
+    /// Runs `sql`, binding `$N` to `binds[N - 1]`, and hands each row to
+    /// `each` until the rows end or `each` returns `false`.
     pub(crate) fn each_row(
         &self,
         sql: &str,
-        binds: &[&str],
+        binds: &[Arg<'_>],
         mut each: impl FnMut(&Row<'_>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let stmt = self.prepare(sql)?;
@@ -179,10 +180,10 @@ impl ReadOnly {
 
     /// Binds each parameter by its number: SQLite numbers `$N` parameters
     /// in the order they first appear, so `$3` may be its first.
-    fn bind(&self, stmt: &Statement, binds: &[&str]) -> Result<(), StoreError> {
+    fn bind(&self, stmt: &Statement, binds: &[Arg<'_>]) -> Result<(), StoreError> {
         let p = stmt.stmt.as_ptr();
         // SAFETY: a valid statement; parameter names are NUL-terminated
-        // strings SQLite owns; each bound value is a `&str` that outlives
+        // strings SQLite owns; each bound text is a `&str` that outlives
         // the statement (`SQLITE_STATIC`: SQLite does not copy it), for
         // `each_row` finalizes the statement before it returns.
         let count = unsafe { ffi::sqlite3_bind_parameter_count(p) };
@@ -204,8 +205,11 @@ impl ReadOnly {
                     ),
                 });
             };
-            let rc = unsafe {
-                ffi::sqlite3_bind_text(p, i, value.as_ptr().cast(), value.len() as c_int, ffi::SQLITE_STATIC())
+            let rc = match *value {
+                Arg::Int(n) => unsafe { ffi::sqlite3_bind_int64(p, i, n) },
+                Arg::Text(text) => unsafe {
+                    ffi::sqlite3_bind_text(p, i, text.as_ptr().cast(), text.len() as c_int, ffi::SQLITE_STATIC())
+                },
             };
             if rc != ffi::SQLITE_OK {
                 return Err(self.error(rc, "binding a parameter"));
@@ -261,6 +265,28 @@ impl Row<'_> {
 
     pub(crate) fn text(&self, col: &str) -> Result<Option<String>, StoreError> {
         self.with_text(col, str::to_owned)
+    }
+
+    pub(crate) fn blob(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let i = self.index(col)?;
+        if self.is_null(i) {
+            return Ok(None);
+        }
+        let p = self.stmt.stmt.as_ptr();
+        // SAFETY: `sqlite3_column_blob` then `sqlite3_column_bytes`, in the
+        // order SQLite documents, on the row the statement stands on; the
+        // bytes are copied before the next step. An empty blob may come
+        // back as NULL.
+        let bytes = unsafe {
+            let blob = ffi::sqlite3_column_blob(p, i);
+            let len = ffi::sqlite3_column_bytes(p, i).max(0) as usize;
+            if blob.is_null() || len == 0 {
+                Vec::new()
+            } else {
+                std::slice::from_raw_parts(blob.cast::<u8>(), len).to_vec()
+            }
+        };
+        Ok(Some(bytes))
     }
 
     pub(crate) fn int(&self, col: &str) -> Result<Option<i64>, StoreError> {

@@ -488,3 +488,204 @@ async fn stamps_written_together_mark_each_case_still_in_its_status_with_its_own
     assert_eq!(ledger.last_polled(ids[1]).await.unwrap(), Some(t(10)));
     drop(db);
 }
+
+both_backends!(
+    #[tokio::test]
+    a_case_read_in_place_is_the_case_the_ledger_reads
+);
+/// `cases show` reads a SQLite ledger in place (SQLite's C API on the
+/// calling thread, no pool) and PostgreSQL through the pool: every part of a
+/// case (record, timeline, letters, last poll, lease, escalations) reads
+/// alike either way, by every kind of name, and the command prints it.
+async fn a_case_read_in_place_is_the_case_the_ledger_reads(backend: Backend) {
+    use precert::escalate::Reason;
+    use precert::store::{case_view_in_place, CaseName, Lookup};
+
+    let (db, ledger, id) = imported(backend).await;
+    let letter = precert::store::Letter {
+        kind: "letter".into(),
+        stored_path: "letters/lakeside-ortho/LO-2026-1001/approval.pdf".into(),
+        sha256: "ab".repeat(32),
+        bytes: 1234,
+        media_type: "application/pdf".into(),
+        fetched_at: None,
+    };
+    assert!(ledger.add_letter(id, &letter, &Actor::job("letters", 3)).await.unwrap());
+    let lease = ledger.claim_submission(id, &Actor::job("submit", 4)).await.unwrap();
+    assert!(ledger.mark_polled(id, CaseStatus::Submitting).await.unwrap());
+    // Two escalations: one with every optional time and text set, one
+    // with none.
+    ledger
+        .execute_raw(&format!(
+            "INSERT INTO escalations (practice_id, case_id, payer, reason, dedupe_key, audience, level, state, \
+             severity, due_at, summary, detail, opened_at, sends, reminders, last_sent_at, next_action_at, \
+             acknowledged_at, acknowledged_by, note, closed_at) VALUES \
+             ('lakeside-ortho', {id}, 'sandbox', 'stalled', 'case:{id}:stalled', 'supervisors', 1, 'acknowledged', \
+              85, '2026-12-20T09:00:00.000000Z', 'lakeside-ortho/LO-2026-1001: past the deadline', '{{\"days\":9}}', \
+              '2026-12-10T09:00:00.000000Z', 3, 1, '2026-12-11T09:00:00.000000Z', '2026-12-12T09:00:00.000000Z', \
+              '2026-12-11T10:00:00.000000Z', 'supervisor@lakeside.example', 'calling the payer', NULL), \
+             ('lakeside-ortho', {id}, NULL, 'letter_missing', 'case:{id}:letter_missing', 'supervisors', 0, 'open', \
+              30, NULL, 'lakeside-ortho/LO-2026-1001: no letter', '{{}}', '2026-12-11T09:00:00.000000Z', 0, 0, \
+              NULL, NULL, NULL, NULL, NULL, NULL)"
+        ))
+        .await
+        .unwrap();
+    let escalation_ids = ledger.case_escalations(id).await.unwrap();
+    let (second, first) = (escalation_ids[0].id, escalation_ids[1].id);
+
+    let case_ref = "LO-2026-1001";
+    let key = CaseName::parse("lakeside-ortho/LO-2026-1001");
+    assert_eq!(
+        key,
+        CaseName::Key {
+            practice: "lakeside-ortho",
+            case_ref
+        }
+    );
+    let Lookup::Found(view) = ledger.case_view(&key).await.unwrap() else {
+        panic!("the case is not found by its key");
+    };
+    assert_eq!(view.case.id, id);
+    assert_eq!(view.case.status, CaseStatus::Submitting);
+    let events = ledger.events(id).await.unwrap();
+    assert_eq!(view.events.len(), events.len());
+    assert_eq!(
+        view.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        events.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    assert_eq!(view.letters.len(), 1);
+    assert_eq!(view.letters[0].sha256, letter.sha256);
+    assert_eq!(view.letters[0].bytes, 1234);
+    assert!(view.letters[0].fetched_at.is_some());
+    assert_eq!(view.last_polled, ledger.last_polled(id).await.unwrap());
+    assert!(view.last_polled.is_some());
+    let owner = view.owner.as_ref().expect("the lease's holder");
+    assert_eq!(owner.token, lease.token);
+    assert!(owner.holder.starts_with("job:submit#4"), "{}", owner.holder);
+    // Newest first.
+    assert_eq!(
+        view.escalations.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [second, first]
+    );
+    let stalled = &view.escalations[1];
+    assert_eq!(stalled.reason, Reason::Stalled);
+    assert_eq!(
+        stalled.due_at,
+        Some(Utc.with_ymd_and_hms(2026, 12, 20, 9, 0, 0).unwrap())
+    );
+    assert_eq!(stalled.payer.as_deref(), Some("sandbox"));
+    assert_eq!((stalled.level, stalled.sends, stalled.reminders), (1, 3, 1));
+    assert_eq!(stalled.acknowledged_by.as_deref(), Some("supervisor@lakeside.example"));
+    assert_eq!(stalled.note.as_deref(), Some("calling the payer"));
+    assert_eq!(stalled.detail, serde_json::json!({ "days": 9 }));
+    assert!(stalled.last_sent_at.is_some() && stalled.next_action_at.is_some() && stalled.acknowledged_at.is_some());
+    let missing = &view.escalations[0];
+    assert_eq!(missing.reason, Reason::LetterMissing);
+    assert_eq!(
+        (missing.due_at, missing.last_sent_at, missing.closed_at),
+        (None, None, None)
+    );
+    assert_eq!((missing.payer.as_deref(), missing.note.as_deref()), (None, None));
+
+    // By number and by reference alone: the same case; a name nobody has.
+    for name in [id.to_string(), case_ref.to_owned()] {
+        let Lookup::Found(other) = ledger.case_view(&CaseName::parse(&name)).await.unwrap() else {
+            panic!("{name} is not found");
+        };
+        assert_eq!(format!("{other:?}"), format!("{view:?}"), "{name}");
+    }
+    assert!(matches!(
+        ledger.case_view(&CaseName::parse("lakeside-ortho/NOPE")).await.unwrap(),
+        Lookup::Missing
+    ));
+
+    // In place: SQLite alone, each read the same.
+    match backend {
+        Backend::Sqlite => {
+            for name in [key, CaseName::Id(id), CaseName::Ref(case_ref)] {
+                let Some(Lookup::Found(in_place)) = case_view_in_place(&db.url, &name).await.unwrap() else {
+                    panic!("{name:?} is not read in place");
+                };
+                assert_eq!(format!("{in_place:?}"), format!("{view:?}"), "{name:?}");
+            }
+            assert!(matches!(
+                case_view_in_place(&db.url, &CaseName::Id(id + 1_000_000))
+                    .await
+                    .unwrap(),
+                Some(Lookup::Missing)
+            ));
+        }
+        Backend::Postgres => assert!(case_view_in_place(&db.url, &key).await.unwrap().is_none()),
+    }
+    ledger.close().await;
+
+    // The command prints every part.
+    let out = db
+        .project
+        .command(&["cases", "show", "lakeside-ortho/LO-2026-1001"])
+        .env("PRECERT__DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    for part in [
+        "status       submitting",
+        "ready → submitting",
+        "last asked   ",
+        "being submitted by job:submit#4",
+        "  escalations",
+        &format!("#{first:<5} stalled"),
+        &format!("#{second:<5} letter_missing"),
+    ] {
+        assert!(text.contains(part), "no `{part}` in:\n{text}");
+    }
+    // The oldest escalation first, as the timeline.
+    assert!(
+        text.find(" stalled ").unwrap() < text.find(" letter_missing ").unwrap(),
+        "{text}"
+    );
+    // What a read leaves beside a SQLite file is its owner's alone.
+    if backend == Backend::Sqlite {
+        use std::os::unix::fs::PermissionsExt;
+        let file = db.project.settings().data_dir.join("precert.db");
+        for suffix in ["", "-wal", "-shm"] {
+            let p = std::path::PathBuf::from(format!("{}{suffix}", file.display()));
+            if let Ok(m) = std::fs::metadata(&p) {
+                assert_eq!(m.permissions().mode() & 0o777, 0o600, "{}", p.display());
+            }
+        }
+    }
+}
+
+/// A SQLite ledger whose schema is not this precert's is never read in
+/// place: `cases show` opens the ledger as every command does, which says
+/// the schema is newer (or migrates an older one) instead of reading rows
+/// it may not understand.
+#[tokio::test]
+async fn a_ledger_of_another_schema_is_not_read_in_place() {
+    use precert::store::{case_view_in_place, CaseName};
+
+    let (db, ledger, _) = imported(Backend::Sqlite).await;
+    let key = CaseName::parse("lakeside-ortho/LO-2026-1001");
+    assert!(case_view_in_place(&db.url, &key).await.unwrap().is_some());
+    ledger
+        .execute_raw(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99999, 'from a later precert', TRUE, x'00', 0)",
+        )
+        .await
+        .unwrap();
+    ledger.close().await;
+    assert!(case_view_in_place(&db.url, &key).await.unwrap().is_none());
+    let out = db.project.precert(&["cases", "show", "lakeside-ortho/LO-2026-1001"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the ledger's schema is newer than this precert"), "{err}");
+
+    // No file, or no SQLite file: nothing read in place.
+    let missing = format!("sqlite://{}", db.project.path("data/none.db").display());
+    assert!(case_view_in_place(&missing, &key).await.unwrap().is_none());
+    assert!(!db.project.path("data/none.db").exists());
+    assert!(case_view_in_place("sqlite::memory:", &key).await.unwrap().is_none());
+}
