@@ -195,6 +195,14 @@ impl Project {
         Ok(Project { dir })
     }
 
+    /// With `keep`, leaves the directory in place (it is removed otherwise)
+    /// and says where it is.
+    pub fn keep_if(self, keep: bool) {
+        if keep {
+            println!("\nThe project is kept in {}", self.dir.keep().display());
+        }
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }

@@ -19,6 +19,10 @@
 //!    daemon`: requests a second beside the sandbox's own ceiling, and the
 //!    daemon's peak memory (`--only-pas` runs only this part).
 //!
+//! `--keep` keeps the project directory (its `config/` and the 100 000-case
+//! ledger in `data/`) and prints where it is, to measure a command again:
+//! `precert -c DIR/config/precert.toml cases show lakeside-ortho/SYN-050000`.
+//!
 //! Synthetic data only (`precert_bench::synthetic_csv`), 127.0.0.1 only.
 
 use std::process::Stdio;
@@ -118,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
     let mut daemon_minutes: Option<u64> = None;
     let mut pas: usize = PAS_REQUESTS;
     let mut only_pas = false;
+    let mut keep = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -133,8 +138,10 @@ async fn main() -> anyhow::Result<()> {
             }
             "--pas" => pas = args.next().context("--pas N")?.parse().context("--pas N")?,
             "--only-pas" => only_pas = true,
+            "--keep" => keep = true,
             other => anyhow::bail!(
-                "unknown argument {other}; usage: bench-scale [--cases N] [--daemon-minutes N] [--pas N] [--only-pas]"
+                "unknown argument {other}; usage: bench-scale [--cases N] [--daemon-minutes N] [--pas N] [--only-pas] \
+                 [--keep]"
             ),
         }
     }
@@ -150,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
         );
         pas_poll(&project, pas, &mut table).await?;
         table.print();
+        project.keep_if(keep);
         return Ok(());
     }
     let mut table = Table::new(
@@ -195,7 +203,9 @@ async fn main() -> anyhow::Result<()> {
         ..CaseFilter::default()
     };
     let middle = format!("{PRACTICE}/SYN-{:06}", cases / 2);
-    for _ in 0..5 {
+    // A process's time moves with the host's (page cache, scheduler): the
+    // median of 11 runs, each command run alternately.
+    for _ in 0..11 {
         let mut cmd = project.precert()?;
         cmd.args(["cases", "list", "--practice", PRACTICE]);
         let (t, _, out) = run_measured(cmd)?;
@@ -347,6 +357,7 @@ async fn main() -> anyhow::Result<()> {
         "\nNot measured here: a report (bench-report) and the worklist poll (bench-wire), the browser half \
          of issue 19."
     );
+    project.keep_if(keep);
     Ok(())
 }
 
