@@ -65,6 +65,11 @@ pub enum StoreError {
     Open { url: String, source: sqlx::Error },
     #[error("`{url}` is not a database URL precert knows; use {SCHEMES}")]
     UnknownUrl { url: String },
+    #[error(
+        "{} is not a SQLite database (it does not begin as one); is `database_url` naming the ledger?",
+        path.display()
+    )]
+    NotSqlite { path: PathBuf },
     #[error("cannot prepare the data directory {}: {source}", path.display())]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot bring the ledger's schema up to date: {0}")]

@@ -134,6 +134,9 @@ pub(super) async fn connect(url: &str, connections: u32) -> Result<(Backend, Any
         url
     };
     let file = sqlite_path(url);
+    if let Some(file) = &file {
+        sqlite_or_new(file)?;
+    }
     if let Some(dir) = file
         .as_deref()
         .and_then(Path::parent)
@@ -178,6 +181,24 @@ pub(super) async fn connect(url: &str, connections: u32) -> Result<(Backend, Any
         }
     }
     Ok((backend, pool))
+}
+
+/// A SQLite file to open is a SQLite database, or empty, or not there yet
+/// (it is created). Any other file is refused at once: sqlx would retry
+/// its connection until the pool's 30-second timeout and then report only
+/// the timeout.
+fn sqlite_or_new(file: &Path) -> Result<(), StoreError> {
+    use std::io::Read as _;
+    const MAGIC: &[u8; 16] = b"SQLite format 3\0";
+    let Ok(f) = std::fs::File::open(file) else {
+        // Not there (created), or not readable (the open says so).
+        return Ok(());
+    };
+    let mut head = Vec::with_capacity(MAGIC.len());
+    if f.take(MAGIC.len() as u64).read_to_end(&mut head).is_err() || head.is_empty() || head == MAGIC {
+        return Ok(());
+    }
+    Err(StoreError::NotSqlite { path: file.to_owned() })
 }
 
 /// Brings the schema up to date under the migration lock. Returns the

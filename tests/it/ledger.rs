@@ -688,4 +688,31 @@ async fn a_ledger_of_another_schema_is_not_read_in_place() {
     assert!(case_view_in_place(&missing, &key).await.unwrap().is_none());
     assert!(!db.project.path("data/none.db").exists());
     assert!(case_view_in_place("sqlite::memory:", &key).await.unwrap().is_none());
+    // A file that is not a ledger is not read in place either: the ledger's
+    // open says what it is.
+    let garbage = db.project.path("data/garbage.db");
+    std::fs::write(&garbage, b"not a database, only text").unwrap();
+    let url = format!("sqlite://{}", garbage.display());
+    assert!(case_view_in_place(&url, &key).await.unwrap().is_none());
+    // ... and refused at once, by name, before sqlx would retry its
+    // connection for the pool's 30 seconds.
+    let started = std::time::Instant::now();
+    let out = db
+        .project
+        .command(&["cases", "show", "lakeside-ortho/LO-2026-1001"])
+        .env("PRECERT__DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{} is not a SQLite database", garbage.display())),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(std::fs::read(&garbage).unwrap(), b"not a database, only text");
 }
