@@ -97,31 +97,36 @@ pub async fn case_view_in_place(url: &str, name: &CaseName<'_>) -> Result<Option
     view(&db, name).await.map(Some)
 }
 
-async fn lookup(src: &impl Source, name: &CaseName<'_>) -> Result<Lookup<CaseRecord>, StoreError> {
-    let mut found = match *name {
-        CaseName::Id(id) => {
-            src.rows(&format!("{SELECT_CASE} WHERE id = $1"), &[Arg::Int(id)], |r| {
-                case_from_row(r)
-            })
-            .await?
-        }
-        CaseName::Key { practice, case_ref } => {
-            src.rows(
-                &format!("{SELECT_CASE} WHERE practice_id = $1 AND case_ref = $2"),
-                &[Arg::Text(practice), Arg::Text(case_ref)],
-                |r| case_from_row(r),
-            )
-            .await?
-        }
-        CaseName::Ref(case_ref) => {
-            src.rows(
-                &format!("{SELECT_CASE} WHERE case_ref = $1 ORDER BY id"),
-                &[Arg::Text(case_ref)],
-                |r| case_from_row(r),
-            )
-            .await?
-        }
+/// The cases a name names (at most one but for a reference alone), in id
+/// order: the one read behind [`Ledger::get`], [`Ledger::find`],
+/// [`Ledger::find_by_ref`] and [`lookup`].
+pub(super) async fn cases_named(src: &impl Source, name: &CaseName<'_>) -> Result<Vec<CaseRecord>, StoreError> {
+    let (sql, args) = match *name {
+        CaseName::Id(id) => (format!("{SELECT_CASE} WHERE id = $1"), vec![Arg::Int(id)]),
+        CaseName::Key { practice, case_ref } => (
+            format!("{SELECT_CASE} WHERE practice_id = $1 AND case_ref = $2"),
+            vec![Arg::Text(practice), Arg::Text(case_ref)],
+        ),
+        CaseName::Ref(case_ref) => (
+            format!("{SELECT_CASE} WHERE case_ref = $1 ORDER BY id"),
+            vec![Arg::Text(case_ref)],
+        ),
     };
+    src.rows(&sql, &args, |r| case_from_row(r)).await
+}
+
+/// When the payer was last asked about case `id` and said nothing new.
+pub(super) async fn last_polled(src: &impl Source, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
+    src.rows("SELECT last_polled_at FROM cases WHERE id = $1", &[Arg::Int(id)], |r| {
+        r.time("last_polled_at", id)
+    })
+    .await?
+    .pop()
+    .ok_or_else(|| StoreError::NotFound(format!("case {id}")))
+}
+
+async fn lookup(src: &impl Source, name: &CaseName<'_>) -> Result<Lookup<CaseRecord>, StoreError> {
+    let mut found = cases_named(src, name).await?;
     Ok(match found.len() {
         0 => Lookup::Missing,
         1 => Lookup::Found(found.remove(0)),
@@ -142,13 +147,7 @@ async fn view(src: &impl Source, name: &CaseName<'_>) -> Result<Lookup<CaseView>
     let letters = src
         .rows(SELECT_LETTERS, &[Arg::Int(id)], |r| letter_from_row(r, id))
         .await?;
-    let last_polled = src
-        .rows("SELECT last_polled_at FROM cases WHERE id = $1", &[Arg::Int(id)], |r| {
-            r.time("last_polled_at", id)
-        })
-        .await?
-        .pop()
-        .flatten();
+    let last_polled = last_polled(src, id).await?;
     let owner = owner::owner_from(src, id).await?;
     let escalations = src
         .rows(escalations::SELECT_CASE_ESCALATIONS, &[Arg::Int(id)], |r| {

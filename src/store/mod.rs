@@ -925,42 +925,28 @@ impl Ledger {
 
     /// When the payer was last asked about the case and said nothing new.
     pub async fn last_polled(&self, id: i64) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let row = sqlx::query("SELECT last_polled_at FROM cases WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("case {id}")))?;
-        row.try_get::<Option<String>, _>("last_polled_at")?
-            .map(|s| parse_ts(id, &s))
-            .transpose()
+        case_view::last_polled(&self.pool, id).await
     }
 
     pub async fn get(&self, id: i64) -> Result<CaseRecord, StoreError> {
-        let row = sqlx::query(&format!("{SELECT_CASE} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
+        case_view::cases_named(&self.pool, &CaseName::Id(id))
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("case {id}")))?;
-        case_from_row(&row)
+            .pop()
+            .ok_or_else(|| StoreError::NotFound(format!("case {id}")))
     }
 
     /// A case by its practice and the practice's own reference.
     pub async fn find(&self, practice: &str, case_ref: &str) -> Result<Option<CaseRecord>, StoreError> {
-        let row = sqlx::query(&format!("{SELECT_CASE} WHERE practice_id = $1 AND case_ref = $2"))
-            .bind(practice)
-            .bind(case_ref)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(case_from_row).transpose()
+        Ok(
+            case_view::cases_named(&self.pool, &CaseName::Key { practice, case_ref })
+                .await?
+                .pop(),
+        )
     }
 
     /// Cases of any practice with this reference.
     pub async fn find_by_ref(&self, case_ref: &str) -> Result<Vec<CaseRecord>, StoreError> {
-        let rows = sqlx::query(&format!("{SELECT_CASE} WHERE case_ref = $1 ORDER BY id"))
-            .bind(case_ref)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(case_from_row).collect()
+        case_view::cases_named(&self.pool, &CaseName::Ref(case_ref)).await
     }
 
     pub async fn list(&self, filter: &CaseFilter) -> Result<Vec<CaseRecord>, StoreError> {
