@@ -30,3 +30,4 @@ pub mod schedule;
 pub mod scrub;
 pub mod store;
 pub mod totp;
+pub mod tz;

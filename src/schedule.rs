@@ -34,8 +34,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::tz::Tz;
 use chrono::{DateTime, Duration, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
-use chrono_tz::Tz;
 
 use crate::config::{Job, Practice};
 

@@ -167,7 +167,7 @@ pub fn render_escalations(list: &[Escalation], settings: &Settings) -> String {
         let tz = settings
             .practice(&e.practice_id)
             .map(|p| p.timezone)
-            .unwrap_or(chrono_tz::Tz::UTC);
+            .unwrap_or(crate::tz::UTC);
         let due = e
             .due_at
             .map(|d| d.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string())

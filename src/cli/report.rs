@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
+use crate::tz::Tz;
 use anyhow::Context as _;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use chrono_tz::Tz;
 use clap::{Args, ValueEnum};
 
 use super::Outcome;
@@ -92,7 +92,7 @@ pub async fn run(args: ReportArgs, settings: &Settings, config: &std::path::Path
     let tz = args
         .practice
         .as_deref()
-        .map_or(chrono_tz::UTC, |p| report::practice_tz(settings, p));
+        .map_or(crate::tz::UTC, |p| report::practice_tz(settings, p));
     let now = Utc::now();
     let as_of = match &args.as_of {
         Some(v) => parse_bound("as-of", v, tz, true)?,

@@ -15,7 +15,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use chrono_tz::Tz;
+use crate::tz::Tz;
 use serde::de::DeserializeOwned;
 
 use crate::case::{Npi, TaxId};
@@ -1015,16 +1015,9 @@ fn compile_practice(raw: &RawPractice, file: &Path, secrets: Secrets, errors: &m
     let tax_id = p
         .required("tax_id", &raw.tax_id)
         .and_then(|v| TaxId::parse(v).map_err(|e| p.add("tax_id", e)).ok());
-    let timezone = p.required("timezone", &raw.timezone).and_then(|v| {
-        v.parse::<Tz>()
-            .map_err(|_| {
-                p.add(
-                    "timezone",
-                    format!("`{v}` is not an IANA time zone (e.g. America/Chicago)"),
-                )
-            })
-            .ok()
-    });
+    let timezone = p
+        .required("timezone", &raw.timezone)
+        .and_then(|v| v.parse::<Tz>().map_err(|e| p.add("timezone", e.to_string())).ok());
     let mut locations: Vec<Location> = Vec::new();
     for (i, l) in raw.locations.iter().enumerate() {
         let k = |f: &str| format!("locations[{i}].{f}");

@@ -61,7 +61,7 @@ async fn check(app: &App, viewer: &Viewer, token: &str) -> Result<(AckLink, Esca
                 "Link expired",
                 format!(
                     "This acknowledgement link ended at {}. Acknowledge in the Escalations inbox instead.",
-                    view::when(at, chrono_tz::UTC)
+                    view::when(at, crate::tz::UTC)
                 ),
             )
             .await)
@@ -87,7 +87,7 @@ async fn check(app: &App, viewer: &Viewer, token: &str) -> Result<(AckLink, Esca
             let tz = app
                 .settings
                 .practice(&esc.practice_id)
-                .map_or(chrono_tz::UTC, |p| p.timezone);
+                .map_or(crate::tz::UTC, |p| p.timezone);
             return Err(refuse(
                 StatusCode::CONFLICT,
                 "used",
@@ -105,7 +105,7 @@ async fn check(app: &App, viewer: &Viewer, token: &str) -> Result<(AckLink, Esca
         let tz = app
             .settings
             .practice(&esc.practice_id)
-            .map_or(chrono_tz::UTC, |p| p.timezone);
+            .map_or(crate::tz::UTC, |p| p.timezone);
         let text = match (esc.state, esc.acknowledged_at) {
             (EscalationState::Acknowledged, Some(at)) => format!(
                 "Escalation #{} was acknowledged already, at {} by {}. Its reminders have stopped.",
@@ -146,7 +146,7 @@ pub async fn confirm(State(app): State<App>, viewer: Viewer, Path(token): Path<S
     let tz = app
         .settings
         .practice(&esc.practice_id)
-        .map_or(chrono_tz::UTC, |p| p.timezone);
+        .map_or(crate::tz::UTC, |p| p.timezone);
     let frame = Frame::new("Acknowledge", "escalations", Some(&viewer));
     let ctx = json!({
         "id": esc.id,

@@ -92,7 +92,7 @@ async fn render(
         Err(e) => return super::unavailable(&e),
     };
     let now = app.ledger.now();
-    let tz = chrono_tz::UTC;
+    let tz = crate::tz::UTC;
     let rows: Vec<UserRow> = all
         .iter()
         .map(|u| UserRow {

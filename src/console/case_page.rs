@@ -98,7 +98,7 @@ pub async fn show(
     let ledger = &app.ledger;
     let d = &case.data;
     let practice = app.settings.practice(&d.practice_id);
-    let tz = practice.map_or(chrono_tz::UTC, |p| p.timezone);
+    let tz = practice.map_or(crate::tz::UTC, |p| p.timezone);
     let loaded = async {
         Ok::<_, crate::store::StoreError>((
             ledger.events(case.id).await?,

@@ -794,7 +794,7 @@ pub async fn cases(State(app): State<App>, viewer: Viewer, Query(q): Query<ListQ
         .map(|(c, d)| {
             let tz = settings
                 .practice(&c.data.practice_id)
-                .map_or(chrono_tz::UTC, |p| p.timezone);
+                .map_or(crate::tz::UTC, |p| p.timezone);
             Row {
                 href: view::case_path(&c.data.practice_id, &c.data.case_ref),
                 case_ref: c.data.case_ref.clone(),
@@ -1135,7 +1135,7 @@ pub async fn escalations(State(app): State<App>, viewer: Viewer, Query(q): Query
     let now = app.ledger.now();
     let mut rows = Vec::new();
     for e in &list {
-        let tz = settings.practice(&e.practice_id).map_or(chrono_tz::UTC, |p| p.timezone);
+        let tz = settings.practice(&e.practice_id).map_or(crate::tz::UTC, |p| p.timezone);
         let case = match e.case_id {
             Some(id) => app.ledger.get(id).await.ok(),
             None => None,

@@ -125,7 +125,7 @@ pub async fn page(State(app): State<App>, viewer: Viewer) -> Response {
                 .iter()
                 .find(|a| a.practice_id == practice && a.payer == payer)
                 .unwrap_or(&empty);
-            let tz = app.settings.practice(&practice).map_or(chrono_tz::UTC, |p| p.timezone);
+            let tz = app.settings.practice(&practice).map_or(crate::tz::UTC, |p| p.timezone);
             let count = |pred: &dyn Fn(CaseStatus) -> bool| -> i64 {
                 a.statuses.iter().filter(|(s, _)| pred(*s)).map(|(_, n)| n).sum()
             };

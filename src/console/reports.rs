@@ -70,7 +70,7 @@ fn scope(app: &App, viewer: &Viewer, q: &ReportsQuery) -> Result<(ReportQuery, S
     }
     let tz = practice
         .as_deref()
-        .map_or(chrono_tz::UTC, |p| report::practice_tz(&app.settings, p));
+        .map_or(crate::tz::UTC, |p| report::practice_tz(&app.settings, p));
     let day = |field: &str, v: &str| -> Result<Option<NaiveDate>, Refused> {
         match some(v) {
             None => Ok(None),
@@ -297,7 +297,7 @@ pub async fn page(State(app): State<App>, viewer: Viewer, Query(q): Query<Report
         "approval_svg": chart::approval_svg(&report.groups),
         "late": csv.replacen("/reports.csv", "/reports/late", 1),
         "csv": csv,
-        "as_of": render::local(report.as_of, chrono_tz::UTC),
+        "as_of": render::local(report.as_of, crate::tz::UTC),
         "as_of_day": some(&q.as_of),
     });
     let frame = Frame::new("Reports", "reports", Some(&viewer));

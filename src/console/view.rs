@@ -2,8 +2,8 @@
 //! their names end in `.html`), the page layout, and small formatting
 //! helpers shared by the pages.
 
+use crate::tz::Tz;
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use minijinja::value::Serde;
 use minijinja::{Environment, Value};
 use serde::Serialize;

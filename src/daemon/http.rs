@@ -10,13 +10,13 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::tz::Tz;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::Utc;
-use chrono_tz::Tz;
 
 use crate::case::{CaseRecord, CaseStatus};
 use crate::ids::{PayerKey, PlaybookId};
@@ -574,7 +574,7 @@ async fn case_page(State(s): State<HttpState>, Path((practice, case_ref)): Path<
         Ok(list) => list.into_iter().filter(|e| e.case_id == Some(case.id)).collect(),
         Err(_) => Vec::new(),
     };
-    let body = case_html(&case, &escalations, tz.unwrap_or(chrono_tz::UTC));
+    let body = case_html(&case, &escalations, tz.unwrap_or(crate::tz::UTC));
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
 }
 

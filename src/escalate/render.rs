@@ -3,8 +3,8 @@
 //! the practice says otherwise; a date of birth never appears. Text quoted
 //! from a payer or a portal goes through `crate::scrub` first.
 
+use crate::tz::Tz;
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use serde_json::Value;
 
 use super::rules::PatientDetails;

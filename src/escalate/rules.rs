@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::tz::Tz;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc, Weekday};
-use chrono_tz::Tz;
 use serde::Deserialize;
 use serde_json::{json, Value};
 

@@ -24,8 +24,8 @@ pub mod render;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
+use crate::tz::Tz;
 use chrono::{DateTime, Datelike, Utc};
-use chrono_tz::Tz;
 use serde::Serialize;
 
 use crate::case::{CaseStatus, Urgency, Usd};
@@ -310,7 +310,7 @@ pub fn start_of(day: chrono::NaiveDate, tz: Tz) -> DateTime<Utc> {
 
 /// The practice's zone (UTC for a practice no longer configured).
 pub fn practice_tz(settings: &Settings, practice: &str) -> Tz {
-    settings.practice(practice).map_or(chrono_tz::UTC, |p| p.timezone)
+    settings.practice(practice).map_or(crate::tz::UTC, |p| p.timezone)
 }
 
 /// The window that applies to a request: the deadline a stall escalation
@@ -319,7 +319,7 @@ pub fn practice_tz(settings: &Settings, practice: &str) -> Tz {
 /// payer in `precert.toml` and the practice's file).
 pub fn window_for(settings: &Settings, f: &CaseFacts) -> Window {
     let practice = settings.practice(&f.practice_id);
-    let tz = practice.map_or(chrono_tz::UTC, |p| p.timezone);
+    let tz = practice.map_or(crate::tz::UTC, |p| p.timezone);
     let empty = EscalationConfig::default();
     let key = RuleKey {
         payer: &f.payer,
@@ -451,7 +451,7 @@ impl<'a> Deadlines<'a> {
                 plan_type: f.plan_type.as_deref().unwrap_or_default(),
             };
             let set = rules::rules_for(&settings.escalations, practice.map_or(&empty, |p| &p.escalations), &key);
-            (set, practice.map_or(chrono_tz::UTC, |p| p.timezone))
+            (set, practice.map_or(crate::tz::UTC, |p| p.timezone))
         });
         let (set, tz) = self.rules.get_mut(i);
         rules::decision_deadline(f.submitted_at, f.urgency, set, *tz)

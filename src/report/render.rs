@@ -5,8 +5,8 @@
 
 use std::fmt::Write as _;
 
+use crate::tz::Tz;
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 
 use super::{Figures, LateRequest, Report, Turnaround, WindowFigures};
 

@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
-use chrono_tz::Tz;
 use precert::case::{CaseStatus, Decision, DenialReason, Urgency};
 use precert::config::Settings;
 use precert::escalate::rules::{self, RuleSet, DEFAULTS};
 use precert::escalate::{self, Escalator, Reason};
 use precert::mail::Mailer;
 use precert::store::{Actor, EscalationState, EventKind, Ledger, OutboxState};
+use precert::tz::Tz;
 
 use super::postgres::{both_backends, Backend};
 use super::smtp::{parse_eml, ReceivedMail, SmtpServer};

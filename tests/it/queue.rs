@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use chrono_tz::America::Chicago;
 use precert::case::CaseStatus;
 use precert::config::Job;
 use precert::queue::{
@@ -17,6 +16,7 @@ use precert::queue::{
     RetryPolicy, Scheduler,
 };
 use precert::store::Ledger;
+use precert::tz::Tz;
 
 use super::postgres::{both_backends, Backend, TestDb};
 
@@ -543,7 +543,8 @@ impl Log {
 }
 
 fn chicago(d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-    Chicago
+    Tz::named("America/Chicago")
+        .expect("tzdata has America/Chicago")
         .with_ymd_and_hms(2026, 12, d, h, mi, 0)
         .single()
         .unwrap()
