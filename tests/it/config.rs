@@ -209,6 +209,34 @@ fn every_problem_in_a_practice_is_reported_at_once() {
     assert_eq!(errors.len(), 4, "{errors:#?}");
 }
 
+/// Time zones come from the system's tzdata (`src/tz.rs`): a machine
+/// without it is told so, per practice, and `TZDIR` points elsewhere.
+#[test]
+fn a_machine_without_tzdata_is_told_to_install_it() {
+    let p = Project::new();
+    let empty = p.path("no-tzdata");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = p.command(&["check"]).env("TZDIR", &empty).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    for file in ["lakeside-ortho.toml", "valley-imaging.toml"] {
+        assert!(
+            err.lines().any(|l| l.contains(file)
+                && l.contains("timezone: time zones are read from the system's time zone database")
+                && l.contains("install tzdata, or set TZDIR")),
+            "{file} in {err}"
+        );
+    }
+    // A copy of the two zones the practices name is enough.
+    for zone in ["America/Chicago", "America/Los_Angeles"] {
+        let to = empty.join(zone);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(std::path::Path::new("/usr/share/zoneinfo").join(zone), &to).unwrap();
+    }
+    let out = p.command(&["check"]).env("TZDIR", &empty).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 #[test]
 fn an_unresolvable_secret_is_reported_with_where_it_was_looked_for() {
     let p = Project::new();

@@ -118,7 +118,7 @@ fn the_package_installs_and_a_practice_imports_cases_as_the_service_user() {
     let control = String::from_utf8_lossy(&run(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Depends")).stdout)
         .into_owned();
     assert!(
-        control.contains("chromium,") && control.contains("chromium-driver"),
+        control.contains("chromium,") && control.contains("chromium-driver") && control.contains("tzdata"),
         "{control}"
     );
 

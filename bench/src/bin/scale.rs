@@ -114,6 +114,8 @@ fn verdict(ok: bool) -> String {
     if ok { "met" } else { "NOT met" }.into()
 }
 
+const USAGE: &str = "usage: bench-scale [--cases N] [--daemon-minutes N] [--pas N] [--only-pas] [--keep]";
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let mut cases: usize = 100_000;
@@ -139,10 +141,11 @@ async fn main() -> anyhow::Result<()> {
             "--pas" => pas = args.next().context("--pas N")?.parse().context("--pas N")?,
             "--only-pas" => only_pas = true,
             "--keep" => keep = true,
-            other => anyhow::bail!(
-                "unknown argument {other}; usage: bench-scale [--cases N] [--daemon-minutes N] [--pas N] [--only-pas] \
-                 [--keep]"
-            ),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => anyhow::bail!("unknown argument {other}; {USAGE}"),
         }
     }
     let (run, every) = match daemon_minutes {
