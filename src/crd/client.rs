@@ -152,7 +152,11 @@ impl CrdClient {
                 continue;
             }
             let json = json_of(&url, status, &bytes)?;
-            return Ok(Answered { json, bytes, service });
+            return Ok(Answered {
+                json,
+                bytes: bytes.into(),
+                service,
+            });
         }
     }
 }

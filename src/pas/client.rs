@@ -267,8 +267,11 @@ impl PasClient {
         resend_on_5xx: bool,
     ) -> Result<Value, ClientError> {
         let url = format!("{}/{path}", self.endpoint.fhir_base);
-        let text = serde_json::to_vec(body)
-            .map_err(|e| ClientError::Config(format!("the request to {url} cannot be written as JSON: {e}")))?;
+        // `Bytes`: each attempt shares the one body, uncopied.
+        let text = bytes::Bytes::from(
+            serde_json::to_vec(body)
+                .map_err(|e| ClientError::Config(format!("the request to {url} cannot be written as JSON: {e}")))?,
+        );
         let mut renewed = false;
         loop {
             let token = self.token().await?;
@@ -307,7 +310,7 @@ impl PasClient {
         &self,
         url: &str,
         request: impl Fn() -> RequestBuilder,
-    ) -> Result<(StatusCode, HeaderMap, Vec<u8>), ClientError> {
+    ) -> Result<(StatusCode, HeaderMap, bytes::Bytes), ClientError> {
         send_with_policy(&self.policy, url, request, true).await
     }
 }
@@ -325,7 +328,7 @@ pub async fn send_with_policy(
     url: &str,
     request: impl Fn() -> RequestBuilder,
     resend_on_5xx: bool,
-) -> Result<(StatusCode, HeaderMap, Vec<u8>), ClientError> {
+) -> Result<(StatusCode, HeaderMap, bytes::Bytes), ClientError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -350,14 +353,10 @@ pub async fn send_with_policy(
         };
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.to_owned(),
-                source,
-            })?
-            .to_vec();
+        let bytes = response.bytes().await.map_err(|source| ClientError::Transport {
+            url: url.to_owned(),
+            source,
+        })?;
         if status == StatusCode::TOO_MANY_REQUESTS {
             let wait = retry_after(&headers).unwrap_or_else(|| backoff(p, attempt));
             if wait > p.max_retry_after || last {

@@ -3,6 +3,7 @@
 //! `OperationOutcome`. What it means is decided in `outcome`.
 
 use chrono::NaiveDate;
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::fhir::*;
@@ -94,18 +95,22 @@ fn conformance(v: &Value, answer: Option<&Value>) -> Vec<String> {
         }
     }
     let Some(answer) = answer else { return found };
+    // `r` names an entry by its fullUrl, the end of it, or TYPE/ID.
     let resolves = |r: &str| {
         entries.iter().any(|e| {
             let url = e.get("fullUrl").and_then(Value::as_str).unwrap_or("");
-            let res = e.get("resource");
-            let typed = res
-                .and_then(|x| Some(format!("{}/{}", resource_type(x)?, x.get("id")?.as_str()?)))
-                .unwrap_or_default();
-            url == r || typed == r || (!url.is_empty() && url.ends_with(&format!("/{r}")))
+            let typed = e.get("resource").zip(r.split_once('/')).is_some_and(|(x, (kind, id))| {
+                resource_type(x) == Some(kind) && x.get("id").and_then(Value::as_str) == Some(id)
+            });
+            url == r || typed || url.strip_suffix(r).is_some_and(|head| head.ends_with('/'))
         })
     };
     for field in ["patient", "insurer", "requestor"] {
-        if let Some(r) = answer.pointer(&format!("/{field}/reference")).and_then(Value::as_str) {
+        if let Some(r) = answer
+            .get(field)
+            .and_then(|f| f.get("reference"))
+            .and_then(Value::as_str)
+        {
             // Contained (`#x`) and absolute references need no entry.
             if !r.starts_with('#') && !r.contains("://") && !resolves(r) {
                 // The reference's type only: a payer may use the member ID
@@ -210,7 +215,8 @@ fn operation_outcome(v: &Value) -> Outcome {
 }
 
 fn claim_response(v: &Value, issues: &[String]) -> Result<Outcome, DecodeError> {
-    let cr: ClaimResponse = serde_json::from_value(v.clone()).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    // Read from the parsed answer in place, not from a copy of it.
+    let cr = ClaimResponse::deserialize(v).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     let queued = matches!(cr.outcome.as_deref(), Some("queued" | "partial"));
     let info_requested = !cr.communication_request.is_empty();
     let mut attention: Vec<String> = issues.to_vec();
