@@ -218,6 +218,9 @@ struct Importer<'a, 'c> {
     /// What happened to each record, in order, when the caller wants it
     /// (the API answers per case; a file's report lists only problems).
     each: Option<Vec<Option<RecordResult>>>,
+    /// The ledger's planner statistics, kept up with the cases this import
+    /// creates (PostgreSQL: `Ledger::keep_planner_stats`).
+    stats: crate::store::BulkStats,
 }
 
 /// A valid record waiting for its transaction: (index, line, data,
@@ -276,6 +279,7 @@ impl<'a, 'c> Importer<'a, 'c> {
             first_line: HashMap::new(),
             batch: Vec::with_capacity(BATCH),
             each: each.then(Vec::new),
+            stats: Default::default(),
         }
     }
 
@@ -462,6 +466,9 @@ impl<'a, 'c> Importer<'a, 'c> {
             self.report.invalid.extend(refused);
             self.report.invalid.sort_by_key(|p| p.line);
         }
+        self.ledger
+            .keep_planner_stats(&mut self.stats, self.report.created as u64)
+            .await;
         Ok(())
     }
 }

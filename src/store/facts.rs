@@ -62,6 +62,12 @@ fn fold_into_facts(filter: &str) -> String {
     )
 }
 
+/// The fold of `n` cases' facts, `$1` … `$n` their IDs.
+pub(crate) fn refold_sql(n: usize) -> String {
+    let marks: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    fold_into_facts(&format!(" AND e.case_id IN ({})", marks.join(", ")))
+}
+
 /// Rewrites the facts of `cases` from their events, in the transaction that
 /// has just appended status changes to them. Every path that appends a
 /// status change calls it (`insert_event` for one, the import for its
@@ -70,8 +76,7 @@ pub(crate) async fn refold(tx: &mut Tx<'_>, cases: &[i64]) -> Result<(), StoreEr
     if cases.is_empty() {
         return Ok(());
     }
-    let marks: Vec<String> = (1..=cases.len()).map(|i| format!("${i}")).collect();
-    let sql = fold_into_facts(&format!(" AND e.case_id IN ({})", marks.join(", ")));
+    let sql = refold_sql(cases.len());
     let mut q = sqlx::query(&sql);
     for id in cases {
         q = q.bind(*id);

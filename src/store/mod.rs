@@ -52,7 +52,7 @@ pub use escalations::{
 };
 pub use metrics::OldestPending;
 pub use owner::{Owner, SubmitLease, SUBMIT_LEASE, SUBMIT_LEASE_RENEW};
-pub use plan::{hot_queries, HotQuery, PlanArg};
+pub use plan::{bulk_import_queries, hot_queries, BulkStats, HotQuery, PlanArg};
 pub use report::{report_cases_sql, report_queries, AttentionEvent, CaseFacts, FactsSource, PendEpisode, ReportScope};
 pub use requirement::RequirementDecision;
 pub use schema::{migrate, redact_url, schema_status, AppliedMigration, SchemaStatus};

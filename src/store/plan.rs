@@ -196,3 +196,94 @@ impl Ledger {
         rows.iter().map(|r| Ok(r.try_get::<String, _>(col)?)).collect()
     }
 }
+
+/// The statements an import repeats for every batch, as it prepares them:
+/// (what, SQL) — the read of a batch's cases already stored (`$1` the
+/// practice, `$2` … `$201` case IDs) and the fold of a batch's facts (`$1`
+/// … `$50` case IDs). `tests/it/query_plan.rs` asks PostgreSQL for the
+/// plans it keeps for them after an import into a new ledger.
+#[doc(hidden)]
+pub fn bulk_import_queries() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "the batch's cases already stored",
+            super::stored_sql(4 * super::ROWS_A_STATEMENT),
+        ),
+        (
+            "the fold of the batch's facts",
+            super::facts::refold_sql(super::ROWS_A_STATEMENT),
+        ),
+    ]
+}
+
+/// The planner's statistics over a bulk write (the import), PostgreSQL's.
+///
+/// PostgreSQL plans a statement prepared on a connection once it has run a
+/// few times (a generic plan) and keeps that plan until the table's
+/// statistics change. An import into a new ledger prepares its statements
+/// while `cases` holds a few rows and no statistics, so the plan then kept
+/// reads every case of the practice to find a batch's 200 (`cases_worklist`
+/// by `practice_id` alone) and every event to fold a batch's facts (a
+/// `Seq Scan` of `case_events`): each batch costs more than the last, and
+/// 100 000 cases took 15–71 s by whether autovacuum's first ANALYZE (a
+/// minute or more away) came early. One ANALYZE once the import has
+/// written more cases than the statistics know of gives the planner the
+/// columns' shapes (a case ID is unique, a practice is not selective),
+/// which scale with the table from then on.
+///
+/// SQLite has no statistics unless ANALYZE writes them and plans each
+/// statement by its indexes' shapes; nothing is done there.
+#[derive(Debug, Default)]
+pub struct BulkStats {
+    /// `None` until read: the rows PostgreSQL's statistics count in `cases`
+    /// (0 when never analyzed); `Some(None)` once refreshed or on SQLite.
+    known: Option<Option<i64>>,
+}
+
+impl Ledger {
+    /// Called after each committed batch of a bulk write with the cases it
+    /// has created so far: on PostgreSQL, analyzes the ledger's busiest
+    /// tables once those outnumber what the statistics knew of. A failure
+    /// (a role that does not own the tables) is logged and the write goes
+    /// on: statistics make it faster, never different.
+    pub async fn keep_planner_stats(&self, stats: &mut BulkStats, created: u64) {
+        if self.backend != Backend::Postgres {
+            stats.known = Some(None);
+        }
+        if stats.known.is_none() {
+            let known = sqlx::query(
+                "SELECT CAST(GREATEST(reltuples, 0) AS BIGINT) AS n FROM pg_class WHERE oid = 'cases'::regclass",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get::<i64, _>("n"));
+            stats.known = Some(match known {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot read the planner's statistics of the ledger; left to autovacuum.");
+                    None
+                }
+            });
+        }
+        let Some(Some(known)) = stats.known else { return };
+        if created <= known.max(0) as u64 {
+            return;
+        }
+        stats.known = Some(None);
+        let start = std::time::Instant::now();
+        match sqlx::query("ANALYZE cases, case_events, case_facts")
+            .execute(&self.pool)
+            .await
+        {
+            Ok(_) => tracing::debug!(
+                created,
+                known,
+                ms = start.elapsed().as_millis() as u64,
+                "The ledger's planner statistics refreshed during a bulk write."
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot analyze the ledger's tables; their plans are left to autovacuum.")
+            }
+        }
+    }
+}

@@ -143,3 +143,88 @@ both_backends!(
     #[tokio::test]
     the_report_reads_events_through_its_own_index
 );
+
+/// An import into a new PostgreSQL ledger prepares its statements while
+/// `cases` is nearly empty and has no statistics; the generic plans
+/// PostgreSQL then keeps for the rest of the import (until the statistics
+/// change) found a batch's 200 cases by `practice_id` alone — every case of
+/// the practice, a read that grew with each batch — and folded a batch's
+/// facts over every event (`Seq Scan on case_events`). The import analyzes
+/// the ledger once it has written more cases than the statistics knew of
+/// (`Ledger::keep_planner_stats`); the plans kept after it read by the key.
+#[tokio::test]
+async fn an_import_into_a_new_postgresql_ledger_leaves_plans_that_read_by_the_case_key() {
+    use sqlx::{Connection, Row};
+    let db = TestDb::new(Backend::Postgres).await;
+    let ledger = db.ledger().await;
+    let sample = std::fs::read_to_string(db.project.path("samples/cases.csv")).unwrap();
+    let mut lines = sample.lines();
+    let header = lines.next().unwrap();
+    let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = |name: &str| header.split(',').position(|h| h == name).unwrap();
+    // The sample's provider name is quoted and holds a comma: one more
+    // field when split on commas, after the requesting provider's name.
+    let shift = |i: usize| if i > at("requesting_provider_name") { i + 1 } else { i };
+    let mut csv = format!("{header}\n");
+    for i in 0..1_200 {
+        let mut r = row.clone();
+        let (case, member) = (format!("SYN-{i:06}"), format!("SYN{i:09}"));
+        r[shift(at("case_id"))] = &case;
+        r[shift(at("patient_member_id"))] = &member;
+        r[shift(at("attachments"))] = "";
+        csv.push_str(&r.join(","));
+        csv.push('\n');
+    }
+    std::fs::write(db.project.path("samples/many.csv"), csv).unwrap();
+    let report = db.import(&ledger, "samples/many.csv").await;
+    assert_eq!(report.created, 1_200, "{report:?}");
+    ledger.close().await;
+
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let known: f32 = sqlx::query("SELECT reltuples FROM pg_class WHERE oid = 'cases'::regclass")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        known >= 500.0,
+        "the import left `cases` without statistics (reltuples {known})"
+    );
+    sqlx::query("SET plan_cache_mode = force_generic_plan")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let mut bad = Vec::new();
+    for (i, (what, sql)) in precert::store::bulk_import_queries().into_iter().enumerate() {
+        sqlx::query(&format!("PREPARE q{i} AS {sql}"))
+            .execute(&mut c)
+            .await
+            .unwrap();
+        let n = sql.matches('$').count();
+        let args: Vec<String> = (1..=n)
+            .map(|k| match (i, k) {
+                (0, 1) => "'lakeside-ortho'".to_owned(),
+                (0, k) => format!("'SYN-{k:06}'"),
+                (_, k) => k.to_string(),
+            })
+            .collect();
+        let plan: Vec<String> = sqlx::query(&format!("EXPLAIN EXECUTE q{i}({})", args.join(", ")))
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+        let by_key = match i {
+            0 => plan.iter().any(|l| l.contains("Index Cond") && l.contains("case_ref")),
+            _ => plan
+                .iter()
+                .any(|l| l.contains("Index Cond") && l.contains("case_id = ANY")),
+        };
+        if !by_key || plan.iter().any(|l| l.contains("Seq Scan")) {
+            bad.push(format!("{what}: not read by its key:\n  {}", plan.join("\n  ")));
+        }
+    }
+    c.close().await.unwrap();
+    assert!(bad.is_empty(), "{}", bad.join("\n\n"));
+}
