@@ -197,24 +197,37 @@ impl Ledger {
     }
 }
 
-/// The statements an import repeats for every batch, as it prepares them:
-/// (what, SQL) — the read of a batch's cases already stored (`$1` the
-/// practice, `$2` … `$201` case IDs) and the fold of a batch's facts (`$1`
-/// … `$50` case IDs). `tests/it/query_plan.rs` asks PostgreSQL for the
-/// plans it keeps for them after an import into a new ledger.
+/// The statements an import repeats for every batch, as it prepares them,
+/// with plausible values: the read of a batch's cases already stored and
+/// the fold of a batch's facts. `tests/it/query_plan.rs` asks PostgreSQL
+/// for the generic plans it keeps for them after an import into a new
+/// ledger.
 #[doc(hidden)]
-pub fn bulk_import_queries() -> Vec<(&'static str, String)> {
+pub fn bulk_import_queries() -> Vec<HotQuery> {
+    let stored = 4 * super::ROWS_A_STATEMENT;
+    let folded = super::ROWS_A_STATEMENT;
     vec![
-        (
+        q(
             "the batch's cases already stored",
-            super::stored_sql(4 * super::ROWS_A_STATEMENT),
+            super::stored_sql(stored),
+            std::iter::once(text("lakeside-ortho"))
+                .chain((0..stored).map(|i| PlanArg::Text(format!("SYN-{i:06}"))))
+                .collect(),
+            false,
         ),
-        (
+        q(
             "the fold of the batch's facts",
-            super::facts::refold_sql(super::ROWS_A_STATEMENT),
+            super::facts::refold_sql(folded),
+            (1..=folded as i64).map(PlanArg::Int).collect(),
+            false,
         ),
     ]
 }
+
+/// Below this many cases created, an import leaves the statistics alone:
+/// one batch runs each statement about once, and a plan kept is a plan
+/// made for more than one batch.
+const BULK: u64 = 500;
 
 /// The planner's statistics over a bulk write (the import), PostgreSQL's.
 ///
@@ -234,42 +247,51 @@ pub fn bulk_import_queries() -> Vec<(&'static str, String)> {
 /// SQLite has no statistics unless ANALYZE writes them and plans each
 /// statement by its indexes' shapes; nothing is done there.
 #[derive(Debug, Default)]
-pub struct BulkStats {
-    /// `None` until read: the rows PostgreSQL's statistics count in `cases`
-    /// (0 when never analyzed); `Some(None)` once refreshed or on SQLite.
-    known: Option<Option<i64>>,
+pub enum BulkStats {
+    /// The statistics' row count of `cases` not read yet.
+    #[default]
+    Unread,
+    /// The rows PostgreSQL's statistics count in `cases` (0 when never
+    /// analyzed).
+    Known(u64),
+    /// Refreshed, unreadable, or SQLite: nothing more to do.
+    Done,
 }
 
 impl Ledger {
     /// Called after each committed batch of a bulk write with the cases it
     /// has created so far: on PostgreSQL, analyzes the ledger's busiest
-    /// tables once those outnumber what the statistics knew of. A failure
-    /// (a role that does not own the tables) is logged and the write goes
-    /// on: statistics make it faster, never different.
+    /// tables once those are at least `BULK` and outnumber what the
+    /// statistics knew of. A failure (a role that does not own the tables)
+    /// is logged and the write goes on: statistics make it faster, never
+    /// different.
     pub async fn keep_planner_stats(&self, stats: &mut BulkStats, created: u64) {
         if self.backend != Backend::Postgres {
-            stats.known = Some(None);
+            *stats = BulkStats::Done;
         }
-        if stats.known.is_none() {
+        if matches!(stats, BulkStats::Done) || created < BULK {
+            return;
+        }
+        if matches!(stats, BulkStats::Unread) {
             let known = sqlx::query(
                 "SELECT CAST(GREATEST(reltuples, 0) AS BIGINT) AS n FROM pg_class WHERE oid = 'cases'::regclass",
             )
             .fetch_one(&self.pool)
             .await
             .and_then(|r| r.try_get::<i64, _>("n"));
-            stats.known = Some(match known {
-                Ok(n) => Some(n),
+            *stats = match known {
+                Ok(n) => BulkStats::Known(n as u64),
                 Err(e) => {
                     tracing::warn!(error = %e, "Cannot read the planner's statistics of the ledger; left to autovacuum.");
-                    None
+                    BulkStats::Done
                 }
-            });
+            };
         }
-        let Some(Some(known)) = stats.known else { return };
-        if created <= known.max(0) as u64 {
+        let BulkStats::Known(known) = *stats else { return };
+        if created <= known {
             return;
         }
-        stats.known = Some(None);
+        *stats = BulkStats::Done;
         let start = std::time::Instant::now();
         match sqlx::query("ANALYZE cases, case_events, case_facts")
             .execute(&self.pool)
